@@ -1,1 +1,17 @@
+//! ninjapoll: a daemon that learns, reliably and within Ninjapay's request budget, how each
+//! Ninjapay payment ended. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod budget;
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod fake;
+pub mod kinds;
+pub mod ladder;
+pub mod payment;
+pub mod scheduler;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;
+pub mod webhooks;

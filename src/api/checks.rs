@@ -1,0 +1,464 @@
+//! `/v1/checks`: enqueue, read, list, cancel, recheck.
+
+use super::{ApiError, AppState, JsonBody, MAX_BATCH_BODY};
+use crate::payment::{now_ms, rfc3339, PaymentId, UnixMs};
+use crate::scheduler::Command;
+use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Most payments in one batch.
+pub const MAX_BATCH: usize = 10_000;
+/// Largest `metadata`, serialized.
+const MAX_METADATA: usize = 16 * 1024;
+/// How far ahead of now a `started_at` may be (clock skew between app and daemon).
+const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// One payment to track.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    kind: String,
+    id: String,
+    started_at: Option<Value>,
+    callback_url: Option<String>,
+    metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    checks: Vec<Value>,
+}
+
+/// A payment as the API shows it.
+pub fn payment_json(r: &PaymentRow) -> Value {
+    let state = r.state();
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "kind": r.kind,
+        "id": r.id,
+        "state": state,
+        "upstream_status": r.upstream_status,
+        "final": state.is_final(),
+        "started_at": rfc3339(r.started_at),
+        "next_check_at": r.next_check_at.map(rfc3339),
+        "checks_done": r.checks_done,
+        "last_checked_at": r.last_checked_at.map(rfc3339),
+        "last_error": r.last_error,
+        "finished_at": r.finished_at.map(rfc3339),
+        "response": parse(&r.response),
+        "metadata": parse(&r.metadata),
+        "callback_url": r.callback_url,
+        "created_at": rfc3339(r.created_at),
+    })
+}
+
+/// Parses `started_at`: unix seconds (integer or fractional) or RFC 3339.
+pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
+    let ms = match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
+            .map(|s| (s * 1000.0).round() as i64)
+            .ok_or_else(|| {
+                ApiError::bad("invalid_started_at", "started_at: unix seconds out of range")
+            })?,
+        Value::String(s) => humantime::parse_rfc3339_weak(s.trim())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "invalid_started_at",
+                    format!("started_at: {s:?} is neither unix seconds nor RFC 3339 (e.g. 2026-01-31T12:00:00Z)"),
+                )
+            })?,
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_started_at",
+                "started_at: give unix seconds or an RFC 3339 string",
+            ))
+        }
+    };
+    if ms > now + MAX_FUTURE_MS {
+        return Err(ApiError::bad(
+            "invalid_started_at",
+            "started_at is more than 5 minutes in the future; check the clock",
+        ));
+    }
+    Ok(ms)
+}
+
+/// Validates one enqueue request into a payment to insert.
+fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPayment, ApiError> {
+    if !st.config.kinds.contains_key(&req.kind) {
+        let known: Vec<&str> = st.config.kinds.keys().map(String::as_str).collect();
+        return Err(ApiError::bad(
+            "unknown_kind",
+            format!(
+                "unknown kind {:?}; known kinds: {}",
+                req.kind,
+                known.join(", ")
+            ),
+        ));
+    }
+    let id =
+        PaymentId::parse(&req.id).map_err(|e| ApiError::bad("invalid_id", format!("id: {e}")))?;
+    let started_at = match &req.started_at {
+        None | Some(Value::Null) => now,
+        Some(v) => parse_started_at(v, now)?,
+    };
+    if let Some(url) = &req.callback_url {
+        let prefixes = &st.config.webhooks.allowed_callback_prefixes;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+            return Err(ApiError::bad(
+                "invalid_callback_url",
+                "callback_url must be an http(s) URL of at most 2048 bytes",
+            ));
+        }
+        if !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
+            return Err(ApiError::bad(
+                "callback_url_not_allowed",
+                if prefixes.is_empty() {
+                    "callback_url is not accepted: webhooks.allowed_callback_prefixes is empty"
+                        .to_string()
+                } else {
+                    format!(
+                        "callback_url must start with one of webhooks.allowed_callback_prefixes: {}",
+                        prefixes.join(", ")
+                    )
+                },
+            ));
+        }
+    }
+    let metadata = match req.metadata {
+        None | Some(Value::Null) => None,
+        Some(m) => {
+            if m.to_string().len() > MAX_METADATA {
+                return Err(ApiError::bad(
+                    "metadata_too_large",
+                    format!("metadata is larger than {MAX_METADATA} bytes"),
+                ));
+            }
+            Some(m)
+        }
+    };
+    let jitter_ms = st.config.ladder.draw_jitter();
+    Ok(NewPayment {
+        kind: req.kind,
+        id,
+        started_at,
+        jitter_ms,
+        next_check_at: started_at + jitter_ms,
+        callback_url: req.callback_url,
+        metadata,
+    })
+}
+
+/// A second enqueue of a kind+id may repeat the first, not change it.
+fn conflict(existing: &PaymentRow, new: &NewPayment, explicit_start: bool) -> Option<String> {
+    if explicit_start && (existing.started_at - new.started_at).abs() >= 1000 {
+        return Some("started_at".into());
+    }
+    if let Some(m) = &new.metadata {
+        let stored: Option<Value> = existing
+            .metadata
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        if stored.as_ref() != Some(m) {
+            return Some("metadata".into());
+        }
+    }
+    if new.callback_url.is_some() && new.callback_url != existing.callback_url {
+        return Some("callback_url".into());
+    }
+    None
+}
+
+fn pending_row(r: &PaymentRow) -> PendingRow {
+    PendingRow {
+        pk: r.pk,
+        kind: r.kind.clone(),
+        id: r.id.clone(),
+        upstream_status: r.upstream_status.clone(),
+        started_at: r.started_at,
+        jitter_ms: r.jitter_ms,
+        next_check_at: r.next_check_at,
+        last_checked_at: r.last_checked_at,
+        checks_done: r.checks_done,
+    }
+}
+
+fn outcome(
+    st: &AppState,
+    row: &PaymentRow,
+    inserted: Inserted,
+    new: &NewPayment,
+    explicit: bool,
+) -> (StatusCode, Value, Option<ApiError>) {
+    let _ = st;
+    match inserted {
+        Inserted::New => (StatusCode::CREATED, payment_json(row), None),
+        Inserted::Existing => match conflict(row, new, explicit) {
+            None => (StatusCode::OK, payment_json(row), None),
+            Some(field) => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("{} {} is already tracked with a different {field}; enqueue is idempotent and does not rewrite it", row.kind, row.id),
+                );
+                e.payment = Some(payment_json(row));
+                (StatusCode::CONFLICT, payment_json(row), Some(e))
+            }
+        },
+    }
+}
+
+/// `POST /v1/checks`.
+pub async fn enqueue(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<EnqueueRequest>,
+) -> Result<Response, ApiError> {
+    let explicit = req.started_at.as_ref().is_some_and(|v| !v.is_null());
+    let new = validate(&st, req, now_ms())?;
+    let mut rows = st.store.insert_payments(std::slice::from_ref(&new)).await?;
+    let (row, inserted) = rows
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("insert returned no row"))?;
+    if inserted == Inserted::New {
+        // Committed first: if the scheduler is shutting down, a restart resumes it.
+        let _ = st.scheduler.send(Command::Track(pending_row(&row))).await;
+    }
+    let (status, body, err) = outcome(&st, &row, inserted, &new, explicit);
+    match err {
+        Some(e) => Err(e),
+        None => Ok((status, Json(body)).into_response()),
+    }
+}
+
+/// `POST /v1/checks/batch`: one transaction; a result per item, in order.
+pub async fn enqueue_batch(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<BatchRequest, MAX_BATCH_BODY>,
+) -> Result<Response, ApiError> {
+    if req.checks.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "a batch holds at most {MAX_BATCH} checks; this one has {}",
+                req.checks.len()
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut slots: Vec<Result<(NewPayment, bool), ApiError>> = Vec::with_capacity(req.checks.len());
+    for item in req.checks {
+        let parsed = serde_json::from_value::<EnqueueRequest>(item)
+            .map_err(|e| ApiError::bad("invalid_field", format!("item: {e}")))
+            .and_then(|r| {
+                let explicit = r.started_at.as_ref().is_some_and(|v| !v.is_null());
+                validate(&st, r, now).map(|n| (n, explicit))
+            });
+        slots.push(parsed);
+    }
+    let valid: Vec<NewPayment> = slots
+        .iter()
+        .filter_map(|s| s.as_ref().ok().map(|(n, _)| n.clone()))
+        .collect();
+    let mut stored = st.store.insert_payments(&valid).await?.into_iter();
+    let mut results = Vec::with_capacity(slots.len());
+    for slot in slots {
+        match slot {
+            Err(e) => results.push(json!({
+                "status": e.status.as_u16(),
+                "error": {"code": e.code, "message": e.message},
+            })),
+            Ok((new, explicit)) => {
+                let Some((row, inserted)) = stored.next() else {
+                    return Err(anyhow::anyhow!("batch insert returned too few rows").into());
+                };
+                if inserted == Inserted::New {
+                    let _ = st.scheduler.send(Command::Track(pending_row(&row))).await;
+                }
+                let (status, body, err) = outcome(&st, &row, inserted, &new, explicit);
+                let mut item = json!({"status": status.as_u16(), "payment": body});
+                if let Some(e) = err {
+                    item["error"] = json!({"code": e.code, "message": e.message});
+                }
+                results.push(item);
+            }
+        }
+    }
+    Ok(Json(json!({"results": results})).into_response())
+}
+
+fn check_path(st: &AppState, kind: &str, id: &str) -> Result<(), ApiError> {
+    if !st.config.kinds.contains_key(kind) {
+        return Err(ApiError::bad(
+            "unknown_kind",
+            format!("unknown kind {kind:?}"),
+        ));
+    }
+    PaymentId::parse(id).map_err(|e| ApiError::bad("invalid_id", format!("id: {e}")))?;
+    Ok(())
+}
+
+fn not_tracked(kind: &str, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no payment {kind} {id} is tracked"),
+    )
+}
+
+/// `GET /v1/checks/{kind}/{id}`.
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_path(&st, &kind, &id)?;
+    match st.store.get(&kind, &id).await? {
+        Some(row) => {
+            let mut body = payment_json(&row);
+            let history: Vec<Value> = st
+                .store
+                .history(row.pk)
+                .await?
+                .into_iter()
+                .map(|(at, prev, state, raw)| {
+                    json!({"at": rfc3339(at), "previous_state": prev, "state": state, "upstream_status": raw})
+                })
+                .collect();
+            body["history"] = Value::Array(history);
+            Ok(Json(body))
+        }
+        None => Err(not_tracked(&kind, &id)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/checks?state=&kind=&limit=&cursor=`: pages in insertion order; the cursor is
+/// the position after the page's last payment, so concurrent writes neither skip nor
+/// repeat one.
+pub async fn list(
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            crate::payment::State::parse(s)
+                .ok_or_else(|| ApiError::bad("invalid_state", format!("unknown state {s:?}")))?,
+        ),
+    };
+    if let Some(k) = q.kind.as_deref() {
+        if !st.config.kinds.contains_key(k) {
+            return Err(ApiError::bad("unknown_kind", format!("unknown kind {k:?}")));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let after_pk =
+        match q.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::bad("invalid_cursor", "cursor is not one this API gave")
+            })?),
+        };
+    let rows = st
+        .store
+        .list(&ListFilter {
+            state,
+            kind: q.kind,
+            after_pk,
+            limit,
+        })
+        .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.pk.to_string()))
+        .flatten();
+    Ok(Json(json!({
+        "payments": rows.iter().map(payment_json).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+/// `DELETE /v1/checks/{kind}/{id}`.
+pub async fn cancel(
+    State(st): State<AppState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_path(&st, &kind, &id)?;
+    match st.store.cancel(&kind, &id).await? {
+        None => Err(not_tracked(&kind, &id)),
+        Some(Err(row)) => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "already_final",
+                format!(
+                    "{kind} {id} is already {}; only a pending payment can be cancelled",
+                    row.state
+                ),
+            );
+            e.payment = Some(payment_json(&row));
+            Err(e)
+        }
+        Some(Ok(row)) => {
+            let _ = st.scheduler.send(Command::Untrack(row.pk)).await;
+            Ok(Json(payment_json(&row)))
+        }
+    }
+}
+
+/// `POST /v1/checks/{kind}/{id}/recheck`.
+pub async fn recheck(
+    State(st): State<AppState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_path(&st, &kind, &id)?;
+    match st.store.reschedule(&kind, &id, now_ms()).await? {
+        Some(row) => {
+            let _ = st.scheduler.send(Command::Recheck(row.pk)).await;
+            Ok((StatusCode::ACCEPTED, Json(payment_json(&row))).into_response())
+        }
+        None => match st.store.get(&kind, &id).await? {
+            None => Err(not_tracked(&kind, &id)),
+            Some(row) => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_final",
+                    format!(
+                        "{kind} {id} is already {}; it is no longer checked",
+                        row.state
+                    ),
+                );
+                e.payment = Some(payment_json(&row));
+                Err(e)
+            }
+        },
+    }
+}

@@ -1,0 +1,227 @@
+//! The local socket API (SPEC section 4): HTTP/1.1 + JSON over a Unix socket. The only
+//! module that speaks HTTP status codes.
+
+mod checks;
+
+use crate::config::Config;
+use crate::scheduler::SchedulerHandle;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::sync::Arc;
+
+/// Largest request body, except a batch.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest batch body.
+pub const MAX_BATCH_BODY: usize = 16 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub scheduler: SchedulerHandle,
+    pub config: Arc<Config>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// An API error: a status, a code a program can branch on, a message a person can act on.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// The payment concerned (e.g. the existing one on a conflict).
+    pub payment: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    /// A 400 with a code.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Any status.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            payment: None,
+        }
+    }
+
+    /// A 500 for a failure of ours; the detail goes to the log, not to the client.
+    pub fn internal(e: anyhow::Error) -> Self {
+        tracing::error!(error = format!("{e:#}"), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the daemon's log",
+        )
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(p) = self.payment {
+            body["payment"] = p;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body: `application/json`, bounded, unknown fields refused, every failure an
+/// [`ApiError`] in our format.
+pub struct JsonBody<T, const LIMIT: usize = MAX_BODY>(pub T);
+
+impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is larger than {LIMIT} bytes"),
+                )
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "malformed_json"
+        } else {
+            "invalid_field"
+        };
+        ApiError::bad(code, format!("request body: {e}"))
+    })
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/checks", post(checks::enqueue).get(checks::list))
+        .route("/v1/checks/batch", post(checks::enqueue_batch))
+        .route(
+            "/v1/checks/{kind}/{id}",
+            get(checks::get_one).delete(checks::cancel),
+        )
+        .route("/v1/checks/{kind}/{id}/recheck", post(checks::recheck))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let counts = st.store.state_counts().await?;
+    let webhooks = st.store.webhook_state_counts().await?;
+    let mut problems = Vec::new();
+    if st.config.ninjapay.api_key.is_none() {
+        problems.push("no API key configured (ninjapay.api_key)".to_string());
+    }
+    let now = crate::payment::now_ms();
+    let pools: Vec<_> = st
+        .telemetry
+        .pools()
+        .into_iter()
+        .map(|p| {
+            for k in &p.auth_failing {
+                problems.push(format!("Ninjapay refuses the API key for kind {k}"));
+            }
+            if p.stretch > 1.0 {
+                problems.push(format!(
+                    "request budget of {} is scarce: plans stretched x{:.2}",
+                    p.name, p.stretch
+                ));
+            }
+            json!({
+                "name": p.name,
+                "budget_used": p.budget_used,
+                "budget_limit": p.budget_effective,
+                "budget_configured": p.budget_limit,
+                "budget_window_ms": p.window_ms,
+                "stretch": p.stretch,
+                "pending": p.pending,
+                "paused_for_ms": p.paused_until.map(|t| t - now),
+                "unhealthy_kinds": p.auth_failing,
+            })
+        })
+        .collect();
+    let by_state: serde_json::Map<String, serde_json::Value> =
+        counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    let hooks: serde_json::Map<String, serde_json::Value> =
+        webhooks.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    Ok(Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "healthy": problems.is_empty(),
+        "problems": problems,
+        "payments": by_state,
+        "budget": pools,
+        "webhooks": hooks,
+    })))
+}
+
+async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let counts = st.store.state_counts().await?;
+    let hooks = st.store.webhook_state_counts().await?;
+    let text = st.telemetry.render(&counts, &hooks);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

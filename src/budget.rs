@@ -1,0 +1,224 @@
+//! The per-key request budget: "1,000 requests per 10 minutes per API key; past it the key
+//! is locked out for 1 hour". Pure bookkeeping, driven by the scheduler's clock.
+//!
+//! The provider counts a request when it arrives, somewhere between our send and its
+//! answer, on its own clock. So a request occupies the window from its send until `window`
+//! (plus a skew margin) after its answer: a new request is allowed only while fewer than
+//! `limit` requests are in flight or answered within that span. That bound holds for
+//! every rolling window the provider could draw, whatever the latency.
+
+use crate::payment::UnixMs;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// A rolling-window budget for one API key.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limit: u32,
+    /// The limit in force: lowered when the provider rate-limits us despite room.
+    effective: u32,
+    window: i64,
+    margin: i64,
+    in_flight: u32,
+    /// When each answered request stops counting.
+    expiries: BinaryHeap<Reverse<i64>>,
+    paused_until: UnixMs,
+    last_shrink: UnixMs,
+}
+
+impl Budget {
+    /// A budget of `limit` requests per `window_ms`.
+    pub fn new(limit: u32, window_ms: i64) -> Self {
+        Self {
+            limit,
+            effective: limit,
+            window: window_ms,
+            // Our clock and the provider's may drift apart: count 2% longer.
+            margin: window_ms / 50 + 1,
+            in_flight: 0,
+            expiries: BinaryHeap::new(),
+            paused_until: 0,
+            last_shrink: 0,
+        }
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The limit in force.
+    pub fn effective_limit(&self) -> u32 {
+        self.effective
+    }
+
+    /// The window, in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        self.window
+    }
+
+    fn prune(&mut self, now: UnixMs) {
+        while self.expiries.peek().is_some_and(|Reverse(t)| *t <= now) {
+            self.expiries.pop();
+        }
+    }
+
+    /// Requests that still count against the window at `now`.
+    pub fn used(&mut self, now: UnixMs) -> u32 {
+        self.prune(now);
+        self.in_flight + self.expiries.len() as u32
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Whether the key is paused (429/503 with or without `Retry-After`) at `now`.
+    pub fn paused_until(&self, now: UnixMs) -> Option<UnixMs> {
+        (self.paused_until > now).then_some(self.paused_until)
+    }
+
+    /// Takes one request's room if there is some.
+    pub fn try_acquire(&mut self, now: UnixMs) -> bool {
+        if self.paused_until > now || self.used(now) >= self.effective {
+            return false;
+        }
+        self.in_flight += 1;
+        true
+    }
+
+    /// Records the answer (or failure) of a request acquired earlier, at `done_at`.
+    pub fn release(&mut self, done_at: UnixMs) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.expiries
+            .push(Reverse(done_at + self.window + self.margin));
+    }
+
+    /// Counts a request made before a restart: answered at `done_at`, or, if its answer was
+    /// never recorded, assumed answered at `now` (the latest it can have arrived).
+    pub fn restore(&mut self, done_at: Option<UnixMs>, now: UnixMs) {
+        let at = done_at.unwrap_or(now).min(now);
+        self.expiries.push(Reverse(at + self.window + self.margin));
+    }
+
+    /// When room may next appear, if none now: the end of a pause or the next expiry.
+    /// `None` when only an in-flight request's answer can free room.
+    pub fn next_room_at(&mut self, now: UnixMs) -> Option<UnixMs> {
+        if self.paused_until > now {
+            return Some(self.paused_until);
+        }
+        if self.used(now) < self.effective {
+            return Some(now);
+        }
+        // Room appears when enough expiries pass to go below the limit.
+        let excess = (self.used(now) + 1).saturating_sub(self.effective) as usize;
+        if excess > self.expiries.len() {
+            return None;
+        }
+        let mut sorted: Vec<i64> = self.expiries.iter().map(|Reverse(t)| *t).collect();
+        sorted.sort_unstable();
+        sorted.get(excess - 1).copied()
+    }
+
+    /// Pauses the key until `until`.
+    pub fn pause(&mut self, until: UnixMs) {
+        self.paused_until = self.paused_until.max(until);
+    }
+
+    /// The provider said "too many" while we counted room: our count is wrong (another
+    /// client shares the key, or the limit is lower than configured). Lowers the limit in
+    /// force to 90% of what we had counted; returns the new limit.
+    pub fn shrink(&mut self, now: UnixMs) -> u32 {
+        let used = self.used(now).max(1);
+        self.effective = ((used.min(self.effective) * 9) / 10).max(1);
+        self.last_shrink = now;
+        self.effective
+    }
+
+    /// Lets a shrunken limit grow back by 10% per quiet window.
+    pub fn recover(&mut self, now: UnixMs) {
+        if self.effective < self.limit && now - self.last_shrink >= self.window {
+            self.effective = (self.effective + self.limit.div_ceil(10)).min(self.limit);
+            self.last_shrink = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn room_frees_a_window_after_the_answer() {
+        let mut b = Budget::new(2, 1000);
+        assert!(b.try_acquire(0));
+        assert!(b.try_acquire(0));
+        assert!(!b.try_acquire(0));
+        assert_eq!(b.next_room_at(0), None, "only answers free room");
+        b.release(100);
+        b.release(300);
+        let at = b.next_room_at(200).unwrap();
+        assert_eq!(at, 100 + 1000 + 21);
+        assert!(!b.try_acquire(at - 1));
+        assert!(b.try_acquire(at));
+    }
+
+    #[test]
+    fn restart_counts_unanswered_requests_as_answered_now() {
+        let mut b = Budget::new(1, 1000);
+        b.restore(None, 5000);
+        assert!(!b.try_acquire(5500));
+        assert!(b.try_acquire(6021));
+    }
+
+    #[test]
+    fn pause_and_shrink() {
+        let mut b = Budget::new(10, 1000);
+        b.pause(500);
+        assert!(!b.try_acquire(0));
+        assert_eq!(b.next_room_at(0), Some(500));
+        for _ in 0..5 {
+            assert!(b.try_acquire(600));
+        }
+        assert_eq!(b.shrink(600), 4);
+        assert!(!b.try_acquire(600));
+        b.recover(1600);
+        assert_eq!(b.effective_limit(), 5);
+    }
+
+    proptest! {
+        /// Whatever the latencies, no rolling window on the provider's side (arrival anywhere
+        /// between send and answer) sees more than the limit.
+        #[test]
+        fn never_over_budget_in_any_window(
+            latencies in prop::collection::vec(0i64..400, 1..200),
+            gaps in prop::collection::vec(0i64..50, 1..200),
+            limit in 1u32..20,
+        ) {
+            let window = 1000;
+            let mut b = Budget::new(limit, window);
+            let mut now = 0;
+            let mut in_flight: Vec<(i64, i64)> = vec![]; // (sent, done)
+            let mut intervals: Vec<(i64, i64)> = vec![];
+            for (i, lat) in latencies.iter().enumerate() {
+                now += gaps[i % gaps.len()];
+                in_flight.retain(|&(s, d)| {
+                    if d <= now { b.release(d); intervals.push((s, d)); false } else { true }
+                });
+                if b.try_acquire(now) {
+                    in_flight.push((now, now + lat));
+                }
+            }
+            intervals.extend(in_flight);
+            // Worst case arrivals: pack as many intervals as possible into one window.
+            // For a window [x, x+window), interval (s, d) can land in it iff s < x+window && d >= x.
+            for &(_, d0) in &intervals {
+                let x = d0;
+                let n = intervals.iter().filter(|&&(s, d)| s < x + window && d >= x).count();
+                prop_assert!(n as u32 <= limit, "{} in window at {}", n, x);
+            }
+        }
+    }
+}

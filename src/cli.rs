@@ -1,0 +1,293 @@
+//! The command line (SPEC section 7): `run` starts the daemon; the client commands speak
+//! to its socket.
+
+use crate::config::{self, Config};
+use crate::daemon;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// ninjapoll: polls Ninjapay payment statuses on the provider's back-off ladder, within its
+/// request budget, and fires signed webhooks when they change.
+#[derive(Debug, Parser)]
+#[command(name = "ninjapoll", version)]
+pub struct Cli {
+    /// Configuration file (else $NINJAPOLL_CONFIG, else /etc/ninjapoll/ninjapoll.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Socket of the daemon (client commands); default: the configuration's.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run,
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+    /// Start tracking a payment.
+    Enqueue {
+        kind: String,
+        id: String,
+        /// Transaction start: unix seconds or RFC 3339 (default: now).
+        #[arg(long)]
+        started_at: Option<String>,
+        /// JSON metadata to keep with the payment.
+        #[arg(long)]
+        metadata: Option<String>,
+        /// Webhook URL for this payment (must be under webhooks.allowed_callback_prefixes).
+        #[arg(long)]
+        callback_url: Option<String>,
+    },
+    /// Show a payment.
+    Status { kind: String, id: String },
+    /// List payments.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Stop tracking a pending payment.
+    Cancel { kind: String, id: String },
+    /// Check a payment as soon as possible.
+    Recheck { kind: String, id: String },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config> {
+    let file = config::locate(explicit)?;
+    Ok(Config::load(file.as_deref())?)
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Run => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&cfg.log);
+            daemon::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            let file = config::locate(cli.config.as_deref())?;
+            let cfg = Config::load(file.as_deref())?;
+            println!(
+                "configuration OK ({})",
+                file.map(|f| f.display().to_string())
+                    .unwrap_or_else(|| "built-in defaults and environment".into())
+            );
+            println!("{}", cfg.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => client(&cli).await,
+    }
+}
+
+async fn client(cli: &Cli) -> Result<ExitCode> {
+    // A client needs only the socket path; a broken config must not stop `status`.
+    let cfg = if cli.socket.is_none() {
+        load_config(cli.config.as_deref()).ok()
+    } else {
+        None
+    };
+    let socket = daemon::client_socket(cli.socket.as_deref(), cfg.as_ref());
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let (method, path, body) = match &cli.command {
+        Command::Enqueue {
+            kind,
+            id,
+            started_at,
+            metadata,
+            callback_url,
+        } => {
+            let mut b = json!({"kind": kind, "id": id});
+            if let Some(s) = started_at {
+                b["started_at"] = match s.parse::<f64>() {
+                    Ok(n) => json!(n),
+                    Err(_) => json!(s),
+                };
+            }
+            if let Some(m) = metadata {
+                b["metadata"] = serde_json::from_str(m).context("--metadata is not JSON")?;
+            }
+            if let Some(u) = callback_url {
+                b["callback_url"] = json!(u);
+            }
+            ("POST", "/v1/checks".to_string(), Some(b))
+        }
+        Command::Status { kind, id } => {
+            ("GET", format!("/v1/checks/{}/{}", enc(kind), enc(id)), None)
+        }
+        Command::Cancel { kind, id } => (
+            "DELETE",
+            format!("/v1/checks/{}/{}", enc(kind), enc(id)),
+            None,
+        ),
+        Command::Recheck { kind, id } => (
+            "POST",
+            format!("/v1/checks/{}/{}/recheck", enc(kind), enc(id)),
+            None,
+        ),
+        Command::List {
+            state,
+            kind,
+            limit,
+            cursor,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(s) = state {
+                q.push(format!("state={}", enc(s)));
+            }
+            if let Some(k) = kind {
+                q.push(format!("kind={}", enc(k)));
+            }
+            if let Some(c) = cursor {
+                q.push(format!("cursor={}", enc(c)));
+            }
+            ("GET", format!("/v1/checks?{}", q.join("&")), None)
+        }
+        Command::Run | Command::CheckConfig => unreachable!("handled by dispatch"),
+    };
+    let (status, value) = request(&socket, method, &path, body.as_ref()).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if status < 400 {
+        print_human(&value);
+    }
+    if status >= 400 {
+        let msg = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        let code = value["error"]["code"].as_str().unwrap_or("error");
+        eprintln!("error: {msg} ({code}, HTTP {status})");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(v: &Value) {
+    let row = |p: &Value| {
+        format!(
+            "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
+            p["kind"].as_str().unwrap_or(""),
+            p["id"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or(""),
+            p["upstream_status"].as_str().unwrap_or("-"),
+            p["checks_done"],
+            p["last_error"].as_str().unwrap_or(""),
+        )
+    };
+    let header = format!(
+        "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
+        "KIND", "ID", "STATE", "UPSTREAM", "CHECKS", "LAST ERROR"
+    );
+    if let Some(list) = v["payments"].as_array() {
+        println!("{header}");
+        for p in list {
+            println!("{}", row(p));
+        }
+        if let Some(c) = v["next_cursor"].as_str() {
+            println!("(more: --cursor {c})");
+        }
+    } else if v.get("kind").is_some() {
+        println!("{header}\n{}", row(v));
+        if let Some(next) = v["next_check_at"].as_str() {
+            println!("next check at {next}");
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+/// One HTTP/1.1 request over the daemon's Unix socket.
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) => bail!(
+            "no ninjapoll daemon is listening on {} ({e}); start it with `ninjapoll run`, or pass --socket",
+            socket.display()
+        ),
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the daemon")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(bytes)))
+        .context("building the request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("talking to the daemon")?;
+    let status = resp.status().as_u16();
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading the daemon's answer")?
+        .to_bytes();
+    let value = serde_json::from_slice(&collected)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&collected).into_owned()));
+    Ok((status, value))
+}

@@ -1,0 +1,618 @@
+//! Configuration: a TOML file, then `NINJAPOLL_SECTION__KEY` environment variables, over
+//! built-in defaults (SPEC section 3). Parsed once, at start-up, into typed settings; every
+//! refusal names the key at fault.
+
+use crate::kinds::{self, Kind, RawKind};
+use crate::ladder::Ladder;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A secret (API key, webhook secret): never printed, logged or serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: String) -> Self {
+        Self(s.trim().into())
+    }
+
+    /// Reads a secret from a file (e.g. a systemd credential), trimming whitespace.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        std::fs::read_to_string(path)
+            .map(Self::new)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// The configuration as written (file + environment + defaults), before validation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub socket: RawSocket,
+    #[serde(default)]
+    pub ninjapay: RawNinjapay,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+    #[serde(default)]
+    pub webhooks: RawWebhooks,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub kinds: BTreeMap<String, RawKind>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocket {
+    pub path: Option<PathBuf>,
+    /// Octal file mode of the socket, e.g. "0660".
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+    #[serde(default)]
+    pub allowed_gids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNinjapay {
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub prod_base_url: Option<String>,
+    pub api_base_url: Option<String>,
+    pub budget_requests: Option<u32>,
+    pub budget_window: Option<String>,
+    pub max_in_flight: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub first_check: Option<Vec<String>>,
+    pub steps: Option<Vec<RawStep>>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub every: String,
+    #[serde(rename = "for")]
+    pub span: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    pub url: Option<String>,
+    /// One secret, or several separated by spaces during a rotation.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub retry: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub max_in_flight: Option<usize>,
+    #[serde(default)]
+    pub allowed_callback_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: Option<String>,
+    /// A tracing filter, e.g. `info` or `ninjapoll=debug`; `RUST_LOG` wins when set.
+    pub level: Option<String>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Socket settings.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+}
+
+/// Ninjapay settings.
+#[derive(Debug, Clone)]
+pub struct NinjapayConfig {
+    pub api_key: Option<Secret>,
+    pub prod_base_url: String,
+    pub api_base_url: String,
+    pub budget_requests: u32,
+    pub budget_window: Duration,
+    pub max_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Webhook settings.
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    pub url: Option<String>,
+    pub secrets: Vec<Secret>,
+    pub retry: Vec<Duration>,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub allowed_callback_prefixes: Vec<String>,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub json: bool,
+    pub level: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_path: PathBuf,
+    pub socket: SocketConfig,
+    pub ninjapay: NinjapayConfig,
+    pub ladder: Ladder,
+    pub kinds: BTreeMap<String, Arc<Kind>>,
+    pub webhooks: WebhooksConfig,
+    pub log: LogConfig,
+    /// What was loaded, secrets replaced, for `check-config`.
+    pub effective: Raw,
+}
+
+/// The built-in defaults, as a provider the file and environment merge over.
+pub fn defaults() -> Raw {
+    let step = |every: &str, span: Option<&str>| RawStep {
+        every: every.into(),
+        span: span.map(Into::into),
+    };
+    Raw {
+        ninjapay: RawNinjapay {
+            prod_base_url: Some("https://prod.ninjapay.me".into()),
+            api_base_url: Some("https://api.ninjapay.me".into()),
+            budget_requests: Some(1000),
+            budget_window: Some("10m".into()),
+            max_in_flight: Some(16),
+            connect_timeout: Some("5s".into()),
+            request_timeout: Some("15s".into()),
+            ..Default::default()
+        },
+        schedule: RawSchedule {
+            first_check: Some(vec!["20s".into(), "25s".into()]),
+            steps: Some(vec![
+                step("3s", Some("30s")),
+                step("6s", Some("60s")),
+                step("10s", Some("60s")),
+                step("30s", Some("60s")),
+                step("1m", None),
+            ]),
+            timeout: Some("10m".into()),
+        },
+        webhooks: RawWebhooks {
+            retry: Some(
+                [
+                    "5s", "30s", "2m", "10m", "30m", "1h", "2h", "4h", "8h", "8h",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ),
+            timeout: Some("10s".into()),
+            max_in_flight: Some(8),
+            ..Default::default()
+        },
+        log: RawLog {
+            format: Some("text".into()),
+            level: Some("info".into()),
+        },
+        kinds: kinds::presets(),
+        ..Default::default()
+    }
+}
+
+/// Which file to read: `--config`, else `NINJAPOLL_CONFIG`, else the system path if present.
+pub fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(p) = explicit {
+        return if p.exists() {
+            Ok(Some(p.to_path_buf()))
+        } else {
+            Err(ConfigError::Missing(p.to_path_buf()))
+        };
+    }
+    if let Some(p) = std::env::var_os("NINJAPOLL_CONFIG").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.exists() {
+            Ok(Some(p))
+        } else {
+            Err(ConfigError::Missing(p))
+        };
+    }
+    let system = Path::new("/etc/ninjapoll/ninjapoll.toml");
+    Ok(system.exists().then(|| system.to_path_buf()))
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then the environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(defaults()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("NINJAPOLL_")
+                .split("__")
+                .ignore(&["config"])
+                .map(|k| k.as_str().to_ascii_lowercase().into()),
+        );
+        let raw: Raw = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        Self::from_raw(raw)
+    }
+
+    /// Validates loaded settings.
+    pub fn from_raw(raw: Raw) -> Result<Self, ConfigError> {
+        let state_dir = std::env::var_os("STATE_DIRECTORY")
+            .and_then(|s| std::env::split_paths(&s).next())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|s| std::env::split_paths(&s).next())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let database_path = raw
+            .database
+            .path
+            .clone()
+            .unwrap_or_else(|| state_dir.join("ninjapoll.db"));
+        let mode = match raw.socket.mode.as_deref() {
+            None => 0o660,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    invalid(
+                        "socket.mode",
+                        format!("{m:?} is not an octal mode like \"0660\""),
+                    )
+                })?,
+        };
+        let socket = SocketConfig {
+            path: raw
+                .socket
+                .path
+                .clone()
+                .unwrap_or_else(|| runtime_dir.join("ninjapoll.sock")),
+            mode,
+            allowed_uids: raw.socket.allowed_uids.clone(),
+            allowed_gids: raw.socket.allowed_gids.clone(),
+        };
+
+        let n = &raw.ninjapay;
+        let api_key = match (&n.api_key, &n.api_key_file) {
+            (Some(k), _) if !k.trim().is_empty() => Some(Secret::new(k.clone())),
+            (_, Some(path)) => {
+                Some(Secret::from_file(path).map_err(|e| invalid("ninjapay.api_key_file", e))?)
+            }
+            _ => None,
+        };
+        let prod = url("ninjapay.prod_base_url", n.prod_base_url.as_deref())?;
+        let api = url("ninjapay.api_base_url", n.api_base_url.as_deref())?;
+        let budget_requests = n.budget_requests.unwrap_or(1000);
+        if budget_requests == 0 {
+            return Err(invalid("ninjapay.budget_requests", "must be at least 1"));
+        }
+        let max_in_flight = n.max_in_flight.unwrap_or(16);
+        if max_in_flight == 0 {
+            return Err(invalid("ninjapay.max_in_flight", "must be at least 1"));
+        }
+        let ninjapay = NinjapayConfig {
+            api_key,
+            budget_requests,
+            budget_window: positive("ninjapay.budget_window", n.budget_window.as_deref(), "10m")?,
+            max_in_flight,
+            connect_timeout: positive(
+                "ninjapay.connect_timeout",
+                n.connect_timeout.as_deref(),
+                "5s",
+            )?,
+            request_timeout: positive(
+                "ninjapay.request_timeout",
+                n.request_timeout.as_deref(),
+                "15s",
+            )?,
+            prod_base_url: prod,
+            api_base_url: api,
+        };
+
+        let ladder = ladder(&raw.schedule)?;
+
+        let mut kinds = BTreeMap::new();
+        for (name, rk) in &raw.kinds {
+            let kind = Kind::from_raw(name, rk, &ninjapay.prod_base_url, &ninjapay.api_base_url)
+                .map_err(|e| invalid(format!("kinds.{}.{}", e.kind, e.field), e.message))?;
+            kinds.insert(name.clone(), Arc::new(kind));
+        }
+
+        let w = &raw.webhooks;
+        let secrets = match (&w.secret, &w.secret_file) {
+            (Some(s), _) => s
+                .split_whitespace()
+                .map(|s| Secret::new(s.into()))
+                .collect(),
+            (None, Some(path)) => Secret::from_file(path)
+                .map_err(|e| invalid("webhooks.secret_file", e))?
+                .expose()
+                .split_whitespace()
+                .map(|s| Secret::new(s.into()))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        for s in &secrets {
+            crate::webhooks::decode_secret(s)
+                .map_err(|e| invalid("webhooks.secret", e.to_string()))?;
+        }
+        let url_ = match w.url.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => Some(url("webhooks.url", Some(u))?),
+            None => None,
+        };
+        if url_.is_some() && secrets.is_empty() {
+            return Err(invalid(
+                "webhooks.secret",
+                "webhooks.url is set, so a signing secret (whsec_…) is required",
+            ));
+        }
+        let retry = w
+            .retry
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| duration(&format!("webhooks.retry[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let webhooks = WebhooksConfig {
+            url: url_,
+            secrets,
+            retry,
+            timeout: positive("webhooks.timeout", w.timeout.as_deref(), "10s")?,
+            max_in_flight: w.max_in_flight.unwrap_or(8).max(1),
+            allowed_callback_prefixes: w.allowed_callback_prefixes.clone(),
+        };
+
+        let log = LogConfig {
+            json: match raw.log.format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("{other:?} is not text or json"),
+                    ))
+                }
+            },
+            level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+        };
+
+        let mut effective = raw;
+        redact(&mut effective);
+        Ok(Self {
+            database_path,
+            socket,
+            ninjapay,
+            ladder,
+            kinds,
+            webhooks,
+            log,
+            effective,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml_string(&self.effective)
+    }
+}
+
+fn toml_string(raw: &Raw) -> String {
+    // figment re-exports no TOML writer; JSON is as readable for a check and needs no new
+    // dependency.
+    serde_json::to_string_pretty(raw).unwrap_or_default()
+}
+
+fn redact(raw: &mut Raw) {
+    let hide = |s: &mut Option<String>| {
+        if s.is_some() {
+            *s = Some(REDACTED.into());
+        }
+    };
+    hide(&mut raw.ninjapay.api_key);
+    hide(&mut raw.webhooks.secret);
+    for k in raw.kinds.values_mut() {
+        hide(&mut k.api_key);
+    }
+}
+
+fn url(key: &str, value: Option<&str>) -> Result<String, ConfigError> {
+    let v = value.ok_or_else(|| invalid(key, "missing"))?;
+    if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() < 10 {
+        return Err(invalid(key, format!("{v:?} is not an http(s) URL")));
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{s:?} is not a duration like \"3s\" or \"10m\": {e}"),
+        )
+    })
+}
+
+fn positive(key: &str, s: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, s.unwrap_or(default))?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn ladder(s: &RawSchedule) -> Result<Ladder, ConfigError> {
+    let first = s
+        .first_check
+        .clone()
+        .unwrap_or_else(|| vec!["20s".into(), "25s".into()]);
+    let (lo, hi) = match first.as_slice() {
+        [one] => {
+            let d = duration("schedule.first_check", one)?;
+            (d, d)
+        }
+        [lo, hi] => (
+            duration("schedule.first_check[0]", lo)?,
+            duration("schedule.first_check[1]", hi)?,
+        ),
+        _ => {
+            return Err(invalid(
+                "schedule.first_check",
+                "give a window of two durations, e.g. [\"20s\", \"25s\"]",
+            ))
+        }
+    };
+    let steps = s
+        .steps
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            Ok((
+                duration(&format!("schedule.steps[{i}].every"), &st.every)?,
+                st.span
+                    .as_deref()
+                    .map(|f| duration(&format!("schedule.steps[{i}].for"), f))
+                    .transpose()?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let timeout = duration("schedule.timeout", s.timeout.as_deref().unwrap_or("10m"))?;
+    Ladder::new((lo, hi), &steps, timeout).map_err(|e| {
+        let msg = e.to_string();
+        match msg.split_once(": ") {
+            Some((key, rest)) => invalid(key, rest),
+            None => invalid("schedule", msg),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn defaults_alone_are_valid() {
+        let c = Config::from_raw(defaults()).unwrap();
+        assert_eq!(c.ladder, Ladder::documented());
+        assert_eq!(c.ninjapay.budget_requests, 1000);
+        assert_eq!(c.ninjapay.budget_window, Duration::from_secs(600));
+        assert_eq!(c.kinds.len(), 4);
+        assert_eq!(c.socket.mode, 0o660);
+    }
+
+    #[test]
+    fn file_overrides_and_extends_kinds() {
+        let c = load_str(
+            r#"
+            [ninjapay]
+            api_key = "sk_live_secret"
+            prod_base_url = "http://127.0.0.1:9"
+            [schedule]
+            first_check = ["100ms", "120ms"]
+            steps = [{ every = "10ms", for = "50ms" }, { every = "40ms" }]
+            timeout = "1s"
+            [kinds.p2p]
+            url = "{prod}/other"
+            [kinds.custom]
+            method = "GET"
+            url = "{prod}/v9/check"
+            id_field = "ref"
+            auth_header = "Authorization"
+            status_pointer = "/result/state"
+            status_map = { open = "pending", done = "succeeded" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.kinds["p2p"].url, "http://127.0.0.1:9/other");
+        assert_eq!(c.kinds["p2p"].id_field, "tid");
+        assert_eq!(c.kinds["custom"].status_pointer, "/result/state");
+        assert_eq!(c.ladder.timeout_ms(), 1000);
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("sk_live_secret"), "{shown}");
+        assert!(!format!("{c:?}").contains("sk_live_secret"));
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let e = load_str("[schedule]\nsteps = [{ every = \"0s\" }]").unwrap_err();
+        assert!(e.to_string().starts_with("schedule.steps[0].every"), "{e}");
+        let e = load_str("[schedule]\nfirst_check = [\"25s\", \"20s\"]").unwrap_err();
+        assert!(e.to_string().starts_with("schedule.first_check"), "{e}");
+        let e = load_str("[schedule]\ntimeout = \"5s\"").unwrap_err();
+        assert!(e.to_string().starts_with("schedule.timeout"), "{e}");
+        let e = load_str("[ninjapay]\nbudget_window = \"soon\"").unwrap_err();
+        assert!(e.to_string().starts_with("ninjapay.budget_window"), "{e}");
+        let e = load_str("[ninjapay]\nbogus = 1").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = load_str("[webhooks]\nurl = \"http://127.0.0.1:1/x\"").unwrap_err();
+        assert!(e.to_string().starts_with("webhooks.secret"), "{e}");
+    }
+}

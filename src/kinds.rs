@@ -1,0 +1,733 @@
+//! Check kinds as data: how to ask Ninjapay about one payment and how to read the answer
+//! (SPEC section 2). The four presets are defaults in the configuration, so a user can
+//! override any field of one, or add a kind, without recompiling.
+//!
+//! Everything here is pure: building a request's parts and interpreting an answer. The
+//! HTTP call itself is `upstream`'s.
+
+use crate::config::Secret;
+use crate::payment::{PaymentId, State};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// A kind as written in the configuration; every field optional so that a user's table
+/// merges over a preset's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKind {
+    /// `GET` or `POST`.
+    pub method: Option<String>,
+    /// Endpoint; `{prod}` and `{api}` expand to the configured base URLs.
+    pub url: Option<String>,
+    /// Name of the parameter that carries the payment id.
+    pub id_field: Option<String>,
+    /// `query` or `json` (a JSON body `{id_field: id}`).
+    pub id_in: Option<String>,
+    /// Header that carries the API key.
+    pub auth_header: Option<String>,
+    /// JSON pointer to the raw status (within each list item for list kinds).
+    pub status_pointer: Option<String>,
+    /// JSON pointer to an envelope flag that must be `true` (else the answer is an error).
+    pub ok_pointer: Option<String>,
+    /// Raw status (matched case-insensitively) → state.
+    #[serde(default)]
+    pub status_map: BTreeMap<String, String>,
+    /// Fixed query parameters sent with every request.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Makes the kind a list endpoint: one request answers every pending payment it lists.
+    pub list: Option<RawList>,
+    /// This kind's own API key (else `ninjapay.api_key`); budgets are per key.
+    pub api_key: Option<String>,
+    /// A file holding this kind's own API key.
+    pub api_key_file: Option<std::path::PathBuf>,
+}
+
+/// List-endpoint settings of a kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawList {
+    /// JSON pointer to the array of items ("" for a top-level array).
+    pub items_pointer: Option<String>,
+    /// JSON pointer, within an item, to its id.
+    pub item_id_pointer: Option<String>,
+    /// Query parameter that bounds the page size.
+    pub limit_param: Option<String>,
+    /// Largest page asked for.
+    pub max_limit: Option<u32>,
+}
+
+fn preset(
+    method: &str,
+    url: &str,
+    id_field: &str,
+    id_in: &str,
+    auth: &str,
+    status: &str,
+    map: &[(&str, &str)],
+) -> RawKind {
+    RawKind {
+        method: Some(method.into()),
+        url: Some(url.into()),
+        id_field: Some(id_field.into()),
+        id_in: Some(id_in.into()),
+        auth_header: Some(auth.into()),
+        status_pointer: Some(status.into()),
+        status_map: map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..RawKind::default()
+    }
+}
+
+/// The presets of SPEC section 2, as configuration defaults.
+pub fn presets() -> BTreeMap<String, RawKind> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "p2p".into(),
+        preset(
+            "GET",
+            "{prod}/uapi/v1/p2p/paymentLink/checkPayment",
+            "tid",
+            "query",
+            "Authorization",
+            "/status",
+            &[
+                ("pending", "pending"),
+                ("approved", "succeeded"),
+                ("declined", "failed"),
+            ],
+        ),
+    );
+    m.insert(
+        "quote".into(),
+        preset(
+            "GET",
+            "{prod}/sapi/v1/checkQuote",
+            "tid",
+            "query",
+            "Authorization",
+            "/status",
+            &[
+                ("pending", "pending"),
+                ("success", "succeeded"),
+                ("completed", "succeeded"),
+                ("failed", "failed"),
+                ("expired", "expired"),
+                ("refunded", "refunded"),
+            ],
+        ),
+    );
+    let mut paywall = preset(
+        "POST",
+        "{api}/webextension/api/v1/fiat/paywall/trx-status",
+        "order_id",
+        "json",
+        "x-api-key",
+        "/data/trxStatus",
+        &[
+            ("pending", "pending"),
+            ("success", "succeeded"),
+            ("failed", "failed"),
+            ("failure", "failed"),
+        ],
+    );
+    paywall.ok_pointer = Some("/status".into());
+    m.insert("paywall".into(), paywall);
+    let mut btc = preset(
+        "GET",
+        "{prod}/sapi/v1/history",
+        "tid",
+        "query",
+        "Authorization",
+        "/status",
+        &[
+            ("undefined", "pending"),
+            ("pending", "pending"),
+            ("paid", "succeeded"),
+            ("declined", "failed"),
+        ],
+    );
+    btc.list = Some(RawList {
+        items_pointer: Some(String::new()),
+        item_id_pointer: Some("/tid".into()),
+        limit_param: Some("limit".into()),
+        max_limit: Some(500),
+    });
+    m.insert("btc".into(), btc);
+    m
+}
+
+/// HTTP method of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// Where the id goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdIn {
+    Query,
+    Json,
+}
+
+/// A validated list endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListSpec {
+    pub items_pointer: String,
+    pub item_id_pointer: String,
+    pub limit_param: String,
+    pub max_limit: u32,
+}
+
+/// A validated check kind.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    pub name: String,
+    pub method: Method,
+    pub url: String,
+    pub id_field: String,
+    pub id_in: IdIn,
+    pub auth_header: String,
+    pub status_pointer: String,
+    pub ok_pointer: Option<String>,
+    pub status_map: HashMap<String, State>,
+    pub query: Vec<(String, String)>,
+    pub list: Option<ListSpec>,
+    /// The kind's own key, when it does not use `ninjapay.api_key`.
+    pub api_key: Option<Secret>,
+}
+
+/// A kind the configuration got wrong; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("kinds.{kind}.{field}: {message}")]
+pub struct KindError {
+    pub kind: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn valid_pointer(p: &str) -> bool {
+    p.is_empty() || p.starts_with('/')
+}
+
+impl Kind {
+    /// Validates a configured kind. `prod` and `api` are the base URLs `{prod}`/`{api}`
+    /// expand to.
+    pub fn from_raw(name: &str, raw: &RawKind, prod: &str, api: &str) -> Result<Self, KindError> {
+        let err = |field: &'static str, message: String| KindError {
+            kind: name.to_string(),
+            field,
+            message,
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(err(
+                "name",
+                "a kind's name is 1-32 characters of a-z, 0-9, '_' or '-'".into(),
+            ));
+        }
+        let method = match raw
+            .method
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("GET") => Method::Get,
+            Some("POST") => Method::Post,
+            Some(other) => return Err(err("method", format!("{other:?} is not GET or POST"))),
+            None => return Err(err("method", "missing".into())),
+        };
+        let url = raw
+            .url
+            .as_deref()
+            .ok_or_else(|| err("url", "missing".into()))?
+            .replace("{prod}", prod.trim_end_matches('/'))
+            .replace("{api}", api.trim_end_matches('/'));
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(err("url", format!("{url:?} is not an http(s) URL")));
+        }
+        let id_field = raw
+            .id_field
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| err("id_field", "missing".into()))?;
+        let id_in = match raw.id_in.as_deref() {
+            Some("query") | None => IdIn::Query,
+            Some("json") => IdIn::Json,
+            Some(other) => return Err(err("id_in", format!("{other:?} is not query or json"))),
+        };
+        if id_in == IdIn::Json && method == Method::Get {
+            return Err(err("id_in", "a JSON body needs method POST".into()));
+        }
+        let auth_header = raw
+            .auth_header
+            .clone()
+            .ok_or_else(|| err("auth_header", "missing".into()))?;
+        if auth_header.is_empty()
+            || !auth_header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(
+                "auth_header",
+                format!("{auth_header:?} is not a header name"),
+            ));
+        }
+        let status_pointer = raw
+            .status_pointer
+            .clone()
+            .ok_or_else(|| err("status_pointer", "missing".into()))?;
+        if !valid_pointer(&status_pointer) {
+            return Err(err(
+                "status_pointer",
+                "a JSON pointer starts with '/'".into(),
+            ));
+        }
+        if let Some(p) = &raw.ok_pointer {
+            if !valid_pointer(p) {
+                return Err(err("ok_pointer", "a JSON pointer starts with '/'".into()));
+            }
+        }
+        let mut status_map = HashMap::new();
+        for (k, v) in &raw.status_map {
+            let state = State::parse(v)
+                .filter(|s| *s != State::TimedOut && *s != State::Cancelled)
+                .ok_or_else(|| {
+                    err(
+                        "status_map",
+                        format!(
+                            "{k:?} maps to {v:?}, which is not one of pending, succeeded, failed, expired, refunded"
+                        ),
+                    )
+                })?;
+            status_map.insert(k.to_lowercase(), state);
+        }
+        if status_map.is_empty() {
+            return Err(err("status_map", "maps no status".into()));
+        }
+        let list = match &raw.list {
+            None => None,
+            Some(l) => {
+                let items_pointer = l.items_pointer.clone().unwrap_or_default();
+                let item_id_pointer = l
+                    .item_id_pointer
+                    .clone()
+                    .unwrap_or_else(|| format!("/{id_field}"));
+                if !valid_pointer(&items_pointer) || !valid_pointer(&item_id_pointer) {
+                    return Err(err("list", "JSON pointers start with '/'".into()));
+                }
+                let max_limit = l.max_limit.unwrap_or(500);
+                if max_limit == 0 {
+                    return Err(err("list", "max_limit must be at least 1".into()));
+                }
+                Some(ListSpec {
+                    items_pointer,
+                    item_id_pointer,
+                    limit_param: l.limit_param.clone().unwrap_or_else(|| "limit".into()),
+                    max_limit,
+                })
+            }
+        };
+        let api_key = match (&raw.api_key, &raw.api_key_file) {
+            (Some(k), _) => Some(Secret::new(k.clone())),
+            (None, Some(path)) => {
+                Some(Secret::from_file(path).map_err(|e| err("api_key_file", e))?)
+            }
+            (None, None) => None,
+        };
+        Ok(Self {
+            name: name.to_string(),
+            method,
+            url,
+            id_field,
+            id_in,
+            auth_header,
+            status_pointer,
+            ok_pointer: raw.ok_pointer.clone(),
+            status_map,
+            query: raw
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            list,
+            api_key,
+        })
+    }
+
+    /// Whether one request answers many payments.
+    pub fn is_list(&self) -> bool {
+        self.list.is_some()
+    }
+
+    /// Maps a raw status, case-insensitively; `None` for a status the map doesn't know.
+    pub fn map_status(&self, raw: &str) -> Option<State> {
+        self.status_map.get(&raw.to_lowercase()).copied()
+    }
+
+    /// Query parameters of the request checking `ids` (one id, or the listed ones).
+    pub fn query_params(&self, ids: &[&PaymentId]) -> Vec<(String, String)> {
+        let mut q = self.query.clone();
+        match &self.list {
+            Some(list) => {
+                let limit = (ids.len() as u32).clamp(1, list.max_limit);
+                q.push((list.limit_param.clone(), limit.to_string()));
+            }
+            None => {
+                if let (IdIn::Query, Some(id)) = (self.id_in, ids.first()) {
+                    q.push((self.id_field.clone(), id.as_str().to_string()));
+                }
+            }
+        }
+        q
+    }
+
+    /// JSON body of the request checking `id`, for kinds that send one.
+    pub fn json_body(&self, id: &PaymentId) -> Option<Value> {
+        (self.id_in == IdIn::Json && self.list.is_none()).then(|| {
+            let mut m = serde_json::Map::new();
+            m.insert(self.id_field.clone(), Value::String(id.as_str().into()));
+            Value::Object(m)
+        })
+    }
+
+    /// Reads one payment's answer (HTTP status and body) into an observation.
+    pub fn interpret(&self, code: u16, body: &[u8]) -> Observation {
+        let json = match classify(code, body) {
+            Ok(json) => json,
+            Err(obs) => return obs,
+        };
+        if let Some(p) = &self.ok_pointer {
+            if json.pointer(p) != Some(&Value::Bool(true)) {
+                let message = provider_message(&json).unwrap_or("envelope status is not true");
+                return Observation::error(
+                    ErrorClass::Rejected,
+                    format!("Ninjapay answered {p} != true: {message}"),
+                    Some(json),
+                );
+            }
+        }
+        self.read_status(&json, json.clone())
+    }
+
+    fn read_status(&self, item: &Value, response: Value) -> Observation {
+        match item.pointer(&self.status_pointer) {
+            Some(Value::String(raw)) => Observation::Status {
+                state: self.map_status(raw),
+                raw: raw.clone(),
+                response,
+            },
+            Some(other) => Observation::error(
+                ErrorClass::BadBody,
+                format!(
+                    "status at {} is not a string: {}",
+                    self.status_pointer,
+                    truncate(&other.to_string(), 80)
+                ),
+                Some(response),
+            ),
+            None => Observation::error(
+                ErrorClass::BadBody,
+                format!("answer has no status at {}", self.status_pointer),
+                Some(response),
+            ),
+        }
+    }
+
+    /// Reads a list endpoint's answer: an observation for each of `ids` (those missing
+    /// from the listing get an error), or one error for them all.
+    pub fn interpret_list(
+        &self,
+        code: u16,
+        body: &[u8],
+        ids: &[&PaymentId],
+    ) -> Result<Vec<Observation>, Observation> {
+        let Some(list) = &self.list else {
+            return Err(Observation::error(
+                ErrorClass::BadBody,
+                "kind has no list endpoint".into(),
+                None,
+            ));
+        };
+        let json = classify(code, body)?;
+        let items = match json.pointer(&list.items_pointer) {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(Observation::error(
+                    ErrorClass::BadBody,
+                    format!("answer has no array at {:?}", list.items_pointer),
+                    Some(json.clone()),
+                ))
+            }
+        };
+        let mut by_id: HashMap<String, &Value> = HashMap::with_capacity(items.len());
+        for item in items {
+            let id = match item.pointer(&list.item_id_pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => continue,
+            };
+            by_id.entry(id).or_insert(item);
+        }
+        Ok(ids
+            .iter()
+            .map(|id| match by_id.get(id.as_str()) {
+                Some(item) => self.read_status(item, (*item).clone()),
+                None => Observation::error(
+                    ErrorClass::NotFound,
+                    format!("not in the listing of {} items", items.len()),
+                    None,
+                ),
+            })
+            .collect())
+    }
+}
+
+/// What one check learned about one payment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// Ninjapay answered with a status; `state` is `None` for a raw status the kind's map
+    /// doesn't know (the payment stays pending).
+    Status {
+        raw: String,
+        state: Option<State>,
+        response: Value,
+    },
+    /// The check failed; the payment stays on the ladder with the error recorded.
+    Error {
+        class: ErrorClass,
+        message: String,
+        response: Option<Value>,
+        /// `Retry-After`, already resolved to milliseconds from now.
+        retry_after_ms: Option<i64>,
+    },
+}
+
+impl Observation {
+    /// An error without `Retry-After`.
+    pub fn error(class: ErrorClass, message: String, response: Option<Value>) -> Self {
+        Observation::Error {
+            class,
+            message,
+            response,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Families of failure; the scheduler reacts to some (rate limits, auth) as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connect failure, timeout, reset.
+    Transport,
+    /// 429.
+    RateLimited,
+    /// 503.
+    Unavailable,
+    /// 401/403: the key is wrong or revoked.
+    Auth,
+    /// 404, or missing from a listing: maybe not visible yet.
+    NotFound,
+    /// Other 4xx/5xx.
+    Http,
+    /// Not JSON, no status, wrong shape.
+    BadBody,
+    /// The provider said no (`status: false` envelope).
+    Rejected,
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn provider_message(json: &Value) -> Option<&str> {
+    json.get("message").and_then(Value::as_str)
+}
+
+/// Splits an answer into a JSON body to read, or an error observation.
+fn classify(code: u16, body: &[u8]) -> Result<Value, Observation> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    if !(200..300).contains(&code) {
+        let class = match code {
+            401 | 403 => ErrorClass::Auth,
+            404 => ErrorClass::NotFound,
+            429 => ErrorClass::RateLimited,
+            503 => ErrorClass::Unavailable,
+            _ => ErrorClass::Http,
+        };
+        let detail = json
+            .as_ref()
+            .and_then(provider_message)
+            .map(|m| truncate(m, 200))
+            .unwrap_or_else(|| truncate(&String::from_utf8_lossy(body), 200));
+        return Err(Observation::error(
+            class,
+            format!("HTTP {code}: {detail}"),
+            json,
+        ));
+    }
+    json.ok_or_else(|| {
+        Observation::error(
+            ErrorClass::BadBody,
+            format!(
+                "answer is not JSON: {}",
+                truncate(&String::from_utf8_lossy(body), 80)
+            ),
+            None,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(name: &str) -> Kind {
+        Kind::from_raw(name, &presets()[name], "https://prod.x", "https://api.x").unwrap()
+    }
+
+    fn id(s: &str) -> PaymentId {
+        PaymentId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn presets_map_statuses_case_insensitively() {
+        let p2p = kind("p2p");
+        assert_eq!(p2p.map_status("APPROVED"), Some(State::Succeeded));
+        assert_eq!(p2p.map_status("declined"), Some(State::Failed));
+        assert_eq!(p2p.map_status("weird"), None);
+        let quote = kind("quote");
+        assert_eq!(quote.map_status("Completed"), Some(State::Succeeded));
+        assert_eq!(quote.map_status("refunded"), Some(State::Refunded));
+        let pw = kind("paywall");
+        assert_eq!(pw.map_status("FAILURE"), Some(State::Failed));
+        let btc = kind("btc");
+        assert_eq!(btc.map_status("undefined"), Some(State::Pending));
+        assert_eq!(btc.map_status("paid"), Some(State::Succeeded));
+    }
+
+    #[test]
+    fn request_shapes_follow_the_spec() {
+        let p2p = kind("p2p");
+        assert_eq!(
+            p2p.url,
+            "https://prod.x/uapi/v1/p2p/paymentLink/checkPayment"
+        );
+        assert_eq!(
+            p2p.query_params(&[&id("A1")]),
+            vec![("tid".into(), "A1".into())]
+        );
+        assert!(p2p.json_body(&id("A1")).is_none());
+        let pw = kind("paywall");
+        assert_eq!(pw.method, Method::Post);
+        assert_eq!(pw.auth_header, "x-api-key");
+        assert_eq!(
+            pw.json_body(&id("FT_1")),
+            Some(serde_json::json!({"order_id": "FT_1"}))
+        );
+        assert!(pw.query_params(&[&id("FT_1")]).is_empty());
+        let btc = kind("btc");
+        assert_eq!(
+            btc.query_params(&[&id("1"), &id("2")]),
+            vec![("limit".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn answers_are_interpreted() {
+        let p2p = kind("p2p");
+        match p2p.interpret(200, br#"{"tid":"A1","status":"approved"}"#) {
+            Observation::Status { raw, state, .. } => {
+                assert_eq!(raw, "approved");
+                assert_eq!(state, Some(State::Succeeded));
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = |o: Observation| match o {
+            Observation::Error { class, .. } => class,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err(p2p.interpret(200, b"<html>")), ErrorClass::BadBody);
+        assert_eq!(
+            err(p2p.interpret(200, br#"{"tid":1}"#)),
+            ErrorClass::BadBody
+        );
+        assert_eq!(
+            err(p2p.interpret(200, br#"{"status":7}"#)),
+            ErrorClass::BadBody
+        );
+        assert_eq!(
+            err(p2p.interpret(404, br#"{"success":false,"message":"no such tid"}"#)),
+            ErrorClass::NotFound
+        );
+        assert_eq!(err(p2p.interpret(500, b"")), ErrorClass::Http);
+        assert_eq!(err(p2p.interpret(429, b"")), ErrorClass::RateLimited);
+        assert_eq!(err(p2p.interpret(401, b"")), ErrorClass::Auth);
+        let pw = kind("paywall");
+        assert_eq!(
+            err(pw.interpret(200, br#"{"status":false,"message":"bad order"}"#)),
+            ErrorClass::Rejected
+        );
+        match pw.interpret(200, br#"{"status":true,"data":{"trxStatus":"SUCCESS"}}"#) {
+            Observation::Status { state, .. } => assert_eq!(state, Some(State::Succeeded)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn listings_match_numeric_and_string_ids() {
+        let btc = kind("btc");
+        let body = br#"[{"tid":210660277897,"status":"paid"},{"tid":"x9","status":"undefined"}]"#;
+        let (a, b, c) = (id("210660277897"), id("x9"), id("gone"));
+        let obs = btc.interpret_list(200, body, &[&a, &b, &c]).unwrap();
+        assert!(matches!(
+            &obs[0],
+            Observation::Status {
+                state: Some(State::Succeeded),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &obs[1],
+            Observation::Status {
+                state: Some(State::Pending),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &obs[2],
+            Observation::Error {
+                class: ErrorClass::NotFound,
+                ..
+            }
+        ));
+        assert!(btc.interpret_list(200, br#"{"a":1}"#, &[&a]).is_err());
+    }
+
+    #[test]
+    fn bad_kinds_are_refused_with_the_key() {
+        let mut raw = presets()["p2p"].clone();
+        raw.status_map.insert("odd".into(), "cancelled".into());
+        let e = Kind::from_raw("p2p", &raw, "https://p", "https://a").unwrap_err();
+        assert!(e.to_string().starts_with("kinds.p2p.status_map"), "{e}");
+        let mut raw = presets()["p2p"].clone();
+        raw.method = Some("PUT".into());
+        assert!(Kind::from_raw("p2p", &raw, "https://p", "https://a").is_err());
+        assert!(Kind::from_raw("Bad Name", &presets()["p2p"], "https://p", "https://a").is_err());
+    }
+}

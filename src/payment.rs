@@ -1,0 +1,157 @@
+//! Domain types shared by every module: payment identity, states, and time.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest payment id accepted, in bytes. Ninjapay's ids are short; a bound keeps a
+/// hostile client from filling the database through one field.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Unix time in milliseconds, UTC. The one time representation in the database and on
+/// the scheduler's side; converted to RFC 3339 only at the API edge.
+pub type UnixMs = i64;
+
+/// The current wall-clock time.
+pub fn now_ms() -> UnixMs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, millisecond precision) for a unix-millisecond timestamp.
+pub fn rfc3339(ms: UnixMs) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A payment id as Ninjapay issued it: non-empty, at most [`MAX_ID_LEN`] bytes, no
+/// control characters or surrounding whitespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PaymentId(String);
+
+/// Why a payment id was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error("id must not be empty")]
+    Empty,
+    #[error("id is {0} bytes long; the limit is {MAX_ID_LEN}")]
+    TooLong(usize),
+    #[error("id must not contain control characters or surrounding whitespace")]
+    BadCharacters,
+}
+
+impl PaymentId {
+    /// Parses an id from outside.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if s.len() > MAX_ID_LEN {
+            return Err(IdError::TooLong(s.len()));
+        }
+        if s.chars().any(char::is_control) || s.trim() != s {
+            return Err(IdError::BadCharacters);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PaymentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a payment stands. Every state but `Pending` is final: polling stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Succeeded,
+    Failed,
+    Expired,
+    Refunded,
+    TimedOut,
+    Cancelled,
+}
+
+impl State {
+    /// All states, for parsing and listing.
+    pub const ALL: [State; 7] = [
+        State::Pending,
+        State::Succeeded,
+        State::Failed,
+        State::Expired,
+        State::Refunded,
+        State::TimedOut,
+        State::Cancelled,
+    ];
+
+    /// The name used in the database, the API and the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Expired => "expired",
+            State::Refunded => "refunded",
+            State::TimedOut => "timed_out",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a state name.
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether polling has stopped for good.
+    pub fn is_final(self) -> bool {
+        self != State::Pending
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_at_the_edge() {
+        assert!(PaymentId::parse("A198660213997").is_ok());
+        assert_eq!(PaymentId::parse(""), Err(IdError::Empty));
+        assert_eq!(
+            PaymentId::parse(&"x".repeat(129)),
+            Err(IdError::TooLong(129))
+        );
+        assert_eq!(PaymentId::parse("a\nb"), Err(IdError::BadCharacters));
+        assert_eq!(PaymentId::parse(" a"), Err(IdError::BadCharacters));
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert!(!State::Pending.is_final());
+        assert!(State::TimedOut.is_final());
+    }
+
+    #[test]
+    fn rfc3339_is_utc_millis() {
+        assert_eq!(rfc3339(1_649_367_553_000), "2022-04-07T21:39:13.000Z");
+    }
+}

@@ -1,0 +1,558 @@
+//! SQLite persistence: the only module that speaks SQL.
+//!
+//! One writer connection, every write transaction `BEGIN IMMEDIATE` (a deferred one that
+//! reads then writes can fail with "database is locked" under a concurrent reader), and a
+//! separate pool of readers. WAL mode lets the merchant app and our readers see committed
+//! states without blocking the writer. Pragmas live in the connect options so that every
+//! pooled connection gets them. An exclusive lock on a sibling `.lock` file makes a second
+//! daemon on the same database impossible.
+
+use crate::payment::{now_ms, PaymentId, State, UnixMs};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{FromRow, Row};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors a caller may want to tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another ninjapoll holds {0} (a second daemon on one database is refused)")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// A payment row, as stored.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct PaymentRow {
+    pub pk: i64,
+    pub kind: String,
+    pub id: String,
+    pub state: String,
+    pub upstream_status: Option<String>,
+    pub started_at: i64,
+    pub jitter_ms: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub next_check_at: Option<i64>,
+    pub checks_done: i64,
+    pub last_checked_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub finished_at: Option<i64>,
+    pub response: Option<String>,
+    pub metadata: Option<String>,
+    pub callback_url: Option<String>,
+    pub event_seq: i64,
+}
+
+impl PaymentRow {
+    /// The state, tolerating a hand-edited database (an unknown name reads as pending, so
+    /// polling goes on rather than silently stopping).
+    pub fn state(&self) -> State {
+        State::parse(&self.state).unwrap_or(State::Pending)
+    }
+}
+
+/// A payment to start tracking.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub kind: String,
+    pub id: PaymentId,
+    pub started_at: UnixMs,
+    pub jitter_ms: i64,
+    pub next_check_at: UnixMs,
+    pub callback_url: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Existing,
+}
+
+/// The result of one check, to commit.
+#[derive(Debug, Clone)]
+pub struct CheckRecord {
+    pub pk: i64,
+    pub checked_at: UnixMs,
+    /// The raw status seen, if the check got one.
+    pub upstream_status: Option<String>,
+    /// The payment's state after the check.
+    pub state: State,
+    /// The body of the answer (JSON text), kept when there is one.
+    pub response: Option<String>,
+    /// The error, if the check failed; `None` clears the previous one.
+    pub error: Option<String>,
+    /// When the next check is planned; `None` once final.
+    pub next_check_at: Option<UnixMs>,
+    /// A webhook event this check causes, if any.
+    pub event: Option<EventSpec>,
+    /// Whether the payment's state or raw status changed (kept in history).
+    pub changed: bool,
+}
+
+/// A webhook event to put in the outbox with the change that causes it.
+#[derive(Debug, Clone)]
+pub struct EventSpec {
+    pub event_type: &'static str,
+    pub previous_state: State,
+    pub previous_upstream_status: Option<String>,
+}
+
+/// What committing a check changed, for the scheduler and telemetry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Recorded.
+    Updated { event_queued: bool },
+    /// The payment was no longer pending (cancelled meanwhile): nothing written.
+    Skipped,
+}
+
+/// A pending payment, as the scheduler resumes it.
+#[derive(Debug, Clone, FromRow)]
+pub struct PendingRow {
+    pub pk: i64,
+    pub kind: String,
+    pub id: String,
+    pub upstream_status: Option<String>,
+    pub started_at: i64,
+    pub jitter_ms: i64,
+    pub next_check_at: Option<i64>,
+    pub last_checked_at: Option<i64>,
+    pub checks_done: i64,
+}
+
+/// A list query.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<State>,
+    pub kind: Option<String>,
+    /// Only rows with a larger `pk` (the cursor).
+    pub after_pk: Option<i64>,
+    pub limit: u32,
+}
+
+/// The database.
+#[derive(Clone)]
+pub struct Store {
+    write: SqlitePool,
+    read: SqlitePool,
+    /// Event URL when a payment has no `callback_url`.
+    default_webhook_url: Option<Arc<str>>,
+    _lock: Arc<File>,
+}
+
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a committed check survives power loss, not just a crash; group commits
+        // keep the fsync count low.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+}
+
+const PAYMENT_COLUMNS: &str = "pk, kind, id, state, upstream_status, started_at, jitter_ms, \
+    created_at, updated_at, next_check_at, checks_done, last_checked_at, last_error, \
+    finished_at, response, metadata, callback_url, event_seq";
+
+impl Store {
+    /// Opens (creating if needed) the database, takes the daemon lock, and migrates.
+    pub async fn open(
+        path: &Path,
+        default_webhook_url: Option<String>,
+    ) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating database directory {}", dir.display()))?;
+        }
+        let lock_path = lock_path(path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening lock file {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(lock_path));
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options(path))
+            .await
+            .with_context(|| format!("opening database {}", path.display()))?;
+        sqlx::migrate!("./migrations")
+            .run(&write)
+            .await
+            .context("applying migrations")?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options(path).read_only(true))
+            .await
+            .context("opening database readers")?;
+        Ok(Self {
+            write,
+            read,
+            default_webhook_url: default_webhook_url.map(Into::into),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Closes both pools, flushing the WAL.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    /// Inserts payments in one transaction; an existing kind+id is left untouched and
+    /// returned as it is.
+    pub async fn insert_payments(&self, new: &[NewPayment]) -> Result<Vec<(PaymentRow, Inserted)>> {
+        let now = now_ms();
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(new.len());
+        for p in new {
+            let metadata = p.metadata.as_ref().map(Value::to_string);
+            let inserted: Option<PaymentRow> = sqlx::query_as(&format!(
+                "INSERT INTO payments (kind, id, started_at, jitter_ms, created_at, updated_at, \
+                 next_check_at, callback_url, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (kind, id) DO NOTHING RETURNING {PAYMENT_COLUMNS}"
+            ))
+            .bind(&p.kind)
+            .bind(p.id.as_str())
+            .bind(p.started_at)
+            .bind(p.jitter_ms)
+            .bind(now)
+            .bind(now)
+            .bind(p.next_check_at)
+            .bind(&p.callback_url)
+            .bind(metadata)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("inserting payment")?;
+            match inserted {
+                Some(row) => out.push((row, Inserted::New)),
+                None => {
+                    let row: PaymentRow = sqlx::query_as(&format!(
+                        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
+                    ))
+                    .bind(&p.kind)
+                    .bind(p.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("reading existing payment")?;
+                    out.push((row, Inserted::Existing));
+                }
+            }
+        }
+        tx.commit().await.context("committing enqueue")?;
+        Ok(out)
+    }
+
+    /// One payment by kind and id.
+    pub async fn get(&self, kind: &str, id: &str) -> Result<Option<PaymentRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
+        ))
+        .bind(kind)
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// A page of payments in insertion order.
+    pub async fn list(&self, f: &ListFilter) -> Result<Vec<PaymentRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE pk > ? \
+             AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR kind = ?3) \
+             ORDER BY pk LIMIT ?4"
+        ))
+        .bind(f.after_pk.unwrap_or(0))
+        .bind(f.state.map(State::as_str))
+        .bind(&f.kind)
+        .bind(f.limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Every pending payment, for the scheduler at start-up.
+    pub async fn pending(&self) -> Result<Vec<PendingRow>> {
+        Ok(sqlx::query_as(
+            "SELECT pk, kind, id, upstream_status, started_at, jitter_ms, next_check_at, \
+             last_checked_at, checks_done FROM payments WHERE state = 'pending' ORDER BY pk",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Counts per state, for health and metrics.
+    pub async fn state_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM payments GROUP BY state")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Webhook events per state.
+    pub async fn webhook_state_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM webhook_events GROUP BY state")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Commits the outcomes of several checks in one transaction (one fsync for many
+    /// checks). Each outcome's status change and webhook event land together or not at all.
+    pub async fn record_checks(&self, records: &[CheckRecord]) -> Result<Vec<Applied>> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let before: Option<PaymentRow> = sqlx::query_as(&format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE pk = ? AND state = 'pending'"
+            ))
+            .bind(r.pk)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(before) = before else {
+                out.push(Applied::Skipped);
+                continue;
+            };
+            let finished_at = r.state.is_final().then_some(r.checked_at);
+            let upstream_status = r
+                .upstream_status
+                .clone()
+                .or_else(|| before.upstream_status.clone());
+            let response = r.response.clone().or_else(|| before.response.clone());
+            sqlx::query(
+                "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
+                 last_error = ?, last_checked_at = ?, checks_done = checks_done + 1, \
+                 next_check_at = ?, finished_at = ?, updated_at = ? WHERE pk = ?",
+            )
+            .bind(r.state.as_str())
+            .bind(&upstream_status)
+            .bind(&response)
+            .bind(&r.error)
+            .bind(r.checked_at)
+            .bind(if r.state.is_final() {
+                None
+            } else {
+                r.next_check_at
+            })
+            .bind(finished_at)
+            .bind(now_ms())
+            .bind(r.pk)
+            .execute(&mut *tx)
+            .await?;
+            if r.changed {
+                sqlx::query(
+                    "INSERT INTO status_history (payment_pk, at, previous_state, state, \
+                     previous_upstream_status, upstream_status) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(r.pk)
+                .bind(r.checked_at)
+                .bind(&before.state)
+                .bind(r.state.as_str())
+                .bind(&before.upstream_status)
+                .bind(&upstream_status)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut event_queued = false;
+            if let Some(ev) = &r.event {
+                let url = before
+                    .callback_url
+                    .clone()
+                    .or_else(|| self.default_webhook_url.as_deref().map(String::from));
+                if let Some(url) = url {
+                    let sequence = before.event_seq + 1;
+                    let after = PaymentRow {
+                        state: r.state.as_str().into(),
+                        upstream_status: upstream_status.clone(),
+                        response: response.clone(),
+                        last_checked_at: Some(r.checked_at),
+                        ..before.clone()
+                    };
+                    let (event_id, body) =
+                        crate::webhooks::event_body(ev, &after, sequence, r.checked_at);
+                    sqlx::query(
+                        "INSERT INTO webhook_events (event_id, payment_pk, sequence, type, url, \
+                         body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&event_id)
+                    .bind(r.pk)
+                    .bind(sequence)
+                    .bind(ev.event_type)
+                    .bind(&url)
+                    .bind(&body)
+                    .bind(r.checked_at)
+                    .bind(r.checked_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE payments SET event_seq = ? WHERE pk = ?")
+                        .bind(sequence)
+                        .bind(r.pk)
+                        .execute(&mut *tx)
+                        .await?;
+                    event_queued = true;
+                }
+            }
+            out.push(Applied::Updated { event_queued });
+        }
+        tx.commit().await.context("committing check outcomes")?;
+        Ok(out)
+    }
+
+    /// Cancels a pending payment. `Ok(None)`: no such payment; `Err` of the row: already final.
+    pub async fn cancel(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<Result<PaymentRow, PaymentRow>>> {
+        let now = now_ms();
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<PaymentRow> = sqlx::query_as(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
+        ))
+        .bind(kind)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.state().is_final() {
+            return Ok(Some(Err(row)));
+        }
+        let updated: PaymentRow = sqlx::query_as(&format!(
+            "UPDATE payments SET state = 'cancelled', next_check_at = NULL, finished_at = ?1, \
+             updated_at = ?1 WHERE pk = ?2 RETURNING {PAYMENT_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(row.pk)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO status_history (payment_pk, at, previous_state, state, \
+             previous_upstream_status, upstream_status) VALUES (?, ?, ?, 'cancelled', ?, ?)",
+        )
+        .bind(row.pk)
+        .bind(now)
+        .bind(&row.state)
+        .bind(&row.upstream_status)
+        .bind(&row.upstream_status)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Ok(updated)))
+    }
+
+    /// Moves a pending payment's next check to `at` (a manual recheck). `None`: no such
+    /// pending payment.
+    pub async fn reschedule(&self, kind: &str, id: &str, at: UnixMs) -> Result<Option<PaymentRow>> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<PaymentRow> = sqlx::query_as(&format!(
+            "UPDATE payments SET next_check_at = ?1, updated_at = ?1 WHERE kind = ?2 AND id = ?3 \
+             AND state = 'pending' RETURNING {PAYMENT_COLUMNS}"
+        ))
+        .bind(at)
+        .bind(kind)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// The status history of a payment, oldest first: (at, previous state, state, raw).
+    pub async fn history(&self, pk: i64) -> Result<Vec<(i64, String, String, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT at, previous_state, state, upstream_status FROM status_history \
+             WHERE payment_pk = ? ORDER BY pk",
+        )
+        .bind(pk)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// Writes the budget ledger's entries for requests about to be sent; returns their keys.
+    /// Committed before the requests go out, so a crash can never hide spent budget.
+    pub async fn ledger_send(&self, pool: &str, at: UnixMs, count: usize) -> Result<Vec<i64>> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut keys = Vec::with_capacity(count);
+        for _ in 0..count {
+            let pk: i64 = sqlx::query_scalar(
+                "INSERT INTO upstream_requests (pool, sent_at) VALUES (?, ?) RETURNING pk",
+            )
+            .bind(pool)
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await?;
+            keys.push(pk);
+        }
+        tx.commit().await.context("committing budget ledger")?;
+        Ok(keys)
+    }
+
+    /// Marks ledger entries answered.
+    pub async fn ledger_done(&self, done: &[(i64, UnixMs)]) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        for (pk, at) in done {
+            sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE pk = ?")
+                .bind(at)
+                .bind(pk)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ledger entries sent since `since`: (pool, sent_at, done_at).
+    pub async fn ledger_since(&self, since: UnixMs) -> Result<Vec<(String, i64, Option<i64>)>> {
+        let rows = sqlx::query(
+            "SELECT pool, sent_at, done_at FROM upstream_requests WHERE sent_at >= ? \
+             OR done_at >= ? OR done_at IS NULL ORDER BY sent_at",
+        )
+        .bind(since)
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Housekeeping: forgets ledger entries no window can count any more, and checkpoints
+    /// the WAL so a long-lived reader cannot make it grow without bound.
+    pub async fn maintain(&self, ledger_before: UnixMs) -> Result<()> {
+        sqlx::query("DELETE FROM upstream_requests WHERE COALESCE(done_at, sent_at) < ?")
+            .bind(ledger_before)
+            .execute(&self.write)
+            .await?;
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    db.with_file_name(name)
+}
