@@ -132,10 +132,8 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
             .fetch_all(&pool)
             .await?;
     pool.close().await;
-    let finished: std::collections::HashMap<String, (String, Option<i64>)> = rows
-        .into_iter()
-        .map(|(id, s, f)| (id, (s, f)))
-        .collect();
+    let finished: std::collections::HashMap<String, (String, Option<i64>)> =
+        rows.into_iter().map(|(id, s, f)| (id, (s, f))).collect();
     let mut delays = Vec::new();
     let mut ideal = Vec::new();
     let mut succeeded = 0;
@@ -147,7 +145,9 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
             }
             delays.push((fin - t0 - age).max(0));
         }
-        let interval = ladder.every_at(22_500 / SCALE as i64, *age).max(fair_interval);
+        let interval = ladder
+            .every_at(22_500 / SCALE as i64, *age)
+            .max(fair_interval);
         ideal.push(interval / 2);
     }
     delays.sort_unstable();
@@ -178,7 +178,9 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![50, 500, 5000]);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     println!("flip -> detection delay, ms (time compressed {SCALE}x: 10 min ladder = 6 s; budget {BUDGET} per 6 s window)");
     println!("     N |   median      p90      max |    ideal |  ratio | succeeded   | requests | max/window  | viol | max stretch");
     for n in sizes {

@@ -100,7 +100,10 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
             Some(&json!({"kind": kind, "id": id, "metadata": {"order": i}})),
         )
         .await?;
-        println!("enqueued {kind:<8} {id:<16} -> HTTP {status}, {}", v["state"].as_str().unwrap_or("?"));
+        println!(
+            "enqueued {kind:<8} {id:<16} -> HTTP {status}, {}",
+            v["state"].as_str().unwrap_or("?")
+        );
         states.insert((kind.to_string(), id), "pending".into());
     }
     println!();
