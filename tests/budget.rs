@@ -66,7 +66,10 @@ async fn never_over_budget_fair_and_shape_preserving_when_scarce() {
     }
     // 25 payments x the compressed ladder want far more than 40 per second.
     let wanted = ladder.plan(110).len() * ids.len();
-    assert!(wanted as u32 > 3 * budget, "the test must create scarcity ({wanted})");
+    assert!(
+        wanted as u32 > 3 * budget,
+        "the test must create scarcity ({wanted})"
+    );
     let health = watch_health(&d, Duration::from_secs(3), |h| {
         h["budget"][0]["stretch"].as_f64().unwrap_or(1.0) > 1.0
     })
@@ -79,7 +82,12 @@ async fn never_over_budget_fair_and_shape_preserving_when_scarce() {
     assert_eq!(last["healthy"], false, "{last:#}");
 
     let finals = all_final(&d, "p2p", &ids, Duration::from_secs(30)).await;
-    assert_eq!(fake.violations(), 0, "over budget: {:?}", fake.max_in_window(window));
+    assert_eq!(
+        fake.violations(),
+        0,
+        "over budget: {:?}",
+        fake.max_in_window(window)
+    );
     assert!(fake.max_in_window(window) <= budget);
 
     let deadline = t0 + ladder.timeout_ms();
@@ -112,14 +120,20 @@ async fn never_over_budget_fair_and_shape_preserving_when_scarce() {
     let min = *counts.iter().min().unwrap();
     let max = *counts.iter().max().unwrap();
     assert!(min >= 2, "every payment checked more than once: {counts:?}");
-    assert!(max <= 3 * min, "no payment starved while others feasted: {counts:?}");
+    assert!(
+        max <= 3 * min,
+        "no payment starved while others feasted: {counts:?}"
+    );
     let mean = |v: &[i64]| v.iter().sum::<i64>() as f64 / v.len().max(1) as f64;
     assert!(
         !early.is_empty() && (late.is_empty() || mean(&early) < mean(&late)),
         "dense early, sparse late: early {early:?} late {late:?}"
     );
     // Every request was made with the right credentials and shape.
-    assert!(fake.requests().iter().all(|r| r.auth_ok && r.method == "GET"));
+    assert!(fake
+        .requests()
+        .iter()
+        .all(|r| r.auth_ok && r.method == "GET"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,11 +238,17 @@ max_limit = 100
         assert_eq!(d.enqueue("lbtc", &id, Some(started(t1))).await.0, 201);
     }
     for i in 0..5 {
-        let p = d.wait_final("lbtc", &format!("{}", 800_000 + i), Duration::from_secs(10)).await;
+        let p = d
+            .wait_final("lbtc", &format!("{}", 800_000 + i), Duration::from_secs(10))
+            .await;
         assert_eq!(p["state"], "failed", "{p:#}");
     }
     let lbtc_calls: Vec<_> = fake.requests()[before..].to_vec();
-    assert!(lbtc_calls.len() <= 6, "{} calls for 5 lbtc payments", lbtc_calls.len());
+    assert!(
+        lbtc_calls.len() <= 6,
+        "{} calls for 5 lbtc payments",
+        lbtc_calls.len()
+    );
     assert!(lbtc_calls.iter().all(|r| r.query.contains("wallet=lbtc")));
 }
 
@@ -277,7 +297,10 @@ async fn rate_limits_pause_the_key_and_shrink_the_budget() {
         "an unexpected 429 lowers the limit in force: {h:#}"
     );
     let (_, metrics) = d.request("GET", "/metrics", None).await;
-    assert!(metrics.as_str().unwrap().contains("ninjapoll_unexpected_429_total 1"));
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("ninjapoll_unexpected_429_total 1"));
     assert!(d.log().contains("429"), "logged loudly");
     fake.set_fault(None);
     for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
@@ -330,13 +353,19 @@ async fn auth_failures_mark_the_kind_unhealthy_and_recover() {
     assert_eq!(h["budget"][0]["unhealthy_kinds"], json!(["p2p"]), "{h:#}");
     assert_eq!(h["healthy"], false);
     let p = d.payment("p2p", "K0").await.1;
-    assert!(p["last_error"].as_str().unwrap_or("").contains("401"), "{p:#}");
+    assert!(
+        p["last_error"].as_str().unwrap_or("").contains("401"),
+        "{p:#}"
+    );
     // While the key is refused, probes, not a check per payment per step.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let refused = fake.requests().iter().filter(|r| !r.auth_ok).count();
     assert!(refused <= 15, "{refused} refused requests in ~0.6 s");
     let reports = d.log().matches("refuses the API key").count();
-    assert!(reports <= 2, "reported {reports} times, not once per interval");
+    assert!(
+        reports <= 2,
+        "reported {reports} times, not once per interval"
+    );
     // The merchant fixes the key: it recovers by itself.
     fake.set_api_key(&FakeOptions::default().api_key);
     for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
@@ -363,10 +392,23 @@ async fn each_preset_sends_the_documented_request() {
     )
     .await;
     fake.script("p2p", "P1", Script::pending_then(Kind::P2p, 1, "approved"));
-    fake.script("quote", "Q1", Script::pending_then(Kind::Quote, 1, "Completed"));
-    fake.script("paywall", "FT_1", Script::pending_then(Kind::Paywall, 1, "FAILURE"));
+    fake.script(
+        "quote",
+        "Q1",
+        Script::pending_then(Kind::Quote, 1, "Completed"),
+    );
+    fake.script(
+        "paywall",
+        "FT_1",
+        Script::pending_then(Kind::Paywall, 1, "FAILURE"),
+    );
     fake.script_btc("4242", "btc", Script::pending_then(Kind::Btc, 1, "paid"));
-    for (k, id) in [("p2p", "P1"), ("quote", "Q1"), ("paywall", "FT_1"), ("btc", "4242")] {
+    for (k, id) in [
+        ("p2p", "P1"),
+        ("quote", "Q1"),
+        ("paywall", "FT_1"),
+        ("btc", "4242"),
+    ] {
         assert_eq!(d.enqueue(k, id, None).await.0, 201);
     }
     let want = [
@@ -383,11 +425,17 @@ async fn each_preset_sends_the_documented_request() {
         assert!(r.auth_ok, "{r:?}");
         match r.kind.as_deref() {
             Some("p2p") => {
-                assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/uapi/v1/p2p/paymentLink/checkPayment"));
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/uapi/v1/p2p/paymentLink/checkPayment")
+                );
                 assert_eq!(r.query, "tid=P1");
             }
             Some("quote") => {
-                assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/sapi/v1/checkQuote"));
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/sapi/v1/checkQuote")
+                );
                 assert_eq!(r.query, "tid=Q1");
             }
             Some("paywall") => {
@@ -398,7 +446,10 @@ async fn each_preset_sends_the_documented_request() {
                 assert_eq!(r.ids, vec!["FT_1".to_string()]);
             }
             Some("btc") => {
-                assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/sapi/v1/history"));
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/sapi/v1/history")
+                );
                 assert!(r.query.contains("limit="), "{}", r.query);
             }
             other => panic!("unexpected request {other:?}: {r:?}"),
