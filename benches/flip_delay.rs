@@ -115,6 +115,15 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
     loop {
         let (_, h) = request(&socket, "GET", "/v1/health", None).await?;
         stretch_seen = stretch_seen.max(h["budget"][0]["stretch"].as_f64().unwrap_or(1.0));
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            eprintln!(
+                "{} stretch {} used {} pending {}",
+                start.elapsed().as_millis(),
+                h["budget"][0]["stretch"],
+                h["budget"][0]["budget_used"],
+                h["payments"]["pending"]
+            );
+        }
         let pending = h["payments"]["pending"].as_i64().unwrap_or(0);
         if pending == 0 || Instant::now() > limit {
             break;
@@ -155,6 +164,13 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
     let med = percentile(&delays, 0.5);
     let ideal_med = percentile(&ideal, 0.5).max(1);
     let requests = fake.requests().len();
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        let mut hist = std::collections::BTreeMap::new();
+        for r in fake.requests() {
+            *hist.entry((r.unix_ms - t0) / 250 * 250).or_insert(0) += 1;
+        }
+        eprintln!("requests by 250 ms since t0: {hist:?}");
+    }
     println!(
         "{n:>6} | {:>8} {:>8} {:>8} | {:>8} | {:>6.2} | {:>5}/{n:<5} | {:>7} | {:>5}/{BUDGET} | {:>3} | {:>6.1}",
         med,

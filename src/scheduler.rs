@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 /// deadline checks and projection error.
 const PLAN_SHARE: f64 = 0.9;
 
+/// Largest stretch applied.
+const MAX_STRETCH: f64 = 10_000.0;
+
 /// A request to the scheduler from the API.
 #[derive(Debug)]
 pub enum Command {
@@ -368,7 +371,7 @@ pub async fn spawn(
     let pending = store.pending().await?;
     let resumed = pending.len();
     for row in pending {
-        sched.track(row, now);
+        sched.track(row, now, true);
     }
     tracing::info!(resumed, "scheduler resuming pending payments");
     let recorder = tokio::spawn(record_loop(store, rec_rx, telemetry, events));
@@ -442,7 +445,9 @@ impl Scheduler {
         self.gen
     }
 
-    fn track(&mut self, row: PendingRow, now: UnixMs) {
+    /// Starts tracking a pending payment. `resumed`: read back at start-up, where a stored
+    /// next check earlier than the plan is a manual recheck that must survive the restart.
+    fn track(&mut self, row: PendingRow, now: UnixMs, resumed: bool) {
         if self.entries.contains_key(&row.pk) {
             return;
         }
@@ -486,7 +491,7 @@ impl Scheduler {
         };
         plan(&self.ladder, &clock, &mut e);
         // A stored next check earlier than the plan is an explicit recheck: honour it.
-        if let Some(stored) = row.next_check_at {
+        if let Some(stored) = row.next_check_at.filter(|_| resumed) {
             if stored < e.due && row.last_checked_at.is_none_or(|c| stored > c) {
                 e.due = stored;
                 e.planned = None;
@@ -562,7 +567,7 @@ impl Scheduler {
 
     fn command(&mut self, cmd: Command, now: UnixMs) {
         match cmd {
-            Command::Track(row) => self.track(row, now),
+            Command::Track(row) => self.track(row, now, false),
             Command::Untrack(pk) => {
                 if let Some(e) = self.entries.get(&pk) {
                     if !e.in_flight {
@@ -974,18 +979,21 @@ impl Scheduler {
                 let mut n = 0.0;
                 let mut lists: HashMap<&str, f64> = HashMap::new();
                 for e in &members {
-                    let v_now = clock.to_virtual(now) - e.v_anchor;
-                    let from = e
-                        .v_last
-                        .map(|v| (v - e.v_anchor) as i64)
-                        .or(Some(v_now as i64 - 1));
-                    let to = v_now as i64 + (window as f64 / f) as i64;
+                    let v_now = (clock.to_virtual(now) - e.v_anchor) as i64;
+                    // Slots run until the real deadline at most (then the deadline check
+                    // replaces them); one overdue check counts once, however many slots
+                    // it missed.
+                    let horizon = window.min((e.deadline - now).max(0));
+                    let to = v_now + (horizon as f64 / f) as i64;
                     let mut c = self.ladder.checks_between(
                         e.jitter,
-                        from,
+                        Some(v_now),
                         to.min(self.ladder.timeout_ms() - 1),
                     ) as f64;
-                    if e.deadline <= now + window {
+                    if e.due <= now {
+                        c += 1.0;
+                    }
+                    if e.deadline <= now + window && e.deadline > now {
                         c += 1.0;
                     }
                     if e.kind.is_list() {
@@ -1000,7 +1008,9 @@ impl Scheduler {
             let mut f = 1.0;
             if demand(1.0) > target {
                 let (mut lo, mut hi) = (1.0f64, 2.0f64);
-                while demand(hi) > target && hi < 1e6 {
+                // Past MAX_STRETCH only deadline checks are left; stretching further
+                // changes nothing but the figure on the dashboard.
+                while demand(hi) > target && hi < MAX_STRETCH {
                     lo = hi;
                     hi *= 2.0;
                 }
@@ -1012,8 +1022,9 @@ impl Scheduler {
                         hi = mid;
                     }
                 }
-                f = hi;
+                f = hi.min(MAX_STRETCH);
             }
+            tracing::debug!(pool = %self.pools[p].name, pending = members.len(), stretch = f, target, "stretch re-evaluated");
             let old = self.pools[p].clock.stretch();
             if (f - old).abs() / old > 0.05 || (f == 1.0 && old != 1.0) {
                 self.pools[p].clock.set_stretch(now, f);
