@@ -231,7 +231,7 @@ fn print_human(v: &Value) {
         for p in list {
             println!("{}", row(p));
         }
-        if let Some(c) = v["next_cursor"].as_str() {
+        if let (Some(c), true) = (v["next_cursor"].as_str(), v["has_more"] == true) {
             println!("(more: --cursor {c})");
         }
     } else if v.get("kind").is_some() {
