@@ -51,14 +51,23 @@ pub fn bind_socket(cfg: &SocketConfig) -> Result<UnixListener> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
                     "another ninjapoll is already listening on {}; stop it first (or set socket.path)",
                     path.display()
-                );
+                ),
+                // Nobody listens: left by a crash.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                // E.g. permission denied: it may well be live (another user's daemon), so
+                // it is not ours to remove.
+                Err(e) => bail!(
+                    "cannot tell whether the socket {} is in use ({e}); remove it if it is stale",
+                    path.display()
+                ),
             }
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
         Ok(_) => bail!(
             "{} exists and is not a socket; refusing to replace it",
