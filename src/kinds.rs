@@ -378,7 +378,12 @@ impl Kind {
         let mut q = self.query.clone();
         match &self.list {
             Some(list) => {
-                let limit = (ids.len() as u32).clamp(1, list.max_limit);
+                // The listing also holds payments nobody asked us about (other wallets,
+                // older ones): ask for a page comfortably larger than what we track.
+                let limit = (ids.len() as u32)
+                    .saturating_mul(4)
+                    .max(50)
+                    .min(list.max_limit);
                 q.push((list.limit_param.clone(), limit.to_string()));
             }
             None => {
@@ -644,7 +649,7 @@ mod tests {
         let btc = kind("btc");
         assert_eq!(
             btc.query_params(&[&id("1"), &id("2")]),
-            vec![("limit".into(), "2".into())]
+            vec![("limit".into(), "50".into())]
         );
     }
 

@@ -26,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Fraction of the budget the stretch plans for; the rest absorbs manual rechecks,
@@ -220,6 +220,9 @@ struct Pool {
     /// Earliest next request of each list kind (its cadence).
     list_not_before: HashMap<String, UnixMs>,
     lateness_ms: Vec<i64>,
+    /// Pre-committed budget ledger rows, one per request to send.
+    ledger_keys: std::collections::VecDeque<i64>,
+    refilling: bool,
 }
 
 /// One finished request.
@@ -246,42 +249,45 @@ pub struct Scheduler {
     in_flight: usize,
     gen: u64,
     unknown_logged: HashSet<(String, String)>,
-    records: mpsc::Sender<(Vec<CheckRecord>, Option<(i64, UnixMs)>)>,
-    ledger: mpsc::Sender<LedgerEntry>,
+    records: mpsc::Sender<RecordBatch>,
+    refill: mpsc::Sender<Refill>,
+    refilled: Option<mpsc::Receiver<(usize, Vec<i64>)>>,
+    store: Store,
 }
 
-/// A request about to be sent, to record in the budget ledger first; the answer is the
-/// ledger row's key (`None` if the write failed: the request still counts in memory).
-type LedgerEntry = (String, UnixMs, oneshot::Sender<Option<i64>>);
+/// Outcomes to commit, with the budget ledger row of the request that produced them
+/// (`(key, answered_at)`).
+type RecordBatch = (Vec<CheckRecord>, Option<(i64, UnixMs)>);
 
-/// Writes ledger entries in groups: every request that is about to leave while the
-/// previous commit runs joins the next one.
-async fn ledger_loop(store: Store, mut rx: mpsc::Receiver<LedgerEntry>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
-        let entries: Vec<(String, UnixMs)> =
-            batch.iter().map(|(p, at, _)| (p.clone(), *at)).collect();
-        match store.ledger_send(&entries).await {
-            Ok(keys) => {
-                for ((_, _, reply), key) in batch.into_iter().zip(keys) {
-                    let _ = reply.send(Some(key));
+/// A request for `count` fresh ledger rows for pool `index` (named `name`).
+type Refill = (usize, String, usize);
+
+/// Pre-commits budget ledger rows, so that a request takes an already durable row and
+/// never waits for an fsync on its way out. A crash leaves the unused rows behind; a
+/// restart counts them as spent, which costs at most one reserve of budget and never
+/// hides a request that was really sent.
+async fn ledger_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<Refill>,
+    done: mpsc::Sender<(usize, Vec<i64>)>,
+) {
+    while let Some((index, name, count)) = rx.recv().await {
+        let entries: Vec<(String, UnixMs)> = (0..count).map(|_| (name.clone(), now_ms())).collect();
+        let keys = loop {
+            match store.ledger_send(&entries).await {
+                Ok(keys) => break keys,
+                Err(e) => {
+                    // Without durable rows no request leaves: retry rather than guess.
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "budget ledger write failed; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "budget ledger write failed; requests still counted in memory"
-                );
-                for (_, _, reply) in batch {
-                    let _ = reply.send(None);
-                }
-            }
+        };
+        if done.send((index, keys)).await.is_err() {
+            return;
         }
     }
 }
@@ -310,6 +316,8 @@ pub async fn spawn(
         auth_failing: HashMap::new(),
         list_not_before: HashMap::new(),
         lateness_ms: Vec::new(),
+        ledger_keys: Default::default(),
+        refilling: false,
     };
     pools.push(new_pool("default".into(), config.ninjapay.api_key.clone()));
     for (name, kind) in &config.kinds {
@@ -333,8 +341,12 @@ pub async fn spawn(
     }
 
     let (rec_tx, rec_rx) = mpsc::channel(1024);
-    let (ledger_tx, ledger_rx) = mpsc::channel(1024);
-    tokio::spawn(ledger_loop(store.clone(), ledger_rx));
+    // Rows of a previous run that never got an answer were counted above as answered now;
+    // record that, so housekeeping can forget them after a window.
+    store.ledger_close_open(now).await?;
+    let (refill_tx, refill_rx) = mpsc::channel(64);
+    let (refilled_tx, refilled_rx) = mpsc::channel(64);
+    tokio::spawn(ledger_loop(store.clone(), refill_rx, refilled_tx));
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let mut sched = Scheduler {
         ladder: config.ladder.clone(),
@@ -349,7 +361,9 @@ pub async fn spawn(
         gen: 0,
         unknown_logged: HashSet::new(),
         records: rec_tx,
-        ledger: ledger_tx,
+        refill: refill_tx,
+        refilled: Some(refilled_rx),
+        store: store.clone(),
     };
     let pending = store.pending().await?;
     let resumed = pending.len();
@@ -372,7 +386,7 @@ pub async fn spawn(
 /// goes into the next one, so a burst of answers costs one fsync, not one each.
 async fn record_loop(
     store: Store,
-    mut rx: mpsc::Receiver<(Vec<CheckRecord>, Option<(i64, UnixMs)>)>,
+    mut rx: mpsc::Receiver<RecordBatch>,
     telemetry: Arc<Telemetry>,
     events: Arc<Notify>,
 ) {
@@ -491,6 +505,12 @@ impl Scheduler {
             .unwrap_or(1000);
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms as u64));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut refilled) = self.refilled.take() else {
+            return;
+        };
+        for p in 0..self.pools.len() {
+            self.ensure_reserve(p);
+        }
         loop {
             let now = now_ms();
             self.dispatch(now, &done_tx);
@@ -506,6 +526,12 @@ impl Scheduler {
                     None => break,
                 },
                 Some(done) = done_rx.recv() => self.complete(done),
+                Some((p, keys)) = refilled.recv() => {
+                    if let Some(pool) = self.pools.get_mut(p) {
+                        pool.ledger_keys.extend(keys);
+                        pool.refilling = false;
+                    }
+                }
                 _ = tick.tick() => self.restretch(now_ms()),
                 _ = sleep => {}
             }
@@ -518,6 +544,18 @@ impl Scheduler {
                 Some(done) => self.complete(done),
                 None => break,
             }
+        }
+        // Reserved rows that no request used are not spent budget.
+        let unused: Vec<i64> = self
+            .pools
+            .iter_mut()
+            .flat_map(|p| p.ledger_keys.drain(..))
+            .collect();
+        if let Err(e) = self.store.ledger_release(&unused).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not release unused budget ledger rows"
+            );
         }
         tracing::info!("scheduler stopped");
     }
@@ -622,6 +660,10 @@ impl Scheduler {
                     self.no_key(p, pk, now);
                     continue;
                 }
+                if self.pools[p].ledger_keys.is_empty() {
+                    self.ensure_reserve(p);
+                    break; // a refill wakes us
+                }
                 if !self.pools[p].budget.try_acquire(now) {
                     break;
                 }
@@ -632,6 +674,18 @@ impl Scheduler {
                     vec![pk]
                 };
                 self.launch(p, kind, members, now, done_tx);
+            }
+        }
+    }
+
+    /// Keeps a reserve of pre-committed ledger rows of at least the in-flight bound.
+    fn ensure_reserve(&mut self, p: usize) {
+        let pool = &mut self.pools[p];
+        let want = self.max_in_flight.max(4);
+        if !pool.refilling && pool.ledger_keys.len() < want {
+            let count = 2 * want - pool.ledger_keys.len();
+            if self.refill.try_send((p, pool.name.clone(), count)).is_ok() {
+                pool.refilling = true;
             }
         }
     }
@@ -707,21 +761,14 @@ impl Scheduler {
         }
         self.in_flight += 1;
         self.telemetry.request(&kind.name);
-        let ledger = self.ledger.clone();
+        let ledger = self.pools[p].ledger_keys.pop_front();
+        self.ensure_reserve(p);
         let upstream = self.upstream.clone();
-        let pool_name = self.pools[p].name.clone();
         let Some(key) = self.pools[p].key.clone() else {
             return;
         };
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
-            // The ledger entry is committed before the request leaves: a crash right after
-            // the send still leaves the spent budget on record.
-            let (tx, rx) = oneshot::channel();
-            let ledger = match ledger.send((pool_name, now, tx)).await {
-                Ok(()) => rx.await.ok().flatten(),
-                Err(_) => None,
-            };
             let refs: Vec<&PaymentId> = ids.iter().collect();
             let answer = upstream.check(&kind, &key, &refs).await;
             let _ = done_tx
@@ -781,11 +828,20 @@ impl Scheduler {
                 }
             }
             let give_up = e.deadline + self.ladder.timeout_ms();
-            let d = decide(e.upstream_status.as_deref(), obs, now, e.deadline, give_up);
+            // The check happened when it was sent: the provider answers for some moment
+            // after that. Planning from the send keeps a slow answer from skipping a slot,
+            // and a request sent before the deadline never settles it.
+            let d = decide(
+                e.upstream_status.as_deref(),
+                obs,
+                done.sent_at,
+                e.deadline,
+                give_up,
+            );
             self.telemetry.check(&e.kind.name, obs, d.state);
             let clock = self.pools[p].clock;
             if d.answered {
-                e.v_last = Some(clock.to_virtual(now));
+                e.v_last = Some(clock.to_virtual(done.sent_at));
                 e.failures = 0;
                 plan(&self.ladder, &clock, &mut e);
             } else {
@@ -1099,7 +1155,7 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for f in 1..30 {
             let b = backoff_ms(f, 1000);
-            assert!(b <= 300_000 && b >= 500.min(300_000 / 2));
+            assert!((500..=300_000).contains(&b), "{b}");
         }
     }
 }

@@ -505,6 +505,32 @@ impl Store {
         Ok(keys)
     }
 
+    /// Marks every ledger row still open (sent by a previous run that never recorded the
+    /// answer) as answered at `at`; the budget has already counted them so.
+    pub async fn ledger_close_open(&self, at: UnixMs) -> Result<()> {
+        sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE done_at IS NULL")
+            .bind(at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets reserved ledger rows that no request used (clean shutdown).
+    pub async fn ledger_release(&self, keys: &[i64]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        for k in keys {
+            sqlx::query("DELETE FROM upstream_requests WHERE pk = ? AND done_at IS NULL")
+                .bind(k)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Marks ledger entries answered.
     pub async fn ledger_done(&self, done: &[(i64, UnixMs)]) -> Result<()> {
         if done.is_empty() {
@@ -541,7 +567,8 @@ impl Store {
     /// Housekeeping: forgets ledger entries no window can count any more, and checkpoints
     /// the WAL so a long-lived reader cannot make it grow without bound.
     pub async fn maintain(&self, ledger_before: UnixMs) -> Result<()> {
-        sqlx::query("DELETE FROM upstream_requests WHERE COALESCE(done_at, sent_at) < ?")
+        // Open rows are this run's reserve: kept until used.
+        sqlx::query("DELETE FROM upstream_requests WHERE done_at IS NOT NULL AND done_at < ?")
             .bind(ledger_before)
             .execute(&self.write)
             .await?;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 /// A check may arrive this much before its planned slot (clock rounding to milliseconds).
 const EARLY_MS: i64 = 3;
 /// A check may arrive this much after its planned slot (a loaded 2-core CI machine).
-const LATE_MS: i64 = 30;
+const LATE_MS: i64 = 45;
 
 /// A ladder whose cadence (≥ 50 ms) is well above scheduling noise, for the tests that
 /// hold every check to its planned slot: first check at 100–120 ms, every 50 ms for 300 ms,

@@ -1,0 +1,458 @@
+//! Issue 5: living within Ninjapay's request budget. The fake Ninjapay enforces a scaled-down
+//! budget and lockout exactly like the real one, and counts every request over it.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn pending_forever() -> Script {
+    Script::Sequence(vec![])
+}
+
+fn started(ms: i64) -> Value {
+    json!(ms as f64 / 1000.0)
+}
+
+/// Polls health until `pred` holds or `timeout` passes; returns every answer seen.
+async fn watch_health(d: &Daemon, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let end = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let (_, h) = d.request("GET", "/v1/health", None).await;
+        let done = pred(&h);
+        seen.push(h);
+        if done || Instant::now() > end {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_final(d: &Daemon, kind: &str, ids: &[String], timeout: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(d.wait_final(kind, id, timeout).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_over_budget_fair_and_shape_preserving_when_scarce() {
+    let window = Duration::from_secs(1);
+    let budget = 40;
+    // Variable latency: the provider counts a request anywhere between send and answer.
+    let fake = FakeNinjapay::start(FakeOptions {
+        budget: Some((budget, window)),
+        latency: Some((Duration::from_millis(0), Duration::from_millis(120))),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let cfg = DaemonConfig {
+        budget_requests: budget,
+        budget_window: "1s".into(),
+        ..DaemonConfig::default()
+    };
+    let ladder = cfg.ladder();
+    let d = spawn_daemon(&fake.base_url(), cfg).await;
+    let t0 = now_ms();
+    let ids: Vec<String> = (0..25).map(|i| format!("S{i:03}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, pending_forever());
+        let (code, _) = d.enqueue("p2p", id, Some(started(t0))).await;
+        assert_eq!(code, 201);
+    }
+    // 25 payments x the compressed ladder want far more than 40 per second.
+    let wanted = ladder.plan(110).len() * ids.len();
+    assert!(
+        wanted as u32 > 3 * budget,
+        "the test must create scarcity ({wanted})"
+    );
+    let health = watch_health(&d, Duration::from_secs(3), |h| {
+        h["budget"][0]["stretch"].as_f64().unwrap_or(1.0) > 1.0
+    })
+    .await;
+    let last = health.last().unwrap();
+    assert!(
+        last["budget"][0]["stretch"].as_f64().unwrap() > 1.0,
+        "scarcity shows in /v1/health: {last:#}"
+    );
+    assert_eq!(last["healthy"], false, "{last:#}");
+
+    let finals = all_final(&d, "p2p", &ids, Duration::from_secs(30)).await;
+    assert_eq!(
+        fake.violations(),
+        0,
+        "over budget: {:?}",
+        fake.max_in_window(window)
+    );
+    assert!(fake.max_in_window(window) <= budget);
+
+    let deadline = t0 + ladder.timeout_ms();
+    let mut counts = Vec::new();
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for (id, p) in ids.iter().zip(&finals) {
+        assert_eq!(p["state"], "timed_out", "{p:#}");
+        let reqs = fake.requests_for("p2p", id);
+        let times: Vec<i64> = reqs.iter().map(|r| r.unix_ms).collect();
+        // The check that settled the timeout arrived at or after the deadline.
+        assert!(
+            *times.last().unwrap() >= deadline - 5,
+            "{id}: last check {} before deadline {deadline}",
+            times.last().unwrap()
+        );
+        counts.push(times.len());
+        // Shape: gaps early in a payment's life are shorter than late ones.
+        let gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        for (w, g) in times.windows(2).zip(&gaps) {
+            if w[1] >= deadline - 5 {
+                continue; // the deadline check is not on the ladder
+            }
+            if w[0] - t0 < ladder.timeout_ms() / 3 {
+                early.push(*g);
+            } else {
+                late.push(*g);
+            }
+        }
+    }
+    let min = *counts.iter().min().unwrap();
+    let max = *counts.iter().max().unwrap();
+    assert!(min >= 2, "every payment checked more than once: {counts:?}");
+    assert!(
+        max <= 3 * min,
+        "no payment starved while others feasted: {counts:?}"
+    );
+    let mean = |v: &[i64]| v.iter().sum::<i64>() as f64 / v.len().max(1) as f64;
+    assert!(
+        !early.is_empty() && (late.is_empty() || mean(&early) < mean(&late)),
+        "dense early, sparse late: early {early:?} late {late:?}"
+    );
+    // Every request was made with the right credentials and shape.
+    assert!(fake
+        .requests()
+        .iter()
+        .all(|r| r.auth_ok && r.method == "GET"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_remembers_what_was_spent() {
+    let window = Duration::from_secs(2);
+    let budget = 15;
+    let fake = FakeNinjapay::start(FakeOptions {
+        budget: Some((budget, window)),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let cfg = DaemonConfig {
+        budget_requests: budget,
+        budget_window: "2s".into(),
+        ..DaemonConfig::default()
+    };
+    let mut d = spawn_daemon(&fake.base_url(), cfg).await;
+    let t0 = now_ms();
+    let ids: Vec<String> = (0..10).map(|i| format!("R{i}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, pending_forever());
+        d.enqueue("p2p", id, Some(started(t0))).await;
+    }
+    // Let it spend most of the window, then crash and come straight back.
+    let spent_by = Instant::now() + Duration::from_secs(2);
+    while fake.requests().len() < 12 && Instant::now() < spent_by {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = fake.requests().len();
+    assert!(before >= 10, "spent {before} before the crash");
+    d.kill9();
+    d.restart().await;
+    all_final(&d, "p2p", &ids, Duration::from_secs(30)).await;
+    assert_eq!(fake.violations(), 0);
+    assert!(
+        fake.max_in_window(window) <= budget,
+        "max {} in a window across the restart",
+        fake.max_in_window(window)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_history_call_answers_every_btc_payment() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    // A config-defined kind backed by the same list endpoint coalesces too.
+    let cfg = DaemonConfig {
+        extra_toml: r#"
+[kinds.lbtc]
+method = "GET"
+url = "{prod}/sapi/v1/history"
+id_field = "tid"
+auth_header = "Authorization"
+status_pointer = "/status"
+query = { wallet = "lbtc" }
+status_map = { undefined = "pending", pending = "pending", paid = "succeeded", declined = "failed" }
+[kinds.lbtc.list]
+items_pointer = ""
+item_id_pointer = "/tid"
+limit_param = "limit"
+max_limit = 100
+"#
+        .into(),
+        ..DaemonConfig::default()
+    };
+    let ladder = cfg.ladder();
+    let d = spawn_daemon(&fake.base_url(), cfg).await;
+    let t0 = now_ms();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let id = format!("{}", 900_000 + i);
+        let script = if i % 3 == 0 {
+            Script::pending_then(Kind::Btc, 4, "paid")
+        } else {
+            pending_forever()
+        };
+        fake.script_btc(&id, "btc", script);
+        assert_eq!(d.enqueue("btc", &id, Some(started(t0))).await.0, 201);
+        ids.push(id);
+    }
+    let finals = all_final(&d, "btc", &ids, Duration::from_secs(20)).await;
+    for (i, p) in finals.iter().enumerate() {
+        let want = if i % 3 == 0 { "succeeded" } else { "timed_out" };
+        assert_eq!(p["state"], want, "{p:#}");
+    }
+    let calls = fake.requests().len();
+    let one_ladder = ladder.plan(120).len();
+    assert!(
+        calls <= one_ladder + 5,
+        "{calls} history calls for 30 payments; one payment's ladder is {one_ladder}"
+    );
+    // Each call listed many payments at once.
+    let max_listed = fake.requests().iter().map(|r| r.ids.len()).max().unwrap();
+    assert!(max_listed >= 20, "a call listed {max_listed} payments");
+
+    // The config-defined list kind: several payments, one call per round.
+    let before = fake.requests().len();
+    let t1 = now_ms();
+    for i in 0..5 {
+        let id = format!("{}", 800_000 + i);
+        fake.script_btc(&id, "lbtc", Script::pending_then(Kind::Btc, 2, "declined"));
+        assert_eq!(d.enqueue("lbtc", &id, Some(started(t1))).await.0, 201);
+    }
+    for i in 0..5 {
+        let p = d
+            .wait_final("lbtc", &format!("{}", 800_000 + i), Duration::from_secs(10))
+            .await;
+        assert_eq!(p["state"], "failed", "{p:#}");
+    }
+    let lbtc_calls: Vec<_> = fake.requests()[before..].to_vec();
+    assert!(
+        lbtc_calls.len() <= 6,
+        "{} calls for 5 lbtc payments",
+        lbtc_calls.len()
+    );
+    assert!(lbtc_calls.iter().all(|r| r.query.contains("wallet=lbtc")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_pause_the_key_and_shrink_the_budget() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            budget_requests: 1000,
+            budget_window: "10s".into(),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    fake.set_fault(Some(Fault::Status {
+        code: 429,
+        retry_after: Some("1".into()),
+    }));
+    let t0 = now_ms();
+    let ids: Vec<String> = (0..5).map(|i| format!("L{i}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, Script::pending_then(Kind::P2p, 1, "approved"));
+        d.enqueue("p2p", id, Some(started(t0))).await;
+    }
+    // Wait for the first 429, then count what follows during the pause.
+    let until = Instant::now() + Duration::from_secs(3);
+    while fake.requests().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = fake.requests()[0].at;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let during: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.at < first + Duration::from_millis(800))
+        .collect();
+    assert!(
+        during.len() <= 5,
+        "Retry-After: 1 paused the key; {} requests in its first 800 ms",
+        during.len()
+    );
+    let (_, h) = d.request("GET", "/v1/health", None).await;
+    assert!(
+        h["budget"][0]["budget_limit"].as_u64().unwrap() < 1000,
+        "an unexpected 429 lowers the limit in force: {h:#}"
+    );
+    let (_, metrics) = d.request("GET", "/metrics", None).await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("ninjapoll_unexpected_429_total 1"));
+    assert!(d.log().contains("429"), "logged loudly");
+    fake.set_fault(None);
+    for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+    }
+
+    // 503 without Retry-After: exponential pause, not a hammering.
+    fake.set_fault(Some(Fault::Status {
+        code: 503,
+        retry_after: None,
+    }));
+    let before = fake.requests().len();
+    let t1 = now_ms();
+    for i in 0..5 {
+        let id = format!("U{i}");
+        fake.script("p2p", &id, pending_forever());
+        d.enqueue("p2p", &id, Some(started(t1))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let n = fake.requests().len() - before;
+    assert!((1..=8).contains(&n), "{n} requests in 1.2 s of 503s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_mark_the_kind_unhealthy_and_recover() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            budget_window: "2s".into(),
+            timeout: "6s".into(),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    fake.set_api_key("rotated-by-the-merchant");
+    let t0 = now_ms();
+    let ids: Vec<String> = (0..10).map(|i| format!("K{i}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, Script::pending_then(Kind::P2p, 1, "approved"));
+        d.enqueue("p2p", id, Some(started(t0))).await;
+    }
+    let seen = watch_health(&d, Duration::from_secs(3), |h| {
+        h["budget"][0]["unhealthy_kinds"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|k| k == "p2p"))
+    })
+    .await;
+    let h = seen.last().unwrap();
+    assert_eq!(h["budget"][0]["unhealthy_kinds"], json!(["p2p"]), "{h:#}");
+    assert_eq!(h["healthy"], false);
+    let p = d.payment("p2p", "K0").await.1;
+    assert!(
+        p["last_error"].as_str().unwrap_or("").contains("401"),
+        "{p:#}"
+    );
+    // While the key is refused, probes, not a check per payment per step.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = fake.requests().iter().filter(|r| !r.auth_ok).count();
+    assert!(refused <= 15, "{refused} refused requests in ~0.6 s");
+    let reports = d.log().matches("refuses the API key").count();
+    assert!(
+        reports <= 2,
+        "reported {reports} times, not once per interval"
+    );
+    // The merchant fixes the key: it recovers by itself.
+    fake.set_api_key(&FakeOptions::default().api_key);
+    for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+    }
+    let (_, h) = d.request("GET", "/v1/health", None).await;
+    assert_eq!(h["budget"][0]["unhealthy_kinds"], json!([]), "{h:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_preset_sends_the_documented_request() {
+    let fake = FakeNinjapay::start(FakeOptions {
+        paywall_api_key: Some("invoice-key".into()),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            extra_toml: "[kinds.paywall]\napi_key = \"invoice-key\"\n".into(),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    fake.script("p2p", "P1", Script::pending_then(Kind::P2p, 1, "approved"));
+    fake.script(
+        "quote",
+        "Q1",
+        Script::pending_then(Kind::Quote, 1, "Completed"),
+    );
+    fake.script(
+        "paywall",
+        "FT_1",
+        Script::pending_then(Kind::Paywall, 1, "FAILURE"),
+    );
+    fake.script_btc("4242", "btc", Script::pending_then(Kind::Btc, 1, "paid"));
+    for (k, id) in [
+        ("p2p", "P1"),
+        ("quote", "Q1"),
+        ("paywall", "FT_1"),
+        ("btc", "4242"),
+    ] {
+        assert_eq!(d.enqueue(k, id, None).await.0, 201);
+    }
+    let want = [
+        ("p2p", "P1", "succeeded"),
+        ("quote", "Q1", "succeeded"),
+        ("paywall", "FT_1", "failed"),
+        ("btc", "4242", "succeeded"),
+    ];
+    for (k, id, state) in want {
+        let p = d.wait_final(k, id, Duration::from_secs(10)).await;
+        assert_eq!(p["state"], state, "{p:#}");
+    }
+    for r in fake.requests() {
+        assert!(r.auth_ok, "{r:?}");
+        match r.kind.as_deref() {
+            Some("p2p") => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/uapi/v1/p2p/paymentLink/checkPayment")
+                );
+                assert_eq!(r.query, "tid=P1");
+            }
+            Some("quote") => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/sapi/v1/checkQuote")
+                );
+                assert_eq!(r.query, "tid=Q1");
+            }
+            Some("paywall") => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("POST", "/webextension/api/v1/fiat/paywall/trx-status")
+                );
+                assert_eq!(r.ids, vec!["FT_1".to_string()]);
+            }
+            Some("btc") => {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str()),
+                    ("GET", "/sapi/v1/history")
+                );
+                assert!(r.query.contains("limit="), "{}", r.query);
+            }
+            other => panic!("unexpected request {other:?}: {r:?}"),
+        }
+    }
+}
