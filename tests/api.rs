@@ -170,18 +170,12 @@ impl Drop for Extra {
     }
 }
 
-/// One raw request over a Unix socket (a peer the API may refuse).
+/// One request over a Unix socket through the CLI's client (for daemons the harness did
+/// not start).
 async fn raw_request(socket: &Path, method: &str, path: &str) -> (u16, Value) {
-    let out = ninjapoll_request(socket, method, path).await;
-    out.expect("request")
-}
-
-async fn ninjapoll_request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-) -> anyhow::Result<(u16, Value)> {
-    ninjapoll::cli::request(socket, method, path, None).await
+    ninjapoll::cli::request(socket, method, path, None)
+        .await
+        .expect("request")
 }
 
 // ---- every request of SPEC section 4, over the socket ----

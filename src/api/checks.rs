@@ -29,6 +29,7 @@ pub struct EnqueueRequest {
     metadata: Option<Value>,
 }
 
+/// `POST /v1/checks/batch`: items stay raw JSON so that a bad one is reported alone.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
@@ -355,6 +356,7 @@ pub async fn get_one(
     }
 }
 
+/// The query of `GET /v1/checks`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {

@@ -28,17 +28,24 @@ pub const MAX_BATCH_BODY: usize = 16 * 1024 * 1024;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The database.
     pub store: Store,
+    /// Where new, cancelled and rechecked payments are announced.
     pub scheduler: SchedulerHandle,
+    /// The validated configuration (kinds, callback prefixes).
     pub config: Arc<Config>,
+    /// Counters for `/v1/health` and `/metrics`.
     pub telemetry: Arc<Telemetry>,
 }
 
 /// An API error: a status, a code a program can branch on, a message a person can act on.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// Stable, snake_case; documented in the README's error table.
     pub code: &'static str,
+    /// For a person: what was wrong and how to fix it.
     pub message: String,
     /// The payment concerned (e.g. the existing one on a conflict).
     pub payment: Option<serde_json::Value>,
