@@ -131,7 +131,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 async fn client(cli: &Cli) -> Result<ExitCode> {
     // A client needs only the socket path; a broken config must not stop `status`.
     let cfg = if cli.socket.is_none() {
-        load_config(cli.config.as_deref()).ok()
+        match load_config(cli.config.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // Say so: otherwise a wrong default path reads as "no daemon".
+                eprintln!("warning: configuration not loaded ({e:#}); trying ./ninjapoll.sock (pass --socket)");
+                None
+            }
+        }
     } else {
         None
     };
