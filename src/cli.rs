@@ -131,7 +131,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 async fn client(cli: &Cli) -> Result<ExitCode> {
     // A client needs only the socket path; a broken config must not stop `status`.
     let cfg = if cli.socket.is_none() {
-        load_config(cli.config.as_deref()).ok()
+        match load_config(cli.config.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // Say so: otherwise a wrong default path reads as "no daemon".
+                eprintln!("warning: configuration not loaded ({e:#}); trying ./ninjapoll.sock (pass --socket)");
+                None
+            }
+        }
     } else {
         None
     };
@@ -243,7 +250,7 @@ fn print_human(v: &Value) {
         for p in list {
             println!("{}", row(p));
         }
-        if let Some(c) = v["next_cursor"].as_str() {
+        if let (Some(c), true) = (v["next_cursor"].as_str(), v["has_more"] == true) {
             println!("(more: --cursor {c})");
         }
     } else if v.get("kind").is_some() {
@@ -256,6 +263,9 @@ fn print_human(v: &Value) {
     }
 }
 
+/// How long a client command waits for the daemon's answer.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One HTTP/1.1 request over the daemon's Unix socket.
 pub async fn request(
     socket: &Path,
@@ -265,10 +275,23 @@ pub async fn request(
 ) -> Result<(u16, Value)> {
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
-        Err(e) => bail!(
-            "no ninjapoll daemon is listening on {} ({e}); start it with `ninjapoll run`, or pass --socket",
+        // No file, or a file nobody listens on (left by a crash): no daemon.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            bail!(
+                "no ninjapoll daemon is listening on {} ({e}); start it with `ninjapoll run`, or pass --socket",
+                socket.display()
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "not allowed to connect to {} ({e}): the socket's owner, group and mode (socket.mode) must let this user in",
             socket.display()
         ),
+        Err(e) => bail!("cannot connect to {}: {e}", socket.display()),
     };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -288,17 +311,29 @@ pub async fn request(
     let req = req
         .body(Full::new(Bytes::from(bytes)))
         .context("building the request")?;
-    let resp = sender
-        .send_request(req)
+    // A daemon that accepted the connection but hangs must not hang a script too.
+    let exchange = async {
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("talking to the daemon")?;
+        let status = resp.status().as_u16();
+        let collected = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the daemon's answer")?
+            .to_bytes();
+        anyhow::Ok((status, collected))
+    };
+    let (status, collected) = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
         .await
-        .context("talking to the daemon")?;
-    let status = resp.status().as_u16();
-    let collected = resp
-        .into_body()
-        .collect()
-        .await
-        .context("reading the daemon's answer")?
-        .to_bytes();
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the daemon on {} did not answer within {CLIENT_TIMEOUT:?}",
+                socket.display()
+            )
+        })??;
     let value = serde_json::from_slice(&collected)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&collected).into_owned()));
     Ok((status, value))

@@ -74,7 +74,10 @@ pub struct RawDatabase {
 #[serde(deny_unknown_fields)]
 pub struct RawSocket {
     pub path: Option<PathBuf>,
-    /// Octal file mode of the socket, e.g. "0660".
+    /// Octal file mode of the socket, e.g. "0660". Also taken as a bare number (660, or
+    /// 0660 from an environment variable, which figment reads as the integer 660): its
+    /// decimal digits are read as octal, as chmod does.
+    #[serde(default, deserialize_with = "mode_digits")]
     pub mode: Option<String>,
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
@@ -133,6 +136,20 @@ pub struct RawLog {
     pub format: Option<String>,
     /// A tracing filter, e.g. `info` or `ninjapoll=debug`; `RUST_LOG` wins when set.
     pub level: Option<String>,
+}
+
+/// `socket.mode` as text, whether written as a string or as a number.
+fn mode_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Mode>::deserialize(d)?.map(|m| match m {
+        Mode::Text(s) => s,
+        Mode::Number(n) => n.to_string(),
+    }))
 }
 
 /// Why the configuration was refused.
@@ -553,6 +570,17 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, toml).unwrap();
         Config::load(Some(&path))
+    }
+
+    #[test]
+    fn socket_mode_as_string_or_number() {
+        assert_eq!(
+            load_str("[socket]\nmode = \"0600\"").unwrap().socket.mode,
+            0o600
+        );
+        assert_eq!(load_str("[socket]\nmode = 640").unwrap().socket.mode, 0o640);
+        let e = load_str("[socket]\nmode = 698").unwrap_err();
+        assert!(e.to_string().starts_with("socket.mode"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// The peer of a socket connection, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
+    /// The connecting process's user id, when the kernel tells.
     pub uid: Option<u32>,
+    /// The connecting process's primary group id, when the kernel tells.
     pub gid: Option<u32>,
 }
 
@@ -49,14 +51,23 @@ pub fn bind_socket(cfg: &SocketConfig) -> Result<UnixListener> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
                     "another ninjapoll is already listening on {}; stop it first (or set socket.path)",
                     path.display()
-                );
+                ),
+                // Nobody listens: left by a crash.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                // E.g. permission denied: it may well be live (another user's daemon), so
+                // it is not ours to remove.
+                Err(e) => bail!(
+                    "cannot tell whether the socket {} is in use ({e}); remove it if it is stale",
+                    path.display()
+                ),
             }
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
         Ok(_) => bail!(
             "{} exists and is not a socket; refusing to replace it",
@@ -77,24 +88,35 @@ struct Guard {
     gids: Arc<Vec<u32>>,
 }
 
+/// Whether `peer` may use the API. With neither list set, the socket's file mode is the
+/// only door. With either set, the peer's uid must be in `allowed_uids` or its primary gid
+/// in `allowed_gids`; root is not special (list uid 0 to let it in), so a list means what
+/// it says. A peer whose credentials cannot be read is refused.
+pub fn peer_allowed(uids: &[u32], gids: &[u32], peer: Peer) -> bool {
+    if uids.is_empty() && gids.is_empty() {
+        return true;
+    }
+    peer.uid.is_some_and(|u| uids.contains(&u)) || peer.gid.is_some_and(|g| gids.contains(&g))
+}
+
 async fn peer_guard(
     State(g): State<Guard>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     req: Request,
     next: Next,
 ) -> Response {
-    if g.uids.is_empty() && g.gids.is_empty() {
-        return next.run(req).await;
-    }
-    let uid_ok = peer.uid.is_some_and(|u| u == 0 || g.uids.contains(&u));
-    let gid_ok = peer.gid.is_some_and(|gid| g.gids.contains(&gid));
-    if uid_ok || gid_ok {
+    if peer_allowed(&g.uids, &g.gids, peer) {
         next.run(req).await
     } else {
+        tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, "refused a peer not in socket.allowed_uids/allowed_gids");
         api::ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "this user is not in socket.allowed_uids or socket.allowed_gids",
+            format!(
+                "uid {} / gid {} is not in socket.allowed_uids or socket.allowed_gids",
+                peer.uid.map_or("?".into(), |u| u.to_string()),
+                peer.gid.map_or("?".into(), |g| g.to_string()),
+            ),
         )
         .into_response()
     }
@@ -210,4 +232,35 @@ pub fn client_socket(explicit: Option<&Path>, config: Option<&Config>) -> PathBu
         .map(Path::to_path_buf)
         .or_else(|| config.map(|c| c.socket.path.clone()))
         .unwrap_or_else(|| PathBuf::from("ninjapoll.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32) -> Peer {
+        Peer {
+            uid: Some(uid),
+            gid: Some(gid),
+        }
+    }
+
+    #[test]
+    fn no_lists_lets_everyone_in() {
+        assert!(peer_allowed(&[], &[], peer(1234, 1234)));
+    }
+
+    #[test]
+    fn lists_are_explicit_even_for_root() {
+        assert!(!peer_allowed(&[1000], &[], peer(0, 0)));
+        assert!(peer_allowed(&[0, 1000], &[], peer(0, 0)));
+        assert!(peer_allowed(&[1000], &[], peer(1000, 5)));
+        assert!(peer_allowed(&[], &[5], peer(1000, 5)));
+        assert!(!peer_allowed(&[], &[5], peer(1000, 6)));
+        let unknown = Peer {
+            uid: None,
+            gid: None,
+        };
+        assert!(!peer_allowed(&[1000], &[5], unknown));
+    }
 }

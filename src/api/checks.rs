@@ -1,10 +1,10 @@
 //! `/v1/checks`: enqueue, read, list, cancel, recheck.
 
-use super::{ApiError, AppState, JsonBody, MAX_BATCH_BODY};
+use super::{json_error, ApiError, AppState, JsonBody, PaymentPath, MAX_BATCH_BODY};
 use crate::payment::{now_ms, rfc3339, PaymentId, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,6 +29,7 @@ pub struct EnqueueRequest {
     metadata: Option<Value>,
 }
 
+/// `POST /v1/checks/batch`: items stay raw JSON so that a bad one is reported alone.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
@@ -62,16 +63,25 @@ pub fn payment_json(r: &PaymentRow) -> Value {
     })
 }
 
-/// Parses `started_at`: unix seconds (integer or fractional) or RFC 3339.
+/// Parses `started_at`: unix seconds (a number, or a string of digits as shells and some
+/// JSON encoders produce) or RFC 3339.
 pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
-    let ms = match v {
-        Value::Number(n) => n
-            .as_f64()
+    let from_seconds = |s: f64| {
+        Some(s)
             .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
             .map(|s| (s * 1000.0).round() as i64)
             .ok_or_else(|| {
-                ApiError::bad("invalid_started_at", "started_at: unix seconds out of range")
-            })?,
+                ApiError::bad(
+                    "invalid_started_at",
+                    "started_at: unix seconds must be between 0 and 1e11",
+                )
+            })
+    };
+    let ms = match v {
+        Value::Number(n) => from_seconds(n.as_f64().unwrap_or(f64::NAN))?,
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            from_seconds(s.parse::<f64>().unwrap_or(f64::NAN))?
+        }
         Value::String(s) => humantime::parse_rfc3339_weak(s.trim())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -164,7 +174,9 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
     })
 }
 
-/// A second enqueue of a kind+id may repeat the first, not change it.
+/// A second enqueue of a kind+id may repeat the first, not change it: a field the second
+/// request gives must match the stored one (`started_at` to the second), a field it leaves
+/// out is not compared. The changed field's name, if any.
 fn conflict(existing: &PaymentRow, new: &NewPayment, explicit_start: bool) -> Option<String> {
     if explicit_start && (existing.started_at - new.started_at).abs() >= 1000 {
         return Some("started_at".into());
@@ -199,13 +211,11 @@ fn pending_row(r: &PaymentRow) -> PendingRow {
 }
 
 fn outcome(
-    st: &AppState,
     row: &PaymentRow,
     inserted: Inserted,
     new: &NewPayment,
     explicit: bool,
 ) -> (StatusCode, Value, Option<ApiError>) {
-    let _ = st;
     match inserted {
         Inserted::New => (StatusCode::CREATED, payment_json(row), None),
         Inserted::Existing => match conflict(row, new, explicit) {
@@ -238,7 +248,7 @@ pub async fn enqueue(
         // Committed first: if the scheduler is shutting down, a restart resumes it.
         let _ = st.scheduler.send(Command::Track(pending_row(&row))).await;
     }
-    let (status, body, err) = outcome(&st, &row, inserted, &new, explicit);
+    let (status, body, err) = outcome(&row, inserted, &new, explicit);
     match err {
         Some(e) => Err(e),
         None => Ok((status, Json(body)).into_response()),
@@ -262,9 +272,9 @@ pub async fn enqueue_batch(
     }
     let now = now_ms();
     let mut slots: Vec<Result<(NewPayment, bool), ApiError>> = Vec::with_capacity(req.checks.len());
-    for item in req.checks {
+    for (i, item) in req.checks.into_iter().enumerate() {
         let parsed = serde_json::from_value::<EnqueueRequest>(item)
-            .map_err(|e| ApiError::bad("invalid_field", format!("item: {e}")))
+            .map_err(|e| json_error(&e, &format!("checks[{i}]")))
             .and_then(|r| {
                 let explicit = r.started_at.as_ref().is_some_and(|v| !v.is_null());
                 validate(&st, r, now).map(|n| (n, explicit))
@@ -290,7 +300,7 @@ pub async fn enqueue_batch(
                 if inserted == Inserted::New {
                     let _ = st.scheduler.send(Command::Track(pending_row(&row))).await;
                 }
-                let (status, body, err) = outcome(&st, &row, inserted, &new, explicit);
+                let (status, body, err) = outcome(&row, inserted, &new, explicit);
                 let mut item = json!({"status": status.as_u16(), "payment": body});
                 if let Some(e) = err {
                     item["error"] = json!({"code": e.code, "message": e.message});
@@ -324,7 +334,7 @@ fn not_tracked(kind: &str, id: &str) -> ApiError {
 /// `GET /v1/checks/{kind}/{id}`.
 pub async fn get_one(
     State(st): State<AppState>,
-    Path((kind, id)): Path<(String, String)>,
+    PaymentPath(kind, id): PaymentPath,
 ) -> Result<Json<Value>, ApiError> {
     check_path(&st, &kind, &id)?;
     match st.store.get(&kind, &id).await? {
@@ -346,6 +356,7 @@ pub async fn get_one(
     }
 }
 
+/// The query of `GET /v1/checks`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -355,9 +366,12 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// `GET /v1/checks?state=&kind=&limit=&cursor=`: pages in insertion order; the cursor is
-/// the position after the page's last payment, so concurrent writes neither skip nor
-/// repeat one.
+/// `GET /v1/checks?state=&kind=&limit=&cursor=`: pages in enqueue order. The cursor is
+/// the position after the page's last payment (its row key, which only grows, and enqueues
+/// commit one at a time), so concurrent enqueues land after every cursor handed out and
+/// neither shift nor repeat a page. With a `state` filter a payment that changes state
+/// while a client pages may be missed or shown once in each state, as in any filtered
+/// listing of live data.
 pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -389,28 +403,32 @@ pub async fn list(
                 ApiError::bad("invalid_cursor", "cursor is not one this API gave")
             })?),
         };
-    let rows = st
+    // One more than asked tells whether another page exists without a second query.
+    let mut rows = st
         .store
         .list(&ListFilter {
             state,
             kind: q.kind,
             after_pk,
-            limit,
+            limit: limit + 1,
         })
         .await?;
-    let next = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.pk.to_string()))
-        .flatten();
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    // Set whenever the page is not empty, so that a client tailing new payments can
+    // resume after the last one it saw even when there was no next page yet.
+    let next = rows.last().map(|r| r.pk.to_string());
     Ok(Json(json!({
         "payments": rows.iter().map(payment_json).collect::<Vec<_>>(),
         "next_cursor": next,
+        "has_more": has_more,
     })))
 }
 
 /// `DELETE /v1/checks/{kind}/{id}`.
 pub async fn cancel(
     State(st): State<AppState>,
-    Path((kind, id)): Path<(String, String)>,
+    PaymentPath(kind, id): PaymentPath,
 ) -> Result<Json<Value>, ApiError> {
     check_path(&st, &kind, &id)?;
     match st.store.cancel(&kind, &id).await? {
@@ -437,7 +455,7 @@ pub async fn cancel(
 /// `POST /v1/checks/{kind}/{id}/recheck`.
 pub async fn recheck(
     State(st): State<AppState>,
-    Path((kind, id)): Path<(String, String)>,
+    PaymentPath(kind, id): PaymentPath,
 ) -> Result<Response, ApiError> {
     check_path(&st, &kind, &id)?;
     match st.store.reschedule(&kind, &id, now_ms()).await? {

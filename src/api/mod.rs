@@ -2,13 +2,16 @@
 //! module that speaks HTTP status codes.
 
 mod checks;
+#[cfg(test)]
+mod tests;
 
 use crate::config::Config;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,23 +22,30 @@ use std::sync::Arc;
 
 /// Largest request body, except a batch.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Largest batch body.
+/// Largest batch body: 10,000 checks with modest metadata need more than [`MAX_BODY`].
 pub const MAX_BATCH_BODY: usize = 16 * 1024 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The database.
     pub store: Store,
+    /// Where new, cancelled and rechecked payments are announced.
     pub scheduler: SchedulerHandle,
+    /// The validated configuration (kinds, callback prefixes).
     pub config: Arc<Config>,
+    /// Counters for `/v1/health` and `/metrics`.
     pub telemetry: Arc<Telemetry>,
 }
 
 /// An API error: a status, a code a program can branch on, a message a person can act on.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// Stable, snake_case; documented in the README's error table.
     pub code: &'static str,
+    /// For a person: what was wrong and how to fix it.
     pub message: String,
     /// The payment concerned (e.g. the existing one on a conflict).
     pub payment: Option<serde_json::Value>,
@@ -103,10 +113,15 @@ where
             .unwrap_or("");
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/json") {
+            let got = if ct.is_empty() {
+                "no Content-Type".to_string()
+            } else {
+                format!("Content-Type {ct:?}")
+            };
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "send the body as JSON with Content-Type: application/json",
+                format!("send the body as JSON with Content-Type: application/json (got {got})"),
             ));
         }
         let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
@@ -115,7 +130,7 @@ where
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!("the body is larger than {LIMIT} bytes"),
+                    format!("the body is larger than this endpoint's limit of {LIMIT} bytes"),
                 )
             })?;
         parse_json(&bytes).map(JsonBody)
@@ -123,14 +138,46 @@ where
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "malformed_json"
-        } else {
-            "invalid_field"
-        };
-        ApiError::bad(code, format!("request body: {e}"))
-    })
+    serde_json::from_slice(bytes).map_err(|e| json_error(&e, "request body"))
+}
+
+/// Turns a JSON decoding failure into an error a program can branch on: the body is not
+/// JSON at all (`malformed_json`), names a field we do not know (`unknown_field`, most
+/// often a typo), lacks one we need (`missing_field`), or has one of the wrong type
+/// (`invalid_field`). serde only tells these apart in its message, so we read that.
+pub(crate) fn json_error(e: &serde_json::Error, context: &str) -> ApiError {
+    let text = e.to_string();
+    let code = if e.is_syntax() || e.is_eof() {
+        "malformed_json"
+    } else if text.starts_with("unknown field") {
+        "unknown_field"
+    } else if text.starts_with("missing field") {
+        "missing_field"
+    } else {
+        "invalid_field"
+    };
+    ApiError::bad(code, format!("{context}: {text}"))
+}
+
+/// The `{kind}/{id}` of a payment's URL, percent-decoded. A segment that does not decode
+/// to UTF-8 is refused in our error format rather than axum's plain-text one.
+pub struct PaymentPath(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<(String, String)>::from_request_parts(parts, state).await {
+            Ok(Path((kind, id))) => Ok(Self(kind, id)),
+            Err(e) => Err(ApiError::bad(
+                "invalid_path",
+                format!(
+                    "the URL's kind and id must be percent-encoded UTF-8: {}",
+                    e.body_text()
+                ),
+            )),
+        }
+    }
 }
 
 /// The API's routes.
@@ -151,7 +198,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    // Not `not_found`: a client must be able to tell "no such payment" from "wrong URL".
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_endpoint",
+        "no such endpoint; see SPEC section 4 (e.g. POST /v1/checks, GET /v1/health)",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
