@@ -75,10 +75,24 @@ pub fn bind_socket(cfg: &SocketConfig) -> Result<UnixListener> {
         ),
         Err(_) => {}
     }
+    // Bind under a private name, set the mode, then rename into place: the socket never
+    // appears at its public path with the umask's looser mode.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
     let listener =
-        UnixListener::bind(path).with_context(|| format!("binding socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode))
-        .with_context(|| format!("setting mode of {}", path.display()))?;
+        UnixListener::bind(&tmp).with_context(|| format!("binding socket {}", tmp.display()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode))
+        .with_context(|| format!("setting mode of {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("moving socket into place at {}", path.display()))
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(listener)
 }
 
