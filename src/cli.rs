@@ -66,6 +66,27 @@ enum Command {
     Cancel { kind: String, id: String },
     /// Check a payment as soon as possible.
     Recheck { kind: String, id: String },
+    /// List or replay webhook events.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// List webhook events.
+    List {
+        /// pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send an event again (a dead or delivered one goes back to pending, due now).
+    Replay { event_id: String },
 }
 
 /// Entry point of the binary.
@@ -191,6 +212,23 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
             }
             ("GET", format!("/v1/checks?{}", q.join("&")), None)
         }
+        Command::Webhooks { action } => match action {
+            WebhooksCommand::List {
+                state,
+                limit,
+                cursor,
+            } => {
+                let mut q = vec![format!("limit={limit}")];
+                q.extend(state.iter().map(|s| format!("state={}", enc(s))));
+                q.extend(cursor.iter().map(|c| format!("cursor={}", enc(c))));
+                ("GET", format!("/v1/webhooks?{}", q.join("&")), None)
+            }
+            WebhooksCommand::Replay { event_id } => (
+                "POST",
+                format!("/v1/webhooks/{}/replay", enc(event_id)),
+                None,
+            ),
+        },
         Command::Run | Command::CheckConfig => unreachable!("handled by dispatch"),
     };
     let (status, value) = request(&socket, method, &path, body.as_ref()).await?;
@@ -211,6 +249,9 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
 }
 
 fn print_human(v: &Value) {
+    if v.get("webhooks").is_some() || v.get("event_id").is_some() {
+        return print_webhooks(v);
+    }
     let row = |p: &Value| {
         format!(
             "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
@@ -241,6 +282,37 @@ fn print_human(v: &Value) {
         }
     } else {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+fn print_webhooks(v: &Value) {
+    let row = |e: &Value| {
+        format!(
+            "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  {}",
+            e["event_id"].as_str().unwrap_or(""),
+            e["state"].as_str().unwrap_or(""),
+            e["payment"]["kind"].as_str().unwrap_or(""),
+            e["payment"]["id"].as_str().unwrap_or(""),
+            e["sequence"],
+            e["type"].as_str().unwrap_or(""),
+            e["attempts"],
+            e["last_error"].as_str().unwrap_or(""),
+        )
+    };
+    println!(
+        "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  LAST ERROR",
+        "EVENT", "STATE", "KIND", "ID", "SEQ", "TYPE", "ATTEMPTS"
+    );
+    match v["webhooks"].as_array() {
+        Some(list) => {
+            for e in list {
+                println!("{}", row(e));
+            }
+            if let Some(c) = v["next_cursor"].as_str() {
+                println!("(more: --cursor {c})");
+            }
+        }
+        None => println!("{}", row(v)),
     }
 }
 
