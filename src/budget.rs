@@ -128,10 +128,11 @@ impl Budget {
 
     /// The provider said "too many" while we counted room: our count is wrong (another
     /// client shares the key, or the limit is lower than configured). Lowers the limit in
-    /// force to 90% of what we had counted; returns the new limit.
+    /// force by a quarter (never below what we had counted as used, which the provider
+    /// accepted); each further surprise lowers it again. Returns the new limit.
     pub fn shrink(&mut self, now: UnixMs) -> u32 {
-        let used = self.used(now).max(1);
-        self.effective = ((used.min(self.effective) * 9) / 10).max(1);
+        let used = self.used(now).saturating_sub(1);
+        self.effective = (self.effective * 3 / 4).max(used.min(self.effective)).max(1);
         self.last_shrink = now;
         self.effective
     }
@@ -182,6 +183,9 @@ mod tests {
         for _ in 0..5 {
             assert!(b.try_acquire(600));
         }
+        // 5 counted; the provider disagreed on the 5th: a quarter off the limit.
+        assert_eq!(b.shrink(600), 7);
+        assert_eq!(b.shrink(600), 5);
         assert_eq!(b.shrink(600), 4);
         assert!(!b.try_acquire(600));
         b.recover(1600);

@@ -71,6 +71,12 @@ enum Command {
         #[command(subcommand)]
         action: WebhooksCommand,
     },
+    /// The whole loop against a built-in simulated Ninjapay, for a first look.
+    Demo {
+        /// How many payments to follow.
+        #[arg(long, default_value_t = 8)]
+        payments: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +139,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     .unwrap_or_else(|| "built-in defaults and environment".into())
             );
             println!("{}", cfg.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { payments } => {
+            crate::demo::run(*payments).await?;
             Ok(ExitCode::SUCCESS)
         }
         _ => client(&cli).await,
@@ -229,7 +239,9 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
                 None,
             ),
         },
-        Command::Run | Command::CheckConfig => unreachable!("handled by dispatch"),
+        Command::Run | Command::CheckConfig | Command::Demo { .. } => {
+            unreachable!("handled by dispatch")
+        }
     };
     let (status, value) = request(&socket, method, &path, body.as_ref()).await?;
     if cli.json {

@@ -144,6 +144,9 @@ pub enum ConfigError {
     Load(Box<figment::Error>),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// The ladder's own errors name their key.
+    #[error(transparent)]
+    Ladder(#[from] crate::ladder::LadderError),
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -544,13 +547,7 @@ fn ladder(s: &RawSchedule) -> Result<Ladder, ConfigError> {
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let timeout = duration("schedule.timeout", s.timeout.as_deref().unwrap_or("10m"))?;
-    Ladder::new((lo, hi), &steps, timeout).map_err(|e| {
-        let msg = e.to_string();
-        match msg.split_once(": ") {
-            Some((key, rest)) => invalid(key, rest),
-            None => invalid("schedule", msg),
-        }
-    })
+    Ok(Ladder::new((lo, hi), &steps, timeout)?)
 }
 
 #[cfg(test)]

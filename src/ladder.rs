@@ -183,19 +183,39 @@ impl Ladder {
         out
     }
 
-    /// How many checks fall in `(from, to]`, counting the deadline check, when each check
-    /// runs on its slot. The scheduler projects demand on the budget with it.
-    pub fn checks_between(&self, jitter: i64, from: Option<i64>, to: i64) -> u32 {
-        let mut n = 0;
-        let mut at = from;
-        while let Some(next) = self.next_check(jitter, at) {
-            if next > to {
-                break;
+    /// Planned slots strictly before the timeout and at or before `x`.
+    fn slots_upto(&self, jitter: i64, x: i64) -> i64 {
+        let first = self.clamp_jitter(jitter);
+        let x = x.min(self.timeout - 1);
+        if x < first {
+            return 0;
+        }
+        let mut n = 1;
+        let mut base = first;
+        for step in &self.steps {
+            let k = (x - base).div_euclid(step.every).max(0);
+            match step.span.map(|s| s / step.every) {
+                Some(count) => {
+                    n += k.min(count);
+                    if k < count {
+                        return n;
+                    }
+                    base += count * step.every;
+                }
+                None => return n + k,
             }
-            n += 1;
-            at = Some(next);
         }
         n
+    }
+
+    /// How many checks fall in `(from, to]`, counting the deadline check, when each check
+    /// runs on its slot. Closed form (no iteration over slots): the scheduler projects
+    /// demand on the budget with it for every pending payment, many times a second.
+    pub fn checks_between(&self, jitter: i64, from: Option<i64>, to: i64) -> u32 {
+        let before = from.map_or(0, |f| self.slots_upto(jitter, f));
+        let slots = (self.slots_upto(jitter, to) - before).max(0);
+        let deadline = from.is_none_or(|f| f < self.timeout) && to >= self.timeout;
+        (slots + i64::from(deadline)) as u32
     }
 }
 
@@ -328,6 +348,21 @@ mod tests {
                     None => prop_assert!(at >= l.timeout_ms()),
                 }
             }
+        }
+
+        #[test]
+        fn checks_between_matches_walking_the_plan(
+            l in ladder_strategy(), j in 0i64..100, from in prop::option::of(-10i64..3000), len in 0i64..3000
+        ) {
+            let to = from.unwrap_or(-10) + len;
+            let mut walked = 0;
+            let mut at = from;
+            while let Some(next) = l.next_check(j, at) {
+                if next > to { break; }
+                walked += 1;
+                at = Some(next);
+            }
+            prop_assert_eq!(l.checks_between(j, from, to), walked);
         }
 
         #[test]

@@ -26,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Fraction of the budget the stretch plans for; the rest absorbs manual rechecks,
@@ -237,7 +237,6 @@ struct Completion {
 pub struct Scheduler {
     ladder: Ladder,
     kinds: std::collections::BTreeMap<String, Arc<Kind>>,
-    store: Store,
     upstream: Upstream,
     telemetry: Arc<Telemetry>,
     max_in_flight: usize,
@@ -248,6 +247,43 @@ pub struct Scheduler {
     gen: u64,
     unknown_logged: HashSet<(String, String)>,
     records: mpsc::Sender<(Vec<CheckRecord>, Option<(i64, UnixMs)>)>,
+    ledger: mpsc::Sender<LedgerEntry>,
+}
+
+/// A request about to be sent, to record in the budget ledger first; the answer is the
+/// ledger row's key (`None` if the write failed: the request still counts in memory).
+type LedgerEntry = (String, UnixMs, oneshot::Sender<Option<i64>>);
+
+/// Writes ledger entries in groups: every request that is about to leave while the
+/// previous commit runs joins the next one.
+async fn ledger_loop(store: Store, mut rx: mpsc::Receiver<LedgerEntry>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<(String, UnixMs)> =
+            batch.iter().map(|(p, at, _)| (p.clone(), *at)).collect();
+        match store.ledger_send(&entries).await {
+            Ok(keys) => {
+                for ((_, _, reply), key) in batch.into_iter().zip(keys) {
+                    let _ = reply.send(Some(key));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "budget ledger write failed; requests still counted in memory"
+                );
+                for (_, _, reply) in batch {
+                    let _ = reply.send(None);
+                }
+            }
+        }
+    }
 }
 
 /// Spawns the scheduler and its recorder. Returns the handle for the API and the join
@@ -297,11 +333,12 @@ pub async fn spawn(
     }
 
     let (rec_tx, rec_rx) = mpsc::channel(1024);
+    let (ledger_tx, ledger_rx) = mpsc::channel(1024);
+    tokio::spawn(ledger_loop(store.clone(), ledger_rx));
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let mut sched = Scheduler {
         ladder: config.ladder.clone(),
         kinds: config.kinds.clone(),
-        store: store.clone(),
         upstream,
         telemetry: telemetry.clone(),
         max_in_flight: config.ninjapay.max_in_flight,
@@ -312,6 +349,7 @@ pub async fn spawn(
         gen: 0,
         unknown_logged: HashSet::new(),
         records: rec_tx,
+        ledger: ledger_tx,
     };
     let pending = store.pending().await?;
     let resumed = pending.len();
@@ -669,7 +707,7 @@ impl Scheduler {
         }
         self.in_flight += 1;
         self.telemetry.request(&kind.name);
-        let store = self.store.clone();
+        let ledger = self.ledger.clone();
         let upstream = self.upstream.clone();
         let pool_name = self.pools[p].name.clone();
         let Some(key) = self.pools[p].key.clone() else {
@@ -679,15 +717,10 @@ impl Scheduler {
         tokio::spawn(async move {
             // The ledger entry is committed before the request leaves: a crash right after
             // the send still leaves the spent budget on record.
-            let ledger = match store.ledger_send(&pool_name, now, 1).await {
-                Ok(keys) => keys.first().copied(),
-                Err(e) => {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "budget ledger write failed; request still counted in memory"
-                    );
-                    None
-                }
+            let (tx, rx) = oneshot::channel();
+            let ledger = match ledger.send((pool_name, now, tx)).await {
+                Ok(()) => rx.await.ok().flatten(),
+                Err(_) => None,
             };
             let refs: Vec<&PaymentId> = ids.iter().collect();
             let answer = upstream.check(&kind, &key, &refs).await;

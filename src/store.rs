@@ -485,12 +485,13 @@ impl Store {
             .collect())
     }
 
-    /// Writes the budget ledger's entries for requests about to be sent; returns their keys.
-    /// Committed before the requests go out, so a crash can never hide spent budget.
-    pub async fn ledger_send(&self, pool: &str, at: UnixMs, count: usize) -> Result<Vec<i64>> {
+    /// Writes the budget ledger's entries `(pool, sent_at)` for requests about to be sent;
+    /// returns their keys, in order. Committed before the requests go out, so a crash can
+    /// never hide spent budget.
+    pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let mut keys = Vec::with_capacity(count);
-        for _ in 0..count {
+        let mut keys = Vec::with_capacity(entries.len());
+        for (pool, at) in entries {
             let pk: i64 = sqlx::query_scalar(
                 "INSERT INTO upstream_requests (pool, sent_at) VALUES (?, ?) RETURNING pk",
             )

@@ -1,0 +1,176 @@
+//! `ninjapoll demo`: the whole loop in one command, for a first look. A simulated Ninjapay
+//! and a webhook receiver on 127.0.0.1, a daemon on a temporary directory with a ladder
+//! compressed to seconds, a few payments of every kind, and their flips as they happen.
+
+use crate::cli::request;
+use crate::config::{self, Config, RawStep};
+use crate::fake::{FakeNinjapay, FakeOptions, Unknown};
+use crate::webhooks;
+use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KINDS: [&str; 4] = ["p2p", "quote", "paywall", "btc"];
+
+/// Runs the demo with `payments` payments; returns when all are final (or after a minute).
+pub async fn run(payments: usize) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("ninjapoll-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = demo(&dir, payments.clamp(1, 200)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
+    let fake = FakeNinjapay::start(FakeOptions {
+        api_key: "demo-key".into(),
+        unknown: Unknown::Random { max_pending: 6 },
+        latency: Some((Duration::from_millis(5), Duration::from_millis(60))),
+        ..FakeOptions::default()
+    })
+    .await?;
+    let key: [u8; 24] = std::array::from_fn(|_| fastrand::u8(..));
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let receiver = start_receiver(key.to_vec()).await?;
+
+    let mut raw = config::defaults();
+    raw.database.path = Some(dir.join("ninjapoll.db"));
+    raw.socket.path = Some(dir.join("ninjapoll.sock"));
+    raw.ninjapay.api_key = Some("demo-key".into());
+    raw.ninjapay.prod_base_url = Some(fake.base_url());
+    raw.ninjapay.api_base_url = Some(fake.base_url());
+    raw.schedule.first_check = Some(vec!["1s".into(), "1500ms".into()]);
+    raw.schedule.steps = Some(vec![
+        RawStep {
+            every: "500ms".into(),
+            span: Some("3s".into()),
+        },
+        RawStep {
+            every: "1s".into(),
+            span: None,
+        },
+    ]);
+    raw.schedule.timeout = Some("20s".into());
+    raw.webhooks.url = Some(format!("http://{receiver}/ninjapay/events"));
+    raw.webhooks.secret = Some(secret);
+    raw.webhooks.retry = Some(vec!["200ms".into(), "1s".into()]);
+    let cfg = Config::from_raw(raw)?;
+    let socket = cfg.socket.path.clone();
+    crate::telemetry::init_logging(&crate::config::LogConfig {
+        json: false,
+        level: "warn".into(),
+    });
+
+    println!("simulated Ninjapay on {}", fake.base_url());
+    println!("webhook receiver on http://{receiver}/ninjapay/events");
+    println!("daemon on {} (ladder: first check 1-1.5 s, then every 0.5 s for 3 s, then every 1 s until 20 s)\n", socket.display());
+
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(crate::daemon::run_until(cfg, cancel.clone()));
+    let started = Instant::now();
+    while request(&socket, "GET", "/v1/health", None).await.is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            cancel.cancel();
+            bail!("the daemon did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut states: HashMap<(String, String), String> = HashMap::new();
+    for i in 0..payments {
+        let kind = KINDS[i % KINDS.len()];
+        let id = format!("DEMO{}{:03}", kind.to_uppercase(), i);
+        if kind == "btc" {
+            // A listing shows only ids the simulated provider knows.
+            fake.script_random("btc", &id);
+        }
+        let (status, v) = request(
+            &socket,
+            "POST",
+            "/v1/checks",
+            Some(&json!({"kind": kind, "id": id, "metadata": {"order": i}})),
+        )
+        .await?;
+        println!(
+            "enqueued {kind:<8} {id:<16} -> HTTP {status}, {}",
+            v["state"].as_str().unwrap_or("?")
+        );
+        states.insert((kind.to_string(), id), "pending".into());
+    }
+    println!();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && states.values().any(|s| s == "pending") {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for ((kind, id), state) in states.iter_mut() {
+            let (_, v) = request(&socket, "GET", &format!("/v1/checks/{kind}/{id}"), None).await?;
+            let now = v["state"].as_str().unwrap_or("?").to_string();
+            if &now != state {
+                println!(
+                    "{:>6.1}s  {kind:<8} {id:<16} {state} -> {now} (upstream {:?}, after {} checks)",
+                    started.elapsed().as_secs_f64(),
+                    v["upstream_status"].as_str().unwrap_or("-"),
+                    v["checks_done"]
+                );
+                *state = now;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, health) = request(&socket, "GET", "/v1/health", None).await?;
+    println!("\nhealth: {}", health);
+    println!(
+        "{} requests reached the simulated Ninjapay",
+        fake.requests().len()
+    );
+    cancel.cancel();
+    daemon.await.context("daemon task")??;
+    Ok(())
+}
+
+/// A webhook receiver that checks each signature and prints the event.
+async fn start_receiver(key: Vec<u8>) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/ninjapay/events",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let key = key.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let body = String::from_utf8_lossy(&body).to_string();
+                let ts: i64 = h("webhook-timestamp").parse().unwrap_or(0);
+                let expected = webhooks::sign(&key, h("webhook-id"), ts, &body);
+                let ok = h("webhook-signature").split(' ').any(|s| s == expected);
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                println!(
+                    "          webhook {} {} {} seq {} -> {} (signature {})",
+                    v["type"].as_str().unwrap_or("?"),
+                    v["data"]["kind"].as_str().unwrap_or("?"),
+                    v["data"]["id"].as_str().unwrap_or("?"),
+                    v["data"]["sequence"],
+                    v["data"]["state"].as_str().unwrap_or("?"),
+                    if ok { "valid" } else { "INVALID" }
+                );
+                if ok {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::UNAUTHORIZED
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
