@@ -132,7 +132,9 @@ impl Budget {
     /// accepted); each further surprise lowers it again. Returns the new limit.
     pub fn shrink(&mut self, now: UnixMs) -> u32 {
         let used = self.used(now).saturating_sub(1);
-        self.effective = (self.effective * 3 / 4).max(used.min(self.effective)).max(1);
+        self.effective = (self.effective * 3 / 4)
+            .max(used.min(self.effective))
+            .max(1);
         self.last_shrink = now;
         self.effective
     }
