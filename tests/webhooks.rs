@@ -425,3 +425,56 @@ async fn without_url_or_callback_nothing_is_queued() {
     assert_eq!(n, 0);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn retry_after_of_a_429_is_honoured() {
+    use std::sync::{Arc, Mutex};
+    // A receiver that answers 429 with `Retry-After: 1` once, then 204.
+    let arrivals: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let seen = arrivals.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            let id = req
+                .headers()
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let mut s = seen.lock().unwrap();
+            s.push((Instant::now(), id));
+            if s.len() == 1 {
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                )
+                    .into_response()
+            } else {
+                axum::http::StatusCode::NO_CONTENT.into_response()
+            }
+        }
+    });
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    // The schedule alone would retry after ~50 ms.
+    let (fake, d) = setup(hooks(Some(&url), &["50ms"], "2s", &[])).await;
+    fake.script("p2p", "RA", Script::pending_then(Kind::P2p, 1, "approved"));
+    d.enqueue("p2p", "RA", None).await;
+    let list = wait_api(&d, "/v1/webhooks?state=delivered", |v| events(v).len() == 1).await;
+    let a = arrivals.lock().unwrap().clone();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0].1, a[1].1);
+    assert!(
+        a[1].0 - a[0].0 >= Duration::from_millis(990),
+        "retried after {:?}",
+        a[1].0 - a[0].0
+    );
+    let full = wait_delivered(&d, events(&list)[0]["event_id"].as_str().unwrap()).await;
+    assert_eq!(full["attempt_log"][0]["status_code"], 429, "{full:#}");
+    assert_eq!(full["attempt_log"][1]["status_code"], 204, "{full:#}");
+    server.abort();
+}
