@@ -567,3 +567,125 @@ async fn down_over_the_deadline_checks_once_before_timing_out() {
         "checks_done {done}, {all:?}"
     );
 }
+
+/// Smoke test of webhooks through the harness (SPEC section 6 has its own tests).
+#[tokio::test]
+#[ignore = "main has no webhook delivery worker yet: events stay in the outbox"]
+async fn status_change_fires_a_verified_webhook() {
+    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    receiver.fail_next(503, 1);
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let config = DaemonConfig {
+        webhooks: Some((receiver.url().to_owned(), WEBHOOK_SECRET.to_owned())),
+        env: vec![("NINJAPOLL_WEBHOOKS__RETRY".into(), "[\"50ms\"]".into())],
+        ..DaemonConfig::default()
+    };
+    let daemon = spawn_daemon(&fake.base_url(), config).await;
+    fake.script(
+        "p2p",
+        "hook",
+        Script::pending_then(Kind::P2p, 1, "approved"),
+    );
+    daemon.enqueue("p2p", "hook", None).await;
+    daemon
+        .wait_final("p2p", "hook", Duration::from_secs(3))
+        .await;
+    let got = receiver.wait_deliveries(2, Duration::from_secs(5)).await;
+    assert!(got.iter().all(|d| d.verified), "{got:#?}");
+    assert_eq!(got[0].answered, 503);
+    assert_eq!(
+        got[0].webhook_id, got[1].webhook_id,
+        "a retry keeps its webhook-id"
+    );
+    let data = &got[1].body["data"];
+    assert_eq!(got[1].body["type"], "payment.status_changed", "{got:#?}");
+    assert_eq!(
+        (&data["state"], &data["upstream_status"]),
+        (&json!("succeeded"), &json!("approved"))
+    );
+}
+
+/// The harness's receiver itself: verifies good signatures, rejects bad ones, fails and
+/// hangs on demand.
+#[tokio::test]
+async fn harness_webhook_receiver_verifies_and_misbehaves_on_demand() {
+    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    let signer = standardwebhooks::Webhook::new(WEBHOOK_SECRET).unwrap();
+    let client = reqwest::Client::new();
+    let send = |id: &str, body: &str, good: bool| {
+        let ts = now_ms() / 1000;
+        let sig = if good {
+            signer.sign(id, ts, body.as_bytes()).unwrap()
+        } else {
+            "v1,AAAA".to_owned()
+        };
+        client
+            .post(receiver.url())
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig)
+            .body(body.to_owned())
+            .send()
+    };
+    receiver.fail_next(500, 1);
+    assert_eq!(
+        send("msg_1", r#"{"a":1}"#, true).await.unwrap().status(),
+        500
+    );
+    assert_eq!(
+        send("msg_1", r#"{"a":1}"#, true).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send("msg_2", r#"{"a":2}"#, false).await.unwrap().status(),
+        200
+    );
+    receiver.hang_next(Duration::from_millis(100), 1);
+    let t = std::time::Instant::now();
+    send("msg_3", "{}", true).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    let got = receiver.deliveries();
+    let summary: Vec<_> = got
+        .iter()
+        .map(|d| (d.webhook_id.as_str(), d.verified, d.answered))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("msg_1", true, 500),
+            ("msg_1", true, 200),
+            ("msg_2", false, 200),
+            ("msg_3", true, 200)
+        ]
+    );
+    assert_eq!(got[0].body, json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_a_restart_resumes() {
+    let (fake, mut daemon) = setup(DaemonConfig::default()).await;
+    fake.script("quote", "term", Script::Sequence(vec![]));
+    daemon.enqueue("quote", "term", None).await;
+    daemon
+        .wait_for(
+            "quote",
+            "term",
+            |p| p["checks_done"].as_u64() >= Some(2),
+            Duration::from_secs(2),
+        )
+        .await;
+    let status = daemon.stop().await.expect("was running");
+    assert!(status.success(), "exit status {status}");
+    let checked = fake.requests_for("quote", "term").len();
+    daemon.restart().await;
+    let p = daemon
+        .wait_final("quote", "term", Duration::from_secs(3))
+        .await;
+    assert_eq!(p["state"], "timed_out", "{p:#}");
+    assert!(fake.requests_for("quote", "term").len() > checked);
+    assert_eq!(
+        p["checks_done"],
+        fake.requests_for("quote", "term").len(),
+        "{p:#}"
+    );
+}
