@@ -66,12 +66,33 @@ enum Command {
     Cancel { kind: String, id: String },
     /// Check a payment as soon as possible.
     Recheck { kind: String, id: String },
+    /// List or replay webhook events.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksCommand,
+    },
     /// The whole loop against a built-in simulated Ninjapay, for a first look.
     Demo {
         /// How many payments to follow.
         #[arg(long, default_value_t = 8)]
         payments: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// List webhook events.
+    List {
+        /// pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send an event again (a dead or delivered one goes back to pending, due now).
+    Replay { event_id: String },
 }
 
 /// Entry point of the binary.
@@ -208,6 +229,23 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
             }
             ("GET", format!("/v1/checks?{}", q.join("&")), None)
         }
+        Command::Webhooks { action } => match action {
+            WebhooksCommand::List {
+                state,
+                limit,
+                cursor,
+            } => {
+                let mut q = vec![format!("limit={limit}")];
+                q.extend(state.iter().map(|s| format!("state={}", enc(s))));
+                q.extend(cursor.iter().map(|c| format!("cursor={}", enc(c))));
+                ("GET", format!("/v1/webhooks?{}", q.join("&")), None)
+            }
+            WebhooksCommand::Replay { event_id } => (
+                "POST",
+                format!("/v1/webhooks/{}/replay", enc(event_id)),
+                None,
+            ),
+        },
         Command::Run | Command::CheckConfig | Command::Demo { .. } => {
             unreachable!("handled by dispatch")
         }
@@ -230,6 +268,9 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
 }
 
 fn print_human(v: &Value) {
+    if v.get("webhooks").is_some() || v.get("event_id").is_some() {
+        return print_webhooks(v);
+    }
     let row = |p: &Value| {
         format!(
             "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
@@ -265,6 +306,37 @@ fn print_human(v: &Value) {
 
 /// How long a client command waits for the daemon's answer.
 const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn print_webhooks(v: &Value) {
+    let row = |e: &Value| {
+        format!(
+            "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  {}",
+            e["event_id"].as_str().unwrap_or(""),
+            e["state"].as_str().unwrap_or(""),
+            e["payment"]["kind"].as_str().unwrap_or(""),
+            e["payment"]["id"].as_str().unwrap_or(""),
+            e["sequence"],
+            e["type"].as_str().unwrap_or(""),
+            e["attempts"],
+            e["last_error"].as_str().unwrap_or(""),
+        )
+    };
+    println!(
+        "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  LAST ERROR",
+        "EVENT", "STATE", "KIND", "ID", "SEQ", "TYPE", "ATTEMPTS"
+    );
+    match v["webhooks"].as_array() {
+        Some(list) => {
+            for e in list {
+                println!("{}", row(e));
+            }
+            if let Some(c) = v["next_cursor"].as_str() {
+                println!("(more: --cursor {c})");
+            }
+        }
+        None => println!("{}", row(v)),
+    }
+}
 
 /// One HTTP/1.1 request over the daemon's Unix socket.
 pub async fn request(

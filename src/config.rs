@@ -425,6 +425,12 @@ impl Config {
                 "webhooks.url is set, so a signing secret (whsec_…) is required",
             ));
         }
+        if !w.allowed_callback_prefixes.is_empty() && secrets.is_empty() {
+            return Err(invalid(
+                "webhooks.secret",
+                "webhooks.allowed_callback_prefixes is set, so a signing secret (whsec_…) is required",
+            ));
+        }
         let retry = w
             .retry
             .clone()

@@ -167,6 +167,14 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
     let _socket_file = SocketFile(config.socket.path.clone());
     let telemetry = Arc::new(Telemetry::default());
     let events = Arc::new(Notify::new());
+    // Delivers what the outbox holds, events left by a previous run included.
+    let webhook_worker = crate::webhooks::spawn(
+        &config.webhooks,
+        store.clone(),
+        telemetry.clone(),
+        events.clone(),
+        cancel.clone(),
+    )?;
     let (handle, scheduler_task) = scheduler::spawn(
         &config,
         store.clone(),
@@ -185,6 +193,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
         scheduler: handle,
         config: config.clone(),
         telemetry,
+        webhook_wake: events.clone(),
     };
     let guard = Guard {
         uids: Arc::new(config.socket.allowed_uids.clone()),
@@ -204,6 +213,9 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
     cancel.cancel();
     if let Err(e) = scheduler_task.await {
         tracing::error!(error = %e, "scheduler task failed");
+    }
+    if let Err(e) = webhook_worker.await {
+        tracing::error!(error = %e, "webhook worker failed");
     }
     let _ = maintenance.await;
     store.close().await;

@@ -584,3 +584,359 @@ fn lock_path(db: &Path) -> PathBuf {
     name.push(".lock");
     db.with_file_name(name)
 }
+
+// ---- webhook outbox ----
+
+/// A webhook event, as the delivery worker and the API see it.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct WebhookEvent {
+    pub pk: i64,
+    pub event_id: String,
+    pub payment_pk: i64,
+    pub kind: String,
+    pub id: String,
+    pub sequence: i64,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub url: String,
+    pub body: String,
+    pub created_at: i64,
+    pub state: String,
+    /// Every attempt ever made, replays included.
+    pub attempts: i64,
+    /// `attempts` when the current retry schedule began (0, or the count at a replay).
+    pub retry_from: i64,
+    pub next_attempt_at: i64,
+    pub delivered_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<i64>,
+    pub last_status_code: Option<i64>,
+}
+
+/// One delivery attempt, as logged.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct WebhookAttempt {
+    pub at: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+}
+
+/// What an attempt leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; try again at this time.
+    Retry(UnixMs),
+    /// Failed, and it was the last try of the schedule.
+    Dead,
+}
+
+/// A webhook list query.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookFilter {
+    /// `pending`, `delivered` or `dead`.
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    /// Only rows with a larger `pk` (the cursor).
+    pub after_pk: Option<i64>,
+    pub limit: u32,
+}
+
+/// The event's columns, with its payment and last attempt; `e` is `webhook_events` and
+/// `p` is `payments`.
+const EVENT_COLUMNS: &str = "e.pk, e.event_id, e.payment_pk, p.kind, p.id, e.sequence, e.type, \
+    e.url, e.body, e.created_at, e.state, e.attempts, e.retry_from, e.next_attempt_at, \
+    e.delivered_at, e.last_error, \
+    (SELECT a.at FROM webhook_attempts a WHERE a.event_pk = e.pk ORDER BY a.pk DESC LIMIT 1) \
+      AS last_attempt_at, \
+    (SELECT a.status_code FROM webhook_attempts a WHERE a.event_pk = e.pk ORDER BY a.pk DESC LIMIT 1) \
+      AS last_status_code";
+
+impl Store {
+    /// The pending events that head their payment's queue (no earlier pending event of the
+    /// same payment), earliest due first, leaving out the payments in `busy` (an attempt
+    /// is in flight). Order per payment comes from the head rule; other payments are never
+    /// held up by one that is retrying.
+    pub async fn webhook_heads(&self, busy: &[i64], limit: u32) -> Result<Vec<WebhookEvent>> {
+        let busy = serde_json::to_string(busy).context("encoding busy payments")?;
+        sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
+             WHERE e.state = 'pending' \
+             AND e.payment_pk NOT IN (SELECT value FROM json_each(?1)) \
+             AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.payment_pk = e.payment_pk \
+                             AND b.state = 'pending' AND b.sequence < e.sequence) \
+             ORDER BY e.next_attempt_at, e.pk LIMIT ?2"
+        ))
+        .bind(busy)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .context("reading due webhook events")
+    }
+
+    /// Logs an attempt and moves the event on, in one transaction. `retry_from` is the
+    /// value the attempt was started under: if a replay began a new schedule meanwhile, a
+    /// failure leaves the replay's plan alone (a success still counts).
+    pub async fn record_webhook_attempt(
+        &self,
+        event_pk: i64,
+        retry_from: i64,
+        attempt: &WebhookAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<()> {
+        let (delivered, new_state, next) = match outcome {
+            AttemptOutcome::Delivered => (true, "delivered", None),
+            AttemptOutcome::Retry(at) => (false, "pending", Some(at)),
+            AttemptOutcome::Dead => (false, "dead", None),
+        };
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (event_pk, at, status_code, error, latency_ms) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(event_pk)
+        .bind(attempt.at)
+        .bind(attempt.status_code)
+        .bind(&attempt.error)
+        .bind(attempt.latency_ms)
+        .execute(&mut *tx)
+        .await
+        .context("logging webhook attempt")?;
+        sqlx::query(
+            "UPDATE webhook_events SET attempts = attempts + 1, last_error = ?1, \
+             state = CASE WHEN ?2 THEN 'delivered' WHEN retry_from = ?3 THEN ?4 ELSE state END, \
+             next_attempt_at = CASE WHEN NOT ?2 AND retry_from = ?3 AND ?5 IS NOT NULL \
+                               THEN ?5 ELSE next_attempt_at END, \
+             delivered_at = CASE WHEN ?2 THEN ?6 ELSE delivered_at END \
+             WHERE pk = ?7",
+        )
+        .bind(&attempt.error)
+        .bind(delivered)
+        .bind(retry_from)
+        .bind(new_state)
+        .bind(next)
+        .bind(now_ms())
+        .bind(event_pk)
+        .execute(&mut *tx)
+        .await
+        .context("updating webhook event")?;
+        tx.commit().await.context("committing webhook attempt")?;
+        Ok(())
+    }
+
+    /// A page of webhook events in insertion order.
+    pub async fn list_webhooks(&self, f: &WebhookFilter) -> Result<Vec<WebhookEvent>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
+             WHERE e.pk > ?1 AND (?2 IS NULL OR e.state = ?2) AND (?3 IS NULL OR p.kind = ?3) \
+             AND (?4 IS NULL OR p.id = ?4) ORDER BY e.pk LIMIT ?5"
+        ))
+        .bind(f.after_pk.unwrap_or(0))
+        .bind(&f.state)
+        .bind(&f.kind)
+        .bind(&f.id)
+        .bind(f.limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// One webhook event by its `webhook-id`.
+    pub async fn webhook(&self, event_id: &str) -> Result<Option<WebhookEvent>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
+             WHERE e.event_id = ?"
+        ))
+        .bind(event_id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// An event's attempts, oldest first.
+    pub async fn webhook_attempts(&self, event_pk: i64) -> Result<Vec<WebhookAttempt>> {
+        Ok(sqlx::query_as(
+            "SELECT at, status_code, error, latency_ms FROM webhook_attempts \
+             WHERE event_pk = ? ORDER BY pk",
+        )
+        .bind(event_pk)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Makes an event due at `at` with a fresh retry schedule (a delivered or dead one goes
+    /// back to pending; a pending one is simply tried sooner). `None`: no such event.
+    pub async fn replay_webhook(&self, event_id: &str, at: UnixMs) -> Result<Option<WebhookEvent>> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "UPDATE webhook_events SET state = 'pending', next_attempt_at = ?1, \
+             retry_from = attempts, delivered_at = NULL WHERE event_id = ?2",
+        )
+        .bind(at)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await
+        .context("replaying webhook event")?;
+        let row = if done.rows_affected() == 0 {
+            None
+        } else {
+            sqlx::query_as(&format!(
+                "SELECT {EVENT_COLUMNS} FROM webhook_events e \
+                 JOIN payments p ON p.pk = e.payment_pk WHERE e.event_id = ?"
+            ))
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        tx.commit().await.context("committing webhook replay")?;
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+    use crate::webhooks::STATUS_CHANGED;
+
+    async fn store_with_events(dir: &Path, events_a: usize) -> (Store, i64, i64) {
+        let store = Store::open(&dir.join("t.db"), Some("http://127.0.0.1:1/h".into()))
+            .await
+            .unwrap();
+        let new = |id: &str| NewPayment {
+            kind: "p2p".into(),
+            id: PaymentId::parse(id).unwrap(),
+            started_at: 0,
+            jitter_ms: 0,
+            next_check_at: 0,
+            callback_url: None,
+            metadata: None,
+        };
+        let rows = store.insert_payments(&[new("A"), new("B")]).await.unwrap();
+        let (a, b) = (rows[0].0.pk, rows[1].0.pk);
+        let flip = |pk: i64, raw: &str, at: i64| CheckRecord {
+            pk,
+            checked_at: at,
+            upstream_status: Some(raw.into()),
+            state: State::Pending,
+            response: None,
+            error: None,
+            next_check_at: Some(at + 1),
+            event: Some(EventSpec {
+                event_type: STATUS_CHANGED,
+                previous_state: State::Pending,
+                previous_upstream_status: None,
+            }),
+            changed: true,
+        };
+        for i in 0..events_a {
+            store
+                .record_checks(&[flip(a, &format!("s{i}"), 10 + i as i64)])
+                .await
+                .unwrap();
+        }
+        store.record_checks(&[flip(b, "x", 100)]).await.unwrap();
+        (store, a, b)
+    }
+
+    fn failed(at: i64) -> WebhookAttempt {
+        WebhookAttempt {
+            at,
+            status_code: Some(500),
+            error: Some("HTTP 500".into()),
+            latency_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_are_one_per_payment_and_skip_busy_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a, b) = store_with_events(dir.path(), 2).await;
+        let heads = store.webhook_heads(&[], 10).await.unwrap();
+        let got: Vec<(i64, i64)> = heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
+        assert_eq!(got, vec![(a, 1), (b, 1)]);
+        let heads = store.webhook_heads(&[a], 10).await.unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].payment_pk, b);
+
+        // A's first event retrying later: its second still waits behind it.
+        let first = store.webhook_heads(&[], 1).await.unwrap().remove(0);
+        store
+            .record_webhook_attempt(first.pk, 0, &failed(20), AttemptOutcome::Retry(5_000))
+            .await
+            .unwrap();
+        let heads = store.webhook_heads(&[], 10).await.unwrap();
+        let got: Vec<(i64, i64, i64)> = heads
+            .iter()
+            .map(|e| (e.payment_pk, e.sequence, e.next_attempt_at))
+            .collect();
+        assert_eq!(got, vec![(b, 1, 100), (a, 1, 5_000)]);
+        assert_eq!(heads[1].attempts, 1);
+        assert_eq!(heads[1].last_status_code, Some(500));
+
+        // Dead: the next event of the payment moves up.
+        store
+            .record_webhook_attempt(first.pk, 0, &failed(30), AttemptOutcome::Dead)
+            .await
+            .unwrap();
+        let heads = store.webhook_heads(&[b], 10).await.unwrap();
+        assert_eq!((heads[0].payment_pk, heads[0].sequence), (a, 2));
+        assert_eq!(store.webhook_attempts(first.pk).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_replay_starts_a_fresh_schedule_and_survives_a_late_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = store_with_events(dir.path(), 1).await;
+        let ev = store.webhook_heads(&[], 1).await.unwrap().remove(0);
+        store
+            .record_webhook_attempt(ev.pk, 0, &failed(20), AttemptOutcome::Dead)
+            .await
+            .unwrap();
+        let dead = store.webhook(&ev.event_id).await.unwrap().unwrap();
+        assert_eq!((dead.state.as_str(), dead.attempts), ("dead", 1));
+
+        let replayed = store
+            .replay_webhook(&ev.event_id, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(replayed.state, "pending");
+        assert_eq!((replayed.retry_from, replayed.next_attempt_at), (1, 1_000));
+        assert!(store.replay_webhook("msg_none", 0).await.unwrap().is_none());
+
+        // An attempt started before the replay fails late: the replay's plan stands.
+        store
+            .record_webhook_attempt(ev.pk, 0, &failed(1_001), AttemptOutcome::Dead)
+            .await
+            .unwrap();
+        let e = store.webhook(&ev.event_id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.state.as_str(), e.next_attempt_at, e.attempts),
+            ("pending", 1_000, 2)
+        );
+        // ...but a success still counts.
+        let ok = WebhookAttempt {
+            at: 1_002,
+            status_code: Some(200),
+            error: None,
+            latency_ms: 1,
+        };
+        store
+            .record_webhook_attempt(ev.pk, 0, &ok, AttemptOutcome::Delivered)
+            .await
+            .unwrap();
+        let e = store.webhook(&ev.event_id).await.unwrap().unwrap();
+        assert_eq!(e.state, "delivered");
+        assert_eq!(e.last_error, None);
+        assert!(e.delivered_at.is_some());
+        let list = store
+            .list_webhooks(&WebhookFilter {
+                state: Some("delivered".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(list.len(), 1);
+    }
+}

@@ -570,7 +570,6 @@ async fn down_over_the_deadline_checks_once_before_timing_out() {
 
 /// Smoke test of webhooks through the harness (SPEC section 6 has its own tests).
 #[tokio::test]
-#[ignore = "main has no webhook delivery worker yet: events stay in the outbox"]
 async fn status_change_fires_a_verified_webhook() {
     let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
     receiver.fail_next(503, 1);

@@ -4,6 +4,7 @@
 mod checks;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use crate::config::Config;
 use crate::scheduler::SchedulerHandle;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Counters for `/v1/health` and `/metrics`.
     pub telemetry: Arc<Telemetry>,
+    /// Wakes the webhook worker (a replayed event is due now).
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// An API error: a status, a code a program can branch on, a message a person can act on.
@@ -190,6 +193,9 @@ pub fn router(state: AppState) -> Router {
             get(checks::get_one).delete(checks::cancel),
         )
         .route("/v1/checks/{kind}/{id}/recheck", post(checks::recheck))
+        .route("/v1/webhooks", get(webhooks::list))
+        .route("/v1/webhooks/{event_id}", get(webhooks::get_one))
+        .route("/v1/webhooks/{event_id}/replay", post(webhooks::replay))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -62,6 +62,7 @@ async fn harness() -> Harness {
         scheduler: handle,
         config,
         telemetry,
+        webhook_wake: Arc::new(Notify::new()),
     });
     Harness {
         app,

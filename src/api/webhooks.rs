@@ -1,0 +1,158 @@
+//! `/v1/webhooks`: list the outbox, show one event with its attempts, replay one.
+
+use super::{ApiError, AppState};
+use crate::payment::{now_ms, rfc3339};
+use crate::store::{WebhookEvent, WebhookFilter};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Longest event id looked up; ours are 28 bytes.
+const MAX_EVENT_ID: usize = 128;
+
+/// An event as the API shows it (without its body; `GET /v1/webhooks/{id}` has that).
+fn event_json(e: &WebhookEvent) -> Value {
+    json!({
+        "event_id": e.event_id,
+        "type": e.event_type,
+        "state": e.state,
+        "payment": {"kind": e.kind, "id": e.id},
+        "sequence": e.sequence,
+        "url": e.url,
+        "attempts": e.attempts,
+        "last_error": e.last_error,
+        "last_status_code": e.last_status_code,
+        "last_attempt_at": e.last_attempt_at.map(rfc3339),
+        "next_attempt_at": (e.state == "pending").then(|| rfc3339(e.next_attempt_at)),
+        "delivered_at": e.delivered_at.map(rfc3339),
+        "created_at": rfc3339(e.created_at),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    id: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/webhooks?state=pending|delivered|dead&kind=&id=&limit=&cursor=`: pages in
+/// insertion order, the cursor being the position after the page's last event.
+pub async fn list(
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s @ ("pending" | "delivered" | "dead")) => Some(s.to_string()),
+        Some(s) => {
+            return Err(ApiError::bad(
+                "invalid_state",
+                format!("unknown webhook state {s:?}; use pending, delivered or dead"),
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let after_pk =
+        match q.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::bad("invalid_cursor", "cursor is not one this API gave")
+            })?),
+        };
+    let rows = st
+        .store
+        .list_webhooks(&WebhookFilter {
+            state,
+            kind: q.kind.filter(|k| !k.is_empty()),
+            id: q.id.filter(|i| !i.is_empty()),
+            after_pk,
+            limit,
+        })
+        .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.pk.to_string()))
+        .flatten();
+    Ok(Json(json!({
+        "webhooks": rows.iter().map(event_json).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+fn check_event_id(event_id: &str) -> Result<(), ApiError> {
+    if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
+        return Err(ApiError::bad(
+            "invalid_event_id",
+            format!("an event id is 1 to {MAX_EVENT_ID} bytes, like msg_…"),
+        ));
+    }
+    Ok(())
+}
+
+fn unknown(event_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no webhook event {event_id}"),
+    )
+}
+
+/// `GET /v1/webhooks/{event_id}`: the event, its body and every attempt.
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_event_id(&event_id)?;
+    let ev = st
+        .store
+        .webhook(&event_id)
+        .await?
+        .ok_or_else(|| unknown(&event_id))?;
+    let attempts: Vec<Value> = st
+        .store
+        .webhook_attempts(ev.pk)
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "at": rfc3339(a.at),
+                "status_code": a.status_code,
+                "error": a.error,
+                "latency_ms": a.latency_ms,
+            })
+        })
+        .collect();
+    let mut body = event_json(&ev);
+    body["body"] = serde_json::from_str(&ev.body).unwrap_or(Value::String(ev.body.clone()));
+    body["attempt_log"] = Value::Array(attempts);
+    Ok(Json(body))
+}
+
+/// `POST /v1/webhooks/{event_id}/replay`: due now, with a fresh retry schedule. 202: the
+/// worker sends it as soon as the payment's earlier pending events (if any) are through.
+pub async fn replay(
+    State(st): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_event_id(&event_id)?;
+    let ev = st
+        .store
+        .replay_webhook(&event_id, now_ms())
+        .await?
+        .ok_or_else(|| unknown(&event_id))?;
+    st.webhook_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(event_json(&ev))).into_response())
+}
