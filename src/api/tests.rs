@@ -42,6 +42,8 @@ async fn harness() -> Harness {
     raw.ninjapay.prod_base_url = Some("http://127.0.0.1:9".into());
     raw.ninjapay.api_base_url = Some("http://127.0.0.1:9".into());
     raw.webhooks.allowed_callback_prefixes = vec!["http://127.0.0.1:8080/".into()];
+    // Callbacks are signed like every event.
+    raw.webhooks.secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
     let config = Arc::new(Config::from_raw(raw).expect("config"));
     let store = Store::open(&config.database_path, None)
         .await
