@@ -222,6 +222,8 @@ struct Pool {
     auth_failing: HashMap<String, (UnixMs, UnixMs)>,
     /// Earliest next request of each list kind (its cadence).
     list_not_before: HashMap<String, UnixMs>,
+    /// When a refused key was last probed.
+    last_probe: UnixMs,
     lateness_ms: Vec<i64>,
     /// Pre-committed budget ledger rows, one per request to send.
     ledger_keys: std::collections::VecDeque<i64>,
@@ -318,6 +320,7 @@ pub async fn spawn(
         throttled: 0,
         auth_failing: HashMap::new(),
         list_not_before: HashMap::new(),
+        last_probe: 0,
         lateness_ms: Vec::new(),
         ledger_keys: Default::default(),
         refilling: false,
@@ -568,15 +571,10 @@ impl Scheduler {
     fn command(&mut self, cmd: Command, now: UnixMs) {
         match cmd {
             Command::Track(row) => self.track(row, now, false),
+            // If a check is in flight, its answer finds the payment gone here and cancelled
+            // in the database, and is dropped.
             Command::Untrack(pk) => {
-                if let Some(e) = self.entries.get(&pk) {
-                    if !e.in_flight {
-                        self.entries.remove(&pk);
-                    } else {
-                        // Its answer will find the payment cancelled in the database.
-                        self.entries.remove(&pk);
-                    }
-                }
+                self.entries.remove(&pk);
             }
             Command::Recheck(pk) => {
                 let gen = self.next_gen();
@@ -642,16 +640,12 @@ impl Scheduler {
                 // every few seconds, instead of spending the budget on every payment.
                 if let Some((since, _)) = self.pools[p].auth_failing.get(&kind.name) {
                     let probe_every = (self.pools[p].budget.window_ms() / 100).clamp(50, 30_000);
-                    let last = self.pools[p]
-                        .list_not_before
-                        .get("__auth")
-                        .copied()
-                        .unwrap_or(*since);
+                    let last = self.pools[p].last_probe.max(*since);
                     if now < last + probe_every {
                         self.defer(p, pk, last + probe_every);
                         continue;
                     }
-                    self.pools[p].list_not_before.insert("__auth".into(), now);
+                    self.pools[p].last_probe = now;
                 }
                 if kind.is_list() {
                     if let Some(&nb) = self.pools[p].list_not_before.get(&kind.name) {

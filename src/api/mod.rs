@@ -255,6 +255,13 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
             })
         })
         .collect();
+    if let Some((_, dead)) = webhooks.iter().find(|(s, _)| s == "dead") {
+        if *dead > 0 {
+            problems.push(format!(
+                "{dead} webhook events are dead (the merchant app missed them): see `ninjapoll webhooks list --state dead`, then replay"
+            ));
+        }
+    }
     let by_state: serde_json::Map<String, serde_json::Value> =
         counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
     let hooks: serde_json::Map<String, serde_json::Value> =
