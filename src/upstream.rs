@@ -122,8 +122,8 @@ async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
 }
 
 /// A transport error in words, without the URL's query (ids are fine, but keep lines
-/// short) and never with headers (the key is in one).
-fn describe(e: &reqwest::Error) -> String {
+/// short) and never with headers (the key is in one). Shared with `webhooks`.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
