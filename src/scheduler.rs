@@ -844,11 +844,17 @@ impl Scheduler {
                 e.failures = 0;
                 plan(&self.ladder, &clock, &mut e);
             } else {
-                // No answer: try again soon with back-off, but never later than the plan.
+                // No real answer: the next attempt is the plan's next slot after this one,
+                // or later when failures pile up (exponential back-off), so a provider that
+                // is down is not hammered, and past the deadline not retried in a loop. The
+                // last answered check stays what it was: this one settles nothing.
                 e.failures += 1;
                 let backoff = backoff_ms(e.failures, self.ladder.every_at(e.jitter, now - e.t0));
+                let answered = e.v_last;
+                e.v_last = Some(clock.to_virtual(done.sent_at));
                 plan(&self.ladder, &clock, &mut e);
-                e.due = e.due.min(now + backoff).max(now + 1);
+                e.v_last = answered;
+                e.due = e.due.max(now + backoff);
                 e.planned = None;
             }
             let previous_raw = e.upstream_status.clone();

@@ -194,6 +194,14 @@ async fn refused_connections_and_timeouts_stay_on_the_ladder() {
             .contains("connection failed"),
         "{p:#}"
     );
+    // A provider that is down is retried on the ladder with back-off, not in a loop.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, p) = d.payment("p2p", "REFUSED").await;
+    let tries = p["checks_done"].as_i64().unwrap();
+    assert!(
+        tries <= 30,
+        "{tries} attempts in about a second against a refused port"
+    );
 
     // An upstream that answers too late: the request timeout ends the wait.
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
