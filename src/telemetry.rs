@@ -40,6 +40,9 @@ pub struct PoolSnapshot {
     pub lateness_ms: Vec<i64>,
 }
 
+/// One figure of a key's snapshot, as a metric value.
+type PoolField = dyn Fn(&PoolSnapshot) -> String;
+
 /// Lateness buckets, in milliseconds.
 const LATE_BUCKETS: [i64; 9] = [10, 100, 500, 1_000, 5_000, 15_000, 60_000, 300_000, 600_000];
 
@@ -138,23 +141,43 @@ impl Telemetry {
     /// Prometheus text exposition. `states` are the payment counts per state.
     pub fn render(&self, states: &[(String, i64)], webhook_states: &[(String, i64)]) -> String {
         let mut o = String::new();
-        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        family(&mut o, "ninjapoll_payments", "gauge", "Payments by state.");
-        for (s, n) in states {
-            let _ = writeln!(o, "ninjapoll_payments{{state=\"{s}\"}} {n}");
-        }
-        family(
+        // A family with one series per label value.
+        let labelled = |o: &mut String,
+                        (name, kind, help): (&str, &str, &str),
+                        label: &str,
+                        series: Vec<(String, String)>| {
+            head(o, name, kind, help);
+            for (value, n) in series {
+                let _ = writeln!(o, "{name}{{{label}=\"{value}\"}} {n}");
+            }
+        };
+        let counts = |v: &[(String, i64)]| -> Vec<(String, String)> {
+            v.iter().map(|(k, n)| (k.clone(), n.to_string())).collect()
+        };
+        labelled(
             &mut o,
-            "ninjapoll_upstream_requests_total",
-            "counter",
-            "Requests sent to Ninjapay, by kind.",
+            ("ninjapoll_payments", "gauge", "Payments by state."),
+            "state",
+            counts(states),
         );
-        for (k, n) in lock(&self.requests).iter() {
-            let _ = writeln!(o, "ninjapoll_upstream_requests_total{{kind=\"{k}\"}} {n}");
-        }
-        family(
+        let requests = lock(&self.requests)
+            .iter()
+            .map(|(k, n)| (k.clone(), n.to_string()))
+            .collect();
+        labelled(
+            &mut o,
+            (
+                "ninjapoll_upstream_requests_total",
+                "counter",
+                "Requests sent to Ninjapay, by kind.",
+            ),
+            "kind",
+            requests,
+        );
+        head(
             &mut o,
             "ninjapoll_checks_total",
             "counter",
@@ -166,161 +189,113 @@ impl Telemetry {
                 "ninjapoll_checks_total{{kind=\"{k}\",outcome=\"{out}\"}} {n}"
             );
         }
-        family(
-            &mut o,
-            "ninjapoll_upstream_latency_ms_sum",
-            "counter",
-            "Sum of request round trips.",
-        );
-        let _ = writeln!(
-            o,
-            "ninjapoll_upstream_latency_ms_sum {}",
-            self.latency_sum_ms.load(Ordering::Relaxed)
-        );
-        family(
-            &mut o,
-            "ninjapoll_upstream_latency_ms_count",
-            "counter",
-            "Requests timed.",
-        );
-        let _ = writeln!(
-            o,
-            "ninjapoll_upstream_latency_ms_count {}",
-            self.latency_count.load(Ordering::Relaxed)
-        );
-        family(
-            &mut o,
-            "ninjapoll_commits_total",
-            "counter",
-            "Group commits of check outcomes.",
-        );
-        let _ = writeln!(
-            o,
-            "ninjapoll_commits_total {}",
-            self.commits.load(Ordering::Relaxed)
-        );
-        family(
-            &mut o,
-            "ninjapoll_committed_checks_total",
-            "counter",
-            "Check outcomes committed.",
-        );
-        let _ = writeln!(
-            o,
-            "ninjapoll_committed_checks_total {}",
-            self.committed_checks.load(Ordering::Relaxed)
-        );
-        family(
-            &mut o,
-            "ninjapoll_unexpected_429_total",
-            "counter",
-            "429 answers while the budget counted room.",
-        );
-        let _ = writeln!(
-            o,
-            "ninjapoll_unexpected_429_total {}",
-            self.unexpected_429.load(Ordering::Relaxed)
-        );
+        let scalars = [
+            (
+                "ninjapoll_upstream_latency_ms_sum",
+                "Sum of request round trips.",
+                &self.latency_sum_ms,
+            ),
+            (
+                "ninjapoll_upstream_latency_ms_count",
+                "Requests timed.",
+                &self.latency_count,
+            ),
+            (
+                "ninjapoll_commits_total",
+                "Group commits of check outcomes.",
+                &self.commits,
+            ),
+            (
+                "ninjapoll_committed_checks_total",
+                "Check outcomes committed.",
+                &self.committed_checks,
+            ),
+            (
+                "ninjapoll_unexpected_429_total",
+                "429 answers while the budget counted room.",
+                &self.unexpected_429,
+            ),
+        ];
+        for (name, help, v) in scalars {
+            head(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
+        }
         let pools = self.pools();
-        family(
-            &mut o,
-            "ninjapoll_budget_used",
-            "gauge",
-            "Requests counted in the current window, per key.",
-        );
-        for p in &pools {
-            let _ = writeln!(
-                o,
-                "ninjapoll_budget_used{{pool=\"{}\"}} {}",
-                p.name, p.budget_used
-            );
+        let per_pool = |f: &dyn Fn(&PoolSnapshot) -> String| -> Vec<(String, String)> {
+            pools.iter().map(|p| (p.name.clone(), f(p))).collect()
+        };
+        let gauges: [(&str, &str, &PoolField); 4] = [
+            (
+                "ninjapoll_budget_used",
+                "Requests counted in the current window, per key.",
+                &|p| p.budget_used.to_string(),
+            ),
+            (
+                "ninjapoll_budget_limit",
+                "The limit in force per window, per key.",
+                &|p| p.budget_effective.to_string(),
+            ),
+            (
+                "ninjapoll_stretch_factor",
+                "Common stretch of every plan (1 = the documented ladder).",
+                &|p| p.stretch.to_string(),
+            ),
+            (
+                "ninjapoll_pending",
+                "Payments being polled, per key.",
+                &|p| p.pending.to_string(),
+            ),
+        ];
+        for (name, help, f) in gauges {
+            labelled(&mut o, (name, "gauge", help), "pool", per_pool(f));
         }
-        family(
-            &mut o,
-            "ninjapoll_budget_limit",
-            "gauge",
-            "The limit in force per window, per key.",
-        );
-        for p in &pools {
-            let _ = writeln!(
-                o,
-                "ninjapoll_budget_limit{{pool=\"{}\"}} {}",
-                p.name, p.budget_effective
-            );
-        }
-        family(
-            &mut o,
-            "ninjapoll_stretch_factor",
-            "gauge",
-            "Common stretch of every plan (1 = the documented ladder).",
-        );
-        for p in &pools {
-            let _ = writeln!(
-                o,
-                "ninjapoll_stretch_factor{{pool=\"{}\"}} {}",
-                p.name, p.stretch
-            );
-        }
-        family(
-            &mut o,
-            "ninjapoll_pending",
-            "gauge",
-            "Payments being polled, per key.",
-        );
-        for p in &pools {
-            let _ = writeln!(o, "ninjapoll_pending{{pool=\"{}\"}} {}", p.name, p.pending);
-        }
-        family(
+        head(
             &mut o,
             "ninjapoll_check_lateness_ms",
             "histogram",
             "How late checks start against the (stretched) plan.",
         );
         for (name, h) in lock(&self.lateness).iter() {
+            let metric = "ninjapoll_check_lateness_ms";
             for (i, b) in LATE_BUCKETS.iter().enumerate() {
                 let _ = writeln!(
                     o,
-                    "ninjapoll_check_lateness_ms_bucket{{pool=\"{name}\",le=\"{b}\"}} {}",
+                    "{metric}_bucket{{pool=\"{name}\",le=\"{b}\"}} {}",
                     h.buckets[i]
                 );
             }
             let _ = writeln!(
                 o,
-                "ninjapoll_check_lateness_ms_bucket{{pool=\"{name}\",le=\"+Inf\"}} {}",
+                "{metric}_bucket{{pool=\"{name}\",le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(
-                o,
-                "ninjapoll_check_lateness_ms_sum{{pool=\"{name}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                o,
-                "ninjapoll_check_lateness_ms_count{{pool=\"{name}\"}} {}",
-                h.count
-            );
+            let _ = writeln!(o, "{metric}_sum{{pool=\"{name}\"}} {}", h.sum);
+            let _ = writeln!(o, "{metric}_count{{pool=\"{name}\"}} {}", h.count);
         }
-        family(
+        labelled(
             &mut o,
-            "ninjapoll_webhook_events",
-            "gauge",
-            "Webhook events by state.",
+            (
+                "ninjapoll_webhook_events",
+                "gauge",
+                "Webhook events by state.",
+            ),
+            "state",
+            counts(webhook_states),
         );
-        for (s, n) in webhook_states {
-            let _ = writeln!(o, "ninjapoll_webhook_events{{state=\"{s}\"}} {n}");
-        }
-        family(
+        let attempts = lock(&self.webhooks)
+            .iter()
+            .map(|(k, n)| (k.to_string(), n.to_string()))
+            .collect();
+        labelled(
             &mut o,
-            "ninjapoll_webhook_attempts_total",
-            "counter",
-            "Webhook delivery attempts by outcome.",
+            (
+                "ninjapoll_webhook_attempts_total",
+                "counter",
+                "Webhook delivery attempts by outcome.",
+            ),
+            "outcome",
+            attempts,
         );
-        for (out, n) in lock(&self.webhooks).iter() {
-            let _ = writeln!(
-                o,
-                "ninjapoll_webhook_attempts_total{{outcome=\"{out}\"}} {n}"
-            );
-        }
         o
     }
 }

@@ -389,20 +389,7 @@ pub async fn list(
             return Err(ApiError::bad("unknown_kind", format!("unknown kind {k:?}")));
         }
     }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad(
-            "invalid_limit",
-            "limit must be between 1 and 1000",
-        ));
-    }
-    let after_pk =
-        match q.cursor.as_deref() {
-            None | Some("") => None,
-            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                ApiError::bad("invalid_cursor", "cursor is not one this API gave")
-            })?),
-        };
+    let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
     // One more than asked tells whether another page exists without a second query.
     let mut rows = st
         .store

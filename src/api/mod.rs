@@ -183,6 +183,26 @@ impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
     }
 }
 
+/// A list request's page: `limit` (1 to 1000, default 100) and the row key after which it
+/// starts (`cursor`, as a previous page handed it out).
+pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<i64>), ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let after =
+        match cursor {
+            None | Some("") => None,
+            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::bad("invalid_cursor", "cursor is not one this API gave")
+            })?),
+        };
+    Ok((limit, after))
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
