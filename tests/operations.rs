@@ -324,3 +324,27 @@ status_map = { pending = "pending", completed = "succeeded", refunded = "refunde
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
 }
+
+#[test]
+fn the_demo_runs_the_whole_loop() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
+        .args(["demo", "--payments", "4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every kind settles, and every webhook it printed carried a valid signature.
+    for kind in ["p2p", "quote", "paywall", "btc"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(kind) && l.contains("pending ->")),
+            "{kind} never settled:\n{text}"
+        );
+    }
+    assert!(text.contains("signature valid"), "{text}");
+    assert!(!text.contains("INVALID"), "{text}");
+}
