@@ -154,6 +154,9 @@ pub async fn run(config: Config) -> Result<()> {
 
 /// Runs the daemon until `cancel` fires.
 pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> {
+    // Whatever way this returns (a start-up step failing included), every task started
+    // below is told to stop.
+    let _stop_tasks = cancel.clone().drop_guard();
     let config = Arc::new(config);
     let store = match Store::open(&config.database_path, config.webhooks.url.clone()).await {
         Ok(s) => s,
