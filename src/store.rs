@@ -661,8 +661,15 @@ impl Store {
     /// held up by one that is retrying.
     pub async fn webhook_heads(&self, busy: &[i64], limit: u32) -> Result<Vec<WebhookEvent>> {
         let busy = serde_json::to_string(busy).context("encoding busy payments")?;
+        // An event without a callback goes to the URL configured now, not the one in force
+        // when it was queued: a merchant who moves the receiver gets pending and replayed
+        // events at the new address.
+        let columns = EVENT_COLUMNS.replace(
+            "e.url,",
+            "CASE WHEN p.callback_url IS NULL THEN COALESCE(?3, e.url) ELSE e.url END AS url,",
+        );
         sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
+            "SELECT {columns} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
              WHERE e.state = 'pending' \
              AND e.payment_pk NOT IN (SELECT value FROM json_each(?1)) \
              AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.payment_pk = e.payment_pk \
@@ -671,6 +678,7 @@ impl Store {
         ))
         .bind(busy)
         .bind(limit)
+        .bind(self.default_webhook_url.as_deref())
         .fetch_all(&self.read)
         .await
         .context("reading due webhook events")

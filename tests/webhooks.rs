@@ -478,3 +478,32 @@ async fn retry_after_of_a_429_is_honoured() {
     assert_eq!(full["attempt_log"][1]["status_code"], 204, "{full:#}");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_configured_url_when_the_receiver_moves() {
+    let old = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    let new = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    old.fail_next(500, 1000);
+    let (fake, mut d) = setup(hooks(Some(old.url()), &["50ms"], "300ms", &[])).await;
+    fake.script(
+        "p2p",
+        "MOVE",
+        Script::pending_then(Kind::P2p, 0, "approved"),
+    );
+    d.enqueue("p2p", "MOVE", None).await;
+    let dead = wait_api(&d, "/v1/webhooks?state=dead", |v| !events(v).is_empty()).await;
+    let event_id = events(&dead)[0]["event_id"].as_str().unwrap().to_string();
+    // The merchant moves its receiver and points the config at the new address.
+    d.stop().await;
+    let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(d.config_path(), cfg.replace(old.url(), new.url())).unwrap();
+    d.restart().await;
+    let (code, _) = d
+        .request("POST", &format!("/v1/webhooks/{event_id}/replay"), None)
+        .await;
+    assert_eq!(code, 202);
+    let got = new.wait_deliveries(1, WAIT).await;
+    assert_eq!(got[0].webhook_id, event_id);
+    assert!(got[0].verified);
+    wait_delivered(&d, &event_id).await;
+}
