@@ -38,7 +38,9 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[i]
 }
 
-async fn scenario(n: usize) -> anyhow::Result<()> {
+/// `n` payments; each starts at a uniformly random moment in the first `spread_ms` (0: all
+/// at once, the burst), flips at a random age, and is enqueued with its own `started_at`.
+async fn scenario(n: usize, spread_ms: i64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let window = Duration::from_millis(600_000 / SCALE);
     let fake = FakeNinjapay::start(FakeOptions {
@@ -86,17 +88,23 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
     let mut checks = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("B{i:06}");
+        let start_ms = if spread_ms > 0 {
+            fastrand::i64(0..spread_ms)
+        } else {
+            0
+        };
         let age = fastrand::i64(timeout_ms / 30..timeout_ms * 9 / 10);
         fake.script(
             "p2p",
             &id,
             Script::FlipAt {
-                at: start + Duration::from_millis(age as u64),
+                at: start + Duration::from_millis((start_ms + age) as u64),
                 status: "approved".into(),
             },
         );
-        flips.push((id.clone(), age));
-        checks.push(json!({"kind": "p2p", "id": id, "started_at": t0 as f64 / 1000.0}));
+        flips.push((id.clone(), start_ms, age));
+        checks
+            .push(json!({"kind": "p2p", "id": id, "started_at": (t0 + start_ms) as f64 / 1000.0}));
     }
     for chunk in checks.chunks(10_000) {
         let (status, _) = request(
@@ -146,13 +154,21 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
     let mut delays = Vec::new();
     let mut ideal = Vec::new();
     let mut succeeded = 0;
-    let fair_interval = (n as f64 * window.as_millis() as f64 / BUDGET as f64) as i64;
-    for (id, age) in &flips {
+    // Payments pending at once, on average: all of them in a burst; in a stream, arrivals
+    // per ms times the mean time to flip.
+    let mean_life = flips.iter().map(|(_, _, a)| *a as f64).sum::<f64>() / n as f64;
+    let pending = if spread_ms > 0 {
+        n as f64 * mean_life / spread_ms as f64
+    } else {
+        n as f64
+    };
+    let fair_interval = (pending * window.as_millis() as f64 / BUDGET as f64) as i64;
+    for (id, start_ms, age) in &flips {
         if let Some((state, Some(fin))) = finished.get(id) {
             if state == "succeeded" {
                 succeeded += 1;
             }
-            delays.push((fin - t0 - age).max(0));
+            delays.push((fin - t0 - start_ms - age).max(0));
         }
         let interval = ladder
             .every_at(22_500 / SCALE as i64, *age)
@@ -171,8 +187,13 @@ async fn scenario(n: usize) -> anyhow::Result<()> {
         }
         eprintln!("requests by 250 ms since t0: {hist:?}");
     }
+    let label = if spread_ms > 0 {
+        format!("~{pending:.0}s")
+    } else {
+        n.to_string()
+    };
     println!(
-        "{n:>6} | {:>8} {:>8} {:>8} | {:>8} | {:>6.2} | {:>5}/{n:<5} | {:>7} | {:>5}/{BUDGET} | {:>3} | {:>6.1}",
+        "{label:>6} | {:>8} {:>8} {:>8} | {:>8} | {:>6.2} | {:>5}/{n:<5} | {:>7} | {:>5}/{BUDGET} | {:>3} | {:>6.1}",
         med,
         percentile(&delays, 0.9),
         delays.last().copied().unwrap_or(0),
@@ -200,7 +221,16 @@ fn main() -> anyhow::Result<()> {
     println!("flip -> detection delay, ms (time compressed {SCALE}x: 10 min ladder = 6 s; budget {BUDGET} per 6 s window)");
     println!("     N |   median      p90      max |    ideal |  ratio | succeeded   | requests | max/window  | viol | max stretch");
     for n in sizes {
-        rt.block_on(scenario(n))?;
+        rt.block_on(scenario(n, 0))?;
+    }
+    // A stream: payments start over two windows, about as many pending at once as the
+    // middle burst above ("~Ns": N pending on average).
+    let streams: Vec<usize> = std::env::var("NINJAPOLL_BENCH_STREAMS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![2000]);
+    for n in streams {
+        rt.block_on(scenario(n, 12_000))?;
     }
     Ok(())
 }

@@ -105,6 +105,33 @@ impl VirtualClock {
     }
 }
 
+/// How many of the pending payments will still be pending at their deadline, learnt from
+/// the ones that finished: a moving average over about the last 50, starting at 1 (every
+/// deadline check counted, as a new daemon knows nothing) and never trusted below 10%.
+/// The stretch counts a deadline check for that share of payments only, so the budget it
+/// holds back for deadline checks matches what they really need; when it guesses low,
+/// deadline checks wait for budget (a later timeout), never exceed it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeadlineShare(f64);
+
+impl Default for DeadlineShare {
+    fn default() -> Self {
+        Self(1.0)
+    }
+}
+
+impl DeadlineShare {
+    /// A payment became final; `reached` when it ran to its deadline (timed out).
+    pub fn observe(&mut self, reached: bool) {
+        self.0 = 0.98 * self.0 + 0.02 * f64::from(u8::from(reached));
+    }
+
+    /// The share to count, at least 10%.
+    pub fn share(&self) -> f64 {
+        self.0.max(0.1)
+    }
+}
+
 /// What a check decided for one payment. Pure; see [`decide`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -254,6 +281,9 @@ pub struct Scheduler {
     in_flight: usize,
     gen: u64,
     unknown_logged: HashSet<(String, String)>,
+    /// Share of recently finished payments that ran to their deadline: see
+    /// [`DeadlineShare`].
+    reach_deadline: DeadlineShare,
     records: mpsc::Sender<RecordBatch>,
     refill: mpsc::Sender<Refill>,
     refilled: Option<mpsc::Receiver<(usize, Vec<i64>)>>,
@@ -366,6 +396,7 @@ pub async fn spawn(
         in_flight: 0,
         gen: 0,
         unknown_logged: HashSet::new(),
+        reach_deadline: DeadlineShare::default(),
         records: rec_tx,
         refill: refill_tx,
         refilled: Some(refilled_rx),
@@ -884,6 +915,7 @@ impl Scheduler {
                 changed: d.changed,
             });
             if d.state.is_final() {
+                self.reach_deadline.observe(d.state == State::TimedOut);
                 if d.state == State::TimedOut {
                     tracing::info!(kind = %e.kind.name, id = %e.id, "payment timed out");
                 }
@@ -975,6 +1007,7 @@ impl Scheduler {
             let target = self.pools[p].budget.effective_limit() as f64 * PLAN_SHARE;
             let clock = self.pools[p].clock;
             let members: Vec<&Entry> = self.entries.values().filter(|e| e.pool == p).collect();
+            let reach_deadline = self.reach_deadline.share();
             let demand = |f: f64| -> f64 {
                 let mut n = 0.0;
                 let mut lists: HashMap<&str, f64> = HashMap::new();
@@ -994,7 +1027,7 @@ impl Scheduler {
                         c += 1.0;
                     }
                     if e.deadline <= now + window && e.deadline > now {
-                        c += 1.0;
+                        c += reach_deadline;
                     }
                     if e.kind.is_list() {
                         let slot = lists.entry(e.kind.name.as_str()).or_insert(0.0);
@@ -1160,6 +1193,20 @@ mod tests {
         assert!((c.to_virtual(3000) - 2000.0).abs() < 1e-9);
         c.set_stretch(3000, 1.0);
         assert_eq!(c.to_real(2500.0), 3500);
+    }
+
+    #[test]
+    fn deadline_share_learns_from_finished_payments() {
+        let mut s = DeadlineShare::default();
+        assert_eq!(s.share(), 1.0);
+        for _ in 0..200 {
+            s.observe(false);
+        }
+        assert_eq!(s.share(), 0.1, "never trusted below 10%");
+        for _ in 0..50 {
+            s.observe(true);
+        }
+        assert!(s.share() > 0.6, "{}", s.share());
     }
 
     #[test]
