@@ -103,18 +103,34 @@ async fn scenario(n: usize, spread_ms: i64) -> anyhow::Result<()> {
             },
         );
         flips.push((id.clone(), start_ms, age));
-        checks
-            .push(json!({"kind": "p2p", "id": id, "started_at": (t0 + start_ms) as f64 / 1000.0}));
+        checks.push((
+            start_ms,
+            json!({"kind": "p2p", "id": id, "started_at": (t0 + start_ms) as f64 / 1000.0}),
+        ));
     }
-    for chunk in checks.chunks(10_000) {
-        let (status, _) = request(
-            &socket,
-            "POST",
-            "/v1/checks/batch",
-            Some(&json!({"checks": chunk})),
-        )
-        .await?;
-        anyhow::ensure!(status == 200, "batch enqueue answered {status}");
+    // Each payment is handed over when it starts, as a merchant app would: a burst in one
+    // batch, a stream every 50 ms.
+    checks.sort_by_key(|(at, _)| *at);
+    let mut queue = checks.into_iter().peekable();
+    while queue.peek().is_some() {
+        let due = (now_ms() - t0).max(0);
+        let mut batch = Vec::new();
+        while let Some((_, c)) = queue.next_if(|(at, _)| *at <= due) {
+            batch.push(c);
+        }
+        for chunk in batch.chunks(10_000) {
+            let (status, _) = request(
+                &socket,
+                "POST",
+                "/v1/checks/batch",
+                Some(&json!({ "checks": chunk })),
+            )
+            .await?;
+            anyhow::ensure!(status == 200, "batch enqueue answered {status}");
+        }
+        if queue.peek().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // Wait until every payment is final (bounded).

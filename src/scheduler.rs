@@ -498,8 +498,14 @@ impl Scheduler {
         };
         let pool = self.kind_pool.get(&row.kind).copied().unwrap_or(0);
         let clock = self.pools[pool].clock;
-        // The payment's age before now runs on the wall clock.
-        let v_anchor = clock.to_virtual(now) - (now - row.started_at) as f64;
+        // Age already lived ran on the wall clock; a start still ahead (an app clock a
+        // little fast) is as far ahead on the virtual clock as the stretch makes it.
+        let age = now - row.started_at;
+        let v_anchor = if age >= 0 {
+            clock.to_virtual(now) - age as f64
+        } else {
+            clock.to_virtual(row.started_at)
+        };
         let jitter = self.ladder.clamp_jitter(row.jitter_ms);
         let deadline = row.started_at + self.ladder.timeout_ms();
         let v_last = row
