@@ -69,11 +69,6 @@ impl Budget {
         self.in_flight + self.expiries.len() as u32
     }
 
-    /// Requests in flight.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight
-    }
-
     /// Whether the key is paused (429/503 with or without `Retry-After`) at `now`.
     pub fn paused_until(&self, now: UnixMs) -> Option<UnixMs> {
         (self.paused_until > now).then_some(self.paused_until)

@@ -330,8 +330,10 @@ fn print_webhooks(v: &Value) {
             for e in list {
                 println!("{}", row(e));
             }
-            if let Some(c) = v["next_cursor"].as_str() {
-                println!("(more: --cursor {c})");
+            if v["has_more"] == true {
+                if let Some(c) = v["next_cursor"].as_str() {
+                    println!("(more: --cursor {c})");
+                }
             }
         }
         None => println!("{}", row(v)),

@@ -290,6 +290,28 @@ async fn one_payment_in_order_while_another_is_not_held_up() {
     // B's event was delivered while A's first was still being refused.
     assert!(b[0].at < a[3].at, "B waited for A: {b:#?} {a:#?}");
     wait_api(&d, "/v1/webhooks?state=delivered", |v| events(v).len() == 3).await;
+    // Paged two at a time: every event once, in order, then no more.
+    let (_, p1) = d
+        .request("GET", "/v1/webhooks?state=delivered&limit=2", None)
+        .await;
+    assert_eq!(
+        (events(&p1).len(), &p1["has_more"]),
+        (2, &json!(true)),
+        "{p1:#}"
+    );
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let (_, p2) = d
+        .request(
+            "GET",
+            &format!("/v1/webhooks?state=delivered&limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (events(&p2).len(), &p2["has_more"]),
+        (1, &json!(false)),
+        "{p2:#}"
+    );
     assert_eq!(slow.deliveries().len(), 5);
     assert_eq!(fast.deliveries().len(), 1);
 }

@@ -60,22 +60,24 @@ pub async fn list(
         }
     };
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
-    let rows = st
+    // Same paging as `/v1/checks`: one more row than asked tells whether another page
+    // exists, and the cursor is set whenever the page is not empty.
+    let mut rows = st
         .store
         .list_webhooks(&WebhookFilter {
             state,
             kind: q.kind.filter(|k| !k.is_empty()),
             id: q.id.filter(|i| !i.is_empty()),
             after_pk,
-            limit,
+            limit: limit + 1,
         })
         .await?;
-    let next = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.pk.to_string()))
-        .flatten();
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
     Ok(Json(json!({
         "webhooks": rows.iter().map(event_json).collect::<Vec<_>>(),
-        "next_cursor": next,
+        "next_cursor": rows.last().map(|r| r.pk.to_string()),
+        "has_more": has_more,
     })))
 }
 
