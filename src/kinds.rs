@@ -549,6 +549,22 @@ pub enum ErrorClass {
     Rejected,
 }
 
+impl ErrorClass {
+    /// Whether the provider really answered about the payment: only such a check settles
+    /// the deadline. Transport faults, 429/503, refused keys and other HTTP failures are
+    /// retried instead.
+    pub fn is_answer(self) -> bool {
+        !matches!(
+            self,
+            ErrorClass::Transport
+                | ErrorClass::RateLimited
+                | ErrorClass::Unavailable
+                | ErrorClass::Auth
+                | ErrorClass::Http
+        )
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();

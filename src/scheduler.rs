@@ -18,6 +18,7 @@ use crate::config::{Config, Secret};
 use crate::kinds::{ErrorClass, Kind, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{now_ms, PaymentId, State, UnixMs};
+use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
 use crate::store::{CheckRecord, EventSpec, PendingRow, Store};
 use crate::telemetry::{PoolSnapshot, Telemetry};
 use crate::upstream::Upstream;
@@ -50,16 +51,18 @@ pub enum Command {
 /// The API's handle on the scheduler.
 #[derive(Clone)]
 pub struct SchedulerHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl SchedulerHandle {
-    /// Sends a command; fails only when the scheduler has stopped (shutting down), in
-    /// which case the database already holds the change and a restart picks it up.
-    pub async fn send(&self, cmd: Command) -> Result<()> {
+    /// Hands a command over without waiting: there is no await between a commit and this
+    /// call that a dropped request could cut. Fails only when the scheduler has stopped
+    /// (shutting down), in which case the database already holds the change and a
+    /// restart picks it up. Unbounded on purpose: every command stands for a row already
+    /// committed, bounded by what the API accepted.
+    pub fn send(&self, cmd: Command) -> Result<()> {
         self.tx
             .send(cmd)
-            .await
             .map_err(|_| anyhow::anyhow!("scheduler is shutting down"))
     }
 }
@@ -145,18 +148,6 @@ pub struct Decision {
     pub answered: bool,
 }
 
-/// Whether an error means the provider did not really answer about the payment: such a
-/// check does not settle the deadline (it is retried), and it does not end the payment.
-fn unanswered(class: ErrorClass) -> bool {
-    matches!(
-        class,
-        ErrorClass::Transport
-            | ErrorClass::RateLimited
-            | ErrorClass::Unavailable
-            | ErrorClass::Auth
-    ) || matches!(class, ErrorClass::Http)
-}
-
 /// Decides a pending payment's new state from one observation made at `checked_at`.
 /// `give_up_at`: past it, even unanswered checks end the payment (the provider has been
 /// unreachable for a whole extra ladder).
@@ -191,7 +182,7 @@ pub fn decide(
             None,
             Some(message.clone()),
             response.as_ref().map(|r| r.to_string()),
-            !unanswered(*class),
+            class.is_answer(),
         ),
     };
     if state == State::Pending && ((answered && checked_at >= deadline) || checked_at >= give_up_at)
@@ -290,43 +281,6 @@ pub struct Scheduler {
     store: Store,
 }
 
-/// Outcomes to commit, with the budget ledger row of the request that produced them
-/// (`(key, answered_at)`).
-type RecordBatch = (Vec<CheckRecord>, Option<(i64, UnixMs)>);
-
-/// A request for `count` fresh ledger rows for pool `index` (named `name`).
-type Refill = (usize, String, usize);
-
-/// Pre-commits budget ledger rows, so that a request takes an already durable row and
-/// never waits for an fsync on its way out. A crash leaves the unused rows behind; a
-/// restart counts them as spent, which costs at most one reserve of budget and never
-/// hides a request that was really sent.
-async fn ledger_loop(
-    store: Store,
-    mut rx: mpsc::Receiver<Refill>,
-    done: mpsc::Sender<(usize, Vec<i64>)>,
-) {
-    while let Some((index, name, count)) = rx.recv().await {
-        let entries: Vec<(String, UnixMs)> = (0..count).map(|_| (name.clone(), now_ms())).collect();
-        let keys = loop {
-            match store.ledger_send(&entries).await {
-                Ok(keys) => break keys,
-                Err(e) => {
-                    // Without durable rows no request leaves: retry rather than guess.
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "budget ledger write failed; retrying"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        if done.send((index, keys)).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Spawns the scheduler and its recorder. Returns the handle for the API and the join
 /// handle that completes once both have drained.
 pub async fn spawn(
@@ -383,7 +337,7 @@ pub async fn spawn(
     let (refill_tx, refill_rx) = mpsc::channel(64);
     let (refilled_tx, refilled_rx) = mpsc::channel(64);
     tokio::spawn(ledger_loop(store.clone(), refill_rx, refilled_tx));
-    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let mut sched = Scheduler {
         ladder: config.ladder.clone(),
         kinds: config.kinds.clone(),
@@ -417,60 +371,6 @@ pub async fn spawn(
         }
     });
     Ok((SchedulerHandle { tx: cmd_tx }, task))
-}
-
-/// Commits check outcomes in groups: whatever has arrived while the previous commit ran
-/// goes into the next one, so a burst of answers costs one fsync, not one each.
-async fn record_loop(
-    store: Store,
-    mut rx: mpsc::Receiver<RecordBatch>,
-    telemetry: Arc<Telemetry>,
-    events: Arc<Notify>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut records = first.0;
-        let mut ledger: Vec<(i64, UnixMs)> = first.1.into_iter().collect();
-        while records.len() < 2048 {
-            match rx.try_recv() {
-                Ok((r, l)) => {
-                    records.extend(r);
-                    ledger.extend(l);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut delay = Duration::from_millis(50);
-        loop {
-            // A failed commit (disk full, I/O error) is retried until it lands: the outcome
-            // is in no other place, and losing it would lose a payment's final state.
-            let result = async {
-                let applied = store.record_checks(&records).await?;
-                store.ledger_done(&ledger).await?;
-                anyhow::Ok(applied)
-            }
-            .await;
-            match result {
-                Ok(applied) => {
-                    telemetry.commit(records.len());
-                    if applied
-                        .iter()
-                        .any(|a| matches!(a, crate::store::Applied::Updated { event_queued: true }))
-                    {
-                        events.notify_one();
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "committing check outcomes failed; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
 }
 
 impl Scheduler {
@@ -541,7 +441,11 @@ impl Scheduler {
         self.entries.insert(e.pk, e);
     }
 
-    async fn run(&mut self, mut cmd_rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
+    async fn run(
+        &mut self,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
+        cancel: CancellationToken,
+    ) {
         let (done_tx, mut done_rx) = mpsc::channel::<Completion>(1024);
         let tick_ms = self
             .pools

@@ -246,7 +246,7 @@ pub async fn enqueue(
         .ok_or_else(|| anyhow::anyhow!("insert returned no row"))?;
     if inserted == Inserted::New {
         // Committed first: if the scheduler is shutting down, a restart resumes it.
-        let _ = st.scheduler.send(Command::Track(pending_row(&row))).await;
+        let _ = st.scheduler.send(Command::Track(pending_row(&row)));
     }
     let (status, body, err) = outcome(&row, inserted, &new, explicit);
     match err {
@@ -298,7 +298,7 @@ pub async fn enqueue_batch(
                     return Err(anyhow::anyhow!("batch insert returned too few rows").into());
                 };
                 if inserted == Inserted::New {
-                    let _ = st.scheduler.send(Command::Track(pending_row(&row))).await;
+                    let _ = st.scheduler.send(Command::Track(pending_row(&row)));
                 }
                 let (status, body, err) = outcome(&row, inserted, &new, explicit);
                 let mut item = json!({"status": status.as_u16(), "payment": body});
@@ -433,7 +433,7 @@ pub async fn cancel(
             Err(e)
         }
         Some(Ok(row)) => {
-            let _ = st.scheduler.send(Command::Untrack(row.pk)).await;
+            let _ = st.scheduler.send(Command::Untrack(row.pk));
             Ok(Json(payment_json(&row)))
         }
     }
@@ -447,7 +447,7 @@ pub async fn recheck(
     check_path(&st, &kind, &id)?;
     match st.store.reschedule(&kind, &id, now_ms()).await? {
         Some(row) => {
-            let _ = st.scheduler.send(Command::Recheck(row.pk)).await;
+            let _ = st.scheduler.send(Command::Recheck(row.pk));
             Ok((StatusCode::ACCEPTED, Json(payment_json(&row))).into_response())
         }
         None => match st.store.get(&kind, &id).await? {
