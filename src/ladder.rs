@@ -105,6 +105,11 @@ impl Ladder {
         .expect("the documented ladder is valid")
     }
 
+    /// The window the first check's offset is drawn from, in milliseconds.
+    pub fn first_window(&self) -> (i64, i64) {
+        (self.first_lo, self.first_hi)
+    }
+
     /// The timeout, as an offset from `t0`.
     pub fn timeout_ms(&self) -> i64 {
         self.timeout

@@ -11,6 +11,7 @@ pub mod fake;
 pub mod kinds;
 pub mod ladder;
 pub mod payment;
+pub mod policy;
 mod recorder;
 pub mod scheduler;
 pub mod store;

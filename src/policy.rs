@@ -1,0 +1,685 @@
+//! Budget-optimal allocation of checks by real age: pure decision code.
+//!
+//! A pending payment of age `a` is worth checking when the flips it may have made since its
+//! last check outweigh the price of a request. For a flip-age distribution `F` (share of
+//! payments flipped by age `a`) and a price `μ` (delay, in grid cells, that one request is
+//! worth), dynamic programming on a grid of ages gives the schedule of check ages that
+//! minimises `E[delay] + μ·E[checks]`, under the ladder's rules: the first check no earlier
+//! than the ladder's first, gaps never shorter than the ladder's step at that age, and a
+//! check at (or after) the deadline for every payment still pending. The scheduler keeps a
+//! table of such schedules for a ladder of prices and picks, per API key, the lowest price
+//! whose projected demand fits the budget; [`bound`] spends a known budget exactly and is
+//! the yardstick the benchmark compares against.
+//!
+//! The distribution is learnt per kind from the daemon's own outcomes ([`Learner`]): a
+//! flip happened after the last check that saw the payment pending and no later than the
+//! first check that saw it final (interval-censored data); payments still pending, timed
+//! out or cancelled are censored on the right. The estimate is the maximum a posteriori
+//! one, by EM, with the distribution the ladder implies as a prior.
+
+use crate::ladder::Ladder;
+use std::collections::VecDeque;
+
+/// Grid cells per ladder timeout: at the documented ladder, one cell is one second.
+pub const CELLS: usize = 600;
+
+/// The ladder, quantised to the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Milliseconds per cell.
+    unit: i64,
+    /// The deadline, in cells.
+    n: usize,
+    /// Earliest first check, in cells.
+    first: usize,
+    /// Shortest gap allowed after a check made in cell `t`, in cells (at least 1).
+    step: Vec<usize>,
+    /// The ladder itself as a schedule (next check cell after a check in cell `t`).
+    ladder_next: Vec<usize>,
+}
+
+impl Grid {
+    /// Quantises `ladder` to [`CELLS`] cells up to its timeout.
+    pub fn new(ladder: &Ladder) -> Self {
+        let n = CELLS;
+        let unit = (ladder.timeout_ms() / n as i64).max(1);
+        let (first_ms, _) = ladder.first_window();
+        let cells = |ms: i64| ((ms + unit - 1) / unit).max(1) as usize;
+        let first = cells(first_ms).min(n);
+        let step = (0..n)
+            .map(|t| cells(ladder.every_at(first_ms, t as i64 * unit)))
+            .collect();
+        let ladder_next = (0..n)
+            .map(|t| {
+                let after = (t > 0).then_some(t as i64 * unit);
+                ladder
+                    .next_check(first_ms, after)
+                    .map_or(n, |ms| (ms / unit).clamp(t as i64 + 1, n as i64) as usize)
+            })
+            .collect();
+        Self {
+            unit,
+            n,
+            first,
+            step,
+            ladder_next,
+        }
+    }
+
+    /// Milliseconds per cell.
+    pub fn unit_ms(&self) -> i64 {
+        self.unit
+    }
+
+    /// The deadline, in cells.
+    pub fn cells(&self) -> usize {
+        self.n
+    }
+
+    /// The cell of an age in milliseconds (ages before the start are cell 0).
+    pub fn cell(&self, age_ms: i64) -> usize {
+        (age_ms.max(0) / self.unit).min(self.n as i64) as usize
+    }
+
+    /// The shortest gap after a check made at `age_ms`, in milliseconds.
+    pub fn step_ms(&self, age_ms: i64) -> i64 {
+        self.step[self.cell(age_ms).min(self.n - 1)] as i64 * self.unit
+    }
+
+    /// The prior a new daemon starts from: flips are as likely at an age as the ladder's
+    /// density of checks there, squared (the ladder as if it were the optimal √hazard
+    /// allocation), 70% of payments flipping before the deadline.
+    pub fn ladder_prior(&self) -> FlipDist {
+        let mut pmf = vec![0.0; self.n + 2];
+        for (a, p) in pmf.iter_mut().enumerate().take(self.n + 1).skip(1) {
+            let s = self.step[(a - 1).max(self.first).min(self.n - 1)] as f64;
+            *p = 1.0 / (s * s);
+        }
+        let total: f64 = pmf.iter().sum();
+        for p in &mut pmf {
+            *p *= 0.7 / total;
+        }
+        pmf[self.n + 1] = 0.3;
+        FlipDist::new(pmf)
+    }
+}
+
+/// A flip-age distribution on the grid: `pmf[a]` is the share of payments flipping in
+/// cell `a` (ages `(a-1, a]`, `1 ≤ a ≤ n`); `pmf[n+1]` the share never flipping before the
+/// deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlipDist {
+    pmf: Vec<f64>,
+    /// `cdf[a]`: share flipped by the end of cell `a`.
+    cdf: Vec<f64>,
+    /// `moment[a]`: `Σ_{i ≤ a} i·pmf[i]`.
+    moment: Vec<f64>,
+}
+
+impl FlipDist {
+    /// A distribution from (not necessarily normalised) weights of length `n + 2`.
+    pub fn new(mut pmf: Vec<f64>) -> Self {
+        let total: f64 = pmf.iter().map(|p| p.max(0.0)).sum();
+        for p in &mut pmf {
+            *p = if total > 0.0 { p.max(0.0) / total } else { 0.0 };
+        }
+        if total <= 0.0 {
+            if let Some(last) = pmf.last_mut() {
+                *last = 1.0;
+            }
+        }
+        let mut cdf = Vec::with_capacity(pmf.len());
+        let mut moment = Vec::with_capacity(pmf.len());
+        let (mut c, mut m) = (0.0, 0.0);
+        for (i, p) in pmf.iter().enumerate() {
+            c += p;
+            m += i as f64 * p;
+            cdf.push(c);
+            moment.push(m);
+        }
+        Self { pmf, cdf, moment }
+    }
+
+    /// A distribution from a function giving the share flipped by an age (in cells,
+    /// fractional), for the deadline `n` cells.
+    pub fn from_cdf(n: usize, cdf: impl Fn(f64) -> f64) -> Self {
+        let mut pmf = vec![0.0; n + 2];
+        let mut prev = 0.0;
+        for (a, p) in pmf.iter_mut().enumerate().take(n + 1).skip(1) {
+            let c = cdf(a as f64).clamp(prev, 1.0);
+            *p = c - prev;
+            prev = c;
+        }
+        pmf[n + 1] = 1.0 - prev;
+        Self::new(pmf)
+    }
+
+    /// Share of payments still pending at the end of cell `t`.
+    pub fn survival(&self, t: usize) -> f64 {
+        (1.0 - self.cdf[t.min(self.cdf.len() - 1)]).max(0.0)
+    }
+
+    /// Share flipping before the deadline.
+    pub fn flips(&self) -> f64 {
+        self.cdf[self.cdf.len() - 2]
+    }
+
+    /// The age (cells) by which a share `q` of the payments that flip have flipped.
+    pub fn quantile(&self, q: f64) -> usize {
+        let n = self.pmf.len() - 2;
+        let target = q * self.flips();
+        (1..=n).find(|&a| self.cdf[a] >= target).unwrap_or(n)
+    }
+
+    /// Expected total delay (cells) of the flips in `(t, u]`, all seen by a check at `u`.
+    fn delay(&self, t: usize, u: usize) -> f64 {
+        let n = self.pmf.len() - 2;
+        let u_c = u.min(n);
+        if u_c <= t {
+            return 0.0;
+        }
+        (u as f64 + 0.5) * (self.cdf[u_c] - self.cdf[t]) - (self.moment[u_c] - self.moment[t])
+    }
+}
+
+/// The schedule that is optimal for one price of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// The price it was solved for (cells of delay per request); 0 for the ladder itself.
+    pub mu: f64,
+    /// After a check in cell `t` (`0`: no check yet), the cell of the next one.
+    next: Vec<usize>,
+    /// Expected requests per payment.
+    pub checks: f64,
+    /// Expected delay of a flip before the deadline, in cells.
+    pub delay: f64,
+    /// Expected requests in the first `h` cells of a payment's life, summed over
+    /// `h = 0..window`: a steady stream of one payment per cell costs this many requests
+    /// in a window.
+    pub per_window: f64,
+}
+
+impl Table {
+    /// The next check's cell after a check in cell `t` (`0`: before any).
+    pub fn next(&self, t: usize) -> usize {
+        self.next[t.min(self.next.len() - 1)]
+    }
+
+    fn from_next(next: Vec<usize>, mu: f64, dist: &FlipDist, window_cells: usize) -> Self {
+        let n = next.len();
+        let (mut t, mut checks, mut delay) = (0usize, 0.0, 0.0);
+        let mut at: Vec<(usize, f64)> = Vec::new();
+        loop {
+            let u = next[t];
+            let w = dist.survival(t);
+            checks += w;
+            at.push((u, w));
+            delay += dist.delay(t, u);
+            if u >= n {
+                break;
+            }
+            t = u;
+        }
+        let flips = dist.flips();
+        // Requests in the first `h` cells: each check at cell `u` counts for `h > u`... summed
+        // over `h < window` it counts `window - u` times.
+        let per_window = at
+            .iter()
+            .map(|&(u, w)| w * window_cells.saturating_sub(u) as f64)
+            .sum();
+        Self {
+            mu,
+            next,
+            checks,
+            delay: if flips > 0.0 { delay / flips } else { 0.0 },
+            per_window,
+        }
+    }
+
+    /// The ladder as a table.
+    fn ladder(grid: &Grid, dist: &FlipDist, window_cells: usize) -> Self {
+        Self::from_next(grid.ladder_next.clone(), 0.0, dist, window_cells)
+    }
+
+    /// Solves the dynamic program for price `mu`.
+    fn solve(grid: &Grid, dist: &FlipDist, mu: f64, window_cells: usize) -> Self {
+        let n = grid.n;
+        let mut value = vec![0.0f64; n + 1];
+        let mut next = vec![n; n];
+        for t in (0..n).rev() {
+            let lo = if t == 0 {
+                grid.first
+            } else {
+                (t + grid.step[t]).max(grid.first)
+            };
+            let base = mu * dist.survival(t);
+            // The deadline check is always allowed, whatever the step.
+            let mut best = (base + dist.delay(t, n), n);
+            for u in lo..n {
+                let c = base + dist.delay(t, u) + value[u];
+                if c < best.0 {
+                    best = (c, u);
+                }
+            }
+            value[t] = best.0;
+            next[t] = best.1;
+        }
+        Self::from_next(next, mu, dist, window_cells)
+    }
+
+    /// Expected requests in `(now, now + horizon]` cells of age for a payment last checked
+    /// in cell `last` and now `age` cells old whose next check is due at cell `due`,
+    /// given that it is pending now.
+    pub fn demand(
+        &self,
+        dist: &FlipDist,
+        last: usize,
+        due: usize,
+        age: usize,
+        horizon: usize,
+    ) -> f64 {
+        let n = self.next.len();
+        let end = age + horizon;
+        let s0 = dist.survival(last).max(1e-9);
+        let mut u = due.max(age);
+        let mut t;
+        let mut w = 1.0;
+        let mut total = 0.0;
+        loop {
+            if u > end {
+                break;
+            }
+            total += w;
+            if u >= n {
+                break;
+            }
+            t = u;
+            w = (dist.survival(t) / s0).min(1.0);
+            u = self.next[t];
+        }
+        total
+    }
+}
+
+/// Schedules for a ladder of prices, for one kind's flip distribution. Index 0 is the
+/// documented ladder itself (the budget is not scarce); higher indices are ever dearer
+/// requests, so ever fewer checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plans {
+    pub dist: FlipDist,
+    pub tables: Vec<Table>,
+}
+
+/// Number of priced tables above the ladder.
+const PRICES: usize = 72;
+/// Cheapest and dearest price, in cells of delay per request.
+const MU_MIN: f64 = 0.01;
+const MU_MAX: f64 = 100_000.0;
+
+impl Plans {
+    /// Solves every table for `dist`. `window_cells`: the budget window on the grid.
+    pub fn new(grid: &Grid, dist: FlipDist, window_cells: usize) -> Self {
+        let ratio = (MU_MAX / MU_MIN).powf(1.0 / (PRICES - 1) as f64);
+        let mut tables = Vec::with_capacity(PRICES + 1);
+        tables.push(Table::ladder(grid, &dist, window_cells));
+        let mut mu = MU_MIN;
+        for _ in 0..PRICES {
+            tables.push(Table::solve(grid, &dist, mu, window_cells));
+            mu *= ratio;
+        }
+        Self { dist, tables }
+    }
+
+    /// The table a payment with mixing draw `phi ∈ [0, 1)` follows at price level `level`
+    /// (fractional: `level = 3.25` sends a quarter of the payments to table 4).
+    pub fn table(&self, level: f64, phi: f64) -> &Table {
+        let lo = level.floor().max(0.0) as usize;
+        let frac = level - lo as f64;
+        let i = if phi < frac { lo + 1 } else { lo };
+        &self.tables[i.min(self.tables.len() - 1)]
+    }
+
+    /// The highest level.
+    pub fn top(&self) -> usize {
+        self.tables.len() - 1
+    }
+}
+
+/// What the best policy that knows the mix achieves for a budget of `checks` requests per
+/// payment: the yardstick of [`crate::sim`] and the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// Mean flip-to-detection delay, in cells.
+    pub delay: f64,
+    /// Requests per payment it spends (at most the budget).
+    pub checks: f64,
+}
+
+/// The bound for `dist` when each payment may cost `budget_checks` requests on average:
+/// the two neighbouring prices whose schedules spend just more and just less, mixed to
+/// spend the budget exactly. Below the budget of the densest schedule, that schedule.
+pub fn bound(grid: &Grid, dist: &FlipDist, budget_checks: f64) -> Bound {
+    let solve = |mu: f64| Table::solve(grid, dist, mu, 0);
+    let dense = solve(0.0);
+    if dense.checks <= budget_checks {
+        return Bound {
+            delay: dense.delay,
+            checks: dense.checks,
+        };
+    }
+    // Expected checks fall as the price rises: bisect on log μ.
+    let (mut lo, mut hi) = (1e-4f64, 1e7f64);
+    let (mut t_lo, mut t_hi) = (solve(lo), solve(hi));
+    if t_hi.checks > budget_checks {
+        return Bound {
+            delay: t_hi.delay,
+            checks: t_hi.checks,
+        };
+    }
+    for _ in 0..60 {
+        let mid = (lo * hi).sqrt();
+        let t = solve(mid);
+        if t.checks > budget_checks {
+            lo = mid;
+            t_lo = t;
+        } else {
+            hi = mid;
+            t_hi = t;
+        }
+        if hi / lo < 1.0 + 1e-9 {
+            break;
+        }
+    }
+    let span = t_lo.checks - t_hi.checks;
+    let w = if span > 1e-12 {
+        (budget_checks - t_hi.checks) / span
+    } else {
+        0.0
+    };
+    Bound {
+        delay: w * t_lo.delay + (1.0 - w) * t_hi.delay,
+        checks: w * t_lo.checks + (1.0 - w) * t_hi.checks,
+    }
+}
+
+/// One payment's evidence about its flip age, in cells: the flip happened in `(lo, hi]`;
+/// `hi = None` when it was not seen to flip (still pending at `lo`, timed out, cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evidence {
+    pub lo: usize,
+    pub hi: Option<usize>,
+}
+
+/// Learns one kind's flip distribution from the evidence of recent payments.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    n: usize,
+    prior: FlipDist,
+    /// Weight of the prior, in payments.
+    prior_weight: f64,
+    /// Evidence of finished payments, with their start (ms, scheduler clock).
+    finished: VecDeque<(i64, Evidence)>,
+    /// Keep evidence of payments started within this long.
+    horizon_ms: i64,
+    current: FlipDist,
+}
+
+/// EM passes per fit: the estimate moves little between fits, and each starts from the
+/// previous one.
+const EM_PASSES: usize = 40;
+/// Most finished payments remembered per kind.
+const MAX_EVIDENCE: usize = 20_000;
+
+impl Learner {
+    /// A learner starting from `prior`, remembering payments started within `horizon_ms`.
+    pub fn new(prior: FlipDist, horizon_ms: i64) -> Self {
+        Self {
+            n: prior.pmf.len() - 2,
+            current: prior.clone(),
+            prior,
+            prior_weight: 20.0,
+            finished: VecDeque::new(),
+            horizon_ms,
+        }
+    }
+
+    /// A finished payment's evidence (`started`: its start on the scheduler's clock).
+    pub fn observe(&mut self, started: i64, e: Evidence) {
+        self.finished.push_back((started, e));
+        while self.finished.len() > MAX_EVIDENCE {
+            self.finished.pop_front();
+        }
+    }
+
+    /// Finished payments remembered.
+    pub fn len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// Whether nothing has been learnt yet.
+    pub fn is_empty(&self) -> bool {
+        self.finished.is_empty()
+    }
+
+    /// Re-estimates the distribution from the finished payments started since
+    /// `now - horizon` and the censored evidence of the pending ones.
+    pub fn fit(&mut self, now: i64, pending: impl Iterator<Item = Evidence>) -> &FlipDist {
+        let since = now - self.horizon_ms;
+        while self.finished.front().is_some_and(|(s, _)| *s < since) {
+            self.finished.pop_front();
+        }
+        let n = self.n;
+        // (lo, hi] in cell indices of the pmf; hi = n + 1 for "after lo, or never".
+        let mut obs: Vec<(usize, usize)> = self
+            .finished
+            .iter()
+            .map(|(_, e)| e)
+            .chain(pending.collect::<Vec<_>>().iter())
+            .filter_map(|e| {
+                let lo = e.lo.min(n);
+                let hi = e.hi.map_or(n + 1, |h| h.clamp(lo + 1, n));
+                let hi = if lo >= n { n + 1 } else { hi };
+                // Evidence that rules nothing out teaches nothing.
+                (!(lo == 0 && hi == n + 1)).then_some((lo, hi))
+            })
+            .collect();
+        obs.sort_unstable();
+        let mut p = self.current.pmf.clone();
+        let count = obs.len() as f64;
+        let mut weights = vec![0.0f64; n + 3];
+        let mut prefix = vec![0.0f64; n + 2];
+        for _ in 0..EM_PASSES {
+            let mut acc = 0.0;
+            for (i, v) in p.iter().enumerate() {
+                acc += v;
+                prefix[i] = acc;
+            }
+            weights.iter_mut().for_each(|w| *w = 0.0);
+            for &(lo, hi) in &obs {
+                let s = prefix[hi] - prefix[lo];
+                if s > 1e-300 {
+                    weights[lo + 1] += 1.0 / s;
+                    weights[hi + 1] -= 1.0 / s;
+                }
+            }
+            let mut w = 0.0;
+            for j in 0..p.len() {
+                w += weights[j];
+                p[j] = p[j] * w + self.prior_weight * self.prior.pmf[j];
+            }
+            let total = count + self.prior_weight;
+            p.iter_mut().for_each(|v| *v /= total);
+        }
+        self.current = FlipDist::new(p);
+        &self.current
+    }
+
+    /// The latest estimate.
+    pub fn current(&self) -> &FlipDist {
+        &self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lognormal_cdf(median: f64, sigma: f64) -> impl Fn(f64) -> f64 {
+        move |a: f64| {
+            if a <= 0.0 {
+                0.0
+            } else {
+                0.5 * erfc(-(a / median).ln() / (sigma * std::f64::consts::SQRT_2))
+            }
+        }
+    }
+
+    fn erfc(x: f64) -> f64 {
+        // Numerical Recipes' erfc, accurate to 1.2e-7: plenty for a test distribution.
+        let z = x.abs();
+        let t = 1.0 / (1.0 + 0.5 * z);
+        let r = t
+            * (-z * z - 1.26551223
+                + t * (1.00002368
+                    + t * (0.37409196
+                        + t * (0.09678418
+                            + t * (-0.18628806
+                                + t * (0.27886807
+                                    + t * (-1.13520398
+                                        + t * (1.48851587
+                                            + t * (-0.82215223 + t * 0.17087277)))))))))
+                .exp();
+        if x >= 0.0 {
+            r
+        } else {
+            2.0 - r
+        }
+    }
+
+    fn mix_a(n: usize) -> FlipDist {
+        let ln = lognormal_cdf(45.0, 0.8);
+        FlipDist::from_cdf(n, |a| {
+            0.6 * ln(a.clamp(0.0, 550.0)) * f64::from(u8::from(a >= 5.0))
+                + 0.1 * ((a - 60.0) / 120.0).clamp(0.0, 1.0)
+        })
+    }
+
+    #[test]
+    fn cheap_requests_give_a_schedule_as_dense_as_the_ladder() {
+        let grid = Grid::new(&Ladder::documented());
+        let plans = Plans::new(&grid, mix_a(CELLS), CELLS);
+        let ladder = &plans.tables[0];
+        assert_eq!(ladder.next(0), 20);
+        assert_eq!(ladder.next(20), 23);
+        let cheap = &plans.tables[1];
+        assert_eq!(cheap.next(0), 20, "first check as early as allowed");
+        let mut t = 0;
+        let mut count = 0;
+        while t < CELLS {
+            let u = cheap.next(t);
+            if t > 0 && u < CELLS {
+                assert!(
+                    u - t >= grid.step[t],
+                    "gap {t} → {u} shorter than the ladder's"
+                );
+            }
+            t = u;
+            count += 1;
+        }
+        assert!((30..=40).contains(&count), "{count} checks");
+    }
+
+    #[test]
+    fn dear_requests_leave_only_the_deadline_check() {
+        let grid = Grid::new(&Ladder::documented());
+        let plans = Plans::new(&grid, mix_a(CELLS), CELLS);
+        let top = plans.tables.last().unwrap();
+        assert_eq!(top.next(0), CELLS);
+        assert!((top.checks - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn tables_spend_less_and_wait_longer_as_the_price_rises() {
+        let grid = Grid::new(&Ladder::documented());
+        let plans = Plans::new(&grid, mix_a(CELLS), CELLS);
+        for w in plans.tables[1..].windows(2) {
+            assert!(w[1].checks <= w[0].checks + 1e-9);
+            assert!(w[1].delay >= w[0].delay - 1e-9);
+        }
+    }
+
+    #[test]
+    fn the_bound_matches_the_published_figures_for_mix_a() {
+        // Issue 8: 4.3 / 8.1 / 23.6 / 78.8 s at 0.1 / 0.2 / 0.5 / 1.0 payments per second.
+        let grid = Grid::new(&Ladder::documented());
+        let dist = mix_a(CELLS);
+        for (rate, want) in [(0.1, 4.3), (0.2, 8.1), (0.5, 23.6), (1.0, 78.8)] {
+            let b = bound(&grid, &dist, 1000.0 / 600.0 / rate);
+            assert!(
+                (b.delay - want).abs() / want < 0.02,
+                "rate {rate}: {:.1} s, published {want} s",
+                b.delay
+            );
+        }
+    }
+
+    #[test]
+    fn the_bound_matches_the_published_figures_for_mix_b() {
+        // Issue 8: 16.2 / 22.7 / 60.2 / 143.5 s at 0.1 / 0.2 / 0.5 / 1.0 payments per second.
+        let grid = Grid::new(&Ladder::documented());
+        let ln = lognormal_cdf(180.0, 0.6);
+        let dist = FlipDist::from_cdf(CELLS, |a| {
+            0.4 * ln(a) + 0.1 * ((a - 30.0) / 570.0).clamp(0.0, 1.0)
+        });
+        for (rate, want) in [(0.1, 16.2), (0.2, 22.7), (0.5, 60.2), (1.0, 143.5)] {
+            let b = bound(&grid, &dist, 1000.0 / 600.0 / rate);
+            assert!(
+                (b.delay - want).abs() / want < 0.02,
+                "rate {rate}: {:.1} s, published {want} s",
+                b.delay
+            );
+        }
+    }
+
+    #[test]
+    fn learner_recovers_a_distribution_from_interval_censored_checks() {
+        let grid = Grid::new(&Ladder::documented());
+        let truth = mix_a(CELLS);
+        let mut learner = Learner::new(grid.ladder_prior(), i64::MAX / 4);
+        let mut rng = fastrand::Rng::with_seed(7);
+        // Checks every 40 cells from cell 20 (different phases), then the deadline.
+        for i in 0..4000 {
+            let u = rng.f64();
+            let flip = (1..=CELLS + 1)
+                .find(|&a| truth.cdf[a.min(CELLS + 1)] >= u)
+                .unwrap_or(CELLS + 1);
+            let phase = i % 40;
+            let mut last = 0;
+            let mut t = 20 + phase;
+            let e = loop {
+                let at = t.min(CELLS);
+                if flip <= at {
+                    break Evidence {
+                        lo: last,
+                        hi: Some(at),
+                    };
+                }
+                if at >= CELLS {
+                    break Evidence { lo: at, hi: None };
+                }
+                last = at;
+                t += 40;
+            };
+            learner.observe(0, e);
+        }
+        for _ in 0..5 {
+            learner.fit(0, std::iter::empty());
+        }
+        let got = learner.current();
+        for q in [60, 120, 300] {
+            let (a, b) = (got.cdf[q], truth.cdf[q]);
+            assert!((a - b).abs() < 0.04, "F({q}) learnt {a:.3}, true {b:.3}");
+        }
+        assert!((got.flips() - truth.flips()).abs() < 0.04);
+    }
+}
