@@ -14,6 +14,7 @@ pub mod payment;
 pub mod policy;
 mod recorder;
 pub mod scheduler;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

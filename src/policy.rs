@@ -154,6 +154,11 @@ impl FlipDist {
         Self::new(pmf)
     }
 
+    /// The deadline, in cells.
+    pub fn cells(&self) -> usize {
+        self.pmf.len() - 2
+    }
+
     /// Share of payments still pending at the end of cell `t`.
     pub fn survival(&self, t: usize) -> f64 {
         (1.0 - self.cdf[t.min(self.cdf.len() - 1)]).max(0.0)
@@ -255,8 +260,8 @@ impl Table {
             let base = mu * dist.survival(t);
             // The deadline check is always allowed, whatever the step.
             let mut best = (base + dist.delay(t, n), n);
-            for u in lo..n {
-                let c = base + dist.delay(t, u) + value[u];
+            for (u, v) in value.iter().enumerate().take(n).skip(lo) {
+                let c = base + dist.delay(t, u) + v;
                 if c < best.0 {
                     best = (c, u);
                 }
@@ -303,11 +308,14 @@ impl Table {
 
 /// Schedules for a ladder of prices, for one kind's flip distribution. Index 0 is the
 /// documented ladder itself (the budget is not scarce); higher indices are ever dearer
-/// requests, so ever fewer checks.
-#[derive(Debug, Clone, PartialEq)]
+/// requests, so ever fewer checks. Each is solved the first time it is needed: a key's
+/// level search visits a handful of them.
+#[derive(Debug, Clone)]
 pub struct Plans {
     pub dist: FlipDist,
-    pub tables: Vec<Table>,
+    grid: Grid,
+    window_cells: usize,
+    tables: Vec<std::cell::OnceCell<Table>>,
 }
 
 /// Number of priced tables above the ladder.
@@ -317,17 +325,35 @@ const MU_MIN: f64 = 0.01;
 const MU_MAX: f64 = 100_000.0;
 
 impl Plans {
-    /// Solves every table for `dist`. `window_cells`: the budget window on the grid.
+    /// Plans for `dist`. `window_cells`: the budget window on the grid.
     pub fn new(grid: &Grid, dist: FlipDist, window_cells: usize) -> Self {
-        let ratio = (MU_MAX / MU_MIN).powf(1.0 / (PRICES - 1) as f64);
-        let mut tables = Vec::with_capacity(PRICES + 1);
-        tables.push(Table::ladder(grid, &dist, window_cells));
-        let mut mu = MU_MIN;
-        for _ in 0..PRICES {
-            tables.push(Table::solve(grid, &dist, mu, window_cells));
-            mu *= ratio;
+        Self {
+            dist,
+            grid: grid.clone(),
+            window_cells,
+            tables: (0..=PRICES).map(|_| std::cell::OnceCell::new()).collect(),
         }
-        Self { dist, tables }
+    }
+
+    /// The price of level `i` (0 for the ladder).
+    fn mu(i: usize) -> f64 {
+        if i == 0 {
+            return 0.0;
+        }
+        let ratio = (MU_MAX / MU_MIN).powf(1.0 / (PRICES - 1) as f64);
+        MU_MIN * ratio.powi(i as i32 - 1)
+    }
+
+    /// The schedule of level `i` (clamped to the top).
+    pub fn at(&self, i: usize) -> &Table {
+        let i = i.min(PRICES);
+        self.tables[i].get_or_init(|| {
+            if i == 0 {
+                Table::ladder(&self.grid, &self.dist, self.window_cells)
+            } else {
+                Table::solve(&self.grid, &self.dist, Self::mu(i), self.window_cells)
+            }
+        })
     }
 
     /// The table a payment with mixing draw `phi ∈ [0, 1)` follows at price level `level`
@@ -335,13 +361,19 @@ impl Plans {
     pub fn table(&self, level: f64, phi: f64) -> &Table {
         let lo = level.floor().max(0.0) as usize;
         let frac = level - lo as f64;
-        let i = if phi < frac { lo + 1 } else { lo };
-        &self.tables[i.min(self.tables.len() - 1)]
+        self.at(if phi < frac { lo + 1 } else { lo })
+    }
+
+    /// Expected delay (cells) at a fractional level, mixing its two tables.
+    pub fn delay(&self, level: f64) -> f64 {
+        let lo = level.floor().max(0.0) as usize;
+        let frac = level - lo as f64;
+        self.at(lo).delay * (1.0 - frac) + self.at(lo + 1).delay * frac
     }
 
     /// The highest level.
     pub fn top(&self) -> usize {
-        self.tables.len() - 1
+        PRICES
     }
 }
 
@@ -568,10 +600,10 @@ mod tests {
     fn cheap_requests_give_a_schedule_as_dense_as_the_ladder() {
         let grid = Grid::new(&Ladder::documented());
         let plans = Plans::new(&grid, mix_a(CELLS), CELLS);
-        let ladder = &plans.tables[0];
+        let ladder = plans.at(0);
         assert_eq!(ladder.next(0), 20);
         assert_eq!(ladder.next(20), 23);
-        let cheap = &plans.tables[1];
+        let cheap = plans.at(1);
         assert_eq!(cheap.next(0), 20, "first check as early as allowed");
         let mut t = 0;
         let mut count = 0;
@@ -593,7 +625,7 @@ mod tests {
     fn dear_requests_leave_only_the_deadline_check() {
         let grid = Grid::new(&Ladder::documented());
         let plans = Plans::new(&grid, mix_a(CELLS), CELLS);
-        let top = plans.tables.last().unwrap();
+        let top = plans.at(plans.top());
         assert_eq!(top.next(0), CELLS);
         assert!((top.checks - 1.0).abs() < 1e-9);
     }
@@ -602,9 +634,10 @@ mod tests {
     fn tables_spend_less_and_wait_longer_as_the_price_rises() {
         let grid = Grid::new(&Ladder::documented());
         let plans = Plans::new(&grid, mix_a(CELLS), CELLS);
-        for w in plans.tables[1..].windows(2) {
-            assert!(w[1].checks <= w[0].checks + 1e-9);
-            assert!(w[1].delay >= w[0].delay - 1e-9);
+        for i in 1..plans.top() {
+            let (a, b) = (plans.at(i), plans.at(i + 1));
+            assert!(b.checks <= a.checks + 1e-9);
+            assert!(b.delay >= a.delay - 1e-9);
         }
     }
 

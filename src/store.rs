@@ -97,6 +97,9 @@ pub struct CheckRecord {
     pub event: Option<EventSpec>,
     /// Whether the payment's state or raw status changed (kept in history).
     pub changed: bool,
+    /// Whether Ninjapay answered that the payment is still pending (evidence for the
+    /// learnt flip ages: `pending_seen_at`).
+    pub saw_pending: bool,
 }
 
 /// A webhook event to put in the outbox with the change that causes it.
@@ -128,6 +131,16 @@ pub struct PendingRow {
     pub next_check_at: Option<i64>,
     pub last_checked_at: Option<i64>,
     pub checks_done: i64,
+}
+
+/// A finished payment, as evidence of when payments flip.
+#[derive(Debug, Clone, FromRow)]
+pub struct FinishedRow {
+    pub kind: String,
+    pub started_at: i64,
+    pub pending_seen_at: Option<i64>,
+    pub last_checked_at: Option<i64>,
+    pub state: String,
 }
 
 /// A list query.
@@ -294,6 +307,18 @@ impl Store {
         .await?)
     }
 
+    /// Payments started since `since` that finished: `(kind, started_at, pending_seen_at,
+    /// last_checked_at, state)`, the evidence the scheduler learns flip ages from.
+    pub async fn finished_since(&self, since: UnixMs) -> Result<Vec<FinishedRow>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, started_at, pending_seen_at, last_checked_at, state FROM payments \
+             WHERE started_at >= ? AND state != 'pending' ORDER BY started_at",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// Counts per state, for health and metrics.
     pub async fn state_counts(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM payments GROUP BY state")
@@ -335,7 +360,8 @@ impl Store {
             sqlx::query(
                 "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
                  last_error = ?, last_checked_at = ?, checks_done = checks_done + 1, \
-                 next_check_at = ?, finished_at = ?, updated_at = ? WHERE pk = ?",
+                 next_check_at = ?, finished_at = ?, updated_at = ?, \
+                 pending_seen_at = COALESCE(?, pending_seen_at) WHERE pk = ?",
             )
             .bind(r.state.as_str())
             .bind(&upstream_status)
@@ -349,6 +375,7 @@ impl Store {
             })
             .bind(finished_at)
             .bind(now_ms())
+            .bind(r.saw_pending.then_some(r.checked_at))
             .bind(r.pk)
             .execute(&mut *tx)
             .await?;
@@ -822,6 +849,7 @@ mod outbox_tests {
         let rows = store.insert_payments(&[new("A"), new("B")]).await.unwrap();
         let (a, b) = (rows[0].0.pk, rows[1].0.pk);
         let flip = |pk: i64, raw: &str, at: i64| CheckRecord {
+            saw_pending: false,
             pk,
             checked_at: at,
             upstream_status: Some(raw.into()),

@@ -32,12 +32,17 @@ pub struct PoolSnapshot {
     pub budget_effective: u32,
     pub budget_used: u32,
     pub window_ms: i64,
-    pub stretch: f64,
+    /// The policy's price level (0: the documented ladder) and what it projects.
+    pub price_level: f64,
+    pub projected: f64,
+    pub target: f64,
     pub pending: usize,
     pub paused_until: Option<UnixMs>,
     pub auth_failing: Vec<String>,
     /// Lateness of the checks started since the previous snapshot.
     pub lateness_ms: Vec<i64>,
+    /// Per kind: the learnt flip ages and the expected delay at the current load.
+    pub kinds: Vec<crate::scheduler::KindPolicy>,
 }
 
 /// One figure of a key's snapshot, as a metric value.
@@ -236,9 +241,9 @@ impl Telemetry {
                 &|p| p.budget_effective.to_string(),
             ),
             (
-                "ninjapoll_stretch_factor",
-                "Common stretch of every plan (1 = the documented ladder).",
-                &|p| p.stretch.to_string(),
+                "ninjapoll_price_level",
+                "The scheduler's price level per key (0 = the documented ladder; higher = fewer checks).",
+                &|p| p.price_level.to_string(),
             ),
             (
                 "ninjapoll_pending",

@@ -317,7 +317,7 @@ status_map = { pending = "pending", completed = "succeeded", refunded = "refunde
     for name in [
         "ninjapoll_upstream_requests_total{kind=\"fiat\"} 3",
         "ninjapoll_budget_used",
-        "ninjapoll_stretch_factor",
+        "ninjapoll_price_level",
         "ninjapoll_check_lateness_ms_bucket",
         "ninjapoll_pending",
     ] {

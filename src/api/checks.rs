@@ -447,8 +447,22 @@ pub async fn recheck(
     check_path(&st, &kind, &id)?;
     match st.store.reschedule(&kind, &id, now_ms()).await? {
         Some(row) => {
-            let _ = st.scheduler.send(Command::Recheck(row.pk));
-            Ok((StatusCode::ACCEPTED, Json(payment_json(&row))).into_response())
+            // Tracking first makes sure the scheduler holds the payment (a duplicate is
+            // ignored); the recheck is a hint it coalesces, and it says when it will run.
+            let _ = st.scheduler.send(Command::Track(pending_row(&row)));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = st.scheduler.send(Command::Recheck(row.pk, Some(tx)));
+            let at = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten();
+            let mut body = payment_json(&row);
+            if let Some(at) = at {
+                body["next_check_at"] = serde_json::json!(crate::payment::rfc3339(at));
+            }
+            body["check_at"] = serde_json::json!(at.map(crate::payment::rfc3339));
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         None => match st.store.get(&kind, &id).await? {
             None => Err(not_tracked(&kind, &id)),

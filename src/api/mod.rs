@@ -256,20 +256,26 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
             for k in &p.auth_failing {
                 problems.push(format!("Ninjapay refuses the API key for kind {k}"));
             }
-            if p.stretch > 1.0 {
-                problems.push(format!(
-                    "request budget of {} is scarce: plans stretched x{:.2}",
-                    p.name, p.stretch
-                ));
-            }
             json!({
                 "name": p.name,
                 "budget_used": p.budget_used,
                 "budget_limit": p.budget_effective,
                 "budget_configured": p.budget_limit,
                 "budget_window_ms": p.window_ms,
-                "stretch": p.stretch,
+                "price_level": p.price_level,
+                "scarce": p.price_level > 0.0,
+                "projected_requests": p.projected.round(),
+                "planned_requests": p.target.round(),
                 "pending": p.pending,
+                "policy": p.kinds.iter().map(|k| json!({
+                    "kind": k.kind,
+                    "evidence": k.evidence,
+                    "flip_share": (k.flip_share * 1000.0).round() / 1000.0,
+                    "flip_age_p50_ms": k.flip_age_ms[0],
+                    "flip_age_p90_ms": k.flip_age_ms[1],
+                    "flip_age_p99_ms": k.flip_age_ms[2],
+                    "expected_delay_ms": k.expected_delay_ms,
+                })).collect::<Vec<_>>(),
                 "paused_for_ms": p.paused_until.map(|t| t - now),
                 "unhealthy_kinds": p.auth_failing,
             })

@@ -1,0 +1,1128 @@
+//! The scheduler's pure core: every scheduling decision, as synchronous code. State plus an
+//! event plus `now` gives actions; the driver (tokio) only waits and does the I/O, and the
+//! simulator ([`crate::sim`]) runs this same core on simulated time.
+//!
+//! Times here are on the scheduler's clock (milliseconds, monotonic while the daemon
+//! runs); the driver converts the wall-clock times of the database at the boundary.
+//!
+//! Policy. Each API key has a *price level*: 0 runs the documented ladder exactly; higher
+//! levels follow the schedules of [`crate::policy`], which spend ever fewer requests where
+//! they buy the least delay, by each payment's real age and its kind's learnt flip-age
+//! distribution. Every tick the level is set to the lowest one whose projected demand over
+//! the next window fits the budget; the budget limiter stays the hard guarantee. Due
+//! checks go earliest-due-first; manual rechecks go first, within a bounded share.
+
+use super::decide::decide;
+use crate::budget::Budget;
+use crate::kinds::{ErrorClass, Kind, Observation};
+use crate::ladder::Ladder;
+use crate::payment::{PaymentId, State, UnixMs};
+use crate::policy::{Evidence, Grid, Learner, Plans};
+use crate::store::{CheckRecord, EventSpec, PendingRow};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Share of the budget the policy plans to spend; the limiter absorbs the rest of the
+/// projection's error.
+const PLAN_SHARE: f64 = 0.97;
+
+/// Share of the budget manual rechecks may take in a window, all together.
+const RECHECK_SHARE: f64 = 0.1;
+
+/// One API key, as the core knows it.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// Shown in health and logs.
+    pub name: String,
+    /// Names the key's rows in the budget ledger (a hash of the key, never the key).
+    pub ledger_id: String,
+    /// Whether a key is configured at all.
+    pub has_key: bool,
+}
+
+/// What the core is built from.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub ladder: Ladder,
+    pub kinds: BTreeMap<String, Arc<Kind>>,
+    pub pools: Vec<PoolSpec>,
+    /// Pool of each kind (absent: pool 0).
+    pub kind_pool: HashMap<String, usize>,
+    pub budget_requests: u32,
+    pub budget_window_ms: i64,
+    pub max_in_flight: usize,
+    /// Seeds the core's randomness (back-off jitter, mixing draws): the simulator repeats.
+    pub seed: u64,
+}
+
+/// A request for the driver to send.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub pool: usize,
+    pub kind: Arc<Kind>,
+    pub pks: Vec<i64>,
+    pub ids: Vec<PaymentId>,
+    pub sent_at: UnixMs,
+    /// The pre-committed ledger row it uses.
+    pub ledger: Option<i64>,
+}
+
+/// A finished request, for [`Core::complete`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub pool: usize,
+    pub pks: Vec<i64>,
+    pub observations: Vec<Observation>,
+    pub retry_after_ms: Option<i64>,
+    pub sent_at: UnixMs,
+    pub done_at: UnixMs,
+    pub ledger: Option<i64>,
+}
+
+/// What a completion produced.
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// Outcomes to commit.
+    pub records: Vec<CheckRecord>,
+    /// The ledger row to close (`(row, answered_at)`).
+    pub ledger: Option<(i64, UnixMs)>,
+    /// For telemetry: `(index into the observations, kind, state after)`.
+    pub checked: Vec<(usize, Arc<Kind>, State)>,
+    /// Final outcomes, for whoever watches (the simulator): `(pk, state, sent_at)`.
+    pub finished: Vec<(i64, State, UnixMs)>,
+}
+
+/// The core's actions, besides the ones methods return directly.
+#[derive(Debug)]
+pub enum Action {
+    Send(Request),
+    /// Outcomes to commit without a request (no API key configured).
+    Record(Vec<CheckRecord>),
+    /// Pre-commit `count` ledger rows for a pool.
+    Refill {
+        pool: usize,
+        ledger_id: String,
+        count: usize,
+    },
+}
+
+/// A kind's learnt distribution, as health shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindPolicy {
+    pub kind: String,
+    /// Finished payments the estimate rests on.
+    pub evidence: usize,
+    /// Share of payments flipping before the deadline.
+    pub flip_share: f64,
+    /// Ages (ms) by which 50%, 90% and 99% of the flipping payments flipped.
+    pub flip_age_ms: [i64; 3],
+    /// Expected mean flip-to-detection delay at the current load, in ms.
+    pub expected_delay_ms: i64,
+}
+
+/// A key's state, for health and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PoolStatus {
+    pub name: String,
+    pub budget_limit: u32,
+    pub budget_effective: u32,
+    pub budget_used: u32,
+    pub window_ms: i64,
+    /// 0: the documented ladder; higher: dearer requests, fewer checks.
+    pub price_level: f64,
+    /// Requests the policy expects over the next window, and what it plans to spend.
+    pub projected: f64,
+    pub target: f64,
+    pub pending: usize,
+    pub paused_until: Option<UnixMs>,
+    pub auth_failing: Vec<String>,
+    pub lateness_ms: Vec<i64>,
+    pub kinds: Vec<KindPolicy>,
+}
+
+struct Entry {
+    pk: i64,
+    kind: Arc<Kind>,
+    /// Index of the kind's model.
+    model: usize,
+    id: PaymentId,
+    pool: usize,
+    jitter: i64,
+    t0: UnixMs,
+    deadline: UnixMs,
+    /// When the last answered check was sent.
+    last: Option<UnixMs>,
+    upstream_status: Option<String>,
+    due: UnixMs,
+    gen: u64,
+    in_flight: bool,
+    /// Consecutive unanswered checks, for back-off.
+    failures: u32,
+    /// A manual recheck is wanted (at `due` when it is queued).
+    recheck: bool,
+    /// The payment's draw for mixing two neighbouring price levels.
+    phi: f64,
+}
+
+struct Model {
+    /// The pool its kind's requests go to, and whether it is a list kind.
+    pool: usize,
+    list: bool,
+    learner: Learner,
+    plans: Plans,
+    /// Arrival times of new payments, for the arrival rate.
+    arrivals: VecDeque<UnixMs>,
+    /// Payments of this kind that finished, since the plans were solved.
+    fresh: usize,
+}
+
+struct Pool {
+    spec: PoolSpec,
+    budget: Budget,
+    heap: BinaryHeap<Reverse<(UnixMs, u64, i64)>>,
+    rechecks: BinaryHeap<Reverse<(UnixMs, u64, i64)>>,
+    /// When recent manual rechecks were sent.
+    recheck_sent: VecDeque<UnixMs>,
+    throttled: u32,
+    /// Kinds answering 401/403 since when, and when it was last logged.
+    auth_failing: HashMap<String, (UnixMs, UnixMs)>,
+    /// Earliest next request of each list kind (its cadence).
+    list_not_before: HashMap<String, UnixMs>,
+    last_probe: UnixMs,
+    lateness_ms: Vec<i64>,
+    ledger_keys: VecDeque<i64>,
+    refilling: bool,
+    level: f64,
+    projected: f64,
+    target: f64,
+}
+
+/// The scheduling state of every pending payment and every key.
+pub struct Core {
+    ladder: Ladder,
+    grid: Grid,
+    kinds: BTreeMap<String, Arc<Kind>>,
+    kind_pool: HashMap<String, usize>,
+    models: Vec<Model>,
+    model_of: HashMap<String, usize>,
+    pools: Vec<Pool>,
+    entries: HashMap<i64, Entry>,
+    max_in_flight: usize,
+    in_flight: usize,
+    gen: u64,
+    rng: fastrand::Rng,
+    unknown_logged: HashSet<(String, String)>,
+    window: i64,
+    last_fit: UnixMs,
+}
+
+impl Core {
+    /// A core with no payments, at `now`.
+    pub fn new(cfg: CoreConfig, now: UnixMs) -> Self {
+        let grid = Grid::new(&cfg.ladder);
+        let window_cells = (cfg.budget_window_ms / grid.unit_ms()).max(1) as usize;
+        // Evidence of payments started within two lifetimes (or windows): recent enough
+        // to follow a change of traffic within half an hour, long enough to be many.
+        let horizon = 2 * cfg.ladder.timeout_ms().max(cfg.budget_window_ms);
+        let mut models = Vec::new();
+        let mut model_of = HashMap::new();
+        for (name, kind) in &cfg.kinds {
+            model_of.insert(name.clone(), models.len());
+            let prior = grid.ladder_prior();
+            models.push(Model {
+                pool: cfg.kind_pool.get(name).copied().unwrap_or(0),
+                list: kind.is_list(),
+                learner: Learner::new(prior.clone(), horizon),
+                plans: Plans::new(&grid, prior, window_cells),
+                arrivals: VecDeque::new(),
+                fresh: 0,
+            });
+        }
+        let pools = cfg
+            .pools
+            .into_iter()
+            .map(|spec| Pool {
+                spec,
+                budget: Budget::new(cfg.budget_requests, cfg.budget_window_ms),
+                heap: BinaryHeap::new(),
+                rechecks: BinaryHeap::new(),
+                recheck_sent: VecDeque::new(),
+                throttled: 0,
+                auth_failing: HashMap::new(),
+                list_not_before: HashMap::new(),
+                last_probe: 0,
+                lateness_ms: Vec::new(),
+                ledger_keys: VecDeque::new(),
+                refilling: false,
+                level: 0.0,
+                projected: 0.0,
+                target: 0.0,
+            })
+            .collect();
+        Self {
+            ladder: cfg.ladder,
+            grid,
+            kinds: cfg.kinds,
+            kind_pool: cfg.kind_pool,
+            models,
+            model_of,
+            pools,
+            entries: HashMap::new(),
+            max_in_flight: cfg.max_in_flight.max(1),
+            in_flight: 0,
+            gen: 0,
+            rng: fastrand::Rng::with_seed(cfg.seed),
+            unknown_logged: HashSet::new(),
+            window: cfg.budget_window_ms,
+            last_fit: now,
+        }
+    }
+
+    /// Counts a request made before a restart (see [`Budget::restore`]).
+    pub fn restore_spent(&mut self, ledger_id: &str, done_at: Option<UnixMs>, now: UnixMs) {
+        for p in &mut self.pools {
+            if p.spec.ledger_id == ledger_id {
+                p.budget.restore(done_at, now);
+            }
+        }
+    }
+
+    /// Learns from a payment that finished before a restart: `pending_seen`: the last
+    /// check that saw it pending; `final_at`: the check that saw it final (`None`: it
+    /// timed out or was cancelled, so no flip was seen).
+    pub fn learn(
+        &mut self,
+        kind: &str,
+        started: UnixMs,
+        pending_seen: Option<UnixMs>,
+        final_at: Option<UnixMs>,
+    ) {
+        let Some(&m) = self.model_of.get(kind) else {
+            return;
+        };
+        let lo = pending_seen.map_or(0, |t| self.grid.cell(t - started));
+        let hi = final_at.map(|t| self.grid.cell(t - started).max(lo + 1));
+        self.models[m].learner.observe(started, Evidence { lo, hi });
+    }
+
+    /// Payments held.
+    pub fn pending(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        self.gen += 1;
+        self.gen
+    }
+
+    /// Starts tracking a pending payment (a duplicate is ignored). `resumed`: read back at
+    /// start-up, where a stored next check earlier than the plan is a manual recheck that
+    /// must survive the restart. Times are on the core's clock.
+    pub fn track(&mut self, row: PendingRow, now: UnixMs, resumed: bool) {
+        if self.entries.contains_key(&row.pk) {
+            return;
+        }
+        let Some(kind) = self.kinds.get(&row.kind).cloned() else {
+            tracing::warn!(kind = %row.kind, id = %row.id, "payment of a kind no longer configured stays pending, unpolled");
+            return;
+        };
+        let Ok(id) = PaymentId::parse(&row.id) else {
+            tracing::warn!(
+                pk = row.pk,
+                "payment with an invalid id in the database is not polled"
+            );
+            return;
+        };
+        let model = self.model_of[&row.kind];
+        if !resumed {
+            self.models[model].arrivals.push_back(now);
+        }
+        let pool = self.kind_pool.get(&row.kind).copied().unwrap_or(0);
+        let gen = self.next_gen();
+        let mut e = Entry {
+            pk: row.pk,
+            kind,
+            model,
+            id,
+            pool,
+            jitter: self.ladder.clamp_jitter(row.jitter_ms),
+            t0: row.started_at,
+            deadline: row.started_at + self.ladder.timeout_ms(),
+            last: row.last_checked_at,
+            upstream_status: row.upstream_status,
+            due: now,
+            gen,
+            in_flight: false,
+            failures: 0,
+            recheck: false,
+            phi: self.rng.f64(),
+        };
+        self.plan(&mut e);
+        let stored = row.next_check_at.filter(|_| resumed);
+        if let Some(at) = stored {
+            if at < e.due && row.last_checked_at.is_none_or(|c| at > c) {
+                e.recheck = true;
+                e.due = at;
+            }
+        }
+        self.queue(&e);
+        self.entries.insert(e.pk, e);
+    }
+
+    /// Stops tracking (cancelled). An answer in flight finds it gone and is dropped.
+    pub fn untrack(&mut self, pk: i64) {
+        if let Some(e) = self.entries.remove(&pk) {
+            let lo = e.last.map_or(0, |l| self.grid.cell(l - e.t0));
+            self.models[e.model]
+                .learner
+                .observe(e.t0, Evidence { lo, hi: None });
+        }
+    }
+
+    /// A manual recheck: a hint (the merchant forwarded Ninjapay's callback), so it is
+    /// coalesced: at most one check per payment per ladder step, and rechecks as a whole
+    /// take at most a tenth of the budget. Returns when the check is due, or `None` when
+    /// the payment is not held.
+    pub fn recheck(&mut self, pk: i64, now: UnixMs) -> Option<UnixMs> {
+        let window = self.window;
+        let gen = self.next_gen();
+        let e = self.entries.get_mut(&pk)?;
+        let earliest = e
+            .last
+            .map_or(now, |l| (l + self.grid.step_ms(l - e.t0)).max(now));
+        let pool = &mut self.pools[e.pool];
+        let cap = (pool.budget.effective_limit() as f64 * RECHECK_SHARE).max(1.0) as usize;
+        while pool
+            .recheck_sent
+            .front()
+            .is_some_and(|t| *t + window <= now)
+        {
+            pool.recheck_sent.pop_front();
+        }
+        let share_at = if pool.recheck_sent.len() >= cap {
+            pool.recheck_sent[pool.recheck_sent.len() - cap] + window
+        } else {
+            now
+        };
+        let at = earliest.max(share_at);
+        if e.recheck && e.due <= at {
+            return Some(e.due);
+        }
+        if at >= e.due && !e.in_flight {
+            return Some(e.due); // the plan checks it no later anyway
+        }
+        e.recheck = true;
+        e.due = at;
+        e.gen = gen;
+        if !e.in_flight {
+            pool.rechecks.push(Reverse((at, gen, pk)));
+        }
+        Some(at)
+    }
+
+    fn queue(&mut self, e: &Entry) {
+        let pool = &mut self.pools[e.pool];
+        if e.recheck {
+            pool.rechecks.push(Reverse((e.due, e.gen, e.pk)));
+        } else {
+            pool.heap.push(Reverse((e.due, e.gen, e.pk)));
+        }
+    }
+
+    /// Sets a payment's next due time: the documented ladder at level 0, else the
+    /// schedule of its price level for its kind, by its real age.
+    fn plan(&self, e: &mut Entry) {
+        let pool = &self.pools[e.pool];
+        let plans = &self.models[e.model].plans;
+        let level = if e.kind.is_list() { 0.0 } else { pool.level };
+        let table = plans.table(level, e.phi);
+        let due = if table.mu == 0.0 {
+            match self
+                .ladder
+                .next_slot_after(e.jitter, e.last.map(|l| l - e.t0))
+            {
+                Some(slot) if slot < self.ladder.timeout_ms() => e.t0 + slot,
+                _ => e.deadline,
+            }
+        } else {
+            let t = e.last.map_or(0, |l| self.grid.cell(l - e.t0).max(1));
+            let u = table.next(t);
+            let mut due = e.t0 + u as i64 * self.grid.unit_ms();
+            if let Some(l) = e.last {
+                due = due.max(l + self.grid.step_ms(l - e.t0));
+            }
+            if u >= self.grid.cells() {
+                due = e.deadline;
+            }
+            due
+        };
+        e.due = due.min(e.deadline);
+    }
+
+    /// Starts the checks that are due, within the in-flight bound and the budget.
+    pub fn poll(&mut self, now: UnixMs, out: &mut Vec<Action>) {
+        for p in 0..self.pools.len() {
+            self.ensure_reserve(p, out);
+            while self.in_flight < self.max_in_flight {
+                let Some((recheck, pk)) = self.peek_due(p, now) else {
+                    break;
+                };
+                let kind = self.entries[&pk].kind.clone();
+                // Keys answering 401/403 are probed by one request at a time, at most
+                // every few seconds, instead of spending the budget on every payment.
+                if let Some((since, _)) = self.pools[p].auth_failing.get(&kind.name) {
+                    let probe_every = (self.window / 100).clamp(50, 30_000);
+                    let last = self.pools[p].last_probe.max(*since);
+                    if now < last + probe_every {
+                        self.defer(p, pk, recheck, last + probe_every);
+                        continue;
+                    }
+                    self.pools[p].last_probe = now;
+                }
+                if kind.is_list() {
+                    if let Some(&nb) = self.pools[p].list_not_before.get(&kind.name) {
+                        if now < nb {
+                            self.defer(p, pk, recheck, nb);
+                            continue;
+                        }
+                    }
+                }
+                if !self.pools[p].spec.has_key {
+                    self.no_key(p, pk, recheck, now, out);
+                    continue;
+                }
+                if self.pools[p].ledger_keys.is_empty() {
+                    self.ensure_reserve(p, out);
+                    break; // a refill wakes us
+                }
+                if !self.pools[p].budget.try_acquire(now) {
+                    break;
+                }
+                if recheck {
+                    self.pools[p].rechecks.pop();
+                    self.pools[p].recheck_sent.push_back(now);
+                } else {
+                    self.pools[p].heap.pop();
+                }
+                let pks = if kind.is_list() {
+                    self.list_members(p, &kind, pk, now)
+                } else {
+                    vec![pk]
+                };
+                let req = self.launch(p, kind, pks, now);
+                out.push(Action::Send(req));
+                self.ensure_reserve(p, out);
+            }
+        }
+    }
+
+    /// The next due check of a pool: a due manual recheck first, else the earliest due.
+    fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(bool, i64)> {
+        for recheck in [true, false] {
+            loop {
+                let heap = if recheck {
+                    &mut self.pools[p].rechecks
+                } else {
+                    &mut self.pools[p].heap
+                };
+                let Some(Reverse((due, gen, pk))) = heap.peek().copied() else {
+                    break;
+                };
+                let live = self
+                    .entries
+                    .get(&pk)
+                    .is_some_and(|e| e.gen == gen && !e.in_flight && e.recheck == recheck);
+                if !live {
+                    heap.pop();
+                    continue;
+                }
+                if due <= now {
+                    return Some((recheck, pk));
+                }
+                break;
+            }
+        }
+        None
+    }
+
+    fn defer(&mut self, p: usize, pk: i64, recheck: bool, until: UnixMs) {
+        if recheck {
+            self.pools[p].rechecks.pop();
+        } else {
+            self.pools[p].heap.pop();
+        }
+        let gen = self.next_gen();
+        if let Some(e) = self.entries.get_mut(&pk) {
+            e.gen = gen;
+            e.due = until;
+            let heap = if e.recheck {
+                &mut self.pools[p].rechecks
+            } else {
+                &mut self.pools[p].heap
+            };
+            heap.push(Reverse((until, gen, pk)));
+        }
+    }
+
+    /// Keeps a reserve of pre-committed ledger rows of at least the in-flight bound.
+    fn ensure_reserve(&mut self, p: usize, out: &mut Vec<Action>) {
+        let want = self.max_in_flight.max(4);
+        let pool = &mut self.pools[p];
+        if pool.spec.has_key && !pool.refilling && pool.ledger_keys.len() < want {
+            pool.refilling = true;
+            out.push(Action::Refill {
+                pool: p,
+                ledger_id: pool.spec.ledger_id.clone(),
+                count: 2 * want - pool.ledger_keys.len(),
+            });
+        }
+    }
+
+    /// Ledger rows committed for pool `p` (or `None`: the refill failed; ask again).
+    pub fn refilled(&mut self, p: usize, keys: Option<Vec<i64>>) {
+        if let Some(pool) = self.pools.get_mut(p) {
+            pool.ledger_keys.extend(keys.into_iter().flatten());
+            pool.refilling = false;
+        }
+    }
+
+    /// Ledger rows no request used: not spent budget.
+    pub fn drain_reserve(&mut self) -> Vec<i64> {
+        self.pools
+            .iter_mut()
+            .flat_map(|p| p.ledger_keys.drain(..))
+            .collect()
+    }
+
+    /// Without a key no request is made: the payment stays due and the error says why.
+    fn no_key(&mut self, p: usize, pk: i64, recheck: bool, now: UnixMs, out: &mut Vec<Action>) {
+        let retry = now + (self.window / 10).max(1000);
+        if let Some(e) = self.entries.get(&pk) {
+            out.push(Action::Record(vec![CheckRecord {
+                pk,
+                checked_at: now,
+                upstream_status: None,
+                state: State::Pending,
+                response: None,
+                error: Some(
+                    "no API key configured (ninjapay.api_key or ninjapay.api_key_file)".into(),
+                ),
+                next_check_at: Some(retry.max(e.due)),
+                event: None,
+                changed: false,
+                saw_pending: false,
+            }]));
+        }
+        self.defer(p, pk, recheck, retry);
+    }
+
+    /// The pending payments of a list kind one request covers: every one whose first
+    /// check is due by now or that was checked before, and the one that is due.
+    fn list_members(&self, p: usize, kind: &Kind, due: i64, now: UnixMs) -> Vec<i64> {
+        let mut members: Vec<(UnixMs, i64)> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.pool == p
+                    && e.kind.name == kind.name
+                    && !e.in_flight
+                    && (e.pk == due || e.due <= now || e.last.is_some())
+            })
+            .map(|e| (if e.pk == due { UnixMs::MIN } else { e.due }, e.pk))
+            .collect();
+        members.sort_unstable();
+        let max = kind.list.as_ref().map_or(1, |l| l.max_limit as usize);
+        members.truncate(max);
+        members.into_iter().map(|(_, pk)| pk).collect()
+    }
+
+    fn launch(&mut self, p: usize, kind: Arc<Kind>, pks: Vec<i64>, now: UnixMs) -> Request {
+        let mut ids = Vec::with_capacity(pks.len());
+        for pk in &pks {
+            if let Some(e) = self.entries.get_mut(pk) {
+                e.in_flight = true;
+                self.pools[p].lateness_ms.push((now - e.due).max(0));
+                ids.push(e.id.clone());
+            }
+        }
+        self.in_flight += 1;
+        Request {
+            pool: p,
+            kind,
+            pks,
+            ids,
+            sent_at: now,
+            ledger: self.pools[p].ledger_keys.pop_front(),
+        }
+    }
+
+    /// Takes a finished request's answers: decides each payment, plans its next check,
+    /// learns from final ones, and reacts to throttling and refused keys.
+    pub fn complete(&mut self, done: &Completion) -> Completed {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let now = done.done_at;
+        let p = done.pool;
+        let used_before = self.pools[p].budget.used(now);
+        self.pools[p].budget.release(now);
+        let mut out = Completed {
+            ledger: done.ledger.map(|l| (l, now)),
+            ..Completed::default()
+        };
+        let mut throttled = false;
+        let mut auth_failed: Option<String> = None;
+        let mut any_answer = false;
+        let mut list_kind: Option<Arc<Kind>> = None;
+        let mut min_every = i64::MAX;
+        let mut answered_kinds: HashSet<String> = HashSet::new();
+        for (i, (pk, obs)) in done.pks.iter().zip(&done.observations).enumerate() {
+            let Some(mut e) = self.entries.remove(pk) else {
+                continue; // cancelled meanwhile
+            };
+            e.in_flight = false;
+            if e.kind.is_list() {
+                list_kind = Some(e.kind.clone());
+            }
+            match obs {
+                Observation::Error { class, .. } => match class {
+                    ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
+                    ErrorClass::Auth => auth_failed = Some(e.kind.name.clone()),
+                    _ => {}
+                },
+                Observation::Status { raw, state, .. } => {
+                    any_answer = true;
+                    if state.is_none()
+                        && self
+                            .unknown_logged
+                            .insert((e.kind.name.clone(), raw.to_lowercase()))
+                    {
+                        tracing::warn!(kind = %e.kind.name, status = %raw, "unknown upstream status; payment stays pending (logged once per status)");
+                    }
+                }
+            }
+            let give_up = e.deadline + self.ladder.timeout_ms();
+            // The check happened when it was sent: the provider answers for some moment
+            // after that. Planning from the send keeps a slow answer from skipping a slot,
+            // and a request sent before the deadline never settles it.
+            let d = decide(
+                e.upstream_status.as_deref(),
+                obs,
+                done.sent_at,
+                e.deadline,
+                give_up,
+            );
+            out.checked.push((i, e.kind.clone(), d.state));
+            let was_recheck = e.recheck && e.due <= done.sent_at;
+            if was_recheck {
+                e.recheck = false;
+            }
+            let previous_last = e.last;
+            if d.answered {
+                e.last = Some(done.sent_at);
+                e.failures = 0;
+                self.plan(&mut e);
+            } else {
+                // No real answer: the next attempt is the plan's next slot after this one,
+                // or later when failures pile up (exponential back-off), so a provider that
+                // is down is not hammered, and past the deadline not retried in a loop. The
+                // last answered check stays what it was: this one settles nothing.
+                e.failures += 1;
+                let step = self.grid.step_ms(now - e.t0);
+                let backoff = backoff_ms(&mut self.rng, e.failures, step);
+                e.last = Some(done.sent_at);
+                self.plan(&mut e);
+                e.last = previous_last;
+                e.due = e.due.max(now + backoff);
+            }
+            if e.recheck {
+                // A recheck asked for while this check was in flight still stands.
+                let earliest = done.sent_at + self.grid.step_ms(done.sent_at - e.t0);
+                e.due = e.due.min(earliest.max(now));
+            }
+            let previous_raw = e.upstream_status.clone();
+            if d.upstream_status.is_some() {
+                e.upstream_status = d.upstream_status.clone();
+            }
+            if d.answered {
+                answered_kinds.insert(e.kind.name.clone());
+            }
+            min_every = min_every.min(self.ladder.every_at(e.jitter, now - e.t0));
+            out.records.push(CheckRecord {
+                pk: *pk,
+                checked_at: now,
+                upstream_status: d.upstream_status.clone(),
+                state: d.state,
+                response: d.response.clone(),
+                error: d.error.clone(),
+                next_check_at: (!d.state.is_final()).then_some(e.due),
+                event: d.event.map(|t| EventSpec {
+                    event_type: t,
+                    previous_state: State::Pending,
+                    previous_upstream_status: previous_raw.clone(),
+                }),
+                changed: d.changed,
+                saw_pending: d.answered && !d.state.is_final(),
+            });
+            if d.state.is_final() {
+                let lo = previous_last.map_or(0, |l| self.grid.cell(l - e.t0));
+                let hi = (d.state != State::TimedOut)
+                    .then(|| self.grid.cell(done.sent_at - e.t0).max(lo + 1));
+                let model = &mut self.models[e.model];
+                model.learner.observe(e.t0, Evidence { lo, hi });
+                model.fresh += 1;
+                out.finished.push((*pk, d.state, done.sent_at));
+                if d.state == State::TimedOut {
+                    tracing::info!(kind = %e.kind.name, id = %e.id, "payment timed out");
+                }
+            } else {
+                e.gen = self.next_gen();
+                self.queue(&e);
+                self.entries.insert(e.pk, e);
+            }
+        }
+        if let Some(kind) = list_kind {
+            let cadence = if min_every == i64::MAX { 0 } else { min_every };
+            self.pools[p]
+                .list_not_before
+                .insert(kind.name.clone(), now + cadence);
+        }
+        let window = self.window;
+        let pool = &mut self.pools[p];
+        if throttled {
+            pool.throttled += 1;
+            let pause = done
+                .retry_after_ms
+                .unwrap_or_else(|| backoff_ms(&mut self.rng, pool.throttled, 1000));
+            pool.budget.pause(now + pause);
+            let rate_limited = done.observations.iter().any(|o| {
+                matches!(
+                    o,
+                    Observation::Error {
+                        class: ErrorClass::RateLimited,
+                        ..
+                    }
+                )
+            });
+            if rate_limited {
+                let limit = pool.budget.shrink(now);
+                tracing::error!(
+                    pool = %pool.spec.name, used_before, new_limit = limit, pause_ms = pause,
+                    "Ninjapay answered 429 although the budget had room: another client may share the key, or the limit is lower than configured; lowering the limit in force"
+                );
+            } else {
+                tracing::warn!(pool = %pool.spec.name, pause_ms = pause, "Ninjapay unavailable; pausing this key");
+            }
+        } else if any_answer {
+            pool.throttled = 0;
+        }
+        match auth_failed {
+            Some(kind) => {
+                let entry = pool.auth_failing.entry(kind.clone()).or_insert((now, 0));
+                let report_every = 60_000.min(window);
+                if now - entry.1 >= report_every {
+                    entry.1 = now;
+                    tracing::error!(kind = %kind, pool = %pool.spec.name, "Ninjapay refuses the API key (401/403); checks of this kind are paused to probes until it works again");
+                }
+            }
+            None => {
+                for name in answered_kinds {
+                    if pool.auth_failing.remove(&name).is_some() {
+                        tracing::info!(kind = %name, "Ninjapay accepts the API key again");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the last completion was a 429 the budget did not expect (for telemetry).
+    pub fn rate_limited(done: &Completion) -> bool {
+        done.observations.iter().any(|o| {
+            matches!(
+                o,
+                Observation::Error {
+                    class: ErrorClass::RateLimited,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Earliest time anything can happen without an outside event.
+    pub fn next_wake(&mut self, now: UnixMs) -> Option<UnixMs> {
+        if self.in_flight >= self.max_in_flight {
+            return None; // an answer wakes us
+        }
+        let mut wake: Option<UnixMs> = None;
+        for p in 0..self.pools.len() {
+            for recheck in [true, false] {
+                loop {
+                    let pool = &mut self.pools[p];
+                    let heap = if recheck {
+                        &mut pool.rechecks
+                    } else {
+                        &mut pool.heap
+                    };
+                    let Some(Reverse((due, gen, pk))) = heap.peek().copied() else {
+                        break;
+                    };
+                    let live = self
+                        .entries
+                        .get(&pk)
+                        .is_some_and(|e| e.gen == gen && !e.in_flight && e.recheck == recheck);
+                    if !live {
+                        heap.pop();
+                        continue;
+                    }
+                    let at = if due <= now {
+                        pool.budget.next_room_at(now).unwrap_or(UnixMs::MAX)
+                    } else {
+                        due
+                    };
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                    break;
+                }
+            }
+        }
+        wake.filter(|w| *w != UnixMs::MAX)
+    }
+
+    /// Periodic work: re-learns the flip distributions now and then, and sets each key's
+    /// price level from the demand it projects over the next window.
+    pub fn tick(&mut self, now: UnixMs) {
+        let refit_every = (self.window / 20).max(1);
+        if now - self.last_fit >= refit_every {
+            self.last_fit = now;
+            self.refit(now);
+        }
+        for p in 0..self.pools.len() {
+            self.pools[p].budget.recover(now);
+            self.set_level(p, now);
+        }
+    }
+
+    fn refit(&mut self, now: UnixMs) {
+        let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
+        for m in 0..self.models.len() {
+            let pending: Vec<Evidence> = self
+                .entries
+                .values()
+                .filter(|e| e.model == m)
+                .filter_map(|e| {
+                    e.last.map(|l| Evidence {
+                        lo: self.grid.cell(l - e.t0),
+                        hi: None,
+                    })
+                })
+                .collect();
+            let model = &mut self.models[m];
+            let before = model.plans.dist.clone();
+            let dist = model.learner.fit(now, pending.into_iter()).clone();
+            let moved = (0..=self.grid.cells())
+                .map(|a| (dist.survival(a) - before.survival(a)).abs())
+                .fold(0.0, f64::max);
+            // Solving the tables is the costly part: only when the estimate moved.
+            if moved > 0.005 || model.fresh > 200 {
+                model.plans = Plans::new(&self.grid, dist, window_cells);
+                model.fresh = 0;
+            }
+        }
+    }
+
+    /// Arrivals per grid cell of each kind: the median over ten slices of the last window,
+    /// so one burst does not read as a lasting rate.
+    fn arrival_rate(&mut self, m: usize, now: UnixMs) -> f64 {
+        let window = self.window;
+        let arrivals = &mut self.models[m].arrivals;
+        while arrivals.front().is_some_and(|t| *t + window <= now) {
+            arrivals.pop_front();
+        }
+        let slice = (window / 10).max(1);
+        let mut counts = [0u32; 10];
+        for t in arrivals.iter() {
+            let i = ((now - t) / slice).clamp(0, 9) as usize;
+            counts[i] += 1;
+        }
+        counts.sort_unstable();
+        let median = f64::from(counts[4] + counts[5]) / 2.0;
+        median / slice as f64 * self.grid.unit_ms() as f64
+    }
+
+    fn set_level(&mut self, p: usize, now: UnixMs) {
+        let horizon = (self.window / self.grid.unit_ms()).max(1) as usize;
+        let rates: Vec<f64> = (0..self.models.len())
+            .map(|m| self.arrival_rate(m, now))
+            .collect();
+        let pool = &mut self.pools[p];
+        let window = self.window;
+        while pool
+            .recheck_sent
+            .front()
+            .is_some_and(|t| *t + window <= now)
+        {
+            pool.recheck_sent.pop_front();
+        }
+        let target =
+            pool.budget.effective_limit() as f64 * PLAN_SHARE - pool.recheck_sent.len() as f64;
+        let members: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| e.pool == p && !e.in_flight)
+            .collect();
+        let grid = &self.grid;
+        let models = &self.models;
+        let demand = |level: usize| -> f64 {
+            let mut n = 0.0;
+            let mut lists: HashMap<&str, f64> = HashMap::new();
+            for e in &members {
+                let plans = &models[e.model].plans;
+                let list = e.kind.is_list();
+                let table = plans.at(if list { 0 } else { level });
+                let last = e.last.map_or(0, |l| grid.cell(l - e.t0).max(1));
+                let age = grid.cell(now - e.t0);
+                let due = if e.recheck { age } else { table.next(last) };
+                let c = table.demand(&plans.dist, last, due, age, horizon);
+                if list {
+                    let slot = lists.entry(e.kind.name.as_str()).or_insert(0.0);
+                    *slot = slot.max(c);
+                } else {
+                    n += c;
+                }
+            }
+            // Payments still to come, at the recent rate, each on the same schedule.
+            for (m, model) in models.iter().enumerate() {
+                if model.pool == p && !model.list && rates[m] > 0.0 {
+                    n += rates[m] * model.plans.at(level).per_window;
+                }
+            }
+            n + lists.values().sum::<f64>()
+        };
+        let top = self.models.first().map_or(0, |m| m.plans.top());
+        let d0 = demand(0);
+        let (level, projected) = if d0 <= target || top == 0 {
+            (0.0, d0)
+        } else {
+            // Demand falls as the price rises: the lowest level that fits, mixed with the
+            // one below so the budget is spent, not left over.
+            let (mut lo, mut hi) = (0usize, top);
+            let d_top = demand(top);
+            if d_top > target {
+                (top as f64, d_top)
+            } else {
+                let mut d_hi = d_top;
+                let mut d_lo = d0;
+                while hi - lo > 1 {
+                    let mid = (lo + hi) / 2;
+                    let d = demand(mid);
+                    if d > target {
+                        lo = mid;
+                        d_lo = d;
+                    } else {
+                        hi = mid;
+                        d_hi = d;
+                    }
+                }
+                let frac = if d_lo > d_hi {
+                    ((d_lo - target) / (d_lo - d_hi)).clamp(0.0, 1.0)
+                } else {
+                    1.0
+                };
+                (lo as f64 + frac, target)
+            }
+        };
+        let old = self.pools[p].level;
+        let pool = &mut self.pools[p];
+        pool.projected = projected;
+        pool.target = target;
+        if (level - old).abs() > 1e-3 {
+            if old == 0.0 {
+                tracing::info!(pool = %pool.spec.name, level, "request budget scarce: checks allocated by age");
+            } else if level == 0.0 {
+                tracing::info!(pool = %pool.spec.name, "request budget sufficient: back on the documented ladder");
+            }
+            pool.level = level;
+            self.replan_pool(p);
+        }
+    }
+
+    fn replan_pool(&mut self, p: usize) {
+        let pks: Vec<i64> = self
+            .entries
+            .values()
+            .filter(|e| e.pool == p && !e.in_flight && !e.recheck)
+            .map(|e| e.pk)
+            .collect();
+        let mut heap = BinaryHeap::with_capacity(pks.len());
+        for pk in pks {
+            let Some(mut e) = self.entries.remove(&pk) else {
+                continue;
+            };
+            let failures_due = e.due;
+            self.plan(&mut e);
+            if e.failures > 0 {
+                e.due = e.due.max(failures_due);
+            }
+            heap.push(Reverse((e.due, e.gen, e.pk)));
+            self.entries.insert(pk, e);
+        }
+        self.pools[p].heap = heap;
+    }
+
+    /// Every key's state, for health and metrics. Takes the lateness gathered since the
+    /// last call.
+    pub fn status(&mut self, now: UnixMs) -> Vec<PoolStatus> {
+        let unit = self.grid.unit_ms();
+        let mut out = Vec::with_capacity(self.pools.len());
+        for p in 0..self.pools.len() {
+            let pending = self.entries.values().filter(|e| e.pool == p).count();
+            let mut kinds = Vec::new();
+            for (name, &m) in &self.model_of {
+                let model = &self.models[m];
+                if model.pool != p {
+                    continue;
+                }
+                let dist = &model.plans.dist;
+                let delay = model.plans.delay(self.pools[p].level);
+                kinds.push(KindPolicy {
+                    kind: name.clone(),
+                    evidence: model.learner.len(),
+                    flip_share: dist.flips(),
+                    flip_age_ms: [0.5, 0.9, 0.99].map(|q| dist.quantile(q) as i64 * unit),
+                    expected_delay_ms: (delay * unit as f64) as i64,
+                });
+            }
+            kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
+            let pool = &mut self.pools[p];
+            out.push(PoolStatus {
+                name: pool.spec.name.clone(),
+                budget_limit: pool.budget.limit(),
+                budget_effective: pool.budget.effective_limit(),
+                budget_used: pool.budget.used(now),
+                window_ms: self.window,
+                price_level: pool.level,
+                projected: pool.projected,
+                target: pool.target,
+                pending,
+                paused_until: pool.budget.paused_until(now),
+                auth_failing: pool.auth_failing.keys().cloned().collect(),
+                lateness_ms: std::mem::take(&mut pool.lateness_ms),
+                kinds,
+            });
+        }
+        out
+    }
+}
+
+/// Exponential back-off with jitter: `base`, doubling per failure, up to 5 minutes.
+fn backoff_ms(rng: &mut fastrand::Rng, failures: u32, base: i64) -> i64 {
+    let exp = base
+        .max(1)
+        .saturating_mul(1 << failures.min(16).saturating_sub(1));
+    let capped = exp.min(300_000);
+    capped / 2 + rng.i64(0..=capped / 2)
+}

@@ -1,0 +1,134 @@
+//! What one check decided for one payment: pure.
+
+use crate::kinds::Observation;
+use crate::payment::{State, UnixMs};
+
+/// What a check decided for one payment. Pure; see [`decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub state: State,
+    pub upstream_status: Option<String>,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    pub event: Option<&'static str>,
+    pub changed: bool,
+    /// Whether this check counts as the one owed at or after the deadline.
+    pub answered: bool,
+}
+
+/// Decides a pending payment's new state from one observation made at `checked_at`.
+/// `give_up_at`: past it, even unanswered checks end the payment (the provider has been
+/// unreachable for a whole extra ladder).
+pub fn decide(
+    previous_raw: Option<&str>,
+    obs: &Observation,
+    checked_at: UnixMs,
+    deadline: UnixMs,
+    give_up_at: UnixMs,
+) -> Decision {
+    let (mut state, raw, error, response, answered) = match obs {
+        Observation::Status {
+            raw,
+            state,
+            response,
+        } => (
+            state.unwrap_or(State::Pending),
+            Some(raw.clone()),
+            state
+                .is_none()
+                .then(|| format!("unknown upstream status {raw:?}")),
+            Some(response.to_string()),
+            true,
+        ),
+        Observation::Error {
+            class,
+            message,
+            response,
+            ..
+        } => (
+            State::Pending,
+            None,
+            Some(message.clone()),
+            response.as_ref().map(|r| r.to_string()),
+            class.is_answer(),
+        ),
+    };
+    if state == State::Pending && ((answered && checked_at >= deadline) || checked_at >= give_up_at)
+    {
+        state = State::TimedOut;
+    }
+    let event = crate::webhooks::event_for(previous_raw, raw.as_deref(), State::Pending, state);
+    let changed = state != State::Pending
+        || raw
+            .as_deref()
+            .is_some_and(|r| !r.eq_ignore_ascii_case(previous_raw.unwrap_or("pending")));
+    Decision {
+        state,
+        upstream_status: raw,
+        error,
+        response,
+        event,
+        changed,
+        answered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::ErrorClass;
+    use serde_json::json;
+
+    fn status(raw: &str, state: Option<State>) -> Observation {
+        Observation::Status {
+            raw: raw.into(),
+            state,
+            response: json!({"status": raw}),
+        }
+    }
+
+    #[test]
+    fn decide_maps_flips_and_timeouts() {
+        let d = decide(
+            None,
+            &status("approved", Some(State::Succeeded)),
+            10,
+            100,
+            200,
+        );
+        assert_eq!(d.state, State::Succeeded);
+        assert_eq!(d.event, Some(crate::webhooks::STATUS_CHANGED));
+        let d = decide(None, &status("pending", Some(State::Pending)), 10, 100, 200);
+        assert_eq!((d.state, d.event, d.changed), (State::Pending, None, false));
+        let d = decide(
+            Some("pending"),
+            &status("pending", Some(State::Pending)),
+            100,
+            100,
+            200,
+        );
+        assert_eq!(d.state, State::TimedOut);
+        assert_eq!(d.event, Some(crate::webhooks::TIMED_OUT));
+        let d = decide(None, &status("weird", None), 10, 100, 200);
+        assert_eq!(d.state, State::Pending);
+        assert!(d.error.unwrap().contains("weird"));
+        assert!(d.changed);
+    }
+
+    #[test]
+    fn unanswered_checks_do_not_settle_the_deadline() {
+        let err = |class| Observation::error(class, "x".into(), None);
+        assert_eq!(
+            decide(None, &err(ErrorClass::Transport), 150, 100, 200).state,
+            State::Pending
+        );
+        assert_eq!(
+            decide(None, &err(ErrorClass::Transport), 200, 100, 200).state,
+            State::TimedOut
+        );
+        // 404 at the deadline: the payment never appeared.
+        let d = decide(None, &err(ErrorClass::NotFound), 100, 100, 200);
+        assert_eq!(d.state, State::TimedOut);
+        assert_eq!(d.error.as_deref(), Some("x"));
+    }
+}

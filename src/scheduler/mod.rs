@@ -1,0 +1,442 @@
+//! The scheduler: decides which payment to check when, within each key's budget, and
+//! hands each check's outcome to the recorder for a group commit.
+//!
+//! Every decision lives in the synchronous [`core`] (state + event + `now` → actions), so
+//! unit tests and the simulator drive it on simulated time. This module is the driver:
+//! one tokio task that waits (next due time, a command, an answer, a ledger refill, a
+//! tick, shutdown), hands the core what happened, and performs what it asks (requests,
+//! commits, ledger refills). It never scans the database on a timer.
+
+mod core;
+mod decide;
+
+pub use self::core::{
+    Action, Completed, Completion, Core, CoreConfig, KindPolicy, PoolSpec, PoolStatus, Request,
+};
+pub use self::decide::{decide, Decision};
+
+use crate::config::{Config, Secret};
+use crate::payment::{now_ms, UnixMs};
+use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
+use crate::store::{PendingRow, Store};
+use crate::telemetry::{PoolSnapshot, Telemetry};
+use crate::upstream::Upstream;
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// A request to the scheduler from the API.
+#[derive(Debug)]
+pub enum Command {
+    /// Start tracking a pending payment (new, or already stored; duplicates are ignored).
+    Track(PendingRow),
+    /// Stop tracking (cancelled).
+    Untrack(i64),
+    /// Check soon: a hint, coalesced (see [`Core::recheck`]). The reply carries when the
+    /// check is due (wall clock), or `None` when the payment is not held.
+    Recheck(i64, Option<oneshot::Sender<Option<UnixMs>>>),
+}
+
+/// The API's handle on the scheduler.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl SchedulerHandle {
+    /// Hands a command over without waiting: there is no await between a commit and this
+    /// call that a dropped request could cut. Fails only when the scheduler has stopped
+    /// (shutting down), in which case the database already holds the change and a
+    /// restart picks it up. Unbounded on purpose: every command stands for a row already
+    /// committed, bounded by what the API accepted.
+    pub fn send(&self, cmd: Command) -> Result<()> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| anyhow::anyhow!("scheduler is shutting down"))
+    }
+}
+
+/// The scheduler's clock: monotonic, so a jump of the wall clock neither forgets spent
+/// budget (forward) nor stalls every timer (backward). It reads as unix milliseconds at
+/// start; wall-clock times from the database are converted at the boundary.
+#[derive(Clone, Copy)]
+struct Clock {
+    base: UnixMs,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            base: now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> UnixMs {
+        self.base + self.start.elapsed().as_millis() as i64
+    }
+
+    /// Wall time minus scheduler time, now.
+    fn offset(&self) -> i64 {
+        now_ms() - self.now()
+    }
+
+    fn row_to_core(&self, mut row: PendingRow) -> PendingRow {
+        let off = self.offset();
+        row.started_at -= off;
+        row.next_check_at = row.next_check_at.map(|t| t - off);
+        row.last_checked_at = row.last_checked_at.map(|t| t - off);
+        row
+    }
+}
+
+/// Names a key's rows in the budget ledger: a short hash of the key, so that moving a key
+/// between pools (or renaming one) keeps counting what it spent, and the key itself is
+/// never written down.
+pub fn ledger_id(key: Option<&Secret>) -> String {
+    match key {
+        None => "no-key".into(),
+        Some(k) => {
+            let digest = Sha256::digest(k.expose().as_bytes());
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!("key:{hex}")
+        }
+    }
+}
+
+/// The core's configuration and each pool's key, from the daemon's configuration.
+pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret>>) {
+    let mut keys: Vec<Option<Secret>> = vec![config.ninjapay.api_key.clone()];
+    let mut pools = vec![PoolSpec {
+        name: "default".into(),
+        ledger_id: ledger_id(config.ninjapay.api_key.as_ref()),
+        has_key: config.ninjapay.api_key.is_some(),
+    }];
+    let mut kind_pool = HashMap::new();
+    for (name, kind) in &config.kinds {
+        let idx = match &kind.api_key {
+            None => 0,
+            Some(key) => match keys.iter().position(|k| k.as_ref() == Some(key)) {
+                Some(i) => i,
+                None => {
+                    keys.push(Some(key.clone()));
+                    pools.push(PoolSpec {
+                        name: format!("kind:{name}"),
+                        ledger_id: ledger_id(Some(key)),
+                        has_key: true,
+                    });
+                    pools.len() - 1
+                }
+            },
+        };
+        kind_pool.insert(name.clone(), idx);
+    }
+    let cfg = CoreConfig {
+        ladder: config.ladder.clone(),
+        kinds: config.kinds.clone(),
+        pools,
+        kind_pool,
+        budget_requests: config.ninjapay.budget_requests,
+        budget_window_ms: config.ninjapay.budget_window.as_millis() as i64,
+        max_in_flight: config.ninjapay.max_in_flight,
+        seed,
+    };
+    (cfg, keys)
+}
+
+/// Spawns the scheduler and its recorder. Returns the handle for the API and the join
+/// handle that completes once both have drained.
+pub async fn spawn(
+    config: &Config,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    events: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
+    let upstream = Upstream::new(&config.ninjapay)?;
+    let clock = Clock::new();
+    let (core_cfg, keys) = core_config(config, fastrand::u64(..));
+    let window = core_cfg.budget_window_ms;
+    let horizon = 2 * config.ladder.timeout_ms().max(window);
+    let mut core = Core::new(core_cfg, clock.now());
+    let wall = now_ms();
+    let off = clock.offset();
+    // What was spent before a restart still counts.
+    for (ledger, _sent, done) in store.ledger_since(wall - 2 * window).await? {
+        core.restore_spent(&ledger, done.map(|d| d - off), clock.now());
+    }
+    // What was learnt before a restart is rebuilt from the payments themselves.
+    let finished = store.finished_since(wall - horizon).await?;
+    let learnt = finished.len();
+    for row in finished {
+        let flipped = row.state != "timed_out" && row.state != "cancelled";
+        core.learn(
+            &row.kind,
+            row.started_at - off,
+            row.pending_seen_at.map(|t| t - off),
+            row.last_checked_at.filter(|_| flipped).map(|t| t - off),
+        );
+    }
+    // Rows of a previous run that never got an answer were counted above as answered now;
+    // record that, so housekeeping can forget them after a window.
+    store.ledger_close_open(wall).await?;
+    let pending = store.pending().await?;
+    let resumed = pending.len();
+    for row in pending {
+        core.track(clock.row_to_core(row), clock.now(), true);
+    }
+    core.tick(clock.now());
+    tracing::info!(resumed, learnt, "scheduler resuming pending payments");
+
+    let (rec_tx, rec_rx) = mpsc::channel(1024);
+    let (refill_tx, refill_rx) = mpsc::channel(64);
+    let (refilled_tx, refilled_rx) = mpsc::channel(64);
+    let ledger = tokio::spawn(ledger_loop(store.clone(), refill_rx, refilled_tx));
+    let recorder = tokio::spawn(record_loop(
+        store.clone(),
+        rec_rx,
+        telemetry.clone(),
+        events,
+    ));
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let driver = Driver {
+        core,
+        clock,
+        keys,
+        upstream,
+        telemetry,
+        records: rec_tx,
+        refill: refill_tx,
+        store,
+        window,
+        backlog: Default::default(),
+    };
+    let task = tokio::spawn(async move {
+        driver.run(cmd_rx, refilled_rx, cancel).await;
+        // The driver dropped its senders: the recorder drains and stops, the ledger
+        // writer stops.
+        for (name, task) in [("recorder", recorder), ("ledger writer", ledger)] {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, task = name, "scheduler task failed");
+            }
+        }
+    });
+    Ok((SchedulerHandle { tx: cmd_tx }, task))
+}
+
+struct Driver {
+    core: Core,
+    clock: Clock,
+    keys: Vec<Option<Secret>>,
+    upstream: Upstream,
+    telemetry: Arc<Telemetry>,
+    records: mpsc::Sender<RecordBatch>,
+    refill: mpsc::Sender<Refill>,
+    store: Store,
+    window: i64,
+    /// Outcomes waiting for room in the recorder's channel, oldest first.
+    backlog: std::collections::VecDeque<RecordBatch>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
+        mut refilled: mpsc::Receiver<(usize, Vec<i64>)>,
+        cancel: CancellationToken,
+    ) {
+        let (done_tx, mut done_rx) = mpsc::channel::<Completion>(1024);
+        let tick_ms = (self.window / 600).clamp(20, 1000);
+        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms as u64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut actions = Vec::new();
+        loop {
+            let now = self.clock.now();
+            // A stalled disk fills the recorder's channel: outcomes wait in the backlog
+            // (bounded by the checks in flight) and no new check starts until it drains.
+            if self.backlog.is_empty() {
+                self.core.poll(now, &mut actions);
+            }
+            self.perform(&mut actions, &done_tx);
+            let wake = self.core.next_wake(now);
+            let sleep = tokio::time::sleep(Duration::from_millis(
+                wake.map(|w| (w - now).clamp(0, 3_600_000) as u64)
+                    .unwrap_or(3_600_000),
+            ));
+            let records = self.records.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                Some(done) = done_rx.recv() => self.complete(done),
+                Some((p, keys)) = refilled.recv() => self.core.refilled(p, Some(keys)),
+                permit = records.reserve(), if !self.backlog.is_empty() => {
+                    if let (Ok(permit), Some(batch)) = (permit, self.backlog.pop_front()) {
+                        permit.send(batch);
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = self.clock.now();
+                    self.core.tick(now);
+                    self.publish(now);
+                }
+                _ = sleep => {}
+            }
+        }
+        // Shutdown: no new checks; the ones in flight finish (bounded by the request
+        // timeout) and are recorded. Whatever did not start stays due in the database.
+        drop(done_tx);
+        while self.core.in_flight() > 0 {
+            match done_rx.recv().await {
+                Some(done) => self.complete(done),
+                None => break,
+            }
+        }
+        // Hand over what is waiting; the recorder gives up on it only if the disk never
+        // comes back, and then the payments are still pending and due in the database.
+        for batch in self.backlog.drain(..) {
+            if self.records.send(batch).await.is_err() {
+                break;
+            }
+        }
+        // Reserved rows that no request used are not spent budget.
+        let unused = self.core.drain_reserve();
+        if let Err(e) = self.store.ledger_release(&unused).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not release unused budget ledger rows"
+            );
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::Track(row) => self.core.track(self.clock.row_to_core(row), now, false),
+            Command::Untrack(pk) => self.core.untrack(pk),
+            Command::Recheck(pk, reply) => {
+                let at = self.core.recheck(pk, now);
+                if let Some(reply) = reply {
+                    let _ = reply.send(at.map(|t| t + self.clock.offset()));
+                }
+            }
+        }
+    }
+
+    fn perform(&mut self, actions: &mut Vec<Action>, done_tx: &mpsc::Sender<Completion>) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send(req) => self.send(req, done_tx),
+                Action::Record(records) => {
+                    let batch = (self.to_wall(records), None);
+                    if let Err(mpsc::error::TrySendError::Full(batch)) =
+                        self.records.try_send(batch)
+                    {
+                        self.backlog.push_back(batch);
+                    }
+                }
+                Action::Refill {
+                    pool,
+                    ledger_id,
+                    count,
+                } => {
+                    if self.refill.try_send((pool, ledger_id, count)).is_err() {
+                        // The writer is busy: the core asks again on its next poll.
+                        self.core.refilled(pool, None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, req: Request, done_tx: &mpsc::Sender<Completion>) {
+        self.telemetry.request(&req.kind.name);
+        let Some(Some(key)) = self.keys.get(req.pool).cloned() else {
+            return;
+        };
+        let upstream = self.upstream.clone();
+        let done_tx = done_tx.clone();
+        let clock = self.clock;
+        tokio::spawn(async move {
+            let refs: Vec<&crate::payment::PaymentId> = req.ids.iter().collect();
+            let answer = upstream.check(&req.kind, &key, &refs).await;
+            let _ = done_tx
+                .send(Completion {
+                    pool: req.pool,
+                    pks: req.pks,
+                    observations: answer.observations,
+                    retry_after_ms: answer.retry_after_ms,
+                    sent_at: req.sent_at,
+                    done_at: clock.now(),
+                    ledger: req.ledger,
+                })
+                .await;
+        });
+    }
+
+    fn to_wall(
+        &self,
+        mut records: Vec<crate::store::CheckRecord>,
+    ) -> Vec<crate::store::CheckRecord> {
+        let off = self.clock.offset();
+        for r in &mut records {
+            r.checked_at += off;
+            r.next_check_at = r.next_check_at.map(|t| t + off);
+        }
+        records
+    }
+
+    fn complete(&mut self, done: Completion) {
+        self.telemetry.latency(done.done_at - done.sent_at);
+        if Core::rate_limited(&done) {
+            self.telemetry.unexpected_429();
+        }
+        let out = self.core.complete(&done);
+        for (i, kind, state) in &out.checked {
+            if let Some(obs) = done.observations.get(*i) {
+                self.telemetry.check(&kind.name, obs, *state);
+            }
+        }
+        let off = self.clock.offset();
+        let ledger = out.ledger.map(|(l, at)| (l, at + off));
+        if out.records.is_empty() && ledger.is_none() {
+            return;
+        }
+        let batch = (self.to_wall(out.records), ledger);
+        // Outcomes are in no other place: never dropped. When the recorder is full they
+        // wait, in order, in the backlog.
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(batch);
+        } else if let Err(mpsc::error::TrySendError::Full(batch)) = self.records.try_send(batch) {
+            self.backlog.push_back(batch);
+        }
+    }
+
+    fn publish(&mut self, now: UnixMs) {
+        for s in self.core.status(now) {
+            self.telemetry.pool(PoolSnapshot {
+                name: s.name,
+                budget_limit: s.budget_limit,
+                budget_effective: s.budget_effective,
+                budget_used: s.budget_used,
+                window_ms: s.window_ms,
+                price_level: s.price_level,
+                projected: s.projected,
+                target: s.target,
+                pending: s.pending,
+                paused_until: s.paused_until.map(|t| t + self.clock.offset()),
+                auth_failing: s.auth_failing,
+                lateness_ms: s.lateness_ms,
+                kinds: s.kinds,
+            });
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! A simulator that runs the real scheduler core ([`crate::scheduler::Core`]) on simulated
+//! time: Poisson arrivals, a flip mix, a provider that answers after a latency, and the
+//! budget. Hours of traffic take seconds of CPU. It backs the policy benchmark
+//! (`cargo bench --bench policy`) and `ninjapoll simulate`.
+//!
+//! Delay is measured as the provider sees it: from the flip to the send of the first check
+//! that sees it. The yardstick is [`crate::policy::bound`] for the flips actually drawn.
+
+use crate::config::{self, Config};
+use crate::ladder::Ladder;
+use crate::payment::{State, UnixMs};
+use crate::policy::{bound, FlipDist, Grid};
+use crate::scheduler::{core_config, Action, Completion, Core};
+use crate::store::PendingRow;
+use anyhow::Result;
+use serde_json::json;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+/// One part of a flip mix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Component {
+    /// A share flipping at a log-normal age (seconds), optionally clipped to a range.
+    LogNormal {
+        share: f64,
+        median_s: f64,
+        sigma: f64,
+        clip: Option<(f64, f64)>,
+        state: State,
+    },
+    /// A share flipping at a uniform age (seconds).
+    Uniform {
+        share: f64,
+        lo_s: f64,
+        hi_s: f64,
+        state: State,
+    },
+}
+
+/// How the payments of a kind end: the rest of the shares never flip.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mix {
+    Parametric(Vec<Component>),
+    /// A distribution on a grid of `unit_ms` cells (e.g. the daemon's learnt one).
+    Empirical {
+        dist: FlipDist,
+        unit_ms: i64,
+    },
+}
+
+impl Mix {
+    /// Mix A (UPI-like): 60% approved at log-normal(45 s, 0.8) clipped to 5–550 s, 10%
+    /// declined at uniform 60–180 s, 30% never flip.
+    pub fn a() -> Self {
+        Mix::Parametric(vec![
+            Component::LogNormal {
+                share: 0.6,
+                median_s: 45.0,
+                sigma: 0.8,
+                clip: Some((5.0, 550.0)),
+                state: State::Succeeded,
+            },
+            Component::Uniform {
+                share: 0.1,
+                lo_s: 60.0,
+                hi_s: 180.0,
+                state: State::Failed,
+            },
+        ])
+    }
+
+    /// Mix B (slow): 40% approved at log-normal(180 s, 0.6), 10% declined at uniform
+    /// 30–600 s, 50% never flip.
+    pub fn b() -> Self {
+        Mix::Parametric(vec![
+            Component::LogNormal {
+                share: 0.4,
+                median_s: 180.0,
+                sigma: 0.6,
+                clip: None,
+                state: State::Succeeded,
+            },
+            Component::Uniform {
+                share: 0.1,
+                lo_s: 30.0,
+                hi_s: 600.0,
+                state: State::Failed,
+            },
+        ])
+    }
+
+    /// A mix by name: `A` or `B`.
+    pub fn named(name: &str) -> Option<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "A" => Some(Self::a()),
+            "B" => Some(Self::b()),
+            _ => None,
+        }
+    }
+
+    /// Draws one payment's flip: its age in ms (scaled by `scale`: 1.0 for real
+    /// seconds) and the state it ends in; `None` when it never flips.
+    pub fn draw(&self, rng: &mut fastrand::Rng, scale: f64) -> Option<(i64, State)> {
+        match self {
+            Mix::Parametric(parts) => {
+                let mut u = rng.f64();
+                for part in parts {
+                    let share = match part {
+                        Component::LogNormal { share, .. } | Component::Uniform { share, .. } => {
+                            *share
+                        }
+                    };
+                    if u >= share {
+                        u -= share;
+                        continue;
+                    }
+                    let (secs, state) = match part {
+                        Component::LogNormal {
+                            median_s,
+                            sigma,
+                            clip,
+                            state,
+                            ..
+                        } => {
+                            let z = normal(rng);
+                            let mut a = median_s * (sigma * z).exp();
+                            if let Some((lo, hi)) = clip {
+                                a = a.clamp(*lo, *hi);
+                            }
+                            (a, *state)
+                        }
+                        Component::Uniform {
+                            lo_s, hi_s, state, ..
+                        } => (lo_s + (hi_s - lo_s) * rng.f64(), *state),
+                    };
+                    return Some(((secs * 1000.0 * scale) as i64, state));
+                }
+                None
+            }
+            Mix::Empirical { dist, unit_ms } => {
+                let u = rng.f64();
+                let n = dist.cells();
+                let cell = (1..=n).find(|&a| 1.0 - dist.survival(a) >= u)?;
+                let ms = ((cell as f64 - rng.f64()) * *unit_ms as f64 * scale) as i64;
+                Some((ms.max(1), State::Succeeded))
+            }
+        }
+    }
+}
+
+impl Mix {
+    /// The mix's flip-age distribution on `grid` (ages scaled by `scale`).
+    pub fn dist(&self, grid: &Grid, scale: f64) -> FlipDist {
+        match self {
+            Mix::Empirical { dist, .. } => dist.clone(),
+            Mix::Parametric(parts) => {
+                let secs_per_cell = grid.unit_ms() as f64 / 1000.0 / scale;
+                FlipDist::from_cdf(grid.cells(), |cell| {
+                    let a = cell * secs_per_cell;
+                    parts
+                        .iter()
+                        .map(|part| match part {
+                            Component::LogNormal {
+                                share,
+                                median_s,
+                                sigma,
+                                clip,
+                                ..
+                            } => {
+                                let (lo, hi) = clip.unwrap_or((0.0, f64::INFINITY));
+                                let c = if a < lo {
+                                    0.0
+                                } else if a >= hi {
+                                    1.0
+                                } else {
+                                    0.5 * erfc(
+                                        -(a / median_s).ln() / (sigma * std::f64::consts::SQRT_2),
+                                    )
+                                };
+                                share * c
+                            }
+                            Component::Uniform {
+                                share, lo_s, hi_s, ..
+                            } => share * ((a - lo_s) / (hi_s - lo_s)).clamp(0.0, 1.0),
+                        })
+                        .sum()
+                })
+            }
+        }
+    }
+}
+
+/// The complementary error function (Numerical Recipes' Chebyshev fit, error < 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut fastrand::Rng) -> f64 {
+    let u1 = rng.f64().max(1e-12);
+    let u2 = rng.f64();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A stretch of traffic at one rate and mix.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub duration_ms: i64,
+    /// Payments per second (of simulated time, at `scale` 1).
+    pub rate: f64,
+    pub mix: Mix,
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub ladder: Ladder,
+    pub budget: u32,
+    pub window_ms: i64,
+    pub phases: Vec<Phase>,
+    /// Extra payments: `(at_ms, count, spread_ms, mix)`.
+    pub bursts: Vec<(i64, usize, i64, Mix)>,
+    /// Payments arriving before this are warm-up, not measured.
+    pub warmup_ms: i64,
+    /// Provider latency range, in ms.
+    pub latency_ms: (i64, i64),
+    pub seed: u64,
+}
+
+impl Scenario {
+    /// The documented ladder and budget (1,000 requests / 10 min), one phase.
+    pub fn steady(mix: Mix, rate: f64, warmup_ms: i64, measure_ms: i64, seed: u64) -> Self {
+        Self {
+            ladder: Ladder::documented(),
+            budget: 1000,
+            window_ms: 600_000,
+            phases: vec![Phase {
+                duration_ms: warmup_ms + measure_ms,
+                rate,
+                mix,
+            }],
+            bursts: Vec::new(),
+            warmup_ms,
+            latency_ms: (50, 300),
+            seed,
+        }
+    }
+}
+
+/// A payment to come: when, its flip (age and state) if any, whether from a burst.
+type Arrival = (UnixMs, Option<(i64, State)>, bool);
+
+/// One payment's fate in a run.
+#[derive(Debug, Clone)]
+pub struct Fate {
+    pub arrived: UnixMs,
+    /// When it flipped (before its deadline), if it did.
+    pub flip: Option<UnixMs>,
+    /// When the check that saw it final was sent.
+    pub seen: Option<UnixMs>,
+    pub state: State,
+    pub checks: u32,
+    /// Whether it comes from a burst.
+    pub burst: bool,
+}
+
+/// The figures of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub measured: usize,
+    pub flips: usize,
+    pub mean_ms: f64,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    /// The bound for the flips drawn and the measured arrival rate.
+    pub bound_ms: f64,
+    pub ratio: f64,
+    /// Requests per window over the measured span, as a share of the budget.
+    pub budget_use: f64,
+    /// Provider-side windows that held more requests than the budget.
+    pub over_budget: u32,
+    /// Payments whose deadline passed without a check at or after it.
+    pub missed_deadlines: u32,
+    pub requests: usize,
+    pub fates: Vec<Fate>,
+}
+
+/// Runs `sc` on the real core; returns the figures and every payment's fate.
+pub fn run(sc: &Scenario) -> Result<Report> {
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("simulated".into());
+    raw.ninjapay.budget_requests = Some(sc.budget);
+    raw.ninjapay.budget_window = Some(format!("{}ms", sc.window_ms));
+    raw.ninjapay.max_in_flight = Some(64);
+    let mut cfg = Config::from_raw(raw)?;
+    cfg.ladder = sc.ladder.clone();
+    let (core_cfg, _) = core_config(&cfg, sc.seed);
+    let kind = cfg
+        .kinds
+        .get("p2p")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no p2p kind"))?;
+    let mut rng = fastrand::Rng::with_seed(sc.seed ^ 0x5eed);
+    let scale = sc.ladder.timeout_ms() as f64 / 600_000.0;
+    let mut now: UnixMs = 0;
+    let mut core = Core::new(core_cfg, now);
+    let (first_lo, first_hi) = sc.ladder.first_window();
+
+    // Arrivals, drawn up front: (at, flip age and state, burst).
+    let mut arrivals: Vec<Arrival> = Vec::new();
+    let mut t0 = 0;
+    for ph in &sc.phases {
+        let mut t = t0 as f64;
+        let end = (t0 + ph.duration_ms) as f64;
+        if ph.rate > 0.0 {
+            let mean_gap = 1000.0 * scale / ph.rate;
+            loop {
+                t += -mean_gap * rng.f64().max(1e-12).ln();
+                if t >= end {
+                    break;
+                }
+                arrivals.push((t as i64, ph.mix.draw(&mut rng, scale), false));
+            }
+        }
+        t0 += ph.duration_ms;
+    }
+    let arrivals_end = t0;
+    for (at, count, spread, mix) in &sc.bursts {
+        for _ in 0..*count {
+            let t = at + rng.i64(0..=(*spread).max(0));
+            arrivals.push((t, mix.draw(&mut rng, scale), true));
+        }
+    }
+    arrivals.sort_by_key(|a| a.0);
+
+    let deadline_of = |arrived: UnixMs| arrived + sc.ladder.timeout_ms();
+    let mut fates: Vec<Fate> = Vec::with_capacity(arrivals.len());
+    let mut flip_of: HashMap<i64, (UnixMs, State)> = HashMap::new();
+    let mut completions: BinaryHeap<Reverse<(UnixMs, u64)>> = BinaryHeap::new();
+    let mut in_flight: HashMap<u64, Completion> = HashMap::new();
+    let mut request_times: Vec<UnixMs> = Vec::new();
+    let mut next_req = 0u64;
+    let mut ledger_key = 0i64;
+    let tick_ms = (sc.window_ms / 600).clamp(20, 1000);
+    let mut next_tick = 0;
+    let mut next_arrival = 0usize;
+    let mut actions = Vec::new();
+    let mut active = 0usize;
+
+    loop {
+        // Perform what the core asked for.
+        core.poll(now, &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Send(req) => {
+                    let lat = rng.i64(sc.latency_ms.0..=sc.latency_ms.1.max(sc.latency_ms.0));
+                    let observations = req
+                        .pks
+                        .iter()
+                        .map(|pk| {
+                            let pk_ix = *pk as usize;
+                            if let Some(f) = fates.get_mut(pk_ix) {
+                                f.checks += 1;
+                            }
+                            let raw = match flip_of.get(pk) {
+                                Some((at, state)) if *at <= req.sent_at => match state {
+                                    State::Succeeded => "approved",
+                                    _ => "declined",
+                                },
+                                _ => "pending",
+                            };
+                            crate::kinds::Observation::Status {
+                                raw: raw.into(),
+                                state: kind.map_status(raw),
+                                response: json!({ "status": raw }),
+                            }
+                        })
+                        .collect();
+                    request_times.push(req.sent_at);
+                    next_req += 1;
+                    in_flight.insert(
+                        next_req,
+                        Completion {
+                            pool: req.pool,
+                            pks: req.pks,
+                            observations,
+                            retry_after_ms: None,
+                            sent_at: req.sent_at,
+                            done_at: now + lat,
+                            ledger: req.ledger,
+                        },
+                    );
+                    completions.push(Reverse((now + lat, next_req)));
+                }
+                Action::Refill { pool, count, .. } => {
+                    let keys = (0..count as i64).map(|i| ledger_key + i).collect();
+                    ledger_key += count as i64;
+                    core.refilled(pool, Some(keys));
+                }
+                Action::Record(_) => {}
+            }
+        }
+        if next_arrival >= arrivals.len() && active == 0 && in_flight.is_empty() {
+            break;
+        }
+        // The next event.
+        let mut next = next_tick;
+        if let Some(&(at, _, _)) = arrivals.get(next_arrival) {
+            next = next.min(at);
+        }
+        if let Some(Reverse((at, _))) = completions.peek() {
+            next = next.min(*at);
+        }
+        if let Some(w) = core.next_wake(now) {
+            next = next.min(w.max(now + 1));
+        }
+        now = next.max(now);
+        while let Some(&(at, flip, burst)) = arrivals.get(next_arrival) {
+            if at > now {
+                break;
+            }
+            let pk = fates.len() as i64;
+            let flip = flip.filter(|(age, _)| at + age < deadline_of(at));
+            if let Some((age, state)) = flip {
+                flip_of.insert(pk, (at + age, state));
+            }
+            fates.push(Fate {
+                arrived: at,
+                flip: flip.map(|(age, _)| at + age),
+                seen: None,
+                state: State::Pending,
+                checks: 0,
+                burst,
+            });
+            core.track(
+                PendingRow {
+                    pk,
+                    kind: "p2p".into(),
+                    id: format!("S{pk}"),
+                    upstream_status: None,
+                    started_at: at,
+                    jitter_ms: rng.i64(first_lo..=first_hi),
+                    next_check_at: None,
+                    last_checked_at: None,
+                    checks_done: 0,
+                },
+                now,
+                false,
+            );
+            active += 1;
+            next_arrival += 1;
+        }
+        while let Some(Reverse((at, id))) = completions.peek().copied() {
+            if at > now {
+                break;
+            }
+            completions.pop();
+            if let Some(done) = in_flight.remove(&id) {
+                let out = core.complete(&done);
+                for (pk, state, sent_at) in out.finished {
+                    if let Some(f) = fates.get_mut(pk as usize) {
+                        f.state = state;
+                        if state != State::TimedOut {
+                            f.seen = Some(sent_at);
+                        }
+                        active -= 1;
+                    }
+                }
+            }
+        }
+        if now >= next_tick {
+            core.tick(now);
+            next_tick = now + tick_ms;
+        }
+    }
+
+    // Figures over the measured payments.
+    let measured: Vec<&Fate> = fates
+        .iter()
+        .filter(|f| !f.burst && f.arrived >= sc.warmup_ms)
+        .collect();
+    let mut delays: Vec<f64> = measured
+        .iter()
+        .filter_map(|f| Some((f.seen? - f.flip?) as f64))
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let mean = delays.iter().sum::<f64>() / delays.len().max(1) as f64;
+    let pct = |q: f64| -> f64 {
+        if delays.is_empty() {
+            0.0
+        } else {
+            delays[((delays.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    let grid = Grid::new(&sc.ladder);
+    let span = (arrivals_end - sc.warmup_ms).max(1);
+    let bound_ms = match sc.phases.last() {
+        Some(ph) => bound_ms(&grid, &ph.mix.dist(&grid, scale), ph.rate, scale, sc),
+        None => 0.0,
+    };
+    let missed = fates
+        .iter()
+        .filter(|f| f.state == State::Pending || (f.state != State::TimedOut && f.seen.is_none()))
+        .count() as u32;
+    // Provider-side windows: every request's arrival starts one.
+    request_times.sort_unstable();
+    let mut over = 0;
+    let mut lo = 0;
+    for (i, &t) in request_times.iter().enumerate() {
+        while request_times[lo] <= t - sc.window_ms {
+            lo += 1;
+        }
+        if (i - lo + 1) as u32 > sc.budget {
+            over += 1;
+        }
+    }
+    let in_span = request_times
+        .iter()
+        .filter(|&&t| t >= sc.warmup_ms && t < arrivals_end)
+        .count();
+    let budget_use = in_span as f64 / (span as f64 / sc.window_ms as f64 * f64::from(sc.budget));
+    Ok(Report {
+        measured: measured.len(),
+        flips: delays.len(),
+        mean_ms: mean,
+        median_ms: pct(0.5),
+        p95_ms: pct(0.95),
+        bound_ms,
+        ratio: if bound_ms > 0.0 { mean / bound_ms } else { 0.0 },
+        budget_use,
+        over_budget: over,
+        missed_deadlines: missed,
+        requests: request_times.len(),
+        fates,
+    })
+}
+
+/// The bound, in ms, for a mix's distribution at `rate` payments per (scaled) second.
+pub fn bound_ms(grid: &Grid, dist: &FlipDist, rate: f64, scale: f64, sc: &Scenario) -> f64 {
+    if rate <= 0.0 {
+        return 0.0;
+    }
+    let per_window = rate * sc.window_ms as f64 / (1000.0 * scale);
+    bound(grid, dist, f64::from(sc.budget) / per_window).delay * grid.unit_ms() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_a_draws_the_published_shares() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mix = Mix::a();
+        let n = 20_000;
+        let draws: Vec<_> = (0..n).map(|_| mix.draw(&mut rng, 1.0)).collect();
+        let approved = draws
+            .iter()
+            .filter(|d| matches!(d, Some((_, State::Succeeded))))
+            .count() as f64
+            / n as f64;
+        let never = draws.iter().filter(|d| d.is_none()).count() as f64 / n as f64;
+        assert!((approved - 0.6).abs() < 0.02, "{approved}");
+        assert!((never - 0.3).abs() < 0.02, "{never}");
+        assert!(draws
+            .iter()
+            .flatten()
+            .all(|(ms, _)| (5_000..=550_000).contains(ms)));
+    }
+
+    #[test]
+    fn a_light_stream_runs_the_ladder_and_a_heavy_one_stays_within_budget() {
+        // Compressed 100×: the whole ladder in 6 s, the budget per 6 s.
+        let s = |secs: u64| std::time::Duration::from_millis(secs * 10);
+        let ladder = Ladder::new(
+            (s(20), s(25)),
+            &[
+                (s(3), Some(s(30))),
+                (s(6), Some(s(60))),
+                (s(10), Some(s(60))),
+                (s(30), Some(s(60))),
+                (s(60), None),
+            ],
+            s(600),
+        )
+        .unwrap();
+        let scenario = |rate: f64| Scenario {
+            ladder: ladder.clone(),
+            budget: 1000,
+            window_ms: 6_000,
+            phases: vec![Phase {
+                duration_ms: 60_000,
+                rate,
+                mix: Mix::a(),
+            }],
+            bursts: Vec::new(),
+            warmup_ms: 20_000,
+            latency_ms: (1, 3),
+            seed: 3,
+        };
+        let light = run(&scenario(0.02)).unwrap();
+        assert_eq!(light.over_budget, 0);
+        assert_eq!(light.missed_deadlines, 0);
+        assert!(
+            light.ratio < 1.25,
+            "light: {:?}",
+            (light.mean_ms, light.bound_ms)
+        );
+        let heavy = run(&scenario(0.5)).unwrap();
+        assert_eq!(heavy.over_budget, 0);
+        assert_eq!(heavy.missed_deadlines, 0);
+        assert!(
+            heavy.budget_use > 0.9,
+            "spends the budget: {}",
+            heavy.budget_use
+        );
+        assert!(
+            heavy.ratio < 1.5,
+            "heavy: {:?}",
+            (heavy.mean_ms, heavy.bound_ms)
+        );
+    }
+}
