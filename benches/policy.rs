@@ -1,0 +1,139 @@
+//! How long after a flip the shop learns of it, against the best any policy could do with
+//! the same budget: the real scheduler core on simulated time (see `ninjapoll::sim`).
+//!
+//! For mixes A and B (issue 8) at 0.1 / 0.2 / 0.5 / 1.0 payments per second on one key
+//! (1,000 requests per 10 minutes), after one hour of warm-up traffic from an empty
+//! state, over `NINJAPOLL_BENCH_HOURS` (default 2) measured hours: mean / median / p95
+//! delay, the bound (dynamic program, same run), their ratio, budget used, requests over
+//! budget, missed deadline checks. Then a change of mix (A for an hour, then B) and a
+//! burst (2,000 payments in one minute on top of 0.2/s), as delay over time.
+//!
+//! Run: `cargo bench --bench policy` (`NINJAPOLL_BENCH_SEEDS=3` repeats each row with other
+//! seeds and prints the median).
+
+use ninjapoll::sim::{run, Mix, Phase, Report, Scenario};
+use std::time::Instant;
+
+const HOUR: i64 = 3_600_000;
+const MIN: i64 = 60_000;
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Mean delay (s) of the stream's flips, by the slice of time they arrived in.
+fn timeline(r: &Report, from: i64, to: i64, slice: i64) -> Vec<(i64, f64, usize)> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < to {
+        let d: Vec<f64> = r
+            .fates
+            .iter()
+            .filter(|f| !f.burst && f.arrived >= t && f.arrived < t + slice)
+            .filter_map(|f| Some((f.seen? - f.flip?) as f64 / 1000.0))
+            .collect();
+        let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
+        out.push((t, mean, d.len()));
+        t += slice;
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let hours = env_num("NINJAPOLL_BENCH_HOURS", 2.0);
+    let seeds = env_num("NINJAPOLL_BENCH_SEEDS", 1.0).max(1.0) as u64;
+    let measure = (hours * HOUR as f64) as i64;
+    println!("steady streams: 1 h warm-up, {hours} h measured, 1,000 requests / 10 min, median of {seeds} seed(s)");
+    println!("mix  rate/s | mean s  median s  p95 s | bound s  ratio | budget used | over budget | missed deadlines | CPU s");
+    let mut worst: f64 = 0.0;
+    for (name, mix) in [("A", Mix::a()), ("B", Mix::b())] {
+        for rate in [0.1, 0.2, 0.5, 1.0] {
+            let started = Instant::now();
+            let mut rows = Vec::new();
+            for seed in 0..seeds {
+                rows.push(run(&Scenario::steady(mix.clone(), rate, HOUR, measure, 11 + seed))?);
+            }
+            let cpu = started.elapsed().as_secs_f64() / seeds as f64;
+            let m = |f: &dyn Fn(&Report) -> f64| median(rows.iter().map(f).collect());
+            let ratio = m(&|r| r.ratio);
+            worst = worst.max(ratio);
+            println!(
+                "{name}    {rate:>5} | {:>6.1} {:>9.1} {:>6.1} | {:>7.1} {:>6.2} | {:>10.1}% | {:>11} | {:>16} | {cpu:>5.1}",
+                m(&|r| r.mean_ms) / 1000.0,
+                m(&|r| r.median_ms) / 1000.0,
+                m(&|r| r.p95_ms) / 1000.0,
+                m(&|r| r.bound_ms) / 1000.0,
+                ratio,
+                m(&|r| r.budget_use) * 100.0,
+                rows.iter().map(|r| r.over_budget).max().unwrap_or(0),
+                rows.iter().map(|r| r.missed_deadlines).max().unwrap_or(0),
+            );
+        }
+    }
+    println!("worst ratio: {worst:.2}");
+
+    // A change of traffic: A for an hour, then B; ratio per 10 minutes of arrivals after
+    // the change, against B's bound.
+    for rate in [0.2, 0.5] {
+        let mut sc = Scenario::steady(Mix::a(), rate, HOUR, HOUR, 5);
+        sc.phases = vec![
+            Phase {
+                duration_ms: HOUR,
+                rate,
+                mix: Mix::a(),
+            },
+            Phase {
+                duration_ms: HOUR,
+                rate,
+                mix: Mix::b(),
+            },
+        ];
+        let r = run(&sc)?;
+        let line: Vec<String> = timeline(&r, HOUR, 2 * HOUR, 10 * MIN)
+            .iter()
+            .map(|(_, d, _)| format!("{:.2}", d * 1000.0 / r.bound_ms))
+            .collect();
+        println!(
+            "mix change A→B at {rate}/s: ratio to B's bound ({:.1} s) per 10 min after the change: {}  (over budget {}, missed {})",
+            r.bound_ms / 1000.0,
+            line.join(" "),
+            r.over_budget,
+            r.missed_deadlines
+        );
+    }
+
+    // A burst: 2,000 payments in one minute on top of 0.2/s, an hour in.
+    let mut sc = Scenario::steady(Mix::a(), 0.2, HOUR, HOUR, 9);
+    sc.bursts = vec![(HOUR, 2000, MIN, Mix::a())];
+    let r = run(&sc)?;
+    let line: Vec<String> = timeline(&r, HOUR - 10 * MIN, 2 * HOUR, 5 * MIN)
+        .iter()
+        .map(|(t, d, _)| format!("{:+}m:{d:.0}s", (t - HOUR) / MIN))
+        .collect();
+    let burst: Vec<f64> = r
+        .fates
+        .iter()
+        .filter(|f| f.burst)
+        .filter_map(|f| Some((f.seen? - f.flip?) as f64 / 1000.0))
+        .collect();
+    println!(
+        "burst of 2,000 at 0.2/s: stream's mean delay per 5 min of arrivals (bound {:.1} s): {}",
+        r.bound_ms / 1000.0,
+        line.join(" ")
+    );
+    println!(
+        "  burst payments' mean delay {:.0} s; over budget {}, missed deadlines {}",
+        burst.iter().sum::<f64>() / burst.len().max(1) as f64,
+        r.over_budget,
+        r.missed_deadlines
+    );
+    Ok(())
+}
