@@ -81,6 +81,12 @@ impl Grid {
         (age_ms.max(0) / self.unit).min(self.n as i64) as usize
     }
 
+    /// The first cell whose end is at or after an age (a flip seen by a check at that age
+    /// happened in this cell or before).
+    pub fn cell_ceil(&self, age_ms: i64) -> usize {
+        ((age_ms.max(0) + self.unit - 1) / self.unit).min(self.n as i64) as usize
+    }
+
     /// The shortest gap after a check made at `age_ms`, in milliseconds.
     pub fn step_ms(&self, age_ms: i64) -> i64 {
         self.step[self.cell(age_ms).min(self.n - 1)] as i64 * self.unit
@@ -456,6 +462,30 @@ pub struct Learner {
     current: FlipDist,
 }
 
+/// Averages each cell with its neighbours within about 5% of its age (at least one
+/// cell), keeping the total.
+fn smooth(p: &mut [f64]) {
+    let n = p.len();
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0.0);
+    for v in p.iter() {
+        prefix.push(prefix.last().copied().unwrap_or(0.0) + v);
+    }
+    let total = prefix[n];
+    let mut out: Vec<f64> = (0..n)
+        .map(|i| {
+            let r = (i / 20).max(1);
+            let (lo, hi) = (i.saturating_sub(r), (i + r + 1).min(n));
+            (prefix[hi] - prefix[lo]) / (hi - lo) as f64
+        })
+        .collect();
+    let after: f64 = out.iter().sum();
+    if after > 0.0 {
+        out.iter_mut().for_each(|v| *v *= total / after);
+    }
+    p.copy_from_slice(&out);
+}
+
 /// EM passes per fit: the estimate moves little between fits, and each starts from the
 /// previous one.
 const EM_PASSES: usize = 40;
@@ -541,6 +571,10 @@ impl Learner {
             }
             let total = count + self.prior_weight;
             p.iter_mut().for_each(|v| *v /= total);
+            // Smoothing step (EMS): flip ages spread over neighbouring cells, in
+            // proportion to the age, so the estimate does not collapse onto the check
+            // ages the schedule happened to use.
+            smooth(&mut p[1..=n]);
         }
         self.current = FlipDist::new(p);
         &self.current

@@ -319,6 +319,11 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let scale = sc.ladder.timeout_ms() as f64 / 600_000.0;
     let mut now: UnixMs = 0;
     let mut core = Core::new(core_cfg, now);
+    if std::env::var("NINJAPOLL_SIM_ORACLE").is_ok() {
+        if let Some(ph) = sc.phases.first() {
+            core.assume("p2p", ph.mix.dist(&Grid::new(&sc.ladder), scale));
+        }
+    }
     let (first_lo, first_hi) = sc.ladder.first_window();
 
     // Arrivals, drawn up front: (at, flip age and state, burst).

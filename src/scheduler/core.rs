@@ -25,7 +25,13 @@ use std::sync::Arc;
 
 /// Share of the budget the policy plans to spend; the limiter absorbs the rest of the
 /// projection's error.
-const PLAN_SHARE: f64 = 0.97;
+const PLAN_SHARE: f64 = 0.98;
+
+/// Each priced gap is drawn within ±this share of the schedule's gap. Were every payment
+/// checked at the same ages, its flips could only be learnt to within those same
+/// intervals; varied ages let the estimate resolve them, at a second-order cost in delay
+/// (the schedule's cost is flat near its optimum).
+const DITHER: f64 = 0.25;
 
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
@@ -163,6 +169,8 @@ struct Entry {
     recheck: bool,
     /// The payment's draw for mixing two neighbouring price levels.
     phi: f64,
+    /// This check's draw for dithering its gap (see [`DITHER`]).
+    dither: f64,
 }
 
 struct Model {
@@ -175,6 +183,8 @@ struct Model {
     arrivals: VecDeque<UnixMs>,
     /// Payments of this kind that finished, since the plans were solved.
     fresh: usize,
+    /// The distribution is given, not learnt.
+    fixed: bool,
 }
 
 struct Pool {
@@ -196,6 +206,8 @@ struct Pool {
     level: f64,
     projected: f64,
     target: f64,
+    /// Correction of the planned spend from the spend observed (1: none).
+    steer: f64,
 }
 
 /// The scheduling state of every pending payment and every key.
@@ -237,6 +249,7 @@ impl Core {
                 plans: Plans::new(&grid, prior, window_cells),
                 arrivals: VecDeque::new(),
                 fresh: 0,
+                fixed: false,
             });
         }
         let pools = cfg
@@ -258,6 +271,7 @@ impl Core {
                 level: 0.0,
                 projected: 0.0,
                 target: 0.0,
+                steer: 1.0,
             })
             .collect();
         Self {
@@ -302,8 +316,17 @@ impl Core {
             return;
         };
         let lo = pending_seen.map_or(0, |t| self.grid.cell(t - started));
-        let hi = final_at.map(|t| self.grid.cell(t - started).max(lo + 1));
+        let hi = final_at.map(|t| self.grid.cell_ceil(t - started).max(lo + 1));
         self.models[m].learner.observe(started, Evidence { lo, hi });
+    }
+
+    /// Fixes a kind's flip distribution instead of learning it (the simulator's oracle).
+    pub fn assume(&mut self, kind: &str, dist: crate::policy::FlipDist) {
+        if let Some(&m) = self.model_of.get(kind) {
+            let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
+            self.models[m].plans = Plans::new(&self.grid, dist, window_cells);
+            self.models[m].fixed = true;
+        }
     }
 
     /// Payments held.
@@ -362,6 +385,7 @@ impl Core {
             failures: 0,
             recheck: false,
             phi: self.rng.f64(),
+            dither: self.rng.f64(),
         };
         self.plan(&mut e);
         let stored = row.next_check_at.filter(|_| resumed);
@@ -453,7 +477,12 @@ impl Core {
         } else {
             let t = e.last.map_or(0, |l| self.grid.cell(l - e.t0).max(1));
             let u = table.next(t);
-            let mut due = e.t0 + u as i64 * self.grid.unit_ms();
+            let from = e.last.map_or(e.t0, |l| l.max(e.t0));
+            let planned = e.t0 + u as i64 * self.grid.unit_ms();
+            let stretch = 1.0 + DITHER * (2.0 * e.dither - 1.0);
+            let mut due = from + ((planned - from) as f64 * stretch) as i64;
+            let (first, _) = self.ladder.first_window();
+            due = due.max(e.t0 + first);
             if let Some(l) = e.last {
                 due = due.max(l + self.grid.step_ms(l - e.t0));
             }
@@ -722,6 +751,7 @@ impl Core {
                 e.recheck = false;
             }
             let previous_last = e.last;
+            e.dither = self.rng.f64();
             if d.answered {
                 e.last = Some(done.sent_at);
                 e.failures = 0;
@@ -771,7 +801,7 @@ impl Core {
             if d.state.is_final() {
                 let lo = previous_last.map_or(0, |l| self.grid.cell(l - e.t0));
                 let hi = (d.state != State::TimedOut)
-                    .then(|| self.grid.cell(done.sent_at - e.t0).max(lo + 1));
+                    .then(|| self.grid.cell_ceil(done.sent_at - e.t0).max(lo + 1));
                 let model = &mut self.models[e.model];
                 model.learner.observe(e.t0, Evidence { lo, hi });
                 model.fresh += 1;
@@ -921,6 +951,9 @@ impl Core {
                 })
                 .collect();
             let model = &mut self.models[m];
+            if model.fixed {
+                continue;
+            }
             let before = model.plans.dist.clone();
             let dist = model.learner.fit(now, pending.into_iter()).clone();
             let moved = (0..=self.grid.cells())
@@ -967,8 +1000,18 @@ impl Core {
         {
             pool.recheck_sent.pop_front();
         }
-        let target =
-            pool.budget.effective_limit() as f64 * PLAN_SHARE - pool.recheck_sent.len() as f64;
+        // Steered by what is really spent: while the key is scarce, a projection that
+        // keeps the budget under-used (or over-used, held back by the limiter) is
+        // corrected slowly, within a window's worth of ticks.
+        let limit = pool.budget.effective_limit() as f64;
+        if pool.level > 0.0 {
+            let used = f64::from(pool.budget.used(now));
+            let err = (PLAN_SHARE * limit - used) / limit.max(1.0);
+            pool.steer = (pool.steer * (err * 0.02).exp()).clamp(0.8, 1.5);
+        } else {
+            pool.steer = 1.0;
+        }
+        let target = limit * PLAN_SHARE * pool.steer - pool.recheck_sent.len() as f64;
         let members: Vec<&Entry> = self
             .entries
             .values()
