@@ -50,6 +50,8 @@ fn timeline(r: &Report, from: i64, to: i64, slice: i64) -> Vec<(i64, f64, usize)
 fn main() -> anyhow::Result<()> {
     let hours = env_num("NINJAPOLL_BENCH_HOURS", 2.0);
     let seeds = env_num("NINJAPOLL_BENCH_SEEDS", 1.0).max(1.0) as u64;
+    // `NINJAPOLL_BENCH_ORACLE=1`: the core is told the true mix instead of learning it.
+    let oracle = std::env::var_os("NINJAPOLL_BENCH_ORACLE").is_some();
     let measure = (hours * HOUR as f64) as i64;
     println!("steady streams: 1 h warm-up, {hours} h measured, 1,000 requests / 10 min, median of {seeds} seed(s)");
     println!("mix  rate/s | mean s  median s  p95 s | bound s  ratio | budget used | over budget | missed deadlines | CPU s");
@@ -59,7 +61,9 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let mut rows = Vec::new();
             for seed in 0..seeds {
-                rows.push(run(&Scenario::steady(mix.clone(), rate, HOUR, measure, 11 + seed))?);
+                let mut sc = Scenario::steady(mix.clone(), rate, HOUR, measure, 11 + seed);
+                sc.oracle = oracle;
+                rows.push(run(&sc)?);
             }
             let cpu = started.elapsed().as_secs_f64() / seeds as f64;
             let m = |f: &dyn Fn(&Report) -> f64| median(rows.iter().map(f).collect());

@@ -71,6 +71,22 @@ enum Command {
         #[command(subcommand)]
         action: WebhooksCommand,
     },
+    /// What delay to expect at a given rate of payments on one key: the real scheduler on
+    /// simulated time, with the flip ages learnt from the database (or mix A or B).
+    Simulate {
+        /// Payments per second (`0.5`, `0.5/s`, `30/min`, `1000/h`).
+        #[arg(long)]
+        rate: String,
+        /// `learned` (from the database), `A` or `B` (the published mixes).
+        #[arg(long, default_value = "learned")]
+        mix: String,
+        /// The kind whose learnt flips to use.
+        #[arg(long, default_value = "p2p")]
+        kind: String,
+        /// Simulated hours to measure (after one hour of warm-up).
+        #[arg(long, default_value_t = 2.0)]
+        hours: f64,
+    },
     /// The whole loop against a built-in simulated Ninjapay, for a first look.
     Demo {
         /// How many payments to follow.
@@ -141,12 +157,167 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", cfg.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Simulate {
+            rate,
+            mix,
+            kind,
+            hours,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            simulate(&cfg, rate, mix, kind, *hours, cli.json).await
+        }
         Command::Demo { payments } => {
             crate::demo::run(*payments).await?;
             Ok(ExitCode::SUCCESS)
         }
         _ => client(&cli).await,
     }
+}
+
+/// Parses a rate of payments: `0.5`, `0.5/s`, `30/min`, `1000/h`, into per second.
+fn parse_rate(s: &str) -> Result<f64> {
+    let (n, per) = s.trim().split_once('/').unwrap_or((s.trim(), "s"));
+    let n: f64 = n
+        .trim()
+        .parse()
+        .with_context(|| format!("--rate {s:?}: expected a number of payments, e.g. 0.5/s"))?;
+    let secs = match per.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        other => bail!("--rate {s:?}: unknown unit {other:?} (use /s, /min or /h)"),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        bail!("--rate {s:?}: must be more than zero");
+    }
+    Ok(n / secs)
+}
+
+async fn simulate(
+    cfg: &Config,
+    rate: &str,
+    mix: &str,
+    kind: &str,
+    hours: f64,
+    json_out: bool,
+) -> Result<ExitCode> {
+    use crate::policy::{Evidence, Grid, Learner};
+    use crate::sim::{Mix, Phase, Scenario};
+    let rate = parse_rate(rate)?;
+    if !(hours > 0.0 && hours <= 48.0) {
+        bail!("--hours must be in (0, 48]");
+    }
+    let grid = Grid::new(&cfg.ladder);
+    let (mix, about) = match mix {
+        "learned" | "learnt" => {
+            if !cfg.kinds.contains_key(kind) {
+                bail!("unknown kind {kind:?}");
+            }
+            let horizon = 2 * cfg
+                .ladder
+                .timeout_ms()
+                .max(cfg.ninjapay.budget_window.as_millis() as i64);
+            let rows = if cfg.database_path.exists() {
+                crate::store::Store::read_finished(&cfg.database_path, 0).await?
+            } else {
+                Vec::new()
+            };
+            let mut learner = Learner::new(grid.ladder_prior(), i64::MAX / 4);
+            let mut n = 0;
+            for r in rows.iter().filter(|r| r.kind == kind) {
+                let (pending_seen, final_seen) = r.evidence_times();
+                learner.observe(
+                    r.started_at,
+                    Evidence::of(&grid, r.started_at, pending_seen, final_seen),
+                );
+                n += 1;
+            }
+            let _ = horizon;
+            for _ in 0..10 {
+                learner.fit(0, std::iter::empty());
+            }
+            let dist = learner.current().clone();
+            let about = if n == 0 {
+                format!(
+                    "no finished {kind} payments in {}: the prior the ladder implies",
+                    cfg.database_path.display()
+                )
+            } else {
+                format!("learnt from {n} finished {kind} payments")
+            };
+            (
+                Mix::Empirical {
+                    dist,
+                    unit_ms: grid.unit_ms(),
+                },
+                about,
+            )
+        }
+        name => match Mix::named(name) {
+            Some(m) => (m, format!("published mix {}", name.to_ascii_uppercase())),
+            None => bail!("--mix {name:?}: use learned, A or B"),
+        },
+    };
+    let hour = 3_600_000;
+    let scale = cfg.ladder.timeout_ms() as f64 / 600_000.0;
+    let sc = Scenario {
+        ladder: cfg.ladder.clone(),
+        budget: cfg.ninjapay.budget_requests,
+        window_ms: cfg.ninjapay.budget_window.as_millis() as i64,
+        phases: vec![Phase {
+            duration_ms: hour + (hours * hour as f64) as i64,
+            rate,
+            mix: mix.clone(),
+        }],
+        bursts: Vec::new(),
+        warmup_ms: hour,
+        latency_ms: (50, 300),
+        seed: 1,
+        oracle: false,
+    };
+    let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;
+    let dist = mix.dist(&grid, scale);
+    let q = |p: f64| dist.quantile(p) as i64 * grid.unit_ms() / 1000;
+    let out = json!({
+        "rate_per_s": rate,
+        "mix": about,
+        "flip_share": dist.flips(),
+        "flip_age_s": {"p50": q(0.5), "p90": q(0.9)},
+        "mean_delay_s": r.mean_ms / 1000.0,
+        "median_delay_s": r.median_ms / 1000.0,
+        "p95_delay_s": r.p95_ms / 1000.0,
+        "bound_s": r.bound_ms / 1000.0,
+        "budget_use": r.budget_use,
+        "over_budget": r.over_budget,
+        "missed_deadlines": r.missed_deadlines,
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{about}: {:.0}% of payments flip before the deadline, half of them by {} s, 90% by {} s", dist.flips() * 100.0, q(0.5), q(0.9));
+        println!(
+            "at {rate} payments/s on one key ({} requests per {}):",
+            cfg.ninjapay.budget_requests,
+            humantime::format_duration(cfg.ninjapay.budget_window)
+        );
+        println!(
+            "  a flip is seen after {:.1} s on average (median {:.1} s, p95 {:.1} s); the best any policy could do: {:.1} s",
+            r.mean_ms / 1000.0,
+            r.median_ms / 1000.0,
+            r.p95_ms / 1000.0,
+            r.bound_ms / 1000.0
+        );
+        println!(
+            "  budget used: {:.0}%{}",
+            r.budget_use * 100.0,
+            if r.budget_use > 0.9 {
+                " (scarce: checks are allocated by age; another API key would shorten the delay)"
+            } else {
+                " (the documented ladder runs in full)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn client(cli: &Cli) -> Result<ExitCode> {
@@ -246,7 +417,7 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
                 None,
             ),
         },
-        Command::Run | Command::CheckConfig | Command::Demo { .. } => {
+        Command::Run | Command::CheckConfig | Command::Demo { .. } | Command::Simulate { .. } => {
             unreachable!("handled by dispatch")
         }
     };

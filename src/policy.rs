@@ -448,6 +448,22 @@ pub struct Evidence {
     pub hi: Option<usize>,
 }
 
+impl Evidence {
+    /// A finished payment's evidence from its times (ms): `pending_seen`, the last check
+    /// that saw it pending; `final_seen`, the check that saw it final (`None`: timed out
+    /// or cancelled, no flip seen).
+    pub fn of(
+        grid: &Grid,
+        started: i64,
+        pending_seen: Option<i64>,
+        final_seen: Option<i64>,
+    ) -> Self {
+        let lo = pending_seen.map_or(0, |t| grid.cell(t - started));
+        let hi = final_seen.map(|t| grid.cell_ceil(t - started).max(lo + 1));
+        Evidence { lo, hi }
+    }
+}
+
 /// Learns one kind's flip distribution from the evidence of recent payments.
 #[derive(Debug, Clone)]
 pub struct Learner {
@@ -513,6 +529,11 @@ impl Learner {
         }
     }
 
+    /// Remember evidence of payments started within `ms` from now on.
+    pub fn set_horizon(&mut self, ms: i64) {
+        self.horizon_ms = ms.max(1);
+    }
+
     /// Finished payments remembered.
     pub fn len(&self) -> usize {
         self.finished.len()
@@ -526,10 +547,11 @@ impl Learner {
     /// Re-estimates the distribution from the finished payments started since
     /// `now - horizon` and the censored evidence of the pending ones.
     pub fn fit(&mut self, now: i64, pending: impl Iterator<Item = Evidence>) -> &FlipDist {
+        // One cohort: the payments started since `since`, finished or not. Evidence
+        // arrives in order of finishing, not of starting (a timeout finishes a whole
+        // lifetime after its start), so the cut is by start, over the whole queue.
         let since = now - self.horizon_ms;
-        while self.finished.front().is_some_and(|(s, _)| *s < since) {
-            self.finished.pop_front();
-        }
+        self.finished.retain(|(s, _)| *s >= since);
         let n = self.n;
         // (lo, hi] in cell indices of the pmf; hi = n + 1 for "after lo, or never".
         let mut obs: Vec<(usize, usize)> = self
@@ -571,11 +593,11 @@ impl Learner {
             }
             let total = count + self.prior_weight;
             p.iter_mut().for_each(|v| *v /= total);
-            // Smoothing step (EMS): flip ages spread over neighbouring cells, in
-            // proportion to the age, so the estimate does not collapse onto the check
-            // ages the schedule happened to use.
-            smooth(&mut p[1..=n]);
         }
+        // One smoothing step per fit (EMS): flip ages spread over neighbouring cells, in
+        // proportion to the age, so the estimate does not collapse onto the check ages
+        // the schedule happened to use.
+        smooth(&mut p[1..=n]);
         self.current = FlipDist::new(p);
         &self.current
     }

@@ -240,6 +240,9 @@ pub struct Scenario {
     /// Provider latency range, in ms.
     pub latency_ms: (i64, i64),
     pub seed: u64,
+    /// Give the core the first phase's true flip distribution instead of letting it
+    /// learn: separates the cost of learning from the cost of the policy.
+    pub oracle: bool,
 }
 
 impl Scenario {
@@ -258,6 +261,7 @@ impl Scenario {
             warmup_ms,
             latency_ms: (50, 300),
             seed,
+            oracle: false,
         }
     }
 }
@@ -319,7 +323,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let scale = sc.ladder.timeout_ms() as f64 / 600_000.0;
     let mut now: UnixMs = 0;
     let mut core = Core::new(core_cfg, now);
-    if std::env::var("NINJAPOLL_SIM_ORACLE").is_ok() {
+    if sc.oracle {
         if let Some(ph) = sc.phases.first() {
             core.assume("p2p", ph.mix.dist(&Grid::new(&sc.ladder), scale));
         }
@@ -617,6 +621,7 @@ mod tests {
             warmup_ms: 20_000,
             latency_ms: (1, 3),
             seed: 3,
+            oracle: false,
         };
         let light = run(&scenario(0.02)).unwrap();
         assert_eq!(light.over_budget, 0);

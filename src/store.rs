@@ -143,6 +143,18 @@ pub struct FinishedRow {
     pub state: String,
 }
 
+impl FinishedRow {
+    /// When it was last seen pending and when it was seen final (`None`: no flip was seen:
+    /// it timed out, its last check seeing it still pending, or was cancelled).
+    pub fn evidence_times(&self) -> (Option<i64>, Option<i64>) {
+        match self.state.as_str() {
+            "timed_out" => (self.last_checked_at, None),
+            "cancelled" => (self.pending_seen_at, None),
+            _ => (self.pending_seen_at, self.last_checked_at),
+        }
+    }
+}
+
 /// A list query.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -317,6 +329,26 @@ impl Store {
         .bind(since)
         .fetch_all(&self.read)
         .await?)
+    }
+
+    /// The same evidence, read from a database file another process (the daemon) may be
+    /// writing: a read-only connection, no lock, no migration. For `ninjapoll simulate`.
+    pub async fn read_finished(path: &Path, since: UnixMs) -> Result<Vec<FinishedRow>> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options(path).read_only(true).create_if_missing(false))
+            .await
+            .with_context(|| format!("opening database {} read-only", path.display()))?;
+        let rows = sqlx::query_as(
+            "SELECT kind, started_at, pending_seen_at, last_checked_at, state FROM payments \
+             WHERE started_at >= ? AND state != 'pending' ORDER BY started_at",
+        )
+        .bind(since)
+        .fetch_all(&pool)
+        .await
+        .context("reading finished payments (is this a ninjapoll database?)");
+        pool.close().await;
+        rows
     }
 
     /// Counts per state, for health and metrics.

@@ -27,12 +27,6 @@ use std::sync::Arc;
 /// projection's error.
 const PLAN_SHARE: f64 = 0.98;
 
-/// Each priced gap is drawn within ±this share of the schedule's gap. Were every payment
-/// checked at the same ages, its flips could only be learnt to within those same
-/// intervals; varied ages let the estimate resolve them, at a second-order cost in delay
-/// (the schedule's cost is flat near its optimum).
-const DITHER: f64 = 0.25;
-
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
 
@@ -169,8 +163,6 @@ struct Entry {
     recheck: bool,
     /// The payment's draw for mixing two neighbouring price levels.
     phi: f64,
-    /// This check's draw for dithering its gap (see [`DITHER`]).
-    dither: f64,
 }
 
 struct Model {
@@ -206,8 +198,6 @@ struct Pool {
     level: f64,
     projected: f64,
     target: f64,
-    /// Correction of the planned spend from the spend observed (1: none).
-    steer: f64,
 }
 
 /// The scheduling state of every pending payment and every key.
@@ -271,7 +261,6 @@ impl Core {
                 level: 0.0,
                 projected: 0.0,
                 target: 0.0,
-                steer: 1.0,
             })
             .collect();
         Self {
@@ -385,7 +374,6 @@ impl Core {
             failures: 0,
             recheck: false,
             phi: self.rng.f64(),
-            dither: self.rng.f64(),
         };
         self.plan(&mut e);
         let stored = row.next_check_at.filter(|_| resumed);
@@ -477,12 +465,7 @@ impl Core {
         } else {
             let t = e.last.map_or(0, |l| self.grid.cell(l - e.t0).max(1));
             let u = table.next(t);
-            let from = e.last.map_or(e.t0, |l| l.max(e.t0));
-            let planned = e.t0 + u as i64 * self.grid.unit_ms();
-            let stretch = 1.0 + DITHER * (2.0 * e.dither - 1.0);
-            let mut due = from + ((planned - from) as f64 * stretch) as i64;
-            let (first, _) = self.ladder.first_window();
-            due = due.max(e.t0 + first);
+            let mut due = e.t0 + u as i64 * self.grid.unit_ms();
             if let Some(l) = e.last {
                 due = due.max(l + self.grid.step_ms(l - e.t0));
             }
@@ -751,7 +734,6 @@ impl Core {
                 e.recheck = false;
             }
             let previous_last = e.last;
-            e.dither = self.rng.f64();
             if d.answered {
                 e.last = Some(done.sent_at);
                 e.failures = 0;
@@ -799,11 +781,14 @@ impl Core {
                 saw_pending: d.answered && !d.state.is_final(),
             });
             if d.state.is_final() {
-                let lo = previous_last.map_or(0, |l| self.grid.cell(l - e.t0));
-                let hi = (d.state != State::TimedOut)
-                    .then(|| self.grid.cell_ceil(done.sent_at - e.t0).max(lo + 1));
+                // A timeout's own check saw the payment still pending at the deadline.
+                let evidence = if d.state == State::TimedOut {
+                    Evidence::of(&self.grid, e.t0, Some(done.sent_at), None)
+                } else {
+                    Evidence::of(&self.grid, e.t0, previous_last, Some(done.sent_at))
+                };
                 let model = &mut self.models[e.model];
-                model.learner.observe(e.t0, Evidence { lo, hi });
+                model.learner.observe(e.t0, evidence);
                 model.fresh += 1;
                 out.finished.push((*pk, d.state, done.sent_at));
                 if d.state == State::TimedOut {
@@ -938,7 +923,17 @@ impl Core {
 
     fn refit(&mut self, now: UnixMs) {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
+        let life = self.ladder.timeout_ms().max(self.window);
         for m in 0..self.models.len() {
+            // Enough payments to learn from (about 600), over at least two lifetimes (to
+            // follow a change of traffic within half an hour) and at most six.
+            let per_ms = self.arrival_rate(m, now) / self.grid.unit_ms() as f64;
+            let horizon = if per_ms > 0.0 {
+                ((600.0 / per_ms) as i64).clamp(2 * life, 6 * life)
+            } else {
+                2 * life
+            };
+            self.models[m].learner.set_horizon(horizon);
             let pending: Vec<Evidence> = self
                 .entries
                 .values()
@@ -1000,18 +995,8 @@ impl Core {
         {
             pool.recheck_sent.pop_front();
         }
-        // Steered by what is really spent: while the key is scarce, a projection that
-        // keeps the budget under-used (or over-used, held back by the limiter) is
-        // corrected slowly, within a window's worth of ticks.
         let limit = pool.budget.effective_limit() as f64;
-        if pool.level > 0.0 {
-            let used = f64::from(pool.budget.used(now));
-            let err = (PLAN_SHARE * limit - used) / limit.max(1.0);
-            pool.steer = (pool.steer * (err * 0.02).exp()).clamp(0.8, 1.5);
-        } else {
-            pool.steer = 1.0;
-        }
-        let target = limit * PLAN_SHARE * pool.steer - pool.recheck_sent.len() as f64;
+        let target = limit * PLAN_SHARE - pool.recheck_sent.len() as f64;
         let members: Vec<&Entry> = self
             .entries
             .values()
@@ -1168,4 +1153,155 @@ fn backoff_ms(rng: &mut fastrand::Rng, failures: u32, base: i64) -> i64 {
         .saturating_mul(1 << failures.min(16).saturating_sub(1));
     let capped = exp.min(300_000);
     capped / 2 + rng.i64(0..=capped / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Config};
+    use serde_json::json;
+
+    fn core(budget: u32) -> (Core, Arc<Kind>) {
+        let mut raw = config::defaults();
+        raw.ninjapay.api_key = Some("k".into());
+        raw.ninjapay.budget_requests = Some(budget);
+        let cfg = Config::from_raw(raw).unwrap();
+        let kind = cfg.kinds["p2p"].clone();
+        let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+        (Core::new(cc, 0), kind)
+    }
+
+    fn row(pk: i64, started_at: i64, jitter_ms: i64) -> PendingRow {
+        PendingRow {
+            pk,
+            kind: "p2p".into(),
+            id: format!("T{pk}"),
+            upstream_status: None,
+            started_at,
+            jitter_ms,
+            next_check_at: None,
+            last_checked_at: None,
+            checks_done: 0,
+        }
+    }
+
+    /// Runs the core alone on simulated time until `end`, answering "pending" after 100 ms;
+    /// returns each request's `(sent_at, pks)`.
+    fn drive(core: &mut Core, kind: &Kind, from: i64, end: i64) -> Vec<(i64, Vec<i64>)> {
+        let mut now = from;
+        let mut sent = Vec::new();
+        let mut flying: Vec<Completion> = Vec::new();
+        let mut actions = Vec::new();
+        let mut key = 0;
+        while now < end {
+            core.poll(now, &mut actions);
+            for a in actions.drain(..) {
+                match a {
+                    Action::Send(r) => {
+                        sent.push((r.sent_at, r.pks.clone()));
+                        let observations = r
+                            .pks
+                            .iter()
+                            .map(|_| Observation::Status {
+                                raw: "pending".into(),
+                                state: kind.map_status("pending"),
+                                response: json!({}),
+                            })
+                            .collect();
+                        flying.push(Completion {
+                            pool: r.pool,
+                            pks: r.pks,
+                            observations,
+                            retry_after_ms: None,
+                            sent_at: r.sent_at,
+                            done_at: now + 100,
+                            ledger: r.ledger,
+                        });
+                    }
+                    Action::Refill { pool, count, .. } => {
+                        core.refilled(pool, Some((key..key + count as i64).collect()));
+                        key += count as i64;
+                    }
+                    Action::Record(_) => {}
+                }
+            }
+            let next_done = flying.iter().map(|c| c.done_at).min();
+            let wake = core.next_wake(now).map(|w| w.max(now + 1));
+            let next = [next_done, wake, Some(now + 1000)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end);
+            now = next;
+            let (due, rest): (Vec<_>, Vec<_>) = flying.into_iter().partition(|c| c.done_at <= now);
+            flying = rest;
+            for c in due {
+                core.complete(&c);
+            }
+            core.tick(now);
+        }
+        sent
+    }
+
+    #[test]
+    fn below_the_budget_the_documented_ladder_runs_exactly() {
+        let (mut core, kind) = core(1000);
+        let ladder = Ladder::documented();
+        core.track(row(1, 0, 21_000), 0, false);
+        let sent = drive(&mut core, &kind, 0, 700_000);
+        let times: Vec<i64> = sent.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, ladder.plan(21_000));
+    }
+
+    #[test]
+    fn a_scarce_budget_is_never_exceeded_and_every_deadline_is_checked() {
+        let (mut core, kind) = core(100);
+        // 200 payments at once: the ladder would want 7,200 requests.
+        for pk in 0..200 {
+            core.track(row(pk, 0, 20_000), 0, false);
+        }
+        let sent = drive(&mut core, &kind, 0, 1_300_000);
+        let mut times: Vec<i64> = sent.iter().map(|(t, _)| *t).collect();
+        times.sort_unstable();
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[..=i].iter().filter(|&&s| s > t - 600_000).count();
+            assert!(
+                in_window <= 100,
+                "{in_window} requests in the window ending {t}"
+            );
+        }
+        // Every payment got its check at or after its deadline.
+        for pk in 0..200 {
+            let last = sent
+                .iter()
+                .filter(|(_, pks)| pks.contains(&pk))
+                .map(|(t, _)| *t)
+                .max();
+            assert!(last.is_some_and(|t| t >= 600_000), "payment {pk}: {last:?}");
+        }
+        assert_eq!(core.pending(), 0);
+    }
+
+    #[test]
+    fn rechecks_are_coalesced_to_one_per_ladder_step() {
+        let (mut core, kind) = core(1000);
+        core.track(row(1, 0, 20_000), 0, false);
+        let mut sent = drive(&mut core, &kind, 0, 30_000);
+        let before = sent.len();
+        // 1,200 rechecks in 3 s (a merchant forwarding every callback, or a loop).
+        let mut answers = Vec::new();
+        for i in 0..1200 {
+            answers.push(core.recheck(1, 30_000 + i * 2));
+        }
+        assert!(answers.iter().all(|a| a.is_some()));
+        sent.extend(drive(&mut core, &kind, 33_000, 40_000));
+        let during = sent[before..].iter().filter(|(t, _)| *t < 40_000).count();
+        // The ladder checks every 3 s here: a recheck adds at most one per step.
+        assert!(
+            during <= 6,
+            "{during} checks in 10 s: {:?}",
+            &sent[before..]
+        );
+        assert_eq!(core.recheck(99, 40_000), None, "not held");
+    }
 }

@@ -65,25 +65,38 @@ impl SchedulerHandle {
 /// start; wall-clock times from the database are converted at the boundary.
 #[derive(Clone, Copy)]
 struct Clock {
-    base: UnixMs,
+    /// Wall time at start, in microseconds.
+    base_us: i64,
     start: tokio::time::Instant,
+}
+
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl Clock {
     fn new() -> Self {
         Self {
-            base: now_ms(),
+            base_us: wall_us(),
             start: tokio::time::Instant::now(),
         }
     }
 
-    fn now(&self) -> UnixMs {
-        self.base + self.start.elapsed().as_millis() as i64
+    fn now_us(&self) -> i64 {
+        self.base_us + self.start.elapsed().as_micros() as i64
     }
 
-    /// Wall time minus scheduler time, now.
+    fn now(&self) -> UnixMs {
+        self.now_us() / 1000
+    }
+
+    /// Wall time minus scheduler time, now, in whole milliseconds: 0 until the wall
+    /// clock is stepped (measured in microseconds, so rounding does not make it flicker).
     fn offset(&self) -> i64 {
-        now_ms() - self.now()
+        let us = wall_us() - self.now_us();
+        (us as f64 / 1000.0).round() as i64
     }
 
     fn row_to_core(&self, mut row: PendingRow) -> PendingRow {
@@ -174,12 +187,12 @@ pub async fn spawn(
     let finished = store.finished_since(wall - horizon).await?;
     let learnt = finished.len();
     for row in finished {
-        let flipped = row.state != "timed_out" && row.state != "cancelled";
+        let (pending_seen, final_seen) = row.evidence_times();
         core.learn(
             &row.kind,
             row.started_at - off,
-            row.pending_seen_at.map(|t| t - off),
-            row.last_checked_at.filter(|_| flipped).map(|t| t - off),
+            pending_seen.map(|t| t - off),
+            final_seen.map(|t| t - off),
         );
     }
     // Rows of a previous run that never got an answer were counted above as answered now;

@@ -1,0 +1,192 @@
+//! The real daemon against the simulator: one end-to-end run of the whole product (real
+//! socket, real SQLite file, the fake Ninjapay on 127.0.0.1 enforcing the budget) on a
+//! realistic stream, time compressed 100×, next to a simulator run of the same scenario.
+//! The two mean delays should agree within 10%: the simulator's figures
+//! (`cargo bench --bench policy`) then speak for the daemon.
+//!
+//! Mix A at 0.5 payments per second (compressed: 50 per second), 10 minutes of warm-up and
+//! 30 measured minutes (compressed: 6 s and 18 s), 1,000 requests per 10 minutes (6 s).
+//!
+//! Run: `cargo bench --bench e2e_stream` (`NINJAPOLL_BENCH_RATE=0.2` for another rate).
+
+use ninjapoll::cli::request;
+use ninjapoll::config::{self, Config, RawStep};
+use ninjapoll::fake::{FakeNinjapay, FakeOptions, Script};
+use ninjapoll::payment::{now_ms, State};
+use ninjapoll::sim::{self, Mix, Phase, Scenario};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const SCALE: i64 = 100;
+const BUDGET: u32 = 1000;
+
+fn scaled(secs: u64) -> String {
+    format!("{}ms", secs * 1000 / SCALE as u64)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rate: f64 = std::env::var("NINJAPOLL_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.5);
+    let warmup_ms = 600_000 / SCALE;
+    let measure_ms = 1_800_000 / SCALE;
+    let window = Duration::from_millis(600_000 / SCALE as u64);
+    let latency = (Duration::from_millis(1), Duration::from_millis(4));
+
+    let dir = tempfile::tempdir()?;
+    let fake = FakeNinjapay::start(FakeOptions {
+        api_key: "bench-key".into(),
+        budget: Some((BUDGET, window)),
+        latency: Some(latency),
+        ..FakeOptions::default()
+    })
+    .await?;
+    let mut raw = config::defaults();
+    raw.database.path = Some(dir.path().join("ninjapoll.db"));
+    raw.socket.path = Some(dir.path().join("ninjapoll.sock"));
+    raw.ninjapay.api_key = Some("bench-key".into());
+    raw.ninjapay.prod_base_url = Some(fake.base_url());
+    raw.ninjapay.api_base_url = Some(fake.base_url());
+    raw.ninjapay.budget_requests = Some(BUDGET);
+    raw.ninjapay.budget_window = Some(format!("{}ms", window.as_millis()));
+    raw.log.level = Some("error".into());
+    raw.schedule.first_check = Some(vec![scaled(20), scaled(25)]);
+    let step = |every: u64, span: Option<u64>| RawStep {
+        every: scaled(every),
+        span: span.map(scaled),
+    };
+    raw.schedule.steps = Some(vec![
+        step(3, Some(30)),
+        step(6, Some(60)),
+        step(10, Some(60)),
+        step(30, Some(60)),
+        step(60, None),
+    ]);
+    raw.schedule.timeout = Some(scaled(600));
+    let cfg = Config::from_raw(raw)?;
+    let ladder = cfg.ladder.clone();
+    let socket = cfg.socket.path.clone();
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(ninjapoll::daemon::run_until(cfg, cancel.clone()));
+    while request(&socket, "GET", "/v1/health", None).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The stream: Poisson arrivals, flips drawn from mix A, each payment handed over as it
+    // starts.
+    let scale = 1.0 / SCALE as f64;
+    let mix = Mix::a();
+    let mut rng = fastrand::Rng::with_seed(21);
+    let total_ms = warmup_ms + measure_ms;
+    let mut arrivals = Vec::new();
+    let mut t = 0.0;
+    loop {
+        t += -(1000.0 * scale / rate) * rng.f64().max(1e-12).ln();
+        if t >= total_ms as f64 {
+            break;
+        }
+        arrivals.push((t as i64, mix.draw(&mut rng, scale)));
+    }
+    let t0 = now_ms();
+    let start = Instant::now();
+    let mut flips = Vec::new();
+    let mut queue = arrivals.iter().enumerate().peekable();
+    while queue.peek().is_some() {
+        let due = (now_ms() - t0).max(0);
+        let mut batch = Vec::new();
+        while let Some((i, (at, flip))) = queue.next_if(|(_, (at, _))| *at <= due) {
+            let id = format!("E{i:06}");
+            let deadline = at + ladder.timeout_ms();
+            match flip.filter(|(age, _)| at + age < deadline) {
+                Some((age, state)) => {
+                    let status = if state == State::Succeeded {
+                        "approved"
+                    } else {
+                        "declined"
+                    };
+                    fake.script(
+                        "p2p",
+                        &id,
+                        Script::FlipAt {
+                            at: start + Duration::from_millis((at + age) as u64),
+                            status: status.into(),
+                        },
+                    );
+                    flips.push((id.clone(), *at, t0 + at + age));
+                }
+                None => fake.script("p2p", &id, Script::Sequence(vec![])),
+            }
+            batch.push(json!({"kind": "p2p", "id": id, "started_at": (t0 + at) as f64 / 1000.0}));
+        }
+        if !batch.is_empty() {
+            let (status, _) = request(
+                &socket,
+                "POST",
+                "/v1/checks/batch",
+                Some(&json!({ "checks": batch })),
+            )
+            .await?;
+            anyhow::ensure!(status == 200, "batch enqueue answered {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Drain: every payment ends within one lifetime (plus the budget's catch-up).
+    let limit = Instant::now() + Duration::from_millis(ladder.timeout_ms() as u64 * 4);
+    loop {
+        let (_, h) = request(&socket, "GET", "/v1/health", None).await?;
+        if h["payments"]["pending"].as_i64().unwrap_or(0) == 0 || Instant::now() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    let _ = daemon.await;
+
+    // Delay as the provider saw it: from the flip to the first request after it.
+    let mut delays = Vec::new();
+    for (id, at, flip_ms) in &flips {
+        if *at < warmup_ms {
+            continue;
+        }
+        let seen = fake
+            .requests_for("p2p", id)
+            .iter()
+            .map(|r| r.unix_ms)
+            .filter(|t| t >= flip_ms)
+            .min();
+        if let Some(seen) = seen {
+            delays.push((seen - flip_ms) as f64);
+        }
+    }
+    let e2e = delays.iter().sum::<f64>() / delays.len().max(1) as f64;
+
+    let sc = Scenario {
+        ladder: ladder.clone(),
+        budget: BUDGET,
+        window_ms: window.as_millis() as i64,
+        phases: vec![Phase {
+            duration_ms: total_ms,
+            rate,
+            mix: Mix::a(),
+        }],
+        bursts: Vec::new(),
+        warmup_ms,
+        latency_ms: (latency.0.as_millis() as i64, latency.1.as_millis() as i64),
+        seed: 21,
+        oracle: false,
+    };
+    let simulated = sim::run(&sc)?;
+    println!(
+        "mix A at {rate}/s, 100x compressed ({} measured flips): daemon mean {:.1} s, simulator mean {:.1} s ({:+.1}%), bound {:.1} s; fake counted {} requests over budget",
+        delays.len(),
+        e2e * SCALE as f64 / 1000.0,
+        simulated.mean_ms * SCALE as f64 / 1000.0,
+        (e2e / simulated.mean_ms - 1.0) * 100.0,
+        simulated.bound_ms * SCALE as f64 / 1000.0,
+        fake.violations(),
+    );
+    Ok(())
+}
