@@ -83,9 +83,12 @@ enum Command {
         /// The kind whose learnt flips to use.
         #[arg(long, default_value = "p2p")]
         kind: String,
-        /// Simulated hours to measure (after one hour of warm-up).
+        /// Simulated hours to measure, after the warm-up.
         #[arg(long, default_value_t = 2.0)]
         hours: f64,
+        /// Simulated warm-up before measuring, from an empty daemon (e.g. `1h`, `10m`).
+        #[arg(long, default_value = "1h")]
+        warmup: String,
     },
     /// The whole loop against a built-in simulated Ninjapay, for a first look.
     Demo {
@@ -162,9 +165,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             mix,
             kind,
             hours,
+            warmup,
         } => {
             let cfg = load_config(cli.config.as_deref())?;
-            simulate(&cfg, rate, mix, kind, *hours, cli.json).await
+            let warmup = humantime::parse_duration(warmup)
+                .with_context(|| format!("--warmup {warmup:?}: expected a duration like 1h"))?;
+            simulate(&cfg, rate, mix, kind, (*hours, warmup), cli.json).await
         }
         Command::Demo { payments } => {
             crate::demo::run(*payments).await?;
@@ -198,7 +204,7 @@ async fn simulate(
     rate: &str,
     mix: &str,
     kind: &str,
-    hours: f64,
+    (hours, warmup): (f64, std::time::Duration),
     json_out: bool,
 ) -> Result<ExitCode> {
     use crate::policy::{Evidence, Grid, Learner};
@@ -213,10 +219,6 @@ async fn simulate(
             if !cfg.kinds.contains_key(kind) {
                 bail!("unknown kind {kind:?}");
             }
-            let horizon = 2 * cfg
-                .ladder
-                .timeout_ms()
-                .max(cfg.ninjapay.budget_window.as_millis() as i64);
             let rows = if cfg.database_path.exists() {
                 crate::store::Store::read_finished(&cfg.database_path, 0).await?
             } else {
@@ -232,7 +234,6 @@ async fn simulate(
                 );
                 n += 1;
             }
-            let _ = horizon;
             for _ in 0..10 {
                 learner.fit(0, std::iter::empty());
             }
@@ -259,18 +260,21 @@ async fn simulate(
         },
     };
     let hour = 3_600_000;
+    let warmup_ms = i64::try_from(warmup.as_millis())
+        .unwrap_or(hour)
+        .min(48 * hour);
     let scale = cfg.ladder.timeout_ms() as f64 / 600_000.0;
     let sc = Scenario {
         ladder: cfg.ladder.clone(),
         budget: cfg.ninjapay.budget_requests,
         window_ms: cfg.ninjapay.budget_window.as_millis() as i64,
         phases: vec![Phase {
-            duration_ms: hour + (hours * hour as f64) as i64,
+            duration_ms: warmup_ms + (hours * hour as f64) as i64,
             rate,
             mix: mix.clone(),
         }],
         bursts: Vec::new(),
-        warmup_ms: hour,
+        warmup_ms,
         latency_ms: (50, 300),
         seed: 1,
         oracle: false,

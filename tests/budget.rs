@@ -487,3 +487,76 @@ async fn each_preset_sends_the_documented_request() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let mut d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    let ids: Vec<String> = (0..12).map(|i| format!("L{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        fake.script(
+            "p2p",
+            id,
+            Script::pending_then(Kind::P2p, 1 + i % 4, "approved"),
+        );
+        assert_eq!(d.enqueue("p2p", id, None).await.0, 201);
+    }
+    all_final(&d, "p2p", &ids, Duration::from_secs(10)).await;
+    let evidence = |h: &Value| {
+        h["budget"][0]["policy"]
+            .as_array()
+            .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
+            .and_then(|k| k["evidence"].as_u64())
+            .unwrap_or(0)
+    };
+    let seen = watch_health(&d, Duration::from_secs(5), |h| evidence(h) >= 12).await;
+    assert!(
+        evidence(seen.last().unwrap()) >= 12,
+        "{:#}",
+        seen.last().unwrap()
+    );
+    // What was learnt is rebuilt from the database, not kept in memory only.
+    d.restart().await;
+    let seen = watch_health(&d, Duration::from_secs(5), |h| evidence(h) >= 12).await;
+    let last = seen.last().unwrap();
+    assert!(evidence(last) >= 12, "after a restart: {last:#}");
+    let p50 = last["budget"][0]["policy"]
+        .as_array()
+        .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
+        .map(|k| k["flip_age_p50_ms"].as_i64().unwrap_or(0))
+        .unwrap_or(0);
+    // The flips came after one to four 20 ms steps past the 100–120 ms first check.
+    assert!(
+        (100..=400).contains(&p50),
+        "learnt median flip age {p50} ms: {last:#}"
+    );
+    d.stop().await;
+
+    // `ninjapoll simulate` reads the same evidence from the database.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
+        .args(["--config"])
+        .arg(d.config_path())
+        .args([
+            "simulate", "--rate", "20/s", "--warmup", "3s", "--hours", "0.002", "--json",
+        ])
+        .env_remove("NINJAPOLL_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        v["mix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("learnt from 12 finished p2p payments"),
+        "{v:#}"
+    );
+    assert!(v["mean_delay_s"].as_f64().is_some_and(|s| s > 0.0), "{v:#}");
+    assert_eq!(v["over_budget"], 0);
+    assert_eq!(v["missed_deadlines"], 0);
+}
