@@ -217,6 +217,8 @@ pub struct Core {
     unknown_logged: HashSet<(String, String)>,
     window: i64,
     last_fit: UnixMs,
+    /// When the core started (arrival rates count from there).
+    started: UnixMs,
 }
 
 impl Core {
@@ -279,6 +281,7 @@ impl Core {
             unknown_logged: HashSet::new(),
             window: cfg.budget_window_ms,
             last_fit: now,
+            started: now,
         }
     }
 
@@ -971,13 +974,26 @@ impl Core {
             arrivals.pop_front();
         }
         let slice = (window / 10).max(1);
+        // Only the slices the core has lived through: before its start nothing was
+        // counted, which is not the same as nothing arriving.
+        let lived = ((now - self.started) / slice).clamp(0, 10) as usize;
+        if lived == 0 {
+            let elapsed = (now - self.started).max(1) as f64;
+            return arrivals.len() as f64 / elapsed.max(slice as f64 / 10.0)
+                * self.grid.unit_ms() as f64;
+        }
         let mut counts = [0u32; 10];
         for t in arrivals.iter() {
             let i = ((now - t) / slice).clamp(0, 9) as usize;
             counts[i] += 1;
         }
+        let mut counts = counts[..lived].to_vec();
         counts.sort_unstable();
-        let median = f64::from(counts[4] + counts[5]) / 2.0;
+        let median = if lived % 2 == 1 {
+            f64::from(counts[lived / 2])
+        } else {
+            f64::from(counts[lived / 2 - 1] + counts[lived / 2]) / 2.0
+        };
         median / slice as f64 * self.grid.unit_ms() as f64
     }
 
