@@ -928,11 +928,11 @@ impl Core {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.ladder.timeout_ms().max(self.window);
         for m in 0..self.models.len() {
-            // Enough payments to learn from (about 600), over at least two lifetimes (to
-            // follow a change of traffic within half an hour) and at most six.
+            // Enough payments to learn from (about 400), over at least two lifetimes and at
+            // most three, so a change of traffic is followed within half an hour.
             let per_ms = self.arrival_rate(m, now) / self.grid.unit_ms() as f64;
             let horizon = if per_ms > 0.0 {
-                ((600.0 / per_ms) as i64).clamp(2 * life, 6 * life)
+                ((400.0 / per_ms) as i64).clamp(2 * life, 3 * life)
             } else {
                 2 * life
             };
