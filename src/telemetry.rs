@@ -254,11 +254,57 @@ impl Telemetry {
         for (name, help, f) in gauges {
             labelled(&mut o, (name, "gauge", help), "pool", per_pool(f));
         }
+        // The policy, per kind: what it learnt of flip ages and the delay it expects.
+        head(
+            &mut o,
+            "ninjapoll_flip_age_seconds",
+            "gauge",
+            "Learnt age by which a share (quantile) of the flipping payments of a kind flipped.",
+        );
+        for p in &pools {
+            for k in &p.kinds {
+                for (q, ms) in ["0.5", "0.9", "0.99"].iter().zip(k.flip_age_ms) {
+                    let _ = writeln!(
+                        o,
+                        "ninjapoll_flip_age_seconds{{pool=\"{}\",kind=\"{}\",quantile=\"{q}\"}} {}",
+                        p.name,
+                        k.kind,
+                        ms as f64 / 1000.0
+                    );
+                }
+            }
+        }
+        for (name, help, f) in [
+            (
+                "ninjapoll_flip_share",
+                "Learnt share of payments of a kind that flip before the deadline.",
+                (&|k: &crate::scheduler::KindPolicy| k.flip_share)
+                    as &dyn Fn(&crate::scheduler::KindPolicy) -> f64,
+            ),
+            (
+                "ninjapoll_expected_delay_seconds",
+                "Mean flip-to-detection delay the policy expects for a kind at the current load.",
+                &|k| k.expected_delay_ms as f64 / 1000.0,
+            ),
+        ] {
+            head(&mut o, name, "gauge", help);
+            for p in &pools {
+                for k in &p.kinds {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{pool=\"{}\",kind=\"{}\"}} {}",
+                        p.name,
+                        k.kind,
+                        f(k)
+                    );
+                }
+            }
+        }
         head(
             &mut o,
             "ninjapoll_check_lateness_ms",
             "histogram",
-            "How late checks start against the (stretched) plan.",
+            "How late checks start against the plan.",
         );
         for (name, h) in lock(&self.lateness).iter() {
             let metric = "ninjapoll_check_lateness_ms";

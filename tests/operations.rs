@@ -318,6 +318,8 @@ status_map = { pending = "pending", completed = "succeeded", refunded = "refunde
         "ninjapoll_upstream_requests_total{kind=\"fiat\"} 3",
         "ninjapoll_budget_used",
         "ninjapoll_price_level",
+        "ninjapoll_flip_age_seconds{pool=\"default\",kind=\"fiat\",quantile=\"0.5\"}",
+        "ninjapoll_expected_delay_seconds{pool=\"default\",kind=\"fiat\"}",
         "ninjapoll_check_lateness_ms_bucket",
         "ninjapoll_pending",
     ] {
