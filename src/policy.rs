@@ -593,11 +593,11 @@ impl Learner {
             }
             let total = count + self.prior_weight;
             p.iter_mut().for_each(|v| *v /= total);
+            // Smoothing step (EMS): flip ages spread over neighbouring cells, in
+            // proportion to the age, so the estimate does not collapse onto the check
+            // ages the schedule happened to use.
+            smooth(&mut p[1..=n]);
         }
-        // One smoothing step per fit (EMS): flip ages spread over neighbouring cells, in
-        // proportion to the age, so the estimate does not collapse onto the check ages
-        // the schedule happened to use.
-        smooth(&mut p[1..=n]);
         self.current = FlipDist::new(p);
         &self.current
     }
