@@ -257,6 +257,9 @@ async fn curl_drives_every_request() {
     assert_eq!(v["payments"].as_array().map(Vec::len), Some(1), "{v}");
     let (s, v) = curl(&["-X", "POST", "http://localhost/v1/checks/quote/C2/recheck"]);
     assert_eq!(s, 202, "{v}");
+    // The answer says when the (coalesced) check runs.
+    assert!(rfc3339_ms(&v["check_at"]).is_some(), "{v}");
+    assert_eq!(v["check_at"], v["next_check_at"], "{v}");
     let (s, v) = curl(&["-X", "DELETE", "http://localhost/v1/checks/quote/C2"]);
     assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
     let (s, v) = curl(&["-X", "DELETE", "http://localhost/v1/checks/quote/C2"]);
