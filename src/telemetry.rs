@@ -2,7 +2,7 @@
 
 use crate::config::LogConfig;
 use crate::kinds::Observation;
-use crate::payment::{State, UnixMs};
+use crate::payment::State;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,26 +24,9 @@ pub fn init_logging(cfg: &LogConfig) {
     };
 }
 
-/// A key's budget and scheduling state, as last published by the scheduler.
-#[derive(Debug, Clone, Default)]
-pub struct PoolSnapshot {
-    pub name: String,
-    pub budget_limit: u32,
-    pub budget_effective: u32,
-    pub budget_used: u32,
-    pub window_ms: i64,
-    /// The policy's price level (0: the documented ladder) and what it projects.
-    pub price_level: f64,
-    pub projected: f64,
-    pub target: f64,
-    pub pending: usize,
-    pub paused_until: Option<UnixMs>,
-    pub auth_failing: Vec<String>,
-    /// Lateness of the checks started since the previous snapshot.
-    pub lateness_ms: Vec<i64>,
-    /// Per kind: the learnt flip ages and the expected delay at the current load.
-    pub kinds: Vec<crate::scheduler::KindPolicy>,
-}
+/// A key's budget and scheduling state, as last published by the scheduler (paused time
+/// on the wall clock).
+pub type PoolSnapshot = crate::scheduler::PoolStatus;
 
 /// One figure of a key's snapshot, as a metric value.
 type PoolField = dyn Fn(&PoolSnapshot) -> String;

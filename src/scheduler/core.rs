@@ -537,33 +537,35 @@ impl Core {
         }
     }
 
+    /// The head of a pool's recheck or plan heap (`(due, pk)`), dropping stale entries
+    /// (superseded plans, payments gone or in flight) on the way.
+    fn live_head(&mut self, p: usize, recheck: bool) -> Option<(UnixMs, i64)> {
+        loop {
+            let pool = &mut self.pools[p];
+            let heap = if recheck {
+                &mut pool.rechecks
+            } else {
+                &mut pool.heap
+            };
+            let Reverse((due, gen, pk)) = heap.peek().copied()?;
+            let live = self
+                .entries
+                .get(&pk)
+                .is_some_and(|e| e.gen == gen && !e.in_flight && e.recheck == recheck);
+            if live {
+                return Some((due, pk));
+            }
+            heap.pop();
+        }
+    }
+
     /// The next due check of a pool: a due manual recheck first, else the earliest due.
     fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(bool, i64)> {
-        for recheck in [true, false] {
-            loop {
-                let heap = if recheck {
-                    &mut self.pools[p].rechecks
-                } else {
-                    &mut self.pools[p].heap
-                };
-                let Some(Reverse((due, gen, pk))) = heap.peek().copied() else {
-                    break;
-                };
-                let live = self
-                    .entries
-                    .get(&pk)
-                    .is_some_and(|e| e.gen == gen && !e.in_flight && e.recheck == recheck);
-                if !live {
-                    heap.pop();
-                    continue;
-                }
-                if due <= now {
-                    return Some((recheck, pk));
-                }
-                break;
-            }
-        }
-        None
+        [true, false].into_iter().find_map(|recheck| {
+            self.live_head(p, recheck)
+                .filter(|(due, _)| *due <= now)
+                .map(|(_, pk)| (recheck, pk))
+        })
     }
 
     fn defer(&mut self, p: usize, pk: i64, recheck: bool, until: UnixMs) {
@@ -879,31 +881,16 @@ impl Core {
         let mut wake: Option<UnixMs> = None;
         for p in 0..self.pools.len() {
             for recheck in [true, false] {
-                loop {
-                    let pool = &mut self.pools[p];
-                    let heap = if recheck {
-                        &mut pool.rechecks
-                    } else {
-                        &mut pool.heap
-                    };
-                    let Some(Reverse((due, gen, pk))) = heap.peek().copied() else {
-                        break;
-                    };
-                    let live = self
-                        .entries
-                        .get(&pk)
-                        .is_some_and(|e| e.gen == gen && !e.in_flight && e.recheck == recheck);
-                    if !live {
-                        heap.pop();
-                        continue;
-                    }
+                if let Some((due, _)) = self.live_head(p, recheck) {
                     let at = if due <= now {
-                        pool.budget.next_room_at(now).unwrap_or(UnixMs::MAX)
+                        self.pools[p]
+                            .budget
+                            .next_room_at(now)
+                            .unwrap_or(UnixMs::MAX)
                     } else {
                         due
                     };
                     wake = Some(wake.map_or(at, |w| w.min(at)));
-                    break;
                 }
             }
         }

@@ -19,7 +19,7 @@ use crate::config::{Config, Secret};
 use crate::payment::{now_ms, UnixMs};
 use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
 use crate::store::{PendingRow, Store};
-use crate::telemetry::{PoolSnapshot, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 use anyhow::Result;
 use sha2::{Digest, Sha256};
@@ -434,22 +434,10 @@ impl Driver {
     }
 
     fn publish(&mut self, now: UnixMs) {
-        for s in self.core.status(now) {
-            self.telemetry.pool(PoolSnapshot {
-                name: s.name,
-                budget_limit: s.budget_limit,
-                budget_effective: s.budget_effective,
-                budget_used: s.budget_used,
-                window_ms: s.window_ms,
-                price_level: s.price_level,
-                projected: s.projected,
-                target: s.target,
-                pending: s.pending,
-                paused_until: s.paused_until.map(|t| t + self.clock.offset()),
-                auth_failing: s.auth_failing,
-                lateness_ms: s.lateness_ms,
-                kinds: s.kinds,
-            });
+        let off = self.clock.offset();
+        for mut s in self.core.status(now) {
+            s.paused_until = s.paused_until.map(|t| t + off);
+            self.telemetry.pool(s);
         }
     }
 }
