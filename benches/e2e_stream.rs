@@ -12,9 +12,9 @@
 
 use ninjapoll::cli::request;
 use ninjapoll::config::{self, Config, RawStep};
-use ninjapoll::fake::{FakeNinjapay, FakeOptions, Script};
 use ninjapoll::payment::{now_ms, State};
 use ninjapoll::sim::{self, Mix, Phase, Scenario};
+use ninjapoll_fake::{FakeNinjapay, FakeOptions, Script};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

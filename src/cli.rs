@@ -91,6 +91,7 @@ enum Command {
         warmup: String,
     },
     /// The whole loop against a built-in simulated Ninjapay, for a first look.
+    #[cfg(feature = "demo")]
     Demo {
         /// How many payments to follow.
         #[arg(long, default_value_t = 8)]
@@ -172,6 +173,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("--warmup {warmup:?}: expected a duration like 1h"))?;
             simulate(&cfg, rate, mix, kind, (*hours, warmup), cli.json).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo { payments } => {
             crate::demo::run(*payments).await?;
             Ok(ExitCode::SUCCESS)
@@ -421,7 +423,9 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
                 None,
             ),
         },
-        Command::Run | Command::CheckConfig | Command::Demo { .. } | Command::Simulate { .. } => {
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => unreachable!("handled by dispatch"),
+        Command::Run | Command::CheckConfig | Command::Simulate { .. } => {
             unreachable!("handled by dispatch")
         }
     };

@@ -4,13 +4,13 @@
 
 use crate::cli::request;
 use crate::config::{self, Config, RawStep};
-use crate::fake::{FakeNinjapay, FakeOptions, Unknown};
 use crate::webhooks;
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine;
+use ninjapoll_fake::{FakeNinjapay, FakeOptions, Unknown};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod fake;
 pub mod kinds;
 pub mod ladder;
 pub mod payment;

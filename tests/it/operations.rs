@@ -2,9 +2,7 @@
 //! daemon writes, config mistakes refused at start-up, secrets kept out of logs, upstream
 //! faults contained, the in-flight bound held against a hung upstream, an idle daemon idle.
 
-mod common;
-
-use common::*;
+use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! Issue 5: living within Ninjapay's request budget. The fake Ninjapay enforces a scaled-down
 //! budget and lockout exactly like the real one, and counts every request over it.
 
-mod common;
-
-use common::*;
+use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,5 @@
-//! Integration-test harness: runs the real `ninjapoll` binary against the fake Ninjapay,
-//! speaks HTTP/1.1 to its Unix socket, and receives its webhooks.
-//!
-//! Every test file includes this module with `mod common;` and uses only part of it.
-#![allow(dead_code)]
+//! ninjapoll's integration-test harness: runs the real `ninjapoll` binary against the fake
+//! Ninjapay, speaks HTTP/1.1 to its Unix socket, and receives its webhooks.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,9 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-// Re-exported for the test files; each uses a part.
-#[allow(unused_imports)]
-pub use ninjapoll::fake::{FakeNinjapay, FakeOptions, Fault, Kind, Script, Step, Unknown};
+pub use ninjapoll_fake::{FakeNinjapay, FakeOptions, Fault, Kind, Script, Step, Unknown};
 
 /// A Standard Webhooks secret for tests (base64 of 24 fixed bytes).
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -26,6 +21,21 @@ pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop()` waits for the daemon to exit after SIGTERM before it SIGKILLs it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `ninjapoll` binary under test: `$NINJAPOLL_BIN`, else the one cargo built next to the
+/// running test executable (`target/<profile>/deps/it-…` → `target/<profile>/ninjapoll`).
+/// Cargo builds a package's binaries before its integration tests, so it is there.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NINJAPOLL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    profile_dir.join("ninjapoll")
+}
 
 /// Now, in unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -255,7 +265,7 @@ impl Daemon {
                 now_ms()
             );
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ninjapoll"));
+        let mut cmd = Command::new(binary());
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config_path)

@@ -5,12 +5,10 @@
 //! The ladder is the harness's compressed one (first check at 100–120 ms) and the retry
 //! schedule is compressed too, so every case takes well under a few seconds.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 
 /// Bound of every wait; the cases themselves take a fraction of it.

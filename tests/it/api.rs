@@ -6,14 +6,12 @@
 //! The daemons here run the provider's real ladder (first check after 20 s), so no check
 //! is due while a test runs and every answer is the API's alone.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 
 /// The provider's ladder: nothing is checked within a test's lifetime.

@@ -5,11 +5,9 @@
 //! Every test runs the real binary with the provider's ladder compressed ~200× (see
 //! `DaemonConfig::default`), so a whole ladder takes 1.5 s.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 
 /// A check may arrive this much before its planned slot (clock rounding to milliseconds).
