@@ -277,6 +277,8 @@ pub struct Fate {
     pub flip: Option<UnixMs>,
     /// When the check that saw it final was sent.
     pub seen: Option<UnixMs>,
+    /// When the check that ended it (final or timed out) was sent.
+    pub ended: Option<UnixMs>,
     pub state: State,
     pub checks: u32,
     /// Whether it comes from a burst.
@@ -452,6 +454,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 arrived: at,
                 flip: flip.map(|(age, _)| at + age),
                 seen: None,
+                ended: None,
                 state: State::Pending,
                 checks: 0,
                 burst,
@@ -484,6 +487,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 for (pk, state, sent_at) in out.finished {
                     if let Some(f) = fates.get_mut(pk as usize) {
                         f.state = state;
+                        f.ended = Some(sent_at);
                         if state != State::TimedOut {
                             f.seen = Some(sent_at);
                         }
