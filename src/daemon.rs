@@ -10,7 +10,6 @@ use crate::telemetry::Telemetry;
 use anyhow::{bail, Context, Result};
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
@@ -124,8 +123,7 @@ async fn peer_guard(
     } else {
         tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, "refused a peer not in socket.allowed_uids/allowed_gids");
         api::ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            api::ErrorCode::Forbidden,
             format!(
                 "uid {} / gid {} is not in socket.allowed_uids or socket.allowed_gids",
                 peer.uid.map_or("?".into(), |u| u.to_string()),

@@ -2,9 +2,12 @@
 //! module that speaks HTTP status codes.
 
 mod checks;
+mod error;
 #[cfg(test)]
 mod tests;
 mod webhooks;
+
+pub use self::error::{ApiError, ErrorCode};
 
 use crate::config::Config;
 use crate::scheduler::SchedulerHandle;
@@ -12,8 +15,8 @@ use crate::store::Store;
 use crate::telemetry::Telemetry;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,62 +44,6 @@ pub struct AppState {
     pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
-/// An API error: a status, a code a program can branch on, a message a person can act on.
-#[derive(Debug)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// Stable, snake_case; documented in the README's error table.
-    pub code: &'static str,
-    /// For a person: what was wrong and how to fix it.
-    pub message: String,
-    /// The payment concerned (e.g. the existing one on a conflict).
-    pub payment: Option<serde_json::Value>,
-}
-
-impl ApiError {
-    /// A 400 with a code.
-    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// Any status.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            payment: None,
-        }
-    }
-
-    /// A 500 for a failure of ours; the detail goes to the log, not to the client.
-    pub fn internal(e: anyhow::Error) -> Self {
-        tracing::error!(error = format!("{e:#}"), "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the daemon's log",
-        )
-    }
-}
-
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        Self::internal(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"error": {"code": self.code, "message": self.message}});
-        if let Some(p) = self.payment {
-            body["payment"] = p;
-        }
-        (self.status, Json(body)).into_response()
-    }
-}
-
 /// A JSON body: `application/json`, bounded, unknown fields refused, every failure an
 /// [`ApiError`] in our format.
 pub struct JsonBody<T, const LIMIT: usize = MAX_BODY>(pub T);
@@ -122,8 +69,7 @@ where
                 format!("Content-Type {ct:?}")
             };
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("send the body as JSON with Content-Type: application/json (got {got})"),
             ));
         }
@@ -131,8 +77,7 @@ where
             .await
             .map_err(|_| {
                 ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     format!("the body is larger than this endpoint's limit of {LIMIT} bytes"),
                 )
             })?;
@@ -151,15 +96,15 @@ fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 pub(crate) fn json_error(e: &serde_json::Error, context: &str) -> ApiError {
     let text = e.to_string();
     let code = if e.is_syntax() || e.is_eof() {
-        "malformed_json"
+        ErrorCode::MalformedJson
     } else if text.starts_with("unknown field") {
-        "unknown_field"
+        ErrorCode::UnknownField
     } else if text.starts_with("missing field") {
-        "missing_field"
+        ErrorCode::MissingField
     } else {
-        "invalid_field"
+        ErrorCode::InvalidField
     };
-    ApiError::bad(code, format!("{context}: {text}"))
+    ApiError::new(code, format!("{context}: {text}"))
 }
 
 /// The `{kind}/{id}` of a payment's URL, percent-decoded. A segment that does not decode
@@ -172,8 +117,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<(String, String)>::from_request_parts(parts, state).await {
             Ok(Path((kind, id))) => Ok(Self(kind, id)),
-            Err(e) => Err(ApiError::bad(
-                "invalid_path",
+            Err(e) => Err(ApiError::new(
+                ErrorCode::InvalidPath,
                 format!(
                     "the URL's kind and id must be percent-encoded UTF-8: {}",
                     e.body_text()
@@ -188,18 +133,17 @@ impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
 pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<i64>), ApiError> {
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad(
-            "invalid_limit",
+        return Err(ApiError::new(
+            ErrorCode::InvalidLimit,
             "limit must be between 1 and 1000",
         ));
     }
-    let after =
-        match cursor {
-            None | Some("") => None,
-            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                ApiError::bad("invalid_cursor", "cursor is not one this API gave")
-            })?),
-        };
+    let after = match cursor {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this API gave")
+        })?),
+    };
     Ok((limit, after))
 }
 
@@ -226,16 +170,14 @@ pub fn router(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     // Not `not_found`: a client must be able to tell "no such payment" from "wrong URL".
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_endpoint",
+        ErrorCode::UnknownEndpoint,
         "no such endpoint; see SPEC section 4 (e.g. POST /v1/checks, GET /v1/health)",
     )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }
