@@ -162,6 +162,10 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
             "another ninjapoll is running on this database (lock {} is held)",
             p.display()
         ),
+        Err(e @ StoreError::TooNew { .. }) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening {}", config.database_path.display())))
+        }
         Err(StoreError::Other(e)) => return Err(e),
     };
     let listener = bind_socket(&config.socket)?;

@@ -24,8 +24,28 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("another ninjapoll holds {0} (a second daemon on one database is refused)")]
     Locked(PathBuf),
+    /// The database was migrated by a newer ninjapoll: its schema is one we do not know, and
+    /// writing to it could lose what the newer version keeps.
+    #[error(
+        "the database is at schema version {found} (made by a newer ninjapoll), but this \
+         ninjapoll {ours_release} knows schema versions up to {ours}; run the newer version, \
+         or restore the backup taken before the upgrade"
+    )]
+    TooNew {
+        found: i64,
+        ours: i64,
+        ours_release: &'static str,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// The schema, as the files in `migrations/` make it.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The newest schema version this build knows.
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// A payment row, as stored.
@@ -216,10 +236,31 @@ impl Store {
             .connect_with(options(path))
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
-        sqlx::migrate!("./migrations")
-            .run(&write)
-            .await
-            .context("applying migrations")?;
+        // Forward only: an older schema is migrated up; a newer one is refused before
+        // anything is written (sqlx would refuse too, naming only its version).
+        let migrated: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations')",
+        )
+        .fetch_one(&write)
+        .await
+        .context("reading the database's schema")?;
+        let found: Option<i64> = if migrated {
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                .fetch_one(&write)
+                .await
+                .context("reading the database's schema version")?
+        } else {
+            None
+        };
+        if let Some(found) = found.filter(|v| *v > schema_version()) {
+            write.close().await;
+            return Err(StoreError::TooNew {
+                found,
+                ours: schema_version(),
+                ours_release: env!("CARGO_PKG_VERSION"),
+            });
+        }
+        MIGRATOR.run(&write).await.context("applying migrations")?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path).read_only(true))
