@@ -149,6 +149,7 @@ pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<i64
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
+    let telemetry = state.telemetry.clone();
     Router::new()
         .route("/v1/checks", post(checks::enqueue).get(checks::list))
         .route("/v1/checks/batch", post(checks::enqueue_batch))
@@ -165,6 +166,29 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::map_response_with_state(
+            telemetry,
+            count_internal,
+        ))
+}
+
+/// Only `/metrics`, for the optional TCP listener (`metrics.listen`): nothing there can
+/// read or change a payment.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// A 500 (`internal`) is a failed database operation: every other failure of ours is
+/// answered with a 4xx.
+async fn count_internal(State(t): State<Arc<Telemetry>>, response: Response) -> Response {
+    if response.status() == ErrorCode::Internal.status() {
+        t.database_error("api");
+    }
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -184,20 +208,16 @@ async fn method_not_allowed() -> ApiError {
 
 async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let counts = st.store.state_counts().await?;
+    let pending_kinds = st.store.pending_by_kind().await?;
     let webhooks = st.store.webhook_state_counts().await?;
-    let mut problems = Vec::new();
-    if st.config.ninjapay.api_key.is_none() {
-        problems.push("no API key configured (ninjapay.api_key)".to_string());
-    }
+    let published = st.scheduler.status();
     let now = crate::payment::now_ms();
-    let pools: Vec<_> = st
-        .telemetry
-        .pools()
-        .into_iter()
+    let (problems, unpolled) =
+        health_problems(&st.config, &published, &pending_kinds, &webhooks, now);
+    let pools: Vec<_> = published
+        .pools
+        .iter()
         .map(|p| {
-            for k in &p.auth_failing {
-                problems.push(format!("Ninjapay refuses the API key for kind {k}"));
-            }
             json!({
                 "name": p.name,
                 "budget_used": p.budget_used,
@@ -211,6 +231,7 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
                 "pending": p.pending,
                 "policy": p.kinds.iter().map(|k| json!({
                     "kind": k.kind,
+                    "pending": k.pending,
                     "evidence": k.evidence,
                     "flip_share": (k.flip_share * 1000.0).round() / 1000.0,
                     "flip_age_p50_ms": k.flip_age_ms[0],
@@ -223,37 +244,85 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
             })
         })
         .collect();
-    if let Some((_, dead)) = webhooks.iter().find(|(s, _)| s == "dead") {
+    let healthy = problems.is_empty();
+    let by_state: serde_json::Map<String, serde_json::Value> =
+        counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    let hooks: serde_json::Map<String, serde_json::Value> =
+        webhooks.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    Ok(Json(json!({
+        // One verdict, said twice: `status` for people, `healthy` for programs.
+        "status": if healthy { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "healthy": healthy,
+        "problems": problems,
+        "payments": by_state,
+        "scheduler": {
+            "pending": published.pools.iter().map(|p| p.pending).sum::<usize>(),
+            "unpolled": unpolled,
+            "reported_at": (published.at > 0).then(|| crate::payment::rfc3339(published.at)),
+        },
+        "budget": pools,
+        "webhooks": hooks,
+    })))
+}
+
+/// How old the scheduler's last report may be before health calls it stuck: it reports
+/// every tick (at most a second apart), so this is many missed ticks.
+const SCHEDULER_STALE_MS: i64 = 10_000;
+
+/// Every reason the daemon is not healthy, each a line a person can act on, and the
+/// pending payments nobody polls. `healthy` is exactly "no problems", so a reason can
+/// never hide.
+pub fn health_problems(
+    config: &Config,
+    published: &crate::scheduler::Published,
+    pending_by_kind: &[(String, i64)],
+    webhook_states: &[(String, i64)],
+    now: crate::payment::UnixMs,
+) -> (Vec<String>, i64) {
+    let mut problems = Vec::new();
+    if config.ninjapay.api_key.is_none() {
+        problems.push("no API key configured (ninjapay.api_key)".to_string());
+    }
+    for p in &published.pools {
+        for k in &p.auth_failing {
+            problems.push(format!("Ninjapay refuses the API key for kind {k}"));
+        }
+    }
+    let age = now - published.at;
+    if published.at > 0 && age > SCHEDULER_STALE_MS {
+        problems.push(format!(
+            "the scheduler has not reported for {} s: its loop is stuck or overloaded",
+            age / 1000
+        ));
+    }
+    let mut unpolled = 0;
+    for (kind, n) in pending_by_kind {
+        if !config.kinds.contains_key(kind) {
+            unpolled += n;
+            problems.push(format!(
+                "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"
+            ));
+        }
+    }
+    if let Some((_, dead)) = webhook_states.iter().find(|(s, _)| s == "dead") {
         if *dead > 0 {
             problems.push(format!(
                 "{dead} webhook events are dead (the merchant app missed them): see `ninjapoll webhooks list --state dead`, then replay"
             ));
         }
     }
-    let by_state: serde_json::Map<String, serde_json::Value> =
-        counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    let hooks: serde_json::Map<String, serde_json::Value> =
-        webhooks.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    Ok(Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "healthy": problems.is_empty(),
-        "problems": problems,
-        "payments": by_state,
-        "budget": pools,
-        "webhooks": hooks,
-    })))
+    (problems, unpolled)
 }
 
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let counts = st.store.state_counts().await?;
     let hooks = st.store.webhook_state_counts().await?;
-    let text = st.telemetry.render(&counts, &hooks);
+    let text = st
+        .telemetry
+        .render(&counts, &hooks, &st.scheduler.status().pools);
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
         text,
     )
         .into_response())

@@ -119,6 +119,8 @@ pub struct KindPolicy {
     pub flip_age_ms: [i64; 3],
     /// Expected mean flip-to-detection delay at the current load, in ms.
     pub expected_delay_ms: i64,
+    /// Pending payments of the kind the scheduler holds.
+    pub pending: usize,
 }
 
 /// A key's state, for health and metrics.
@@ -1110,7 +1112,11 @@ impl Core {
         let unit = self.grid.unit_ms();
         let mut out = Vec::with_capacity(self.pools.len());
         for p in 0..self.pools.len() {
-            let pending = self.entries.values().filter(|e| e.pool == p).count();
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for e in self.entries.values().filter(|e| e.pool == p) {
+                *held.entry(e.kind.name.as_str()).or_default() += 1;
+            }
+            let pending = held.values().sum();
             let mut kinds = Vec::new();
             for (name, &m) in &self.model_of {
                 let model = &self.models[m];
@@ -1125,6 +1131,7 @@ impl Core {
                     flip_share: dist.flips(),
                     flip_age_ms: [0.5, 0.9, 0.99].map(|q| dist.quantile(q) as i64 * unit),
                     expected_delay_ms: (delay * unit as f64) as i64,
+                    pending: held.get(name.as_str()).copied().unwrap_or(0),
                 });
             }
             kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
