@@ -296,7 +296,10 @@ async fn maintain(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let keep = 2 * window.as_millis() as i64 + 60_000;
+        // A restart reads the ledger of the last two windows; a tenth of a window more
+        // covers the budget's 2% skew margin. Proportional, not a fixed minute, so that
+        // the ledger stays flat on compressed time as on real time.
+        let keep = 2 * window.as_millis() as i64 + window.as_millis() as i64 / 10;
         if let Err(e) = store.maintain(now_ms() - keep).await {
             telemetry.database_error("maintenance");
             tracing::warn!(error = format!("{e:#}"), "database maintenance failed");

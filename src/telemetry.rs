@@ -170,11 +170,12 @@ impl Default for Telemetry {
         };
         // Series that should read 0 rather than be absent before their first event.
         for operation in DATABASE_OPERATIONS {
-            t.database_errors
+            let _ = t
+                .database_errors
                 .get_or_create(&OperationLabel { operation });
         }
         for outcome in ["delivered", "failed", "dead"] {
-            t.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
+            let _ = t.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
         }
         {
             let mut r = lock(&t.registry);

@@ -413,9 +413,11 @@ pub async fn cancel(
     State(st): State<AppState>,
     PaymentPath(kind, id): PaymentPath,
 ) -> Result<Json<Value>, ApiError> {
-    check_path(&st, &kind, &id)?;
+    // A payment of a kind no longer configured can still be cancelled: health lists it as
+    // unpolled and says to, and nothing but the database is needed.
+    let unconfigured = check_path(&st, &kind, &id).err();
     match st.store.cancel(&kind, &id).await? {
-        None => Err(not_tracked(&kind, &id)),
+        None => Err(unconfigured.unwrap_or_else(|| not_tracked(&kind, &id))),
         Some(Err(row)) => {
             let e = ApiError::new(
                 ErrorCode::AlreadyFinal,
