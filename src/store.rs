@@ -1299,6 +1299,77 @@ mod retention_tests {
         assert_eq!(store.prune_finished(1_000, 10).await.unwrap().payments, 1);
     }
 
+    /// A full batch (500 payments, each with a history row, an event and an attempt) holds
+    /// the writer for milliseconds, not seconds. Prints the figures.
+    #[tokio::test]
+    async fn a_full_batch_holds_the_writer_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Some("http://127.0.0.1:1/h".into()))
+            .await
+            .unwrap();
+        let n = 2 * crate::retention::BATCH as usize + 100;
+        let news: Vec<NewPayment> = (0..n)
+            .map(|i| NewPayment {
+                kind: "p2p".into(),
+                id: PaymentId::parse(&format!("P{i}")).unwrap(),
+                started_at: 0,
+                jitter_ms: 0,
+                next_check_at: 0,
+                callback_url: None,
+                metadata: Some(serde_json::json!({"order": i, "note": "x".repeat(200)})),
+            })
+            .collect();
+        let rows = store.insert_payments(&news).await.unwrap();
+        let records: Vec<CheckRecord> = rows
+            .iter()
+            .map(|(r, _)| CheckRecord {
+                saw_pending: true,
+                pk: r.pk,
+                checked_at: 100,
+                upstream_status: Some("approved".into()),
+                state: State::Succeeded,
+                response: Some("{\"status\":\"approved\"}".into()),
+                error: None,
+                next_check_at: None,
+                event: Some(EventSpec {
+                    event_type: STATUS_CHANGED,
+                    previous_state: State::Pending,
+                    previous_upstream_status: None,
+                }),
+                changed: true,
+            })
+            .collect();
+        store.record_checks(&records).await.unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_attempts (event_pk, at, status_code, latency_ms) \
+             SELECT pk, 100, 200, 1 FROM webhook_events",
+        )
+        .execute(&store.write)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE webhook_events SET state = 'delivered', delivered_at = 100")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        let mut took = Vec::new();
+        loop {
+            let started = std::time::Instant::now();
+            let p = store
+                .prune_finished(1_000, crate::retention::BATCH)
+                .await
+                .unwrap();
+            took.push((p.payments, started.elapsed()));
+            if p.payments < u64::from(crate::retention::BATCH) {
+                break;
+            }
+        }
+        eprintln!("retention batches (payments, time holding the writer): {took:?}");
+        assert_eq!(took.iter().map(|t| t.0).sum::<u64>(), n as u64);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM webhook_attempts").await, 0);
+        let slowest = took.iter().map(|t| t.1).max().unwrap();
+        assert!(slowest < std::time::Duration::from_secs(1), "{took:?}");
+    }
+
     #[tokio::test]
     async fn delivered_events_go_sooner_and_the_sequence_goes_on() {
         let dir = tempfile::tempdir().unwrap();
