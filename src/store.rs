@@ -1304,9 +1304,12 @@ mod retention_tests {
     #[tokio::test]
     async fn a_full_batch_holds_the_writer_briefly() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db"), Some("http://127.0.0.1:1/h".into()))
-            .await
-            .unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
         let n = 2 * crate::retention::BATCH as usize + 100;
         let news: Vec<NewPayment> = (0..n)
             .map(|i| NewPayment {
@@ -1365,7 +1368,10 @@ mod retention_tests {
         }
         eprintln!("retention batches (payments, time holding the writer): {took:?}");
         assert_eq!(took.iter().map(|t| t.0).sum::<u64>(), n as u64);
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM webhook_attempts").await, 0);
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM webhook_attempts").await,
+            0
+        );
         let slowest = took.iter().map(|t| t.1).max().unwrap();
         assert!(slowest < std::time::Duration::from_secs(1), "{took:?}");
     }
