@@ -426,6 +426,13 @@ impl Telemetry {
         );
         for p in pools {
             let name = pool(&p.name);
+            // Every key and kind has its series from the start, zero until something
+            // happens, so that rates and alerts need no "absent" special case.
+            let _ = self.lateness.get_or_create(&name);
+            for k in &p.kinds {
+                let _ = self.requests.get_or_create(&kind(&k.kind));
+                let _ = self.latency.get_or_create(&kind(&k.kind));
+            }
             self.budget_used
                 .get_or_create(&name)
                 .set(i64::from(p.budget_used));
