@@ -70,7 +70,9 @@ pub struct Raw {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub path: Option<PathBuf>,
-    /// How long finished payments are kept (`0`: forever).
+    /// How long finished payments are kept (`0`: forever; a bare number, as an
+    /// environment variable gives it, is read as text).
+    #[serde(default, deserialize_with = "mode_digits")]
     pub keep_finished: Option<String>,
 }
 
@@ -139,6 +141,7 @@ pub struct RawWebhooks {
     #[serde(default)]
     pub allowed_callback_prefixes: Vec<String>,
     /// How long delivered events are kept, if shorter than their payment.
+    #[serde(default, deserialize_with = "mode_digits")]
     pub keep_delivered: Option<String>,
 }
 
@@ -151,7 +154,8 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
-/// `socket.mode` as text, whether written as a string or as a number.
+/// `socket.mode` (or a retention period such as `0`) as text, whether written as a string
+/// or as a number.
 fn mode_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -730,6 +734,13 @@ mod tests {
         assert!(e.to_string().starts_with("database.keep_finished"), "{e}");
         assert!(e.to_string().contains("20m"), "{e}");
         assert!(load_str("[database]\nkeep_finished = \"20m\"").is_ok());
+        // `0` as a bare number, as TOML may and the environment always gives it.
+        assert_eq!(
+            load_str("[database]\nkeep_finished = 0")
+                .unwrap()
+                .keep_finished,
+            None
+        );
     }
 
     #[test]
