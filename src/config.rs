@@ -61,6 +61,8 @@ pub struct Raw {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub kinds: BTreeMap<String, RawKind>,
 }
 
@@ -68,6 +70,17 @@ pub struct Raw {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub path: Option<PathBuf>,
+    /// How long finished payments are kept (`0`: forever; a bare number, as an
+    /// environment variable gives it, is read as text).
+    #[serde(default, deserialize_with = "mode_digits")]
+    pub keep_finished: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// A loopback `IP:PORT` to serve `/metrics` on besides the socket.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -127,6 +140,9 @@ pub struct RawWebhooks {
     pub max_in_flight: Option<usize>,
     #[serde(default)]
     pub allowed_callback_prefixes: Vec<String>,
+    /// How long delivered events are kept, if shorter than their payment.
+    #[serde(default, deserialize_with = "mode_digits")]
+    pub keep_delivered: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -138,7 +154,8 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
-/// `socket.mode` as text, whether written as a string or as a number.
+/// `socket.mode` (or a retention period such as `0`) as text, whether written as a string
+/// or as a number.
 fn mode_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -204,6 +221,8 @@ pub struct WebhooksConfig {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub allowed_callback_prefixes: Vec<String>,
+    /// Delivered events older than this are deleted (`None`: they go with their payment).
+    pub keep_delivered: Option<Duration>,
 }
 
 /// Log settings.
@@ -217,6 +236,11 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_path: PathBuf,
+    /// Finished payments older than this are deleted with their history and webhook
+    /// events (`None`: kept forever).
+    pub keep_finished: Option<Duration>,
+    /// Where `/metrics` is also served (loopback only).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub socket: SocketConfig,
     pub ninjapay: NinjapayConfig,
     pub ladder: Ladder,
@@ -234,6 +258,10 @@ pub fn defaults() -> Raw {
         span: span.map(Into::into),
     };
     Raw {
+        database: RawDatabase {
+            keep_finished: Some("90d".into()),
+            ..Default::default()
+        },
         ninjapay: RawNinjapay {
             prod_base_url: Some("https://prod.ninjapay.me".into()),
             api_base_url: Some("https://api.ninjapay.me".into()),
@@ -389,6 +417,15 @@ impl Config {
         };
 
         let ladder = ladder(&raw.schedule)?;
+        // A restart relearns flip ages from the payments started in the last two
+        // lifetimes (scheduler::spawn); retention must not delete them sooner.
+        let lifetime =
+            Duration::from_millis(ladder.timeout_ms() as u64).max(ninjapay.budget_window);
+        let keep_finished = keep(
+            "database.keep_finished",
+            raw.database.keep_finished.as_deref().unwrap_or("90d"),
+            Some(2 * lifetime),
+        )?;
 
         let mut kinds = BTreeMap::new();
         for (name, rk) in &raw.kinds {
@@ -446,6 +483,14 @@ impl Config {
             timeout: positive("webhooks.timeout", w.timeout.as_deref(), "10s")?,
             max_in_flight: w.max_in_flight.unwrap_or(8).max(1),
             allowed_callback_prefixes: w.allowed_callback_prefixes.clone(),
+            keep_delivered: match w.keep_delivered.as_deref() {
+                None => None,
+                Some(s) => keep("webhooks.keep_delivered", s, None)?,
+            },
+        };
+        let metrics_listen = match raw.metrics.listen.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(loopback("metrics.listen", s)?),
         };
 
         let log = LogConfig {
@@ -466,6 +511,8 @@ impl Config {
         redact(&mut effective);
         Ok(Self {
             database_path,
+            keep_finished,
+            metrics_listen,
             socket,
             ninjapay,
             ladder,
@@ -516,6 +563,45 @@ fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
             format!("{s:?} is not a duration like \"3s\" or \"10m\": {e}"),
         )
     })
+}
+
+/// A retention period: `0` keeps forever (`None`); otherwise at least `min`.
+fn keep(key: &str, s: &str, min: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
+    let d = duration(key, s)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if let Some(min) = min.filter(|m| d < *m) {
+        return Err(invalid(
+            key,
+            format!(
+                "{s:?} is shorter than two payment lifetimes ({}), from which a restart relearns \
+                 flip ages; use 0 to keep forever or at least that",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// An `IP:PORT` on the loopback interface: metrics are not for the network.
+fn loopback(key: &str, s: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{s:?} is not an IP:PORT like \"127.0.0.1:9464\""),
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(invalid(
+            key,
+            format!(
+                "{s:?} is not a loopback address: metrics are served on 127.0.0.1 or [::1] \
+                 only (put a proxy with authentication in front to expose them)"
+            ),
+        ));
+    }
+    Ok(addr)
 }
 
 fn positive(key: &str, s: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
@@ -629,6 +715,43 @@ mod tests {
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("sk_live_secret"), "{shown}");
         assert!(!format!("{c:?}").contains("sk_live_secret"));
+    }
+
+    #[test]
+    fn retention_is_a_period_or_zero_and_not_shorter_than_two_lifetimes() {
+        let c = Config::from_raw(defaults()).unwrap();
+        assert_eq!(c.keep_finished, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(c.webhooks.keep_delivered, None);
+        let c = load_str("[database]\nkeep_finished = \"0\"\n[webhooks]\nkeep_delivered = \"7d\"")
+            .unwrap();
+        assert_eq!(c.keep_finished, None);
+        assert_eq!(
+            c.webhooks.keep_delivered,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        // Two lifetimes of 10 minutes (the timeout and the budget window).
+        let e = load_str("[database]\nkeep_finished = \"19m\"").unwrap_err();
+        assert!(e.to_string().starts_with("database.keep_finished"), "{e}");
+        assert!(e.to_string().contains("20m"), "{e}");
+        assert!(load_str("[database]\nkeep_finished = \"20m\"").is_ok());
+        // `0` as a bare number, as TOML may and the environment always gives it.
+        assert_eq!(
+            load_str("[database]\nkeep_finished = 0")
+                .unwrap()
+                .keep_finished,
+            None
+        );
+    }
+
+    #[test]
+    fn metrics_listen_only_on_loopback() {
+        let c = load_str("[metrics]\nlisten = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(load_str("[metrics]\nlisten = \"[::1]:9464\"").is_ok());
+        for bad in ["0.0.0.0:9464", "192.168.1.5:9464", "localhost:9464", "9464"] {
+            let e = load_str(&format!("[metrics]\nlisten = \"{bad}\"")).unwrap_err();
+            assert!(e.to_string().starts_with("metrics.listen"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@ use crate::telemetry::Telemetry;
 use anyhow::{bail, Context, Result};
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
@@ -124,8 +123,7 @@ async fn peer_guard(
     } else {
         tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, "refused a peer not in socket.allowed_uids/allowed_gids");
         api::ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            api::ErrorCode::Forbidden,
             format!(
                 "uid {} / gid {} is not in socket.allowed_uids or socket.allowed_gids",
                 peer.uid.map_or("?".into(), |u| u.to_string()),
@@ -164,6 +162,10 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
             "another ninjapoll is running on this database (lock {} is held)",
             p.display()
         ),
+        Err(e @ StoreError::TooNew { .. }) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening {}", config.database_path.display())))
+        }
         Err(StoreError::Other(e)) => return Err(e),
     };
     let listener = bind_socket(&config.socket)?;
@@ -189,6 +191,13 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
     let maintenance = tokio::spawn(maintain(
         store.clone(),
         config.ninjapay.budget_window,
+        telemetry.clone(),
+        cancel.clone(),
+    ));
+    let retention = tokio::spawn(crate::retention::run(
+        store.clone(),
+        crate::retention::Retention::of(&config),
+        telemetry.clone(),
         cancel.clone(),
     ));
     let state = AppState {
@@ -201,6 +210,12 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
     let guard = Guard {
         uids: Arc::new(config.socket.allowed_uids.clone()),
         gids: Arc::new(config.socket.allowed_gids.clone()),
+    };
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            Some(serve_metrics(addr, api::metrics_router(state.clone()), cancel.clone()).await?)
+        }
+        None => None,
     };
     let app = api::router(state)
         .layer(middleware::from_fn_with_state(guard, peer_guard))
@@ -221,6 +236,10 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
         tracing::error!(error = %e, "webhook worker failed");
     }
     let _ = maintenance.await;
+    let _ = retention.await;
+    if let Some(task) = metrics_server {
+        let _ = task.await;
+    }
     store.close().await;
     tracing::info!("ninjapoll stopped");
     served
@@ -240,16 +259,49 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// Serves `/metrics` on a loopback TCP address (the configuration refuses any other) until
+/// `cancel` fires.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics.listen {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    tracing::info!(address = %bound, "serving /metrics over TCP");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    }))
+}
+
 /// Prunes the budget ledger and checkpoints the WAL, now and then.
-async fn maintain(store: Store, window: Duration, cancel: CancellationToken) {
+async fn maintain(
+    store: Store,
+    window: Duration,
+    telemetry: Arc<Telemetry>,
+    cancel: CancellationToken,
+) {
     let every = window.clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let keep = 2 * window.as_millis() as i64 + 60_000;
+        // A restart reads the ledger of the last two windows; a tenth of a window more
+        // covers the budget's 2% skew margin. Proportional, not a fixed minute, so that
+        // the ledger stays flat on compressed time as on real time.
+        let keep = 2 * window.as_millis() as i64 + window.as_millis() as i64 / 10;
         if let Err(e) = store.maintain(now_ms() - keep).await {
+            telemetry.database_error("maintenance");
             tracing::warn!(error = format!("{e:#}"), "database maintenance failed");
         }
     }

@@ -13,6 +13,7 @@ pub mod ladder;
 pub mod payment;
 pub mod policy;
 mod recorder;
+pub mod retention;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

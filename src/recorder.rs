@@ -22,6 +22,7 @@ pub(crate) type Refill = (usize, String, usize);
 /// hides a request that was really sent.
 pub(crate) async fn ledger_loop(
     store: Store,
+    telemetry: Arc<Telemetry>,
     mut rx: mpsc::Receiver<Refill>,
     done: mpsc::Sender<(usize, Vec<i64>)>,
 ) {
@@ -31,6 +32,7 @@ pub(crate) async fn ledger_loop(
             match store.ledger_send(&entries).await {
                 Ok(keys) => break keys,
                 Err(e) => {
+                    telemetry.database_error("ledger");
                     // Without durable rows no request leaves: retry rather than guess.
                     tracing::error!(
                         error = format!("{e:#}"),
@@ -88,6 +90,7 @@ pub(crate) async fn record_loop(
                     break;
                 }
                 Err(e) => {
+                    telemetry.database_error("record_checks");
                     tracing::error!(
                         error = format!("{e:#}"),
                         "committing check outcomes failed; retrying"

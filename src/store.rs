@@ -24,8 +24,28 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("another ninjapoll holds {0} (a second daemon on one database is refused)")]
     Locked(PathBuf),
+    /// The database was migrated by a newer ninjapoll: its schema is one we do not know, and
+    /// writing to it could lose what the newer version keeps.
+    #[error(
+        "the database is at schema version {found} (made by a newer ninjapoll), but this \
+         ninjapoll {ours_release} knows schema versions up to {ours}; run the newer version, \
+         or restore the backup taken before the upgrade"
+    )]
+    TooNew {
+        found: i64,
+        ours: i64,
+        ours_release: &'static str,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// The schema, as the files in `migrations/` make it.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The newest schema version this build knows.
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// A payment row, as stored.
@@ -216,10 +236,31 @@ impl Store {
             .connect_with(options(path))
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
-        sqlx::migrate!("./migrations")
-            .run(&write)
-            .await
-            .context("applying migrations")?;
+        // Forward only: an older schema is migrated up; a newer one is refused before
+        // anything is written (sqlx would refuse too, naming only its version).
+        let migrated: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations')",
+        )
+        .fetch_one(&write)
+        .await
+        .context("reading the database's schema")?;
+        let found: Option<i64> = if migrated {
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                .fetch_one(&write)
+                .await
+                .context("reading the database's schema version")?
+        } else {
+            None
+        };
+        if let Some(found) = found.filter(|v| *v > schema_version()) {
+            write.close().await;
+            return Err(StoreError::TooNew {
+                found,
+                ours: schema_version(),
+                ours_release: env!("CARGO_PKG_VERSION"),
+            });
+        }
+        MIGRATOR.run(&write).await.context("applying migrations")?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path).read_only(true))
@@ -356,6 +397,16 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM payments GROUP BY state")
             .fetch_all(&self.read)
             .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Pending payments per kind, for health (a kind no longer configured is not polled).
+    pub async fn pending_by_kind(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT kind, COUNT(*) FROM payments WHERE state = 'pending' GROUP BY kind",
+        )
+        .fetch_all(&self.read)
+        .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -635,6 +686,112 @@ impl Store {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+}
+
+/// What one retention batch deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub payments: u64,
+    pub history: u64,
+    pub events: u64,
+    pub attempts: u64,
+}
+
+impl Pruned {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, o: &Pruned) {
+        self.payments += o.payments;
+        self.history += o.history;
+        self.events += o.events;
+        self.attempts += o.attempts;
+    }
+}
+
+impl Store {
+    /// Deletes up to `limit` payments that finished before `before`, oldest first, with
+    /// their history, webhook events and attempts, in one short transaction. A payment
+    /// with an event still being delivered (pending) stays until the event is delivered
+    /// or dead.
+    pub async fn prune_finished(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let pks: Vec<i64> = sqlx::query_scalar(
+            "SELECT pk FROM payments p WHERE state != 'pending' AND finished_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM webhook_events e \
+                             WHERE e.payment_pk = p.pk AND e.state = 'pending') \
+             ORDER BY finished_at LIMIT ?2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .context("choosing finished payments to delete")?;
+        if pks.is_empty() {
+            return Ok(Pruned::default());
+        }
+        let pks = serde_json::to_string(&pks).context("encoding payment keys")?;
+        // Children first: the foreign keys are enforced.
+        let mut deleted = [0u64; 4];
+        for (n, sql) in deleted.iter_mut().zip([
+            "DELETE FROM webhook_attempts WHERE event_pk IN (SELECT pk FROM webhook_events \
+             WHERE payment_pk IN (SELECT value FROM json_each(?1)))",
+            "DELETE FROM webhook_events WHERE payment_pk IN (SELECT value FROM json_each(?1))",
+            "DELETE FROM status_history WHERE payment_pk IN (SELECT value FROM json_each(?1))",
+            "DELETE FROM payments WHERE pk IN (SELECT value FROM json_each(?1))",
+        ]) {
+            *n = sqlx::query(sql)
+                .bind(&pks)
+                .execute(&mut *tx)
+                .await
+                .context("deleting a retention batch")?
+                .rows_affected();
+        }
+        let [attempts, events, history, payments] = deleted;
+        tx.commit().await.context("committing retention batch")?;
+        Ok(Pruned {
+            payments,
+            history,
+            events,
+            attempts,
+        })
+    }
+
+    /// Deletes up to `limit` events delivered before `before`, oldest first, with their
+    /// attempts. The payment keeps its `event_seq`, so later events go on counting.
+    pub async fn prune_delivered(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let pks: Vec<i64> = sqlx::query_scalar(
+            "SELECT pk FROM webhook_events WHERE state = 'delivered' AND delivered_at < ? \
+             ORDER BY delivered_at LIMIT ?",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .context("choosing delivered events to delete")?;
+        if pks.is_empty() {
+            return Ok(Pruned::default());
+        }
+        let pks = serde_json::to_string(&pks).context("encoding event keys")?;
+        let attempts = sqlx::query(
+            "DELETE FROM webhook_attempts WHERE event_pk IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&pks)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let events =
+            sqlx::query("DELETE FROM webhook_events WHERE pk IN (SELECT value FROM json_each(?))")
+                .bind(&pks)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await.context("committing retention batch")?;
+        Ok(Pruned {
+            events,
+            attempts,
+            ..Pruned::default()
+        })
     }
 }
 
@@ -1006,5 +1163,265 @@ mod outbox_tests {
             .await
             .unwrap();
         assert_eq!(list.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use crate::webhooks::STATUS_CHANGED;
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&store.read)
+            .await
+            .unwrap()
+    }
+
+    /// A payment that flipped at `at` (one history row, one webhook event), or stays
+    /// pending with `final_state` None.
+    async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> i64 {
+        let new = NewPayment {
+            kind: "p2p".into(),
+            id: PaymentId::parse(id).unwrap(),
+            started_at: 0,
+            jitter_ms: 0,
+            next_check_at: 0,
+            callback_url: None,
+            metadata: None,
+        };
+        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
+        let state = final_state.unwrap_or(State::Pending);
+        store
+            .record_checks(&[CheckRecord {
+                saw_pending: false,
+                pk,
+                checked_at: at,
+                upstream_status: Some(format!("raw-{id}")),
+                state,
+                response: None,
+                error: None,
+                next_check_at: Some(at + 1),
+                event: Some(EventSpec {
+                    event_type: STATUS_CHANGED,
+                    previous_state: State::Pending,
+                    previous_upstream_status: None,
+                }),
+                changed: true,
+            }])
+            .await
+            .unwrap();
+        pk
+    }
+
+    async fn attempt(store: &Store, payment_pk: i64, outcome: AttemptOutcome) {
+        let ev: i64 = sqlx::query_scalar("SELECT pk FROM webhook_events WHERE payment_pk = ?")
+            .bind(payment_pk)
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        let a = WebhookAttempt {
+            at: 1,
+            status_code: Some(200),
+            error: None,
+            latency_ms: 1,
+        };
+        store
+            .record_webhook_attempt(ev, 0, &a, outcome)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn finished_payments_go_with_their_rows_oldest_first_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
+        let old1 = payment(&store, "OLD1", Some(State::Succeeded), 100).await;
+        let old2 = payment(&store, "OLD2", Some(State::Failed), 200).await;
+        let young = payment(&store, "YOUNG", Some(State::Succeeded), 5_000).await;
+        let pending = payment(&store, "PEND", None, 100).await;
+        // Finished long ago, but its event is still being delivered: it stays.
+        let undelivered = payment(&store, "UNDEL", Some(State::Succeeded), 100).await;
+        for pk in [old1, old2, young, pending] {
+            attempt(&store, pk, AttemptOutcome::Delivered).await;
+        }
+        attempt(&store, undelivered, AttemptOutcome::Retry(10_000)).await;
+
+        // A batch of one takes the oldest.
+        let p = store.prune_finished(1_000, 1).await.unwrap();
+        assert_eq!(
+            p,
+            Pruned {
+                payments: 1,
+                history: 1,
+                events: 1,
+                attempts: 1
+            }
+        );
+        assert!(store.get("p2p", "OLD1").await.unwrap().is_none());
+        assert!(store.get("p2p", "OLD2").await.unwrap().is_some());
+        let p = store.prune_finished(1_000, 10).await.unwrap();
+        assert_eq!(p.payments, 1);
+        assert_eq!(
+            store.prune_finished(1_000, 10).await.unwrap(),
+            Pruned::default()
+        );
+        for id in ["YOUNG", "PEND", "UNDEL"] {
+            assert!(store.get("p2p", id).await.unwrap().is_some(), "{id} kept");
+        }
+        // Nothing of the deleted payments is left behind.
+        for table in ["status_history", "webhook_events"] {
+            let orphans = count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM {table} WHERE payment_pk NOT IN (SELECT pk FROM payments)"
+                ),
+            )
+            .await;
+            assert_eq!(orphans, 0, "{table}");
+        }
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM webhook_attempts WHERE event_pk NOT IN \
+                 (SELECT pk FROM webhook_events)"
+            )
+            .await,
+            0
+        );
+        // Once the event is dead the payment can go.
+        attempt(&store, undelivered, AttemptOutcome::Dead).await;
+        assert_eq!(store.prune_finished(1_000, 10).await.unwrap().payments, 1);
+    }
+
+    /// A full batch (500 payments, each with a history row, an event and an attempt) holds
+    /// the writer for milliseconds, not seconds. Prints the figures.
+    #[tokio::test]
+    async fn a_full_batch_holds_the_writer_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
+        let n = 2 * crate::retention::BATCH as usize + 100;
+        let news: Vec<NewPayment> = (0..n)
+            .map(|i| NewPayment {
+                kind: "p2p".into(),
+                id: PaymentId::parse(&format!("P{i}")).unwrap(),
+                started_at: 0,
+                jitter_ms: 0,
+                next_check_at: 0,
+                callback_url: None,
+                metadata: Some(serde_json::json!({"order": i, "note": "x".repeat(200)})),
+            })
+            .collect();
+        let rows = store.insert_payments(&news).await.unwrap();
+        let records: Vec<CheckRecord> = rows
+            .iter()
+            .map(|(r, _)| CheckRecord {
+                saw_pending: true,
+                pk: r.pk,
+                checked_at: 100,
+                upstream_status: Some("approved".into()),
+                state: State::Succeeded,
+                response: Some("{\"status\":\"approved\"}".into()),
+                error: None,
+                next_check_at: None,
+                event: Some(EventSpec {
+                    event_type: STATUS_CHANGED,
+                    previous_state: State::Pending,
+                    previous_upstream_status: None,
+                }),
+                changed: true,
+            })
+            .collect();
+        store.record_checks(&records).await.unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_attempts (event_pk, at, status_code, latency_ms) \
+             SELECT pk, 100, 200, 1 FROM webhook_events",
+        )
+        .execute(&store.write)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE webhook_events SET state = 'delivered', delivered_at = 100")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        let mut took = Vec::new();
+        loop {
+            let started = std::time::Instant::now();
+            let p = store
+                .prune_finished(1_000, crate::retention::BATCH)
+                .await
+                .unwrap();
+            took.push((p.payments, started.elapsed()));
+            if p.payments < u64::from(crate::retention::BATCH) {
+                break;
+            }
+        }
+        eprintln!("retention batches (payments, time holding the writer): {took:?}");
+        assert_eq!(took.iter().map(|t| t.0).sum::<u64>(), n as u64);
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM webhook_attempts").await,
+            0
+        );
+        let slowest = took.iter().map(|t| t.1).max().unwrap();
+        assert!(slowest < std::time::Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn delivered_events_go_sooner_and_the_sequence_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
+        let a = payment(&store, "A", None, 100).await;
+        let b = payment(&store, "B", None, 100).await;
+        attempt(&store, a, AttemptOutcome::Delivered).await;
+        attempt(&store, b, AttemptOutcome::Retry(10_000)).await;
+        let now = now_ms();
+        let p = store.prune_delivered(now + 1, 10).await.unwrap();
+        assert_eq!((p.events, p.attempts, p.payments), (1, 1, 0));
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM webhook_events").await,
+            1
+        );
+        assert!(store.get("p2p", "A").await.unwrap().is_some());
+        // A's next event is number 2, not a reused 1.
+        let flip = CheckRecord {
+            saw_pending: false,
+            pk: a,
+            checked_at: 200,
+            upstream_status: Some("approved".into()),
+            state: State::Succeeded,
+            response: None,
+            error: None,
+            next_check_at: None,
+            event: Some(EventSpec {
+                event_type: STATUS_CHANGED,
+                previous_state: State::Pending,
+                previous_upstream_status: None,
+            }),
+            changed: true,
+        };
+        store.record_checks(&[flip]).await.unwrap();
+        assert_eq!(
+            count(
+                &store,
+                &format!("SELECT sequence FROM webhook_events WHERE payment_pk = {a}")
+            )
+            .await,
+            2
+        );
     }
 }

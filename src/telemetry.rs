@@ -1,12 +1,21 @@
-//! Logging set-up and the daemon's counters, rendered in the Prometheus text format.
+//! Logging set-up and the daemon's metrics (prometheus-client, Prometheus text format
+//! 0.0.4). Counters and histograms are updated where things happen; gauges of state (the
+//! database's counts, the scheduler's published status) are set when a scrape renders.
 
 use crate::config::LogConfig;
 use crate::kinds::Observation;
 use crate::payment::State;
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::scheduler::PoolStatus;
+use crate::store::Pruned;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Installs the global tracing subscriber (stderr; journald captures it under systemd).
 pub fn init_logging(cfg: &LogConfig) {
@@ -24,36 +33,270 @@ pub fn init_logging(cfg: &LogConfig) {
     };
 }
 
-/// A key's budget and scheduling state, as last published by the scheduler (paused time
-/// on the wall clock).
-pub type PoolSnapshot = crate::scheduler::PoolStatus;
+/// The `Content-Type` of [`Telemetry::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// One figure of a key's snapshot, as a metric value.
-type PoolField = dyn Fn(&PoolSnapshot) -> String;
+/// Upstream round trips, in seconds: from a fast loopback to the request timeout.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+];
+/// How late checks start against their plan, in seconds: up to a whole ladder.
+const LATENESS_BUCKETS: [f64; 9] = [0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 600.0];
+/// How long a retention batch holds the writer, in seconds.
+const BATCH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
 
-/// Lateness buckets, in milliseconds.
-const LATE_BUCKETS: [i64; 9] = [10, 100, 500, 1_000, 5_000, 15_000, 60_000, 300_000, 600_000];
+/// The operations [`Telemetry::database_error`] counts.
+pub const DATABASE_OPERATIONS: [&str; 6] = [
+    "record_checks",
+    "ledger",
+    "webhooks",
+    "retention",
+    "maintenance",
+    "api",
+];
 
-#[derive(Default)]
-struct Lateness {
-    buckets: [u64; LATE_BUCKETS.len()],
-    count: u64,
-    sum: i64,
+type FloatGauge = Gauge<f64, AtomicU64>;
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
 }
 
-/// Counters shared by the scheduler, the recorder, webhooks and the API.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    kind: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolKindLabels {
+    pool: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabels {
+    pool: String,
+    kind: String,
+    quantile: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: &'static str,
+}
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> Histogram) -> Histograms<L> {
+    Family::new_with_constructor(buckets)
+}
+
+/// The daemon's metrics, shared by the scheduler, the recorder, webhooks, retention and
+/// the API.
 pub struct Telemetry {
-    requests: Mutex<BTreeMap<String, u64>>,
-    checks: Mutex<BTreeMap<(String, &'static str), u64>>,
-    commits: AtomicU64,
-    committed_checks: AtomicU64,
-    latency_sum_ms: AtomicU64,
-    latency_count: AtomicU64,
-    unexpected_429: AtomicU64,
-    pools: Mutex<BTreeMap<String, PoolSnapshot>>,
-    lateness: Mutex<BTreeMap<String, Lateness>>,
-    webhooks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Held while a scrape sets the gauges of state and encodes, so that two scrapes at
+    /// once each see one consistent set.
+    registry: Mutex<Registry>,
+    requests: Family<KindLabel, Counter>,
+    checks: Family<CheckLabels, Counter>,
+    latency: Histograms<KindLabel>,
+    lateness: Histograms<PoolLabel>,
+    commits: Counter,
+    committed_checks: Counter,
+    unexpected_429: Counter,
+    webhook_attempts: Family<OutcomeLabel, Counter>,
+    database_errors: Family<OperationLabel, Counter>,
+    retention_deleted: Family<TableLabel, Counter>,
+    retention_batch: Histogram,
+    payments: Family<StateLabel, Gauge>,
+    webhook_events: Family<StateLabel, Gauge>,
+    webhook_queue: Gauge,
+    pending: Family<PoolKindLabels, Gauge>,
+    budget_used: Family<PoolLabel, Gauge>,
+    budget_limit: Family<PoolLabel, Gauge>,
+    budget_configured: Family<PoolLabel, Gauge>,
+    price_level: Family<PoolLabel, FloatGauge>,
+    flip_age: Family<QuantileLabels, FloatGauge>,
+    flip_share: Family<PoolKindLabels, FloatGauge>,
+    expected_delay: Family<PoolKindLabels, FloatGauge>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let t = Telemetry {
+            registry: Mutex::new(Registry::with_prefix("ninjapoll")),
+            requests: Family::default(),
+            checks: Family::default(),
+            latency: histograms(|| Histogram::new(LATENCY_BUCKETS)),
+            lateness: histograms(|| Histogram::new(LATENESS_BUCKETS)),
+            commits: Counter::default(),
+            committed_checks: Counter::default(),
+            unexpected_429: Counter::default(),
+            webhook_attempts: Family::default(),
+            database_errors: Family::default(),
+            retention_deleted: Family::default(),
+            retention_batch: Histogram::new(BATCH_BUCKETS),
+            payments: Family::default(),
+            webhook_events: Family::default(),
+            webhook_queue: Gauge::default(),
+            pending: Family::default(),
+            budget_used: Family::default(),
+            budget_limit: Family::default(),
+            budget_configured: Family::default(),
+            price_level: Family::default(),
+            flip_age: Family::default(),
+            flip_share: Family::default(),
+            expected_delay: Family::default(),
+        };
+        // Series that should read 0 rather than be absent before their first event.
+        for operation in DATABASE_OPERATIONS {
+            let _ = t
+                .database_errors
+                .get_or_create(&OperationLabel { operation });
+        }
+        for outcome in ["delivered", "failed", "dead"] {
+            let _ = t.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
+        }
+        {
+            let mut r = lock(&t.registry);
+            r.register(
+                "payments",
+                "Payments in the database, by state",
+                t.payments.clone(),
+            );
+            r.register(
+                "pending",
+                "Pending payments the scheduler holds, by key (pool) and kind",
+                t.pending.clone(),
+            );
+            r.register(
+                "upstream_requests",
+                "Requests sent to Ninjapay, by kind",
+                t.requests.clone(),
+            );
+            r.register(
+                "checks",
+                "Payment checks, by kind and outcome (the state seen, error or unknown_status)",
+                t.checks.clone(),
+            );
+            r.register_with_unit(
+                "upstream_latency",
+                "Round trip of requests to Ninjapay, by kind",
+                Unit::Seconds,
+                t.latency.clone(),
+            );
+            r.register_with_unit(
+                "check_lateness",
+                "How late checks start against their plan, by key",
+                Unit::Seconds,
+                t.lateness.clone(),
+            );
+            r.register(
+                "commits",
+                "Group commits of check outcomes",
+                t.commits.clone(),
+            );
+            r.register(
+                "committed_checks",
+                "Check outcomes committed",
+                t.committed_checks.clone(),
+            );
+            r.register(
+                "unexpected_429",
+                "429 answers while the budget counted room",
+                t.unexpected_429.clone(),
+            );
+            r.register(
+                "budget_used",
+                "Requests counted in the current window, per key",
+                t.budget_used.clone(),
+            );
+            r.register(
+                "budget_limit",
+                "The request limit in force per window, per key (lowered after an unexpected 429)",
+                t.budget_limit.clone(),
+            );
+            r.register(
+                "budget_configured",
+                "The configured request limit per window, per key",
+                t.budget_configured.clone(),
+            );
+            r.register(
+                "price_level",
+                "The scheduler's price level per key (0 = the documented ladder; higher = fewer checks)",
+                t.price_level.clone(),
+            );
+            r.register_with_unit(
+                "flip_age",
+                "Learnt age by which a share (quantile) of the flipping payments of a kind flipped",
+                Unit::Seconds,
+                t.flip_age.clone(),
+            );
+            r.register(
+                "flip_share",
+                "Learnt share of payments of a kind that flip before the deadline",
+                t.flip_share.clone(),
+            );
+            r.register_with_unit(
+                "expected_delay",
+                "Mean flip-to-detection delay the policy expects for a kind at the current load",
+                Unit::Seconds,
+                t.expected_delay.clone(),
+            );
+            r.register(
+                "webhook_events",
+                "Webhook events in the outbox, by state",
+                t.webhook_events.clone(),
+            );
+            r.register(
+                "webhook_queue_depth",
+                "Webhook events waiting for delivery (pending)",
+                t.webhook_queue.clone(),
+            );
+            r.register(
+                "webhook_attempts",
+                "Webhook delivery attempts, by outcome (delivered, failed, dead)",
+                t.webhook_attempts.clone(),
+            );
+            r.register(
+                "database_errors",
+                "Failed database operations, by operation",
+                t.database_errors.clone(),
+            );
+            r.register(
+                "retention_deleted_rows",
+                "Rows deleted by retention, by table",
+                t.retention_deleted.clone(),
+            );
+            r.register_with_unit(
+                "retention_batch",
+                "How long one retention batch held the database writer",
+                Unit::Seconds,
+                t.retention_batch.clone(),
+            );
+        }
+        t
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -61,10 +304,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn kind(kind: &str) -> KindLabel {
+    KindLabel {
+        kind: kind.to_string(),
+    }
+}
+
+fn pool(pool: &str) -> PoolLabel {
+    PoolLabel {
+        pool: pool.to_string(),
+    }
+}
+
 impl Telemetry {
     /// A request sent for `kind`.
-    pub fn request(&self, kind: &str) {
-        *lock(&self.requests).entry(kind.to_string()).or_default() += 1;
+    pub fn request(&self, kind_name: &str) {
+        self.requests.get_or_create(&kind(kind_name)).inc();
     }
 
     /// A check's outcome for one payment.
@@ -74,262 +329,239 @@ impl Telemetry {
             Observation::Status { state: None, .. } => "unknown_status",
             _ => state.as_str(),
         };
-        *lock(&self.checks)
-            .entry((kind.to_string(), outcome))
-            .or_default() += 1;
+        self.checks
+            .get_or_create(&CheckLabels {
+                kind: kind.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     /// A request's round trip.
-    pub fn latency(&self, ms: i64) {
-        self.latency_sum_ms
-            .fetch_add(ms.max(0) as u64, Ordering::Relaxed);
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
+    pub fn latency(&self, kind_name: &str, ms: i64) {
+        self.latency
+            .get_or_create(&kind(kind_name))
+            .observe(ms.max(0) as f64 / 1000.0);
+    }
+
+    /// How late the checks of a key started against their plan, in ms.
+    pub fn lateness(&self, pool_name: &str, late_ms: &[i64]) {
+        if late_ms.is_empty() {
+            return;
+        }
+        let h = self.lateness.get_or_create(&pool(pool_name));
+        for l in late_ms {
+            h.observe(*l as f64 / 1000.0);
+        }
     }
 
     /// A group commit of `n` check outcomes.
     pub fn commit(&self, n: usize) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.committed_checks.fetch_add(n as u64, Ordering::Relaxed);
+        self.commits.inc();
+        self.committed_checks.inc_by(n as u64);
     }
 
     /// A 429 the budget did not expect.
     pub fn unexpected_429(&self) {
-        self.unexpected_429.fetch_add(1, Ordering::Relaxed);
+        self.unexpected_429.inc();
     }
 
     /// A webhook delivery attempt's result (`delivered`, `failed`, `dead`).
     pub fn webhook(&self, outcome: &'static str) {
-        *lock(&self.webhooks).entry(outcome).or_default() += 1;
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
-    /// The scheduler's periodic snapshot of a key.
-    pub fn pool(&self, mut snap: PoolSnapshot) {
-        let late = std::mem::take(&mut snap.lateness_ms);
-        {
-            let mut all = lock(&self.lateness);
-            let h = all.entry(snap.name.clone()).or_default();
-            for l in late {
-                h.count += 1;
-                h.sum += l;
-                for (i, b) in LATE_BUCKETS.iter().enumerate() {
-                    if l <= *b {
-                        h.buckets[i] += 1;
-                    }
-                }
-            }
-        }
-        lock(&self.pools).insert(snap.name.clone(), snap);
+    /// A database operation that failed (`record_checks`, `ledger`, `webhooks`, `api`,
+    /// `retention`, `maintenance`).
+    pub fn database_error(&self, operation: &'static str) {
+        debug_assert!(DATABASE_OPERATIONS.contains(&operation), "{operation}");
+        self.database_errors
+            .get_or_create(&OperationLabel { operation })
+            .inc();
     }
 
-    /// The latest snapshots of every key.
-    pub fn pools(&self) -> Vec<PoolSnapshot> {
-        lock(&self.pools).values().cloned().collect()
-    }
-
-    /// Prometheus text exposition. `states` are the payment counts per state.
-    pub fn render(&self, states: &[(String, i64)], webhook_states: &[(String, i64)]) -> String {
-        let mut o = String::new();
-        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        // A family with one series per label value.
-        let labelled = |o: &mut String,
-                        (name, kind, help): (&str, &str, &str),
-                        label: &str,
-                        series: Vec<(String, String)>| {
-            head(o, name, kind, help);
-            for (value, n) in series {
-                let _ = writeln!(o, "{name}{{{label}=\"{value}\"}} {n}");
-            }
-        };
-        let counts = |v: &[(String, i64)]| -> Vec<(String, String)> {
-            v.iter().map(|(k, n)| (k.clone(), n.to_string())).collect()
-        };
-        labelled(
-            &mut o,
-            ("ninjapoll_payments", "gauge", "Payments by state."),
-            "state",
-            counts(states),
-        );
-        let requests = lock(&self.requests)
-            .iter()
-            .map(|(k, n)| (k.clone(), n.to_string()))
-            .collect();
-        labelled(
-            &mut o,
-            (
-                "ninjapoll_upstream_requests_total",
-                "counter",
-                "Requests sent to Ninjapay, by kind.",
-            ),
-            "kind",
-            requests,
-        );
-        head(
-            &mut o,
-            "ninjapoll_checks_total",
-            "counter",
-            "Payment checks, by kind and outcome.",
-        );
-        for ((k, out), n) in lock(&self.checks).iter() {
-            let _ = writeln!(
-                o,
-                "ninjapoll_checks_total{{kind=\"{k}\",outcome=\"{out}\"}} {n}"
-            );
-        }
-        let scalars = [
-            (
-                "ninjapoll_upstream_latency_ms_sum",
-                "Sum of request round trips.",
-                &self.latency_sum_ms,
-            ),
-            (
-                "ninjapoll_upstream_latency_ms_count",
-                "Requests timed.",
-                &self.latency_count,
-            ),
-            (
-                "ninjapoll_commits_total",
-                "Group commits of check outcomes.",
-                &self.commits,
-            ),
-            (
-                "ninjapoll_committed_checks_total",
-                "Check outcomes committed.",
-                &self.committed_checks,
-            ),
-            (
-                "ninjapoll_unexpected_429_total",
-                "429 answers while the budget counted room.",
-                &self.unexpected_429,
-            ),
-        ];
-        for (name, help, v) in scalars {
-            head(&mut o, name, "counter", help);
-            let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
-        }
-        let pools = self.pools();
-        let per_pool = |f: &dyn Fn(&PoolSnapshot) -> String| -> Vec<(String, String)> {
-            pools.iter().map(|p| (p.name.clone(), f(p))).collect()
-        };
-        let gauges: [(&str, &str, &PoolField); 4] = [
-            (
-                "ninjapoll_budget_used",
-                "Requests counted in the current window, per key.",
-                &|p| p.budget_used.to_string(),
-            ),
-            (
-                "ninjapoll_budget_limit",
-                "The limit in force per window, per key.",
-                &|p| p.budget_effective.to_string(),
-            ),
-            (
-                "ninjapoll_price_level",
-                "The scheduler's price level per key (0 = the documented ladder; higher = fewer checks).",
-                &|p| p.price_level.to_string(),
-            ),
-            (
-                "ninjapoll_pending",
-                "Payments being polled, per key.",
-                &|p| p.pending.to_string(),
-            ),
-        ];
-        for (name, help, f) in gauges {
-            labelled(&mut o, (name, "gauge", help), "pool", per_pool(f));
-        }
-        // The policy, per kind: what it learnt of flip ages and the delay it expects.
-        head(
-            &mut o,
-            "ninjapoll_flip_age_seconds",
-            "gauge",
-            "Learnt age by which a share (quantile) of the flipping payments of a kind flipped.",
-        );
-        for p in &pools {
-            for k in &p.kinds {
-                for (q, ms) in ["0.5", "0.9", "0.99"].iter().zip(k.flip_age_ms) {
-                    let _ = writeln!(
-                        o,
-                        "ninjapoll_flip_age_seconds{{pool=\"{}\",kind=\"{}\",quantile=\"{q}\"}} {}",
-                        p.name,
-                        k.kind,
-                        ms as f64 / 1000.0
-                    );
-                }
-            }
-        }
-        for (name, help, f) in [
-            (
-                "ninjapoll_flip_share",
-                "Learnt share of payments of a kind that flip before the deadline.",
-                (&|k: &crate::scheduler::KindPolicy| k.flip_share)
-                    as &dyn Fn(&crate::scheduler::KindPolicy) -> f64,
-            ),
-            (
-                "ninjapoll_expected_delay_seconds",
-                "Mean flip-to-detection delay the policy expects for a kind at the current load.",
-                &|k| k.expected_delay_ms as f64 / 1000.0,
-            ),
+    /// A retention batch: what it deleted and how long it held the writer.
+    pub fn pruned(&self, p: &Pruned, took: Duration) {
+        self.retention_batch.observe(took.as_secs_f64());
+        for (table, n) in [
+            ("payments", p.payments),
+            ("status_history", p.history),
+            ("webhook_events", p.events),
+            ("webhook_attempts", p.attempts),
         ] {
-            head(&mut o, name, "gauge", help);
-            for p in &pools {
-                for k in &p.kinds {
-                    let _ = writeln!(
-                        o,
-                        "{name}{{pool=\"{}\",kind=\"{}\"}} {}",
-                        p.name,
-                        k.kind,
-                        f(k)
-                    );
+            if n > 0 {
+                self.retention_deleted
+                    .get_or_create(&TableLabel { table })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// The Prometheus text: `states` and `webhook_states` are the database's counts, `pools`
+    /// the scheduler's latest status.
+    pub fn render(
+        &self,
+        states: &[(String, i64)],
+        webhook_states: &[(String, i64)],
+        pools: &[PoolStatus],
+    ) -> String {
+        let registry = lock(&self.registry);
+        set_states(
+            &self.payments,
+            states,
+            State::ALL.map(State::as_str).as_slice(),
+        );
+        set_states(
+            &self.webhook_events,
+            webhook_states,
+            &["pending", "delivered", "dead"],
+        );
+        self.webhook_queue.set(
+            webhook_states
+                .iter()
+                .find(|(s, _)| s == "pending")
+                .map_or(0, |(_, n)| *n),
+        );
+        for p in pools {
+            let name = pool(&p.name);
+            // Every key and kind has its series from the start, zero until something
+            // happens, so that rates and alerts need no "absent" special case.
+            let _ = self.lateness.get_or_create(&name);
+            for k in &p.kinds {
+                let _ = self.requests.get_or_create(&kind(&k.kind));
+                let _ = self.latency.get_or_create(&kind(&k.kind));
+            }
+            self.budget_used
+                .get_or_create(&name)
+                .set(i64::from(p.budget_used));
+            self.budget_limit
+                .get_or_create(&name)
+                .set(i64::from(p.budget_effective));
+            self.budget_configured
+                .get_or_create(&name)
+                .set(i64::from(p.budget_limit));
+            self.price_level.get_or_create(&name).set(p.price_level);
+            for k in &p.kinds {
+                let labels = PoolKindLabels {
+                    pool: p.name.clone(),
+                    kind: k.kind.clone(),
+                };
+                self.pending.get_or_create(&labels).set(k.pending as i64);
+                self.flip_share.get_or_create(&labels).set(k.flip_share);
+                self.expected_delay
+                    .get_or_create(&labels)
+                    .set(k.expected_delay_ms as f64 / 1000.0);
+                for (quantile, ms) in ["0.5", "0.9", "0.99"].into_iter().zip(k.flip_age_ms) {
+                    self.flip_age
+                        .get_or_create(&QuantileLabels {
+                            pool: p.name.clone(),
+                            kind: k.kind.clone(),
+                            quantile,
+                        })
+                        .set(ms as f64 / 1000.0);
                 }
             }
         }
-        head(
-            &mut o,
-            "ninjapoll_check_lateness_ms",
-            "histogram",
-            "How late checks start against the plan.",
-        );
-        for (name, h) in lock(&self.lateness).iter() {
-            let metric = "ninjapoll_check_lateness_ms";
-            for (i, b) in LATE_BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "{metric}_bucket{{pool=\"{name}\",le=\"{b}\"}} {}",
-                    h.buckets[i]
-                );
-            }
-            let _ = writeln!(
-                o,
-                "{metric}_bucket{{pool=\"{name}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(o, "{metric}_sum{{pool=\"{name}\"}} {}", h.sum);
-            let _ = writeln!(o, "{metric}_count{{pool=\"{name}\"}} {}", h.count);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
         }
-        labelled(
-            &mut o,
-            (
-                "ninjapoll_webhook_events",
-                "gauge",
-                "Webhook events by state.",
-            ),
-            "state",
-            counts(webhook_states),
+        out
+    }
+}
+
+/// Sets one gauge per state: every `known` one (0 when absent, so a series does not vanish
+/// when its last row goes), and any other the database holds.
+fn set_states(family: &Family<StateLabel, Gauge>, counts: &[(String, i64)], known: &[&str]) {
+    for s in known {
+        let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+        family
+            .get_or_create(&StateLabel {
+                state: s.to_string(),
+            })
+            .set(n);
+    }
+    for (s, n) in counts.iter().filter(|(s, _)| !known.contains(&s.as_str())) {
+        family
+            .get_or_create(&StateLabel { state: s.clone() })
+            .set(*n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample lines of `metric` (with labels) in `text`.
+    fn samples<'a>(text: &'a str, metric: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(metric))
+            .collect()
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let t = Telemetry::default();
+        t.request("a\"b\\c\nd");
+        let text = t.render(&[], &[], &[]);
+        assert_eq!(
+            samples(&text, "ninjapoll_upstream_requests_total"),
+            vec![r#"ninjapoll_upstream_requests_total{kind="a\"b\\c\nd"} 1"#],
+            "{text}"
         );
-        let attempts = lock(&self.webhooks)
-            .iter()
-            .map(|(k, n)| (k.to_string(), n.to_string()))
-            .collect();
-        labelled(
-            &mut o,
-            (
-                "ninjapoll_webhook_attempts_total",
-                "counter",
-                "Webhook delivery attempts by outcome.",
-            ),
-            "outcome",
-            attempts,
+    }
+
+    #[test]
+    fn counters_end_in_total_and_histograms_are_in_seconds() {
+        let t = Telemetry::default();
+        t.latency("p2p", 1_500);
+        t.lateness("default", &[20]);
+        t.webhook("delivered");
+        t.database_error("record_checks");
+        let text = t.render(&[("pending".into(), 3)], &[], &[]);
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let (name, kind) = (parts[2], parts[3]);
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+            if kind == "histogram" {
+                assert!(name.ends_with("_seconds"), "{line}");
+            }
+        }
+        // 1.5 s falls in the 2.5 s bucket, not the 1 s one.
+        assert!(
+            text.contains("ninjapoll_upstream_latency_seconds_bucket{kind=\"p2p\",le=\"1\"} 0")
+                && text.contains(
+                    "ninjapoll_upstream_latency_seconds_bucket{kind=\"p2p\",le=\"2.5\"} 1"
+                ),
+            "{text}"
         );
-        o
+        assert!(
+            !text.contains(".."),
+            "the library ends each HELP with a period: {text}"
+        );
+        assert!(
+            text.contains("ninjapoll_upstream_latency_seconds_sum{kind=\"p2p\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ninjapoll_check_lateness_seconds_count{pool=\"default\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ninjapoll_webhook_attempts_total{outcome=\"delivered\"} 1"));
+        assert!(text.contains("ninjapoll_database_errors_total{operation=\"record_checks\"} 1"));
+        // Every state has a series, 0 when there are none.
+        assert!(
+            text.contains("ninjapoll_payments{state=\"pending\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ninjapoll_payments{state=\"timed_out\"} 0"),
+            "{text}"
+        );
     }
 }

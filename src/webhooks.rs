@@ -280,6 +280,7 @@ async fn run(
                     }
                 }
                 Err(e) => {
+                    telemetry.database_error("webhooks");
                     tracing::warn!(
                         error = format!("{e:#}"),
                         "reading the webhook outbox failed; retrying"
@@ -371,9 +372,11 @@ async fn attempt(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>, ev:
         {
             Ok(()) => return,
             Err(e) if left == 0 => {
+                telemetry.database_error("webhooks");
                 tracing::error!(error = format!("{e:#}"), event = %ev.event_id, "logging a webhook attempt failed; the event will be sent again");
             }
             Err(_) => {
+                telemetry.database_error("webhooks");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }

@@ -1,6 +1,6 @@
 //! `/v1/checks`: enqueue, read, list, cancel, recheck.
 
-use super::{json_error, ApiError, AppState, JsonBody, PaymentPath, MAX_BATCH_BODY};
+use super::{json_error, ApiError, AppState, ErrorCode, JsonBody, PaymentPath, MAX_BATCH_BODY};
 use crate::payment::{now_ms, rfc3339, PaymentId, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
@@ -71,8 +71,8 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
             .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
             .map(|s| (s * 1000.0).round() as i64)
             .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_started_at",
+                ApiError::new(
+                    ErrorCode::InvalidStartedAt,
                     "started_at: unix seconds must be between 0 and 1e11",
                 )
             })
@@ -87,21 +87,19 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as i64)
             .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_started_at",
+                ApiError::new(ErrorCode::InvalidStartedAt,
                     format!("started_at: {s:?} is neither unix seconds nor RFC 3339 (e.g. 2026-01-31T12:00:00Z)"),
                 )
             })?,
         _ => {
-            return Err(ApiError::bad(
-                "invalid_started_at",
+            return Err(ApiError::new(ErrorCode::InvalidStartedAt,
                 "started_at: give unix seconds or an RFC 3339 string",
             ))
         }
     };
     if ms > now + MAX_FUTURE_MS {
-        return Err(ApiError::bad(
-            "invalid_started_at",
+        return Err(ApiError::new(
+            ErrorCode::InvalidStartedAt,
             "started_at is more than 5 minutes in the future; check the clock",
         ));
     }
@@ -112,8 +110,8 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
 fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPayment, ApiError> {
     if !st.config.kinds.contains_key(&req.kind) {
         let known: Vec<&str> = st.config.kinds.keys().map(String::as_str).collect();
-        return Err(ApiError::bad(
-            "unknown_kind",
+        return Err(ApiError::new(
+            ErrorCode::UnknownKind,
             format!(
                 "unknown kind {:?}; known kinds: {}",
                 req.kind,
@@ -121,8 +119,8 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
             ),
         ));
     }
-    let id =
-        PaymentId::parse(&req.id).map_err(|e| ApiError::bad("invalid_id", format!("id: {e}")))?;
+    let id = PaymentId::parse(&req.id)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     let started_at = match &req.started_at {
         None | Some(Value::Null) => now,
         Some(v) => parse_started_at(v, now)?,
@@ -130,14 +128,14 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
     if let Some(url) = &req.callback_url {
         let prefixes = &st.config.webhooks.allowed_callback_prefixes;
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-            return Err(ApiError::bad(
-                "invalid_callback_url",
+            return Err(ApiError::new(
+                ErrorCode::InvalidCallbackUrl,
                 "callback_url must be an http(s) URL of at most 2048 bytes",
             ));
         }
         if !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
-            return Err(ApiError::bad(
-                "callback_url_not_allowed",
+            return Err(ApiError::new(
+                ErrorCode::CallbackUrlNotAllowed,
                 if prefixes.is_empty() {
                     "callback_url is not accepted: webhooks.allowed_callback_prefixes is empty"
                         .to_string()
@@ -154,8 +152,8 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
         None | Some(Value::Null) => None,
         Some(m) => {
             if m.to_string().len() > MAX_METADATA {
-                return Err(ApiError::bad(
-                    "metadata_too_large",
+                return Err(ApiError::new(
+                    ErrorCode::MetadataTooLarge,
                     format!("metadata is larger than {MAX_METADATA} bytes"),
                 ));
             }
@@ -221,12 +219,10 @@ fn outcome(
         Inserted::Existing => match conflict(row, new, explicit) {
             None => (StatusCode::OK, payment_json(row), None),
             Some(field) => {
-                let mut e = ApiError::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
+                let e = ApiError::new(ErrorCode::Conflict,
                     format!("{} {} is already tracked with a different {field}; enqueue is idempotent and does not rewrite it", row.kind, row.id),
                 );
-                e.payment = Some(payment_json(row));
+                let e = e.with_payment(payment_json(row));
                 (StatusCode::CONFLICT, payment_json(row), Some(e))
             }
         },
@@ -262,8 +258,7 @@ pub async fn enqueue_batch(
 ) -> Result<Response, ApiError> {
     if req.checks.len() > MAX_BATCH {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!(
                 "a batch holds at most {MAX_BATCH} checks; this one has {}",
                 req.checks.len()
@@ -290,8 +285,8 @@ pub async fn enqueue_batch(
     for slot in slots {
         match slot {
             Err(e) => results.push(json!({
-                "status": e.status.as_u16(),
-                "error": {"code": e.code, "message": e.message},
+                "status": e.status().as_u16(),
+                "error": e.body(),
             })),
             Ok((new, explicit)) => {
                 let Some((row, inserted)) = stored.next() else {
@@ -303,7 +298,7 @@ pub async fn enqueue_batch(
                 let (status, body, err) = outcome(&row, inserted, &new, explicit);
                 let mut item = json!({"status": status.as_u16(), "payment": body});
                 if let Some(e) = err {
-                    item["error"] = json!({"code": e.code, "message": e.message});
+                    item["error"] = e.body();
                 }
                 results.push(item);
             }
@@ -314,19 +309,18 @@ pub async fn enqueue_batch(
 
 fn check_path(st: &AppState, kind: &str, id: &str) -> Result<(), ApiError> {
     if !st.config.kinds.contains_key(kind) {
-        return Err(ApiError::bad(
-            "unknown_kind",
+        return Err(ApiError::new(
+            ErrorCode::UnknownKind,
             format!("unknown kind {kind:?}"),
         ));
     }
-    PaymentId::parse(id).map_err(|e| ApiError::bad("invalid_id", format!("id: {e}")))?;
+    PaymentId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     Ok(())
 }
 
 fn not_tracked(kind: &str, id: &str) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no payment {kind} {id} is tracked"),
     )
 }
@@ -376,17 +370,19 @@ pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(
-            crate::payment::State::parse(s)
-                .ok_or_else(|| ApiError::bad("invalid_state", format!("unknown state {s:?}")))?,
-        ),
+        Some(s) => Some(crate::payment::State::parse(s).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidState, format!("unknown state {s:?}"))
+        })?),
     };
     if let Some(k) = q.kind.as_deref() {
         if !st.config.kinds.contains_key(k) {
-            return Err(ApiError::bad("unknown_kind", format!("unknown kind {k:?}")));
+            return Err(ApiError::new(
+                ErrorCode::UnknownKind,
+                format!("unknown kind {k:?}"),
+            ));
         }
     }
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
@@ -417,20 +413,20 @@ pub async fn cancel(
     State(st): State<AppState>,
     PaymentPath(kind, id): PaymentPath,
 ) -> Result<Json<Value>, ApiError> {
-    check_path(&st, &kind, &id)?;
+    // A payment of a kind no longer configured can still be cancelled: health lists it as
+    // unpolled and says to, and nothing but the database is needed.
+    let unconfigured = check_path(&st, &kind, &id).err();
     match st.store.cancel(&kind, &id).await? {
-        None => Err(not_tracked(&kind, &id)),
+        None => Err(unconfigured.unwrap_or_else(|| not_tracked(&kind, &id))),
         Some(Err(row)) => {
-            let mut e = ApiError::new(
-                StatusCode::CONFLICT,
-                "already_final",
+            let e = ApiError::new(
+                ErrorCode::AlreadyFinal,
                 format!(
                     "{kind} {id} is already {}; only a pending payment can be cancelled",
                     row.state
                 ),
             );
-            e.payment = Some(payment_json(&row));
-            Err(e)
+            Err(e.with_payment(payment_json(&row)))
         }
         Some(Ok(row)) => {
             let _ = st.scheduler.send(Command::Untrack(row.pk));
@@ -467,16 +463,14 @@ pub async fn recheck(
         None => match st.store.get(&kind, &id).await? {
             None => Err(not_tracked(&kind, &id)),
             Some(row) => {
-                let mut e = ApiError::new(
-                    StatusCode::CONFLICT,
-                    "already_final",
+                let e = ApiError::new(
+                    ErrorCode::AlreadyFinal,
                     format!(
                         "{kind} {id} is already {}; it is no longer checked",
                         row.state
                     ),
                 );
-                e.payment = Some(payment_json(&row));
-                Err(e)
+                Err(e.with_payment(payment_json(&row)))
             }
         },
     }

@@ -2,9 +2,12 @@
 //! module that speaks HTTP status codes.
 
 mod checks;
+mod error;
 #[cfg(test)]
 mod tests;
 mod webhooks;
+
+pub use self::error::{ApiError, ErrorCode};
 
 use crate::config::Config;
 use crate::scheduler::SchedulerHandle;
@@ -12,8 +15,8 @@ use crate::store::Store;
 use crate::telemetry::Telemetry;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,62 +44,6 @@ pub struct AppState {
     pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
-/// An API error: a status, a code a program can branch on, a message a person can act on.
-#[derive(Debug)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// Stable, snake_case; documented in the README's error table.
-    pub code: &'static str,
-    /// For a person: what was wrong and how to fix it.
-    pub message: String,
-    /// The payment concerned (e.g. the existing one on a conflict).
-    pub payment: Option<serde_json::Value>,
-}
-
-impl ApiError {
-    /// A 400 with a code.
-    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// Any status.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            payment: None,
-        }
-    }
-
-    /// A 500 for a failure of ours; the detail goes to the log, not to the client.
-    pub fn internal(e: anyhow::Error) -> Self {
-        tracing::error!(error = format!("{e:#}"), "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the daemon's log",
-        )
-    }
-}
-
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        Self::internal(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"error": {"code": self.code, "message": self.message}});
-        if let Some(p) = self.payment {
-            body["payment"] = p;
-        }
-        (self.status, Json(body)).into_response()
-    }
-}
-
 /// A JSON body: `application/json`, bounded, unknown fields refused, every failure an
 /// [`ApiError`] in our format.
 pub struct JsonBody<T, const LIMIT: usize = MAX_BODY>(pub T);
@@ -122,8 +69,7 @@ where
                 format!("Content-Type {ct:?}")
             };
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("send the body as JSON with Content-Type: application/json (got {got})"),
             ));
         }
@@ -131,8 +77,7 @@ where
             .await
             .map_err(|_| {
                 ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     format!("the body is larger than this endpoint's limit of {LIMIT} bytes"),
                 )
             })?;
@@ -151,15 +96,15 @@ fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 pub(crate) fn json_error(e: &serde_json::Error, context: &str) -> ApiError {
     let text = e.to_string();
     let code = if e.is_syntax() || e.is_eof() {
-        "malformed_json"
+        ErrorCode::MalformedJson
     } else if text.starts_with("unknown field") {
-        "unknown_field"
+        ErrorCode::UnknownField
     } else if text.starts_with("missing field") {
-        "missing_field"
+        ErrorCode::MissingField
     } else {
-        "invalid_field"
+        ErrorCode::InvalidField
     };
-    ApiError::bad(code, format!("{context}: {text}"))
+    ApiError::new(code, format!("{context}: {text}"))
 }
 
 /// The `{kind}/{id}` of a payment's URL, percent-decoded. A segment that does not decode
@@ -172,8 +117,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<(String, String)>::from_request_parts(parts, state).await {
             Ok(Path((kind, id))) => Ok(Self(kind, id)),
-            Err(e) => Err(ApiError::bad(
-                "invalid_path",
+            Err(e) => Err(ApiError::new(
+                ErrorCode::InvalidPath,
                 format!(
                     "the URL's kind and id must be percent-encoded UTF-8: {}",
                     e.body_text()
@@ -188,23 +133,23 @@ impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
 pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<i64>), ApiError> {
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad(
-            "invalid_limit",
+        return Err(ApiError::new(
+            ErrorCode::InvalidLimit,
             "limit must be between 1 and 1000",
         ));
     }
-    let after =
-        match cursor {
-            None | Some("") => None,
-            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                ApiError::bad("invalid_cursor", "cursor is not one this API gave")
-            })?),
-        };
+    let after = match cursor {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this API gave")
+        })?),
+    };
     Ok((limit, after))
 }
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
+    let telemetry = state.telemetry.clone();
     Router::new()
         .route("/v1/checks", post(checks::enqueue).get(checks::list))
         .route("/v1/checks/batch", post(checks::enqueue_batch))
@@ -221,41 +166,58 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::map_response_with_state(
+            telemetry,
+            count_internal,
+        ))
+}
+
+/// Only `/metrics`, for the optional TCP listener (`metrics.listen`): nothing there can
+/// read or change a payment.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// A 500 (`internal`) is a failed database operation: every other failure of ours is
+/// answered with a 4xx.
+async fn count_internal(State(t): State<Arc<Telemetry>>, response: Response) -> Response {
+    if response.status() == ErrorCode::Internal.status() {
+        t.database_error("api");
+    }
+    response
 }
 
 async fn not_found() -> ApiError {
     // Not `not_found`: a client must be able to tell "no such payment" from "wrong URL".
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_endpoint",
+        ErrorCode::UnknownEndpoint,
         "no such endpoint; see SPEC section 4 (e.g. POST /v1/checks, GET /v1/health)",
     )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }
 
 async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let counts = st.store.state_counts().await?;
+    let pending_kinds = st.store.pending_by_kind().await?;
     let webhooks = st.store.webhook_state_counts().await?;
-    let mut problems = Vec::new();
-    if st.config.ninjapay.api_key.is_none() {
-        problems.push("no API key configured (ninjapay.api_key)".to_string());
-    }
+    let published = st.scheduler.status();
     let now = crate::payment::now_ms();
-    let pools: Vec<_> = st
-        .telemetry
-        .pools()
-        .into_iter()
+    let (problems, unpolled) =
+        health_problems(&st.config, &published, &pending_kinds, &webhooks, now);
+    let pools: Vec<_> = published
+        .pools
+        .iter()
         .map(|p| {
-            for k in &p.auth_failing {
-                problems.push(format!("Ninjapay refuses the API key for kind {k}"));
-            }
             json!({
                 "name": p.name,
                 "budget_used": p.budget_used,
@@ -269,6 +231,7 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
                 "pending": p.pending,
                 "policy": p.kinds.iter().map(|k| json!({
                     "kind": k.kind,
+                    "pending": k.pending,
                     "evidence": k.evidence,
                     "flip_share": (k.flip_share * 1000.0).round() / 1000.0,
                     "flip_age_p50_ms": k.flip_age_ms[0],
@@ -281,37 +244,85 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
             })
         })
         .collect();
-    if let Some((_, dead)) = webhooks.iter().find(|(s, _)| s == "dead") {
+    let healthy = problems.is_empty();
+    let by_state: serde_json::Map<String, serde_json::Value> =
+        counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    let hooks: serde_json::Map<String, serde_json::Value> =
+        webhooks.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    Ok(Json(json!({
+        // One verdict, said twice: `status` for people, `healthy` for programs.
+        "status": if healthy { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "healthy": healthy,
+        "problems": problems,
+        "payments": by_state,
+        "scheduler": {
+            "pending": published.pools.iter().map(|p| p.pending).sum::<usize>(),
+            "unpolled": unpolled,
+            "reported_at": (published.at > 0).then(|| crate::payment::rfc3339(published.at)),
+        },
+        "budget": pools,
+        "webhooks": hooks,
+    })))
+}
+
+/// How old the scheduler's last report may be before health calls it stuck: it reports
+/// every tick (at most a second apart), so this is many missed ticks.
+const SCHEDULER_STALE_MS: i64 = 10_000;
+
+/// Every reason the daemon is not healthy, each a line a person can act on, and the
+/// pending payments nobody polls. `healthy` is exactly "no problems", so a reason can
+/// never hide.
+pub fn health_problems(
+    config: &Config,
+    published: &crate::scheduler::Published,
+    pending_by_kind: &[(String, i64)],
+    webhook_states: &[(String, i64)],
+    now: crate::payment::UnixMs,
+) -> (Vec<String>, i64) {
+    let mut problems = Vec::new();
+    if config.ninjapay.api_key.is_none() {
+        problems.push("no API key configured (ninjapay.api_key)".to_string());
+    }
+    for p in &published.pools {
+        for k in &p.auth_failing {
+            problems.push(format!("Ninjapay refuses the API key for kind {k}"));
+        }
+    }
+    let age = now - published.at;
+    if published.at > 0 && age > SCHEDULER_STALE_MS {
+        problems.push(format!(
+            "the scheduler has not reported for {} s: its loop is stuck or overloaded",
+            age / 1000
+        ));
+    }
+    let mut unpolled = 0;
+    for (kind, n) in pending_by_kind {
+        if !config.kinds.contains_key(kind) {
+            unpolled += n;
+            problems.push(format!(
+                "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"
+            ));
+        }
+    }
+    if let Some((_, dead)) = webhook_states.iter().find(|(s, _)| s == "dead") {
         if *dead > 0 {
             problems.push(format!(
                 "{dead} webhook events are dead (the merchant app missed them): see `ninjapoll webhooks list --state dead`, then replay"
             ));
         }
     }
-    let by_state: serde_json::Map<String, serde_json::Value> =
-        counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    let hooks: serde_json::Map<String, serde_json::Value> =
-        webhooks.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    Ok(Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "healthy": problems.is_empty(),
-        "problems": problems,
-        "payments": by_state,
-        "budget": pools,
-        "webhooks": hooks,
-    })))
+    (problems, unpolled)
 }
 
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let counts = st.store.state_counts().await?;
     let hooks = st.store.webhook_state_counts().await?;
-    let text = st.telemetry.render(&counts, &hooks);
+    let text = st
+        .telemetry
+        .render(&counts, &hooks, &st.scheduler.status().pools);
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
         text,
     )
         .into_response())

@@ -486,7 +486,10 @@ async fn health_and_metrics() {
     post(&h.app, "/v1/checks", json!({"kind": "p2p", "id": "m1"})).await;
     let (s, v) = get(&h.app, "/v1/health").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["status"], "ok");
+    // The harness has no API key: unhealthy, and both fields say so, with the reason.
+    assert_eq!(v["status"], "degraded", "{v:#}");
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["problems"][0], "no API key configured (ninjapay.api_key)");
     assert_eq!(v["payments"]["pending"], 1);
     let (s, v) = get(&h.app, "/metrics").await;
     assert_eq!(s, StatusCode::OK);

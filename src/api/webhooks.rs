@@ -1,9 +1,10 @@
 //! `/v1/webhooks`: list the outbox, show one event with its attempts, replay one.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorCode};
 use crate::payment::{now_ms, rfc3339};
 use crate::store::{WebhookEvent, WebhookFilter};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -48,13 +49,13 @@ pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s @ ("pending" | "delivered" | "dead")) => Some(s.to_string()),
         Some(s) => {
-            return Err(ApiError::bad(
-                "invalid_state",
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
                 format!("unknown webhook state {s:?}; use pending, delivered or dead"),
             ))
         }
@@ -81,10 +82,30 @@ pub async fn list(
     })))
 }
 
+/// The `{event_id}` of an event's URL, percent-decoded; refused in our error format.
+pub struct EventPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::InvalidPath,
+                format!(
+                    "the URL's event id must be percent-encoded UTF-8: {}",
+                    e.body_text()
+                ),
+            )),
+        }
+    }
+}
+
 fn check_event_id(event_id: &str) -> Result<(), ApiError> {
     if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
-        return Err(ApiError::bad(
-            "invalid_event_id",
+        return Err(ApiError::new(
+            ErrorCode::InvalidEventId,
             format!("an event id is 1 to {MAX_EVENT_ID} bytes, like msg_…"),
         ));
     }
@@ -92,17 +113,13 @@ fn check_event_id(event_id: &str) -> Result<(), ApiError> {
 }
 
 fn unknown(event_id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no webhook event {event_id}"),
-    )
+    ApiError::new(ErrorCode::NotFound, format!("no webhook event {event_id}"))
 }
 
 /// `GET /v1/webhooks/{event_id}`: the event, its body and every attempt.
 pub async fn get_one(
     State(st): State<AppState>,
-    Path(event_id): Path<String>,
+    EventPath(event_id): EventPath,
 ) -> Result<Json<Value>, ApiError> {
     check_event_id(&event_id)?;
     let ev = st
@@ -134,7 +151,7 @@ pub async fn get_one(
 /// worker sends it as soon as the payment's earlier pending events (if any) are through.
 pub async fn replay(
     State(st): State<AppState>,
-    Path(event_id): Path<String>,
+    EventPath(event_id): EventPath,
 ) -> Result<Response, ApiError> {
     check_event_id(&event_id)?;
     let ev = st

@@ -135,6 +135,8 @@ pub struct KindPolicy {
     pub flip_age_ms: [i64; 3],
     /// Expected mean flip-to-detection delay at the current load, in ms.
     pub expected_delay_ms: i64,
+    /// Pending payments of the kind the scheduler holds.
+    pub pending: usize,
 }
 
 /// A key's state, for health and metrics.
@@ -155,6 +157,14 @@ pub struct PoolStatus {
     pub auth_failing: Vec<String>,
     pub lateness_ms: Vec<i64>,
     pub kinds: Vec<KindPolicy>,
+}
+
+/// Where a due check waits: see [`Core::peek_due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Recheck,
+    Planned,
+    Ready,
 }
 
 struct Entry {
@@ -505,9 +515,10 @@ impl Core {
         for p in 0..self.pools.len() {
             self.ensure_reserve(p, out);
             while self.in_flight < self.max_in_flight {
-                let Some((recheck, pk)) = self.peek_due(p, now) else {
+                let Some((from, pk)) = self.peek_due(p, now) else {
                     break;
                 };
+                let recheck = from == Queue::Recheck;
                 let kind = self.entries[&pk].kind.clone();
                 // Keys answering 401/403 are probed by one request at a time, at most
                 // every few seconds, instead of spending the budget on every payment.
@@ -515,7 +526,7 @@ impl Core {
                     let probe_every = (self.window / 100).clamp(50, 30_000);
                     let last = self.pools[p].last_probe.max(*since);
                     if now < last + probe_every {
-                        self.defer(p, pk, recheck, last + probe_every);
+                        self.defer(p, pk, from, last + probe_every);
                         continue;
                     }
                     self.pools[p].last_probe = now;
@@ -523,13 +534,13 @@ impl Core {
                 if kind.is_list() {
                     if let Some(&nb) = self.pools[p].list_not_before.get(&kind.name) {
                         if now < nb {
-                            self.defer(p, pk, recheck, nb);
+                            self.defer(p, pk, from, nb);
                             continue;
                         }
                     }
                 }
                 if !self.pools[p].spec.has_key {
-                    self.no_key(p, pk, recheck, now, out);
+                    self.no_key(p, pk, from, now, out);
                     continue;
                 }
                 if self.pools[p].ledger_keys.is_empty() {
@@ -539,7 +550,7 @@ impl Core {
                 if !self.pools[p].budget.try_acquire(now) {
                     break;
                 }
-                self.take(p, pk, recheck);
+                self.take(p, pk, from);
                 if recheck {
                     self.pools[p].recheck_sent.push_back(now);
                 }
@@ -577,20 +588,57 @@ impl Core {
         }
     }
 
-    /// The next due check of a pool: a due manual recheck first, else, of the planned
-    /// checks that are due, the one most worth its request.
-    fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(bool, i64)> {
+    /// The next due check of a pool and the queue it waits in: a due manual recheck
+    /// first; else, while the key keeps up, the earliest due planned check; once it is
+    /// behind (a burst), of every due check, the one most worth a request.
+    fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(Queue, i64)> {
         if let Some((due, pk)) = self.live_head(p, true) {
             if due <= now {
-                return Some((true, pk));
+                return Some((Queue::Recheck, pk));
             }
         }
+        // Keeping up, the plans fit the budget, so they run as planned, earliest due
+        // first, in O(log n). That needs no model: right after the traffic changes the
+        // learnt flip ages are wrong, and ranking by them was measured to cost 3× the delay.
+        let lag = self.window / BEHIND_DIVISOR;
+        let head = self.live_head(p, false).filter(|(due, _)| *due <= now);
+        if self.pools[p].ready.is_empty() {
+            match head {
+                None => return None,
+                Some((due, pk)) if now - due <= lag => return Some((Queue::Planned, pk)),
+                Some(_) => {}
+            }
+        }
+        // Behind: gather every due check and rank them.
         while let Some((due, pk)) = self.live_head(p, false).filter(|(due, _)| *due <= now) {
             let gen = self.entries[&pk].gen;
             self.pools[p].heap.pop();
             self.pools[p].ready.push((due, gen, pk));
         }
-        self.best_ready(p, now).map(|pk| (false, pk))
+        let mut ready = std::mem::take(&mut self.pools[p].ready);
+        ready.retain(|&item| self.live_ready(item));
+        let earliest = ready.iter().map(|&(due, _, _)| due).min();
+        match earliest {
+            None => None,
+            Some(due) if now - due <= lag => {
+                // Caught up: back to the plan's order.
+                let heap = &mut self.pools[p].heap;
+                heap.extend(ready.drain(..).map(Reverse));
+                self.pools[p].ready = ready;
+                self.live_head(p, false)
+                    .filter(|(due, _)| *due <= now)
+                    .map(|(_, pk)| (Queue::Planned, pk))
+            }
+            Some(_) => {
+                let best = ready
+                    .iter()
+                    .map(|&(due, _, pk)| (self.worth(&self.entries[&pk], due, now), pk))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, pk)| (Queue::Ready, pk));
+                self.pools[p].ready = ready;
+                best
+            }
+        }
     }
 
     /// Whether a `ready` item still stands for its payment's current plan.
@@ -598,30 +646,6 @@ impl Core {
         self.entries
             .get(&pk)
             .is_some_and(|e| e.gen == gen && !e.in_flight && !e.recheck)
-    }
-
-    /// The due planned check to send next, dropping stale items on the way: earliest due
-    /// while the key keeps up; once it is behind (a burst), the one most worth a request.
-    fn best_ready(&mut self, p: usize, now: UnixMs) -> Option<i64> {
-        let mut ready = std::mem::take(&mut self.pools[p].ready);
-        ready.retain(|&item| self.live_ready(item));
-        let earliest = ready
-            .iter()
-            .min_by_key(|&&(due, gen, _)| (due, gen))
-            .copied();
-        let best = match earliest {
-            // Keeping up: the plans fit the budget, so they run as planned, earliest due
-            // first. That needs no model: right after the traffic changes, the learnt flip
-            // ages are wrong, and ranking by them was measured to cost 3× the delay.
-            Some((due, _, pk)) if now - due <= self.window / BEHIND_DIVISOR => Some(pk),
-            _ => ready
-                .iter()
-                .map(|&(due, _, pk)| (self.worth(&self.entries[&pk], due, now), pk))
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, pk)| pk),
-        };
-        self.pools[p].ready = ready;
-        best
     }
 
     /// How much a check of a due payment is worth now. A check ends the wait of a flip that
@@ -650,19 +674,25 @@ impl Core {
     }
 
     /// Removes a payment's due item (the one `peek_due` gave) from its queue.
-    fn take(&mut self, p: usize, pk: i64, recheck: bool) {
-        if recheck {
-            self.pools[p].rechecks.pop();
-        } else {
-            let ready = &mut self.pools[p].ready;
-            if let Some(i) = ready.iter().position(|&(_, _, k)| k == pk) {
-                ready.swap_remove(i);
+    fn take(&mut self, p: usize, pk: i64, from: Queue) {
+        match from {
+            Queue::Recheck => {
+                self.pools[p].rechecks.pop();
+            }
+            Queue::Planned => {
+                self.pools[p].heap.pop();
+            }
+            Queue::Ready => {
+                let ready = &mut self.pools[p].ready;
+                if let Some(i) = ready.iter().position(|&(_, _, k)| k == pk) {
+                    ready.swap_remove(i);
+                }
             }
         }
     }
 
-    fn defer(&mut self, p: usize, pk: i64, recheck: bool, until: UnixMs) {
-        self.take(p, pk, recheck);
+    fn defer(&mut self, p: usize, pk: i64, from: Queue, until: UnixMs) {
+        self.take(p, pk, from);
         let gen = self.next_gen();
         if let Some(e) = self.entries.get_mut(&pk) {
             e.gen = gen;
@@ -707,7 +737,7 @@ impl Core {
     }
 
     /// Without a key no request is made: the payment stays due and the error says why.
-    fn no_key(&mut self, p: usize, pk: i64, recheck: bool, now: UnixMs, out: &mut Vec<Action>) {
+    fn no_key(&mut self, p: usize, pk: i64, from: Queue, now: UnixMs, out: &mut Vec<Action>) {
         let retry = now + (self.window / 10).max(1000);
         if let Some(e) = self.entries.get(&pk) {
             out.push(Action::Record(vec![CheckRecord {
@@ -725,7 +755,7 @@ impl Core {
                 saw_pending: false,
             }]));
         }
-        self.defer(p, pk, recheck, retry);
+        self.defer(p, pk, from, retry);
     }
 
     /// The pending payments of a list kind one request covers: every one whose first
@@ -1220,7 +1250,11 @@ impl Core {
         let unit = self.grid.unit_ms();
         let mut out = Vec::with_capacity(self.pools.len());
         for p in 0..self.pools.len() {
-            let pending = self.entries.values().filter(|e| e.pool == p).count();
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for e in self.entries.values().filter(|e| e.pool == p) {
+                *held.entry(e.kind.name.as_str()).or_default() += 1;
+            }
+            let pending = held.values().sum();
             let mut kinds = Vec::new();
             for (name, &m) in &self.model_of {
                 let model = &self.models[m];
@@ -1235,6 +1269,7 @@ impl Core {
                     flip_share: dist.flips(),
                     flip_age_ms: [0.5, 0.9, 0.99].map(|q| dist.quantile(q) as i64 * unit),
                     expected_delay_ms: (delay * unit as f64) as i64,
+                    pending: held.get(name.as_str()).copied().unwrap_or(0),
                 });
             }
             kinds.sort_by(|a, b| a.kind.cmp(&b.kind));

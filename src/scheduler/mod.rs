@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// A request to the scheduler from the API.
@@ -41,10 +41,20 @@ pub enum Command {
     Recheck(i64, Option<oneshot::Sender<Option<UnixMs>>>),
 }
 
+/// What the scheduler last published (every tick) for health and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Each key's state; paused times on the wall clock.
+    pub pools: Vec<PoolStatus>,
+    /// When it was published (wall clock): an old one means the scheduler's loop is stuck.
+    pub at: UnixMs,
+}
+
 /// The API's handle on the scheduler.
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<Published>,
 }
 
 impl SchedulerHandle {
@@ -57,6 +67,11 @@ impl SchedulerHandle {
         self.tx
             .send(cmd)
             .map_err(|_| anyhow::anyhow!("scheduler is shutting down"))
+    }
+
+    /// The scheduler's latest published status.
+    pub fn status(&self) -> Published {
+        self.status.borrow().clone()
     }
 }
 
@@ -205,11 +220,18 @@ pub async fn spawn(
     }
     core.tick(clock.now());
     tracing::info!(resumed, learnt, "scheduler resuming pending payments");
+    // Published before the API serves, so health never shows an empty scheduler.
+    let (status_tx, status_rx) = watch::channel(Published::default());
 
     let (rec_tx, rec_rx) = mpsc::channel(1024);
     let (refill_tx, refill_rx) = mpsc::channel(64);
     let (refilled_tx, refilled_rx) = mpsc::channel(64);
-    let ledger = tokio::spawn(ledger_loop(store.clone(), refill_rx, refilled_tx));
+    let ledger = tokio::spawn(ledger_loop(
+        store.clone(),
+        telemetry.clone(),
+        refill_rx,
+        refilled_tx,
+    ));
     let recorder = tokio::spawn(record_loop(
         store.clone(),
         rec_rx,
@@ -217,7 +239,7 @@ pub async fn spawn(
         events,
     ));
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let driver = Driver {
+    let mut driver = Driver {
         core,
         clock,
         keys,
@@ -228,7 +250,9 @@ pub async fn spawn(
         store,
         window,
         backlog: Default::default(),
+        status: status_tx,
     };
+    driver.publish(driver.clock.now());
     let task = tokio::spawn(async move {
         driver.run(cmd_rx, refilled_rx, cancel).await;
         // The driver dropped its senders: the recorder drains and stops, the ledger
@@ -239,7 +263,13 @@ pub async fn spawn(
             }
         }
     });
-    Ok((SchedulerHandle { tx: cmd_tx }, task))
+    Ok((
+        SchedulerHandle {
+            tx: cmd_tx,
+            status: status_rx,
+        },
+        task,
+    ))
 }
 
 struct Driver {
@@ -254,6 +284,8 @@ struct Driver {
     window: i64,
     /// Outcomes waiting for room in the recorder's channel, oldest first.
     backlog: std::collections::VecDeque<RecordBatch>,
+    /// Where health and metrics read the scheduler's state.
+    status: watch::Sender<Published>,
 }
 
 impl Driver {
@@ -378,9 +410,12 @@ impl Driver {
         let upstream = self.upstream.clone();
         let done_tx = done_tx.clone();
         let clock = self.clock;
+        let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
             let refs: Vec<&crate::payment::PaymentId> = req.ids.iter().collect();
+            let started = std::time::Instant::now();
             let answer = upstream.check(&req.kind, &key, &refs).await;
+            telemetry.latency(&req.kind.name, started.elapsed().as_millis() as i64);
             let _ = done_tx
                 .send(Completion {
                     pool: req.pool,
@@ -408,7 +443,6 @@ impl Driver {
     }
 
     fn complete(&mut self, done: Completion) {
-        self.telemetry.latency(done.done_at - done.sent_at);
         if Core::rate_limited(&done) {
             self.telemetry.unexpected_429();
         }
@@ -435,9 +469,15 @@ impl Driver {
 
     fn publish(&mut self, now: UnixMs) {
         let off = self.clock.offset();
-        for mut s in self.core.status(now) {
+        let mut pools = self.core.status(now);
+        for s in &mut pools {
             s.paused_until = s.paused_until.map(|t| t + off);
-            self.telemetry.pool(s);
+            self.telemetry
+                .lateness(&s.name, &std::mem::take(&mut s.lateness_ms));
         }
+        self.status.send_replace(Published {
+            pools,
+            at: now + off,
+        });
     }
 }

@@ -5,5 +5,9 @@
 mod api;
 mod budget;
 mod core;
+mod health;
+mod metrics;
 mod operations;
+mod retention;
+mod upgrades;
 mod webhooks;

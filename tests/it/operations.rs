@@ -318,7 +318,7 @@ status_map = { pending = "pending", completed = "succeeded", refunded = "refunde
         "ninjapoll_price_level",
         "ninjapoll_flip_age_seconds{pool=\"default\",kind=\"fiat\",quantile=\"0.5\"}",
         "ninjapoll_expected_delay_seconds{pool=\"default\",kind=\"fiat\"}",
-        "ninjapoll_check_lateness_ms_bucket",
+        "ninjapoll_check_lateness_seconds_bucket",
         "ninjapoll_pending",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
