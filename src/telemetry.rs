@@ -1,28 +1,11 @@
-//! Logging set-up and the daemon's counters, rendered in the Prometheus text format.
+//! The daemon's counters, rendered in the Prometheus text format.
 
-use crate::config::LogConfig;
 use crate::kinds::Observation;
 use crate::payment::State;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-
-/// Installs the global tracing subscriber (stderr; journald captures it under systemd).
-pub fn init_logging(cfg: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if cfg.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
 
 /// A key's budget and scheduling state, as last published by the scheduler (paused time
 /// on the wall clock).
