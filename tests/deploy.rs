@@ -64,7 +64,10 @@ fn the_packaged_config_names_the_socket_the_socket_unit_listens_on() {
     );
     assert_eq!(config["socket"]["mode"], unit_value(&socket, "SocketMode"));
     let service = read("deploy/ninjapoll.service");
-    assert_eq!(unit_value(&socket, "SocketGroup"), unit_value(&service, "Group"));
+    assert_eq!(
+        unit_value(&socket, "SocketGroup"),
+        unit_value(&service, "Group")
+    );
 
     // The database lives in the state directory systemd creates for the service, and the
     // socket in its runtime directory.
