@@ -95,9 +95,9 @@ fn notified(env: &str, watchdog_usec: Option<u64>) -> DaemonConfig {
 async fn notify_ready_status_watchdog_and_stopping() {
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
     let (manager, env) = Manager::bind(false);
-    // Idle, the scheduler's loop would turn once a second (its tick); the watchdog makes
-    // it wake at least every 300 ms.
-    let watchdog = Duration::from_millis(600);
+    // Idle, the scheduler's loop would turn once a second (its tick): too rarely for this
+    // watchdog, which makes it wake at least every half second.
+    let watchdog = Duration::from_millis(1_000);
     let mut d = spawn_daemon(
         &fake.base_url(),
         notified(&env, Some(watchdog.as_micros() as u64)),
@@ -109,8 +109,8 @@ async fn notify_ready_status_watchdog_and_stopping() {
     let (code, _) = d.request("GET", "/v1/health", None).await;
     assert_eq!(code, 200);
 
-    // Pings, idle, for two watchdog periods and more: never a gap systemd would kill for.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Pings, idle, for three watchdog periods: never a gap systemd would kill for.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     let pings: Vec<Instant> = manager
         .messages()
         .into_iter()
@@ -118,8 +118,8 @@ async fn notify_ready_status_watchdog_and_stopping() {
         .map(|(at, _)| at)
         .collect();
     assert!(
-        pings.len() >= 4,
-        "{} pings in 2 s: {:?}",
+        pings.len() >= 5,
+        "{} pings in 3 s: {:?}",
         pings.len(),
         manager.texts()
     );
