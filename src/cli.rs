@@ -146,7 +146,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Run => {
             let cfg = load_config(cli.config.as_deref())?;
-            crate::telemetry::init_logging(&cfg.log);
+            crate::logging::init(&cfg.log);
             daemon::run(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -6,6 +6,7 @@ use crate::config::{Config, SocketConfig};
 use crate::payment::now_ms;
 use crate::scheduler;
 use crate::store::{Store, StoreError};
+use crate::systemd::Notifier;
 use crate::telemetry::Telemetry;
 use anyhow::{bail, Context, Result};
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -143,18 +144,57 @@ impl Drop for SocketFile {
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// What the service manager hands the daemon: where to send notifications, and the
+/// listening socket under socket activation. The default is none of either (not run by
+/// systemd, or in-process as `ninjapoll demo` runs it).
+#[derive(Debug, Default)]
+pub struct ServiceManager {
+    /// `READY=1`, `STOPPING=1`, `STATUS=` and the watchdog.
+    pub notifier: Notifier,
+    /// The socket to serve instead of binding `socket.path`.
+    pub listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl ServiceManager {
+    /// What systemd passed this process, from its environment.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            notifier: Notifier::from_env()?,
+            listener: crate::systemd::listen_socket()?,
+        })
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, as systemd (if it did) started it.
 pub async fn run(config: Config) -> Result<()> {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
-    run_until(config, cancel).await
+    run_managed(config, cancel, ServiceManager::from_env()?).await
 }
 
 /// Runs the daemon until `cancel` fires.
 pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> {
+    run_managed(config, cancel, ServiceManager::default()).await
+}
+
+/// Runs the daemon until `cancel` fires, telling `manager` how it goes.
+pub async fn run_managed(
+    config: Config,
+    cancel: CancellationToken,
+    manager: ServiceManager,
+) -> Result<()> {
     // Whatever way this returns (a start-up step failing included), every task started
     // below is told to stop.
     let _stop_tasks = cancel.clone().drop_guard();
+    let notifier = manager.notifier;
+    {
+        // systemd learns of the stop when it begins, not when the last check has drained.
+        let (notifier, cancel) = (notifier.clone(), cancel.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            notifier.stopping();
+        });
+    }
     let config = Arc::new(config);
     let store = match Store::open(&config.database_path, config.webhooks.url.clone()).await {
         Ok(s) => s,
@@ -168,8 +208,29 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
         }
         Err(StoreError::Other(e)) => return Err(e),
     };
-    let listener = bind_socket(&config.socket)?;
-    let _socket_file = SocketFile(config.socket.path.clone());
+    let (listener, address, _socket_file) = match manager.listener {
+        Some(passed) => {
+            let address = passed
+                .local_addr()
+                .context("reading the address of the socket systemd passed")?;
+            describe_passed_socket(&address, &config.socket.path);
+            // systemd owns the socket file: it stays when we stop, and connections made
+            // meanwhile wait in its queue for the next start.
+            let listener =
+                UnixListener::from_std(passed).context("serving the socket systemd passed")?;
+            (listener, address, None)
+        }
+        None => {
+            let listener = bind_socket(&config.socket)?;
+            let address = std::os::unix::net::SocketAddr::from_pathname(&config.socket.path)
+                .with_context(|| format!("socket path {}", config.socket.path.display()))?;
+            (
+                listener,
+                address,
+                Some(SocketFile(config.socket.path.clone())),
+            )
+        }
+    };
     let telemetry = Arc::new(Telemetry::default());
     let events = Arc::new(Notify::new());
     // Delivers what the outbox holds, events left by a previous run included.
@@ -186,6 +247,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
         telemetry.clone(),
         events.clone(),
         cancel.clone(),
+        notifier.clone(),
     )
     .await?;
     let maintenance = tokio::spawn(maintain(
@@ -227,7 +289,30 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
     );
     let server =
         axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let served = server.await.context("serving the socket API");
+    let served = async { server.await.context("serving the socket API") };
+    // Ready means ready to answer: the migrations ran (the store is open) and a request
+    // on the socket gets an HTTP answer, which the server only gives while polled here.
+    let ready = async {
+        if !notifier.enabled() {
+            return Ok(());
+        }
+        match probe(&address).await {
+            Ok(()) => {
+                notifier.ready();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "the socket does not answer; stopping"
+                );
+                cancel.cancel();
+                Err(e)
+            }
+        }
+    };
+    let (served, ready) = tokio::join!(served, ready);
+    let served = served.and(ready);
     cancel.cancel();
     if let Err(e) = scheduler_task.await {
         tracing::error!(error = %e, "scheduler task failed");
@@ -243,6 +328,57 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<()> 
     store.close().await;
     tracing::info!("ninjapoll stopped");
     served
+}
+
+/// Says which socket is served under socket activation, and warns when clients that read
+/// the configuration would look elsewhere.
+fn describe_passed_socket(address: &std::os::unix::net::SocketAddr, configured: &Path) {
+    use std::os::linux::net::SocketAddrExt;
+    match address.as_pathname() {
+        Some(p) if p == configured => {
+            tracing::info!(socket = %p.display(), "serving the socket systemd passed (socket activation)");
+        }
+        Some(p) => tracing::warn!(
+            socket = %p.display(), configured = %configured.display(),
+            "serving the socket systemd passed, which is not socket.path: clients reading the configuration will not find it"
+        ),
+        None => tracing::info!(
+            socket = %address.as_abstract_name().map(String::from_utf8_lossy).unwrap_or_default(),
+            "serving the abstract socket systemd passed (socket activation)"
+        ),
+    }
+}
+
+/// One `GET /v1/health` on our own socket: done once the server answers with any HTTP
+/// status (a peer list that leaves us out answers 403, which is an answer). Tries for a
+/// few seconds: the server starts answering as soon as it is polled.
+async fn probe(address: &std::os::unix::net::SocketAddr) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let once = || async {
+        let std_stream = std::os::unix::net::UnixStream::connect_addr(address)?;
+        std_stream.set_nonblocking(true)?;
+        let mut stream = tokio::net::UnixStream::from_std(std_stream)?;
+        stream
+            .write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        if head.starts_with(b"HTTP/1.") {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not an HTTP answer"))
+        }
+    };
+    let mut last = None;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(2), once()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = Some(e.to_string()),
+            Err(_) => last = Some("no answer within 2 s".into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no HTTP answer on the socket: {}", last.unwrap_or_default())
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {

@@ -65,7 +65,7 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
     raw.webhooks.retry = Some(vec!["200ms".into(), "1s".into()]);
     let cfg = Config::from_raw(raw)?;
     let socket = cfg.socket.path.clone();
-    crate::telemetry::init_logging(&crate::config::LogConfig {
+    crate::logging::init(&crate::config::LogConfig {
         json: false,
         level: "warn".into(),
     });

@@ -2,7 +2,6 @@
 //! 0.0.4). Counters and histograms are updated where things happen; gauges of state (the
 //! database's counts, the scheduler's published status) are set when a scrape renders.
 
-use crate::config::LogConfig;
 use crate::kinds::Observation;
 use crate::payment::State;
 use crate::scheduler::PoolStatus;
@@ -16,22 +15,6 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// Installs the global tracing subscriber (stderr; journald captures it under systemd).
-pub fn init_logging(cfg: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if cfg.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
 
 /// The `Content-Type` of [`Telemetry::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

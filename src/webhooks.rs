@@ -340,12 +340,12 @@ async fn attempt(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>, ev:
     match outcome {
         AttemptOutcome::Delivered => {
             telemetry.webhook("delivered");
-            tracing::debug!(event = %ev.event_id, payment = %ev.id, sequence = ev.sequence, latency_ms, "webhook delivered");
+            tracing::debug!(event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence, latency_ms, "webhook delivered");
         }
         AttemptOutcome::Retry(next) => {
             telemetry.webhook("failed");
             tracing::info!(
-                event = %ev.event_id, payment = %ev.id, sequence = ev.sequence,
+                event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence,
                 error = sent.error.as_deref().unwrap_or(""),
                 retry_in_ms = next - now_ms(),
                 "webhook attempt failed; will retry"
@@ -354,7 +354,7 @@ async fn attempt(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>, ev:
         AttemptOutcome::Dead => {
             telemetry.webhook("dead");
             tracing::warn!(
-                event = %ev.event_id, payment = %ev.id, sequence = ev.sequence,
+                event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence,
                 error = sent.error.as_deref().unwrap_or(""),
                 attempts = ev.attempts + 1,
                 "webhook event is dead after its last retry; replay it with `ninjapoll webhooks replay`"
@@ -373,7 +373,7 @@ async fn attempt(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>, ev:
             Ok(()) => return,
             Err(e) if left == 0 => {
                 telemetry.database_error("webhooks");
-                tracing::error!(error = format!("{e:#}"), event = %ev.event_id, "logging a webhook attempt failed; the event will be sent again");
+                tracing::error!(error = format!("{e:#}"), event = %ev.event_id, kind = %ev.kind, id = %ev.id, "logging a webhook attempt failed; the event will be sent again");
             }
             Err(_) => {
                 telemetry.database_error("webhooks");

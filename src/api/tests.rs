@@ -56,6 +56,7 @@ async fn harness() -> Harness {
         telemetry.clone(),
         Arc::new(Notify::new()),
         cancel.clone(),
+        crate::systemd::Notifier::default(),
     )
     .await
     .expect("scheduler");

@@ -837,7 +837,7 @@ impl Core {
                             .unknown_logged
                             .insert((e.kind.name.clone(), raw.to_lowercase()))
                     {
-                        tracing::warn!(kind = %e.kind.name, status = %raw, "unknown upstream status; payment stays pending (logged once per status)");
+                        tracing::warn!(kind = %e.kind.name, id = %e.id, status = %raw, "unknown upstream status; payment stays pending (logged once per status)");
                     }
                 }
             }
@@ -853,6 +853,12 @@ impl Core {
                 give_up,
             );
             out.checked.push((i, e.kind.clone(), d.state));
+            tracing::debug!(
+                kind = %e.kind.name, id = %e.id, state = d.state.as_str(),
+                upstream_status = d.upstream_status.as_deref().unwrap_or(""),
+                error = d.error.as_deref().unwrap_or(""),
+                "checked"
+            );
             let was_recheck = e.recheck && e.due <= done.sent_at;
             if was_recheck {
                 e.recheck = false;
@@ -917,6 +923,12 @@ impl Core {
                 out.finished.push((*pk, d.state, done.sent_at));
                 if d.state == State::TimedOut {
                     tracing::info!(kind = %e.kind.name, id = %e.id, "payment timed out");
+                } else {
+                    tracing::info!(
+                        kind = %e.kind.name, id = %e.id, state = d.state.as_str(),
+                        upstream_status = d.upstream_status.as_deref().unwrap_or(""),
+                        "payment is final"
+                    );
                 }
             } else {
                 e.gen = self.next_gen();

@@ -19,6 +19,7 @@ use crate::config::{Config, Secret};
 use crate::payment::{now_ms, UnixMs};
 use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
 use crate::store::{PendingRow, Store};
+use crate::systemd::{Notifier, Watchdog};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 use anyhow::Result;
@@ -178,13 +179,15 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
 }
 
 /// Spawns the scheduler and its recorder. Returns the handle for the API and the join
-/// handle that completes once both have drained.
+/// handle that completes once both have drained. The driver's loop feeds `notifier`'s
+/// watchdog and publishes its `STATUS=` line.
 pub async fn spawn(
     config: &Config,
     store: Store,
     telemetry: Arc<Telemetry>,
     events: Arc<Notify>,
     cancel: CancellationToken,
+    notifier: Notifier,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
     let upstream = Upstream::new(&config.ninjapay)?;
     let clock = Clock::new();
@@ -251,6 +254,8 @@ pub async fn spawn(
         window,
         backlog: Default::default(),
         status: status_tx,
+        watchdog: Watchdog::new(&notifier),
+        status_line: StatusLine::new(notifier),
     };
     driver.publish(driver.clock.now());
     let task = tokio::spawn(async move {
@@ -286,6 +291,70 @@ struct Driver {
     backlog: std::collections::VecDeque<RecordBatch>,
     /// Where health and metrics read the scheduler's state.
     status: watch::Sender<Published>,
+    /// Fed every time the loop turns: a scheduler that stops turning is restarted by
+    /// systemd rather than pinged by some other, healthy task.
+    watchdog: Option<Watchdog>,
+    status_line: StatusLine,
+}
+
+/// The service's `STATUS=` line: what `systemctl status` shows.
+struct StatusLine {
+    notifier: Notifier,
+    last: String,
+    sent_at: Option<tokio::time::Instant>,
+}
+
+impl StatusLine {
+    /// At most one update a second: the line is for people.
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(notifier: Notifier) -> Self {
+        Self {
+            notifier,
+            last: String::new(),
+            sent_at: None,
+        }
+    }
+
+    fn publish(&mut self, pools: &[PoolStatus]) {
+        if !self.notifier.enabled() || self.sent_at.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        let line = status_line(pools);
+        if line != self.last {
+            self.notifier.status(&line);
+            self.sent_at = Some(tokio::time::Instant::now());
+            self.last = line;
+        }
+    }
+}
+
+/// The status line for the keys' snapshots: payments being polled, then each key's
+/// budget use in its current window (and whether it is scarce, so checks go by age).
+pub fn status_line(pools: &[PoolStatus]) -> String {
+    let pending: usize = pools.iter().map(|p| p.pending).sum();
+    let budgets: Vec<String> = pools
+        .iter()
+        .map(|p| {
+            let name = if pools.len() > 1 {
+                format!("{}: ", p.name)
+            } else {
+                String::new()
+            };
+            let scarce = if p.price_level > 0.0 {
+                " (scarce: checks by age)"
+            } else {
+                ""
+            };
+            format!(
+                "budget {name}{}/{} per {}{scarce}",
+                p.budget_used,
+                p.budget_effective,
+                humantime::format_duration(Duration::from_millis(p.window_ms.max(0) as u64))
+            )
+        })
+        .collect();
+    format!("{pending} pending; {}", budgets.join("; "))
 }
 
 impl Driver {
@@ -301,6 +370,9 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut actions = Vec::new();
         loop {
+            if let Some(w) = &mut self.watchdog {
+                w.turned(tokio::time::Instant::now());
+            }
             let now = self.clock.now();
             // A stalled disk fills the recorder's channel: outcomes wait in the backlog
             // (bounded by the checks in flight) and no new check starts until it drains.
@@ -309,10 +381,14 @@ impl Driver {
             }
             self.perform(&mut actions, &done_tx);
             let wake = self.core.next_wake(now);
-            let sleep = tokio::time::sleep(Duration::from_millis(
+            let mut sleep_for = Duration::from_millis(
                 wake.map(|w| (w - now).clamp(0, 3_600_000) as u64)
                     .unwrap_or(3_600_000),
-            ));
+            );
+            if let Some(w) = &self.watchdog {
+                sleep_for = sleep_for.min(w.max_sleep());
+            }
+            let sleep = tokio::time::sleep(sleep_for);
             let records = self.records.clone();
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -470,6 +546,7 @@ impl Driver {
     fn publish(&mut self, now: UnixMs) {
         let off = self.clock.offset();
         let mut pools = self.core.status(now);
+        self.status_line.publish(&pools);
         for s in &mut pools {
             s.paused_until = s.paused_until.map(|t| t + off);
             self.telemetry
@@ -479,5 +556,41 @@ impl Driver {
             pools,
             at: now + off,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str, pending: usize, used: u32, level: f64) -> PoolStatus {
+        PoolStatus {
+            name: name.into(),
+            budget_limit: 1000,
+            budget_effective: 1000,
+            budget_used: used,
+            window_ms: 600_000,
+            price_level: level,
+            projected: 0.0,
+            target: 0.0,
+            pending,
+            paused_until: None,
+            auth_failing: Vec::new(),
+            lateness_ms: Vec::new(),
+            kinds: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn status_line_names_pending_and_budget() {
+        assert_eq!(
+            status_line(&[pool("default", 12, 340, 0.0)]),
+            "12 pending; budget 340/1000 per 10m"
+        );
+        assert_eq!(
+            status_line(&[pool("default", 12, 990, 2.0), pool("kind:btc", 3, 7, 0.0)]),
+            "15 pending; budget default: 990/1000 per 10m (scarce: checks by age); \
+             budget kind:btc: 7/1000 per 10m"
+        );
     }
 }

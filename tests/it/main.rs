@@ -5,9 +5,11 @@
 mod api;
 mod budget;
 mod core;
+mod deploy;
 mod health;
 mod metrics;
 mod operations;
 mod retention;
+mod systemd;
 mod upgrades;
 mod webhooks;

@@ -74,6 +74,12 @@ pub struct DaemonConfig {
     pub extra_toml: String,
     /// Extra environment, e.g. `("NINJAPOLL_NINJAPAY__REQUEST_TIMEOUT", "300ms")`.
     pub env: Vec<(String, String)>,
+    /// A program (and its arguments) that starts the binary, e.g. `systemd-socket-activate
+    /// -l {socket}`; `{socket}` stands for the socket path. Empty: the binary itself.
+    pub launcher: Vec<String>,
+    /// A listening socket handed to the daemon as systemd does (fd 3, `LISTEN_FDS=1`,
+    /// `LISTEN_PID` = the daemon), on every start.
+    pub pass_listener: Option<Arc<std::os::unix::net::UnixListener>>,
 }
 
 impl Default for DaemonConfig {
@@ -96,6 +102,8 @@ impl Default for DaemonConfig {
             webhooks: None,
             extra_toml: String::new(),
             env: Vec::new(),
+            launcher: Vec::new(),
+            pass_listener: None,
         }
     }
 }
@@ -265,7 +273,19 @@ impl Daemon {
                 now_ms()
             );
         }
-        let mut cmd = Command::new(binary());
+        let binary = binary();
+        let mut cmd = match (&self.config.launcher[..], &self.config.pass_listener) {
+            ([], None) => Command::new(&binary),
+            ([program, args @ ..], None) => {
+                let socket = self.socket.to_string_lossy();
+                let mut c = Command::new(program);
+                c.args(args.iter().map(|a| a.replace("{socket}", &socket)));
+                c.arg(&binary);
+                c
+            }
+            ([], Some(listener)) => pass_listener(binary, listener),
+            _ => panic!("a launcher and a passed listener together are not supported"),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config_path)
@@ -307,6 +327,17 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sets an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.config.env.retain(|(k, _)| k != key);
+        self.config.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Hands `listener` to the daemon as systemd does, from the next (re)start on.
+    pub fn set_passed_listener(&mut self, listener: Arc<std::os::unix::net::UnixListener>) {
+        self.config.pass_listener = Some(listener);
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after 10 s). Returns the exit status.
@@ -422,6 +453,38 @@ impl Daemon {
         self.wait_for(kind, id, |p| p["final"] == true, timeout)
             .await
     }
+}
+
+/// A command that runs `binary` with `listener` as fd 3 and `LISTEN_FDS`/`LISTEN_PID` set,
+/// as systemd's socket activation does: a shell learns its own pid (`$$`), which `exec`
+/// keeps for the binary.
+fn pass_listener(binary: PathBuf, listener: &std::os::unix::net::UnixListener) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut c = Command::new("sh");
+    c.args([
+        "-c",
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=ninjapoll.socket exec "$0" "$@""#,
+    ]);
+    c.arg(binary);
+    // SAFETY: only dup2/fcntl, which are async-signal-safe, between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            // dup2 leaves the copy without close-on-exec; onto itself it changes nothing,
+            // so then the flag is cleared by hand.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
 }
 
 impl Drop for Daemon {
