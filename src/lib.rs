@@ -2,6 +2,7 @@
 //! Ninjapay payment ended. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod backoff;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod payment;
 pub mod policy;
 mod recorder;
 pub mod scheduler;
+pub mod server;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -126,8 +126,14 @@ impl Telemetry {
         lock(&self.pools).values().cloned().collect()
     }
 
-    /// Prometheus text exposition. `states` are the payment counts per state.
-    pub fn render(&self, states: &[(String, i64)], webhook_states: &[(String, i64)]) -> String {
+    /// Prometheus text exposition. `states` are the payment counts per state, `db` the
+    /// store's record of failed writes.
+    pub fn render(
+        &self,
+        states: &[(String, i64)],
+        webhook_states: &[(String, i64)],
+        db: &crate::store::WriteStatus,
+    ) -> String {
         let mut o = String::new();
         let head = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -208,6 +214,28 @@ impl Telemetry {
             head(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
         }
+        head(
+            &mut o,
+            "ninjapoll_database_write_errors_total",
+            "counter",
+            "Database write operations that failed (e.g. disk full); each is retried.",
+        );
+        let _ = writeln!(
+            o,
+            "ninjapoll_database_write_errors_total {}",
+            db.failures_total
+        );
+        head(
+            &mut o,
+            "ninjapoll_database_writes_failing",
+            "gauge",
+            "1 while the latest database write failed, else 0.",
+        );
+        let _ = writeln!(
+            o,
+            "ninjapoll_database_writes_failing {}",
+            u8::from(db.failing_since.is_some())
+        );
         let pools = self.pools();
         let per_pool = |f: &dyn Fn(&PoolSnapshot) -> String| -> Vec<(String, String)> {
             pools.iter().map(|p| (p.name.clone(), f(p))).collect()

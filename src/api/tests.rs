@@ -65,6 +65,7 @@ async fn harness() -> Harness {
         config,
         telemetry,
         webhook_wake: Arc::new(Notify::new()),
+        bodies: Default::default(),
     });
     Harness {
         app,

@@ -209,14 +209,21 @@ pub async fn spawn(
     let (rec_tx, rec_rx) = mpsc::channel(1024);
     let (refill_tx, refill_rx) = mpsc::channel(64);
     let (refilled_tx, refilled_rx) = mpsc::channel(64);
-    let ledger = tokio::spawn(ledger_loop(store.clone(), refill_rx, refilled_tx));
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let ledger = tokio::spawn(ledger_loop(
+        store.clone(),
+        refill_rx,
+        refilled_tx,
+        cancel.clone(),
+    ));
     let recorder = tokio::spawn(record_loop(
         store.clone(),
         rec_rx,
         telemetry.clone(),
         events,
+        cmd_tx.clone(),
+        cancel.clone(),
     ));
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let driver = Driver {
         core,
         clock,
@@ -378,9 +385,12 @@ impl Driver {
         let upstream = self.upstream.clone();
         let done_tx = done_tx.clone();
         let clock = self.clock;
+        let off = clock.offset();
+        let started: Vec<UnixMs> = req.started.iter().map(|t| t + off).collect();
         tokio::spawn(async move {
             let refs: Vec<&crate::payment::PaymentId> = req.ids.iter().collect();
-            let answer = upstream.check(&req.kind, &key, &refs).await;
+            let listing = req.kind.is_list().then_some((req.list_limit, &started[..]));
+            let answer = upstream.check(&req.kind, &key, &refs, listing).await;
             let _ = done_tx
                 .send(Completion {
                     pool: req.pool,

@@ -1,0 +1,246 @@
+//! Issue 9, hardening: what a merchant's 3 a.m. page would be about, each case through the
+//! real daemon: callback URLs checked as parsed URLs and again before every send, secrets
+//! read as text, a payment stored behind the scheduler's back picked up on re-enqueue.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A `[webhooks]` table: a signing secret, a retry schedule and the callback allow-list.
+fn webhooks_toml(url: Option<&str>, retry: &[&str], prefixes: &[&str]) -> String {
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut t = String::from("[webhooks]\n");
+    if let Some(u) = url {
+        t += &format!("url = {u:?}\n");
+    }
+    t += &format!(
+        "secret = {WEBHOOK_SECRET:?}\nretry = [{}]\ntimeout = \"2s\"\nallowed_callback_prefixes = [{}]\n",
+        list(retry),
+        list(prefixes)
+    );
+    t
+}
+
+async fn wait_api(d: &Daemon, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (code, v) = d.request("GET", path, None).await;
+        if code == 200 && pred(&v) {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            d.print_log();
+            panic!("GET {path}: condition not met; last answer {code}: {v:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_urls_are_allowed_by_parsed_url_and_rechecked_before_each_send() {
+    let rx = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let mut d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            extra_toml: webhooks_toml(
+                None,
+                &["1500ms", "1500ms"],
+                &[rx.url(), "https://hooks.example.com"],
+            ),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    // What a string prefix let through is refused.
+    for (url, code) in [
+        (
+            "https://hooks.example.com.evil.net/x",
+            "callback_url_not_allowed",
+        ),
+        (
+            "https://hooks.example.com@evil.net/x",
+            "invalid_callback_url",
+        ),
+        (
+            "https://hooks.example.com:8443/x",
+            "callback_url_not_allowed",
+        ),
+    ] {
+        let (s, v) = d
+            .request(
+                "POST",
+                "/v1/checks",
+                Some(json!({"kind": "p2p", "id": "EVIL", "callback_url": url})),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{url}: {v}"
+        );
+    }
+    let ok = format!("{}/sub", rx.url());
+    let (s, v) = d
+        .request(
+            "POST",
+            "/v1/checks",
+            Some(json!({"kind": "p2p", "id": "CB1", "callback_url": ok})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // The first delivery fails; before its retry the operator narrows the allow-list.
+    rx.fail_next(500, 1);
+    fake.script("p2p", "CB1", Script::pending_then(Kind::P2p, 0, "approved"));
+    rx.wait_deliveries(1, WAIT).await;
+    d.stop().await;
+    let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        d.config_path(),
+        cfg.replace(rx.url(), "http://127.0.0.1:1/elsewhere"),
+    )
+    .unwrap();
+    d.restart().await;
+    let list = wait_api(&d, "/v1/webhooks?state=dead", |v| {
+        v["events"].as_array().is_some_and(|e| e.len() == 1)
+    })
+    .await;
+    let ev = &list["events"][0];
+    assert!(
+        ev["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no longer allowed")),
+        "{ev:#}"
+    );
+    // Past the retry time: still only the one delivery from before the change.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(rx.deliveries().len(), 1, "sent to a URL no longer allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_digit_key_from_the_environment_is_a_key_and_is_never_printed() {
+    let key = "0012345678";
+    let fake = FakeNinjapay::start(FakeOptions {
+        api_key: key.into(),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            api_key: String::new(),
+            env: vec![("NINJAPOLL_NINJAPAY__API_KEY".into(), key.into())],
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    fake.script("p2p", "D1", Script::pending_then(Kind::P2p, 0, "approved"));
+    d.enqueue("p2p", "D1", None).await;
+    let p = d.wait_final("p2p", "D1", WAIT).await;
+    // Leading zeros and all: the provider accepted it.
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert!(fake.requests().iter().all(|r| r.auth_ok));
+    assert!(!d.log().contains(key));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
+        .args(["check-config", "--config"])
+        .arg(d.config_path())
+        .env("NINJAPOLL_NINJAPAY__API_KEY", key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !shown.contains(key) && !shown.contains("12345678"),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_and_a_world_readable_key_file_are_logged_at_start() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let mut d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            api_key: String::new(),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    assert!(d.log().contains("no API key configured"), "{}", d.log());
+    d.stop().await;
+
+    let key_file = d.dir().join("api_key");
+    std::fs::write(&key_file, FakeOptions::default().api_key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        d.config_path(),
+        cfg.replace(
+            "api_key = \"\"",
+            &format!("api_key_file = {:?}", key_file.to_string_lossy()),
+        ),
+    )
+    .unwrap();
+    d.restart().await;
+    let log = d.log();
+    let last = &log[log.rfind("===== harness").unwrap()..];
+    assert!(
+        last.contains("api_key_file") && last.contains("readable by every user"),
+        "{last}"
+    );
+    assert!(!last.contains("no API key configured"), "{last}");
+    d.stop().await;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.restart().await;
+    let log = d.log();
+    let last = &log[log.rfind("===== harness").unwrap()..];
+    assert!(!last.contains("readable by every user"), "{last}");
+}
+
+/// A payment stored while the scheduler did not hear of it (what a hand-over cut by a
+/// dropped request used to leave): a re-enqueue makes sure the scheduler holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_enqueue_of_a_stored_pending_payment_gets_it_polled() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    fake.script(
+        "p2p",
+        "LOST",
+        Script::pending_then(Kind::P2p, 0, "approved"),
+    );
+    // Written behind the daemon's back, as another process may: SQLite lets it in.
+    let now = now_ms();
+    let out = std::process::Command::new("sqlite3")
+        .args(["-bail", "-cmd", ".timeout 5000"])
+        .arg(d.db_path())
+        .arg(format!(
+            "INSERT INTO payments (kind, id, started_at, jitter_ms, created_at, \
+             updated_at, next_check_at) VALUES ('p2p', 'LOST', {now}, 100, {now}, {now}, {});",
+            now + 100
+        ))
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fake.requests_for("p2p", "LOST").is_empty());
+    let (code, p) = d.enqueue("p2p", "LOST", None).await;
+    assert_eq!(code, 200, "{p}");
+    let p = d.wait_final("p2p", "LOST", WAIT).await;
+    assert_eq!(p["state"], "succeeded");
+}
