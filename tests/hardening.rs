@@ -113,10 +113,10 @@ async fn callback_urls_are_allowed_by_parsed_url_and_rechecked_before_each_send(
     .unwrap();
     d.restart().await;
     let list = wait_api(&d, "/v1/webhooks?state=dead", |v| {
-        v["events"].as_array().is_some_and(|e| e.len() == 1)
+        v["webhooks"].as_array().is_some_and(|e| e.len() == 1)
     })
     .await;
-    let ev = &list["events"][0];
+    let ev = &list["webhooks"][0];
     assert!(
         ev["last_error"]
             .as_str()
