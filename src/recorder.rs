@@ -147,3 +147,86 @@ pub(crate) async fn record_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::{PaymentId, State};
+    use crate::store::{EventSpec, NewPayment, WebhookFilter};
+
+    /// A write that fails after the outcome is in but before its ledger row is marked
+    /// (a trigger refuses the ledger update for a while) is retried as a whole: the
+    /// change and its webhook event are recorded once, with one webhook-id.
+    #[tokio::test]
+    async fn a_retried_commit_never_records_a_change_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Some("http://127.0.0.1:1/h".into()))
+            .await
+            .unwrap();
+        let rows = store
+            .insert_payments(&[NewPayment {
+                kind: "p2p".into(),
+                id: PaymentId::parse("A").unwrap(),
+                started_at: 0,
+                jitter_ms: 0,
+                next_check_at: 0,
+                callback_url: None,
+                metadata: None,
+            }])
+            .await
+            .unwrap();
+        let pk = rows[0].0.pk;
+        let key = store.ledger_send(&[("key:t".into(), 1)]).await.unwrap()[0];
+        store
+            .exec_for_test(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON upstream_requests \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+            )
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let (cmd, _cmd_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(record_loop(
+            store.clone(),
+            rx,
+            Arc::new(Telemetry::default()),
+            Arc::new(Notify::new()),
+            cmd,
+            cancel.clone(),
+        ));
+        let record = CheckRecord {
+            pk,
+            checked_at: 10,
+            upstream_status: Some("on_hold".into()),
+            state: State::Pending,
+            response: None,
+            error: None,
+            next_check_at: Some(20),
+            event: Some(EventSpec {
+                event_type: crate::webhooks::STATUS_CHANGED,
+                previous_state: State::Pending,
+                previous_upstream_status: None,
+            }),
+            changed: true,
+            saw_pending: true,
+        };
+        tx.send((vec![record], Some((key, 10)))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.write_status().failing_since.is_some());
+        store.exec_for_test("DROP TRIGGER refuse").await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let events = store
+            .list_webhooks(&WebhookFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert!(store.write_status().failing_since.is_none());
+        let ledger = store.ledger_since(0).await.unwrap();
+        assert_eq!(ledger, vec![("key:t".to_string(), 1, Some(10))]);
+    }
+}

@@ -341,6 +341,13 @@ impl Store {
         }
     }
 
+    /// Runs a statement on the writer, for tests that need the database to misbehave.
+    #[cfg(test)]
+    pub(crate) async fn exec_for_test(&self, sql: &str) -> Result<()> {
+        sqlx::query(sql).execute(&self.write).await?;
+        Ok(())
+    }
+
     /// Keeps a write operation's success or failure for health.
     fn note<T>(&self, result: Result<T>) -> Result<T> {
         self.health.record(&result);
