@@ -244,3 +244,80 @@ async fn a_re_enqueue_of_a_stored_pending_payment_gets_it_polled() {
     let p = d.wait_final("p2p", "LOST", WAIT).await;
     assert_eq!(p["state"], "succeeded");
 }
+
+/// A cancel that races an enqueue can leave the scheduler told to track a payment after it
+/// was told to forget it (the enqueue's hand-over arriving last). The database decides: the
+/// first outcome finds the payment cancelled, and the scheduler forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
+    use ninjapoll::scheduler::{self, Command};
+    use ninjapoll::store::{NewPayment, PendingRow, Store};
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    fake.script("p2p", "RACE", Script::Sequence(vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = ninjapoll::config::defaults();
+    raw.database.path = Some(dir.path().join("t.db"));
+    raw.ninjapay.api_key = Some(FakeOptions::default().api_key);
+    raw.ninjapay.prod_base_url = Some(fake.base_url());
+    raw.ninjapay.api_base_url = Some(fake.base_url());
+    let c = DaemonConfig::default();
+    raw.schedule.first_check = Some(vec![c.first_check.0.clone(), c.first_check.1.clone()]);
+    raw.schedule.steps = Some(
+        c.steps
+            .iter()
+            .map(|(every, span)| ninjapoll::config::RawStep {
+                every: every.clone(),
+                span: span.clone(),
+            })
+            .collect(),
+    );
+    raw.schedule.timeout = Some(c.timeout.clone());
+    let config = ninjapoll::config::Config::from_raw(raw).unwrap();
+    let store = Store::open(&config.database_path, None).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (handle, task) = scheduler::spawn(
+        &config,
+        store.clone(),
+        Default::default(),
+        Default::default(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let now = now_ms();
+    let rows = store
+        .insert_payments(&[NewPayment {
+            kind: "p2p".into(),
+            id: ninjapoll::payment::PaymentId::parse("RACE").unwrap(),
+            started_at: now,
+            jitter_ms: 100,
+            next_check_at: now + 100,
+            callback_url: None,
+            metadata: None,
+        }])
+        .await
+        .unwrap();
+    let r = &rows[0].0;
+    let stale = PendingRow {
+        pk: r.pk,
+        kind: r.kind.clone(),
+        id: r.id.clone(),
+        upstream_status: None,
+        started_at: r.started_at,
+        jitter_ms: r.jitter_ms,
+        next_check_at: r.next_check_at,
+        last_checked_at: None,
+        checks_done: 0,
+    };
+    // The cancel commits and hands over first; the enqueue's hand-over comes last.
+    assert!(matches!(store.cancel("p2p", "RACE").await, Ok(Some(Ok(_)))));
+    handle.send(Command::Untrack(r.pk)).unwrap();
+    handle.send(Command::Track(stale)).unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let asked = fake.requests_for("p2p", "RACE").len();
+    assert!(asked <= 1, "a cancelled payment was polled {asked} times");
+    let p = store.get("p2p", "RACE").await.unwrap().unwrap();
+    assert_eq!(p.state, "cancelled");
+    cancel.cancel();
+    task.await.unwrap();
+}
