@@ -321,3 +321,58 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// The history has no id filter and no offset: a paid payment pushed out of the newest
+/// entries by newer transactions must be found by asking for more, never read as absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_btc_payment_pushed_out_of_the_newest_entries_is_still_found() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    fake.script("btc", "700000000001", Script::pending_then(Kind::Btc, 0, "paid"));
+    // 150 newer transactions of the merchant that ninjapoll does not track.
+    for i in 0..150 {
+        fake.script("btc", &format!("8000000{i:05}"), Script::Sequence(vec![]));
+    }
+    d.enqueue("btc", "700000000001", None).await;
+    let p = d.wait_final("btc", "700000000001", WAIT).await;
+    let queries: Vec<String> = fake.requests().iter().map(|r| r.query.clone()).collect();
+    assert_eq!(p["state"], "succeeded", "{p:#}\n{queries:?}");
+    assert!(queries.iter().any(|q| q.contains("limit=200")), "{queries:?}");
+}
+
+/// A failed listing answers every payment it covers with the same error: its body (up to
+/// the 8 MiB read limit) is not copied into each payment's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_error_body_is_not_copied_into_every_payment() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    let huge = json!({"success": false, "message": "e".repeat(7 * 1024 * 1024)}).to_string();
+    let ids: Vec<String> = (0..20).map(|i| format!("90000000{i:04}")).collect();
+    for id in &ids {
+        fake.script(
+            "btc",
+            id,
+            Script::Sequence(vec![Step::Http {
+                code: 500,
+                body: huge.clone(),
+                retry_after: None,
+            }]),
+        );
+    }
+    let checks: Vec<Value> = ids.iter().map(|id| json!({"kind": "btc", "id": id})).collect();
+    let (code, _) = d
+        .request("POST", "/v1/checks/batch", Some(json!({ "checks": checks })))
+        .await;
+    assert_eq!(code, 200);
+    for id in &ids {
+        let p = d
+            .wait_for("btc", id, |p| p["last_error"].is_string(), WAIT)
+            .await;
+        let error = p["last_error"].as_str().unwrap();
+        assert!(error.starts_with("HTTP 500") && error.len() < 400, "{error}");
+        assert!(p["response"].to_string().len() < 1024, "response kept: {} bytes", p["response"].to_string().len());
+    }
+    let db = std::fs::metadata(d.db_path()).unwrap().len()
+        + std::fs::metadata(d.dir().join("ninjapoll.db-wal")).map_or(0, |m| m.len());
+    assert!(db < 8 * 1024 * 1024, "database and WAL hold {db} bytes");
+}
