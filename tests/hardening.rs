@@ -376,3 +376,180 @@ async fn a_huge_error_body_is_not_copied_into_every_payment() {
         + std::fs::metadata(d.dir().join("ninjapoll.db-wal")).map_or(0, |m| m.len());
     assert!(db < 8 * 1024 * 1024, "database and WAL hold {db} bytes");
 }
+
+/// Clients that connect and never finish their headers: 300 of them against a daemon
+/// allowed 256 open files.
+async fn stuck_clients(socket: &std::path::Path, n: usize) -> Vec<tokio::net::UnixStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").await;
+                held.push(s);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_clients_neither_starve_real_ones_nor_hold_up_sigterm() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let mut d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            open_files: Some(256),
+            // Long enough that the bound, not the timeout, is what keeps room.
+            env: vec![("NINJAPOLL_SOCKET__HEADER_TIMEOUT".into(), "60s".into())],
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    let held = stuck_clients(d.socket_path(), 300).await;
+    assert!(held.len() >= 250, "{} connected", held.len());
+    // A real client is served at once, and checks still go out.
+    let t = std::time::Instant::now();
+    let (code, _) = d.request("GET", "/v1/health", None).await;
+    assert_eq!(code, 200);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    fake.script("p2p", "FD1", Script::pending_then(Kind::P2p, 1, "approved"));
+    d.enqueue("p2p", "FD1", None).await;
+    let p = d.wait_final("p2p", "FD1", WAIT).await;
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let fds = d.open_fds();
+    assert!(fds <= 256, "{fds} descriptors open");
+    assert!(!d.log().contains("Too many open files"), "{}", d.log());
+    // SIGTERM with every stuck client still connected.
+    let _more = stuck_clients(d.socket_path(), 50).await;
+    let t = std::time::Instant::now();
+    assert!(d.stop().await.is_some_and(|s| s.success()));
+    assert!(t.elapsed() < Duration::from_secs(6), "exit took {:?}", t.elapsed());
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_requests_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            env: vec![
+                ("NINJAPOLL_SOCKET__HEADER_TIMEOUT".into(), "300ms".into()),
+                ("NINJAPOLL_SOCKET__REQUEST_TIMEOUT".into(), "700ms".into()),
+            ],
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    // Headers never finished: closed after the header timeout.
+    let mut s = tokio::net::UnixStream::connect(d.socket_path()).await.unwrap();
+    s.write_all(b"GET /v1/health HTTP/1.1\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let t = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("still open after 5 s");
+    assert!(n.is_ok() || t.elapsed() < Duration::from_secs(5));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // A body that never arrives: 408 after the request timeout.
+    let mut s = tokio::net::UnixStream::connect(d.socket_path()).await.unwrap();
+    s.write_all(
+        b"POST /v1/checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\"",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let t = std::time::Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("no answer after 5 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+/// Sends a request's head and `body` over a fresh connection and returns the answer's
+/// status line and body, or what went wrong.
+async fn send_partial(socket: &std::path::Path, head: &str, body: &[u8]) -> tokio::net::UnixStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_its_limits_is_refused_before_it_is_all_read() {
+    use tokio::io::AsyncReadExt;
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    // 10,001 items, and the body goes on (never finished): refused on the 10,001st.
+    let mut body = String::from("{\"checks\": [");
+    for i in 0..10_001 {
+        body += &format!("{{\"kind\": \"p2p\", \"id\": \"S{i}\"}},");
+    }
+    let head = "POST /v1/checks/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 15000000\r\n\r\n";
+    let mut s = send_partial(d.socket_path(), head, body.as_bytes()).await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("no answer while the body was still coming")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("batch_too_large"), "{text}");
+    // A declared length over the limit is refused unread.
+    let head = "POST /v1/checks/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n";
+    let mut s = send_partial(d.socket_path(), head, b"").await;
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let (code, _) = d.request("GET", "/v1/checks?state=pending", None).await;
+    assert_eq!(code, 200);
+}
+
+/// 30 clients each send most of a 16 MiB batch and stall: what they sent is not held
+/// 30 times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_stalled_large_bodies_hold_bounded_memory() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    let before = d.rss_bytes();
+    let size = 16 * 1024 * 1024 - 1;
+    let head = format!(
+        "POST /v1/checks/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    );
+    // Valid JSON so far, one long string: nearly all of the declared body.
+    let mut body = b"{\"checks\": [\"".to_vec();
+    body.resize(size - 100, b'x');
+    let body = std::sync::Arc::new(body);
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (socket, head, body) = (d.socket_path().to_path_buf(), head.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            send_partial(&socket, &head, &body).await
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = d.rss_bytes();
+    eprintln!(
+        "RSS before {} MB, with 30 stalled 16 MiB bodies {} MB",
+        before >> 20,
+        during >> 20
+    );
+    assert!(during < before + 160 * 1024 * 1024, "{} MB", during >> 20);
+    let (code, _) = d.request("GET", "/v1/health", None).await;
+    assert_eq!(code, 200);
+    drop(held);
+}
