@@ -16,6 +16,9 @@ pub fn init_logging(cfg: &LogConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A log line that cannot be written (stderr on a full disk) is dropped: reporting
+        // it would `eprintln!` to the same stderr, which panics the task that logged.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if cfg.json {
         builder.json().try_init()

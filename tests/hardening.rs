@@ -425,6 +425,7 @@ async fn stuck_clients_neither_starve_real_ones_nor_hold_up_sigterm() {
     let _more = stuck_clients(d.socket_path(), 50).await;
     let t = std::time::Instant::now();
     assert!(d.stop().await.is_some_and(|s| s.success()));
+    eprintln!("{fds} fds with 300 stuck clients; SIGTERM with 350 stuck: exit in {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(6), "exit took {:?}", t.elapsed());
     drop(held);
 }
@@ -552,4 +553,116 @@ async fn thirty_stalled_large_bodies_hold_bounded_memory() {
     let (code, _) = d.request("GET", "/v1/health", None).await;
     assert_eq!(code, 200);
     drop(held);
+}
+
+fn started(ms: i64) -> Value {
+    json!(ms as f64 / 1000.0)
+}
+
+/// The first value of a metric in `/metrics`.
+async fn metric(d: &Daemon, name: &str) -> f64 {
+    let (_, m) = d.request("GET", "/metrics", None).await;
+    m.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A full disk, simulated with the file-size limit (every write that would grow a file
+/// fails, SIGXFSZ ignored): reported, waited out with the webhook schedule kept, recovered
+/// from by itself with nothing acknowledged lost; and SIGTERM still exits while it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_waited_out_and_recovered_from() {
+    let rx = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let retry = ["1500ms"; 20];
+    let mut d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            ignore_sigxfsz: true,
+            extra_toml: webhooks_toml(Some(rx.url()), &retry, &[]),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    // An event whose deliveries keep failing, its attempts logged while there is room.
+    rx.fail_next(500, 10_000);
+    fake.script("p2p", "E1", Script::pending_then(Kind::P2p, 0, "approved"));
+    d.enqueue("p2p", "E1", None).await;
+    d.wait_final("p2p", "E1", WAIT).await;
+    rx.wait_deliveries(1, WAIT).await;
+    // Acknowledged before the disk fills; they flip while it is full.
+    let t0 = now_ms();
+    let ids: Vec<String> = (0..5).map(|i| format!("F{i}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, Script::pending_then(Kind::P2p, 3, "approved"));
+        assert_eq!(d.enqueue("p2p", id, Some(started(t0))).await.0, 201);
+    }
+
+    d.set_file_size_limit(Some(0));
+    let h = wait_api(&d, "/v1/health", |h| h["healthy"] == false).await;
+    let problems = h["problems"].to_string();
+    assert!(problems.contains("database writes are failing"), "{h:#}");
+    assert!(metric(&d, "ninjapoll_database_write_errors_total").await >= 1.0);
+    assert_eq!(metric(&d, "ninjapoll_database_writes_failing").await, 1.0);
+    let (code, _) = d.enqueue("p2p", "REFUSED", None).await;
+    assert_eq!(code, 500, "an enqueue that cannot be stored is not acknowledged");
+    // The webhook worker keeps to its retry schedule although it cannot log attempts.
+    let n0 = rx.deliveries().len();
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let during: Vec<_> = rx.deliveries()[n0..].iter().map(|x| x.at).collect();
+    let gaps: Vec<Duration> = during.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("deliveries while full: {}, gaps {gaps:?}", during.len());
+    assert!(during.len() <= 4, "{} deliveries in 5 s", during.len());
+    assert!(gaps.iter().all(|g| *g >= Duration::from_millis(1100)), "{gaps:?}");
+
+    // Space returns: it recovers by itself.
+    let full_for = std::time::Instant::now();
+    d.set_file_size_limit(None);
+    rx.fail_next(200, 1);
+    let h = wait_api(&d, "/v1/health", |h| h["healthy"] == true).await;
+    eprintln!("healthy again {:?} after space returned", full_for.elapsed());
+    assert_eq!(h["database"]["writes_failing"], false);
+    for id in &ids {
+        let p = d.wait_final("p2p", id, WAIT).await;
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+    }
+    let delivered = wait_api(&d, "/v1/webhooks?state=delivered", |v| {
+        v["webhooks"].as_array().is_some_and(|e| e.len() == 6)
+    })
+    .await;
+    // Every attempt made while the disk was full was logged once space returned.
+    let e1 = delivered["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["payment"]["id"] == "E1")
+        .unwrap()
+        .clone();
+    let sent = rx
+        .deliveries()
+        .iter()
+        .filter(|x| x.webhook_id == e1["event_id"].as_str().unwrap())
+        .count();
+    assert_eq!(e1["attempts"].as_i64(), Some(sent as i64), "{e1:#}");
+
+    // Full again, with checks to record: SIGTERM still exits.
+    for i in 0..5 {
+        let id = format!("G{i}");
+        fake.script("p2p", &id, Script::Sequence(vec![]));
+        d.enqueue("p2p", &id, None).await;
+    }
+    d.set_file_size_limit(Some(0));
+    wait_api(&d, "/v1/health", |h| h["healthy"] == false).await;
+    let t = std::time::Instant::now();
+    d.stop().await;
+    eprintln!("SIGTERM on a full disk: exit in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // Nothing acknowledged is lost: the restarted daemon has every payment.
+    d.restart().await;
+    let (_, list) = d.request("GET", "/v1/checks?limit=100", None).await;
+    let n = list["payments"].as_array().map_or(0, Vec::len);
+    assert_eq!(n, 1 + 5 + 5, "{list:#}");
 }
