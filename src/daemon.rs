@@ -258,6 +258,63 @@ mod tests {
         }
     }
 
+    /// Watches the socket's directory while binding: no entry but a directory (the
+    /// private 0700 one) is ever created there, and the socket only arrives by rename,
+    /// with its mode already set.
+    #[tokio::test]
+    async fn the_socket_is_never_reachable_with_the_umask_mode() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain system calls on a descriptor we own and valid pointers.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK) };
+        assert!(fd >= 0);
+        let wd = unsafe {
+            libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO)
+        };
+        assert!(wd >= 0);
+        let cfg = SocketConfig {
+            path: dir.path().join("ninjapoll.sock"),
+            mode: 0o600,
+            allowed_uids: vec![],
+            allowed_gids: vec![],
+            max_connections: 1,
+            header_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        };
+        let _listener = bind_socket(&cfg).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        unsafe { libc::close(fd) };
+        assert!(n > 0, "no events");
+        let header = std::mem::size_of::<libc::inotify_event>();
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at + header <= n as usize {
+            // SAFETY: the kernel wrote whole events; read_unaligned copes with the offset.
+            let ev: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let name = &buf[at + header..at + header + ev.len as usize];
+            let name = String::from_utf8_lossy(name).trim_end_matches('\0').to_string();
+            events.push((ev.mask, name));
+            at += header + ev.len as usize;
+        }
+        for (mask, name) in &events {
+            if mask & libc::IN_CREATE != 0 {
+                assert!(mask & libc::IN_ISDIR != 0, "{name} appeared in the public directory: {events:?}");
+            }
+        }
+        assert!(
+            events
+                .iter()
+                .any(|(m, n)| m & libc::IN_MOVED_TO != 0 && n == "ninjapoll.sock"),
+            "{events:?}"
+        );
+        let mode = std::fs::metadata(&cfg.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     #[test]
     fn no_lists_lets_everyone_in() {
         assert!(peer_allowed(&[], &[], peer(1234, 1234)));
