@@ -296,13 +296,18 @@ mod tests {
             let ev: libc::inotify_event =
                 unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
             let name = &buf[at + header..at + header + ev.len as usize];
-            let name = String::from_utf8_lossy(name).trim_end_matches('\0').to_string();
+            let name = String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_string();
             events.push((ev.mask, name));
             at += header + ev.len as usize;
         }
         for (mask, name) in &events {
             if mask & libc::IN_CREATE != 0 {
-                assert!(mask & libc::IN_ISDIR != 0, "{name} appeared in the public directory: {events:?}");
+                assert!(
+                    mask & libc::IN_ISDIR != 0,
+                    "{name} appeared in the public directory: {events:?}"
+                );
             }
         }
         assert!(

@@ -160,9 +160,12 @@ mod tests {
     #[tokio::test]
     async fn a_retried_commit_never_records_a_change_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db"), Some("http://127.0.0.1:1/h".into()))
-            .await
-            .unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
         let rows = store
             .insert_payments(&[NewPayment {
                 kind: "p2p".into(),

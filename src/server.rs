@@ -12,8 +12,9 @@
 //!   real client, which sends its request at once, is served however many others hang.
 //! - Accept errors (e.g. too many open files) are logged, at most every few seconds, and
 //!   back off.
-//! - On shutdown, requests in progress get [`SHUTDOWN_GRACE`]; then every connection is
-//!   dropped, however many clients are stuck.
+//! - On shutdown, idle connections and those still sending headers are closed at once;
+//!   requests in progress get [`SHUTDOWN_GRACE`]; then every connection is dropped,
+//!   however many clients are stuck.
 
 use crate::api;
 use crate::backoff::Backoff;
@@ -198,18 +199,6 @@ pub async fn serve(listener: UnixListener, app: Router, limits: Limits, cancel: 
                 continue;
             }
         };
-        let cred = stream.peer_cred().ok();
-        let peer = Peer {
-            uid: cred.map(|c| c.uid()),
-            gid: cred.map(|c| c.gid()),
-        };
-        if !peer_allowed(&limits.allowed_uids, &limits.allowed_gids, peer) {
-            if let Some(suppressed) = refused_log.due() {
-                tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, suppressed, "refused a peer not in socket.allowed_uids/allowed_gids");
-            }
-            tasks.spawn(refuse(stream, peer, limits.header_timeout, cancel.clone()));
-            continue;
-        }
         let (id, evict) = {
             let mut reg = lock(&registry);
             if !reg.make_room(limits.max_connections) {
@@ -236,6 +225,26 @@ pub async fn serve(listener: UnixListener, app: Router, limits: Limits, cancel: 
             );
             (id, evict)
         };
+        let cred = stream.peer_cred().ok();
+        let peer = Peer {
+            uid: cred.map(|c| c.uid()),
+            gid: cred.map(|c| c.gid()),
+        };
+        if !peer_allowed(&limits.allowed_uids, &limits.allowed_gids, peer) {
+            if let Some(suppressed) = refused_log.due() {
+                tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, suppressed, "refused a peer not in socket.allowed_uids/allowed_gids");
+            }
+            tasks.spawn(refuse(
+                stream,
+                peer,
+                limits.header_timeout,
+                registry.clone(),
+                id,
+                evict,
+                cancel.clone(),
+            ));
+            continue;
+        }
         tasks.spawn(connection(
             stream,
             app.clone(),
@@ -292,15 +301,29 @@ async fn connection(
         _ = conn.as_mut() => {}
         _ = evict.cancelled() => {}
         _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+            // Idle, or still sending its headers: nothing acknowledged is lost by closing
+            // now. A request being handled gets the grace to finish.
+            let busy = lock(&registry).conns.get(&id).is_some_and(|c| c.requests > 0);
+            if busy {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+            }
         }
     }
     lock(&registry).conns.remove(&id);
 }
 
-/// Answers a refused peer's first request with a 403 and closes.
-async fn refuse(stream: UnixStream, peer: Peer, timeout: Duration, shutdown: CancellationToken) {
+/// Answers a refused peer's first request with a 403 and closes. It counts against the
+/// connection bound like any connection (and is the first to go when room is needed).
+async fn refuse(
+    stream: UnixStream,
+    peer: Peer,
+    timeout: Duration,
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+    evict: CancellationToken,
+    shutdown: CancellationToken,
+) {
     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
         Ok::<Response, Infallible>(api::peer_refused(peer.uid, peer.gid))
     });
@@ -312,8 +335,10 @@ async fn refuse(stream: UnixStream, peer: Peer, timeout: Duration, shutdown: Can
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         _ = tokio::time::timeout(timeout, conn) => {}
+        _ = evict.cancelled() => {}
         _ = shutdown.cancelled() => {}
     }
+    lock(&registry).conns.remove(&id);
 }
 
 #[cfg(test)]

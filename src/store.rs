@@ -1335,7 +1335,10 @@ mod write_tests {
             })
             .await
             .unwrap();
-        assert_eq!(pending.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["B"]);
+        assert_eq!(
+            pending.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["B"]
+        );
         assert!(store.list(&f).await.unwrap().is_empty());
     }
 
