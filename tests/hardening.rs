@@ -707,3 +707,88 @@ async fn a_full_disk_is_reported_waited_out_and_recovered_from() {
     let n = list["payments"].as_array().map_or(0, Vec::len);
     assert_eq!(n, 1 + 5 + 5, "{list:#}");
 }
+
+/// The core promise, kept through the new write path: kill -9 under load, again and again;
+/// every acknowledged payment ends right and every event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let rx = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    let fake = std::sync::Arc::new(FakeNinjapay::start(FakeOptions::default()).await.unwrap());
+    let mut d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            extra_toml: webhooks_toml(Some(rx.url()), &["50ms"; 30], &[]),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (socket, fake, acked, stop) = (
+            d.socket_path().to_path_buf(),
+            fake.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let id = format!("K{n}");
+                fake.script(
+                    "p2p",
+                    &id,
+                    Script::pending_then(Kind::P2p, n % 3, "approved"),
+                );
+                let body = json!({"kind": "p2p", "id": id});
+                if let Ok((201 | 200, _)) =
+                    ninjapoll::cli::request(&socket, "POST", "/v1/checks", Some(&body)).await
+                {
+                    acked.lock().unwrap().push(id);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // 10 rounds in CI; `NINJAPOLL_TEST_KILL_ROUNDS=100` for the long run.
+    let rounds: u64 = std::env::var("NINJAPOLL_TEST_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(100 + (round * 37) % 250)).await;
+        d.kill9();
+        d.restart().await;
+    }
+    stop.cancel();
+    load.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "only {} enqueued", acked.len());
+    for id in &acked {
+        let p = d.wait_final("p2p", id, Duration::from_secs(20)).await;
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: std::collections::HashSet<String> = rx
+            .deliveries()
+            .iter()
+            .filter(|x| x.verified && x.body["data"]["state"] == "succeeded")
+            .filter_map(|x| x.body["data"]["id"].as_str().map(String::from))
+            .collect();
+        let lost: Vec<&String> = acked.iter().filter(|id| !got.contains(*id)).collect();
+        if lost.is_empty() {
+            eprintln!(
+                "{} acknowledged over {rounds} kill -9 rounds: 0 lost, 0 events lost",
+                acked.len()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events lost: {lost:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
