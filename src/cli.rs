@@ -153,6 +153,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig => {
             let file = config::locate(cli.config.as_deref())?;
             let cfg = Config::load(file.as_deref())?;
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "configuration OK ({})",
                 file.map(|f| f.display().to_string())

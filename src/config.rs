@@ -96,11 +96,15 @@ pub struct RawSocket {
     pub allowed_uids: Vec<u32>,
     #[serde(default)]
     pub allowed_gids: Vec<u32>,
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNinjapay {
+    #[serde(default, deserialize_with = "secret_text")]
     pub api_key: Option<String>,
     pub api_key_file: Option<PathBuf>,
     pub prod_base_url: Option<String>,
@@ -133,6 +137,7 @@ pub struct RawStep {
 pub struct RawWebhooks {
     pub url: Option<String>,
     /// One secret, or several separated by spaces during a rotation.
+    #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
     pub retry: Option<Vec<String>>,
@@ -169,6 +174,50 @@ fn mode_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
     }))
 }
 
+/// A secret as text, whatever type the source gave it: an all-digit key from the
+/// environment or a bare TOML number is still a key. A value of another type is refused
+/// without being echoed (serde's own message would quote it).
+pub(crate) fn secret_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum AnyText {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    match Option::<AnyText>::deserialize(d) {
+        Ok(t) => Ok(t.map(|t| match t {
+            AnyText::Text(s) => s,
+            AnyText::Unsigned(n) => n.to_string(),
+            AnyText::Signed(n) => n.to_string(),
+        })),
+        Err(_) => Err(serde::de::Error::custom(
+            "a secret must be a string (the value is not shown)",
+        )),
+    }
+}
+
+/// Whether a configuration key path names a secret (`ninjapay.api_key`,
+/// `kinds.NAME.api_key`, `webhooks.secret`).
+fn is_secret_key(path: &str) -> bool {
+    matches!(path.rsplit('.').next(), Some("api_key" | "secret"))
+}
+
+/// A warning about a file holding a secret that every local user can read.
+fn world_readable(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "{key}: {} is readable by every user (mode {:o}); restrict it, e.g. chmod 640",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -197,6 +246,12 @@ pub struct SocketConfig {
     pub mode: u32,
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
+    /// Most client connections at once (lowered under a low open-files limit).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long one request may take, its body included.
+    pub request_timeout: Duration,
 }
 
 /// Ninjapay settings.
@@ -220,9 +275,134 @@ pub struct WebhooksConfig {
     pub retry: Vec<Duration>,
     pub timeout: Duration,
     pub max_in_flight: usize,
-    pub allowed_callback_prefixes: Vec<String>,
+    pub allowed_callback_prefixes: Vec<CallbackPrefix>,
     /// Delivered events older than this are deleted (`None`: they go with their payment).
     pub keep_delivered: Option<Duration>,
+}
+
+/// One entry of `webhooks.allowed_callback_prefixes`, parsed once: a callback URL is
+/// allowed when its scheme, host and port are exactly these and its path starts with
+/// this path on a `/` boundary. Compared as parsed URLs, never as strings, so that
+/// `https://hooks.example.com.evil.net/` and `https://hooks.example.com@evil.net/` do not
+/// pass for `https://hooks.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackPrefix {
+    scheme: String,
+    host: String,
+    port: u16,
+    path: String,
+    text: String,
+}
+
+impl CallbackPrefix {
+    /// Parses a prefix: an http(s) URL without userinfo, query or fragment.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s.trim()).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("{s:?} is not an http(s) URL"));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(format!("{s:?} carries a user name or password"));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err(format!(
+                "{s:?} has a query or fragment; give scheme, host, port and path"
+            ));
+        }
+        let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+            return Err(format!("{s:?} has no host"));
+        };
+        Ok(Self {
+            scheme: u.scheme().to_string(),
+            host: host.to_string(),
+            port,
+            path: u.path().to_string(),
+            text: s.trim().to_string(),
+        })
+    }
+
+    /// Whether `u` is under this prefix (userinfo is refused before this is asked).
+    pub fn allows(&self, u: &url::Url) -> bool {
+        let path_ok = if self.path.ends_with('/') {
+            u.path().starts_with(&self.path)
+        } else {
+            u.path() == self.path
+                || u.path()
+                    .strip_prefix(&self.path)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        u.scheme() == self.scheme
+            && u.host_str() == Some(self.host.as_str())
+            && u.port_or_known_default() == Some(self.port)
+            && path_ok
+    }
+}
+
+impl fmt::Display for CallbackPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Why a callback URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackRefusal {
+    /// Not an http(s) URL we would send to (malformed, too long, userinfo).
+    #[error("{0}")]
+    Invalid(String),
+    /// A good URL, but under none of the allowed prefixes.
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+/// Longest callback URL accepted.
+pub const MAX_CALLBACK_URL: usize = 2048;
+
+/// Checks a callback URL against the allow-list: at enqueue, and again before every send
+/// (the list may have changed since).
+pub fn check_callback(prefixes: &[CallbackPrefix], raw: &str) -> Result<(), CallbackRefusal> {
+    if raw.len() > MAX_CALLBACK_URL {
+        return Err(CallbackRefusal::Invalid(format!(
+            "callback_url must be an http(s) URL of at most {MAX_CALLBACK_URL} bytes"
+        )));
+    }
+    let u = url::Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            CallbackRefusal::Invalid(format!(
+                "callback_url must be an http(s) URL of at most {MAX_CALLBACK_URL} bytes"
+            ))
+        })?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(CallbackRefusal::Invalid(
+            "callback_url must not carry a user name or password".into(),
+        ));
+    }
+    if prefixes.iter().any(|p| p.allows(&u)) {
+        return Ok(());
+    }
+    Err(CallbackRefusal::NotAllowed(if prefixes.is_empty() {
+        "callback_url is not accepted: webhooks.allowed_callback_prefixes is empty".into()
+    } else {
+        let list: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+        format!(
+            "callback_url must be under one of webhooks.allowed_callback_prefixes \
+             (same scheme, host and port; path below the prefix's): {}",
+            list.join(", ")
+        )
+    }))
+}
+
+/// Whether a URL's host is the local machine (`localhost`, 127.0.0.0/8, `::1`): the only
+/// place an API key may travel over plain `http://`.
+pub fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// Log settings.
@@ -249,6 +429,9 @@ pub struct Config {
     pub log: LogConfig,
     /// What was loaded, secrets replaced, for `check-config`.
     pub effective: Raw,
+    /// Things worth an operator's attention that do not stop the start (e.g. a secret
+    /// file readable by every user); logged at start and shown by `check-config`.
+    pub warnings: Vec<String>,
 }
 
 /// The built-in defaults, as a provider the file and environment merge over.
@@ -260,6 +443,12 @@ pub fn defaults() -> Raw {
     Raw {
         database: RawDatabase {
             keep_finished: Some("90d".into()),
+            ..Default::default()
+        },
+        socket: RawSocket {
+            max_connections: Some(256),
+            header_timeout: Some("10s".into()),
+            request_timeout: Some("60s".into()),
             ..Default::default()
         },
         ninjapay: RawNinjapay {
@@ -333,14 +522,36 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(
+        let env = || {
             Env::prefixed("NINJAPOLL_")
                 .split("__")
                 .ignore(&["config"])
-                .map(|k| k.as_str().to_ascii_lowercase().into()),
-        );
+                .map(|k| k.as_str().to_ascii_lowercase().into())
+        };
+        fig = fig.merge(env().filter(|k| !is_secret_key(k.as_str())));
+        // Secrets are taken from the environment as the text they are: figment would read
+        // an all-digit key as a number (dropping leading zeros) and quote it in errors.
+        for (key, value) in env().filter(|k| is_secret_key(k.as_str())).iter() {
+            fig = fig.merge((key.as_str().to_string(), value));
+        }
         let raw: Raw = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
-        Self::from_raw(raw)
+        let mut inline = vec![
+            "ninjapay.api_key".to_string(),
+            "webhooks.secret".to_string(),
+        ];
+        inline.extend(raw.kinds.keys().map(|k| format!("kinds.{k}.api_key")));
+        let mut config = Self::from_raw(raw)?;
+        for key in inline {
+            let from_file = fig
+                .find_metadata(&key)
+                .and_then(|m| m.source.as_ref())
+                .and_then(|s| s.file_path())
+                .map(Path::to_path_buf);
+            if let Some(w) = from_file.and_then(|f| world_readable(&key, &f)) {
+                config.warnings.push(w);
+            }
+        }
+        Ok(config)
     }
 
     /// Validates loaded settings.
@@ -377,18 +588,34 @@ impl Config {
             mode,
             allowed_uids: raw.socket.allowed_uids.clone(),
             allowed_gids: raw.socket.allowed_gids.clone(),
+            max_connections: match raw.socket.max_connections.unwrap_or(256) {
+                0 => return Err(invalid("socket.max_connections", "must be at least 1")),
+                n => n,
+            },
+            header_timeout: positive(
+                "socket.header_timeout",
+                raw.socket.header_timeout.as_deref(),
+                "10s",
+            )?,
+            request_timeout: positive(
+                "socket.request_timeout",
+                raw.socket.request_timeout.as_deref(),
+                "60s",
+            )?,
         };
 
+        let mut warnings = Vec::new();
         let n = &raw.ninjapay;
         let api_key = match (&n.api_key, &n.api_key_file) {
             (Some(k), _) if !k.trim().is_empty() => Some(Secret::new(k.clone())),
             (_, Some(path)) => {
+                warnings.extend(world_readable("ninjapay.api_key_file", path));
                 Some(Secret::from_file(path).map_err(|e| invalid("ninjapay.api_key_file", e))?)
             }
             _ => None,
         };
-        let prod = url("ninjapay.prod_base_url", n.prod_base_url.as_deref())?;
-        let api = url("ninjapay.api_base_url", n.api_base_url.as_deref())?;
+        let prod = key_url("ninjapay.prod_base_url", n.prod_base_url.as_deref())?;
+        let api = key_url("ninjapay.api_base_url", n.api_base_url.as_deref())?;
         let budget_requests = n.budget_requests.unwrap_or(1000);
         if budget_requests == 0 {
             return Err(invalid("ninjapay.budget_requests", "must be at least 1"));
@@ -429,8 +656,13 @@ impl Config {
 
         let mut kinds = BTreeMap::new();
         for (name, rk) in &raw.kinds {
+            if let (None, Some(path)) = (&rk.api_key, &rk.api_key_file) {
+                warnings.extend(world_readable(&format!("kinds.{name}.api_key_file"), path));
+            }
             let kind = Kind::from_raw(name, rk, &ninjapay.prod_base_url, &ninjapay.api_base_url)
                 .map_err(|e| invalid(format!("kinds.{}.{}", e.kind, e.field), e.message))?;
+            // A kind's endpoint gets the key too.
+            key_url(&format!("kinds.{name}.url"), Some(&kind.url))?;
             kinds.insert(name.clone(), Arc::new(kind));
         }
 
@@ -440,12 +672,15 @@ impl Config {
                 .split_whitespace()
                 .map(|s| Secret::new(s.into()))
                 .collect(),
-            (None, Some(path)) => Secret::from_file(path)
-                .map_err(|e| invalid("webhooks.secret_file", e))?
-                .expose()
-                .split_whitespace()
-                .map(|s| Secret::new(s.into()))
-                .collect(),
+            (None, Some(path)) => {
+                warnings.extend(world_readable("webhooks.secret_file", path));
+                Secret::from_file(path)
+                    .map_err(|e| invalid("webhooks.secret_file", e))?
+                    .expose()
+                    .split_whitespace()
+                    .map(|s| Secret::new(s.into()))
+                    .collect()
+            }
             (None, None) => Vec::new(),
         };
         for s in &secrets {
@@ -482,7 +717,15 @@ impl Config {
             retry,
             timeout: positive("webhooks.timeout", w.timeout.as_deref(), "10s")?,
             max_in_flight: w.max_in_flight.unwrap_or(8).max(1),
-            allowed_callback_prefixes: w.allowed_callback_prefixes.clone(),
+            allowed_callback_prefixes: w
+                .allowed_callback_prefixes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    CallbackPrefix::parse(p)
+                        .map_err(|e| invalid(format!("webhooks.allowed_callback_prefixes[{i}]"), e))
+                })
+                .collect::<Result<_, _>>()?,
             keep_delivered: match w.keep_delivered.as_deref() {
                 None => None,
                 Some(s) => keep("webhooks.keep_delivered", s, None)?,
@@ -520,6 +763,7 @@ impl Config {
             webhooks,
             log,
             effective,
+            warnings,
         })
     }
 
@@ -550,10 +794,32 @@ fn redact(raw: &mut Raw) {
 
 fn url(key: &str, value: Option<&str>) -> Result<String, ConfigError> {
     let v = value.ok_or_else(|| invalid(key, "missing"))?;
-    if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() < 10 {
-        return Err(invalid(key, format!("{v:?} is not an http(s) URL")));
+    let parsed = url::Url::parse(v)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| invalid(key, format!("{v:?} is not an http(s) URL")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            key,
+            "a URL here must not carry a user name or password",
+        ));
     }
     Ok(v.trim_end_matches('/').to_string())
+}
+
+/// A URL the API key is sent to: `https://`, or `http://` to the local machine only (a
+/// key sent in clear over a network is a key given away).
+fn key_url(key: &str, value: Option<&str>) -> Result<String, ConfigError> {
+    let v = url(key, value)?;
+    match url::Url::parse(&v) {
+        Ok(u) if u.scheme() == "http" && !is_loopback(&u) => Err(invalid(
+            key,
+            format!(
+                "{v:?} would send the API key in clear: use https:// (http:// only to localhost / 127.0.0.1 / ::1)"
+            ),
+        )),
+        _ => Ok(v),
+    }
 }
 
 fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -715,6 +981,106 @@ mod tests {
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("sk_live_secret"), "{shown}");
         assert!(!format!("{c:?}").contains("sk_live_secret"));
+    }
+
+    fn prefixes(list: &[&str]) -> Vec<CallbackPrefix> {
+        list.iter()
+            .map(|p| CallbackPrefix::parse(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn callbacks_are_compared_as_parsed_urls() {
+        let p = prefixes(&["https://hooks.example.com", "http://127.0.0.1:80/app/hooks"]);
+        let ok = |u: &str| check_callback(&p, u).is_ok();
+        assert!(ok("https://hooks.example.com/x"));
+        assert!(ok("https://hooks.example.com"));
+        assert!(
+            ok("https://HOOKS.example.com:443/x"),
+            "default port, host case"
+        );
+        assert!(ok("http://127.0.0.1/app/hooks"));
+        assert!(ok("http://127.0.0.1/app/hooks/a/b?q=1"));
+        // What a string prefix let through.
+        assert!(!ok("https://hooks.example.com.evil.net/x"));
+        assert_eq!(
+            check_callback(&p, "https://hooks.example.com@evil.net/x"),
+            Err(CallbackRefusal::Invalid(
+                "callback_url must not carry a user name or password".into()
+            ))
+        );
+        assert!(!ok("https://user@hooks.example.com/x"), "userinfo");
+        assert!(!ok("http://127.0.0.1:8099/app/hooks"), "another port");
+        assert!(
+            !ok("http://127.0.0.1:80/app/hooksevil"),
+            "not on a / boundary"
+        );
+        assert!(
+            !ok("http://127.0.0.1/app/hooks/../../admin"),
+            "dot segments resolved"
+        );
+        assert!(!ok("http://hooks.example.com/x"), "another scheme");
+        assert!(!ok("ftp://hooks.example.com/x"));
+        assert!(!ok(&format!(
+            "https://hooks.example.com/{}",
+            "a".repeat(2048)
+        )));
+        assert!(matches!(
+            check_callback(&[], "https://hooks.example.com/x"),
+            Err(CallbackRefusal::NotAllowed(_))
+        ));
+        // A prefix ending in '/' is a directory already.
+        let p = prefixes(&["http://127.0.0.1:8080/"]);
+        assert!(check_callback(&p, "http://127.0.0.1:8080/anything").is_ok());
+        assert!(check_callback(&p, "http://127.0.0.1:8081/anything").is_err());
+    }
+
+    #[test]
+    fn bad_callback_prefixes_are_refused_with_the_key() {
+        for bad in [
+            "hooks.example.com",
+            "ftp://hooks.example.com",
+            "https://u:p@hooks.example.com",
+            "https://hooks.example.com/?a=1",
+        ] {
+            let e = load_str(&format!(
+                "[webhooks]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nallowed_callback_prefixes = [{bad:?}]"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("webhooks.allowed_callback_prefixes[0]"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_http_carries_the_key_only_to_this_machine() {
+        for ok in [
+            "http://127.0.0.1:9",
+            "http://127.3.4.5",
+            "http://localhost:8080",
+            "http://[::1]:9",
+            "https://prod.ninjapay.me",
+        ] {
+            assert!(
+                load_str(&format!("[ninjapay]\nprod_base_url = {ok:?}")).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://prod.ninjapay.me",
+            "http://10.0.0.5:80",
+            "http://[::2]",
+        ] {
+            let e = load_str(&format!("[ninjapay]\napi_base_url = {bad:?}")).unwrap_err();
+            assert!(e.to_string().starts_with("ninjapay.api_base_url"), "{e}");
+            assert!(e.to_string().contains("in clear"), "{e}");
+        }
+        // A kind's own endpoint carries the key as well.
+        let e = load_str("[kinds.p2p]\nurl = \"http://example.com/check\"").unwrap_err();
+        assert!(e.to_string().starts_with("kinds.p2p.url"), "{e}");
     }
 
     #[test]

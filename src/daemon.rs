@@ -5,16 +5,12 @@ use crate::api::{self, AppState};
 use crate::config::{Config, SocketConfig};
 use crate::payment::now_ms;
 use crate::scheduler;
+use crate::server;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
 use crate::telemetry::Telemetry;
 use anyhow::{bail, Context, Result};
-use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +25,6 @@ pub struct Peer {
     pub uid: Option<u32>,
     /// The connecting process's primary group id, when the kernel tells.
     pub gid: Option<u32>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
-        Peer {
-            uid: cred.map(|c| c.uid()),
-            gid: cred.map(|c| c.gid()),
-        }
-    }
 }
 
 /// Binds the socket: creates its directory, replaces a stale socket left by a crash,
@@ -75,31 +61,32 @@ pub fn bind_socket(cfg: &SocketConfig) -> Result<UnixListener> {
         ),
         Err(_) => {}
     }
-    // Bind under a private name, set the mode, then rename into place: the socket never
-    // appears at its public path with the umask's looser mode.
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let listener =
-        UnixListener::bind(&tmp).with_context(|| format!("binding socket {}", tmp.display()))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode))
-        .with_context(|| format!("setting mode of {}", tmp.display()))
-        .and_then(|()| {
+    // Bind inside a private directory (0700: nobody else can reach what is in it), set the
+    // mode, then rename into place: the socket is never reachable with the umask's mode,
+    // not even under a temporary name.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = dir.join(format!(".np{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let tmp = staging.join("s");
+    let placed = UnixListener::bind(&tmp)
+        .with_context(|| format!("binding socket {}", tmp.display()))
+        .and_then(|listener| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode))
+                .with_context(|| format!("setting mode of {}", tmp.display()))?;
             std::fs::rename(&tmp, path)
-                .with_context(|| format!("moving socket into place at {}", path.display()))
+                .with_context(|| format!("moving socket into place at {}", path.display()))?;
+            Ok(listener)
         });
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let _ = std::fs::remove_dir_all(&staging);
+    let listener = placed?;
     Ok(listener)
-}
-
-#[derive(Clone)]
-struct Guard {
-    uids: Arc<Vec<u32>>,
-    gids: Arc<Vec<u32>>,
 }
 
 /// Whether `peer` may use the API. With neither list set, the socket's file mode is the
@@ -111,28 +98,6 @@ pub fn peer_allowed(uids: &[u32], gids: &[u32], peer: Peer) -> bool {
         return true;
     }
     peer.uid.is_some_and(|u| uids.contains(&u)) || peer.gid.is_some_and(|g| gids.contains(&g))
-}
-
-async fn peer_guard(
-    State(g): State<Guard>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if peer_allowed(&g.uids, &g.gids, peer) {
-        next.run(req).await
-    } else {
-        tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, "refused a peer not in socket.allowed_uids/allowed_gids");
-        api::ApiError::new(
-            api::ErrorCode::Forbidden,
-            format!(
-                "uid {} / gid {} is not in socket.allowed_uids or socket.allowed_gids",
-                peer.uid.map_or("?".into(), |u| u.to_string()),
-                peer.gid.map_or("?".into(), |g| g.to_string()),
-            ),
-        )
-        .into_response()
-    }
 }
 
 /// Removes the socket file on drop, so it goes on every clean exit path.
@@ -194,6 +159,15 @@ pub async fn run_managed(
             cancel.cancelled().await;
             notifier.stopping();
         });
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    if config.ninjapay.api_key.is_none() {
+        tracing::warn!(
+            "no API key configured (ninjapay.api_key or ninjapay.api_key_file): payments are \
+             accepted and stored, but none is checked until a key is set"
+        );
     }
     let config = Arc::new(config);
     let store = match Store::open(&config.database_path, config.webhooks.url.clone()).await {
@@ -268,10 +242,7 @@ pub async fn run_managed(
         config: config.clone(),
         telemetry,
         webhook_wake: events.clone(),
-    };
-    let guard = Guard {
-        uids: Arc::new(config.socket.allowed_uids.clone()),
-        gids: Arc::new(config.socket.allowed_gids.clone()),
+        bodies: Default::default(),
     };
     let metrics_server = match config.metrics_listen {
         Some(addr) => {
@@ -279,17 +250,34 @@ pub async fn run_managed(
         }
         None => None,
     };
-    let app = api::router(state)
-        .layer(middleware::from_fn_with_state(guard, peer_guard))
-        .into_make_service_with_connect_info::<Peer>();
+    let app = api::router(state);
+    let nofile = server::open_files_limit();
+    let max_connections = server::effective_max_connections(config.socket.max_connections, nofile);
+    if max_connections < config.socket.max_connections {
+        tracing::warn!(
+            configured = config.socket.max_connections,
+            max_connections,
+            open_files_limit = nofile,
+            "socket.max_connections lowered to leave file descriptors for checks and webhooks"
+        );
+    }
+    let limits = server::Limits {
+        max_connections,
+        header_timeout: config.socket.header_timeout,
+        request_timeout: config.socket.request_timeout,
+        allowed_uids: config.socket.allowed_uids.clone(),
+        allowed_gids: config.socket.allowed_gids.clone(),
+    };
     tracing::info!(
         socket = %config.socket.path.display(),
         database = %config.database_path.display(),
+        max_connections,
         "ninjapoll is running"
     );
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let served = async { server.await.context("serving the socket API") };
+    let served = async {
+        server::serve(listener, app, limits, cancel.clone()).await;
+        Ok::<(), anyhow::Error>(())
+    };
     // Ready means ready to answer: the migrations ran (the store is open) and a request
     // on the socket gets an HTTP answer, which the server only gives while polled here.
     let ready = async {
@@ -460,6 +448,68 @@ mod tests {
             uid: Some(uid),
             gid: Some(gid),
         }
+    }
+
+    /// Watches the socket's directory while binding: no entry but a directory (the
+    /// private 0700 one) is ever created there, and the socket only arrives by rename,
+    /// with its mode already set.
+    #[tokio::test]
+    async fn the_socket_is_never_reachable_with_the_umask_mode() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain system calls on a descriptor we own and valid pointers.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK) };
+        assert!(fd >= 0);
+        let wd = unsafe {
+            libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO)
+        };
+        assert!(wd >= 0);
+        let cfg = SocketConfig {
+            path: dir.path().join("ninjapoll.sock"),
+            mode: 0o600,
+            allowed_uids: vec![],
+            allowed_gids: vec![],
+            max_connections: 1,
+            header_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        };
+        let _listener = bind_socket(&cfg).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        unsafe { libc::close(fd) };
+        assert!(n > 0, "no events");
+        let header = std::mem::size_of::<libc::inotify_event>();
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at + header <= n as usize {
+            // SAFETY: the kernel wrote whole events; read_unaligned copes with the offset.
+            let ev: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let name = &buf[at + header..at + header + ev.len as usize];
+            let name = String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_string();
+            events.push((ev.mask, name));
+            at += header + ev.len as usize;
+        }
+        for (mask, name) in &events {
+            if mask & libc::IN_CREATE != 0 {
+                assert!(
+                    mask & libc::IN_ISDIR != 0,
+                    "{name} appeared in the public directory: {events:?}"
+                );
+            }
+        }
+        assert!(
+            events
+                .iter()
+                .any(|(m, n)| m & libc::IN_MOVED_TO != 0 && n == "ninjapoll.sock"),
+            "{events:?}"
+        );
+        let mode = std::fs::metadata(&cfg.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub struct RawKind {
     /// Makes the kind a list endpoint: one request answers every pending payment it lists.
     pub list: Option<RawList>,
     /// This kind's own API key (else `ninjapay.api_key`); budgets are per key.
+    #[serde(default, deserialize_with = "crate::config::secret_text")]
     pub api_key: Option<String>,
     /// A file holding this kind's own API key.
     pub api_key_file: Option<std::path::PathBuf>,
@@ -56,6 +57,10 @@ pub struct RawList {
     pub limit_param: Option<String>,
     /// Largest page asked for.
     pub max_limit: Option<u32>,
+    /// JSON pointer, within an item, to its creation time (unix seconds or milliseconds):
+    /// tells whether a full page reaches back far enough for an absent payment to be
+    /// really absent.
+    pub created_pointer: Option<String>,
 }
 
 fn preset(
@@ -154,7 +159,8 @@ pub fn presets() -> BTreeMap<String, RawKind> {
         items_pointer: Some(String::new()),
         item_id_pointer: Some("/tid".into()),
         limit_param: Some("limit".into()),
-        max_limit: Some(500),
+        max_limit: Some(1000),
+        created_pointer: Some("/created_at".into()),
     });
     m.insert("btc".into(), btc);
     m
@@ -181,6 +187,7 @@ pub struct ListSpec {
     pub item_id_pointer: String,
     pub limit_param: String,
     pub max_limit: u32,
+    pub created_pointer: Option<String>,
 }
 
 /// A validated check kind.
@@ -324,15 +331,22 @@ impl Kind {
                 if !valid_pointer(&items_pointer) || !valid_pointer(&item_id_pointer) {
                     return Err(err("list", "JSON pointers start with '/'".into()));
                 }
-                let max_limit = l.max_limit.unwrap_or(500);
+                let max_limit = l.max_limit.unwrap_or(1000);
                 if max_limit == 0 {
                     return Err(err("list", "max_limit must be at least 1".into()));
+                }
+                if l.created_pointer
+                    .as_deref()
+                    .is_some_and(|p| !valid_pointer(p))
+                {
+                    return Err(err("list", "JSON pointers start with '/'".into()));
                 }
                 Some(ListSpec {
                     items_pointer,
                     item_id_pointer,
                     limit_param: l.limit_param.clone().unwrap_or_else(|| "limit".into()),
                     max_limit,
+                    created_pointer: l.created_pointer.clone(),
                 })
             }
         };
@@ -373,17 +387,27 @@ impl Kind {
         self.status_map.get(&raw.to_lowercase()).copied()
     }
 
-    /// Query parameters of the request checking `ids` (one id, or the listed ones).
-    pub fn query_params(&self, ids: &[&PaymentId]) -> Vec<(String, String)> {
+    /// The page size a listing for `tracked` payments starts from: the listing also holds
+    /// payments nobody asked us about (other wallets, older ones), so comfortably more
+    /// than what we track, within `max_limit`.
+    pub fn list_limit(&self, tracked: usize) -> u32 {
+        let max = self.list.as_ref().map_or(1, |l| l.max_limit);
+        (tracked as u32).saturating_mul(4).max(50).min(max)
+    }
+
+    /// Query parameters of the request checking `ids` (one id, or the listed ones); a list
+    /// kind asks for `list_limit` entries (else [`Kind::list_limit`] of `ids`).
+    pub fn query_params(
+        &self,
+        ids: &[&PaymentId],
+        list_limit: Option<u32>,
+    ) -> Vec<(String, String)> {
         let mut q = self.query.clone();
         match &self.list {
             Some(list) => {
-                // The listing also holds payments nobody asked us about (other wallets,
-                // older ones): ask for a page comfortably larger than what we track.
-                let limit = (ids.len() as u32)
-                    .saturating_mul(4)
-                    .max(50)
-                    .min(list.max_limit);
+                let limit = list_limit
+                    .unwrap_or_else(|| self.list_limit(ids.len()))
+                    .clamp(1, list.max_limit);
                 q.push((list.limit_param.clone(), limit.to_string()));
             }
             None => {
@@ -416,7 +440,7 @@ impl Kind {
                 return Observation::error(
                     ErrorClass::Rejected,
                     format!("Ninjapay answered {p} != true: {message}"),
-                    Some(json),
+                    kept(&json, body.len()),
                 );
             }
         }
@@ -447,13 +471,20 @@ impl Kind {
         }
     }
 
-    /// Reads a list endpoint's answer: an observation for each of `ids` (those missing
-    /// from the listing get an error), or one error for them all.
+    /// Reads a list endpoint's answer to a request for `limit` entries: an observation for
+    /// each of `ids` (started at `started_ms`, wall clock), or one error for them all. A
+    /// payment absent from the listing is "not found" (an answer) only when the listing
+    /// surely covers it: it held fewer entries than asked (the whole history), or its
+    /// oldest entry is older than the payment's start (with a margin for clocks). Absent
+    /// from a full page that does not reach back that far, it is [`ErrorClass::Truncated`]:
+    /// not an answer, and the next listing asks for more.
     pub fn interpret_list(
         &self,
         code: u16,
         body: &[u8],
         ids: &[&PaymentId],
+        started_ms: &[i64],
+        limit: u32,
     ) -> Result<Vec<Observation>, Observation> {
         let Some(list) = &self.list else {
             return Err(Observation::error(
@@ -469,7 +500,7 @@ impl Kind {
                 return Err(Observation::error(
                     ErrorClass::BadBody,
                     format!("answer has no array at {:?}", list.items_pointer),
-                    Some(json.clone()),
+                    kept(&json, body.len()),
                 ))
             }
         };
@@ -482,18 +513,68 @@ impl Kind {
             };
             by_id.entry(id).or_insert(item);
         }
+        let full = items.len() >= limit as usize;
+        // The oldest entry listed, in unix ms; `None` when entries carry no time.
+        let oldest = list.created_pointer.as_deref().and_then(|p| {
+            items
+                .iter()
+                .map(|item| match item.pointer(p) {
+                    // Seconds, or milliseconds when the number is that large.
+                    Some(Value::Number(n)) => n.as_f64().map(|t| {
+                        if t < 1e11 {
+                            (t * 1000.0) as i64
+                        } else {
+                            t as i64
+                        }
+                    }),
+                    _ => None,
+                })
+                .collect::<Option<Vec<i64>>>()?
+                .into_iter()
+                .min()
+        });
         Ok(ids
             .iter()
-            .map(|id| match by_id.get(id.as_str()) {
+            .enumerate()
+            .map(|(i, id)| match by_id.get(id.as_str()) {
                 Some(item) => self.read_status(item, (*item).clone()),
-                None => Observation::error(
-                    ErrorClass::NotFound,
-                    format!("not in the listing of {} items", items.len()),
-                    None,
-                ),
+                None => {
+                    let started = started_ms.get(i).copied().unwrap_or(i64::MIN);
+                    let covered = !full
+                        || oldest.is_some_and(|o| o < started.saturating_sub(LISTING_MARGIN_MS));
+                    if covered {
+                        Observation::error(
+                            ErrorClass::NotFound,
+                            format!("not in the listing of {} items", items.len()),
+                            None,
+                        )
+                    } else {
+                        Observation::error(
+                            ErrorClass::Truncated,
+                            format!(
+                                "not among the newest {} entries of the listing, which do not reach back to its start; the next listing asks for more",
+                                items.len()
+                            ),
+                            None,
+                        )
+                    }
+                }
             })
             .collect())
     }
+}
+
+/// How much older than a payment's start a listing's oldest entry must be for its
+/// absence to count: the provider's clock and the merchant's may differ.
+const LISTING_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// Largest answer kept with an error (stored in the payment's `response`): an 8 MiB error
+/// page is not copied into every payment a listing covers.
+pub const MAX_KEPT_ERROR_BODY: usize = 16 * 1024;
+
+/// The answer to keep with an error, when it is small enough.
+fn kept(json: &Value, body_len: usize) -> Option<Value> {
+    (body_len <= MAX_KEPT_ERROR_BODY).then(|| json.clone())
 }
 
 /// What one check learned about one payment.
@@ -541,6 +622,9 @@ pub enum ErrorClass {
     Auth,
     /// 404, or missing from a listing: maybe not visible yet.
     NotFound,
+    /// Missing from a listing cut short before it reached the payment's start: the
+    /// provider said nothing about it.
+    Truncated,
     /// Other 4xx/5xx.
     Http,
     /// Not JSON, no status, wrong shape.
@@ -561,6 +645,7 @@ impl ErrorClass {
                 | ErrorClass::Unavailable
                 | ErrorClass::Auth
                 | ErrorClass::Http
+                | ErrorClass::Truncated
         )
     }
 }
@@ -596,10 +681,11 @@ fn classify(code: u16, body: &[u8]) -> Result<Value, Observation> {
             .and_then(provider_message)
             .map(|m| truncate(m, 200))
             .unwrap_or_else(|| truncate(&String::from_utf8_lossy(body), 200));
+        let response = json.filter(|_| body.len() <= MAX_KEPT_ERROR_BODY);
         return Err(Observation::error(
             class,
             format!("HTTP {code}: {detail}"),
-            json,
+            response,
         ));
     }
     json.ok_or_else(|| {
@@ -650,7 +736,7 @@ mod tests {
             "https://prod.x/uapi/v1/p2p/paymentLink/checkPayment"
         );
         assert_eq!(
-            p2p.query_params(&[&id("A1")]),
+            p2p.query_params(&[&id("A1")], None),
             vec![("tid".into(), "A1".into())]
         );
         assert!(p2p.json_body(&id("A1")).is_none());
@@ -661,10 +747,10 @@ mod tests {
             pw.json_body(&id("FT_1")),
             Some(serde_json::json!({"order_id": "FT_1"}))
         );
-        assert!(pw.query_params(&[&id("FT_1")]).is_empty());
+        assert!(pw.query_params(&[&id("FT_1")], None).is_empty());
         let btc = kind("btc");
         assert_eq!(
-            btc.query_params(&[&id("1"), &id("2")]),
+            btc.query_params(&[&id("1"), &id("2")], None),
             vec![("limit".into(), "50".into())]
         );
     }
@@ -715,7 +801,9 @@ mod tests {
         let btc = kind("btc");
         let body = br#"[{"tid":210660277897,"status":"paid"},{"tid":"x9","status":"undefined"}]"#;
         let (a, b, c) = (id("210660277897"), id("x9"), id("gone"));
-        let obs = btc.interpret_list(200, body, &[&a, &b, &c]).unwrap();
+        let obs = btc
+            .interpret_list(200, body, &[&a, &b, &c], &[0, 0, 0], 50)
+            .unwrap();
         assert!(matches!(
             &obs[0],
             Observation::Status {
@@ -737,7 +825,9 @@ mod tests {
                 ..
             }
         ));
-        assert!(btc.interpret_list(200, br#"{"a":1}"#, &[&a]).is_err());
+        assert!(btc
+            .interpret_list(200, br#"{"a":1}"#, &[&a], &[0], 50)
+            .is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Ninjapay payment ended. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod backoff;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod policy;
 mod recorder;
 pub mod retention;
 pub mod scheduler;
+pub mod server;
 pub mod sim;
 pub mod store;
 pub mod systemd;

@@ -86,7 +86,10 @@ where
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_target(false);
+        .with_target(false)
+        // A log line that cannot be written (stderr on a full disk) is dropped: reporting
+        // it would `eprintln!` to the same stderr, which panics the task that logged.
+        .log_internal_errors(false);
     match (sink, json) {
         (Sink::Plain { ansi }, false) => Box::new(builder.with_ansi(ansi).finish()),
         (Sink::Plain { .. }, true) => Box::new(builder.json().finish()),

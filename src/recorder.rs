@@ -1,13 +1,21 @@
 //! The recorder and the ledger writer: the scheduler's two durable-write tasks. The
 //! recorder group-commits check outcomes (with their history rows and webhook events);
 //! the ledger writer pre-commits budget ledger rows so no fsync sits on a request's path.
+//!
+//! Both retry a failed write (a full disk, an I/O error) with back-off until it lands; on
+//! shutdown they give it a short grace and then stop, whatever the disk does: what was not
+//! written is still pending in the database and is checked again after a restart.
 
+use crate::backoff::Backoff;
 use crate::payment::{now_ms, UnixMs};
-use crate::store::{CheckRecord, Store};
+use crate::scheduler::Command;
+use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Outcomes to commit, with the budget ledger row of the request that produced them
 /// (`(key, answered_at)`).
@@ -15,6 +23,9 @@ pub(crate) type RecordBatch = (Vec<CheckRecord>, Option<(i64, UnixMs)>);
 
 /// A request for `count` fresh ledger rows for pool `index` (named `name`).
 pub(crate) type Refill = (usize, String, usize);
+
+/// How long writes are still retried once shutdown has begun.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Pre-commits budget ledger rows, so that a request takes an already durable row and
 /// never waits for an fsync on its way out. A crash leaves the unused rows behind; a
@@ -25,20 +36,31 @@ pub(crate) async fn ledger_loop(
     telemetry: Arc<Telemetry>,
     mut rx: mpsc::Receiver<Refill>,
     done: mpsc::Sender<(usize, Vec<i64>)>,
+    cancel: CancellationToken,
 ) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while let Some((index, name, count)) = rx.recv().await {
-        let entries: Vec<(String, UnixMs)> = (0..count).map(|_| (name.clone(), now_ms())).collect();
         let keys = loop {
+            let entries: Vec<(String, UnixMs)> =
+                (0..count).map(|_| (name.clone(), now_ms())).collect();
             match store.ledger_send(&entries).await {
-                Ok(keys) => break keys,
+                Ok(keys) => {
+                    backoff.reset();
+                    break keys;
+                }
                 Err(e) => {
                     telemetry.database_error("ledger");
                     // Without durable rows no request leaves: retry rather than guess.
+                    let wait = backoff.next_delay();
                     tracing::error!(
                         error = format!("{e:#}"),
-                        "budget ledger write failed; retrying"
+                        retry_in_ms = wait.as_millis() as u64,
+                        "budget ledger write failed; no check goes out until it lands"
                     );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => return,
+                    }
                 }
             }
         };
@@ -49,13 +71,20 @@ pub(crate) async fn ledger_loop(
 }
 
 /// Commits check outcomes in groups: whatever has arrived while the previous commit ran
-/// goes into the next one, so a burst of answers costs one fsync, not one each.
+/// goes into the next one, so a burst of answers costs one fsync, not one each. A payment
+/// the database no longer has pending (a cancel that raced its enqueue) is handed back to
+/// the scheduler to forget: the database decides.
 pub(crate) async fn record_loop(
     store: Store,
     mut rx: mpsc::Receiver<RecordBatch>,
     telemetry: Arc<Telemetry>,
     events: Arc<Notify>,
+    scheduler: mpsc::UnboundedSender<Command>,
+    cancel: CancellationToken,
 ) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    // Set once shutdown has begun: after it, a failed write is not retried.
+    let mut give_up_at: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut records = first.0;
         let mut ledger: Vec<(i64, UnixMs)> = first.1.into_iter().collect();
@@ -68,37 +97,142 @@ pub(crate) async fn record_loop(
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(50);
         loop {
-            // A failed commit (disk full, I/O error) is retried until it lands: the outcome
-            // is in no other place, and losing it would lose a payment's final state.
-            let result = async {
-                let applied = store.record_checks(&records).await?;
-                store.ledger_done(&ledger).await?;
-                anyhow::Ok(applied)
-            }
-            .await;
-            match result {
+            // One transaction for the outcomes and their ledger rows: a retry after a
+            // failure can never record a change (and its webhook event) twice.
+            match store.record_checks(&records, &ledger).await {
                 Ok(applied) => {
+                    backoff.reset();
                     telemetry.commit(records.len());
-                    if applied
-                        .iter()
-                        .any(|a| matches!(a, crate::store::Applied::Updated { event_queued: true }))
-                    {
+                    let mut queued = false;
+                    for (r, a) in records.iter().zip(&applied) {
+                        match a {
+                            Applied::Updated { event_queued } => queued |= event_queued,
+                            Applied::Skipped => {
+                                let _ = scheduler.send(Command::Untrack(r.pk));
+                            }
+                        }
+                    }
+                    if queued {
                         events.notify_one();
                     }
                     break;
                 }
                 Err(e) => {
                     telemetry.database_error("record_checks");
+                    if cancel.is_cancelled() {
+                        let at = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+                        if Instant::now() >= at {
+                            tracing::error!(
+                                error = format!("{e:#}"),
+                                outcomes = records.len(),
+                                "shutting down with check outcomes not recorded; those payments are still pending in the database and are checked again after a restart"
+                            );
+                            break;
+                        }
+                    }
+                    // The outcome is in no other place: retried until it lands.
+                    let wait = backoff.next_delay();
                     tracing::error!(
                         error = format!("{e:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
                         "committing check outcomes failed; retrying"
                     );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    let until = give_up_at.map_or(wait, |at| {
+                        wait.min(at.saturating_duration_since(Instant::now()))
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(until) => {}
+                        _ = cancel.cancelled(), if give_up_at.is_none() => {}
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::{PaymentId, State};
+    use crate::store::{EventSpec, NewPayment, WebhookFilter};
+
+    /// A write that fails after the outcome is in but before its ledger row is marked
+    /// (a trigger refuses the ledger update for a while) is retried as a whole: the
+    /// change and its webhook event are recorded once, with one webhook-id.
+    #[tokio::test]
+    async fn a_retried_commit_never_records_a_change_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
+        let rows = store
+            .insert_payments(&[NewPayment {
+                kind: "p2p".into(),
+                id: PaymentId::parse("A").unwrap(),
+                started_at: 0,
+                jitter_ms: 0,
+                next_check_at: 0,
+                callback_url: None,
+                metadata: None,
+            }])
+            .await
+            .unwrap();
+        let pk = rows[0].0.pk;
+        let key = store.ledger_send(&[("key:t".into(), 1)]).await.unwrap()[0];
+        store
+            .exec_for_test(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON upstream_requests \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+            )
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let (cmd, _cmd_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(record_loop(
+            store.clone(),
+            rx,
+            Arc::new(Telemetry::default()),
+            Arc::new(Notify::new()),
+            cmd,
+            cancel.clone(),
+        ));
+        let record = CheckRecord {
+            pk,
+            checked_at: 10,
+            upstream_status: Some("on_hold".into()),
+            state: State::Pending,
+            response: None,
+            error: None,
+            next_check_at: Some(20),
+            event: Some(EventSpec {
+                event_type: crate::webhooks::STATUS_CHANGED,
+                previous_state: State::Pending,
+                previous_upstream_status: None,
+            }),
+            changed: true,
+            saw_pending: true,
+        };
+        tx.send((vec![record], Some((key, 10)))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.write_status().failing_since.is_some());
+        store.exec_for_test("DROP TRIGGER refuse").await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let events = store
+            .list_webhooks(&WebhookFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert!(store.write_status().failing_since.is_none());
+        let ledger = store.ledger_since(0).await.unwrap();
+        assert_eq!(ledger, vec![("key:t".to_string(), 1, Some(10))]);
     }
 }

@@ -10,13 +10,16 @@
 use crate::payment::{now_ms, PaymentId, State, UnixMs};
 use anyhow::{Context, Result};
 use serde_json::Value;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, Row, Sqlite};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Errors a caller may want to tell apart.
@@ -192,8 +195,91 @@ pub struct Store {
     read: SqlitePool,
     /// Event URL when a payment has no `callback_url`.
     default_webhook_url: Option<Arc<str>>,
+    health: Arc<WriteHealth>,
+    /// The WAL file, whose size decides when a checkpoint truncates it.
+    wal_path: PathBuf,
+    /// The WAL's size at the last housekeeping, to tell an idle database.
+    wal_seen: Arc<AtomicU64>,
     _lock: Arc<File>,
 }
+
+/// Whether writes are failing (e.g. a full disk), for `/v1/health` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteStatus {
+    /// Failed write operations since start.
+    pub failures_total: u64,
+    /// When the current run of failures began; `None` while writes succeed.
+    pub failing_since: Option<UnixMs>,
+    /// The latest failure, in words.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct WriteHealth {
+    failures: AtomicU64,
+    failing: Mutex<Option<(UnixMs, String)>>,
+}
+
+impl WriteHealth {
+    fn record<T>(&self, result: &Result<T>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(_) => *failing = None,
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let since = failing.as_ref().map_or_else(now_ms, |(t, _)| *t);
+                *failing = Some((since, format!("{e:#}")));
+            }
+        }
+    }
+}
+
+/// A write transaction on the writer connection (`BEGIN IMMEDIATE`). sqlx's own
+/// `Transaction` is not used: after a COMMIT that SQLite already rolled back (disk full,
+/// I/O error), its ROLLBACK on drop fails and leaves sqlx's transaction depth at 1, and every
+/// later `begin` on that connection then fails until restart. Here a failed BEGIN or
+/// COMMIT, or a transaction dropped unfinished (an error, a cancelled request), closes the
+/// connection instead (SQLite rolls back what a closed connection left open) and the pool
+/// opens a fresh one for the next write.
+struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl WriteTx {
+    async fn commit(mut self) -> Result<()> {
+        sqlx::query("COMMIT")
+            .execute(&mut *self.conn)
+            .await
+            .context("COMMIT failed (the writer connection is replaced)")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// What a checkpoint leaves of the WAL at most after a burst (`journal_size_limit`).
+const WAL_KEEP: u64 = 4 * 1024 * 1024;
 
 fn options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
@@ -205,6 +291,8 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
+        // A WAL grown by a burst shrinks back to this at the next reset.
+        .pragma("journal_size_limit", WAL_KEEP.to_string())
 }
 
 const PAYMENT_COLUMNS: &str = "pk, kind, id, state, upstream_status, started_at, jitter_ms, \
@@ -266,12 +354,59 @@ impl Store {
             .connect_with(options(path).read_only(true))
             .await
             .context("opening database readers")?;
+        let mut wal = path.as_os_str().to_os_string();
+        wal.push("-wal");
         Ok(Self {
             write,
             read,
             default_webhook_url: default_webhook_url.map(Into::into),
+            health: Arc::default(),
+            wal_path: PathBuf::from(wal),
+            wal_seen: Arc::default(),
             _lock: Arc::new(lock),
         })
+    }
+
+    /// Whether writes are failing, and how many have failed.
+    pub fn write_status(&self) -> WriteStatus {
+        let failing = self
+            .health
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        WriteStatus {
+            failures_total: self.health.failures.load(Ordering::Relaxed),
+            failing_since: failing.as_ref().map(|(t, _)| *t),
+            last_error: failing.map(|(_, e)| e),
+        }
+    }
+
+    /// Runs a statement on the writer, for tests that need the database to misbehave.
+    #[cfg(test)]
+    pub(crate) async fn exec_for_test(&self, sql: &str) -> Result<()> {
+        sqlx::query(sql).execute(&self.write).await?;
+        Ok(())
+    }
+
+    /// Keeps a write operation's success or failure for health.
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        self.health.record(&result);
+        result
+    }
+
+    /// Starts a write transaction on the writer connection.
+    async fn begin(&self) -> Result<WriteTx> {
+        let mut conn = self
+            .write
+            .acquire()
+            .await
+            .context("waiting for the database writer")?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e).context("BEGIN IMMEDIATE failed (the writer connection is replaced)");
+        }
+        Ok(WriteTx { conn, open: true })
     }
 
     /// Closes both pools, flushing the WAL.
@@ -283,8 +418,13 @@ impl Store {
     /// Inserts payments in one transaction; an existing kind+id is left untouched and
     /// returned as it is.
     pub async fn insert_payments(&self, new: &[NewPayment]) -> Result<Vec<(PaymentRow, Inserted)>> {
+        let result = self.insert_payments_tx(new).await;
+        self.note(result)
+    }
+
+    async fn insert_payments_tx(&self, new: &[NewPayment]) -> Result<Vec<(PaymentRow, Inserted)>> {
         let now = now_ms();
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(new.len());
         for p in new {
             let metadata = p.metadata.as_ref().map(Value::to_string);
@@ -335,19 +475,19 @@ impl Store {
         .await?)
     }
 
-    /// A page of payments in insertion order.
+    /// A page of payments in insertion order. The filters are written into the query only
+    /// when given, so that a `state` filter walks the `(state, pk)` index instead of
+    /// scanning every payment (`?2 IS NULL OR state = ?2` hides the index from SQLite).
     pub async fn list(&self, f: &ListFilter) -> Result<Vec<PaymentRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE pk > ? \
-             AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR kind = ?3) \
-             ORDER BY pk LIMIT ?4"
-        ))
-        .bind(f.after_pk.unwrap_or(0))
-        .bind(f.state.map(State::as_str))
-        .bind(&f.kind)
-        .bind(f.limit)
-        .fetch_all(&self.read)
-        .await?)
+        let sql = list_sql(f);
+        let mut q = sqlx::query_as(&sql).bind(f.after_pk.unwrap_or(0));
+        if let Some(state) = f.state {
+            q = q.bind(state.as_str());
+        }
+        if let Some(kind) = &f.kind {
+            q = q.bind(kind);
+        }
+        Ok(q.bind(f.limit).fetch_all(&self.read).await?)
     }
 
     /// Every pending payment, for the scheduler at start-up.
@@ -419,9 +559,24 @@ impl Store {
     }
 
     /// Commits the outcomes of several checks in one transaction (one fsync for many
-    /// checks). Each outcome's status change and webhook event land together or not at all.
-    pub async fn record_checks(&self, records: &[CheckRecord]) -> Result<Vec<Applied>> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+    /// checks), with the budget ledger rows of the requests that produced them marked
+    /// answered (`(key, answered_at)`). Each outcome's status change and webhook event land
+    /// together or not at all, and a retry after a failure cannot record a change twice.
+    pub async fn record_checks(
+        &self,
+        records: &[CheckRecord],
+        ledger_done: &[(i64, UnixMs)],
+    ) -> Result<Vec<Applied>> {
+        let result = self.record_checks_tx(records, ledger_done).await;
+        self.note(result)
+    }
+
+    async fn record_checks_tx(
+        &self,
+        records: &[CheckRecord],
+        ledger_done: &[(i64, UnixMs)],
+    ) -> Result<Vec<Applied>> {
+        let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
             let before: Option<PaymentRow> = sqlx::query_as(&format!(
@@ -517,6 +672,13 @@ impl Store {
             }
             out.push(Applied::Updated { event_queued });
         }
+        for (pk, at) in ledger_done {
+            sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE pk = ?")
+                .bind(at)
+                .bind(pk)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await.context("committing check outcomes")?;
         Ok(out)
     }
@@ -527,8 +689,17 @@ impl Store {
         kind: &str,
         id: &str,
     ) -> Result<Option<Result<PaymentRow, PaymentRow>>> {
+        let result = self.cancel_tx(kind, id).await;
+        self.note(result)
+    }
+
+    async fn cancel_tx(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<Result<PaymentRow, PaymentRow>>> {
         let now = now_ms();
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         let row: Option<PaymentRow> = sqlx::query_as(&format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
         ))
@@ -566,7 +737,12 @@ impl Store {
     /// Moves a pending payment's next check to `at` (a manual recheck). `None`: no such
     /// pending payment.
     pub async fn reschedule(&self, kind: &str, id: &str, at: UnixMs) -> Result<Option<PaymentRow>> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let result = self.reschedule_tx(kind, id, at).await;
+        self.note(result)
+    }
+
+    async fn reschedule_tx(&self, kind: &str, id: &str, at: UnixMs) -> Result<Option<PaymentRow>> {
+        let mut tx = self.begin().await?;
         let row: Option<PaymentRow> = sqlx::query_as(&format!(
             "UPDATE payments SET next_check_at = ?1, updated_at = ?1 WHERE kind = ?2 AND id = ?3 \
              AND state = 'pending' RETURNING {PAYMENT_COLUMNS}"
@@ -599,7 +775,12 @@ impl Store {
     /// returns their keys, in order. Committed before the requests go out, so a crash can
     /// never hide spent budget.
     pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let result = self.ledger_send_tx(entries).await;
+        self.note(result)
+    }
+
+    async fn ledger_send_tx(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
+        let mut tx = self.begin().await?;
         let mut keys = Vec::with_capacity(entries.len());
         for (pool, at) in entries {
             let pk: i64 = sqlx::query_scalar(
@@ -618,39 +799,33 @@ impl Store {
     /// Marks every ledger row still open (sent by a previous run that never recorded the
     /// answer) as answered at `at`; the budget has already counted them so.
     pub async fn ledger_close_open(&self, at: UnixMs) -> Result<()> {
+        let result = self.ledger_close_open_tx(at).await;
+        self.note(result)
+    }
+
+    async fn ledger_close_open_tx(&self, at: UnixMs) -> Result<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE done_at IS NULL")
             .bind(at)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Forgets reserved ledger rows that no request used (clean shutdown).
     pub async fn ledger_release(&self, keys: &[i64]) -> Result<()> {
+        let result = self.ledger_release_tx(keys).await;
+        self.note(result)
+    }
+
+    async fn ledger_release_tx(&self, keys: &[i64]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         for k in keys {
             sqlx::query("DELETE FROM upstream_requests WHERE pk = ? AND done_at IS NULL")
                 .bind(k)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Marks ledger entries answered.
-    pub async fn ledger_done(&self, done: &[(i64, UnixMs)]) -> Result<()> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        for (pk, at) in done {
-            sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE pk = ?")
-                .bind(at)
-                .bind(pk)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -675,18 +850,88 @@ impl Store {
     }
 
     /// Housekeeping: forgets ledger entries no window can count any more, and checkpoints
-    /// the WAL so a long-lived reader cannot make it grow without bound.
+    /// the WAL so a long-lived reader cannot make it grow without bound. The checkpoint
+    /// truncates the WAL to nothing when the database was idle since the last housekeeping
+    /// or a burst left it larger than [`WAL_KEEP`]; else it is a passive one that never
+    /// waits. A truncating checkpoint waits for readers only briefly (a merchant's long read
+    /// must not hold the writer): if one is in the way it simply happens next time.
     pub async fn maintain(&self, ledger_before: UnixMs) -> Result<()> {
+        let result = self.prune_ledger(ledger_before).await;
+        self.note(result)?;
+        self.checkpoint().await
+    }
+
+    async fn prune_ledger(&self, ledger_before: UnixMs) -> Result<()> {
+        let mut tx = self.begin().await?;
         // Open rows are this run's reserve: kept until used.
         sqlx::query("DELETE FROM upstream_requests WHERE done_at IS NOT NULL AND done_at < ?")
             .bind(ledger_before)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        tx.commit().await
     }
+
+    /// Checkpoints the WAL: truncating when idle or after a burst, else passive. Returns
+    /// after at most a short wait for readers.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let result = self.checkpoint_tx().await;
+        // A checkpoint that went through says little about writes (it may have had
+        // nothing to copy): only its failure is news for health.
+        if result.is_err() {
+            return self.note(result);
+        }
+        result
+    }
+
+    async fn checkpoint_tx(&self) -> Result<()> {
+        {
+            let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+            let idle = size == self.wal_seen.swap(size, Ordering::Relaxed);
+            let mut conn = self.write.acquire().await?;
+            if size > 0 && (idle || size > WAL_KEEP) {
+                let done = match sqlx::query("PRAGMA busy_timeout = 200")
+                    .execute(&mut *conn)
+                    .await
+                {
+                    Ok(_) => sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&mut *conn)
+                        .await
+                        .map(drop),
+                    Err(e) => Err(e),
+                };
+                let restored = sqlx::query("PRAGMA busy_timeout = 10000")
+                    .execute(&mut *conn)
+                    .await;
+                if restored.is_err() {
+                    // Not left with the short wait: a fresh connection gets the options.
+                    conn.close_on_drop();
+                }
+                done.context("truncating the WAL")?;
+                let after = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+                self.wal_seen.store(after, Ordering::Relaxed);
+            } else {
+                sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut *conn)
+                    .await
+                    .context("checkpointing the WAL")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The query of [`Store::list`] for the filters `f` gives (parameters in order: cursor,
+/// state, kind, limit; absent filters take no parameter).
+fn list_sql(f: &ListFilter) -> String {
+    let mut sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE pk > ?");
+    if f.state.is_some() {
+        sql.push_str(" AND state = ?");
+    }
+    if f.kind.is_some() {
+        sql.push_str(" AND kind = ?");
+    }
+    sql.push_str(" ORDER BY pk LIMIT ?");
+    sql
 }
 
 /// What one retention batch deleted.
@@ -827,6 +1072,9 @@ pub struct WebhookEvent {
     pub last_error: Option<String>,
     pub last_attempt_at: Option<i64>,
     pub last_status_code: Option<i64>,
+    /// Whether `url` is the payment's own `callback_url` (else the configured
+    /// `webhooks.url`): a callback is checked against the allow-list before each send.
+    pub callback: bool,
 }
 
 /// One delivery attempt, as logged.
@@ -868,7 +1116,8 @@ const EVENT_COLUMNS: &str = "e.pk, e.event_id, e.payment_pk, p.kind, p.id, e.seq
     (SELECT a.at FROM webhook_attempts a WHERE a.event_pk = e.pk ORDER BY a.pk DESC LIMIT 1) \
       AS last_attempt_at, \
     (SELECT a.status_code FROM webhook_attempts a WHERE a.event_pk = e.pk ORDER BY a.pk DESC LIMIT 1) \
-      AS last_status_code";
+      AS last_status_code, \
+    (p.callback_url IS NOT NULL) AS callback";
 
 impl Store {
     /// The pending events that head their payment's queue (no earlier pending event of the
@@ -910,12 +1159,25 @@ impl Store {
         attempt: &WebhookAttempt,
         outcome: AttemptOutcome,
     ) -> Result<()> {
+        let result = self
+            .record_webhook_attempt_tx(event_pk, retry_from, attempt, outcome)
+            .await;
+        self.note(result)
+    }
+
+    async fn record_webhook_attempt_tx(
+        &self,
+        event_pk: i64,
+        retry_from: i64,
+        attempt: &WebhookAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<()> {
         let (delivered, new_state, next) = match outcome {
             AttemptOutcome::Delivered => (true, "delivered", None),
             AttemptOutcome::Retry(at) => (false, "pending", Some(at)),
             AttemptOutcome::Dead => (false, "dead", None),
         };
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (event_pk, at, status_code, error, latency_ms) \
              VALUES (?, ?, ?, ?, ?)",
@@ -991,7 +1253,12 @@ impl Store {
     /// Makes an event due at `at` with a fresh retry schedule (a delivered or dead one goes
     /// back to pending; a pending one is simply tried sooner). `None`: no such event.
     pub async fn replay_webhook(&self, event_id: &str, at: UnixMs) -> Result<Option<WebhookEvent>> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let result = self.replay_webhook_tx(event_id, at).await;
+        self.note(result)
+    }
+
+    async fn replay_webhook_tx(&self, event_id: &str, at: UnixMs) -> Result<Option<WebhookEvent>> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE webhook_events SET state = 'pending', next_attempt_at = ?1, \
              retry_from = attempts, delivered_at = NULL WHERE event_id = ?2",
@@ -1055,11 +1322,14 @@ mod outbox_tests {
         };
         for i in 0..events_a {
             store
-                .record_checks(&[flip(a, &format!("s{i}"), 10 + i as i64)])
+                .record_checks(&[flip(a, &format!("s{i}"), 10 + i as i64)], &[])
                 .await
                 .unwrap();
         }
-        store.record_checks(&[flip(b, "x", 100)]).await.unwrap();
+        store
+            .record_checks(&[flip(b, "x", 100)], &[])
+            .await
+            .unwrap();
         (store, a, b)
     }
 
@@ -1193,22 +1463,25 @@ mod retention_tests {
         let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
         let state = final_state.unwrap_or(State::Pending);
         store
-            .record_checks(&[CheckRecord {
-                saw_pending: false,
-                pk,
-                checked_at: at,
-                upstream_status: Some(format!("raw-{id}")),
-                state,
-                response: None,
-                error: None,
-                next_check_at: Some(at + 1),
-                event: Some(EventSpec {
-                    event_type: STATUS_CHANGED,
-                    previous_state: State::Pending,
-                    previous_upstream_status: None,
-                }),
-                changed: true,
-            }])
+            .record_checks(
+                &[CheckRecord {
+                    saw_pending: false,
+                    pk,
+                    checked_at: at,
+                    upstream_status: Some(format!("raw-{id}")),
+                    state,
+                    response: None,
+                    error: None,
+                    next_check_at: Some(at + 1),
+                    event: Some(EventSpec {
+                        event_type: STATUS_CHANGED,
+                        previous_state: State::Pending,
+                        previous_upstream_status: None,
+                    }),
+                    changed: true,
+                }],
+                &[],
+            )
             .await
             .unwrap();
         pk
@@ -1342,7 +1615,7 @@ mod retention_tests {
                 changed: true,
             })
             .collect();
-        store.record_checks(&records).await.unwrap();
+        store.record_checks(&records, &[]).await.unwrap();
         sqlx::query(
             "INSERT INTO webhook_attempts (event_pk, at, status_code, latency_ms) \
              SELECT pk, 100, 200, 1 FROM webhook_events",
@@ -1414,7 +1687,7 @@ mod retention_tests {
             }),
             changed: true,
         };
-        store.record_checks(&[flip]).await.unwrap();
+        store.record_checks(&[flip], &[]).await.unwrap();
         assert_eq!(
             count(
                 &store,
@@ -1423,5 +1696,97 @@ mod retention_tests {
             .await,
             2
         );
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    fn payment(id: &str, metadata: Option<Value>) -> NewPayment {
+        NewPayment {
+            kind: "p2p".into(),
+            id: PaymentId::parse(id).unwrap(),
+            started_at: 0,
+            jitter_ms: 0,
+            next_check_at: 0,
+            callback_url: None,
+            metadata,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_state_listing_walks_the_state_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), None).await.unwrap();
+        let f = ListFilter {
+            state: Some(State::Succeeded),
+            limit: 10,
+            ..Default::default()
+        };
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", list_sql(&f)))
+            .bind(0)
+            .bind("succeeded")
+            .bind(10)
+            .fetch_all(&store.read)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect();
+        assert!(
+            plan.iter().any(|d| d.contains("payments_state_pk")),
+            "{plan:?}"
+        );
+        // And it answers what it should.
+        store
+            .insert_payments(&[payment("A", None), payment("B", None)])
+            .await
+            .unwrap();
+        let all = store
+            .list(&ListFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        let pending = store
+            .list(&ListFilter {
+                state: Some(State::Pending),
+                kind: Some("p2p".into()),
+                after_pk: Some(all[0].pk),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            pending.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["B"]
+        );
+        assert!(store.list(&f).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_wal_shrinks_after_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), None).await.unwrap();
+        let meta = serde_json::json!({ "note": "x".repeat(4000) });
+        for batch in 0..4 {
+            let new: Vec<NewPayment> = (0..800)
+                .map(|i| payment(&format!("B{batch}-{i}"), Some(meta.clone())))
+                .collect();
+            store.insert_payments(&new).await.unwrap();
+        }
+        let wal = || std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
+        assert!(wal() > WAL_KEEP, "the burst grew the WAL: {}", wal());
+        store.maintain(0).await.unwrap();
+        assert!(wal() <= WAL_KEEP, "after housekeeping: {} bytes", wal());
+        // Idle since: the next housekeeping truncates it to nothing.
+        store.insert_payments(&[payment("C", None)]).await.unwrap();
+        store.maintain(0).await.unwrap();
+        store.maintain(0).await.unwrap();
+        assert_eq!(wal(), 0);
+        assert_eq!(store.write_status(), WriteStatus::default());
     }
 }

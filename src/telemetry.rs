@@ -114,6 +114,9 @@ pub struct Telemetry {
     payments: Family<StateLabel, Gauge>,
     webhook_events: Family<StateLabel, Gauge>,
     webhook_queue: Gauge,
+    /// The store's own count of failed writes (any operation), and whether the latest failed.
+    write_errors: Counter,
+    writes_failing: Gauge,
     pending: Family<PoolKindLabels, Gauge>,
     budget_used: Family<PoolLabel, Gauge>,
     budget_limit: Family<PoolLabel, Gauge>,
@@ -142,6 +145,8 @@ impl Default for Telemetry {
             payments: Family::default(),
             webhook_events: Family::default(),
             webhook_queue: Gauge::default(),
+            write_errors: Counter::default(),
+            writes_failing: Gauge::default(),
             pending: Family::default(),
             budget_used: Family::default(),
             budget_limit: Family::default(),
@@ -250,6 +255,16 @@ impl Default for Telemetry {
                 "webhook_events",
                 "Webhook events in the outbox, by state",
                 t.webhook_events.clone(),
+            );
+            r.register(
+                "database_write_errors",
+                "Database writes that failed (e.g. disk full); each is retried",
+                t.write_errors.clone(),
+            );
+            r.register(
+                "database_writes_failing",
+                "1 while the latest database write failed, else 0",
+                t.writes_failing.clone(),
             );
             r.register(
                 "webhook_queue_depth",
@@ -389,8 +404,15 @@ impl Telemetry {
         states: &[(String, i64)],
         webhook_states: &[(String, i64)],
         pools: &[PoolStatus],
+        db: &crate::store::WriteStatus,
     ) -> String {
         let registry = lock(&self.registry);
+        // The store counts since start; the counter follows it (never backwards).
+        let seen = self.write_errors.get();
+        self.write_errors
+            .inc_by(db.failures_total.saturating_sub(seen));
+        self.writes_failing
+            .set(i64::from(db.failing_since.is_some()));
         set_states(
             &self.payments,
             states,
@@ -489,7 +511,7 @@ mod tests {
     fn label_values_are_escaped() {
         let t = Telemetry::default();
         t.request("a\"b\\c\nd");
-        let text = t.render(&[], &[], &[]);
+        let text = t.render(&[], &[], &[], &Default::default());
         assert_eq!(
             samples(&text, "ninjapoll_upstream_requests_total"),
             vec![r#"ninjapoll_upstream_requests_total{kind="a\"b\\c\nd"} 1"#],
@@ -504,7 +526,7 @@ mod tests {
         t.lateness("default", &[20]);
         t.webhook("delivered");
         t.database_error("record_checks");
-        let text = t.render(&[("pending".into(), 3)], &[], &[]);
+        let text = t.render(&[("pending".into(), 3)], &[], &[], &Default::default());
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let parts: Vec<&str> = line.split_whitespace().collect();
             let (name, kind) = (parts[2], parts[3]);

@@ -40,8 +40,15 @@ impl Upstream {
         Ok(Self { client })
     }
 
-    /// Asks about `ids` (one, unless the kind is a list endpoint).
-    pub async fn check(&self, kind: &Kind, key: &Secret, ids: &[&PaymentId]) -> Answer {
+    /// Asks about `ids` (one, unless the kind is a list endpoint). For a list kind,
+    /// `listing` is the page size to ask for and each id's start (unix ms).
+    pub async fn check(
+        &self,
+        kind: &Kind,
+        key: &Secret,
+        ids: &[&PaymentId],
+        listing: Option<(u32, &[i64])>,
+    ) -> Answer {
         let fail = |class: ErrorClass, message: String, retry_after_ms: Option<i64>| Answer {
             observations: ids
                 .iter()
@@ -62,7 +69,7 @@ impl Upstream {
             Method::Post => self.client.post(&kind.url),
         };
         req = req
-            .query(&kind.query_params(ids))
+            .query(&kind.query_params(ids, listing.map(|(limit, _)| limit)))
             .header(kind.auth_header.as_str(), key.expose())
             .header("accept", "application/json");
         if let Some(body) = kind.json_body(first) {
@@ -83,7 +90,8 @@ impl Upstream {
             Err(e) => return fail(ErrorClass::Transport, e, retry_after_ms),
         };
         let mut observations = if kind.is_list() {
-            match kind.interpret_list(code, &body, ids) {
+            let (limit, started) = listing.unwrap_or((kind.list_limit(ids.len()), &[]));
+            match kind.interpret_list(code, &body, ids, started, limit) {
                 Ok(obs) => obs,
                 Err(one) => ids.iter().map(|_| one.clone()).collect(),
             }

@@ -9,7 +9,8 @@
 //! once. It sleeps until the earliest due time, a wake-up (a new event, a replay) or
 //! shutdown; there is no periodic scan.
 
-use crate::config::{Secret, WebhooksConfig};
+use crate::backoff::Backoff;
+use crate::config::{CallbackPrefix, Secret, WebhooksConfig};
 use crate::payment::{now_ms, rfc3339, State, UnixMs};
 use crate::store::{AttemptOutcome, EventSpec, PaymentRow, Store, WebhookAttempt, WebhookEvent};
 use crate::telemetry::Telemetry;
@@ -188,6 +189,20 @@ struct Deliverer {
     retry: Vec<Duration>,
     timeout: Duration,
     max_in_flight: usize,
+    /// Re-checked before each send of a callback: the list may have shrunk since the
+    /// payment was enqueued.
+    allowed_callbacks: Vec<CallbackPrefix>,
+}
+
+/// Why an event is not sent to its callback URL, or `None` when it may go. The
+/// configured `webhooks.url` is the operator's own and always may.
+pub fn refusal(allowed: &[CallbackPrefix], ev: &WebhookEvent) -> Option<String> {
+    if !ev.callback {
+        return None;
+    }
+    crate::config::check_callback(allowed, &ev.url)
+        .err()
+        .map(|e| format!("not sent: the callback URL is no longer allowed ({e})"))
 }
 
 /// Starts the delivery worker. It stops when `cancel` fires, after giving the attempts in
@@ -222,8 +237,33 @@ pub fn spawn(
         retry: cfg.retry.clone(),
         timeout: cfg.timeout,
         max_in_flight: cfg.max_in_flight.max(1),
+        allowed_callbacks: cfg.allowed_callback_prefixes.clone(),
     });
     Ok(tokio::spawn(run(d, store, telemetry, wake, cancel)))
+}
+
+/// An attempt made but not yet logged (the database refused the write): kept in memory
+/// and written once the database takes writes again. Until then its payment is held to
+/// the attempt's outcome, so the retry schedule is followed (a delivered or dead event is
+/// not sent again) and the count of attempts stays right.
+#[derive(Debug, Clone)]
+struct Unlogged {
+    event_pk: i64,
+    payment_pk: i64,
+    retry_from: i64,
+    record: WebhookAttempt,
+    outcome: AttemptOutcome,
+}
+
+impl Unlogged {
+    /// When the payment's event may be tried again: `None` never (delivered, or dead
+    /// until replayed).
+    fn due(&self) -> Option<UnixMs> {
+        match self.outcome {
+            AttemptOutcome::Retry(at) => Some(at),
+            AttemptOutcome::Delivered | AttemptOutcome::Dead => None,
+        }
+    }
 }
 
 async fn run(
@@ -241,40 +281,83 @@ async fn run(
         cancel.cancelled().await;
         return;
     }
-    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut in_flight: JoinSet<Option<Unlogged>> = JoinSet::new();
     // Task id -> payment, so a finished (or panicked) attempt frees its payment.
     let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
-    let mut db_backoff = Duration::from_millis(100);
+    // Attempts waiting to be logged, oldest first.
+    let mut unlogged: Vec<Unlogged> = Vec::new();
+    let mut read_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut log_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // When to try logging `unlogged` again.
+    let mut log_at = now_ms();
     loop {
         if cancel.is_cancelled() {
             break;
         }
-        let free = d.max_in_flight.saturating_sub(busy.len());
+        let now = now_ms();
         // `None`: nothing to wait for but a wake-up, a finished attempt or shutdown.
         let mut wake_in: Option<Duration> = None;
+        let later = |at: UnixMs, wake_in: &mut Option<Duration>| {
+            let d = Duration::from_millis((at - now).max(0) as u64);
+            *wake_in = Some(wake_in.map_or(d, |w| w.min(d)));
+        };
+        if !unlogged.is_empty() && now >= log_at {
+            match flush(&store, &mut unlogged).await {
+                Ok(()) => log_backoff.reset(),
+                Err(e) => {
+                    let wait = log_backoff.next_delay();
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        unlogged = unlogged.len(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "logging webhook attempts failed; their events follow their retry schedule meanwhile"
+                    );
+                    log_at = now + wait.as_millis() as i64;
+                }
+            }
+        }
+        if !unlogged.is_empty() {
+            later(log_at, &mut wake_in);
+        }
+        // A payment whose last attempt is unlogged waits for that attempt's outcome.
+        let mut held: HashMap<i64, Option<UnixMs>> = HashMap::new();
+        for u in &unlogged {
+            held.insert(u.payment_pk, u.due());
+        }
+        let free = d.max_in_flight.saturating_sub(busy.len());
         if free > 0 {
-            let busy_payments: Vec<i64> = busy.values().copied().collect();
+            let mut skip: Vec<i64> = busy.values().copied().collect();
+            for (payment, due) in &held {
+                match due {
+                    Some(at) if *at <= now => {}
+                    Some(at) => {
+                        skip.push(*payment);
+                        later(*at, &mut wake_in);
+                    }
+                    None => skip.push(*payment),
+                }
+            }
             // One more than there is room for: if it is not due yet, its due time is when
             // to look again.
-            match store.webhook_heads(&busy_payments, free as u32 + 1).await {
+            match store.webhook_heads(&skip, free as u32 + 1).await {
                 Ok(rows) => {
-                    db_backoff = Duration::from_millis(100);
-                    let now = now_ms();
+                    read_backoff.reset();
                     for ev in rows {
                         if busy.len() >= d.max_in_flight {
                             break;
                         }
-                        if ev.next_attempt_at > now {
-                            wake_in =
-                                Some(Duration::from_millis((ev.next_attempt_at - now) as u64));
+                        if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk) {
+                            later(ev.next_attempt_at, &mut wake_in);
                             break;
                         }
                         let payment = ev.payment_pk;
+                        let before = unlogged.iter().filter(|u| u.event_pk == ev.pk).count();
                         let handle = in_flight.spawn(attempt(
                             d.clone(),
                             store.clone(),
                             telemetry.clone(),
                             ev,
+                            before,
                         ));
                         busy.insert(handle.id(), payment);
                     }
@@ -285,8 +368,8 @@ async fn run(
                         error = format!("{e:#}"),
                         "reading the webhook outbox failed; retrying"
                     );
-                    wake_in = Some(db_backoff);
-                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    let wait = read_backoff.next_delay();
+                    later(now + wait.as_millis() as i64, &mut wake_in);
                 }
             }
         }
@@ -301,7 +384,10 @@ async fn run(
             _ = wake.notified() => {}
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 let id = match done {
-                    Ok((id, ())) => id,
+                    Ok((id, not_logged)) => {
+                        unlogged.extend(not_logged);
+                        id
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "a webhook attempt failed unexpectedly");
                         e.id()
@@ -314,29 +400,78 @@ async fn run(
     }
     // Let attempts in flight land and be logged; each is bounded by the client's timeout,
     // the margin covers the database write.
-    let drain = async { while in_flight.join_next().await.is_some() {} };
+    let drain = async {
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok(Some(u)) = done {
+                unlogged.push(u);
+            }
+        }
+    };
     if tokio::time::timeout(d.timeout + Duration::from_secs(2), drain)
         .await
         .is_err()
     {
         in_flight.shutdown().await;
     }
+    if !unlogged.is_empty() {
+        if let Err(e) = flush(&store, &mut unlogged).await {
+            // At-least-once: those events are sent again after a restart (same webhook-id).
+            tracing::warn!(
+                error = format!("{e:#}"),
+                unlogged = unlogged.len(),
+                "shutting down with webhook attempts not logged; their events will be sent again"
+            );
+        }
+    }
 }
 
-/// One attempt at one event: send, then log it and move the event on.
-async fn attempt(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>, ev: WebhookEvent) {
+/// Logs the attempts in order, removing each one that landed; stops at the first failure.
+async fn flush(store: &Store, unlogged: &mut Vec<Unlogged>) -> Result<()> {
+    while let Some(u) = unlogged.first() {
+        store
+            .record_webhook_attempt(u.event_pk, u.retry_from, &u.record, u.outcome)
+            .await?;
+        unlogged.remove(0);
+    }
+    Ok(())
+}
+
+/// One attempt at one event: send, then log it and move the event on. `unlogged_before`:
+/// earlier attempts at this event that the database has not taken yet. Returns the
+/// attempt when it could not be logged.
+async fn attempt(
+    d: Arc<Deliverer>,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    ev: WebhookEvent,
+    unlogged_before: usize,
+) -> Option<Unlogged> {
     let at = now_ms();
     let started = Instant::now();
-    let sent = send(&d, &ev).await;
+    let refused = refusal(&d.allowed_callbacks, &ev);
+    let sent = match &refused {
+        None => send(&d, &ev).await,
+        Some(why) => Sent {
+            status: None,
+            error: Some(why.clone()),
+            retry_after: None,
+        },
+    };
     let latency_ms = started.elapsed().as_millis() as i64;
-    let in_schedule = (ev.attempts - ev.retry_from).max(0) as usize + 1;
-    let outcome = outcome_of(&sent, &d.retry, in_schedule, now_ms(), fastrand::f64());
+    let in_schedule = (ev.attempts - ev.retry_from).max(0) as usize + unlogged_before + 1;
+    let was_refused = refused.is_some();
+    let outcome = match refused {
+        // Retrying cannot help until the allow-list changes; a replay tries again.
+        Some(_) => AttemptOutcome::Dead,
+        None => outcome_of(&sent, &d.retry, in_schedule, now_ms(), fastrand::f64()),
+    };
     let record = WebhookAttempt {
         at,
         status_code: sent.status.map(i64::from),
         error: sent.error.clone(),
         latency_ms,
     };
+    let attempts = ev.attempts + unlogged_before as i64 + 1;
     match outcome {
         AttemptOutcome::Delivered => {
             telemetry.webhook("delivered");
@@ -351,35 +486,44 @@ async fn attempt(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>, ev:
                 "webhook attempt failed; will retry"
             );
         }
+        AttemptOutcome::Dead if was_refused => {
+            telemetry.webhook("dead");
+            tracing::warn!(
+                event = %ev.event_id, payment = %ev.id, sequence = ev.sequence,
+                error = sent.error.as_deref().unwrap_or(""),
+                "webhook event failed without being sent: its callback URL is not under webhooks.allowed_callback_prefixes any more"
+            );
+        }
         AttemptOutcome::Dead => {
             telemetry.webhook("dead");
             tracing::warn!(
                 event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence,
                 error = sent.error.as_deref().unwrap_or(""),
-                attempts = ev.attempts + 1,
+                attempts,
                 "webhook event is dead after its last retry; replay it with `ninjapoll webhooks replay`"
             );
         }
     }
-    // The attempt is only known here; a few tries keep a brief database hiccup from
-    // causing a duplicate. If it still fails, the event stays pending and is sent again
-    // (at-least-once, same webhook-id).
-    let mut delay = Duration::from_millis(50);
-    for left in (0..5).rev() {
-        match store
-            .record_webhook_attempt(ev.pk, ev.retry_from, &record, outcome)
-            .await
-        {
-            Ok(()) => return,
-            Err(e) if left == 0 => {
-                telemetry.database_error("webhooks");
-                tracing::error!(error = format!("{e:#}"), event = %ev.event_id, kind = %ev.kind, id = %ev.id, "logging a webhook attempt failed; the event will be sent again");
-            }
-            Err(_) => {
-                telemetry.database_error("webhooks");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
+    let unlogged = Unlogged {
+        event_pk: ev.pk,
+        payment_pk: ev.payment_pk,
+        retry_from: ev.retry_from,
+        record,
+        outcome,
+    };
+    if unlogged_before > 0 {
+        // Earlier attempts go first; the worker logs this one after them.
+        return Some(unlogged);
+    }
+    match store
+        .record_webhook_attempt(ev.pk, ev.retry_from, &unlogged.record, outcome)
+        .await
+    {
+        Ok(()) => None,
+        Err(e) => {
+            telemetry.database_error("webhooks");
+            tracing::error!(error = format!("{e:#}"), event = %ev.event_id, kind = %ev.kind, id = %ev.id, "logging a webhook attempt failed; kept until the database takes writes again");
+            Some(unlogged)
         }
     }
 }

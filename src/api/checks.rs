@@ -1,9 +1,14 @@
 //! `/v1/checks`: enqueue, read, list, cancel, recheck.
 
-use super::{json_error, ApiError, AppState, ErrorCode, JsonBody, PaymentPath, MAX_BATCH_BODY};
+use super::{
+    json_error, parse_json, read_body, ApiError, AppState, ErrorCode, JsonBody, PaymentPath,
+    MAX_BATCH_BODY,
+};
+use crate::config::CallbackRefusal;
 use crate::payment::{now_ms, rfc3339, PaymentId, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
+use axum::extract::{FromRequest, Request};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -126,27 +131,14 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
         Some(v) => parse_started_at(v, now)?,
     };
     if let Some(url) = &req.callback_url {
-        let prefixes = &st.config.webhooks.allowed_callback_prefixes;
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-            return Err(ApiError::new(
-                ErrorCode::InvalidCallbackUrl,
-                "callback_url must be an http(s) URL of at most 2048 bytes",
-            ));
-        }
-        if !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
-            return Err(ApiError::new(
-                ErrorCode::CallbackUrlNotAllowed,
-                if prefixes.is_empty() {
-                    "callback_url is not accepted: webhooks.allowed_callback_prefixes is empty"
-                        .to_string()
-                } else {
-                    format!(
-                        "callback_url must start with one of webhooks.allowed_callback_prefixes: {}",
-                        prefixes.join(", ")
-                    )
-                },
-            ));
-        }
+        crate::config::check_callback(&st.config.webhooks.allowed_callback_prefixes, url).map_err(
+            |e| match e {
+                CallbackRefusal::Invalid(m) => ApiError::new(ErrorCode::InvalidCallbackUrl, m),
+                CallbackRefusal::NotAllowed(m) => {
+                    ApiError::new(ErrorCode::CallbackUrlNotAllowed, m)
+                }
+            },
+        )?;
     }
     let metadata = match req.metadata {
         None | Some(Value::Null) => None,
@@ -240,8 +232,10 @@ pub async fn enqueue(
     let (row, inserted) = rows
         .pop()
         .ok_or_else(|| anyhow::anyhow!("insert returned no row"))?;
-    if inserted == Inserted::New {
-        // Committed first: if the scheduler is shutting down, a restart resumes it.
+    // Committed first: if the scheduler is shutting down, a restart resumes it. A stored
+    // payment still pending is handed over again (a duplicate is ignored), so a re-enqueue
+    // makes sure the scheduler holds it.
+    if row.state() == crate::payment::State::Pending {
         let _ = st.scheduler.send(Command::Track(pending_row(&row)));
     }
     let (status, body, err) = outcome(&row, inserted, &new, explicit);
@@ -251,10 +245,22 @@ pub async fn enqueue(
     }
 }
 
+/// A batch's body: bounded in bytes and, while it streams in, in items.
+pub struct BatchBody(BatchRequest);
+
+impl FromRequest<AppState> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, st, MAX_BATCH_BODY, Some(MAX_BATCH)).await?;
+        parse_json(&bytes).map(BatchBody)
+    }
+}
+
 /// `POST /v1/checks/batch`: one transaction; a result per item, in order.
 pub async fn enqueue_batch(
     State(st): State<AppState>,
-    JsonBody(req): JsonBody<BatchRequest, MAX_BATCH_BODY>,
+    BatchBody(req): BatchBody,
 ) -> Result<Response, ApiError> {
     if req.checks.len() > MAX_BATCH {
         return Err(ApiError::new(
@@ -292,7 +298,7 @@ pub async fn enqueue_batch(
                 let Some((row, inserted)) = stored.next() else {
                     return Err(anyhow::anyhow!("batch insert returned too few rows").into());
                 };
-                if inserted == Inserted::New {
+                if row.state() == crate::payment::State::Pending {
                     let _ = st.scheduler.send(Command::Track(pending_row(&row)));
                 }
                 let (status, body, err) = outcome(&row, inserted, &new, explicit);

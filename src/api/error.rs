@@ -62,7 +62,8 @@ error_codes! {
     InvalidId = ("invalid_id", BAD_REQUEST, "The payment id is empty, too long or has a character that is not allowed."),
     InvalidStartedAt = ("invalid_started_at", BAD_REQUEST, "`started_at` is neither unix seconds nor RFC 3339, or is more than 5 minutes ahead."),
     InvalidCallbackUrl = ("invalid_callback_url", BAD_REQUEST, "`callback_url` is not an http(s) URL of at most 2048 bytes."),
-    CallbackUrlNotAllowed = ("callback_url_not_allowed", BAD_REQUEST, "`callback_url` does not start with one of `webhooks.allowed_callback_prefixes`."),
+    CallbackUrlNotAllowed = ("callback_url_not_allowed", BAD_REQUEST, "`callback_url` is under none of `webhooks.allowed_callback_prefixes` (same scheme, host and port; path below the prefix's on a `/` boundary)."),
+    BodyUnreadable = ("body_unreadable", BAD_REQUEST, "The request body could not be read (the client broke off or sent bad chunking)."),
     MetadataTooLarge = ("metadata_too_large", BAD_REQUEST, "`metadata` is larger than 16 KiB as JSON."),
     InvalidEventId = ("invalid_event_id", BAD_REQUEST, "The webhook event id is empty or longer than 128 bytes."),
     Forbidden = ("forbidden", FORBIDDEN, "The peer's uid and gid are in neither `socket.allowed_uids` nor `socket.allowed_gids`."),
@@ -73,8 +74,10 @@ error_codes! {
     AlreadyFinal = ("already_final", CONFLICT, "The payment is already final, so it cannot be cancelled or rechecked; `payment` shows it."),
     BodyTooLarge = ("body_too_large", PAYLOAD_TOO_LARGE, "The body is larger than the endpoint's limit (1 MiB; 16 MiB for a batch)."),
     BatchTooLarge = ("batch_too_large", PAYLOAD_TOO_LARGE, "A batch holds more than 10,000 checks."),
+    RequestTimeout = ("request_timeout", REQUEST_TIMEOUT, "The request took longer than `socket.request_timeout`."),
     UnsupportedMediaType = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "The body is not sent with `Content-Type: application/json`."),
     Internal = ("internal", INTERNAL_SERVER_ERROR, "A failure of the daemon's own (e.g. its database); the details are in its log."),
+    Busy = ("busy", SERVICE_UNAVAILABLE, "Too many large request bodies are being read at once; retry shortly."),
 }
 
 impl serde::Serialize for ErrorCode {

@@ -20,6 +20,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
@@ -28,6 +29,19 @@ use std::sync::Arc;
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Largest batch body: 10,000 checks with modest metadata need more than [`MAX_BODY`].
 pub const MAX_BATCH_BODY: usize = 16 * 1024 * 1024;
+/// Memory all request bodies being read may hold together: a few large batches at once,
+/// not one per connection (30 clients stalling near the end of 16 MiB bodies held 545 MB).
+pub const BODY_MEMORY: usize = 4 * MAX_BATCH_BODY;
+
+/// What the bodies being read hold, against [`BODY_MEMORY`] (in KiB permits).
+#[derive(Clone)]
+pub struct BodyBudget(Arc<tokio::sync::Semaphore>);
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(BODY_MEMORY / 1024)))
+    }
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -42,50 +56,167 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Wakes the webhook worker (a replayed event is due now).
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Bounds the memory of request bodies being read, all connections together.
+    pub bodies: BodyBudget,
 }
 
 /// A JSON body: `application/json`, bounded, unknown fields refused, every failure an
-/// [`ApiError`] in our format.
+/// [`ApiError`] in our format. The bound holds before the body is buffered: a declared
+/// `Content-Length` over it is refused unread, and what is read counts against the shared
+/// [`BodyBudget`] as it arrives.
 pub struct JsonBody<T, const LIMIT: usize = MAX_BODY>(pub T);
 
-impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
+impl<T, const LIMIT: usize> FromRequest<AppState> for JsonBody<T, LIMIT>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mime = ct.split(';').next().unwrap_or("").trim();
-        if !mime.eq_ignore_ascii_case("application/json") {
-            let got = if ct.is_empty() {
-                "no Content-Type".to_string()
-            } else {
-                format!("Content-Type {ct:?}")
-            };
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("send the body as JSON with Content-Type: application/json (got {got})"),
-            ));
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::BodyTooLarge,
-                    format!("the body is larger than this endpoint's limit of {LIMIT} bytes"),
-                )
-            })?;
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, st, LIMIT, None).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::BodyTooLarge,
+        format!("the body is larger than this endpoint's limit of {limit} bytes"),
+    )
+}
+
+/// Counts the items of the array values of a JSON object's members as the body streams
+/// in (`{"checks": [item, item, …]}`), so a batch over its limit is refused before the rest
+/// arrives. It only counts; the parser judges the JSON.
+#[derive(Debug, Default)]
+pub struct ItemCounter {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// Inside an array at depth 2, a value has started since the last comma.
+    in_item: bool,
+    /// Items seen.
+    pub items: usize,
+}
+
+impl ItemCounter {
+    /// Scans more of the body.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            if self.depth == 2
+                && !self.in_item
+                && !matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b',' | b']')
+            {
+                self.in_item = true;
+                self.items += 1;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                b',' if self.depth == 2 => self.in_item = false,
+                _ => {}
+            }
+            if self.depth < 2 {
+                self.in_item = false;
+            }
+        }
+    }
+}
+
+/// Reads a JSON request body of at most `limit` bytes (and, for a batch, `max_items`
+/// items) against the shared body budget.
+pub(crate) async fn read_body(
+    req: Request,
+    st: &AppState,
+    limit: usize,
+    max_items: Option<usize>,
+) -> Result<Bytes, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        let got = if ct.is_empty() {
+            "no Content-Type".to_string()
+        } else {
+            format!("Content-Type {ct:?}")
+        };
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("send the body as JSON with Content-Type: application/json (got {got})"),
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let mut body = req.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut permits = Vec::new();
+    let mut held_kib = 0usize;
+    let mut counter = ItemCounter::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                ErrorCode::BodyUnreadable,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        let want_kib = (buf.len() + chunk.len()).div_ceil(1024);
+        if want_kib > held_kib {
+            let more = (want_kib - held_kib) as u32;
+            let permit = st
+                .bodies
+                .0
+                .clone()
+                .try_acquire_many_owned(more)
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::Busy,
+                        "too many large request bodies are being read at once; retry shortly",
+                    )
+                })?;
+            permits.push(permit);
+            held_kib = want_kib;
+        }
+        if let Some(max) = max_items {
+            counter.feed(&chunk);
+            if counter.items > max {
+                return Err(ApiError::new(
+                    ErrorCode::BatchTooLarge,
+                    format!("a batch holds at most {max} checks; this one has more"),
+                ));
+            }
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| json_error(&e, "request body"))
 }
 
@@ -191,6 +322,31 @@ async fn count_internal(State(t): State<Arc<Telemetry>>, response: Response) -> 
     response
 }
 
+/// The answer to a request that took longer than `socket.request_timeout`.
+pub fn request_timed_out(timeout: std::time::Duration) -> Response {
+    ApiError::new(
+        ErrorCode::RequestTimeout,
+        format!(
+            "the request took longer than socket.request_timeout ({})",
+            humantime::format_duration(timeout)
+        ),
+    )
+    .into_response()
+}
+
+/// The answer to a peer that `socket.allowed_uids` / `allowed_gids` leave out.
+pub fn peer_refused(uid: Option<u32>, gid: Option<u32>) -> Response {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "uid {} / gid {} is not in socket.allowed_uids or socket.allowed_gids",
+            uid.map_or("?".into(), |u| u.to_string()),
+            gid.map_or("?".into(), |g| g.to_string()),
+        ),
+    )
+    .into_response()
+}
+
 async fn not_found() -> ApiError {
     // Not `not_found`: a client must be able to tell "no such payment" from "wrong URL".
     ApiError::new(
@@ -212,8 +368,9 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
     let webhooks = st.store.webhook_state_counts().await?;
     let published = st.scheduler.status();
     let now = crate::payment::now_ms();
+    let db = st.store.write_status();
     let (problems, unpolled) =
-        health_problems(&st.config, &published, &pending_kinds, &webhooks, now);
+        health_problems(&st.config, &published, &pending_kinds, &webhooks, &db, now);
     let pools: Vec<_> = published
         .pools
         .iter()
@@ -263,6 +420,10 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
         },
         "budget": pools,
         "webhooks": hooks,
+        "database": {
+            "writes_failing": db.failing_since.is_some(),
+            "write_errors": db.failures_total,
+        },
     })))
 }
 
@@ -278,9 +439,16 @@ pub fn health_problems(
     published: &crate::scheduler::Published,
     pending_by_kind: &[(String, i64)],
     webhook_states: &[(String, i64)],
+    db: &crate::store::WriteStatus,
     now: crate::payment::UnixMs,
 ) -> (Vec<String>, i64) {
     let mut problems = Vec::new();
+    if let (Some(since), Some(error)) = (db.failing_since, &db.last_error) {
+        problems.push(format!(
+            "database writes are failing since {} ({error}); check the free space of the database's file system: outcomes are retried and nothing acknowledged is lost",
+            crate::payment::rfc3339(since)
+        ));
+    }
     if config.ninjapay.api_key.is_none() {
         problems.push("no API key configured (ninjapay.api_key)".to_string());
     }
@@ -318,9 +486,12 @@ pub fn health_problems(
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let counts = st.store.state_counts().await?;
     let hooks = st.store.webhook_state_counts().await?;
-    let text = st
-        .telemetry
-        .render(&counts, &hooks, &st.scheduler.status().pools);
+    let text = st.telemetry.render(
+        &counts,
+        &hooks,
+        &st.scheduler.status().pools,
+        &st.store.write_status(),
+    );
     Ok((
         [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
         text,

@@ -66,6 +66,7 @@ async fn harness() -> Harness {
         config,
         telemetry,
         webhook_wake: Arc::new(Notify::new()),
+        bodies: Default::default(),
     });
     Harness {
         app,

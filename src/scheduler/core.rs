@@ -79,6 +79,10 @@ pub struct Request {
     pub kind: Arc<Kind>,
     pub pks: Vec<i64>,
     pub ids: Vec<PaymentId>,
+    /// Each payment's start (scheduler time): a listing's coverage is judged by it.
+    pub started: Vec<UnixMs>,
+    /// A listing's page size (0 for a single-payment kind).
+    pub list_limit: u32,
     pub sent_at: UnixMs,
     /// The pre-committed ledger row it uses.
     pub ledger: Option<i64>,
@@ -244,6 +248,9 @@ pub struct Core {
     gen: u64,
     rng: fastrand::Rng,
     unknown_logged: HashSet<(String, String)>,
+    /// Per list kind, the page size its listings grew to after coming back cut short
+    /// (the provider pages by size only, newest first).
+    list_limit: HashMap<String, u32>,
     window: i64,
     last_fit: UnixMs,
     /// When the core started (arrival rates count from there).
@@ -309,6 +316,7 @@ impl Core {
             gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             unknown_logged: HashSet::new(),
+            list_limit: HashMap::new(),
             window: cfg.budget_window_ms,
             last_fit: now,
             started: now,
@@ -780,19 +788,29 @@ impl Core {
 
     fn launch(&mut self, p: usize, kind: Arc<Kind>, pks: Vec<i64>, now: UnixMs) -> Request {
         let mut ids = Vec::with_capacity(pks.len());
+        let mut started = Vec::with_capacity(pks.len());
         for pk in &pks {
             if let Some(e) = self.entries.get_mut(pk) {
                 e.in_flight = true;
                 self.pools[p].lateness_ms.push((now - e.due).max(0));
                 ids.push(e.id.clone());
+                started.push(e.t0);
             }
         }
         self.in_flight += 1;
+        let list_limit = if kind.is_list() {
+            let grown = self.list_limit.get(&kind.name).copied().unwrap_or(0);
+            kind.list_limit(ids.len()).max(grown)
+        } else {
+            0
+        };
         Request {
             pool: p,
             kind,
             pks,
             ids,
+            started,
+            list_limit,
             sent_at: now,
             ledger: self.pools[p].ledger_keys.pop_front(),
         }
@@ -816,6 +834,7 @@ impl Core {
         let mut list_kind: Option<Arc<Kind>> = None;
         let mut min_every = i64::MAX;
         let mut answered_kinds: HashSet<String> = HashSet::new();
+        let mut truncated = false;
         for (i, (pk, obs)) in done.pks.iter().zip(&done.observations).enumerate() {
             let Some(mut e) = self.entries.remove(pk) else {
                 continue; // cancelled meanwhile
@@ -824,6 +843,14 @@ impl Core {
             if e.kind.is_list() {
                 list_kind = Some(e.kind.clone());
             }
+            let cut_short = matches!(
+                obs,
+                Observation::Error {
+                    class: ErrorClass::Truncated,
+                    ..
+                }
+            );
+            truncated |= cut_short;
             match obs {
                 Observation::Error { class, .. } => match class {
                     ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
@@ -873,9 +900,15 @@ impl Core {
                 // or later when failures pile up (exponential back-off), so a provider that
                 // is down is not hammered, and past the deadline not retried in a loop. The
                 // last answered check stays what it was: this one settles nothing.
-                e.failures += 1;
+                // A listing cut short is no fault of the provider's: the next one, larger,
+                // follows at once rather than backing off.
                 let step = self.grid.step_ms(now - e.t0);
-                let backoff = backoff_ms(&mut self.rng, e.failures, step);
+                let backoff = if cut_short {
+                    0
+                } else {
+                    e.failures += 1;
+                    backoff_ms(&mut self.rng, e.failures, step)
+                };
                 e.last = Some(done.sent_at);
                 self.plan(&mut e);
                 e.last = previous_last;
@@ -937,7 +970,17 @@ impl Core {
             }
         }
         if let Some(kind) = list_kind {
-            let cadence = if min_every == i64::MAX { 0 } else { min_every };
+            let mut cadence = if min_every == i64::MAX { 0 } else { min_every };
+            let max = kind.list.as_ref().map_or(1, |l| l.max_limit);
+            let asked = self.list_limit.get(&kind.name).copied().unwrap_or(0);
+            let asked = asked.max(kind.list_limit(done.pks.len()));
+            if truncated && asked < max {
+                // Page further back: the next listing asks for twice as many, now.
+                let grown = asked.saturating_mul(2).min(max);
+                tracing::info!(kind = %kind.name, limit = grown, "a listing did not reach back to every payment's start; asking for more");
+                self.list_limit.insert(kind.name.clone(), grown);
+                cadence = 0;
+            }
             self.pools[p]
                 .list_not_before
                 .insert(kind.name.clone(), now + cadence);

@@ -16,6 +16,21 @@ pub struct Decision {
     pub answered: bool,
 }
 
+/// Largest answer stored with a payment (its `response`, JSON text).
+pub const MAX_STORED_RESPONSE: usize = 64 * 1024;
+
+/// The answer as stored: itself, or a note of its size when it is larger than
+/// [`MAX_STORED_RESPONSE`] (a payment row is not the place for a huge page).
+fn bounded(response: &serde_json::Value) -> String {
+    let text = response.to_string();
+    if text.len() <= MAX_STORED_RESPONSE {
+        text
+    } else {
+        serde_json::json!({"omitted": format!("an answer of {} bytes, larger than {MAX_STORED_RESPONSE}", text.len())})
+            .to_string()
+    }
+}
+
 /// Decides a pending payment's new state from one observation made at `checked_at`.
 /// `give_up_at`: past it, even unanswered checks end the payment (the provider has been
 /// unreachable for a whole extra ladder).
@@ -37,7 +52,7 @@ pub fn decide(
             state
                 .is_none()
                 .then(|| format!("unknown upstream status {raw:?}")),
-            Some(response.to_string()),
+            Some(bounded(response)),
             true,
         ),
         Observation::Error {
@@ -49,7 +64,7 @@ pub fn decide(
             State::Pending,
             None,
             Some(message.clone()),
-            response.as_ref().map(|r| r.to_string()),
+            response.as_ref().map(bounded),
             class.is_answer(),
         ),
     };

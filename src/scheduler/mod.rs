@@ -229,19 +229,22 @@ pub async fn spawn(
     let (rec_tx, rec_rx) = mpsc::channel(1024);
     let (refill_tx, refill_rx) = mpsc::channel(64);
     let (refilled_tx, refilled_rx) = mpsc::channel(64);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let ledger = tokio::spawn(ledger_loop(
         store.clone(),
         telemetry.clone(),
         refill_rx,
         refilled_tx,
+        cancel.clone(),
     ));
     let recorder = tokio::spawn(record_loop(
         store.clone(),
         rec_rx,
         telemetry.clone(),
         events,
+        cmd_tx.clone(),
+        cancel.clone(),
     ));
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         core,
         clock,
@@ -487,11 +490,14 @@ impl Driver {
         let done_tx = done_tx.clone();
         let clock = self.clock;
         let telemetry = self.telemetry.clone();
+        let off = clock.offset();
+        let started: Vec<UnixMs> = req.started.iter().map(|t| t + off).collect();
         tokio::spawn(async move {
             let refs: Vec<&crate::payment::PaymentId> = req.ids.iter().collect();
-            let started = std::time::Instant::now();
-            let answer = upstream.check(&req.kind, &key, &refs).await;
-            telemetry.latency(&req.kind.name, started.elapsed().as_millis() as i64);
+            let listing = req.kind.is_list().then_some((req.list_limit, &started[..]));
+            let started_at = std::time::Instant::now();
+            let answer = upstream.check(&req.kind, &key, &refs, listing).await;
+            telemetry.latency(&req.kind.name, started_at.elapsed().as_millis() as i64);
             let _ = done_tx
                 .send(Completion {
                     pool: req.pool,

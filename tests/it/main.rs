@@ -6,6 +6,7 @@ mod api;
 mod budget;
 mod core;
 mod deploy;
+mod hardening;
 mod health;
 mod metrics;
 mod operations;

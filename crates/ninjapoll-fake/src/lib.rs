@@ -492,6 +492,8 @@ struct ScriptEntry {
     wallet: String,
     /// Registration order: the history lists the newest first.
     order: u64,
+    /// Registration time (unix seconds): the history entry's `created_at`.
+    created: i64,
 }
 
 impl ScriptEntry {
@@ -562,6 +564,7 @@ impl Inner {
                 served: 0,
                 wallet: wallet.to_owned(),
                 order: self.next_order,
+                created: unix_now(),
             },
         );
     }
@@ -898,7 +901,9 @@ fn single(kind: Kind, id: &str, step: Step) -> (Reply, Duration) {
 }
 
 /// `GET /sapi/v1/history`: the registered btc ids (wallet-filtered, newest first, cut to
-/// `limit`) each consume one step. Returns the reply, the extra wait and the listed ids.
+/// `limit`) each consume one step. As documented (seed 004) there is no offset or cursor:
+/// a client reaches older entries only by asking for a larger `limit`; each entry's
+/// `created_at` is when its id was registered. Returns the reply, the extra wait and the listed ids.
 fn history(inner: &mut Inner, req: &Incoming, now: Instant) -> (Reply, Duration, Vec<String>) {
     let limit = match req.param("limit") {
         None => DEFAULT_HISTORY_LIMIT,
@@ -931,6 +936,7 @@ fn history(inner: &mut Inner, req: &Incoming, now: Instant) -> (Reply, Duration,
     for (id, entry) in page {
         listed.push(id.clone());
         let wallet = entry.wallet.clone();
+        let created = entry.created;
         let status = match entry.next_step(Kind::Btc, now) {
             Step::Status(s) => Some(s),
             Step::MissingStatus => None,
@@ -957,7 +963,7 @@ fn history(inner: &mut Inner, req: &Incoming, now: Instant) -> (Reply, Duration,
                 continue;
             }
         };
-        entries.push(btc_entry(id, &wallet, status.as_deref()));
+        entries.push(btc_entry(id, &wallet, status.as_deref(), created));
     }
     let reply = whole.unwrap_or_else(|| Reply::json(StatusCode::OK, &Value::Array(entries)));
     (reply, hang, listed)
@@ -1044,7 +1050,7 @@ fn body_for(kind: Kind, id: &str, status: Option<&str>) -> Value {
             }
             return json!({"status": true, "data": data, "message": message});
         }
-        Kind::Btc => return btc_entry(id, "btc", status),
+        Kind::Btc => return btc_entry(id, "btc", status, created),
     };
     if let (Some(s), Some(obj)) = (status, body.as_object_mut()) {
         obj.insert("status".to_owned(), Value::from(s));
@@ -1052,8 +1058,8 @@ fn body_for(kind: Kind, id: &str, status: Option<&str>) -> Value {
     body
 }
 
-/// One history entry (seed 004).
-fn btc_entry(id: &str, wallet: &str, status: Option<&str>) -> Value {
+/// One history entry (seed 004); `created` is when the charge was made (unix seconds).
+fn btc_entry(id: &str, wallet: &str, status: Option<&str>, created: i64) -> Value {
     let mut entry = json!({
         "tid": tid_value(id),
         "payment_mode": "lightning",
@@ -1061,7 +1067,7 @@ fn btc_entry(id: &str, wallet: &str, status: Option<&str>) -> Value {
         "amount": 0.00019362,
         "receiver_ninjatag": null,
         "description": "ninjapoll fake charge",
-        "created_at": unix_now(),
+        "created_at": created,
         "status_payee": "undefined",
         "status_payer": "undefined",
         "transaction_hash": null,

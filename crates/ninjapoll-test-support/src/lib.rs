@@ -80,6 +80,11 @@ pub struct DaemonConfig {
     /// A listening socket handed to the daemon as systemd does (fd 3, `LISTEN_FDS=1`,
     /// `LISTEN_PID` = the daemon), on every start.
     pub pass_listener: Option<Arc<std::os::unix::net::UnixListener>>,
+    /// The daemon's limit on open files (`ulimit -n`), if not inherited.
+    pub open_files: Option<u64>,
+    /// Starts the daemon with SIGXFSZ ignored, so that a file-size limit (a simulated full
+    /// disk, see [`Daemon::set_file_size_limit`]) makes writes fail instead of killing it.
+    pub ignore_sigxfsz: bool,
 }
 
 impl Default for DaemonConfig {
@@ -104,6 +109,8 @@ impl Default for DaemonConfig {
             env: Vec::new(),
             launcher: Vec::new(),
             pass_listener: None,
+            open_files: None,
+            ignore_sigxfsz: false,
         }
     }
 }
@@ -302,6 +309,28 @@ impl Daemon {
         for (k, v) in &self.config.env {
             cmd.env(k, v);
         }
+        let (open_files, ignore_sigxfsz) = (self.config.open_files, self.config.ignore_sigxfsz);
+        if open_files.is_some() || ignore_sigxfsz {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if let Some(n) = open_files {
+                        let lim = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if ignore_sigxfsz {
+                        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    }
+                    Ok(())
+                });
+            }
+        }
         self.child = Some(cmd.spawn().expect("spawn ninjapoll"));
         self.wait_ready().await;
     }
@@ -360,6 +389,40 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Sets the running daemon's file-size limit (`RLIMIT_FSIZE`, soft; the hard limit
+    /// stays unlimited): `Some(bytes)` makes every write that would grow a file past it
+    /// fail, as on a full disk; `None` lifts it. Start the daemon with `ignore_sigxfsz`.
+    pub fn set_file_size_limit(&self, bytes: Option<u64>) {
+        let pid = self.pid().expect("daemon running") as libc::pid_t;
+        let lim = libc::rlimit {
+            rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: plain system call on valid pointers.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    /// The daemon's resident memory, in bytes (`VmRSS`).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.pid().expect("daemon running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// How many file descriptors the daemon has open.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.pid().expect("daemon running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// SIGKILL: a crash, nothing flushed.
