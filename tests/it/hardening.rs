@@ -791,3 +791,35 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Out of descriptors (a limit far below what the process needs), accepting fails: each
+/// failure is logged (throttled, with a count of the suppressed ones), the server backs off
+/// instead of spinning, and serves again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_errors_are_logged_and_the_server_recovers() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let mut d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            open_files: Some(32),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    let held = stuck_clients(d.socket_path(), 30).await;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.log().contains("accepting a socket connection failed")
+        && std::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        d.log().contains("accepting a socket connection failed"),
+        "{}",
+        d.log()
+    );
+    drop(held);
+    let (code, _) = d.request("GET", "/v1/health", None).await;
+    assert_eq!(code, 200, "served again once descriptors are free");
+    assert!(d.stop().await.is_some_and(|s| s.success()));
+}
