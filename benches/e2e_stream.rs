@@ -10,7 +10,7 @@
 //!
 //! Run: `cargo bench --bench e2e_stream` (`NINJAPOLL_BENCH_RATE=0.2` for another rate).
 
-use ninjapoll::cli::request;
+use ninjapoll::client::request;
 use ninjapoll::config::{self, Config, RawStep};
 use ninjapoll::payment::{now_ms, State};
 use ninjapoll::sim::{self, Mix, Phase, Scenario};

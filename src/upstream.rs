@@ -1,9 +1,10 @@
 //! The HTTP calls to Ninjapay. Building the request's parts and reading the answer are
 //! `kinds`' pure functions; this module only sends, bounds and classifies transport faults.
 
-use crate::config::{NinjapayConfig, Secret};
+use crate::config::NinjapayConfig;
 use crate::kinds::{ErrorClass, Kind, Method, Observation};
 use crate::payment::PaymentId;
+use crate::secret::Secret;
 use anyhow::{Context, Result};
 use std::time::{Duration, SystemTime};
 

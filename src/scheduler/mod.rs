@@ -9,15 +9,16 @@
 
 mod core;
 mod decide;
+mod recorder;
 
-pub use self::core::{
-    Action, Completed, Completion, Core, CoreConfig, KindPolicy, PoolSpec, PoolStatus, Request,
-};
+pub use self::core::{Action, Completed, Completion, Core, CoreConfig, PoolSpec, Request};
 pub use self::decide::{decide, Decision};
+pub use crate::status::{KindPolicy, PoolStatus};
 
-use crate::config::{Config, Secret};
+use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
+use crate::config::Config;
 use crate::payment::{now_ms, UnixMs};
-use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
+use crate::secret::Secret;
 use crate::store::{PendingRow, Store};
 use crate::systemd::{Notifier, Watchdog};
 use crate::telemetry::Telemetry;

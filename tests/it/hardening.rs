@@ -742,7 +742,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                 );
                 let body = json!({"kind": "p2p", "id": id});
                 if let Ok((201 | 200, _)) =
-                    ninjapoll::cli::request(&socket, "POST", "/v1/checks", Some(&body)).await
+                    ninjapoll::client::request(&socket, "POST", "/v1/checks", Some(&body)).await
                 {
                     acked.lock().unwrap().push(id);
                 }

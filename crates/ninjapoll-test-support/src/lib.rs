@@ -449,7 +449,7 @@ impl Daemon {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), String> {
-        ninjapoll::cli::request(&self.socket, method, path, body)
+        ninjapoll::client::request(&self.socket, method, path, body)
             .await
             .map_err(|e| format!("{e:#}"))
     }

@@ -6,9 +6,9 @@
 //! shutdown they give it a short grace and then stop, whatever the disk does: what was not
 //! written is still pending in the database and is checked again after a restart.
 
+use super::Command;
 use crate::backoff::Backoff;
 use crate::payment::{now_ms, UnixMs};
-use crate::scheduler::Command;
 use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
