@@ -592,8 +592,6 @@ pub enum Observation {
         class: ErrorClass,
         message: String,
         response: Option<Value>,
-        /// `Retry-After`, already resolved to milliseconds from now.
-        retry_after_ms: Option<i64>,
     },
 }
 
@@ -604,7 +602,6 @@ impl Observation {
             class,
             message,
             response,
-            retry_after_ms: None,
         }
     }
 }

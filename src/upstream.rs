@@ -57,7 +57,6 @@ impl Upstream {
                     class,
                     message: message.clone(),
                     response: None,
-                    retry_after_ms,
                 })
                 .collect(),
             retry_after_ms,
@@ -90,7 +89,7 @@ impl Upstream {
             Ok(b) => b,
             Err(e) => return fail(ErrorClass::Transport, e, retry_after_ms),
         };
-        let mut observations = if kind.is_list() {
+        let observations = if kind.is_list() {
             let (limit, started) = listing.unwrap_or((kind.list_limit(ids.len()), &[]));
             match kind.interpret_list(code, &body, ids, started, limit) {
                 Ok(obs) => obs,
@@ -99,14 +98,6 @@ impl Upstream {
         } else {
             vec![kind.interpret(code, &body)]
         };
-        for o in &mut observations {
-            if let Observation::Error {
-                retry_after_ms: r, ..
-            } = o
-            {
-                *r = retry_after_ms;
-            }
-        }
         Answer {
             observations,
             retry_after_ms,

@@ -196,7 +196,6 @@ fn pending_row(r: &PaymentRow) -> PendingRow {
         jitter_ms: r.jitter_ms,
         next_check_at: r.next_check_at,
         last_checked_at: r.last_checked_at,
-        checks_done: r.checks_done,
     }
 }
 

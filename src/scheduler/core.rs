@@ -325,6 +325,7 @@ impl Core {
     }
 
     /// Payments held.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.entries.len()
     }
@@ -902,7 +903,6 @@ impl Core {
                 next_check_at: (!d.state.is_final()).then_some(e.due),
                 event: d.event.map(|t| EventSpec {
                     event_type: t,
-                    previous_state: State::Pending,
                     previous_upstream_status: previous_raw.clone(),
                 }),
                 changed: d.changed,
@@ -1349,7 +1349,6 @@ mod tests {
             jitter_ms,
             next_check_at: None,
             last_checked_at: None,
-            checks_done: 0,
         }
     }
 

@@ -11,9 +11,8 @@ mod core;
 mod decide;
 mod recorder;
 
-pub use self::core::{Action, Completed, Completion, Core, CoreConfig, PoolSpec, Request};
-pub use self::decide::{decide, Decision};
-pub use crate::status::{KindPolicy, PoolStatus};
+pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
+pub use crate::status::PoolStatus;
 
 use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
 use crate::config::Config;

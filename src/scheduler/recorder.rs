@@ -210,8 +210,7 @@ mod tests {
             error: None,
             next_check_at: Some(20),
             event: Some(EventSpec {
-                event_type: crate::webhooks::STATUS_CHANGED,
-                previous_state: State::Pending,
+                event_type: crate::event::STATUS_CHANGED,
                 previous_upstream_status: None,
             }),
             changed: true,
