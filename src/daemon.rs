@@ -186,20 +186,20 @@ pub async fn run_managed(
         }
     };
     let telemetry = Arc::new(Telemetry::default());
-    let events = Arc::new(Notify::new());
+    let webhook_wake = Arc::new(Notify::new());
     // Delivers what the outbox holds, events left by a previous run included.
     let webhook_worker = crate::webhooks::spawn(
         &config.webhooks,
         store.clone(),
         telemetry.clone(),
-        events.clone(),
+        webhook_wake.clone(),
         cancel.clone(),
     )?;
     let (handle, scheduler_task) = scheduler::spawn(
         &config,
         store.clone(),
         telemetry.clone(),
-        events.clone(),
+        webhook_wake.clone(),
         cancel.clone(),
         notifier.clone(),
     )
@@ -221,7 +221,7 @@ pub async fn run_managed(
         scheduler: handle,
         config: config.clone(),
         telemetry,
-        webhook_wake: events.clone(),
+        webhook_wake,
         bodies: Default::default(),
     };
     let metrics_server = match config.metrics_listen {

@@ -129,7 +129,7 @@ pub fn spawn(
     cfg: &WebhooksConfig,
     store: Store,
     telemetry: Arc<Telemetry>,
-    wake: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let keys = cfg
@@ -156,7 +156,7 @@ pub fn spawn(
         max_in_flight: cfg.max_in_flight.max(1),
         allowed_callbacks: cfg.allowed_callback_prefixes.clone(),
     });
-    Ok(tokio::spawn(run(d, store, telemetry, wake, cancel)))
+    Ok(tokio::spawn(run(d, store, telemetry, webhook_wake, cancel)))
 }
 
 /// An attempt made but not yet logged (the database refused the write): kept in memory
@@ -187,7 +187,7 @@ async fn run(
     d: Arc<Deliverer>,
     store: Store,
     telemetry: Arc<Telemetry>,
-    wake: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     if d.keys.is_empty() {
@@ -298,7 +298,7 @@ async fn run(
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = wake.notified() => {}
+            _ = webhook_wake.notified() => {}
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 let id = match done {
                     Ok((id, not_logged)) => {

@@ -185,7 +185,7 @@ pub async fn spawn(
     config: &Config,
     store: Store,
     telemetry: Arc<Telemetry>,
-    events: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
     notifier: Notifier,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
@@ -241,7 +241,7 @@ pub async fn spawn(
         store.clone(),
         rec_rx,
         telemetry.clone(),
-        events,
+        webhook_wake,
         cmd_tx.clone(),
         cancel.clone(),
     ));

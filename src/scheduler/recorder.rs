@@ -78,7 +78,7 @@ pub(crate) async fn record_loop(
     store: Store,
     mut rx: mpsc::Receiver<RecordBatch>,
     telemetry: Arc<Telemetry>,
-    events: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     scheduler: mpsc::UnboundedSender<Command>,
     cancel: CancellationToken,
 ) {
@@ -114,7 +114,7 @@ pub(crate) async fn record_loop(
                         }
                     }
                     if queued {
-                        events.notify_one();
+                        webhook_wake.notify_one();
                     }
                     break;
                 }
