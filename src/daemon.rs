@@ -357,6 +357,8 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            // Stopped some other way (e.g. the socket failed): nothing left to wait for.
+            _ = cancel.cancelled() => {}
         }
         cancel.cancel();
     });
