@@ -10,10 +10,10 @@
 //!
 //! Run: `cargo bench --bench e2e_stream` (`NINJAPOLL_BENCH_RATE=0.2` for another rate).
 
-use ninjapoll::cli::request;
-use ninjapoll::config::{self, Config, RawStep};
-use ninjapoll::payment::{now_ms, State};
+use ninjapoll::request;
 use ninjapoll::sim::{self, Mix, Phase, Scenario};
+use ninjapoll::{defaults, Config, RawStep};
+use ninjapoll::{now_ms, State};
 use ninjapoll_fake::{FakeNinjapay, FakeOptions, Script};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         ..FakeOptions::default()
     })
     .await?;
-    let mut raw = config::defaults();
+    let mut raw = defaults();
     raw.database.path = Some(dir.path().join("ninjapoll.db"));
     raw.socket.path = Some(dir.path().join("ninjapoll.sock"));
     raw.ninjapay.api_key = Some("bench-key".into());
@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let ladder = cfg.ladder.clone();
     let socket = cfg.socket.path.clone();
     let cancel = CancellationToken::new();
-    let daemon = tokio::spawn(ninjapoll::daemon::run_until(cfg, cancel.clone()));
+    let daemon = tokio::spawn(ninjapoll::run_until(cfg, cancel.clone()));
     while request(&socket, "GET", "/v1/health", None).await.is_err() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     let mut late: Vec<f64> = r
         .fates
         .iter()
-        .filter(|f| f.state == ninjapoll::payment::State::TimedOut)
+        .filter(|f| f.state == ninjapoll::State::TimedOut)
         .filter_map(|f| Some((f.ended? - f.arrived - sc.ladder.timeout_ms()) as f64 / 1000.0))
         .collect();
     late.sort_by(f64::total_cmp);

@@ -52,11 +52,6 @@ impl Budget {
         self.effective
     }
 
-    /// The window, in milliseconds.
-    pub fn window_ms(&self) -> i64 {
-        self.window
-    }
-
     fn prune(&mut self, now: UnixMs) {
         while self.expiries.peek().is_some_and(|Reverse(t)| *t <= now) {
             self.expiries.pop();

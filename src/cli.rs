@@ -1,12 +1,11 @@
 //! The command line (SPEC section 7): `run` starts the daemon; the client commands speak
 //! to its socket.
 
+use crate::client::{self, request};
 use crate::config::{self, Config};
 use crate::daemon;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -343,7 +342,7 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
     } else {
         None
     };
-    let socket = daemon::client_socket(cli.socket.as_deref(), cfg.as_ref());
+    let socket = client::client_socket(cli.socket.as_deref(), cfg.as_ref());
     let enc = |s: &str| -> String {
         s.bytes()
             .map(|b| {
@@ -486,9 +485,6 @@ fn print_human(v: &Value) {
     }
 }
 
-/// How long a client command waits for the daemon's answer.
-const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 fn print_webhooks(v: &Value) {
     let row = |e: &Value| {
         format!(
@@ -520,77 +516,4 @@ fn print_webhooks(v: &Value) {
         }
         None => println!("{}", row(v)),
     }
-}
-
-/// One HTTP/1.1 request over the daemon's Unix socket.
-pub async fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(u16, Value)> {
-    let stream = match tokio::net::UnixStream::connect(socket).await {
-        Ok(s) => s,
-        // No file, or a file nobody listens on (left by a crash): no daemon.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            bail!(
-                "no ninjapoll daemon is listening on {} ({e}); start it with `ninjapoll run`, or pass --socket",
-                socket.display()
-            )
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "not allowed to connect to {} ({e}): the socket's owner, group and mode (socket.mode) must let this user in",
-            socket.display()
-        ),
-        Err(e) => bail!("cannot connect to {}: {e}", socket.display()),
-    };
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with the daemon")?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(bytes)))
-        .context("building the request")?;
-    // A daemon that accepted the connection but hangs must not hang a script too.
-    let exchange = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("talking to the daemon")?;
-        let status = resp.status().as_u16();
-        let collected = resp
-            .into_body()
-            .collect()
-            .await
-            .context("reading the daemon's answer")?
-            .to_bytes();
-        anyhow::Ok((status, collected))
-    };
-    let (status, collected) = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the daemon on {} did not answer within {CLIENT_TIMEOUT:?}",
-                socket.display()
-            )
-        })??;
-    let value = serde_json::from_slice(&collected)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&collected).into_owned()));
-    Ok((status, value))
 }

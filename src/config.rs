@@ -4,6 +4,7 @@
 
 use crate::kinds::{self, Kind, RawKind};
 use crate::ladder::Ladder;
+use crate::secret::{secret_text, Secret};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -12,35 +13,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A secret (API key, webhook secret): never printed, logged or serialized.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(s: String) -> Self {
-        Self(s.trim().into())
-    }
-
-    /// Reads a secret from a file (e.g. a systemd credential), trimming whitespace.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        std::fs::read_to_string(path)
-            .map(Self::new)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
 
 const REDACTED: &str = "<redacted>";
 
@@ -172,31 +144,6 @@ fn mode_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
         Mode::Text(s) => s,
         Mode::Number(n) => n.to_string(),
     }))
-}
-
-/// A secret as text, whatever type the source gave it: an all-digit key from the
-/// environment or a bare TOML number is still a key. A value of another type is refused
-/// without being echoed (serde's own message would quote it).
-pub(crate) fn secret_text<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum AnyText {
-        Text(String),
-        Unsigned(u64),
-        Signed(i64),
-    }
-    match Option::<AnyText>::deserialize(d) {
-        Ok(t) => Ok(t.map(|t| match t {
-            AnyText::Text(s) => s,
-            AnyText::Unsigned(n) => n.to_string(),
-            AnyText::Signed(n) => n.to_string(),
-        })),
-        Err(_) => Err(serde::de::Error::custom(
-            "a secret must be a string (the value is not shown)",
-        )),
-    }
 }
 
 /// Whether a configuration key path names a secret (`ninjapay.api_key`,
@@ -684,7 +631,7 @@ impl Config {
             (None, None) => Vec::new(),
         };
         for s in &secrets {
-            crate::webhooks::decode_secret(s)
+            crate::secret::decode_secret(s)
                 .map_err(|e| invalid("webhooks.secret", e.to_string()))?;
         }
         let url_ = match w.url.as_deref().filter(|u| !u.is_empty()) {

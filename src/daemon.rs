@@ -18,15 +18,6 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// The peer of a socket connection, from `SO_PEERCRED`.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    /// The connecting process's user id, when the kernel tells.
-    pub uid: Option<u32>,
-    /// The connecting process's primary group id, when the kernel tells.
-    pub gid: Option<u32>,
-}
-
 /// Binds the socket: creates its directory, replaces a stale socket left by a crash,
 /// refuses to start while another daemon listens there, and sets the mode.
 pub fn bind_socket(cfg: &SocketConfig) -> Result<UnixListener> {
@@ -87,17 +78,6 @@ pub fn bind_socket(cfg: &SocketConfig) -> Result<UnixListener> {
     let _ = std::fs::remove_dir_all(&staging);
     let listener = placed?;
     Ok(listener)
-}
-
-/// Whether `peer` may use the API. With neither list set, the socket's file mode is the
-/// only door. With either set, the peer's uid must be in `allowed_uids` or its primary gid
-/// in `allowed_gids`; root is not special (list uid 0 to let it in), so a list means what
-/// it says. A peer whose credentials cannot be read is refused.
-pub fn peer_allowed(uids: &[u32], gids: &[u32], peer: Peer) -> bool {
-    if uids.is_empty() && gids.is_empty() {
-        return true;
-    }
-    peer.uid.is_some_and(|u| uids.contains(&u)) || peer.gid.is_some_and(|g| gids.contains(&g))
 }
 
 /// Removes the socket file on drop, so it goes on every clean exit path.
@@ -206,20 +186,20 @@ pub async fn run_managed(
         }
     };
     let telemetry = Arc::new(Telemetry::default());
-    let events = Arc::new(Notify::new());
+    let webhook_wake = Arc::new(Notify::new());
     // Delivers what the outbox holds, events left by a previous run included.
     let webhook_worker = crate::webhooks::spawn(
         &config.webhooks,
         store.clone(),
         telemetry.clone(),
-        events.clone(),
+        webhook_wake.clone(),
         cancel.clone(),
     )?;
     let (handle, scheduler_task) = scheduler::spawn(
         &config,
         store.clone(),
         telemetry.clone(),
-        events.clone(),
+        webhook_wake.clone(),
         cancel.clone(),
         notifier.clone(),
     )
@@ -241,7 +221,7 @@ pub async fn run_managed(
         scheduler: handle,
         config: config.clone(),
         telemetry,
-        webhook_wake: events.clone(),
+        webhook_wake,
         bodies: Default::default(),
     };
     let metrics_server = match config.metrics_listen {
@@ -377,6 +357,8 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            // Stopped some other way (e.g. the socket failed): nothing left to wait for.
+            _ = cancel.cancelled() => {}
         }
         cancel.cancel();
     });
@@ -431,24 +413,9 @@ async fn maintain(
     }
 }
 
-/// The socket path a client uses: `--socket`, else the configuration's.
-pub fn client_socket(explicit: Option<&Path>, config: Option<&Config>) -> PathBuf {
-    explicit
-        .map(Path::to_path_buf)
-        .or_else(|| config.map(|c| c.socket.path.clone()))
-        .unwrap_or_else(|| PathBuf::from("ninjapoll.sock"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer(uid: u32, gid: u32) -> Peer {
-        Peer {
-            uid: Some(uid),
-            gid: Some(gid),
-        }
-    }
 
     /// Watches the socket's directory while binding: no entry but a directory (the
     /// private 0700 one) is ever created there, and the socket only arrives by rename,
@@ -510,24 +477,5 @@ mod tests {
         );
         let mode = std::fs::metadata(&cfg.path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-    }
-
-    #[test]
-    fn no_lists_lets_everyone_in() {
-        assert!(peer_allowed(&[], &[], peer(1234, 1234)));
-    }
-
-    #[test]
-    fn lists_are_explicit_even_for_root() {
-        assert!(!peer_allowed(&[1000], &[], peer(0, 0)));
-        assert!(peer_allowed(&[0, 1000], &[], peer(0, 0)));
-        assert!(peer_allowed(&[1000], &[], peer(1000, 5)));
-        assert!(peer_allowed(&[], &[5], peer(1000, 5)));
-        assert!(!peer_allowed(&[], &[5], peer(1000, 6)));
-        let unknown = Peer {
-            uid: None,
-            gid: None,
-        };
-        assert!(!peer_allowed(&[1000], &[5], unknown));
     }
 }

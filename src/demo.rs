@@ -2,7 +2,7 @@
 //! and a webhook receiver on 127.0.0.1, a daemon on a temporary directory with a ladder
 //! compressed to seconds, a few payments of every kind, and their flips as they happen.
 
-use crate::cli::request;
+use crate::client::request;
 use crate::config::{self, Config, RawStep};
 use crate::webhooks;
 use anyhow::{bail, Context, Result};

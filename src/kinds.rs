@@ -5,8 +5,8 @@
 //! Everything here is pure: building a request's parts and interpreting an answer. The
 //! HTTP call itself is `upstream`'s.
 
-use crate::config::Secret;
 use crate::payment::{PaymentId, State};
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +39,7 @@ pub struct RawKind {
     /// Makes the kind a list endpoint: one request answers every pending payment it lists.
     pub list: Option<RawList>,
     /// This kind's own API key (else `ninjapay.api_key`); budgets are per key.
-    #[serde(default, deserialize_with = "crate::config::secret_text")]
+    #[serde(default, deserialize_with = "crate::secret::secret_text")]
     pub api_key: Option<String>,
     /// A file holding this kind's own API key.
     pub api_key_file: Option<std::path::PathBuf>,
@@ -592,8 +592,6 @@ pub enum Observation {
         class: ErrorClass,
         message: String,
         response: Option<Value>,
-        /// `Retry-After`, already resolved to milliseconds from now.
-        retry_after_ms: Option<i64>,
     },
 }
 
@@ -604,7 +602,6 @@ impl Observation {
             class,
             message,
             response,
-            retry_after_ms: None,
         }
     }
 }

@@ -120,6 +120,13 @@ impl Ladder {
         fastrand::i64(self.first_lo..=self.first_hi)
     }
 
+    /// A new payment's first check: its drawn offset (stored, so a restart keeps the plan)
+    /// and the time it falls due, for a payment started at `started_at` (ms).
+    pub fn first_check(&self, started_at: i64) -> (i64, i64) {
+        let jitter = self.draw_jitter();
+        (jitter, started_at + jitter)
+    }
+
     /// Clamps a stored jitter into the window, so a database edited by hand (or written
     /// under another configuration) still yields a valid plan.
     pub fn clamp_jitter(&self, jitter: i64) -> i64 {
@@ -228,6 +235,17 @@ impl Ladder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_first_check_falls_in_the_window_after_the_start() {
+        let l = Ladder::documented();
+        let (lo, hi) = l.first_window();
+        for _ in 0..100 {
+            let (jitter, due) = l.first_check(1_000_000);
+            assert!((lo..=hi).contains(&jitter));
+            assert_eq!(due, 1_000_000 + jitter);
+        }
+    }
 
     fn d(ms: u64) -> Duration {
         Duration::from_millis(ms)

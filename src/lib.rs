@@ -1,26 +1,44 @@
 //! ninjapoll: a daemon that learns, reliably and within Ninjapay's request budget, how each
 //! Ninjapay payment ended. See ARCHITECTURE.md for the map.
+//!
+//! The modules are private; this facade is what the binary, the benches, the test-support
+//! crate and the integration tests use. Everything else may change without notice.
 
-pub mod api;
-pub mod backoff;
-pub mod budget;
-pub mod cli;
-pub mod config;
-pub mod daemon;
+// Domain: pure types and decisions, nothing async.
+mod backoff;
+mod budget;
+mod event;
+mod kinds;
+mod ladder;
+mod payment;
+mod policy;
+mod secret;
+mod status;
+// Configuration and the I/O edges.
+mod config;
+mod store;
+mod systemd;
+mod telemetry;
+mod upstream;
+mod webhooks;
+// The tasks and what drives them.
+mod api;
+mod cli;
+mod client;
+mod daemon;
 #[cfg(feature = "demo")]
-pub mod demo;
-pub mod kinds;
-pub mod ladder;
-pub mod logging;
-pub mod payment;
-pub mod policy;
-mod recorder;
-pub mod retention;
-pub mod scheduler;
-pub mod server;
+mod demo;
+mod logging;
+mod retention;
+mod scheduler;
+mod server;
 pub mod sim;
-pub mod store;
-pub mod systemd;
-pub mod telemetry;
-pub mod upstream;
-pub mod webhooks;
+
+pub use cli::main;
+pub use client::request;
+pub use config::{defaults, Config, ConfigError, Raw, RawStep};
+pub use daemon::run_until;
+pub use ladder::Ladder;
+pub use payment::{now_ms, PaymentId, State};
+pub use scheduler::{spawn as spawn_scheduler, Command, SchedulerHandle};
+pub use store::{NewPayment, PendingRow, Store};

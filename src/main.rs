@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    ninjapoll::cli::main()
+    ninjapoll::main()
 }

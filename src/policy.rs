@@ -539,11 +539,6 @@ impl Learner {
         self.finished.len()
     }
 
-    /// Whether nothing has been learnt yet.
-    pub fn is_empty(&self) -> bool {
-        self.finished.is_empty()
-    }
-
     /// Re-estimates the distribution from the finished payments started since
     /// `now - horizon` and the censored evidence of the pending ones.
     pub fn fit(&mut self, now: i64, pending: impl Iterator<Item = Evidence>) -> &FlipDist {

@@ -18,7 +18,6 @@
 
 use crate::api;
 use crate::backoff::Backoff;
-use crate::daemon::{peer_allowed, Peer};
 use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
@@ -341,9 +340,36 @@ async fn refuse(
     lock(&registry).conns.remove(&id);
 }
 
+/// The peer of a socket connection, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The connecting process's user id, when the kernel tells.
+    pub uid: Option<u32>,
+    /// The connecting process's primary group id, when the kernel tells.
+    pub gid: Option<u32>,
+}
+
+/// Whether `peer` may use the API. With neither list set, the socket's file mode is the
+/// only door. With either set, the peer's uid must be in `allowed_uids` or its primary gid
+/// in `allowed_gids`; root is not special (list uid 0 to let it in), so a list means what
+/// it says. A peer whose credentials cannot be read is refused.
+pub fn peer_allowed(uids: &[u32], gids: &[u32], peer: Peer) -> bool {
+    if uids.is_empty() && gids.is_empty() {
+        return true;
+    }
+    peer.uid.is_some_and(|u| uids.contains(&u)) || peer.gid.is_some_and(|g| gids.contains(&g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(uid: u32, gid: u32) -> Peer {
+        Peer {
+            uid: Some(uid),
+            gid: Some(gid),
+        }
+    }
 
     fn conn(requests: usize, idle_ms_ago: u64) -> Conn {
         Conn {
@@ -377,5 +403,24 @@ mod tests {
         assert_eq!(effective_max_connections(256, Some(256)), 128);
         assert_eq!(effective_max_connections(256, Some(100)), 8);
         assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn no_lists_lets_everyone_in() {
+        assert!(peer_allowed(&[], &[], peer(1234, 1234)));
+    }
+
+    #[test]
+    fn lists_are_explicit_even_for_root() {
+        assert!(!peer_allowed(&[1000], &[], peer(0, 0)));
+        assert!(peer_allowed(&[0, 1000], &[], peer(0, 0)));
+        assert!(peer_allowed(&[1000], &[], peer(1000, 5)));
+        assert!(peer_allowed(&[], &[5], peer(1000, 5)));
+        assert!(!peer_allowed(&[], &[5], peer(1000, 6)));
+        let unknown = Peer {
+            uid: None,
+            gid: None,
+        };
+        assert!(!peer_allowed(&[1000], &[5], unknown));
     }
 }

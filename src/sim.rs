@@ -469,7 +469,6 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                     jitter_ms: rng.i64(first_lo..=first_hi),
                     next_check_at: None,
                     last_checked_at: None,
-                    checks_done: 0,
                 },
                 now,
                 false,

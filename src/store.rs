@@ -7,6 +7,8 @@
 //! pooled connection gets them. An exclusive lock on a sibling `.lock` file makes a second
 //! daemon on the same database impossible.
 
+pub use crate::event::EventSpec;
+use crate::event::{event_body, Subject};
 use crate::payment::{now_ms, PaymentId, State, UnixMs};
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -125,14 +127,6 @@ pub struct CheckRecord {
     pub saw_pending: bool,
 }
 
-/// A webhook event to put in the outbox with the change that causes it.
-#[derive(Debug, Clone)]
-pub struct EventSpec {
-    pub event_type: &'static str,
-    pub previous_state: State,
-    pub previous_upstream_status: Option<String>,
-}
-
 /// What committing a check changed, for the scheduler and telemetry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -153,7 +147,6 @@ pub struct PendingRow {
     pub jitter_ms: i64,
     pub next_check_at: Option<i64>,
     pub last_checked_at: Option<i64>,
-    pub checks_done: i64,
 }
 
 /// A finished payment, as evidence of when payments flip.
@@ -494,7 +487,7 @@ impl Store {
     pub async fn pending(&self) -> Result<Vec<PendingRow>> {
         Ok(sqlx::query_as(
             "SELECT pk, kind, id, upstream_status, started_at, jitter_ms, next_check_at, \
-             last_checked_at, checks_done FROM payments WHERE state = 'pending' ORDER BY pk",
+             last_checked_at FROM payments WHERE state = 'pending' ORDER BY pk",
         )
         .fetch_all(&self.read)
         .await?)
@@ -639,15 +632,16 @@ impl Store {
                     .or_else(|| self.default_webhook_url.as_deref().map(String::from));
                 if let Some(url) = url {
                     let sequence = before.event_seq + 1;
-                    let after = PaymentRow {
-                        state: r.state.as_str().into(),
-                        upstream_status: upstream_status.clone(),
-                        response: response.clone(),
-                        last_checked_at: Some(r.checked_at),
-                        ..before.clone()
+                    let after = Subject {
+                        kind: &before.kind,
+                        id: &before.id,
+                        state: r.state,
+                        upstream_status: upstream_status.as_deref(),
+                        started_at: before.started_at,
+                        response: response.as_deref(),
+                        metadata: before.metadata.as_deref(),
                     };
-                    let (event_id, body) =
-                        crate::webhooks::event_body(ev, &after, sequence, r.checked_at);
+                    let (event_id, body) = event_body(ev, &after, sequence, r.checked_at);
                     sqlx::query(
                         "INSERT INTO webhook_events (event_id, payment_pk, sequence, type, url, \
                          body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1287,7 +1281,7 @@ impl Store {
 #[cfg(test)]
 mod outbox_tests {
     use super::*;
-    use crate::webhooks::STATUS_CHANGED;
+    use crate::event::STATUS_CHANGED;
 
     async fn store_with_events(dir: &Path, events_a: usize) -> (Store, i64, i64) {
         let store = Store::open(&dir.join("t.db"), Some("http://127.0.0.1:1/h".into()))
@@ -1315,7 +1309,6 @@ mod outbox_tests {
             next_check_at: Some(at + 1),
             event: Some(EventSpec {
                 event_type: STATUS_CHANGED,
-                previous_state: State::Pending,
                 previous_upstream_status: None,
             }),
             changed: true,
@@ -1439,7 +1432,7 @@ mod outbox_tests {
 #[cfg(test)]
 mod retention_tests {
     use super::*;
-    use crate::webhooks::STATUS_CHANGED;
+    use crate::event::STATUS_CHANGED;
 
     async fn count(store: &Store, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
@@ -1475,7 +1468,6 @@ mod retention_tests {
                     next_check_at: Some(at + 1),
                     event: Some(EventSpec {
                         event_type: STATUS_CHANGED,
-                        previous_state: State::Pending,
                         previous_upstream_status: None,
                     }),
                     changed: true,
@@ -1609,7 +1601,6 @@ mod retention_tests {
                 next_check_at: None,
                 event: Some(EventSpec {
                     event_type: STATUS_CHANGED,
-                    previous_state: State::Pending,
                     previous_upstream_status: None,
                 }),
                 changed: true,
@@ -1682,7 +1673,6 @@ mod retention_tests {
             next_check_at: None,
             event: Some(EventSpec {
                 event_type: STATUS_CHANGED,
-                previous_state: State::Pending,
                 previous_upstream_status: None,
             }),
             changed: true,

@@ -4,7 +4,7 @@
 
 use crate::kinds::Observation;
 use crate::payment::State;
-use crate::scheduler::PoolStatus;
+use crate::status::PoolStatus;
 use crate::store::Pruned;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -1,9 +1,10 @@
 //! The HTTP calls to Ninjapay. Building the request's parts and reading the answer are
 //! `kinds`' pure functions; this module only sends, bounds and classifies transport faults.
 
-use crate::config::{NinjapayConfig, Secret};
+use crate::config::NinjapayConfig;
 use crate::kinds::{ErrorClass, Kind, Method, Observation};
 use crate::payment::PaymentId;
+use crate::secret::Secret;
 use anyhow::{Context, Result};
 use std::time::{Duration, SystemTime};
 
@@ -56,7 +57,6 @@ impl Upstream {
                     class,
                     message: message.clone(),
                     response: None,
-                    retry_after_ms,
                 })
                 .collect(),
             retry_after_ms,
@@ -89,7 +89,7 @@ impl Upstream {
             Ok(b) => b,
             Err(e) => return fail(ErrorClass::Transport, e, retry_after_ms),
         };
-        let mut observations = if kind.is_list() {
+        let observations = if kind.is_list() {
             let (limit, started) = listing.unwrap_or((kind.list_limit(ids.len()), &[]));
             match kind.interpret_list(code, &body, ids, started, limit) {
                 Ok(obs) => obs,
@@ -98,14 +98,6 @@ impl Upstream {
         } else {
             vec![kind.interpret(code, &body)]
         };
-        for o in &mut observations {
-            if let Observation::Error {
-                retry_after_ms: r, ..
-            } = o
-            {
-                *r = retry_after_ms;
-            }
-        }
         Answer {
             observations,
             retry_after_ms,

@@ -10,15 +10,15 @@
 //! shutdown; there is no periodic scan.
 
 use crate::backoff::Backoff;
-use crate::config::{CallbackPrefix, Secret, WebhooksConfig};
-use crate::payment::{now_ms, rfc3339, State, UnixMs};
-use crate::store::{AttemptOutcome, EventSpec, PaymentRow, Store, WebhookAttempt, WebhookEvent};
+use crate::config::{CallbackPrefix, WebhooksConfig};
+use crate::payment::{now_ms, UnixMs};
+use crate::secret::decode_secret;
+use crate::store::{AttemptOutcome, Store, WebhookAttempt, WebhookEvent};
 use crate::telemetry::Telemetry;
 use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,26 +26,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Event type of a flip of the upstream status.
-pub const STATUS_CHANGED: &str = "payment.status_changed";
-/// Event type of a ladder that ended without a final status.
-pub const TIMED_OUT: &str = "payment.timed_out";
-
-/// A webhook secret that is not of the `whsec_<base64>` form.
-#[derive(Debug, thiserror::Error)]
-#[error("a webhook secret is \"whsec_\" followed by base64 (the key is not shown)")]
-pub struct BadSecret;
-
-/// The signing key: the base64-decoded part of `whsec_…`.
-pub fn decode_secret(secret: &Secret) -> Result<Vec<u8>, BadSecret> {
-    let s = secret.expose();
-    let b64 = s.strip_prefix("whsec_").unwrap_or(s);
-    B64.decode(b64)
-        .ok()
-        .filter(|k| !k.is_empty())
-        .ok_or(BadSecret)
-}
 
 /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
@@ -65,69 +45,6 @@ pub fn signature_header(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &str) 
         .map(|k| sign(k, id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// A fresh event id.
-pub fn new_event_id() -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let tail: String = (0..24)
-        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-        .collect();
-    format!("msg_{tail}")
-}
-
-fn parse_json(text: &Option<String>) -> Value {
-    text.as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null)
-}
-
-/// The event's id and body, for a payment as it is after the change.
-pub fn event_body(
-    ev: &EventSpec,
-    after: &PaymentRow,
-    sequence: i64,
-    checked_at: UnixMs,
-) -> (String, String) {
-    let state = after.state();
-    let body = json!({
-        "type": ev.event_type,
-        "timestamp": rfc3339(checked_at),
-        "data": {
-            "kind": after.kind,
-            "id": after.id,
-            "sequence": sequence,
-            "state": state,
-            "previous_state": ev.previous_state,
-            "upstream_status": after.upstream_status,
-            "previous_upstream_status": ev.previous_upstream_status,
-            "final": state.is_final(),
-            "checked_at": rfc3339(checked_at),
-            "started_at": rfc3339(after.started_at),
-            "response": parse_json(&after.response),
-            "metadata": parse_json(&after.metadata),
-        }
-    });
-    (new_event_id(), body.to_string())
-}
-
-/// Whether an event is needed: the raw status differs from the one before (before the
-/// first check it counts as pending), or the ladder ended.
-pub fn event_for(
-    previous_raw: Option<&str>,
-    new_raw: Option<&str>,
-    previous_state: State,
-    new_state: State,
-) -> Option<&'static str> {
-    if new_state == State::TimedOut {
-        return Some(TIMED_OUT);
-    }
-    let before = previous_raw.unwrap_or("pending");
-    match new_raw {
-        Some(now) if !now.eq_ignore_ascii_case(before) => Some(STATUS_CHANGED),
-        _ if new_state != previous_state => Some(STATUS_CHANGED),
-        _ => None,
-    }
 }
 
 /// Relative jitter on retry delays (±20%), so that events which failed together during a
@@ -212,7 +129,7 @@ pub fn spawn(
     cfg: &WebhooksConfig,
     store: Store,
     telemetry: Arc<Telemetry>,
-    wake: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let keys = cfg
@@ -239,7 +156,7 @@ pub fn spawn(
         max_in_flight: cfg.max_in_flight.max(1),
         allowed_callbacks: cfg.allowed_callback_prefixes.clone(),
     });
-    Ok(tokio::spawn(run(d, store, telemetry, wake, cancel)))
+    Ok(tokio::spawn(run(d, store, telemetry, webhook_wake, cancel)))
 }
 
 /// An attempt made but not yet logged (the database refused the write): kept in memory
@@ -270,7 +187,7 @@ async fn run(
     d: Arc<Deliverer>,
     store: Store,
     telemetry: Arc<Telemetry>,
-    wake: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     if d.keys.is_empty() {
@@ -381,7 +298,7 @@ async fn run(
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = wake.notified() => {}
+            _ = webhook_wake.notified() => {}
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 let id = match done {
                     Ok((id, not_logged)) => {
@@ -614,6 +531,7 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     #[test]
     fn standard_webhooks_reference_vector() {
@@ -636,31 +554,6 @@ mod tests {
         assert_eq!(h.split(' ').count(), 2);
     }
 
-    #[test]
-    fn bad_secrets_are_refused() {
-        assert!(decode_secret(&Secret::new("whsec_!!!".into())).is_err());
-        assert!(decode_secret(&Secret::new("whsec_".into())).is_err());
-    }
-
-    #[test]
-    fn events_fire_on_flips_only() {
-        use State::*;
-        assert_eq!(event_for(None, Some("pending"), Pending, Pending), None);
-        assert_eq!(event_for(None, Some("PENDING"), Pending, Pending), None);
-        assert_eq!(
-            event_for(None, Some("approved"), Pending, Succeeded),
-            Some(STATUS_CHANGED)
-        );
-        assert_eq!(
-            event_for(Some("pending"), Some("weird"), Pending, Pending),
-            Some(STATUS_CHANGED)
-        );
-        assert_eq!(event_for(Some("weird"), None, Pending, Pending), None);
-        assert_eq!(
-            event_for(Some("pending"), None, Pending, TimedOut),
-            Some(TIMED_OUT)
-        );
-    }
     #[test]
     fn retry_delays_follow_the_schedule_with_bounded_jitter() {
         let s = [Duration::from_secs(10), Duration::from_secs(60)];

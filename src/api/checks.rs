@@ -152,13 +152,13 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
             Some(m)
         }
     };
-    let jitter_ms = st.config.ladder.draw_jitter();
+    let (jitter_ms, next_check_at) = st.config.ladder.first_check(started_at);
     Ok(NewPayment {
         kind: req.kind,
         id,
         started_at,
         jitter_ms,
-        next_check_at: started_at + jitter_ms,
+        next_check_at,
         callback_url: req.callback_url,
         metadata,
     })
@@ -196,7 +196,6 @@ fn pending_row(r: &PaymentRow) -> PendingRow {
         jitter_ms: r.jitter_ms,
         next_check_at: r.next_check_at,
         last_checked_at: r.last_checked_at,
-        checks_done: r.checks_done,
     }
 }
 

@@ -18,6 +18,7 @@ use crate::kinds::{ErrorClass, Kind, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{PaymentId, State, UnixMs};
 use crate::policy::{Evidence, Grid, Learner, Plans};
+use crate::status::{KindPolicy, PoolStatus};
 use crate::store::{CheckRecord, EventSpec, PendingRow};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -125,42 +126,6 @@ pub enum Action {
         ledger_id: String,
         count: usize,
     },
-}
-
-/// A kind's learnt distribution, as health shows it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KindPolicy {
-    pub kind: String,
-    /// Finished payments the estimate rests on.
-    pub evidence: usize,
-    /// Share of payments flipping before the deadline.
-    pub flip_share: f64,
-    /// Ages (ms) by which 50%, 90% and 99% of the flipping payments flipped.
-    pub flip_age_ms: [i64; 3],
-    /// Expected mean flip-to-detection delay at the current load, in ms.
-    pub expected_delay_ms: i64,
-    /// Pending payments of the kind the scheduler holds.
-    pub pending: usize,
-}
-
-/// A key's state, for health and metrics.
-#[derive(Debug, Clone, Default)]
-pub struct PoolStatus {
-    pub name: String,
-    pub budget_limit: u32,
-    pub budget_effective: u32,
-    pub budget_used: u32,
-    pub window_ms: i64,
-    /// 0: the documented ladder; higher: dearer requests, fewer checks.
-    pub price_level: f64,
-    /// Requests the policy expects over the next window, and what it plans to spend.
-    pub projected: f64,
-    pub target: f64,
-    pub pending: usize,
-    pub paused_until: Option<UnixMs>,
-    pub auth_failing: Vec<String>,
-    pub lateness_ms: Vec<i64>,
-    pub kinds: Vec<KindPolicy>,
 }
 
 /// Where a due check waits: see [`Core::peek_due`].
@@ -360,6 +325,7 @@ impl Core {
     }
 
     /// Payments held.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.entries.len()
     }
@@ -937,7 +903,6 @@ impl Core {
                 next_check_at: (!d.state.is_final()).then_some(e.due),
                 event: d.event.map(|t| EventSpec {
                     event_type: t,
-                    previous_state: State::Pending,
                     previous_upstream_status: previous_raw.clone(),
                 }),
                 changed: d.changed,
@@ -1384,7 +1349,6 @@ mod tests {
             jitter_ms,
             next_check_at: None,
             last_checked_at: None,
-            checks_done: 0,
         }
     }
 

@@ -72,7 +72,7 @@ pub fn decide(
     {
         state = State::TimedOut;
     }
-    let event = crate::webhooks::event_for(previous_raw, raw.as_deref(), State::Pending, state);
+    let event = crate::event::event_for(previous_raw, raw.as_deref(), State::Pending, state);
     let changed = state != State::Pending
         || raw
             .as_deref()
@@ -112,7 +112,7 @@ mod tests {
             200,
         );
         assert_eq!(d.state, State::Succeeded);
-        assert_eq!(d.event, Some(crate::webhooks::STATUS_CHANGED));
+        assert_eq!(d.event, Some(crate::event::STATUS_CHANGED));
         let d = decide(None, &status("pending", Some(State::Pending)), 10, 100, 200);
         assert_eq!((d.state, d.event, d.changed), (State::Pending, None, false));
         let d = decide(
@@ -123,7 +123,7 @@ mod tests {
             200,
         );
         assert_eq!(d.state, State::TimedOut);
-        assert_eq!(d.event, Some(crate::webhooks::TIMED_OUT));
+        assert_eq!(d.event, Some(crate::event::TIMED_OUT));
         let d = decide(None, &status("weird", None), 10, 100, 200);
         assert_eq!(d.state, State::Pending);
         assert!(d.error.unwrap().contains("weird"));

@@ -9,15 +9,15 @@
 
 mod core;
 mod decide;
+mod recorder;
 
-pub use self::core::{
-    Action, Completed, Completion, Core, CoreConfig, KindPolicy, PoolSpec, PoolStatus, Request,
-};
-pub use self::decide::{decide, Decision};
+pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
+pub use crate::status::PoolStatus;
 
-use crate::config::{Config, Secret};
+use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
+use crate::config::Config;
 use crate::payment::{now_ms, UnixMs};
-use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
+use crate::secret::Secret;
 use crate::store::{PendingRow, Store};
 use crate::systemd::{Notifier, Watchdog};
 use crate::telemetry::Telemetry;
@@ -185,7 +185,7 @@ pub async fn spawn(
     config: &Config,
     store: Store,
     telemetry: Arc<Telemetry>,
-    events: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
     notifier: Notifier,
 ) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>)> {
@@ -241,7 +241,7 @@ pub async fn spawn(
         store.clone(),
         rec_rx,
         telemetry.clone(),
-        events,
+        webhook_wake,
         cmd_tx.clone(),
         cancel.clone(),
     ));

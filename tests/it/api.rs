@@ -171,7 +171,7 @@ impl Drop for Extra {
 /// One request over a Unix socket through the CLI's client (for daemons the harness did
 /// not start).
 async fn raw_request(socket: &Path, method: &str, path: &str) -> (u16, Value) {
-    ninjapoll::cli::request(socket, method, path, None)
+    ninjapoll::request(socket, method, path, None)
         .await
         .expect("request")
 }

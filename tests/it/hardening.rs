@@ -248,12 +248,11 @@ async fn a_re_enqueue_of_a_stored_pending_payment_gets_it_polled() {
 /// first outcome finds the payment cancelled, and the scheduler forgets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
-    use ninjapoll::scheduler::{self, Command};
-    use ninjapoll::store::{NewPayment, PendingRow, Store};
+    use ninjapoll::{spawn_scheduler, Command, NewPayment, PendingRow, Store};
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
     fake.script("p2p", "RACE", Script::Sequence(vec![]));
     let dir = tempfile::tempdir().unwrap();
-    let mut raw = ninjapoll::config::defaults();
+    let mut raw = ninjapoll::defaults();
     raw.database.path = Some(dir.path().join("t.db"));
     raw.ninjapay.api_key = Some(FakeOptions::default().api_key);
     raw.ninjapay.prod_base_url = Some(fake.base_url());
@@ -263,17 +262,17 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     raw.schedule.steps = Some(
         c.steps
             .iter()
-            .map(|(every, span)| ninjapoll::config::RawStep {
+            .map(|(every, span)| ninjapoll::RawStep {
                 every: every.clone(),
                 span: span.clone(),
             })
             .collect(),
     );
     raw.schedule.timeout = Some(c.timeout.clone());
-    let config = ninjapoll::config::Config::from_raw(raw).unwrap();
+    let config = ninjapoll::Config::from_raw(raw).unwrap();
     let store = Store::open(&config.database_path, None).await.unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, task) = scheduler::spawn(
+    let (handle, task) = spawn_scheduler(
         &config,
         store.clone(),
         Default::default(),
@@ -287,7 +286,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     let rows = store
         .insert_payments(&[NewPayment {
             kind: "p2p".into(),
-            id: ninjapoll::payment::PaymentId::parse("RACE").unwrap(),
+            id: ninjapoll::PaymentId::parse("RACE").unwrap(),
             started_at: now,
             jitter_ms: 100,
             next_check_at: now + 100,
@@ -306,7 +305,6 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
         jitter_ms: r.jitter_ms,
         next_check_at: r.next_check_at,
         last_checked_at: None,
-        checks_done: 0,
     };
     // The cancel commits and hands over first; the enqueue's hand-over comes last.
     assert!(matches!(store.cancel("p2p", "RACE").await, Ok(Some(Ok(_)))));
@@ -742,7 +740,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                 );
                 let body = json!({"kind": "p2p", "id": id});
                 if let Ok((201 | 200, _)) =
-                    ninjapoll::cli::request(&socket, "POST", "/v1/checks", Some(&body)).await
+                    ninjapoll::request(&socket, "POST", "/v1/checks", Some(&body)).await
                 {
                     acked.lock().unwrap().push(id);
                 }

@@ -178,7 +178,7 @@ async fn the_database_file_stops_growing_under_a_steady_load() {
                     json!({"kind": "p2p", "id": id, "metadata": {"order": n, "note": "steady load"}})
                 })
                 .collect();
-            let (code, _) = ninjapoll::cli::request(
+            let (code, _) = ninjapoll::request(
                 &socket,
                 "POST",
                 "/v1/checks/batch",

@@ -196,7 +196,7 @@ async fn a_backup_taken_under_load_is_whole_and_restores() {
                     .iter()
                     .map(|id| json!({"kind": "p2p", "id": id}))
                     .collect();
-                let (code, _) = ninjapoll::cli::request(
+                let (code, _) = ninjapoll::request(
                     &d_socket,
                     "POST",
                     "/v1/checks/batch",

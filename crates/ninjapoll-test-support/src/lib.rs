@@ -117,14 +117,14 @@ impl Default for DaemonConfig {
 
 impl DaemonConfig {
     /// The crate's own ladder for this configuration, to compute the expected plan.
-    pub fn ladder(&self) -> ninjapoll::ladder::Ladder {
+    pub fn ladder(&self) -> ninjapoll::Ladder {
         let d = |s: &str| humantime::parse_duration(s).expect("test ladder duration");
         let steps: Vec<_> = self
             .steps
             .iter()
             .map(|(every, span)| (d(every), span.as_deref().map(d)))
             .collect();
-        ninjapoll::ladder::Ladder::new(
+        ninjapoll::Ladder::new(
             (d(&self.first_check.0), d(&self.first_check.1)),
             &steps,
             d(&self.timeout),
@@ -449,7 +449,7 @@ impl Daemon {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), String> {
-        ninjapoll::cli::request(&self.socket, method, path, body)
+        ninjapoll::request(&self.socket, method, path, body)
             .await
             .map_err(|e| format!("{e:#}"))
     }

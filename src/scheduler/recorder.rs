@@ -6,9 +6,9 @@
 //! shutdown they give it a short grace and then stop, whatever the disk does: what was not
 //! written is still pending in the database and is checked again after a restart.
 
+use super::Command;
 use crate::backoff::Backoff;
 use crate::payment::{now_ms, UnixMs};
-use crate::scheduler::Command;
 use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -78,7 +78,7 @@ pub(crate) async fn record_loop(
     store: Store,
     mut rx: mpsc::Receiver<RecordBatch>,
     telemetry: Arc<Telemetry>,
-    events: Arc<Notify>,
+    webhook_wake: Arc<Notify>,
     scheduler: mpsc::UnboundedSender<Command>,
     cancel: CancellationToken,
 ) {
@@ -114,7 +114,7 @@ pub(crate) async fn record_loop(
                         }
                     }
                     if queued {
-                        events.notify_one();
+                        webhook_wake.notify_one();
                     }
                     break;
                 }
@@ -210,8 +210,7 @@ mod tests {
             error: None,
             next_check_at: Some(20),
             event: Some(EventSpec {
-                event_type: crate::webhooks::STATUS_CHANGED,
-                previous_state: State::Pending,
+                event_type: crate::event::STATUS_CHANGED,
                 previous_upstream_status: None,
             }),
             changed: true,

@@ -1,0 +1,119 @@
+//! Webhook events as domain facts (SPEC section 6): when a check calls for one, and the
+//! body it carries. Pure: `store` writes the body into the outbox in the transaction of the
+//! change, `webhooks` delivers it; neither needs the other for this.
+
+use crate::payment::{rfc3339, State, UnixMs};
+use serde_json::{json, Value};
+
+/// Event type of a flip of the upstream status.
+pub const STATUS_CHANGED: &str = "payment.status_changed";
+/// Event type of a ladder that ended without a final status.
+pub const TIMED_OUT: &str = "payment.timed_out";
+
+/// A webhook event to put in the outbox with the change that causes it.
+#[derive(Debug, Clone)]
+pub struct EventSpec {
+    pub event_type: &'static str,
+    pub previous_upstream_status: Option<String>,
+}
+
+/// The payment an event is about, as it is after the change.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub state: State,
+    pub upstream_status: Option<&'a str>,
+    pub started_at: UnixMs,
+    /// Ninjapay's last answer, as stored JSON text.
+    pub response: Option<&'a str>,
+    /// The merchant's metadata, as stored JSON text.
+    pub metadata: Option<&'a str>,
+}
+
+/// Whether an event is needed: the raw status differs from the one before (before the
+/// first check it counts as pending), or the ladder ended.
+pub fn event_for(
+    previous_raw: Option<&str>,
+    new_raw: Option<&str>,
+    previous_state: State,
+    new_state: State,
+) -> Option<&'static str> {
+    if new_state == State::TimedOut {
+        return Some(TIMED_OUT);
+    }
+    let before = previous_raw.unwrap_or("pending");
+    match new_raw {
+        Some(now) if !now.eq_ignore_ascii_case(before) => Some(STATUS_CHANGED),
+        _ if new_state != previous_state => Some(STATUS_CHANGED),
+        _ => None,
+    }
+}
+
+/// The event's id and body. `after` is the payment as it is after the change; a check
+/// only ever changes a pending payment, so the previous state is always `pending`.
+pub fn event_body(
+    ev: &EventSpec,
+    after: &Subject<'_>,
+    sequence: i64,
+    checked_at: UnixMs,
+) -> (String, String) {
+    let body = json!({
+        "type": ev.event_type,
+        "timestamp": rfc3339(checked_at),
+        "data": {
+            "kind": after.kind,
+            "id": after.id,
+            "sequence": sequence,
+            "state": after.state,
+            "previous_state": State::Pending,
+            "upstream_status": after.upstream_status,
+            "previous_upstream_status": ev.previous_upstream_status,
+            "final": after.state.is_final(),
+            "checked_at": rfc3339(checked_at),
+            "started_at": rfc3339(after.started_at),
+            "response": parse_json(after.response),
+            "metadata": parse_json(after.metadata),
+        }
+    });
+    (new_event_id(), body.to_string())
+}
+
+/// A fresh event id.
+pub fn new_event_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let tail: String = (0..24)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    format!("msg_{tail}")
+}
+
+fn parse_json(text: Option<&str>) -> Value {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_fire_on_flips_only() {
+        use State::*;
+        assert_eq!(event_for(None, Some("pending"), Pending, Pending), None);
+        assert_eq!(event_for(None, Some("PENDING"), Pending, Pending), None);
+        assert_eq!(
+            event_for(None, Some("approved"), Pending, Succeeded),
+            Some(STATUS_CHANGED)
+        );
+        assert_eq!(
+            event_for(Some("pending"), Some("weird"), Pending, Pending),
+            Some(STATUS_CHANGED)
+        );
+        assert_eq!(event_for(Some("weird"), None, Pending, Pending), None);
+        assert_eq!(
+            event_for(Some("pending"), None, Pending, TimedOut),
+            Some(TIMED_OUT)
+        );
+    }
+}
