@@ -7,7 +7,7 @@
 //! pooled connection gets them. An exclusive lock on a sibling `.lock` file makes a second
 //! daemon on the same database impossible.
 
-use crate::payment::{now_ms, PaymentId, State, UnixMs};
+use crate::payment::{now_ms, PaymentId, State, UnixMs, WebhookState};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -57,7 +57,7 @@ pub struct PaymentRow {
     pub pk: i64,
     pub kind: String,
     pub id: String,
-    pub state: String,
+    pub state: State,
     pub upstream_status: Option<String>,
     pub started_at: i64,
     pub jitter_ms: i64,
@@ -72,14 +72,6 @@ pub struct PaymentRow {
     pub metadata: Option<String>,
     pub callback_url: Option<String>,
     pub event_seq: i64,
-}
-
-impl PaymentRow {
-    /// The state, tolerating a hand-edited database (an unknown name reads as pending, so
-    /// polling goes on rather than silently stopping).
-    pub fn state(&self) -> State {
-        State::parse(&self.state).unwrap_or(State::Pending)
-    }
 }
 
 /// A payment to start tracking.
@@ -163,16 +155,16 @@ pub struct FinishedRow {
     pub started_at: i64,
     pub pending_seen_at: Option<i64>,
     pub last_checked_at: Option<i64>,
-    pub state: String,
+    pub state: State,
 }
 
 impl FinishedRow {
     /// When it was last seen pending and when it was seen final (`None`: no flip was seen:
     /// it timed out, its last check seeing it still pending, or was cancelled).
     pub fn evidence_times(&self) -> (Option<i64>, Option<i64>) {
-        match self.state.as_str() {
-            "timed_out" => (self.last_checked_at, None),
-            "cancelled" => (self.pending_seen_at, None),
+        match self.state {
+            State::TimedOut => (self.last_checked_at, None),
+            State::Cancelled => (self.pending_seen_at, None),
             _ => (self.pending_seen_at, self.last_checked_at),
         }
     }
@@ -482,7 +474,7 @@ impl Store {
         let sql = list_sql(f);
         let mut q = sqlx::query_as(&sql).bind(f.after_pk.unwrap_or(0));
         if let Some(state) = f.state {
-            q = q.bind(state.as_str());
+            q = q.bind(state);
         }
         if let Some(kind) = &f.kind {
             q = q.bind(kind);
@@ -601,7 +593,7 @@ impl Store {
                  next_check_at = ?, finished_at = ?, updated_at = ?, \
                  pending_seen_at = COALESCE(?, pending_seen_at) WHERE pk = ?",
             )
-            .bind(r.state.as_str())
+            .bind(r.state)
             .bind(&upstream_status)
             .bind(&response)
             .bind(&r.error)
@@ -624,8 +616,8 @@ impl Store {
                 )
                 .bind(r.pk)
                 .bind(r.checked_at)
-                .bind(&before.state)
-                .bind(r.state.as_str())
+                .bind(before.state)
+                .bind(r.state)
                 .bind(&before.upstream_status)
                 .bind(&upstream_status)
                 .execute(&mut *tx)
@@ -640,7 +632,7 @@ impl Store {
                 if let Some(url) = url {
                     let sequence = before.event_seq + 1;
                     let after = PaymentRow {
-                        state: r.state.as_str().into(),
+                        state: r.state,
                         upstream_status: upstream_status.clone(),
                         response: response.clone(),
                         last_checked_at: Some(r.checked_at),
@@ -708,7 +700,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        if row.state().is_final() {
+        if row.state.is_final() {
             return Ok(Some(Err(row)));
         }
         let updated: PaymentRow = sqlx::query_as(&format!(
@@ -725,7 +717,7 @@ impl Store {
         )
         .bind(row.pk)
         .bind(now)
-        .bind(&row.state)
+        .bind(row.state)
         .bind(&row.upstream_status)
         .bind(&row.upstream_status)
         .execute(&mut *tx)
@@ -1062,7 +1054,7 @@ pub struct WebhookEvent {
     pub url: String,
     pub body: String,
     pub created_at: i64,
-    pub state: String,
+    pub state: WebhookState,
     /// Every attempt ever made, replays included.
     pub attempts: i64,
     /// `attempts` when the current retry schedule began (0, or the count at a replay).
@@ -1099,8 +1091,7 @@ pub enum AttemptOutcome {
 /// A webhook list query.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookFilter {
-    /// `pending`, `delivered` or `dead`.
-    pub state: Option<String>,
+    pub state: Option<WebhookState>,
     pub kind: Option<String>,
     pub id: Option<String>,
     /// Only rows with a larger `pk` (the cursor).
@@ -1395,7 +1386,7 @@ mod outbox_tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(replayed.state, "pending");
+        assert_eq!(replayed.state, WebhookState::Pending);
         assert_eq!((replayed.retry_from, replayed.next_attempt_at), (1, 1_000));
         assert!(store.replay_webhook("msg_none", 0).await.unwrap().is_none());
 
@@ -1421,12 +1412,12 @@ mod outbox_tests {
             .await
             .unwrap();
         let e = store.webhook(&ev.event_id).await.unwrap().unwrap();
-        assert_eq!(e.state, "delivered");
+        assert_eq!(e.state, WebhookState::Delivered);
         assert_eq!(e.last_error, None);
         assert!(e.delivered_at.is_some());
         let list = store
             .list_webhooks(&WebhookFilter {
-                state: Some("delivered".into()),
+                state: Some(WebhookState::Delivered),
                 limit: 10,
                 ..Default::default()
             })

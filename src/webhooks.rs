@@ -89,7 +89,7 @@ pub fn event_body(
     sequence: i64,
     checked_at: UnixMs,
 ) -> (String, String) {
-    let state = after.state();
+    let state = after.state;
     let body = json!({
         "type": ev.event_type,
         "timestamp": rfc3339(checked_at),

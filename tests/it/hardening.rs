@@ -316,7 +316,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     let asked = fake.requests_for("p2p", "RACE").len();
     assert!(asked <= 1, "a cancelled payment was polled {asked} times");
     let p = store.get("p2p", "RACE").await.unwrap().unwrap();
-    assert_eq!(p.state, "cancelled");
+    assert_eq!(p.state, ninjapoll::payment::State::Cancelled);
     cancel.cancel();
     task.await.unwrap();
 }
