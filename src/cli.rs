@@ -161,7 +161,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 file.map(|f| f.display().to_string())
                     .unwrap_or_else(|| "built-in defaults and environment".into())
             );
-            println!("{}", cfg.to_redacted_toml());
+            let shown = cfg
+                .to_redacted_toml()
+                .context("cannot write the configuration as TOML")?;
+            println!("{shown}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {
