@@ -1211,7 +1211,7 @@ impl Store {
              AND (?4 IS NULL OR p.id = ?4) ORDER BY e.pk LIMIT ?5"
         ))
         .bind(f.after_pk.unwrap_or(0))
-        .bind(&f.state)
+        .bind(f.state)
         .bind(&f.kind)
         .bind(&f.id)
         .bind(f.limit)
