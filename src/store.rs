@@ -7,7 +7,7 @@
 //! pooled connection gets them. An exclusive lock on a sibling `.lock` file makes a second
 //! daemon on the same database impossible.
 
-use crate::payment::{now_ms, PaymentId, State, UnixMs, WebhookState};
+use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs, WebhookState};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -54,7 +54,7 @@ pub fn schema_version() -> i64 {
 /// A payment row, as stored.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct PaymentRow {
-    pub pk: i64,
+    pub pk: PaymentKey,
     pub kind: String,
     pub id: String,
     pub state: State,
@@ -749,7 +749,10 @@ impl Store {
     }
 
     /// The status history of a payment, oldest first: (at, previous state, state, raw).
-    pub async fn history(&self, pk: i64) -> Result<Vec<(i64, String, String, Option<String>)>> {
+    pub async fn history(
+        &self,
+        pk: PaymentKey,
+    ) -> Result<Vec<(i64, String, String, Option<String>)>> {
         let rows = sqlx::query(
             "SELECT at, previous_state, state, upstream_status FROM status_history \
              WHERE payment_pk = ? ORDER BY pk",
@@ -1045,7 +1048,7 @@ fn lock_path(db: &Path) -> PathBuf {
 pub struct WebhookEvent {
     pub pk: i64,
     pub event_id: String,
-    pub payment_pk: i64,
+    pub payment_pk: PaymentKey,
     pub kind: String,
     pub id: String,
     pub sequence: i64,
@@ -1280,7 +1283,7 @@ mod outbox_tests {
     use super::*;
     use crate::webhooks::STATUS_CHANGED;
 
-    async fn store_with_events(dir: &Path, events_a: usize) -> (Store, i64, i64) {
+    async fn store_with_events(dir: &Path, events_a: usize) -> (Store, PaymentKey, PaymentKey) {
         let store = Store::open(&dir.join("t.db"), Some("http://127.0.0.1:1/h".into()))
             .await
             .unwrap();
@@ -1295,9 +1298,9 @@ mod outbox_tests {
         };
         let rows = store.insert_payments(&[new("A"), new("B")]).await.unwrap();
         let (a, b) = (rows[0].0.pk, rows[1].0.pk);
-        let flip = |pk: i64, raw: &str, at: i64| CheckRecord {
+        let flip = |pk: PaymentKey, raw: &str, at: i64| CheckRecord {
             saw_pending: false,
-            pk,
+            pk: pk.0,
             checked_at: at,
             upstream_status: Some(raw.into()),
             state: State::Pending,
@@ -1338,9 +1341,10 @@ mod outbox_tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, a, b) = store_with_events(dir.path(), 2).await;
         let heads = store.webhook_heads(&[], 10).await.unwrap();
-        let got: Vec<(i64, i64)> = heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
+        let got: Vec<(PaymentKey, i64)> =
+            heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
         assert_eq!(got, vec![(a, 1), (b, 1)]);
-        let heads = store.webhook_heads(&[a], 10).await.unwrap();
+        let heads = store.webhook_heads(&[a.0], 10).await.unwrap();
         assert_eq!(heads.len(), 1);
         assert_eq!(heads[0].payment_pk, b);
 
@@ -1351,7 +1355,7 @@ mod outbox_tests {
             .await
             .unwrap();
         let heads = store.webhook_heads(&[], 10).await.unwrap();
-        let got: Vec<(i64, i64, i64)> = heads
+        let got: Vec<(PaymentKey, i64, i64)> = heads
             .iter()
             .map(|e| (e.payment_pk, e.sequence, e.next_attempt_at))
             .collect();
@@ -1364,7 +1368,7 @@ mod outbox_tests {
             .record_webhook_attempt(first.pk, 0, &failed(30), AttemptOutcome::Dead)
             .await
             .unwrap();
-        let heads = store.webhook_heads(&[b], 10).await.unwrap();
+        let heads = store.webhook_heads(&[b.0], 10).await.unwrap();
         assert_eq!((heads[0].payment_pk, heads[0].sequence), (a, 2));
         assert_eq!(store.webhook_attempts(first.pk).await.unwrap().len(), 2);
     }
@@ -1451,7 +1455,7 @@ mod retention_tests {
             callback_url: None,
             metadata: None,
         };
-        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
+        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk.0;
         let state = final_state.unwrap_or(State::Pending);
         store
             .record_checks(
@@ -1591,7 +1595,7 @@ mod retention_tests {
             .iter()
             .map(|(r, _)| CheckRecord {
                 saw_pending: true,
-                pk: r.pk,
+                pk: r.pk.0,
                 checked_at: 100,
                 upstream_status: Some("approved".into()),
                 state: State::Succeeded,
@@ -1746,7 +1750,7 @@ mod write_tests {
             .list(&ListFilter {
                 state: Some(State::Pending),
                 kind: Some("p2p".into()),
-                after_pk: Some(all[0].pk),
+                after_pk: Some(all[0].pk.0),
                 limit: 10,
             })
             .await

@@ -16,7 +16,7 @@ pub use self::core::{
 pub use self::decide::{decide, Decision};
 
 use crate::config::{Config, Secret};
-use crate::payment::{now_ms, UnixMs};
+use crate::payment::{now_ms, PaymentKey, UnixMs};
 use crate::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
 use crate::store::{PendingRow, Store};
 use crate::systemd::{Notifier, Watchdog};
@@ -36,10 +36,10 @@ pub enum Command {
     /// Start tracking a pending payment (new, or already stored; duplicates are ignored).
     Track(PendingRow),
     /// Stop tracking (cancelled).
-    Untrack(i64),
+    Untrack(PaymentKey),
     /// Check soon: a hint, coalesced (see [`Core::recheck`]). The reply carries when the
     /// check is due (wall clock), or `None` when the payment is not held.
-    Recheck(i64, Option<oneshot::Sender<Option<UnixMs>>>),
+    Recheck(PaymentKey, Option<oneshot::Sender<Option<UnixMs>>>),
 }
 
 /// What the scheduler last published (every tick) for health and metrics.
@@ -445,9 +445,9 @@ impl Driver {
         let now = self.clock.now();
         match cmd {
             Command::Track(row) => self.core.track(self.clock.row_to_core(row), now, false),
-            Command::Untrack(pk) => self.core.untrack(pk),
+            Command::Untrack(pk) => self.core.untrack(pk.0),
             Command::Recheck(pk, reply) => {
-                let at = self.core.recheck(pk, now);
+                let at = self.core.recheck(pk.0, now);
                 if let Some(reply) = reply {
                     let _ = reply.send(at.map(|t| t + self.clock.offset()));
                 }

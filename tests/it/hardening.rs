@@ -298,7 +298,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
         .unwrap();
     let r = &rows[0].0;
     let stale = PendingRow {
-        pk: r.pk,
+        pk: r.pk.0,
         kind: r.kind.clone(),
         id: r.id.clone(),
         upstream_status: None,
