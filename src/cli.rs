@@ -6,9 +6,17 @@ use crate::config::{self, Config};
 use crate::daemon;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// What a path segment escapes: all but RFC 3986's unreserved characters.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// ninjapoll: polls Ninjapay payment statuses on the provider's back-off ladder, within its
 /// request budget, and fires signed webhooks when they change.
@@ -160,7 +168,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 file.map(|f| f.display().to_string())
                     .unwrap_or_else(|| "built-in defaults and environment".into())
             );
-            println!("{}", cfg.to_redacted_toml());
+            let shown = cfg
+                .to_redacted_toml()
+                .context("cannot write the configuration as TOML")?;
+            println!("{shown}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {
@@ -343,17 +354,9 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
         None
     };
     let socket = client::client_socket(cli.socket.as_deref(), cfg.as_ref());
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
+    // Ids may hold any printable character (see `PaymentId`): everything but RFC 3986's
+    // unreserved characters is escaped so that a `/` or `?` stays inside its segment.
+    let enc = |s: &str| utf8_percent_encode(s, PATH_SEGMENT).to_string();
     let (method, path, body) = match &cli.command {
         Command::Enqueue {
             kind,
@@ -396,17 +399,12 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
             limit,
             cursor,
         } => {
-            let mut q = vec![format!("limit={limit}")];
-            if let Some(s) = state {
-                q.push(format!("state={}", enc(s)));
-            }
-            if let Some(k) = kind {
-                q.push(format!("kind={}", enc(k)));
-            }
-            if let Some(c) = cursor {
-                q.push(format!("cursor={}", enc(c)));
-            }
-            ("GET", format!("/v1/checks?{}", q.join("&")), None)
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &limit.to_string());
+            q.extend_pairs(state.iter().map(|s| ("state", s)));
+            q.extend_pairs(kind.iter().map(|k| ("kind", k)));
+            q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
+            ("GET", format!("/v1/checks?{}", q.finish()), None)
         }
         Command::Webhooks { action } => match action {
             WebhooksCommand::List {
@@ -414,10 +412,11 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
                 limit,
                 cursor,
             } => {
-                let mut q = vec![format!("limit={limit}")];
-                q.extend(state.iter().map(|s| format!("state={}", enc(s))));
-                q.extend(cursor.iter().map(|c| format!("cursor={}", enc(c))));
-                ("GET", format!("/v1/webhooks?{}", q.join("&")), None)
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("limit", &limit.to_string());
+                q.extend_pairs(state.iter().map(|s| ("state", s)));
+                q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
+                ("GET", format!("/v1/webhooks?{}", q.finish()), None)
             }
             WebhooksCommand::Replay { event_id } => (
                 "POST",

@@ -714,16 +714,11 @@ impl Config {
         })
     }
 
-    /// The effective configuration as TOML, secrets redacted.
-    pub fn to_redacted_toml(&self) -> String {
-        toml_string(&self.effective)
+    /// The effective configuration as TOML (the format it is written in, so it can be
+    /// pasted back into a file), secrets redacted.
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(&self.effective)
     }
-}
-
-fn toml_string(raw: &Raw) -> String {
-    // figment re-exports no TOML writer; JSON is as readable for a check and needs no new
-    // dependency.
-    serde_json::to_string_pretty(raw).unwrap_or_default()
 }
 
 fn redact(raw: &mut Raw) {
@@ -925,8 +920,12 @@ mod tests {
         assert_eq!(c.kinds["p2p"].id_field, "tid");
         assert_eq!(c.kinds["custom"].status_pointer, "/result/state");
         assert_eq!(c.ladder.timeout_ms(), 1000);
-        let shown = c.to_redacted_toml();
+        let shown = c.to_redacted_toml().unwrap();
         assert!(!shown.contains("sk_live_secret"), "{shown}");
+        // It is TOML that reads back, with the secret's place kept and marked.
+        let back: toml::Table = toml::from_str(&shown).unwrap();
+        assert_eq!(back["kinds"]["p2p"]["id_field"].as_str(), Some("tid"));
+        assert_eq!(back["ninjapay"]["api_key"].as_str(), Some("<redacted>"));
         assert!(!format!("{c:?}").contains("sk_live_secret"));
     }
 

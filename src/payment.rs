@@ -70,9 +70,25 @@ impl fmt::Display for PaymentId {
     }
 }
 
+/// A payment's row key (`payments.pk`): the database's handle, never shown to clients
+/// as an id, so it gets a type of its own rather than travelling as a bare `i64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct PaymentKey(pub i64);
+
+impl fmt::Display for PaymentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Where a payment stands. Every state but `Pending` is final: polling stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Stored as its snake_case name (the `CHECK` constraint in `0001_payments.sql` lists the
+/// same names), so rows decode straight into the enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum State {
     Pending,
     Succeeded,
@@ -120,6 +136,47 @@ impl State {
 }
 
 impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a webhook event stands in the outbox. Stored as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum WebhookState {
+    /// Waiting for its (next) delivery attempt.
+    Pending,
+    Delivered,
+    /// Its retry schedule ran out; only a replay sends it again.
+    Dead,
+}
+
+impl WebhookState {
+    /// All states, for parsing.
+    pub const ALL: [WebhookState; 3] = [
+        WebhookState::Pending,
+        WebhookState::Delivered,
+        WebhookState::Dead,
+    ];
+
+    /// The name used in the database and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookState::Pending => "pending",
+            WebhookState::Delivered => "delivered",
+            WebhookState::Dead => "dead",
+        }
+    }
+
+    /// Parses a state name.
+    pub fn parse(s: &str) -> Option<WebhookState> {
+        WebhookState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for WebhookState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

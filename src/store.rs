@@ -9,7 +9,7 @@
 
 pub use crate::event::EventSpec;
 use crate::event::{event_body, Subject};
-use crate::payment::{now_ms, PaymentId, State, UnixMs};
+use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs, WebhookState};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -56,10 +56,10 @@ pub fn schema_version() -> i64 {
 /// A payment row, as stored.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct PaymentRow {
-    pub pk: i64,
+    pub pk: PaymentKey,
     pub kind: String,
     pub id: String,
-    pub state: String,
+    pub state: State,
     pub upstream_status: Option<String>,
     pub started_at: i64,
     pub jitter_ms: i64,
@@ -74,14 +74,6 @@ pub struct PaymentRow {
     pub metadata: Option<String>,
     pub callback_url: Option<String>,
     pub event_seq: i64,
-}
-
-impl PaymentRow {
-    /// The state, tolerating a hand-edited database (an unknown name reads as pending, so
-    /// polling goes on rather than silently stopping).
-    pub fn state(&self) -> State {
-        State::parse(&self.state).unwrap_or(State::Pending)
-    }
 }
 
 /// A payment to start tracking.
@@ -156,16 +148,16 @@ pub struct FinishedRow {
     pub started_at: i64,
     pub pending_seen_at: Option<i64>,
     pub last_checked_at: Option<i64>,
-    pub state: String,
+    pub state: State,
 }
 
 impl FinishedRow {
     /// When it was last seen pending and when it was seen final (`None`: no flip was seen:
     /// it timed out, its last check seeing it still pending, or was cancelled).
     pub fn evidence_times(&self) -> (Option<i64>, Option<i64>) {
-        match self.state.as_str() {
-            "timed_out" => (self.last_checked_at, None),
-            "cancelled" => (self.pending_seen_at, None),
+        match self.state {
+            State::TimedOut => (self.last_checked_at, None),
+            State::Cancelled => (self.pending_seen_at, None),
             _ => (self.pending_seen_at, self.last_checked_at),
         }
     }
@@ -475,7 +467,7 @@ impl Store {
         let sql = list_sql(f);
         let mut q = sqlx::query_as(&sql).bind(f.after_pk.unwrap_or(0));
         if let Some(state) = f.state {
-            q = q.bind(state.as_str());
+            q = q.bind(state);
         }
         if let Some(kind) = &f.kind {
             q = q.bind(kind);
@@ -594,7 +586,7 @@ impl Store {
                  next_check_at = ?, finished_at = ?, updated_at = ?, \
                  pending_seen_at = COALESCE(?, pending_seen_at) WHERE pk = ?",
             )
-            .bind(r.state.as_str())
+            .bind(r.state)
             .bind(&upstream_status)
             .bind(&response)
             .bind(&r.error)
@@ -617,8 +609,8 @@ impl Store {
                 )
                 .bind(r.pk)
                 .bind(r.checked_at)
-                .bind(&before.state)
-                .bind(r.state.as_str())
+                .bind(before.state)
+                .bind(r.state)
                 .bind(&before.upstream_status)
                 .bind(&upstream_status)
                 .execute(&mut *tx)
@@ -702,7 +694,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        if row.state().is_final() {
+        if row.state.is_final() {
             return Ok(Some(Err(row)));
         }
         let updated: PaymentRow = sqlx::query_as(&format!(
@@ -719,7 +711,7 @@ impl Store {
         )
         .bind(row.pk)
         .bind(now)
-        .bind(&row.state)
+        .bind(row.state)
         .bind(&row.upstream_status)
         .bind(&row.upstream_status)
         .execute(&mut *tx)
@@ -751,7 +743,10 @@ impl Store {
     }
 
     /// The status history of a payment, oldest first: (at, previous state, state, raw).
-    pub async fn history(&self, pk: i64) -> Result<Vec<(i64, String, String, Option<String>)>> {
+    pub async fn history(
+        &self,
+        pk: PaymentKey,
+    ) -> Result<Vec<(i64, String, String, Option<String>)>> {
         let rows = sqlx::query(
             "SELECT at, previous_state, state, upstream_status FROM status_history \
              WHERE payment_pk = ? ORDER BY pk",
@@ -1047,7 +1042,7 @@ fn lock_path(db: &Path) -> PathBuf {
 pub struct WebhookEvent {
     pub pk: i64,
     pub event_id: String,
-    pub payment_pk: i64,
+    pub payment_pk: PaymentKey,
     pub kind: String,
     pub id: String,
     pub sequence: i64,
@@ -1056,7 +1051,7 @@ pub struct WebhookEvent {
     pub url: String,
     pub body: String,
     pub created_at: i64,
-    pub state: String,
+    pub state: WebhookState,
     /// Every attempt ever made, replays included.
     pub attempts: i64,
     /// `attempts` when the current retry schedule began (0, or the count at a replay).
@@ -1093,8 +1088,7 @@ pub enum AttemptOutcome {
 /// A webhook list query.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookFilter {
-    /// `pending`, `delivered` or `dead`.
-    pub state: Option<String>,
+    pub state: Option<WebhookState>,
     pub kind: Option<String>,
     pub id: Option<String>,
     /// Only rows with a larger `pk` (the cursor).
@@ -1214,7 +1208,7 @@ impl Store {
              AND (?4 IS NULL OR p.id = ?4) ORDER BY e.pk LIMIT ?5"
         ))
         .bind(f.after_pk.unwrap_or(0))
-        .bind(&f.state)
+        .bind(f.state)
         .bind(&f.kind)
         .bind(&f.id)
         .bind(f.limit)
@@ -1283,7 +1277,7 @@ mod outbox_tests {
     use super::*;
     use crate::event::STATUS_CHANGED;
 
-    async fn store_with_events(dir: &Path, events_a: usize) -> (Store, i64, i64) {
+    async fn store_with_events(dir: &Path, events_a: usize) -> (Store, PaymentKey, PaymentKey) {
         let store = Store::open(&dir.join("t.db"), Some("http://127.0.0.1:1/h".into()))
             .await
             .unwrap();
@@ -1298,9 +1292,9 @@ mod outbox_tests {
         };
         let rows = store.insert_payments(&[new("A"), new("B")]).await.unwrap();
         let (a, b) = (rows[0].0.pk, rows[1].0.pk);
-        let flip = |pk: i64, raw: &str, at: i64| CheckRecord {
+        let flip = |pk: PaymentKey, raw: &str, at: i64| CheckRecord {
             saw_pending: false,
-            pk,
+            pk: pk.0,
             checked_at: at,
             upstream_status: Some(raw.into()),
             state: State::Pending,
@@ -1340,9 +1334,10 @@ mod outbox_tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, a, b) = store_with_events(dir.path(), 2).await;
         let heads = store.webhook_heads(&[], 10).await.unwrap();
-        let got: Vec<(i64, i64)> = heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
+        let got: Vec<(PaymentKey, i64)> =
+            heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
         assert_eq!(got, vec![(a, 1), (b, 1)]);
-        let heads = store.webhook_heads(&[a], 10).await.unwrap();
+        let heads = store.webhook_heads(&[a.0], 10).await.unwrap();
         assert_eq!(heads.len(), 1);
         assert_eq!(heads[0].payment_pk, b);
 
@@ -1353,7 +1348,7 @@ mod outbox_tests {
             .await
             .unwrap();
         let heads = store.webhook_heads(&[], 10).await.unwrap();
-        let got: Vec<(i64, i64, i64)> = heads
+        let got: Vec<(PaymentKey, i64, i64)> = heads
             .iter()
             .map(|e| (e.payment_pk, e.sequence, e.next_attempt_at))
             .collect();
@@ -1366,7 +1361,7 @@ mod outbox_tests {
             .record_webhook_attempt(first.pk, 0, &failed(30), AttemptOutcome::Dead)
             .await
             .unwrap();
-        let heads = store.webhook_heads(&[b], 10).await.unwrap();
+        let heads = store.webhook_heads(&[b.0], 10).await.unwrap();
         assert_eq!((heads[0].payment_pk, heads[0].sequence), (a, 2));
         assert_eq!(store.webhook_attempts(first.pk).await.unwrap().len(), 2);
     }
@@ -1388,7 +1383,7 @@ mod outbox_tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(replayed.state, "pending");
+        assert_eq!(replayed.state, WebhookState::Pending);
         assert_eq!((replayed.retry_from, replayed.next_attempt_at), (1, 1_000));
         assert!(store.replay_webhook("msg_none", 0).await.unwrap().is_none());
 
@@ -1414,12 +1409,12 @@ mod outbox_tests {
             .await
             .unwrap();
         let e = store.webhook(&ev.event_id).await.unwrap().unwrap();
-        assert_eq!(e.state, "delivered");
+        assert_eq!(e.state, WebhookState::Delivered);
         assert_eq!(e.last_error, None);
         assert!(e.delivered_at.is_some());
         let list = store
             .list_webhooks(&WebhookFilter {
-                state: Some("delivered".into()),
+                state: Some(WebhookState::Delivered),
                 limit: 10,
                 ..Default::default()
             })
@@ -1453,7 +1448,7 @@ mod retention_tests {
             callback_url: None,
             metadata: None,
         };
-        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
+        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk.0;
         let state = final_state.unwrap_or(State::Pending);
         store
             .record_checks(
@@ -1592,7 +1587,7 @@ mod retention_tests {
             .iter()
             .map(|(r, _)| CheckRecord {
                 saw_pending: true,
-                pk: r.pk,
+                pk: r.pk.0,
                 checked_at: 100,
                 upstream_status: Some("approved".into()),
                 state: State::Succeeded,
@@ -1745,7 +1740,7 @@ mod write_tests {
             .list(&ListFilter {
                 state: Some(State::Pending),
                 kind: Some("p2p".into()),
-                after_pk: Some(all[0].pk),
+                after_pk: Some(all[0].pk.0),
                 limit: 10,
             })
             .await

@@ -263,11 +263,11 @@ async fn run(
                         if busy.len() >= d.max_in_flight {
                             break;
                         }
-                        if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk) {
+                        if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk.0) {
                             later(ev.next_attempt_at, &mut wake_in);
                             break;
                         }
-                        let payment = ev.payment_pk;
+                        let payment = ev.payment_pk.0;
                         let before = unlogged.iter().filter(|u| u.event_pk == ev.pk).count();
                         let handle = in_flight.spawn(attempt(
                             d.clone(),
@@ -423,7 +423,7 @@ async fn attempt(
     }
     let unlogged = Unlogged {
         event_pk: ev.pk,
-        payment_pk: ev.payment_pk,
+        payment_pk: ev.payment_pk.0,
         retry_from: ev.retry_from,
         record,
         outcome,

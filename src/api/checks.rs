@@ -43,7 +43,7 @@ pub struct BatchRequest {
 
 /// A payment as the API shows it.
 pub fn payment_json(r: &PaymentRow) -> Value {
-    let state = r.state();
+    let state = r.state;
     let parse = |t: &Option<String>| {
         t.as_deref()
             .and_then(|s| serde_json::from_str::<Value>(s).ok())
@@ -188,7 +188,7 @@ fn conflict(existing: &PaymentRow, new: &NewPayment, explicit_start: bool) -> Op
 
 fn pending_row(r: &PaymentRow) -> PendingRow {
     PendingRow {
-        pk: r.pk,
+        pk: r.pk.0,
         kind: r.kind.clone(),
         id: r.id.clone(),
         upstream_status: r.upstream_status.clone(),
@@ -234,7 +234,7 @@ pub async fn enqueue(
     // Committed first: if the scheduler is shutting down, a restart resumes it. A stored
     // payment still pending is handed over again (a duplicate is ignored), so a re-enqueue
     // makes sure the scheduler holds it.
-    if row.state() == crate::payment::State::Pending {
+    if row.state == crate::payment::State::Pending {
         let _ = st.scheduler.send(Command::Track(pending_row(&row)));
     }
     let (status, body, err) = outcome(&row, inserted, &new, explicit);
@@ -297,7 +297,7 @@ pub async fn enqueue_batch(
                 let Some((row, inserted)) = stored.next() else {
                     return Err(anyhow::anyhow!("batch insert returned too few rows").into());
                 };
-                if row.state() == crate::payment::State::Pending {
+                if row.state == crate::payment::State::Pending {
                     let _ = st.scheduler.send(Command::Track(pending_row(&row)));
                 }
                 let (status, body, err) = outcome(&row, inserted, &new, explicit);

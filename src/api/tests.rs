@@ -129,7 +129,7 @@ async fn all_rows(store: &Store) -> Vec<PaymentRow> {
         let Some(last) = page.last() else {
             return out;
         };
-        after = Some(last.pk);
+        after = Some(last.pk.0);
         out.extend(page);
     }
 }
@@ -909,7 +909,7 @@ fn fingerprint(rows: &[PaymentRow], since: i64) -> Vec<Value> {
     rows.iter()
         .map(|r| {
             json!([
-                r.pk,
+                r.pk.0,
                 r.kind,
                 r.id,
                 r.started_at,

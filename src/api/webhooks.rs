@@ -1,7 +1,7 @@
 //! `/v1/webhooks`: list the outbox, show one event with its attempts, replay one.
 
 use super::{ApiError, AppState, ErrorCode};
-use crate::payment::{now_ms, rfc3339};
+use crate::payment::{now_ms, rfc3339, WebhookState};
 use crate::store::{WebhookEvent, WebhookFilter};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -27,7 +27,7 @@ fn event_json(e: &WebhookEvent) -> Value {
         "last_error": e.last_error,
         "last_status_code": e.last_status_code,
         "last_attempt_at": e.last_attempt_at.map(rfc3339),
-        "next_attempt_at": (e.state == "pending").then(|| rfc3339(e.next_attempt_at)),
+        "next_attempt_at": (e.state == WebhookState::Pending).then(|| rfc3339(e.next_attempt_at)),
         "delivered_at": e.delivered_at.map(rfc3339),
         "created_at": rfc3339(e.created_at),
     })
@@ -52,13 +52,15 @@ pub async fn list(
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
-        Some(s @ ("pending" | "delivered" | "dead")) => Some(s.to_string()),
-        Some(s) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidState,
-                format!("unknown webhook state {s:?}; use pending, delivered or dead"),
-            ))
-        }
+        Some(s) => match WebhookState::parse(s) {
+            Some(st) => Some(st),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!("unknown webhook state {s:?}; use pending, delivered or dead"),
+                ))
+            }
+        },
     };
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
     // Same paging as `/v1/checks`: one more row than asked tells whether another page

@@ -14,9 +14,9 @@ mod recorder;
 pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
 pub use crate::status::PoolStatus;
 
-use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill};
+use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
 use crate::config::Config;
-use crate::payment::{now_ms, UnixMs};
+use crate::payment::{now_ms, PaymentKey, UnixMs};
 use crate::secret::Secret;
 use crate::store::{PendingRow, Store};
 use crate::systemd::{Notifier, Watchdog};
@@ -36,10 +36,10 @@ pub enum Command {
     /// Start tracking a pending payment (new, or already stored; duplicates are ignored).
     Track(PendingRow),
     /// Stop tracking (cancelled).
-    Untrack(i64),
+    Untrack(PaymentKey),
     /// Check soon: a hint, coalesced (see [`Core::recheck`]). The reply carries when the
     /// check is due (wall clock), or `None` when the payment is not held.
-    Recheck(i64, Option<oneshot::Sender<Option<UnixMs>>>),
+    Recheck(PaymentKey, Option<oneshot::Sender<Option<UnixMs>>>),
 }
 
 /// What the scheduler last published (every tick) for health and metrics.
@@ -364,7 +364,7 @@ impl Driver {
     async fn run(
         mut self,
         mut cmd_rx: mpsc::UnboundedReceiver<Command>,
-        mut refilled: mpsc::Receiver<(usize, Vec<i64>)>,
+        mut refilled: mpsc::Receiver<Refilled>,
         cancel: CancellationToken,
     ) {
         let (done_tx, mut done_rx) = mpsc::channel::<Completion>(1024);
@@ -400,7 +400,7 @@ impl Driver {
                     None => break,
                 },
                 Some(done) = done_rx.recv() => self.complete(done),
-                Some((p, keys)) = refilled.recv() => self.core.refilled(p, Some(keys)),
+                Some(r) = refilled.recv() => self.core.refilled(r.pool, Some(r.keys)),
                 permit = records.reserve(), if !self.backlog.is_empty() => {
                     if let (Ok(permit), Some(batch)) = (permit, self.backlog.pop_front()) {
                         permit.send(batch);
@@ -445,9 +445,9 @@ impl Driver {
         let now = self.clock.now();
         match cmd {
             Command::Track(row) => self.core.track(self.clock.row_to_core(row), now, false),
-            Command::Untrack(pk) => self.core.untrack(pk),
+            Command::Untrack(pk) => self.core.untrack(pk.0),
             Command::Recheck(pk, reply) => {
-                let at = self.core.recheck(pk, now);
+                let at = self.core.recheck(pk.0, now);
                 if let Some(reply) = reply {
                     let _ = reply.send(at.map(|t| t + self.clock.offset()));
                 }
@@ -460,7 +460,10 @@ impl Driver {
             match action {
                 Action::Send(req) => self.send(req, done_tx),
                 Action::Record(records) => {
-                    let batch = (self.to_wall(records), None);
+                    let batch = RecordBatch {
+                        records: self.to_wall(records),
+                        ledger: None,
+                    };
                     if let Err(mpsc::error::TrySendError::Full(batch)) =
                         self.records.try_send(batch)
                     {
@@ -472,7 +475,12 @@ impl Driver {
                     ledger_id,
                     count,
                 } => {
-                    if self.refill.try_send((pool, ledger_id, count)).is_err() {
+                    let refill = Refill {
+                        pool,
+                        ledger_id,
+                        count,
+                    };
+                    if self.refill.try_send(refill).is_err() {
                         // The writer is busy: the core asks again on its next poll.
                         self.core.refilled(pool, None);
                     }
@@ -539,7 +547,10 @@ impl Driver {
         if out.records.is_empty() && ledger.is_none() {
             return;
         }
-        let batch = (self.to_wall(out.records), ledger);
+        let batch = RecordBatch {
+            records: self.to_wall(out.records),
+            ledger,
+        };
         // Outcomes are in no other place: never dropped. When the recorder is full they
         // wait, in order, in the backlog.
         if !self.backlog.is_empty() {

@@ -8,7 +8,7 @@
 
 use super::Command;
 use crate::backoff::Backoff;
-use crate::payment::{now_ms, UnixMs};
+use crate::payment::{now_ms, PaymentKey, UnixMs};
 use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -17,12 +17,31 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Outcomes to commit, with the budget ledger row of the request that produced them
-/// (`(key, answered_at)`).
-pub(crate) type RecordBatch = (Vec<CheckRecord>, Option<(i64, UnixMs)>);
+/// Outcomes to commit, sent from the scheduler to the recorder.
+#[derive(Debug)]
+pub(crate) struct RecordBatch {
+    pub records: Vec<CheckRecord>,
+    /// The budget ledger row of the request that produced them, `(row key, answered_at)`,
+    /// released in the same transaction.
+    pub ledger: Option<(i64, UnixMs)>,
+}
 
-/// A request for `count` fresh ledger rows for pool `index` (named `name`).
-pub(crate) type Refill = (usize, String, usize);
+/// A request from the scheduler to the ledger writer for fresh ledger rows.
+#[derive(Debug)]
+pub(crate) struct Refill {
+    /// The pool (key) index the rows are for.
+    pub pool: usize,
+    /// The pool's name in the ledger (see `ledger_id`).
+    pub ledger_id: String,
+    pub count: usize,
+}
+
+/// The ledger writer's answer to a [`Refill`]: the keys of the rows it committed.
+#[derive(Debug)]
+pub(crate) struct Refilled {
+    pub pool: usize,
+    pub keys: Vec<i64>,
+}
 
 /// How long writes are still retried once shutdown has begun.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -35,14 +54,19 @@ pub(crate) async fn ledger_loop(
     store: Store,
     telemetry: Arc<Telemetry>,
     mut rx: mpsc::Receiver<Refill>,
-    done: mpsc::Sender<(usize, Vec<i64>)>,
+    done: mpsc::Sender<Refilled>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    while let Some((index, name, count)) = rx.recv().await {
+    while let Some(Refill {
+        pool,
+        ledger_id,
+        count,
+    }) = rx.recv().await
+    {
         let keys = loop {
             let entries: Vec<(String, UnixMs)> =
-                (0..count).map(|_| (name.clone(), now_ms())).collect();
+                (0..count).map(|_| (ledger_id.clone(), now_ms())).collect();
             match store.ledger_send(&entries).await {
                 Ok(keys) => {
                     backoff.reset();
@@ -64,7 +88,7 @@ pub(crate) async fn ledger_loop(
                 }
             }
         };
-        if done.send((index, keys)).await.is_err() {
+        if done.send(Refilled { pool, keys }).await.is_err() {
             return;
         }
     }
@@ -86,13 +110,13 @@ pub(crate) async fn record_loop(
     // Set once shutdown has begun: after it, a failed write is not retried.
     let mut give_up_at: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
-        let mut records = first.0;
-        let mut ledger: Vec<(i64, UnixMs)> = first.1.into_iter().collect();
+        let mut records = first.records;
+        let mut ledger: Vec<(i64, UnixMs)> = first.ledger.into_iter().collect();
         while records.len() < 2048 {
             match rx.try_recv() {
-                Ok((r, l)) => {
-                    records.extend(r);
-                    ledger.extend(l);
+                Ok(more) => {
+                    records.extend(more.records);
+                    ledger.extend(more.ledger);
                 }
                 Err(_) => break,
             }
@@ -109,7 +133,7 @@ pub(crate) async fn record_loop(
                         match a {
                             Applied::Updated { event_queued } => queued |= event_queued,
                             Applied::Skipped => {
-                                let _ = scheduler.send(Command::Untrack(r.pk));
+                                let _ = scheduler.send(Command::Untrack(PaymentKey(r.pk)));
                             }
                         }
                     }
@@ -202,7 +226,7 @@ mod tests {
             cancel.clone(),
         ));
         let record = CheckRecord {
-            pk,
+            pk: pk.0,
             checked_at: 10,
             upstream_status: Some("on_hold".into()),
             state: State::Pending,
@@ -216,7 +240,12 @@ mod tests {
             changed: true,
             saw_pending: true,
         };
-        tx.send((vec![record], Some((key, 10)))).await.unwrap();
+        tx.send(RecordBatch {
+            records: vec![record],
+            ledger: Some((key, 10)),
+        })
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(store.write_status().failing_since.is_some());
         store.exec_for_test("DROP TRIGGER refuse").await.unwrap();

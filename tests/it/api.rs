@@ -508,6 +508,24 @@ async fn the_cli_speaks_to_the_socket() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["payments"].as_array().map(Vec::len), Some(4), "{v}");
 
+    // Characters that mean something in a path or a query stay inside their segment or
+    // value: the CLI escapes path segments and query values, not just spaces.
+    let odd = "O/1?x=y&z+w #é";
+    let out = cli(&daemon, &["enqueue", "btc", odd]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&daemon, &["--json", "status", "btc", odd]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["id"], odd, "{v}");
+    let out = cli(
+        &daemon,
+        &["--json", "list", "--kind", "btc", "--limit", "10"],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["payments"].as_array().map(Vec::len), Some(4), "{v}");
+    let out = cli(&daemon, &["cancel", "btc", odd]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     let out = cli(&daemon, &["recheck", "btc", "W0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = cli(&daemon, &["cancel", "btc", "W0"]);

@@ -30,7 +30,7 @@ fn unit_value(unit: &str, key: &str) -> String {
     v[0].clone()
 }
 
-/// The packaged configuration as the binary reads it (check-config's JSON, secrets
+/// The packaged configuration as the binary reads it (check-config's TOML, secrets
 /// redacted), with no `NINJAPOLL_*` variable of the test's environment in the way.
 fn packaged_config() -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ninjapoll"));
@@ -49,8 +49,10 @@ fn packaged_config() -> serde_json::Value {
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
-    let json = stdout.split_once('\n').map_or("", |(_, rest)| rest);
-    serde_json::from_str(json).expect("check-config prints JSON after its first line")
+    let shown = stdout.split_once('\n').map_or("", |(_, rest)| rest);
+    let table: toml::Table =
+        toml::from_str(shown).expect("check-config prints TOML after its first line");
+    serde_json::to_value(table).expect("TOML as JSON, for indexing")
 }
 
 #[test]

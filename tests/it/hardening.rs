@@ -297,7 +297,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
         .unwrap();
     let r = &rows[0].0;
     let stale = PendingRow {
-        pk: r.pk,
+        pk: r.pk.0,
         kind: r.kind.clone(),
         id: r.id.clone(),
         upstream_status: None,
@@ -314,7 +314,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     let asked = fake.requests_for("p2p", "RACE").len();
     assert!(asked <= 1, "a cancelled payment was polled {asked} times");
     let p = store.get("p2p", "RACE").await.unwrap().unwrap();
-    assert_eq!(p.state, "cancelled");
+    assert_eq!(p.state, ninjapoll::State::Cancelled);
     cancel.cancel();
     task.await.unwrap();
 }
@@ -799,7 +799,9 @@ async fn accept_errors_are_logged_and_the_server_recovers() {
     let mut d = spawn_daemon(
         &fake.base_url(),
         DaemonConfig {
-            open_files: Some(32),
+            // The daemon holds about 20 descriptors idle; the connection bound never goes
+            // below 8, so 24 runs out at a handful of clients.
+            open_files: Some(24),
             ..DaemonConfig::default()
         },
     )
