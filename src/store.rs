@@ -948,7 +948,12 @@ impl Store {
     /// with an event still being delivered (pending) stays until the event is delivered
     /// or dead.
     pub async fn prune_finished(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let result = self.prune_finished_tx(before, limit).await;
+        self.note(result)
+    }
+
+    async fn prune_finished_tx(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
+        let mut tx = self.begin().await?;
         let pks: Vec<i64> = sqlx::query_scalar(
             "SELECT pk FROM payments p WHERE state != 'pending' AND finished_at < ?1 \
              AND NOT EXISTS (SELECT 1 FROM webhook_events e \
@@ -993,7 +998,12 @@ impl Store {
     /// Deletes up to `limit` events delivered before `before`, oldest first, with their
     /// attempts. The payment keeps its `event_seq`, so later events go on counting.
     pub async fn prune_delivered(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let result = self.prune_delivered_tx(before, limit).await;
+        self.note(result)
+    }
+
+    async fn prune_delivered_tx(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
+        let mut tx = self.begin().await?;
         let pks: Vec<i64> = sqlx::query_scalar(
             "SELECT pk FROM webhook_events WHERE state = 'delivered' AND delivered_at < ? \
              ORDER BY delivered_at LIMIT ?",
@@ -1633,6 +1643,34 @@ mod retention_tests {
         );
         let slowest = took.iter().map(|t| t.1).max().unwrap();
         assert!(slowest < std::time::Duration::from_secs(1), "{took:?}");
+    }
+
+    /// Retention writes like every other write: on the writer's own transaction, and a
+    /// failure is reported in health (and the next write starts afresh).
+    #[tokio::test]
+    async fn a_failed_retention_batch_is_reported_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Some("http://127.0.0.1:1/h".into()),
+        )
+        .await
+        .unwrap();
+        let old = payment(&store, "OLD", Some(State::Succeeded), 100).await;
+        attempt(&store, old, AttemptOutcome::Delivered).await;
+        store
+            .exec_for_test("ALTER TABLE webhook_attempts RENAME TO attempts_gone")
+            .await
+            .unwrap();
+        assert!(store.prune_finished(1_000, 10).await.is_err());
+        assert_eq!(store.write_status().failures_total, 1);
+        assert!(store.write_status().failing_since.is_some());
+        store
+            .exec_for_test("ALTER TABLE attempts_gone RENAME TO webhook_attempts")
+            .await
+            .unwrap();
+        assert_eq!(store.prune_finished(1_000, 10).await.unwrap().payments, 1);
+        assert!(store.write_status().failing_since.is_none());
     }
 
     #[tokio::test]
