@@ -14,6 +14,8 @@ mod payment;
 mod policy;
 mod secret;
 mod status;
+/// The socket API's request and answer bodies and the webhook body, for clients and tests.
+pub mod wire;
 // Configuration and the I/O edges.
 mod config;
 mod store;
