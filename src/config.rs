@@ -2,7 +2,7 @@
 //! built-in defaults (SPEC section 3). Parsed once, at start-up, into typed settings; every
 //! refusal names the key at fault.
 
-use crate::kinds::{self, Kind, RawKind};
+use crate::kinds::{self, Kind, KindName, RawKind};
 use crate::ladder::Ladder;
 use crate::secret::{secret_text, Secret};
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -371,7 +371,7 @@ pub struct Config {
     pub socket: SocketConfig,
     pub ninjapay: NinjapayConfig,
     pub ladder: Ladder,
-    pub kinds: BTreeMap<String, Arc<Kind>>,
+    pub kinds: BTreeMap<KindName, Arc<Kind>>,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
     /// What was loaded, secrets replaced, for `check-config`.
@@ -610,7 +610,7 @@ impl Config {
                 .map_err(|e| invalid(format!("kinds.{}.{}", e.kind, e.field), e.message))?;
             // A kind's endpoint gets the key too.
             key_url(&format!("kinds.{name}.url"), Some(&kind.url))?;
-            kinds.insert(name.clone(), Arc::new(kind));
+            kinds.insert(kind.name.clone(), Arc::new(kind));
         }
 
         let w = &raw.webhooks;

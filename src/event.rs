@@ -2,6 +2,7 @@
 //! body it carries. Pure: `store` writes the body into the outbox in the transaction of the
 //! change, `webhooks` delivers it; neither needs the other for this.
 
+use crate::kinds::KindName;
 use crate::payment::{State, UnixMs};
 use crate::wire::{EventBody, EventData, PaymentFacts, Timestamp};
 
@@ -20,7 +21,7 @@ pub struct EventSpec {
 /// The payment an event is about, as it is after the change.
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
-    pub kind: &'a str,
+    pub kind: &'a KindName,
     pub id: &'a str,
     pub state: State,
     pub upstream_status: Option<&'a str>,

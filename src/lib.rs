@@ -40,6 +40,7 @@ pub use cli::main;
 pub use client::request;
 pub use config::{defaults, Config, ConfigError, Raw, RawStep};
 pub use daemon::run_until;
+pub use kinds::KindName;
 pub use ladder::Ladder;
 pub use payment::{now_ms, PaymentId, State};
 pub use scheduler::{spawn as spawn_scheduler, Command, SchedulerHandle};

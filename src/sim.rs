@@ -462,7 +462,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             core.track(
                 PendingRow {
                     pk,
-                    kind: "p2p".into(),
+                    kind: kind.name.clone(),
                     id: format!("S{pk}"),
                     upstream_status: None,
                     started_at: at,

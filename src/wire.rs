@@ -6,6 +6,7 @@
 //! Pure data: no I/O, no HTTP status codes (the API sets those). Stored JSON text (a
 //! payment's `response` and `metadata`) is parsed here, once.
 
+use crate::kinds::KindName;
 use crate::payment::{rfc3339, State, UnixMs, WebhookState};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -46,7 +47,7 @@ pub fn stored_json(text: Option<&str>) -> Value {
 /// agree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentFacts {
-    pub kind: String,
+    pub kind: KindName,
     pub id: String,
     pub state: State,
     pub upstream_status: Option<String>,
@@ -64,7 +65,7 @@ impl PaymentFacts {
     /// The facts of a payment from its stored fields (`response` and `metadata` as the
     /// JSON text the database holds).
     pub fn new(
-        kind: &str,
+        kind: &KindName,
         id: &str,
         state: State,
         upstream_status: Option<&str>,
@@ -73,7 +74,7 @@ impl PaymentFacts {
         metadata: Option<&str>,
     ) -> Self {
         Self {
-            kind: kind.to_owned(),
+            kind: kind.clone(),
             id: id.to_owned(),
             state,
             upstream_status: upstream_status.map(str::to_owned),
@@ -178,7 +179,7 @@ pub struct PaymentPage {
 /// The payment a webhook event is about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentRef {
-    pub kind: String,
+    pub kind: KindName,
     pub id: String,
 }
 
@@ -321,13 +322,13 @@ pub struct PoolHealth {
     pub pending: usize,
     pub policy: Vec<KindPolicyView>,
     pub paused_for_ms: Option<i64>,
-    pub unhealthy_kinds: Vec<String>,
+    pub unhealthy_kinds: Vec<KindName>,
 }
 
 /// A kind's learnt flip ages and what the policy expects of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KindPolicyView {
-    pub kind: String,
+    pub kind: KindName,
     pub pending: usize,
     pub evidence: usize,
     pub flip_share: f64,
@@ -352,7 +353,7 @@ mod tests {
     fn view() -> PaymentView {
         PaymentView {
             facts: PaymentFacts::new(
-                "p2p",
+                &KindName::parse("p2p").unwrap(),
                 "A198660213997",
                 State::Succeeded,
                 Some("approved"),

@@ -5,6 +5,7 @@ use super::{
     MAX_BATCH_BODY,
 };
 use crate::config::CallbackRefusal;
+use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
@@ -94,17 +95,17 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
 
 /// Validates one enqueue request into a payment to insert.
 fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPayment, ApiError> {
-    if !st.config.kinds.contains_key(&req.kind) {
-        let known: Vec<&str> = st.config.kinds.keys().map(String::as_str).collect();
-        return Err(ApiError::new(
+    let kind = configured_kind(st, &req.kind).ok_or_else(|| {
+        let known: Vec<&str> = st.config.kinds.keys().map(|k| k.as_str()).collect();
+        ApiError::new(
             ErrorCode::UnknownKind,
             format!(
                 "unknown kind {:?}; known kinds: {}",
                 req.kind,
                 known.join(", ")
             ),
-        ));
-    }
+        )
+    })?;
     let id = PaymentId::parse(&req.id)
         .map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     let started_at = match &req.started_at {
@@ -135,7 +136,7 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
     };
     let (jitter_ms, next_check_at) = st.config.ladder.first_check(started_at);
     Ok(NewPayment {
-        kind: req.kind,
+        kind,
         id,
         started_at,
         jitter_ms,
@@ -295,13 +296,20 @@ pub async fn enqueue_batch(
     Ok(Json(BatchAnswer { results }).into_response())
 }
 
+/// A kind name from outside, parsed, if it is configured: a name that does not parse is
+/// no configured kind either, and is answered the same way.
+fn configured_kind(st: &AppState, kind: &str) -> Option<KindName> {
+    KindName::parse(kind)
+        .ok()
+        .filter(|k| st.config.kinds.contains_key(k))
+}
+
+fn unknown_kind(kind: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnknownKind, format!("unknown kind {kind:?}"))
+}
+
 fn check_path(st: &AppState, kind: &str, id: &str) -> Result<(), ApiError> {
-    if !st.config.kinds.contains_key(kind) {
-        return Err(ApiError::new(
-            ErrorCode::UnknownKind,
-            format!("unknown kind {kind:?}"),
-        ));
-    }
+    configured_kind(st, kind).ok_or_else(|| unknown_kind(kind))?;
     PaymentId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     Ok(())
 }
@@ -375,21 +383,17 @@ pub async fn list(
             ApiError::new(ErrorCode::InvalidState, format!("unknown state {s:?}"))
         })?),
     };
-    if let Some(k) = q.kind.as_deref() {
-        if !st.config.kinds.contains_key(k) {
-            return Err(ApiError::new(
-                ErrorCode::UnknownKind,
-                format!("unknown kind {k:?}"),
-            ));
-        }
-    }
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(k) => Some(configured_kind(&st, k).ok_or_else(|| unknown_kind(k))?),
+    };
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
     // One more than asked tells whether another page exists without a second query.
     let mut rows = st
         .store
         .list(&ListFilter {
             state,
-            kind: q.kind,
+            kind,
             after_pk,
             limit: limit + 1,
         })

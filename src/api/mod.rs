@@ -469,7 +469,7 @@ pub fn health_problems(
     }
     let mut unpolled = 0;
     for (kind, n) in pending_by_kind {
-        if !config.kinds.contains_key(kind) {
+        if !config.kinds.contains_key(kind.as_str()) {
             unpolled += n;
             problems.push(format!(
                 "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"

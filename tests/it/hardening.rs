@@ -286,7 +286,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     let now = now_ms();
     let rows = store
         .insert_payments(&[NewPayment {
-            kind: "p2p".into(),
+            kind: ninjapoll::KindName::parse("p2p").unwrap(),
             id: ninjapoll::PaymentId::parse("RACE").unwrap(),
             started_at: now,
             jitter_ms: 100,
