@@ -50,21 +50,22 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
     raw.ninjapay.api_key = Some("demo-key".into());
     raw.ninjapay.prod_base_url = Some(fake.base_url());
     raw.ninjapay.api_base_url = Some(fake.base_url());
-    raw.schedule.first_check = Some(vec!["1s".into(), "1500ms".into()]);
+    let ms = Duration::from_millis;
+    raw.schedule.first_check = Some(vec![ms(1000), ms(1500)]);
     raw.schedule.steps = Some(vec![
         RawStep {
-            every: "500ms".into(),
-            span: Some("3s".into()),
+            every: ms(500),
+            span: Some(ms(3000)),
         },
         RawStep {
-            every: "1s".into(),
+            every: ms(1000),
             span: None,
         },
     ]);
-    raw.schedule.timeout = Some("20s".into());
+    raw.schedule.timeout = Some(ms(20_000));
     raw.webhooks.url = Some(format!("http://{receiver}/ninjapay/events"));
     raw.webhooks.secret = Some(secret);
-    raw.webhooks.retry = Some(vec!["200ms".into(), "1s".into()]);
+    raw.webhooks.retry = Some(vec![ms(200), ms(1000)]);
     let cfg = Config::from_raw(raw)?;
     let socket = cfg.socket.path.clone();
     crate::logging::init(&crate::config::LogConfig {

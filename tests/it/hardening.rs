@@ -259,17 +259,18 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     raw.ninjapay.prod_base_url = Some(fake.base_url());
     raw.ninjapay.api_base_url = Some(fake.base_url());
     let c = DaemonConfig::default();
-    raw.schedule.first_check = Some(vec![c.first_check.0.clone(), c.first_check.1.clone()]);
+    let d = |s: &str| humantime::parse_duration(s).unwrap();
+    raw.schedule.first_check = Some(vec![d(&c.first_check.0), d(&c.first_check.1)]);
     raw.schedule.steps = Some(
         c.steps
             .iter()
             .map(|(every, span)| ninjapoll::RawStep {
-                every: every.clone(),
-                span: span.clone(),
+                every: d(every),
+                span: span.as_deref().map(d),
             })
             .collect(),
     );
-    raw.schedule.timeout = Some(c.timeout.clone());
+    raw.schedule.timeout = Some(d(&c.timeout));
     let config = ninjapoll::Config::from_raw(raw).unwrap();
     let store = Store::open(&config.database_path, None).await.unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
