@@ -256,9 +256,14 @@ fn load_error(e: figment::Error) -> ConfigError {
         }
     }
     let what = match &e.kind {
-        // humantime-serde's refusal, said with an example of what would do.
+        // humantime-serde's refusal drops humantime's reason (e.g. the units it knows);
+        // asking humantime again for it costs nothing on a path that stops the start.
         Kind::InvalidValue(Actual::Str(v), expected) if expected == "a duration" => {
-            format!("{v:?} is not a duration like \"3s\", \"10m\" or \"1h 30m\"")
+            let why = humantime::parse_duration(v).err().map(|e| format!(": {e}"));
+            format!(
+                "{v:?} is not a duration like \"3s\" or \"10m\"{}",
+                why.unwrap_or_default()
+            )
         }
         kind => kind.to_string(),
     };
@@ -1128,6 +1133,10 @@ mod tests {
         let e = load_str("[webhooks]\nretry = [\"5s\", \"5 fortnights\"]").unwrap_err();
         assert!(e.to_string().starts_with("webhooks.retry[1]: "), "{e}");
         assert!(e.to_string().contains("\"5 fortnights\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown time unit \"fortnights\""),
+            "{e}"
+        );
         let e = load_str("[schedule]\nsteps = [{ every = \"3s\", for = \"1x\" }]").unwrap_err();
         assert!(e.to_string().starts_with("schedule.steps[0].for: "), "{e}");
         assert!(e.to_string().contains("\"1x\""), "{e}");
