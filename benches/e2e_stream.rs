@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 const SCALE: i64 = 100;
 const BUDGET: u32 = 1000;
 
-fn scaled(secs: u64) -> String {
-    format!("{}ms", secs * 1000 / SCALE as u64)
+fn scaled(secs: u64) -> Duration {
+    Duration::from_millis(secs * 1000 / SCALE as u64)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     raw.ninjapay.prod_base_url = Some(fake.base_url());
     raw.ninjapay.api_base_url = Some(fake.base_url());
     raw.ninjapay.budget_requests = Some(BUDGET);
-    raw.ninjapay.budget_window = Some(format!("{}ms", window.as_millis()));
+    raw.ninjapay.budget_window = Some(window);
     raw.log.level = Some("error".into());
     raw.schedule.first_check = Some(vec![scaled(20), scaled(25)]);
     let step = |every: u64, span: Option<u64>| RawStep {

@@ -4,6 +4,10 @@
 use crate::client::{self, request};
 use crate::config::{self, Config};
 use crate::daemon;
+use crate::wire::{
+    EnqueueRequest, ErrorAnswer, PaymentDetail, PaymentPage, PaymentView, RecheckAnswer,
+    WebhookPage, WebhookView,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -357,7 +361,7 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
     // Ids may hold any printable character (see `PaymentId`): everything but RFC 3986's
     // unreserved characters is escaped so that a `/` or `?` stays inside its segment.
     let enc = |s: &str| utf8_percent_encode(s, PATH_SEGMENT).to_string();
-    let (method, path, body) = match &cli.command {
+    let (method, path, body, answer) = match &cli.command {
         Command::Enqueue {
             kind,
             id,
@@ -365,33 +369,42 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
             metadata,
             callback_url,
         } => {
-            let mut b = json!({"kind": kind, "id": id});
-            if let Some(s) = started_at {
-                b["started_at"] = match s.parse::<f64>() {
+            let b = EnqueueRequest {
+                kind: kind.clone(),
+                id: id.clone(),
+                // A number stays a number: the API takes unix seconds either way, and
+                // RFC 3339 as a string.
+                started_at: started_at.as_ref().map(|s| match s.parse::<f64>() {
                     Ok(n) => json!(n),
                     Err(_) => json!(s),
-                };
-            }
-            if let Some(m) = metadata {
-                b["metadata"] = serde_json::from_str(m).context("--metadata is not JSON")?;
-            }
-            if let Some(u) = callback_url {
-                b["callback_url"] = json!(u);
-            }
-            ("POST", "/v1/checks".to_string(), Some(b))
+                }),
+                callback_url: callback_url.clone(),
+                metadata: metadata
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .context("--metadata is not JSON")?,
+            };
+            let b = serde_json::to_value(b).context("writing the request")?;
+            ("POST", "/v1/checks".to_string(), Some(b), Answer::Payment)
         }
-        Command::Status { kind, id } => {
-            ("GET", format!("/v1/checks/{}/{}", enc(kind), enc(id)), None)
-        }
+        Command::Status { kind, id } => (
+            "GET",
+            format!("/v1/checks/{}/{}", enc(kind), enc(id)),
+            None,
+            Answer::PaymentDetail,
+        ),
         Command::Cancel { kind, id } => (
             "DELETE",
             format!("/v1/checks/{}/{}", enc(kind), enc(id)),
             None,
+            Answer::Payment,
         ),
         Command::Recheck { kind, id } => (
             "POST",
             format!("/v1/checks/{}/{}/recheck", enc(kind), enc(id)),
             None,
+            Answer::Recheck,
         ),
         Command::List {
             state,
@@ -404,7 +417,12 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
             q.extend_pairs(state.iter().map(|s| ("state", s)));
             q.extend_pairs(kind.iter().map(|k| ("kind", k)));
             q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
-            ("GET", format!("/v1/checks?{}", q.finish()), None)
+            (
+                "GET",
+                format!("/v1/checks?{}", q.finish()),
+                None,
+                Answer::PaymentPage,
+            )
         }
         Command::Webhooks { action } => match action {
             WebhooksCommand::List {
@@ -416,12 +434,18 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
                 q.append_pair("limit", &limit.to_string());
                 q.extend_pairs(state.iter().map(|s| ("state", s)));
                 q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
-                ("GET", format!("/v1/webhooks?{}", q.finish()), None)
+                (
+                    "GET",
+                    format!("/v1/webhooks?{}", q.finish()),
+                    None,
+                    Answer::WebhookPage,
+                )
             }
             WebhooksCommand::Replay { event_id } => (
                 "POST",
                 format!("/v1/webhooks/{}/replay", enc(event_id)),
                 None,
+                Answer::Webhook,
             ),
         },
         #[cfg(feature = "demo")]
@@ -433,86 +457,117 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
     let (status, value) = request(&socket, method, &path, body.as_ref()).await?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
-    } else if status < 400 {
-        print_human(&value);
     }
     if status >= 400 {
-        let msg = value["error"]["message"]
-            .as_str()
-            .unwrap_or("request failed");
-        let code = value["error"]["code"].as_str().unwrap_or("error");
-        eprintln!("error: {msg} ({code}, HTTP {status})");
+        // Anything but our error format (a proxy's page, a daemon far older or newer)
+        // is still reported, as what it is.
+        match serde_json::from_value::<ErrorAnswer>(value.clone()) {
+            Ok(ErrorAnswer { error, .. }) => {
+                eprintln!("error: {} ({}, HTTP {status})", error.message, error.code)
+            }
+            Err(_) => eprintln!("error: request failed (HTTP {status}): {value}"),
+        }
         return Ok(ExitCode::FAILURE);
+    }
+    if !cli.json {
+        print_human(answer, value)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(v: &Value) {
-    if v.get("webhooks").is_some() || v.get("event_id").is_some() {
-        return print_webhooks(v);
+/// What a client command's successful answer is, so that it is read as that type rather
+/// than guessed from its keys.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Payment,
+    PaymentDetail,
+    Recheck,
+    PaymentPage,
+    WebhookPage,
+    Webhook,
+}
+
+fn print_human(answer: Answer, v: Value) -> Result<()> {
+    let read = "the daemon's answer is not what this ninjapoll expects (pass --json to see it)";
+    match answer {
+        Answer::Payment => {
+            let p: PaymentView = serde_json::from_value(v).context(read)?;
+            print_payments(std::slice::from_ref(&p), None);
+            print_next_check(&p);
+        }
+        Answer::PaymentDetail => {
+            let d: PaymentDetail = serde_json::from_value(v).context(read)?;
+            print_payments(std::slice::from_ref(&d.payment), None);
+            print_next_check(&d.payment);
+        }
+        Answer::Recheck => {
+            let r: RecheckAnswer = serde_json::from_value(v).context(read)?;
+            print_payments(std::slice::from_ref(&r.payment), None);
+            print_next_check(&r.payment);
+        }
+        Answer::PaymentPage => {
+            let page: PaymentPage = serde_json::from_value(v).context(read)?;
+            let more = page.next_cursor.filter(|_| page.has_more);
+            print_payments(&page.payments, more.as_deref());
+        }
+        Answer::WebhookPage => {
+            let page: WebhookPage = serde_json::from_value(v).context(read)?;
+            let more = page.next_cursor.filter(|_| page.has_more);
+            print_webhooks(&page.webhooks, more.as_deref());
+        }
+        Answer::Webhook => {
+            print_webhooks(&[serde_json::from_value(v).context(read)?], None);
+        }
     }
-    let row = |p: &Value| {
-        format!(
-            "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
-            p["kind"].as_str().unwrap_or(""),
-            p["id"].as_str().unwrap_or(""),
-            p["state"].as_str().unwrap_or(""),
-            p["upstream_status"].as_str().unwrap_or("-"),
-            p["checks_done"],
-            p["last_error"].as_str().unwrap_or(""),
-        )
-    };
-    let header = format!(
-        "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
-        "KIND", "ID", "STATE", "UPSTREAM", "CHECKS", "LAST ERROR"
+    Ok(())
+}
+
+fn print_payments(payments: &[PaymentView], more: Option<&str>) {
+    println!(
+        "{:<8} {:<24} {:<10} {:<12} {:>6}  LAST ERROR",
+        "KIND", "ID", "STATE", "UPSTREAM", "CHECKS"
     );
-    if let Some(list) = v["payments"].as_array() {
-        println!("{header}");
-        for p in list {
-            println!("{}", row(p));
-        }
-        if let (Some(c), true) = (v["next_cursor"].as_str(), v["has_more"] == true) {
-            println!("(more: --cursor {c})");
-        }
-    } else if v.get("kind").is_some() {
-        println!("{header}\n{}", row(v));
-        if let Some(next) = v["next_check_at"].as_str() {
-            println!("next check at {next}");
-        }
-    } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    for p in payments {
+        println!(
+            "{:<8} {:<24} {:<10} {:<12} {:>6}  {}",
+            p.facts.kind,
+            p.facts.id,
+            p.facts.state.as_str(),
+            p.facts.upstream_status.as_deref().unwrap_or("-"),
+            p.checks_done,
+            p.last_error.as_deref().unwrap_or(""),
+        );
+    }
+    if let Some(c) = more {
+        println!("(more: --cursor {c})");
     }
 }
 
-fn print_webhooks(v: &Value) {
-    let row = |e: &Value| {
-        format!(
-            "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  {}",
-            e["event_id"].as_str().unwrap_or(""),
-            e["state"].as_str().unwrap_or(""),
-            e["payment"]["kind"].as_str().unwrap_or(""),
-            e["payment"]["id"].as_str().unwrap_or(""),
-            e["sequence"],
-            e["type"].as_str().unwrap_or(""),
-            e["attempts"],
-            e["last_error"].as_str().unwrap_or(""),
-        )
-    };
+fn print_next_check(p: &PaymentView) {
+    if let Some(next) = p.next_check_at {
+        println!("next check at {}", crate::payment::rfc3339(next.0));
+    }
+}
+
+fn print_webhooks(events: &[WebhookView], more: Option<&str>) {
     println!(
         "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  LAST ERROR",
         "EVENT", "STATE", "KIND", "ID", "SEQ", "TYPE", "ATTEMPTS"
     );
-    match v["webhooks"].as_array() {
-        Some(list) => {
-            for e in list {
-                println!("{}", row(e));
-            }
-            if v["has_more"] == true {
-                if let Some(c) = v["next_cursor"].as_str() {
-                    println!("(more: --cursor {c})");
-                }
-            }
-        }
-        None => println!("{}", row(v)),
+    for e in events {
+        println!(
+            "{:<30} {:<9} {:<8} {:<24} {:>4} {:<22} {:>8}  {}",
+            e.event_id,
+            e.state.as_str(),
+            e.payment.kind,
+            e.payment.id,
+            e.sequence,
+            e.event_type,
+            e.attempts,
+            e.last_error.as_deref().unwrap_or(""),
+        );
+    }
+    if let Some(c) = more {
+        println!("(more: --cursor {c})");
     }
 }

@@ -2,7 +2,7 @@
 //! built-in defaults (SPEC section 3). Parsed once, at start-up, into typed settings; every
 //! refusal names the key at fault.
 
-use crate::kinds::{self, Kind, RawKind};
+use crate::kinds::{self, Kind, KindName, RawKind};
 use crate::ladder::Ladder;
 use crate::secret::{secret_text, Secret};
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -42,10 +42,10 @@ pub struct Raw {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub path: Option<PathBuf>,
-    /// How long finished payments are kept (`0`: forever; a bare number, as an
-    /// environment variable gives it, is read as text).
-    #[serde(default, deserialize_with = "mode_digits")]
-    pub keep_finished: Option<String>,
+    /// How long finished payments are kept (`0`: forever, also as a bare number, as an
+    /// environment variable gives it).
+    #[serde(default, with = "period")]
+    pub keep_finished: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,8 +69,10 @@ pub struct RawSocket {
     #[serde(default)]
     pub allowed_gids: Vec<u32>,
     pub max_connections: Option<usize>,
-    pub header_timeout: Option<String>,
-    pub request_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,26 +84,32 @@ pub struct RawNinjapay {
     pub prod_base_url: Option<String>,
     pub api_base_url: Option<String>,
     pub budget_requests: Option<u32>,
-    pub budget_window: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub budget_window: Option<Duration>,
     pub max_in_flight: Option<usize>,
-    pub connect_timeout: Option<String>,
-    pub request_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
-    pub first_check: Option<Vec<String>>,
+    #[serde(default, with = "durations")]
+    pub first_check: Option<Vec<Duration>>,
     pub steps: Option<Vec<RawStep>>,
-    pub timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
-    pub every: String,
-    #[serde(rename = "for")]
-    pub span: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    #[serde(rename = "for", default, with = "humantime_serde")]
+    pub span: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -112,14 +120,16 @@ pub struct RawWebhooks {
     #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
-    pub retry: Option<Vec<String>>,
-    pub timeout: Option<String>,
+    #[serde(default, with = "durations")]
+    pub retry: Option<Vec<Duration>>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     pub max_in_flight: Option<usize>,
     #[serde(default)]
     pub allowed_callback_prefixes: Vec<String>,
     /// How long delivered events are kept, if shorter than their payment.
-    #[serde(default, deserialize_with = "mode_digits")]
-    pub keep_delivered: Option<String>,
+    #[serde(default, with = "period")]
+    pub keep_delivered: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -129,6 +139,55 @@ pub struct RawLog {
     pub format: Option<String>,
     /// A tracing filter, e.g. `info` or `ninjapoll=debug`; `RUST_LOG` wins when set.
     pub level: Option<String>,
+}
+
+/// A list of durations (`["5s", "30s"]`), each read by humantime-serde.
+mod durations {
+    use humantime_serde::Serde;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<Duration>>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref()
+            .map(|v| v.iter().copied().map(Serde::from).collect::<Vec<_>>())
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+        let v = Option::<Vec<Serde<Duration>>>::deserialize(d)?;
+        Ok(v.map(|v| v.into_iter().map(Serde::into_inner).collect()))
+    }
+}
+
+/// A retention period: a duration, or `0` (forever) also as a bare number, which TOML
+/// allows and an environment variable always gives.
+mod period {
+    use serde::de::value::StrDeserializer;
+    use serde::de::IntoDeserializer;
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Whole days are written as days: humantime would write `90d` in months of 30.44
+    /// days (`2months 29days 2h 52m 48s`), which reads as something nobody configured.
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        const DAY: u64 = 86_400;
+        match v {
+            Some(d) if d.subsec_nanos() == 0 && d.as_secs() > 0 && d.as_secs() % DAY == 0 => {
+                s.serialize_str(&format!("{}d", d.as_secs() / DAY))
+            }
+            _ => humantime_serde::serialize(v, s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match super::mode_digits(d)? {
+            None => Ok(None),
+            Some(text) => {
+                let text: StrDeserializer<'_, D::Error> = text.as_str().into_deserializer();
+                humantime_serde::deserialize(text).map(Some)
+            }
+        }
+    }
 }
 
 /// `socket.mode` (or a retention period such as `0`) as text, whether written as a string
@@ -177,6 +236,45 @@ pub enum ConfigError {
     /// The ladder's own errors name their key.
     #[error(transparent)]
     Ladder(#[from] crate::ladder::LadderError),
+}
+
+/// A value that does not read (a duration that is not one, a number that is text) is
+/// reported like every other refusal: its key first (`schedule.steps[0].for`), then what
+/// is wrong and where the value came from. figment would name the key after its profile
+/// (`default.`), which no user writes.
+fn load_error(e: figment::Error) -> ConfigError {
+    use figment::error::{Actual, Kind};
+    if e.count() != 1 || e.path.is_empty() {
+        return ConfigError::Load(Box::new(e));
+    }
+    let mut key = String::new();
+    for part in &e.path {
+        match part.parse::<usize>() {
+            Ok(i) => key += &format!("[{i}]"),
+            Err(_) if key.is_empty() => key += part,
+            Err(_) => key += &format!(".{part}"),
+        }
+    }
+    let what = match &e.kind {
+        // humantime-serde's refusal drops humantime's reason (e.g. the units it knows);
+        // asking humantime again for it costs nothing on a path that stops the start.
+        Kind::InvalidValue(Actual::Str(v), expected) if expected == "a duration" => {
+            let why = humantime::parse_duration(v).err().map(|e| format!(": {e}"));
+            format!(
+                "{v:?} is not a duration like \"3s\" or \"10m\"{}",
+                why.unwrap_or_default()
+            )
+        }
+        kind => kind.to_string(),
+    };
+    let source = match &e.metadata {
+        Some(m) => match &m.source {
+            Some(src) => format!(" (in {src})"),
+            None => format!(" (from {})", m.name),
+        },
+        None => String::new(),
+    };
+    invalid(key, format!("{what}{source}"))
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -371,7 +469,7 @@ pub struct Config {
     pub socket: SocketConfig,
     pub ninjapay: NinjapayConfig,
     pub ladder: Ladder,
-    pub kinds: BTreeMap<String, Arc<Kind>>,
+    pub kinds: BTreeMap<KindName, Arc<Kind>>,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
     /// What was loaded, secrets replaced, for `check-config`.
@@ -383,52 +481,52 @@ pub struct Config {
 
 /// The built-in defaults, as a provider the file and environment merge over.
 pub fn defaults() -> Raw {
-    let step = |every: &str, span: Option<&str>| RawStep {
-        every: every.into(),
-        span: span.map(Into::into),
+    let secs = Duration::from_secs;
+    let step = |every: u64, span: Option<u64>| RawStep {
+        every: secs(every),
+        span: span.map(secs),
     };
     Raw {
         database: RawDatabase {
-            keep_finished: Some("90d".into()),
+            keep_finished: Some(secs(90 * 86_400)),
             ..Default::default()
         },
         socket: RawSocket {
             max_connections: Some(256),
-            header_timeout: Some("10s".into()),
-            request_timeout: Some("60s".into()),
+            header_timeout: Some(secs(10)),
+            request_timeout: Some(secs(60)),
             ..Default::default()
         },
         ninjapay: RawNinjapay {
             prod_base_url: Some("https://prod.ninjapay.me".into()),
             api_base_url: Some("https://api.ninjapay.me".into()),
             budget_requests: Some(1000),
-            budget_window: Some("10m".into()),
+            budget_window: Some(secs(600)),
             max_in_flight: Some(16),
-            connect_timeout: Some("5s".into()),
-            request_timeout: Some("15s".into()),
+            connect_timeout: Some(secs(5)),
+            request_timeout: Some(secs(15)),
             ..Default::default()
         },
         schedule: RawSchedule {
-            first_check: Some(vec!["20s".into(), "25s".into()]),
+            first_check: Some(vec![secs(20), secs(25)]),
             steps: Some(vec![
-                step("3s", Some("30s")),
-                step("6s", Some("60s")),
-                step("10s", Some("60s")),
-                step("30s", Some("60s")),
-                step("1m", None),
+                step(3, Some(30)),
+                step(6, Some(60)),
+                step(10, Some(60)),
+                step(30, Some(60)),
+                step(60, None),
             ]),
-            timeout: Some("10m".into()),
+            timeout: Some(secs(600)),
         },
         webhooks: RawWebhooks {
+            // 5s, 30s, 2m, 10m, 30m, 1h, 2h, 4h, 8h, 8h
             retry: Some(
-                [
-                    "5s", "30s", "2m", "10m", "30m", "1h", "2h", "4h", "8h", "8h",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+                [5, 30, 120, 600, 1800, 3600, 7200, 14_400, 28_800, 28_800]
+                    .into_iter()
+                    .map(secs)
+                    .collect(),
             ),
-            timeout: Some("10s".into()),
+            timeout: Some(secs(10)),
             max_in_flight: Some(8),
             ..Default::default()
         },
@@ -481,7 +579,7 @@ impl Config {
         for (key, value) in env().filter(|k| is_secret_key(k.as_str())).iter() {
             fig = fig.merge((key.as_str().to_string(), value));
         }
-        let raw: Raw = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let raw: Raw = fig.extract().map_err(load_error)?;
         let mut inline = vec![
             "ninjapay.api_key".to_string(),
             "webhooks.secret".to_string(),
@@ -539,16 +637,8 @@ impl Config {
                 0 => return Err(invalid("socket.max_connections", "must be at least 1")),
                 n => n,
             },
-            header_timeout: positive(
-                "socket.header_timeout",
-                raw.socket.header_timeout.as_deref(),
-                "10s",
-            )?,
-            request_timeout: positive(
-                "socket.request_timeout",
-                raw.socket.request_timeout.as_deref(),
-                "60s",
-            )?,
+            header_timeout: positive("socket.header_timeout", raw.socket.header_timeout, 10)?,
+            request_timeout: positive("socket.request_timeout", raw.socket.request_timeout, 60)?,
         };
 
         let mut warnings = Vec::new();
@@ -574,18 +664,10 @@ impl Config {
         let ninjapay = NinjapayConfig {
             api_key,
             budget_requests,
-            budget_window: positive("ninjapay.budget_window", n.budget_window.as_deref(), "10m")?,
+            budget_window: positive("ninjapay.budget_window", n.budget_window, 600)?,
             max_in_flight,
-            connect_timeout: positive(
-                "ninjapay.connect_timeout",
-                n.connect_timeout.as_deref(),
-                "5s",
-            )?,
-            request_timeout: positive(
-                "ninjapay.request_timeout",
-                n.request_timeout.as_deref(),
-                "15s",
-            )?,
+            connect_timeout: positive("ninjapay.connect_timeout", n.connect_timeout, 5)?,
+            request_timeout: positive("ninjapay.request_timeout", n.request_timeout, 15)?,
             prod_base_url: prod,
             api_base_url: api,
         };
@@ -597,7 +679,9 @@ impl Config {
             Duration::from_millis(ladder.timeout_ms() as u64).max(ninjapay.budget_window);
         let keep_finished = keep(
             "database.keep_finished",
-            raw.database.keep_finished.as_deref().unwrap_or("90d"),
+            raw.database
+                .keep_finished
+                .unwrap_or(Duration::from_secs(90 * 86_400)),
             Some(2 * lifetime),
         )?;
 
@@ -610,7 +694,7 @@ impl Config {
                 .map_err(|e| invalid(format!("kinds.{}.{}", e.kind, e.field), e.message))?;
             // A kind's endpoint gets the key too.
             key_url(&format!("kinds.{name}.url"), Some(&kind.url))?;
-            kinds.insert(name.clone(), Arc::new(kind));
+            kinds.insert(kind.name.clone(), Arc::new(kind));
         }
 
         let w = &raw.webhooks;
@@ -650,19 +734,12 @@ impl Config {
                 "webhooks.allowed_callback_prefixes is set, so a signing secret (whsec_…) is required",
             ));
         }
-        let retry = w
-            .retry
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| duration(&format!("webhooks.retry[{i}]"), s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let retry = w.retry.clone().unwrap_or_default();
         let webhooks = WebhooksConfig {
             url: url_,
             secrets,
             retry,
-            timeout: positive("webhooks.timeout", w.timeout.as_deref(), "10s")?,
+            timeout: positive("webhooks.timeout", w.timeout, 10)?,
             max_in_flight: w.max_in_flight.unwrap_or(8).max(1),
             allowed_callback_prefixes: w
                 .allowed_callback_prefixes
@@ -673,9 +750,9 @@ impl Config {
                         .map_err(|e| invalid(format!("webhooks.allowed_callback_prefixes[{i}]"), e))
                 })
                 .collect::<Result<_, _>>()?,
-            keep_delivered: match w.keep_delivered.as_deref() {
+            keep_delivered: match w.keep_delivered {
                 None => None,
-                Some(s) => keep("webhooks.keep_delivered", s, None)?,
+                Some(d) => keep("webhooks.keep_delivered", d, None)?,
             },
         };
         let metrics_listen = match raw.metrics.listen.as_deref().filter(|s| !s.is_empty()) {
@@ -764,18 +841,8 @@ fn key_url(key: &str, value: Option<&str>) -> Result<String, ConfigError> {
     }
 }
 
-fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        invalid(
-            key,
-            format!("{s:?} is not a duration like \"3s\" or \"10m\": {e}"),
-        )
-    })
-}
-
 /// A retention period: `0` keeps forever (`None`); otherwise at least `min`.
-fn keep(key: &str, s: &str, min: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
-    let d = duration(key, s)?;
+fn keep(key: &str, d: Duration, min: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
     if d.is_zero() {
         return Ok(None);
     }
@@ -783,8 +850,9 @@ fn keep(key: &str, s: &str, min: Option<Duration>) -> Result<Option<Duration>, C
         return Err(invalid(
             key,
             format!(
-                "{s:?} is shorter than two payment lifetimes ({}), from which a restart relearns \
+                "\"{}\" is shorter than two payment lifetimes ({}), from which a restart relearns \
                  flip ages; use 0 to keep forever or at least that",
+                humantime::format_duration(d),
                 humantime::format_duration(min)
             ),
         ));
@@ -812,8 +880,9 @@ fn loopback(key: &str, s: &str) -> Result<std::net::SocketAddr, ConfigError> {
     Ok(addr)
 }
 
-fn positive(key: &str, s: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
-    let d = duration(key, s.unwrap_or(default))?;
+/// A duration that must not be zero; `default_secs` when not configured.
+fn positive(key: &str, d: Option<Duration>, default_secs: u64) -> Result<Duration, ConfigError> {
+    let d = d.unwrap_or(Duration::from_secs(default_secs));
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
     }
@@ -824,16 +893,10 @@ fn ladder(s: &RawSchedule) -> Result<Ladder, ConfigError> {
     let first = s
         .first_check
         .clone()
-        .unwrap_or_else(|| vec!["20s".into(), "25s".into()]);
+        .unwrap_or_else(|| vec![Duration::from_secs(20), Duration::from_secs(25)]);
     let (lo, hi) = match first.as_slice() {
-        [one] => {
-            let d = duration("schedule.first_check", one)?;
-            (d, d)
-        }
-        [lo, hi] => (
-            duration("schedule.first_check[0]", lo)?,
-            duration("schedule.first_check[1]", hi)?,
-        ),
+        [one] => (*one, *one),
+        [lo, hi] => (*lo, *hi),
         _ => {
             return Err(invalid(
                 "schedule.first_check",
@@ -841,23 +904,13 @@ fn ladder(s: &RawSchedule) -> Result<Ladder, ConfigError> {
             ))
         }
     };
-    let steps = s
+    let steps: Vec<(Duration, Option<Duration>)> = s
         .steps
-        .clone()
-        .unwrap_or_default()
         .iter()
-        .enumerate()
-        .map(|(i, st)| {
-            Ok((
-                duration(&format!("schedule.steps[{i}].every"), &st.every)?,
-                st.span
-                    .as_deref()
-                    .map(|f| duration(&format!("schedule.steps[{i}].for"), f))
-                    .transpose()?,
-            ))
-        })
-        .collect::<Result<Vec<_>, ConfigError>>()?;
-    let timeout = duration("schedule.timeout", s.timeout.as_deref().unwrap_or("10m"))?;
+        .flatten()
+        .map(|st| (st.every, st.span))
+        .collect();
+    let timeout = s.timeout.unwrap_or(Duration::from_secs(600));
     Ok(Ladder::new((lo, hi), &steps, timeout)?)
 }
 
@@ -1075,7 +1128,18 @@ mod tests {
         let e = load_str("[schedule]\ntimeout = \"5s\"").unwrap_err();
         assert!(e.to_string().starts_with("schedule.timeout"), "{e}");
         let e = load_str("[ninjapay]\nbudget_window = \"soon\"").unwrap_err();
-        assert!(e.to_string().starts_with("ninjapay.budget_window"), "{e}");
+        assert!(e.to_string().starts_with("ninjapay.budget_window: "), "{e}");
+        assert!(e.to_string().contains("\"soon\" is not a duration"), "{e}");
+        let e = load_str("[webhooks]\nretry = [\"5s\", \"5 fortnights\"]").unwrap_err();
+        assert!(e.to_string().starts_with("webhooks.retry[1]: "), "{e}");
+        assert!(e.to_string().contains("\"5 fortnights\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown time unit \"fortnights\""),
+            "{e}"
+        );
+        let e = load_str("[schedule]\nsteps = [{ every = \"3s\", for = \"1x\" }]").unwrap_err();
+        assert!(e.to_string().starts_with("schedule.steps[0].for: "), "{e}");
+        assert!(e.to_string().contains("\"1x\""), "{e}");
         let e = load_str("[ninjapay]\nbogus = 1").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = load_str("[webhooks]\nurl = \"http://127.0.0.1:1/x\"").unwrap_err();

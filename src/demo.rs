@@ -4,14 +4,16 @@
 
 use crate::client::request;
 use crate::config::{self, Config, RawStep};
+use crate::payment::State;
 use crate::webhooks;
+use crate::wire::{EnqueueRequest, EventBody, PaymentDetail, PaymentView};
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine;
 use ninjapoll_fake::{FakeNinjapay, FakeOptions, Unknown};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -48,21 +50,22 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
     raw.ninjapay.api_key = Some("demo-key".into());
     raw.ninjapay.prod_base_url = Some(fake.base_url());
     raw.ninjapay.api_base_url = Some(fake.base_url());
-    raw.schedule.first_check = Some(vec!["1s".into(), "1500ms".into()]);
+    let ms = Duration::from_millis;
+    raw.schedule.first_check = Some(vec![ms(1000), ms(1500)]);
     raw.schedule.steps = Some(vec![
         RawStep {
-            every: "500ms".into(),
-            span: Some("3s".into()),
+            every: ms(500),
+            span: Some(ms(3000)),
         },
         RawStep {
-            every: "1s".into(),
+            every: ms(1000),
             span: None,
         },
     ]);
-    raw.schedule.timeout = Some("20s".into());
+    raw.schedule.timeout = Some(ms(20_000));
     raw.webhooks.url = Some(format!("http://{receiver}/ninjapay/events"));
     raw.webhooks.secret = Some(secret);
-    raw.webhooks.retry = Some(vec!["200ms".into(), "1s".into()]);
+    raw.webhooks.retry = Some(vec![ms(200), ms(1000)]);
     let cfg = Config::from_raw(raw)?;
     let socket = cfg.socket.path.clone();
     crate::logging::init(&crate::config::LogConfig {
@@ -85,7 +88,7 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let mut states: HashMap<(String, String), String> = HashMap::new();
+    let mut states: HashMap<(String, String), State> = HashMap::new();
     for i in 0..payments {
         let kind = KINDS[i % KINDS.len()];
         let id = format!("DEMO{}{:03}", kind.to_uppercase(), i);
@@ -93,33 +96,36 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
             // A listing shows only ids the simulated provider knows.
             fake.script_random("btc", &id);
         }
-        let (status, v) = request(
-            &socket,
-            "POST",
-            "/v1/checks",
-            Some(&json!({"kind": kind, "id": id, "metadata": {"order": i}})),
-        )
-        .await?;
+        let body = serde_json::to_value(EnqueueRequest {
+            kind: kind.to_owned(),
+            id: id.clone(),
+            started_at: None,
+            callback_url: None,
+            metadata: Some(json!({"order": i})),
+        })?;
+        let (status, v) = request(&socket, "POST", "/v1/checks", Some(&body)).await?;
+        let p: PaymentView = serde_json::from_value(v).context("the enqueue's answer")?;
         println!(
             "enqueued {kind:<8} {id:<16} -> HTTP {status}, {}",
-            v["state"].as_str().unwrap_or("?")
+            p.facts.state
         );
-        states.insert((kind.to_string(), id), "pending".into());
+        states.insert((kind.to_string(), id), State::Pending);
     }
     println!();
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && states.values().any(|s| s == "pending") {
+    while Instant::now() < deadline && states.values().any(|s| *s == State::Pending) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         for ((kind, id), state) in states.iter_mut() {
             let (_, v) = request(&socket, "GET", &format!("/v1/checks/{kind}/{id}"), None).await?;
-            let now = v["state"].as_str().unwrap_or("?").to_string();
-            if &now != state {
+            let p: PaymentDetail = serde_json::from_value(v).context("a payment's answer")?;
+            let now = p.payment.facts.state;
+            if now != *state {
                 println!(
                     "{:>6.1}s  {kind:<8} {id:<16} {state} -> {now} (upstream {:?}, after {} checks)",
                     started.elapsed().as_secs_f64(),
-                    v["upstream_status"].as_str().unwrap_or("-"),
-                    v["checks_done"]
+                    p.payment.facts.upstream_status.as_deref().unwrap_or("-"),
+                    p.payment.checks_done
                 );
                 *state = now;
             }
@@ -151,16 +157,18 @@ async fn start_receiver(key: Vec<u8>) -> Result<std::net::SocketAddr> {
                 let ts: i64 = h("webhook-timestamp").parse().unwrap_or(0);
                 let expected = webhooks::sign(&key, h("webhook-id"), ts, &body);
                 let ok = h("webhook-signature").split(' ').any(|s| s == expected);
-                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                println!(
-                    "          webhook {} {} {} seq {} -> {} (signature {})",
-                    v["type"].as_str().unwrap_or("?"),
-                    v["data"]["kind"].as_str().unwrap_or("?"),
-                    v["data"]["id"].as_str().unwrap_or("?"),
-                    v["data"]["sequence"],
-                    v["data"]["state"].as_str().unwrap_or("?"),
-                    if ok { "valid" } else { "INVALID" }
-                );
+                match serde_json::from_str::<EventBody>(&body) {
+                    Ok(ev) => println!(
+                        "          webhook {} {} {} seq {} -> {} (signature {})",
+                        ev.event_type,
+                        ev.data.payment.kind,
+                        ev.data.payment.id,
+                        ev.data.sequence,
+                        ev.data.payment.state,
+                        if ok { "valid" } else { "INVALID" }
+                    ),
+                    Err(e) => println!("          webhook with an unexpected body ({e}): {body}"),
+                }
                 if ok {
                     StatusCode::NO_CONTENT
                 } else {

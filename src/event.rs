@@ -2,8 +2,9 @@
 //! body it carries. Pure: `store` writes the body into the outbox in the transaction of the
 //! change, `webhooks` delivers it; neither needs the other for this.
 
-use crate::payment::{rfc3339, State, UnixMs};
-use serde_json::{json, Value};
+use crate::kinds::KindName;
+use crate::payment::{State, UnixMs};
+use crate::wire::{EventBody, EventData, PaymentFacts, Timestamp};
 
 /// Event type of a flip of the upstream status.
 pub const STATUS_CHANGED: &str = "payment.status_changed";
@@ -20,7 +21,7 @@ pub struct EventSpec {
 /// The payment an event is about, as it is after the change.
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
-    pub kind: &'a str,
+    pub kind: &'a KindName,
     pub id: &'a str,
     pub state: State,
     pub upstream_status: Option<&'a str>,
@@ -51,32 +52,37 @@ pub fn event_for(
 }
 
 /// The event's id and body. `after` is the payment as it is after the change; a check
-/// only ever changes a pending payment, so the previous state is always `pending`.
+/// only ever changes a pending payment, so the previous state is always `pending`. The
+/// payment's fields are the API's ([`PaymentFacts`]), so a receiver and a client see the
+/// same payment.
 pub fn event_body(
     ev: &EventSpec,
     after: &Subject<'_>,
     sequence: i64,
     checked_at: UnixMs,
 ) -> (String, String) {
-    let body = json!({
-        "type": ev.event_type,
-        "timestamp": rfc3339(checked_at),
-        "data": {
-            "kind": after.kind,
-            "id": after.id,
-            "sequence": sequence,
-            "state": after.state,
-            "previous_state": State::Pending,
-            "upstream_status": after.upstream_status,
-            "previous_upstream_status": ev.previous_upstream_status,
-            "final": after.state.is_final(),
-            "checked_at": rfc3339(checked_at),
-            "started_at": rfc3339(after.started_at),
-            "response": parse_json(after.response),
-            "metadata": parse_json(after.metadata),
-        }
-    });
-    (new_event_id(), body.to_string())
+    let body = EventBody {
+        event_type: ev.event_type.to_owned(),
+        timestamp: Timestamp(checked_at),
+        data: EventData {
+            payment: PaymentFacts::new(
+                after.kind,
+                after.id,
+                after.state,
+                after.upstream_status,
+                after.started_at,
+                after.response,
+                after.metadata,
+            ),
+            sequence,
+            previous_state: State::Pending,
+            previous_upstream_status: ev.previous_upstream_status.clone(),
+            checked_at: Timestamp(checked_at),
+        },
+    };
+    // Serialising plain data (strings, numbers, parsed JSON values) cannot fail.
+    let text = serde_json::to_string(&body).unwrap_or_default();
+    (new_event_id(), text)
 }
 
 /// A fresh event id.
@@ -86,11 +92,6 @@ pub fn new_event_id() -> String {
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect();
     format!("msg_{tail}")
-}
-
-fn parse_json(text: Option<&str>) -> Value {
-    text.and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

@@ -11,6 +11,88 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
+/// A check kind's name (`p2p`, `btc`, a `[kinds.NAME]` of the configuration): 1–32
+/// characters of `a-z`, `0-9`, `_` or `-`. Parsed once where a name comes in (a
+/// configuration key, the API's input); rows decode into it as stored (only parsed names
+/// are ever written). It borrows as `str`, so maps keyed by it are looked up with text.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(try_from = "String", into = "String")]
+#[sqlx(transparent)]
+pub struct KindName(String);
+
+/// Why a kind name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a kind's name is 1-32 characters of a-z, 0-9, '_' or '-'")]
+pub struct BadKindName;
+
+impl KindName {
+    /// Parses a name from outside.
+    pub fn parse(s: &str) -> Result<Self, BadKindName> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(BadKindName)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KindName {
+    type Error = BadKindName;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<KindName> for String {
+    fn from(k: KindName) -> String {
+        k.0
+    }
+}
+
+impl std::borrow::Borrow<str> for KindName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KindName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for KindName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for KindName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for KindName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// A kind as written in the configuration; every field optional so that a user's table
 /// merges over a preset's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -193,7 +275,7 @@ pub struct ListSpec {
 /// A validated check kind.
 #[derive(Debug, Clone)]
 pub struct Kind {
-    pub name: String,
+    pub name: KindName,
     pub method: Method,
     pub url: String,
     pub id_field: String,
@@ -230,17 +312,7 @@ impl Kind {
             field,
             message,
         };
-        let name_ok = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !name_ok {
-            return Err(err(
-                "name",
-                "a kind's name is 1-32 characters of a-z, 0-9, '_' or '-'".into(),
-            ));
-        }
+        let name = KindName::parse(name).map_err(|e| err("name", e.to_string()))?;
         let method = match raw
             .method
             .as_deref()
@@ -358,7 +430,7 @@ impl Kind {
             (None, None) => None,
         };
         Ok(Self {
-            name: name.to_string(),
+            name,
             method,
             url,
             id_field,
@@ -703,6 +775,26 @@ mod tests {
 
     fn kind(name: &str) -> Kind {
         Kind::from_raw(name, &presets()[name], "https://prod.x", "https://api.x").unwrap()
+    }
+
+    #[test]
+    fn kind_names_are_parsed_once_and_refused_by_rule() {
+        for ok in ["p2p", "btc", "my_kind-2", &"a".repeat(32)] {
+            assert_eq!(KindName::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "P2P", "p2p ", "a/b", "ü", &"a".repeat(33)] {
+            assert_eq!(KindName::parse(bad), Err(BadKindName), "{bad:?}");
+        }
+        // Read from JSON (an answer of the API) through the same rule.
+        let k: KindName = serde_json::from_str(r#""p2p""#).unwrap();
+        assert_eq!(serde_json::to_string(&k).unwrap(), r#""p2p""#);
+        assert!(serde_json::from_str::<KindName>(r#""No Kind""#).is_err());
+        // A configured kind with a bad name is refused with the key named.
+        let e = Kind::from_raw("Bad", &presets()["p2p"], "https://p", "https://a").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kinds.Bad.name: a kind's name is 1-32 characters of a-z, 0-9, '_' or '-'"
+        );
     }
 
     fn id(s: &str) -> PaymentId {

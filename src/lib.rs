@@ -14,6 +14,8 @@ mod payment;
 mod policy;
 mod secret;
 mod status;
+/// The socket API's request and answer bodies and the webhook body, for clients and tests.
+pub mod wire;
 // Configuration and the I/O edges.
 mod config;
 mod store;
@@ -38,6 +40,7 @@ pub use cli::main;
 pub use client::request;
 pub use config::{defaults, Config, ConfigError, Raw, RawStep};
 pub use daemon::run_until;
+pub use kinds::KindName;
 pub use ladder::Ladder;
 pub use payment::{now_ms, PaymentId, State};
 pub use scheduler::{spawn as spawn_scheduler, Command, SchedulerHandle};

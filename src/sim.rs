@@ -311,7 +311,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut raw = config::defaults();
     raw.ninjapay.api_key = Some("simulated".into());
     raw.ninjapay.budget_requests = Some(sc.budget);
-    raw.ninjapay.budget_window = Some(format!("{}ms", sc.window_ms));
+    raw.ninjapay.budget_window = Some(std::time::Duration::from_millis(sc.window_ms.max(0) as u64));
     raw.ninjapay.max_in_flight = Some(64);
     let mut cfg = Config::from_raw(raw)?;
     cfg.ladder = sc.ladder.clone();
@@ -462,7 +462,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             core.track(
                 PendingRow {
                     pk,
-                    kind: "p2p".into(),
+                    kind: kind.name.clone(),
                     id: format!("S{pk}"),
                     upstream_status: None,
                     started_at: at,

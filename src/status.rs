@@ -2,12 +2,13 @@
 //! plain data: the scheduler publishes it, health and metrics read it, so telemetry needs
 //! nothing of the scheduler.
 
+use crate::kinds::KindName;
 use crate::payment::UnixMs;
 
 /// A kind's learnt distribution, as health shows it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KindPolicy {
-    pub kind: String,
+    pub kind: KindName,
     /// Finished payments the estimate rests on.
     pub evidence: usize,
     /// Share of payments flipping before the deadline.
@@ -35,7 +36,7 @@ pub struct PoolStatus {
     pub target: f64,
     pub pending: usize,
     pub paused_until: Option<UnixMs>,
-    pub auth_failing: Vec<String>,
+    pub auth_failing: Vec<KindName>,
     pub lateness_ms: Vec<i64>,
     pub kinds: Vec<KindPolicy>,
 }

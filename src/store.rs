@@ -9,6 +9,7 @@
 
 pub use crate::event::EventSpec;
 use crate::event::{event_body, Subject};
+use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs, WebhookState};
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -57,7 +58,7 @@ pub fn schema_version() -> i64 {
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct PaymentRow {
     pub pk: PaymentKey,
-    pub kind: String,
+    pub kind: KindName,
     pub id: String,
     pub state: State,
     pub upstream_status: Option<String>,
@@ -79,7 +80,7 @@ pub struct PaymentRow {
 /// A payment to start tracking.
 #[derive(Debug, Clone)]
 pub struct NewPayment {
-    pub kind: String,
+    pub kind: KindName,
     pub id: PaymentId,
     pub started_at: UnixMs,
     pub jitter_ms: i64,
@@ -132,7 +133,7 @@ pub enum Applied {
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingRow {
     pub pk: i64,
-    pub kind: String,
+    pub kind: KindName,
     pub id: String,
     pub upstream_status: Option<String>,
     pub started_at: i64,
@@ -144,7 +145,7 @@ pub struct PendingRow {
 /// A finished payment, as evidence of when payments flip.
 #[derive(Debug, Clone, FromRow)]
 pub struct FinishedRow {
-    pub kind: String,
+    pub kind: KindName,
     pub started_at: i64,
     pub pending_seen_at: Option<i64>,
     pub last_checked_at: Option<i64>,
@@ -167,7 +168,7 @@ impl FinishedRow {
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub state: Option<State>,
-    pub kind: Option<String>,
+    pub kind: Option<KindName>,
     /// Only rows with a larger `pk` (the cursor).
     pub after_pk: Option<i64>,
     pub limit: u32,
@@ -1053,7 +1054,7 @@ pub struct WebhookEvent {
     pub pk: i64,
     pub event_id: String,
     pub payment_pk: PaymentKey,
-    pub kind: String,
+    pub kind: KindName,
     pub id: String,
     pub sequence: i64,
     #[sqlx(rename = "type")]
@@ -1292,7 +1293,7 @@ mod outbox_tests {
             .await
             .unwrap();
         let new = |id: &str| NewPayment {
-            kind: "p2p".into(),
+            kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(id).unwrap(),
             started_at: 0,
             jitter_ms: 0,
@@ -1450,7 +1451,7 @@ mod retention_tests {
     /// pending with `final_state` None.
     async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> i64 {
         let new = NewPayment {
-            kind: "p2p".into(),
+            kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(id).unwrap(),
             started_at: 0,
             jitter_ms: 0,
@@ -1583,7 +1584,7 @@ mod retention_tests {
         let n = 2 * crate::retention::BATCH as usize + 100;
         let news: Vec<NewPayment> = (0..n)
             .map(|i| NewPayment {
-                kind: "p2p".into(),
+                kind: KindName::parse("p2p").unwrap(),
                 id: PaymentId::parse(&format!("P{i}")).unwrap(),
                 started_at: 0,
                 jitter_ms: 0,
@@ -1728,7 +1729,7 @@ mod write_tests {
 
     fn payment(id: &str, metadata: Option<Value>) -> NewPayment {
         NewPayment {
-            kind: "p2p".into(),
+            kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(id).unwrap(),
             started_at: 0,
             jitter_ms: 0,
@@ -1777,7 +1778,7 @@ mod write_tests {
         let pending = store
             .list(&ListFilter {
                 state: Some(State::Pending),
-                kind: Some("p2p".into()),
+                kind: Some(KindName::parse("p2p").unwrap()),
                 after_pk: Some(all[0].pk.0),
                 limit: 10,
             })

@@ -2,11 +2,11 @@
 //! 0.0.4). Counters and histograms are updated where things happen; gauges of state (the
 //! database's counts, the scheduler's published status) are set when a scrape renders.
 
-use crate::kinds::Observation;
+use crate::kinds::{KindName, Observation};
 use crate::payment::State;
 use crate::status::PoolStatus;
 use crate::store::Pruned;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -43,12 +43,12 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: String,
+    kind: KindName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
-    kind: String,
+    kind: KindName,
     outcome: &'static str,
 }
 
@@ -60,13 +60,13 @@ struct PoolLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolKindLabels {
     pool: String,
-    kind: String,
+    kind: KindName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QuantileLabels {
     pool: String,
-    kind: String,
+    kind: KindName,
     quantile: &'static str,
 }
 
@@ -302,9 +302,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn kind(kind: &str) -> KindLabel {
-    KindLabel {
-        kind: kind.to_string(),
+fn kind(kind: &KindName) -> KindLabel {
+    KindLabel { kind: kind.clone() }
+}
+
+/// A kind's name is a label value as it is: the name's alphabet needs no escaping.
+impl EncodeLabelValue for KindName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
 
@@ -316,12 +321,12 @@ fn pool(pool: &str) -> PoolLabel {
 
 impl Telemetry {
     /// A request sent for `kind`.
-    pub fn request(&self, kind_name: &str) {
+    pub fn request(&self, kind_name: &KindName) {
         self.requests.get_or_create(&kind(kind_name)).inc();
     }
 
     /// A check's outcome for one payment.
-    pub fn check(&self, kind: &str, obs: &Observation, state: State) {
+    pub fn check(&self, kind: &KindName, obs: &Observation, state: State) {
         let outcome = match obs {
             Observation::Error { .. } => "error",
             Observation::Status { state: None, .. } => "unknown_status",
@@ -329,14 +334,14 @@ impl Telemetry {
         };
         self.checks
             .get_or_create(&CheckLabels {
-                kind: kind.to_string(),
+                kind: kind.clone(),
                 outcome,
             })
             .inc();
     }
 
     /// A request's round trip.
-    pub fn latency(&self, kind_name: &str, ms: i64) {
+    pub fn latency(&self, kind_name: &KindName, ms: i64) {
         self.latency
             .get_or_create(&kind(kind_name))
             .observe(ms.max(0) as f64 / 1000.0);
@@ -510,11 +515,10 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let t = Telemetry::default();
-        t.request("a\"b\\c\nd");
-        let text = t.render(&[], &[], &[], &Default::default());
+        let text = t.render(&[("a\"b\\c\nd".into(), 1)], &[], &[], &Default::default());
         assert_eq!(
-            samples(&text, "ninjapoll_upstream_requests_total"),
-            vec![r#"ninjapoll_upstream_requests_total{kind="a\"b\\c\nd"} 1"#],
+            samples(&text, "ninjapoll_payments{state=\"a"),
+            vec![r#"ninjapoll_payments{state="a\"b\\c\nd"} 1"#],
             "{text}"
         );
     }
@@ -522,7 +526,7 @@ mod tests {
     #[test]
     fn counters_end_in_total_and_histograms_are_in_seconds() {
         let t = Telemetry::default();
-        t.latency("p2p", 1_500);
+        t.latency(&KindName::parse("p2p").unwrap(), 1_500);
         t.lateness("default", &[20]);
         t.webhook("delivered");
         t.database_error("record_checks");

@@ -5,16 +5,21 @@ use super::{
     MAX_BATCH_BODY,
 };
 use crate::config::CallbackRefusal;
-use crate::payment::{now_ms, rfc3339, PaymentId, UnixMs};
+use crate::kinds::KindName;
+use crate::payment::{now_ms, PaymentId, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
+use crate::wire::{
+    BatchAnswer, BatchRequest, BatchResult, EnqueueRequest, HistoryEntry, PaymentDetail,
+    PaymentFacts, PaymentPage, PaymentView, RecheckAnswer, Timestamp,
+};
 use axum::extract::{FromRequest, Request};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Most payments in one batch.
 pub const MAX_BATCH: usize = 10_000;
@@ -23,49 +28,26 @@ const MAX_METADATA: usize = 16 * 1024;
 /// How far ahead of now a `started_at` may be (clock skew between app and daemon).
 const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 
-/// One payment to track.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnqueueRequest {
-    kind: String,
-    id: String,
-    started_at: Option<Value>,
-    callback_url: Option<String>,
-    metadata: Option<Value>,
-}
-
-/// `POST /v1/checks/batch`: items stay raw JSON so that a bad one is reported alone.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    checks: Vec<Value>,
-}
-
 /// A payment as the API shows it.
-pub fn payment_json(r: &PaymentRow) -> Value {
-    let state = r.state;
-    let parse = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|s| serde_json::from_str::<Value>(s).ok())
-            .unwrap_or(Value::Null)
-    };
-    json!({
-        "kind": r.kind,
-        "id": r.id,
-        "state": state,
-        "upstream_status": r.upstream_status,
-        "final": state.is_final(),
-        "started_at": rfc3339(r.started_at),
-        "next_check_at": r.next_check_at.map(rfc3339),
-        "checks_done": r.checks_done,
-        "last_checked_at": r.last_checked_at.map(rfc3339),
-        "last_error": r.last_error,
-        "finished_at": r.finished_at.map(rfc3339),
-        "response": parse(&r.response),
-        "metadata": parse(&r.metadata),
-        "callback_url": r.callback_url,
-        "created_at": rfc3339(r.created_at),
-    })
+pub fn payment_view(r: &PaymentRow) -> PaymentView {
+    PaymentView {
+        facts: PaymentFacts::new(
+            &r.kind,
+            &r.id,
+            r.state,
+            r.upstream_status.as_deref(),
+            r.started_at,
+            r.response.as_deref(),
+            r.metadata.as_deref(),
+        ),
+        next_check_at: r.next_check_at.map(Timestamp),
+        checks_done: r.checks_done,
+        last_checked_at: r.last_checked_at.map(Timestamp),
+        last_error: r.last_error.clone(),
+        finished_at: r.finished_at.map(Timestamp),
+        callback_url: r.callback_url.clone(),
+        created_at: Timestamp(r.created_at),
+    }
 }
 
 /// Parses `started_at`: unix seconds (a number, or a string of digits as shells and some
@@ -113,17 +95,17 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
 
 /// Validates one enqueue request into a payment to insert.
 fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPayment, ApiError> {
-    if !st.config.kinds.contains_key(&req.kind) {
-        let known: Vec<&str> = st.config.kinds.keys().map(String::as_str).collect();
-        return Err(ApiError::new(
+    let kind = configured_kind(st, &req.kind).ok_or_else(|| {
+        let known: Vec<&str> = st.config.kinds.keys().map(|k| k.as_str()).collect();
+        ApiError::new(
             ErrorCode::UnknownKind,
             format!(
                 "unknown kind {:?}; known kinds: {}",
                 req.kind,
                 known.join(", ")
             ),
-        ));
-    }
+        )
+    })?;
     let id = PaymentId::parse(&req.id)
         .map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     let started_at = match &req.started_at {
@@ -154,7 +136,7 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
     };
     let (jitter_ms, next_check_at) = st.config.ladder.first_check(started_at);
     Ok(NewPayment {
-        kind: req.kind,
+        kind,
         id,
         started_at,
         jitter_ms,
@@ -204,17 +186,18 @@ fn outcome(
     inserted: Inserted,
     new: &NewPayment,
     explicit: bool,
-) -> (StatusCode, Value, Option<ApiError>) {
+) -> (StatusCode, PaymentView, Option<ApiError>) {
     match inserted {
-        Inserted::New => (StatusCode::CREATED, payment_json(row), None),
+        Inserted::New => (StatusCode::CREATED, payment_view(row), None),
         Inserted::Existing => match conflict(row, new, explicit) {
-            None => (StatusCode::OK, payment_json(row), None),
+            None => (StatusCode::OK, payment_view(row), None),
             Some(field) => {
                 let e = ApiError::new(ErrorCode::Conflict,
                     format!("{} {} is already tracked with a different {field}; enqueue is idempotent and does not rewrite it", row.kind, row.id),
                 );
-                let e = e.with_payment(payment_json(row));
-                (StatusCode::CONFLICT, payment_json(row), Some(e))
+                let view = payment_view(row);
+                let e = e.with_payment(view.clone());
+                (StatusCode::CONFLICT, view, Some(e))
             }
         },
     }
@@ -289,10 +272,11 @@ pub async fn enqueue_batch(
     let mut results = Vec::with_capacity(slots.len());
     for slot in slots {
         match slot {
-            Err(e) => results.push(json!({
-                "status": e.status().as_u16(),
-                "error": e.body(),
-            })),
+            Err(e) => results.push(BatchResult {
+                status: e.status().as_u16(),
+                payment: None,
+                error: Some(e.body()),
+            }),
             Ok((new, explicit)) => {
                 let Some((row, inserted)) = stored.next() else {
                     return Err(anyhow::anyhow!("batch insert returned too few rows").into());
@@ -301,24 +285,31 @@ pub async fn enqueue_batch(
                     let _ = st.scheduler.send(Command::Track(pending_row(&row)));
                 }
                 let (status, body, err) = outcome(&row, inserted, &new, explicit);
-                let mut item = json!({"status": status.as_u16(), "payment": body});
-                if let Some(e) = err {
-                    item["error"] = e.body();
-                }
-                results.push(item);
+                results.push(BatchResult {
+                    status: status.as_u16(),
+                    payment: Some(body),
+                    error: err.map(|e| e.body()),
+                });
             }
         }
     }
-    Ok(Json(json!({"results": results})).into_response())
+    Ok(Json(BatchAnswer { results }).into_response())
+}
+
+/// A kind name from outside, parsed, if it is configured: a name that does not parse is
+/// no configured kind either, and is answered the same way.
+fn configured_kind(st: &AppState, kind: &str) -> Option<KindName> {
+    KindName::parse(kind)
+        .ok()
+        .filter(|k| st.config.kinds.contains_key(k))
+}
+
+fn unknown_kind(kind: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnknownKind, format!("unknown kind {kind:?}"))
 }
 
 fn check_path(st: &AppState, kind: &str, id: &str) -> Result<(), ApiError> {
-    if !st.config.kinds.contains_key(kind) {
-        return Err(ApiError::new(
-            ErrorCode::UnknownKind,
-            format!("unknown kind {kind:?}"),
-        ));
-    }
+    configured_kind(st, kind).ok_or_else(|| unknown_kind(kind))?;
     PaymentId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     Ok(())
 }
@@ -334,22 +325,32 @@ fn not_tracked(kind: &str, id: &str) -> ApiError {
 pub async fn get_one(
     State(st): State<AppState>,
     PaymentPath(kind, id): PaymentPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentDetail>, ApiError> {
     check_path(&st, &kind, &id)?;
     match st.store.get(&kind, &id).await? {
         Some(row) => {
-            let mut body = payment_json(&row);
-            let history: Vec<Value> = st
+            let state = |s: &str| {
+                crate::payment::State::parse(s)
+                    .ok_or_else(|| anyhow::anyhow!("status_history holds an unknown state {s:?}"))
+            };
+            let history = st
                 .store
                 .history(row.pk)
                 .await?
                 .into_iter()
-                .map(|(at, prev, state, raw)| {
-                    json!({"at": rfc3339(at), "previous_state": prev, "state": state, "upstream_status": raw})
+                .map(|(at, prev, now, raw)| {
+                    Ok(HistoryEntry {
+                        at: Timestamp(at),
+                        previous_state: state(&prev)?,
+                        state: state(&now)?,
+                        upstream_status: raw,
+                    })
                 })
-                .collect();
-            body["history"] = Value::Array(history);
-            Ok(Json(body))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Json(PaymentDetail {
+                payment: payment_view(&row),
+                history,
+            }))
         }
         None => Err(not_tracked(&kind, &id)),
     }
@@ -374,7 +375,7 @@ pub struct ListQuery {
 pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentPage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -382,21 +383,17 @@ pub async fn list(
             ApiError::new(ErrorCode::InvalidState, format!("unknown state {s:?}"))
         })?),
     };
-    if let Some(k) = q.kind.as_deref() {
-        if !st.config.kinds.contains_key(k) {
-            return Err(ApiError::new(
-                ErrorCode::UnknownKind,
-                format!("unknown kind {k:?}"),
-            ));
-        }
-    }
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(k) => Some(configured_kind(&st, k).ok_or_else(|| unknown_kind(k))?),
+    };
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
     // One more than asked tells whether another page exists without a second query.
     let mut rows = st
         .store
         .list(&ListFilter {
             state,
-            kind: q.kind,
+            kind,
             after_pk,
             limit: limit + 1,
         })
@@ -406,18 +403,18 @@ pub async fn list(
     // Set whenever the page is not empty, so that a client tailing new payments can
     // resume after the last one it saw even when there was no next page yet.
     let next = rows.last().map(|r| r.pk.to_string());
-    Ok(Json(json!({
-        "payments": rows.iter().map(payment_json).collect::<Vec<_>>(),
-        "next_cursor": next,
-        "has_more": has_more,
-    })))
+    Ok(Json(PaymentPage {
+        payments: rows.iter().map(payment_view).collect(),
+        next_cursor: next,
+        has_more,
+    }))
 }
 
 /// `DELETE /v1/checks/{kind}/{id}`.
 pub async fn cancel(
     State(st): State<AppState>,
     PaymentPath(kind, id): PaymentPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentView>, ApiError> {
     // A payment of a kind no longer configured can still be cancelled: health lists it as
     // unpolled and says to, and nothing but the database is needed.
     let unconfigured = check_path(&st, &kind, &id).err();
@@ -431,11 +428,11 @@ pub async fn cancel(
                     row.state
                 ),
             );
-            Err(e.with_payment(payment_json(&row)))
+            Err(e.with_payment(payment_view(&row)))
         }
         Some(Ok(row)) => {
             let _ = st.scheduler.send(Command::Untrack(row.pk));
-            Ok(Json(payment_json(&row)))
+            Ok(Json(payment_view(&row)))
         }
     }
 }
@@ -458,11 +455,12 @@ pub async fn recheck(
                 .ok()
                 .and_then(|r| r.ok())
                 .flatten();
-            let mut body = payment_json(&row);
-            if let Some(at) = at {
-                body["next_check_at"] = serde_json::json!(crate::payment::rfc3339(at));
+            let mut payment = payment_view(&row);
+            let check_at = at.map(Timestamp);
+            if check_at.is_some() {
+                payment.next_check_at = check_at;
             }
-            body["check_at"] = serde_json::json!(at.map(crate::payment::rfc3339));
+            let body = RecheckAnswer { payment, check_at };
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         None => match st.store.get(&kind, &id).await? {
@@ -475,7 +473,7 @@ pub async fn recheck(
                         row.state
                     ),
                 );
-                Err(e.with_payment(payment_json(&row)))
+                Err(e.with_payment(payment_view(&row)))
             }
         },
     }

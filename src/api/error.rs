@@ -2,10 +2,10 @@
 //! docs/SPEC.md's error-code table is checked against [`ErrorCode::ALL`] by a test, so the
 //! contract and the code cannot drift apart.
 
+use crate::wire::{ErrorAnswer, ErrorBody, PaymentView};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 /// Declares the codes once: the variant, its wire name, its status and its meaning, and
 /// the list of all of them (so a new variant cannot be left out of [`ErrorCode::ALL`]).
@@ -82,12 +82,6 @@ error_codes! {
     Busy = ("busy", SERVICE_UNAVAILABLE, "Too many large request bodies are being read at once; retry shortly."),
 }
 
-impl serde::Serialize for ErrorCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// An API error: a code a program can branch on (which fixes the status), a message a
 /// person can act on.
 #[derive(Debug)]
@@ -97,7 +91,7 @@ pub struct ApiError {
     /// For a person: what was wrong and how to fix it.
     pub message: String,
     /// The payment concerned (e.g. the existing one on a conflict).
-    pub payment: Option<serde_json::Value>,
+    pub payment: Option<Box<PaymentView>>,
 }
 
 impl ApiError {
@@ -111,8 +105,8 @@ impl ApiError {
     }
 
     /// The same, showing the payment concerned.
-    pub fn with_payment(mut self, payment: serde_json::Value) -> Self {
-        self.payment = Some(payment);
+    pub fn with_payment(mut self, payment: PaymentView) -> Self {
+        self.payment = Some(Box::new(payment));
         self
     }
 
@@ -128,8 +122,11 @@ impl ApiError {
     }
 
     /// The `{"code", "message"}` object of the answer (also each failed batch item's).
-    pub fn body(&self) -> serde_json::Value {
-        json!({"code": self.code, "message": self.message})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.as_str().to_owned(),
+            message: self.message.clone(),
+        }
     }
 }
 
@@ -142,10 +139,10 @@ impl From<anyhow::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = json!({"error": self.body()});
-        if let Some(p) = self.payment {
-            body["payment"] = p;
-        }
+        let body = ErrorAnswer {
+            error: self.body(),
+            payment: self.payment.map(|p| *p),
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -13,6 +13,9 @@ use crate::config::Config;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::wire::{
+    DatabaseHealth, Health, HealthStatus, KindPolicyView, PoolHealth, SchedulerHealth, Timestamp,
+};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header;
@@ -22,7 +25,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use std::sync::Arc;
 
 /// Largest request body, except a batch.
@@ -362,7 +364,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     let counts = st.store.state_counts().await?;
     let pending_kinds = st.store.pending_by_kind().await?;
     let webhooks = st.store.webhook_state_counts().await?;
@@ -371,60 +373,61 @@ async fn health(State(st): State<AppState>) -> Result<Json<serde_json::Value>, A
     let db = st.store.write_status();
     let (problems, unpolled) =
         health_problems(&st.config, &published, &pending_kinds, &webhooks, &db, now);
-    let pools: Vec<_> = published
+    let budget = published
         .pools
         .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "budget_used": p.budget_used,
-                "budget_limit": p.budget_effective,
-                "budget_configured": p.budget_limit,
-                "budget_window_ms": p.window_ms,
-                "price_level": p.price_level,
-                "scarce": p.price_level > 0.0,
-                "projected_requests": p.projected.round(),
-                "planned_requests": p.target.round(),
-                "pending": p.pending,
-                "policy": p.kinds.iter().map(|k| json!({
-                    "kind": k.kind,
-                    "pending": k.pending,
-                    "evidence": k.evidence,
-                    "flip_share": (k.flip_share * 1000.0).round() / 1000.0,
-                    "flip_age_p50_ms": k.flip_age_ms[0],
-                    "flip_age_p90_ms": k.flip_age_ms[1],
-                    "flip_age_p99_ms": k.flip_age_ms[2],
-                    "expected_delay_ms": k.expected_delay_ms,
-                })).collect::<Vec<_>>(),
-                "paused_for_ms": p.paused_until.map(|t| t - now),
-                "unhealthy_kinds": p.auth_failing,
-            })
+        .map(|p| PoolHealth {
+            name: p.name.clone(),
+            budget_used: p.budget_used,
+            budget_limit: p.budget_effective,
+            budget_configured: p.budget_limit,
+            budget_window_ms: p.window_ms,
+            price_level: p.price_level,
+            scarce: p.price_level > 0.0,
+            projected_requests: p.projected.round(),
+            planned_requests: p.target.round(),
+            pending: p.pending,
+            policy: p
+                .kinds
+                .iter()
+                .map(|k| KindPolicyView {
+                    kind: k.kind.clone(),
+                    pending: k.pending,
+                    evidence: k.evidence,
+                    flip_share: (k.flip_share * 1000.0).round() / 1000.0,
+                    flip_age_p50_ms: k.flip_age_ms[0],
+                    flip_age_p90_ms: k.flip_age_ms[1],
+                    flip_age_p99_ms: k.flip_age_ms[2],
+                    expected_delay_ms: k.expected_delay_ms,
+                })
+                .collect(),
+            paused_for_ms: p.paused_until.map(|t| t - now),
+            unhealthy_kinds: p.auth_failing.clone(),
         })
         .collect();
     let healthy = problems.is_empty();
-    let by_state: serde_json::Map<String, serde_json::Value> =
-        counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    let hooks: serde_json::Map<String, serde_json::Value> =
-        webhooks.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    Ok(Json(json!({
-        // One verdict, said twice: `status` for people, `healthy` for programs.
-        "status": if healthy { "ok" } else { "degraded" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "healthy": healthy,
-        "problems": problems,
-        "payments": by_state,
-        "scheduler": {
-            "pending": published.pools.iter().map(|p| p.pending).sum::<usize>(),
-            "unpolled": unpolled,
-            "reported_at": (published.at > 0).then(|| crate::payment::rfc3339(published.at)),
+    Ok(Json(Health {
+        status: if healthy {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Degraded
         },
-        "budget": pools,
-        "webhooks": hooks,
-        "database": {
-            "writes_failing": db.failing_since.is_some(),
-            "write_errors": db.failures_total,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        healthy,
+        problems,
+        payments: counts.into_iter().collect(),
+        scheduler: SchedulerHealth {
+            pending: published.pools.iter().map(|p| p.pending).sum(),
+            unpolled,
+            reported_at: (published.at > 0).then_some(Timestamp(published.at)),
         },
-    })))
+        budget,
+        webhooks: webhooks.into_iter().collect(),
+        database: DatabaseHealth {
+            writes_failing: db.failing_since.is_some(),
+            write_errors: db.failures_total,
+        },
+    }))
 }
 
 /// How old the scheduler's last report may be before health calls it stuck: it reports
@@ -466,7 +469,7 @@ pub fn health_problems(
     }
     let mut unpolled = 0;
     for (kind, n) in pending_by_kind {
-        if !config.kinds.contains_key(kind) {
+        if !config.kinds.contains_key(kind.as_str()) {
             unpolled += n;
             problems.push(format!(
                 "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"

@@ -1,36 +1,40 @@
 //! `/v1/webhooks`: list the outbox, show one event with its attempts, replay one.
 
 use super::{ApiError, AppState, ErrorCode};
-use crate::payment::{now_ms, rfc3339, WebhookState};
+use crate::payment::{now_ms, WebhookState};
 use crate::store::{WebhookEvent, WebhookFilter};
+use crate::wire::{AttemptView, PaymentRef, Timestamp, WebhookDetail, WebhookPage, WebhookView};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Longest event id looked up; ours are 28 bytes.
 const MAX_EVENT_ID: usize = 128;
 
 /// An event as the API shows it (without its body; `GET /v1/webhooks/{id}` has that).
-fn event_json(e: &WebhookEvent) -> Value {
-    json!({
-        "event_id": e.event_id,
-        "type": e.event_type,
-        "state": e.state,
-        "payment": {"kind": e.kind, "id": e.id},
-        "sequence": e.sequence,
-        "url": e.url,
-        "attempts": e.attempts,
-        "last_error": e.last_error,
-        "last_status_code": e.last_status_code,
-        "last_attempt_at": e.last_attempt_at.map(rfc3339),
-        "next_attempt_at": (e.state == WebhookState::Pending).then(|| rfc3339(e.next_attempt_at)),
-        "delivered_at": e.delivered_at.map(rfc3339),
-        "created_at": rfc3339(e.created_at),
-    })
+fn event_view(e: &WebhookEvent) -> WebhookView {
+    WebhookView {
+        event_id: e.event_id.clone(),
+        event_type: e.event_type.clone(),
+        state: e.state,
+        payment: PaymentRef {
+            kind: e.kind.clone(),
+            id: e.id.clone(),
+        },
+        sequence: e.sequence,
+        url: e.url.clone(),
+        attempts: e.attempts,
+        last_error: e.last_error.clone(),
+        last_status_code: e.last_status_code,
+        last_attempt_at: e.last_attempt_at.map(Timestamp),
+        next_attempt_at: (e.state == WebhookState::Pending).then_some(Timestamp(e.next_attempt_at)),
+        delivered_at: e.delivered_at.map(Timestamp),
+        created_at: Timestamp(e.created_at),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,7 +52,7 @@ pub struct ListQuery {
 pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookPage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -77,11 +81,11 @@ pub async fn list(
         .await?;
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    Ok(Json(json!({
-        "webhooks": rows.iter().map(event_json).collect::<Vec<_>>(),
-        "next_cursor": rows.last().map(|r| r.pk.to_string()),
-        "has_more": has_more,
-    })))
+    Ok(Json(WebhookPage {
+        webhooks: rows.iter().map(event_view).collect(),
+        next_cursor: rows.last().map(|r| r.pk.to_string()),
+        has_more,
+    }))
 }
 
 /// The `{event_id}` of an event's URL, percent-decoded; refused in our error format.
@@ -122,31 +126,30 @@ fn unknown(event_id: &str) -> ApiError {
 pub async fn get_one(
     State(st): State<AppState>,
     EventPath(event_id): EventPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDetail>, ApiError> {
     check_event_id(&event_id)?;
     let ev = st
         .store
         .webhook(&event_id)
         .await?
         .ok_or_else(|| unknown(&event_id))?;
-    let attempts: Vec<Value> = st
+    let attempt_log = st
         .store
         .webhook_attempts(ev.pk)
         .await?
         .into_iter()
-        .map(|a| {
-            json!({
-                "at": rfc3339(a.at),
-                "status_code": a.status_code,
-                "error": a.error,
-                "latency_ms": a.latency_ms,
-            })
+        .map(|a| AttemptView {
+            at: Timestamp(a.at),
+            status_code: a.status_code,
+            error: a.error,
+            latency_ms: a.latency_ms,
         })
         .collect();
-    let mut body = event_json(&ev);
-    body["body"] = serde_json::from_str(&ev.body).unwrap_or(Value::String(ev.body.clone()));
-    body["attempt_log"] = Value::Array(attempts);
-    Ok(Json(body))
+    Ok(Json(WebhookDetail {
+        event: event_view(&ev),
+        body: serde_json::from_str(&ev.body).unwrap_or(Value::String(ev.body.clone())),
+        attempt_log,
+    }))
 }
 
 /// `POST /v1/webhooks/{event_id}/replay`: due now, with a fresh retry schedule. 202: the
@@ -162,5 +165,5 @@ pub async fn replay(
         .await?
         .ok_or_else(|| unknown(&event_id))?;
     st.webhook_wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(event_json(&ev))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(event_view(&ev))).into_response())
 }

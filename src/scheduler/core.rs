@@ -14,7 +14,7 @@
 
 use super::decide::decide;
 use crate::budget::Budget;
-use crate::kinds::{ErrorClass, Kind, Observation};
+use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{PaymentId, State, UnixMs};
 use crate::policy::{Evidence, Grid, Learner, Plans};
@@ -62,10 +62,10 @@ pub struct PoolSpec {
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub ladder: Ladder,
-    pub kinds: BTreeMap<String, Arc<Kind>>,
+    pub kinds: BTreeMap<KindName, Arc<Kind>>,
     pub pools: Vec<PoolSpec>,
     /// Pool of each kind (absent: pool 0).
-    pub kind_pool: HashMap<String, usize>,
+    pub kind_pool: HashMap<KindName, usize>,
     pub budget_requests: u32,
     pub budget_window_ms: i64,
     pub max_in_flight: usize,
@@ -186,9 +186,9 @@ struct Pool {
     recheck_sent: VecDeque<UnixMs>,
     throttled: u32,
     /// Kinds answering 401/403 since when, and when it was last logged.
-    auth_failing: HashMap<String, (UnixMs, UnixMs)>,
+    auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
     /// Earliest next request of each list kind (its cadence).
-    list_not_before: HashMap<String, UnixMs>,
+    list_not_before: HashMap<KindName, UnixMs>,
     last_probe: UnixMs,
     lateness_ms: Vec<i64>,
     ledger_keys: VecDeque<i64>,
@@ -202,20 +202,20 @@ struct Pool {
 pub struct Core {
     ladder: Ladder,
     grid: Grid,
-    kinds: BTreeMap<String, Arc<Kind>>,
-    kind_pool: HashMap<String, usize>,
+    kinds: BTreeMap<KindName, Arc<Kind>>,
+    kind_pool: HashMap<KindName, usize>,
     models: Vec<Model>,
-    model_of: HashMap<String, usize>,
+    model_of: HashMap<KindName, usize>,
     pools: Vec<Pool>,
     entries: HashMap<i64, Entry>,
     max_in_flight: usize,
     in_flight: usize,
     gen: u64,
     rng: fastrand::Rng,
-    unknown_logged: HashSet<(String, String)>,
+    unknown_logged: HashSet<(KindName, String)>,
     /// Per list kind, the page size its listings grew to after coming back cut short
     /// (the provider pages by size only, newest first).
-    list_limit: HashMap<String, u32>,
+    list_limit: HashMap<KindName, u32>,
     window: i64,
     last_fit: UnixMs,
     /// When the core started (arrival rates count from there).
@@ -795,11 +795,11 @@ impl Core {
             ..Completed::default()
         };
         let mut throttled = false;
-        let mut auth_failed: Option<String> = None;
+        let mut auth_failed: Option<KindName> = None;
         let mut any_answer = false;
         let mut list_kind: Option<Arc<Kind>> = None;
         let mut min_every = i64::MAX;
-        let mut answered_kinds: HashSet<String> = HashSet::new();
+        let mut answered_kinds: HashSet<KindName> = HashSet::new();
         let mut truncated = false;
         for (i, (pk, obs)) in done.pks.iter().zip(&done.observations).enumerate() {
             let Some(mut e) = self.entries.remove(pk) else {
@@ -1342,7 +1342,7 @@ mod tests {
     fn row(pk: i64, started_at: i64, jitter_ms: i64) -> PendingRow {
         PendingRow {
             pk,
-            kind: "p2p".into(),
+            kind: KindName::parse("p2p").unwrap(),
             id: format!("T{pk}"),
             upstream_status: None,
             started_at,

@@ -178,6 +178,7 @@ pub(crate) async fn record_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::KindName;
     use crate::payment::{PaymentId, State};
     use crate::store::{EventSpec, NewPayment, WebhookFilter};
 
@@ -195,7 +196,7 @@ mod tests {
         .unwrap();
         let rows = store
             .insert_payments(&[NewPayment {
-                kind: "p2p".into(),
+                kind: KindName::parse("p2p").unwrap(),
                 id: PaymentId::parse("A").unwrap(),
                 started_at: 0,
                 jitter_ms: 0,

@@ -1,6 +1,8 @@
 //! Issue 5: living within Ninjapay's request budget. The fake Ninjapay enforces a scaled-down
 //! budget and lockout exactly like the real one, and counts every request over it.
 
+use ninjapoll::wire::PaymentDetail;
+use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -28,7 +30,12 @@ async fn watch_health(d: &Daemon, timeout: Duration, pred: impl Fn(&Value) -> bo
     }
 }
 
-async fn all_final(d: &Daemon, kind: &str, ids: &[String], timeout: Duration) -> Vec<Value> {
+async fn all_final(
+    d: &Daemon,
+    kind: &str,
+    ids: &[String],
+    timeout: Duration,
+) -> Vec<PaymentDetail> {
     let mut out = Vec::new();
     for id in ids {
         out.push(d.wait_final(kind, id, timeout).await);
@@ -102,7 +109,7 @@ async fn never_over_budget_fair_and_allocated_by_age_when_scarce() {
     let mut counts = Vec::new();
     let mut in_common = std::collections::HashMap::new();
     for (id, p) in ids.iter().zip(&finals) {
-        assert_eq!(p["state"], "timed_out", "{p:#}");
+        assert_eq!(p.payment.facts.state, State::TimedOut, "{p:#?}");
         let t0 = if id.starts_with('Y') { now } else { old_t0 };
         let deadline = t0 + ladder.timeout_ms();
         let times: Vec<i64> = fake
@@ -234,8 +241,12 @@ max_limit = 100
     }
     let finals = all_final(&d, "btc", &ids, Duration::from_secs(20)).await;
     for (i, p) in finals.iter().enumerate() {
-        let want = if i % 3 == 0 { "succeeded" } else { "timed_out" };
-        assert_eq!(p["state"], want, "{p:#}");
+        let want = if i % 3 == 0 {
+            State::Succeeded
+        } else {
+            State::TimedOut
+        };
+        assert_eq!(p.payment.facts.state, want, "{p:#?}");
     }
     let calls = fake.requests().len();
     let one_ladder = ladder.plan(120).len();
@@ -259,7 +270,7 @@ max_limit = 100
         let p = d
             .wait_final("lbtc", &format!("{}", 800_000 + i), Duration::from_secs(10))
             .await;
-        assert_eq!(p["state"], "failed", "{p:#}");
+        assert_eq!(p.payment.facts.state, State::Failed, "{p:#?}");
     }
     let lbtc_calls: Vec<_> = fake.requests()[before..].to_vec();
     assert!(
@@ -331,7 +342,7 @@ async fn rate_limits_pause_the_key_and_shrink_the_budget() {
     assert!(d.log().contains("429"), "logged loudly");
     fake.set_fault(None);
     for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
-        assert_eq!(p["state"], "succeeded", "{p:#}");
+        assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     }
 
     // 503 without Retry-After: exponential pause, not a hammering.
@@ -400,7 +411,7 @@ async fn auth_failures_mark_the_kind_unhealthy_and_recover() {
     // The merchant fixes the key: it recovers by itself.
     fake.set_api_key(&FakeOptions::default().api_key);
     for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
-        assert_eq!(p["state"], "succeeded", "{p:#}");
+        assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     }
     let (_, h) = d.request("GET", "/v1/health", None).await;
     assert_eq!(h["budget"][0]["unhealthy_kinds"], json!([]), "{h:#}");
@@ -443,14 +454,14 @@ async fn each_preset_sends_the_documented_request() {
         assert_eq!(d.enqueue(k, id, None).await.0, 201);
     }
     let want = [
-        ("p2p", "P1", "succeeded"),
-        ("quote", "Q1", "succeeded"),
-        ("paywall", "FT_1", "failed"),
-        ("btc", "4242", "succeeded"),
+        ("p2p", "P1", State::Succeeded),
+        ("quote", "Q1", State::Succeeded),
+        ("paywall", "FT_1", State::Failed),
+        ("btc", "4242", State::Succeeded),
     ];
     for (k, id, state) in want {
         let p = d.wait_final(k, id, Duration::from_secs(10)).await;
-        assert_eq!(p["state"], state, "{p:#}");
+        assert_eq!(p.payment.facts.state, state, "{p:#?}");
     }
     for r in fake.requests() {
         assert!(r.auth_ok, "{r:?}");

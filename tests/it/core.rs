@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 
@@ -100,12 +101,12 @@ async fn p2p_pending_three_times_then_approved_succeeds_after_four_checks() {
     let p = daemon
         .wait_final("p2p", "A198660213997", Duration::from_secs(3))
         .await;
-    assert_eq!(p["state"], "succeeded", "{p:#}");
-    assert_eq!(p["upstream_status"], "approved");
-    assert_eq!(p["checks_done"], 4);
-    assert_eq!(p["response"]["tid"], "A198660213997");
-    assert!(p["finished_at"].is_string(), "{p:#}");
-    assert_eq!(p["next_check_at"], Value::Null, "{p:#}");
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
+    assert_eq!(p.payment.facts.upstream_status.as_deref(), Some("approved"));
+    assert_eq!(p.payment.checks_done, 4);
+    assert_eq!(p.payment.facts.response["tid"], "A198660213997");
+    assert!(p.payment.finished_at.is_some(), "{p:#?}");
+    assert_eq!(p.payment.next_check_at, None, "{p:#?}");
 
     // Exactly four requests, each on a slot of the plan (a late one may push the next
     // to a later slot, never off the plan).
@@ -140,8 +141,8 @@ async fn quote_that_stays_pending_times_out_after_the_deadline_check() {
     let p = daemon
         .wait_final("quote", "21066027789", Duration::from_secs(4))
         .await;
-    assert_eq!(p["state"], "timed_out", "{p:#}");
-    assert_eq!(p["upstream_status"], "pending");
+    assert_eq!(p.payment.facts.state, State::TimedOut, "{p:#?}");
+    assert_eq!(p.payment.facts.upstream_status.as_deref(), Some("pending"));
 
     let seen = offsets(&fake, "quote", "21066027789", t0);
     let timeout = config.ladder().timeout_ms();
@@ -156,7 +157,7 @@ async fn quote_that_stays_pending_times_out_after_the_deadline_check() {
         1,
         "{seen:?}"
     );
-    let finished = rfc3339_ms(&p["finished_at"]).unwrap() - t0;
+    let finished = p.payment.finished_at.unwrap().0 - t0;
     assert!(
         finished >= last,
         "timed out at {finished} ms before the last check {last} ms"
@@ -164,7 +165,7 @@ async fn quote_that_stays_pending_times_out_after_the_deadline_check() {
 
     // The number of checks is the compressed ladder's plan (crate::ladder::Ladder::plan),
     // each on its slot: nothing skipped, nothing added.
-    assert_eq!(p["checks_done"], seen.len(), "{p:#}");
+    assert_eq!(p.payment.checks_done as usize, seen.len(), "{p:#?}");
     let plans = candidate_plans(&config, seen[0]);
     let on_plan = plans.iter().find(|(_, plan)| {
         plan.len() == seen.len() && match_plan(plan, &seen, LATE_MS).iter().all(Option::is_some)
@@ -191,10 +192,10 @@ async fn paywall_failed_ends_failed() {
     let p = daemon
         .wait_final("paywall", "FT_RTPL_SOxhq", Duration::from_secs(3))
         .await;
-    assert_eq!(p["state"], "failed", "{p:#}");
-    assert_eq!(p["upstream_status"], "FAILED");
-    assert_eq!(p["checks_done"], 1);
-    assert_eq!(p["response"]["data"]["trxStatus"], "FAILED");
+    assert_eq!(p.payment.facts.state, State::Failed, "{p:#?}");
+    assert_eq!(p.payment.facts.upstream_status.as_deref(), Some("FAILED"));
+    assert_eq!(p.payment.checks_done, 1);
+    assert_eq!(p.payment.facts.response["data"]["trxStatus"], "FAILED");
 
     let reqs = fake.requests_for("paywall", "FT_RTPL_SOxhq");
     assert_eq!(reqs.len(), 1);
@@ -226,10 +227,13 @@ async fn btc_history_answers_several_payments_at_once() {
     let declined = daemon
         .wait_final("btc", "198660213997", Duration::from_secs(3))
         .await;
-    assert_eq!(paid["state"], "succeeded", "{paid:#}");
-    assert_eq!(paid["upstream_status"], "paid");
-    assert_eq!(declined["state"], "failed", "{declined:#}");
-    assert_eq!(declined["upstream_status"], "declined");
+    assert_eq!(paid.payment.facts.state, State::Succeeded, "{paid:#?}");
+    assert_eq!(paid.payment.facts.upstream_status.as_deref(), Some("paid"));
+    assert_eq!(declined.payment.facts.state, State::Failed, "{declined:#?}");
+    assert_eq!(
+        declined.payment.facts.upstream_status.as_deref(),
+        Some("declined")
+    );
     // Same ladder start: each listing served both payments while both were pending.
     let listings = fake.requests_for("btc", "198660213997");
     assert!(listings
@@ -266,8 +270,9 @@ async fn btc_payment_behind_newer_transactions_is_still_found() {
         .await;
     let queries: Vec<String> = fake.requests().iter().map(|r| r.query.clone()).collect();
     assert_eq!(
-        p["state"], "succeeded",
-        "{p:#}\nhistory queries: {queries:?}"
+        p.payment.facts.state,
+        State::Succeeded,
+        "{p:#?}\nhistory queries: {queries:?}"
     );
 }
 
@@ -328,7 +333,7 @@ async fn upstream_faults_keep_the_payment_pending_with_last_error() {
     }
     for (kind, id, step) in &cases {
         let p = daemon.wait_final(kind, id, Duration::from_secs(3)).await;
-        assert_eq!(p["state"], "succeeded", "{step:?}: {p:#}");
+        assert_eq!(p.payment.facts.state, State::Succeeded, "{step:?}: {p:#?}");
     }
 }
 
@@ -348,12 +353,13 @@ async fn unknown_raw_status_stays_pending_and_is_recorded() {
         .wait_final("p2p", "odd", Duration::from_secs(3))
         .await;
     // Raw statuses match case-insensitively.
-    assert_eq!(p["state"], "succeeded", "{p:#}");
-    assert_eq!(p["checks_done"], 2, "{p:#}");
-    let history = p["history"].as_array().cloned().unwrap_or_default();
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
+    assert_eq!(p.payment.checks_done, 2, "{p:#?}");
     assert!(
-        history.iter().any(|h| h["upstream_status"] == "on_hold"),
-        "the unknown status is not recorded: {p:#}"
+        p.history
+            .iter()
+            .any(|h| h.upstream_status.as_deref() == Some("on_hold")),
+        "the unknown status is not recorded: {p:#?}"
     );
 }
 
@@ -425,8 +431,8 @@ async fn enqueue_is_idempotent_on_kind_and_id() {
     let p = daemon
         .wait_final("p2p", "idem", Duration::from_secs(3))
         .await;
-    assert_eq!(p["state"], "succeeded");
-    assert_eq!(p["checks_done"], 2, "checked twice as often? {p:#}");
+    assert_eq!(p.payment.facts.state, State::Succeeded);
+    assert_eq!(p.payment.checks_done, 2, "checked twice as often? {p:#?}");
     assert_eq!(fake.requests_for("p2p", "idem").len(), 2);
     let (code, _) = daemon.enqueue("p2p", "idem", None).await;
     assert_eq!(code, 200, "a final payment is still tracked");
@@ -474,13 +480,13 @@ async fn sigkill_mid_ladder_then_restart_keeps_the_plan() {
     let all = offsets(&fake, "p2p", "crash", t0);
     let after = &all[before.len()..];
     let context = format!(
-        "killed at {killed_at} ms, restarted at {restarted_at} ms\nbefore {before:?}\nafter {after:?}\npayment {p:#}"
+        "killed at {killed_at} ms, restarted at {restarted_at} ms\nbefore {before:?}\nafter {after:?}\npayment {p:#?}"
     );
-    assert_eq!(p["state"], "succeeded", "{context}");
-    assert_eq!(rfc3339_ms(&p["started_at"]), Some(t0), "{context}");
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{context}");
+    assert_eq!(p.payment.facts.started_at.0, t0, "{context}");
     // Nothing lost: every check the fake answered is counted (one in flight at the kill
     // may have been answered but not recorded).
-    let done = p["checks_done"].as_u64().unwrap() as usize;
+    let done = p.payment.checks_done as usize;
     assert!(
         done == all.len() || done + 1 == all.len(),
         "checks_done {done}: {context}"
@@ -550,16 +556,16 @@ async fn down_over_the_deadline_checks_once_before_timing_out() {
         .wait_final("quote", "late", Duration::from_secs(3))
         .await;
     let all = offsets(&fake, "quote", "late", t0);
-    assert_eq!(p["state"], "timed_out", "{p:#}");
+    assert_eq!(p.payment.facts.state, State::TimedOut, "{p:#?}");
     assert_eq!(
         all.len(),
         before + 1,
         "one check after the restart, no burst: {all:?}"
     );
     assert!(*all.last().unwrap() >= restarted_at, "{all:?}");
-    let last_checked = rfc3339_ms(&p["last_checked_at"]).unwrap() - t0;
-    assert!(last_checked >= restarted_at, "{p:#}");
-    let done = p["checks_done"].as_u64().unwrap() as usize;
+    let last_checked = p.payment.last_checked_at.unwrap().0 - t0;
+    assert!(last_checked >= restarted_at, "{p:#?}");
+    let done = p.payment.checks_done as usize;
     assert!(
         done == all.len() || done + 1 == all.len(),
         "checks_done {done}, {all:?}"
@@ -678,11 +684,11 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes() {
     let p = daemon
         .wait_final("quote", "term", Duration::from_secs(3))
         .await;
-    assert_eq!(p["state"], "timed_out", "{p:#}");
+    assert_eq!(p.payment.facts.state, State::TimedOut, "{p:#?}");
     assert!(fake.requests_for("quote", "term").len() > checked);
     assert_eq!(
-        p["checks_done"],
+        p.payment.checks_done as usize,
         fake.requests_for("quote", "term").len(),
-        "{p:#}"
+        "{p:#?}"
     );
 }

@@ -2,6 +2,7 @@
 //! real daemon: callback URLs checked as parsed URLs and again before every send, secrets
 //! read as text, a payment stored behind the scheduler's back picked up on re-enqueue.
 
+use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -148,7 +149,7 @@ async fn an_all_digit_key_from_the_environment_is_a_key_and_is_never_printed() {
     d.enqueue("p2p", "D1", None).await;
     let p = d.wait_final("p2p", "D1", WAIT).await;
     // Leading zeros and all: the provider accepted it.
-    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     assert!(fake.requests().iter().all(|r| r.auth_ok));
     assert!(!d.log().contains(key));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
@@ -240,7 +241,7 @@ async fn a_re_enqueue_of_a_stored_pending_payment_gets_it_polled() {
     let (code, p) = d.enqueue("p2p", "LOST", None).await;
     assert_eq!(code, 200, "{p}");
     let p = d.wait_final("p2p", "LOST", WAIT).await;
-    assert_eq!(p["state"], "succeeded");
+    assert_eq!(p.payment.facts.state, State::Succeeded);
 }
 
 /// A cancel that races an enqueue can leave the scheduler told to track a payment after it
@@ -258,17 +259,18 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     raw.ninjapay.prod_base_url = Some(fake.base_url());
     raw.ninjapay.api_base_url = Some(fake.base_url());
     let c = DaemonConfig::default();
-    raw.schedule.first_check = Some(vec![c.first_check.0.clone(), c.first_check.1.clone()]);
+    let d = |s: &str| humantime::parse_duration(s).unwrap();
+    raw.schedule.first_check = Some(vec![d(&c.first_check.0), d(&c.first_check.1)]);
     raw.schedule.steps = Some(
         c.steps
             .iter()
             .map(|(every, span)| ninjapoll::RawStep {
-                every: every.clone(),
-                span: span.clone(),
+                every: d(every),
+                span: span.as_deref().map(d),
             })
             .collect(),
     );
-    raw.schedule.timeout = Some(c.timeout.clone());
+    raw.schedule.timeout = Some(d(&c.timeout));
     let config = ninjapoll::Config::from_raw(raw).unwrap();
     let store = Store::open(&config.database_path, None).await.unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -285,7 +287,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
     let now = now_ms();
     let rows = store
         .insert_payments(&[NewPayment {
-            kind: "p2p".into(),
+            kind: ninjapoll::KindName::parse("p2p").unwrap(),
             id: ninjapoll::PaymentId::parse("RACE").unwrap(),
             started_at: now,
             jitter_ms: 100,
@@ -337,7 +339,11 @@ async fn a_btc_payment_pushed_out_of_the_newest_entries_is_still_found() {
     d.enqueue("btc", "700000000001", None).await;
     let p = d.wait_final("btc", "700000000001", WAIT).await;
     let queries: Vec<String> = fake.requests().iter().map(|r| r.query.clone()).collect();
-    assert_eq!(p["state"], "succeeded", "{p:#}\n{queries:?}");
+    assert_eq!(
+        p.payment.facts.state,
+        State::Succeeded,
+        "{p:#?}\n{queries:?}"
+    );
     assert!(
         queries.iter().any(|q| q.contains("limit=200")),
         "{queries:?}"
@@ -435,7 +441,7 @@ async fn stuck_clients_neither_starve_real_ones_nor_hold_up_sigterm() {
     fake.script("p2p", "FD1", Script::pending_then(Kind::P2p, 1, "approved"));
     d.enqueue("p2p", "FD1", None).await;
     let p = d.wait_final("p2p", "FD1", WAIT).await;
-    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     let fds = d.open_fds();
     assert!(fds <= 256, "{fds} descriptors open");
     assert!(!d.log().contains("Too many open files"), "{}", d.log());
@@ -665,7 +671,7 @@ async fn a_full_disk_is_reported_waited_out_and_recovered_from() {
     assert_eq!(h["database"]["writes_failing"], false);
     for id in &ids {
         let p = d.wait_final("p2p", id, WAIT).await;
-        assert_eq!(p["state"], "succeeded", "{p:#}");
+        assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     }
     let delivered = wait_api(&d, "/v1/webhooks?state=delivered", |v| {
         v["webhooks"].as_array().is_some_and(|e| e.len() == 6)
@@ -764,7 +770,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     assert!(acked.len() > 50, "only {} enqueued", acked.len());
     for id in &acked {
         let p = d.wait_final("p2p", id, Duration::from_secs(20)).await;
-        assert_eq!(p["state"], "succeeded", "{p:#}");
+        assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

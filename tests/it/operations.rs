@@ -2,6 +2,7 @@
 //! daemon writes, config mistakes refused at start-up, secrets kept out of logs, upstream
 //! faults contained, the in-flight bound held against a hung upstream, an idle daemon idle.
 
+use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -218,7 +219,7 @@ async fn refused_connections_and_timeouts_stay_on_the_ladder() {
     );
     d.enqueue("p2p", "SLOW", None).await;
     let p = d.wait_final("p2p", "SLOW", Duration::from_secs(10)).await;
-    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     let (_, hist) = d.payment("p2p", "SLOW").await;
     assert!(hist["checks_done"].as_i64().unwrap() >= 2);
 }
@@ -307,9 +308,9 @@ status_map = { pending = "pending", completed = "succeeded", refunded = "refunde
     );
     assert_eq!(d.enqueue("fiat", "F1", None).await.0, 201);
     let p = d.wait_final("fiat", "F1", Duration::from_secs(5)).await;
-    assert_eq!(p["state"], "refunded", "{p:#}");
-    assert_eq!(p["upstream_status"], "REFUNDED");
-    assert_eq!(p["checks_done"], 3);
+    assert_eq!(p.payment.facts.state, State::Refunded, "{p:#?}");
+    assert_eq!(p.payment.facts.upstream_status.as_deref(), Some("REFUNDED"));
+    assert_eq!(p.payment.checks_done, 3);
     let (_, metrics) = d.request("GET", "/metrics", None).await;
     let text = metrics.as_str().unwrap();
     for name in [

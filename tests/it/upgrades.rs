@@ -2,6 +2,7 @@
 //! forward on start, a database from a newer ninjapoll is refused naming both versions, and
 //! a backup taken with `VACUUM INTO` while the daemon writes is whole and restores.
 
+use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -152,7 +153,7 @@ async fn an_older_database_is_migrated_forward_on_start() {
     d.restart().await;
     // The payment of the old schema is polled to its end on the new one.
     let p = d.wait_final("p2p", "OLD1", Duration::from_secs(5)).await;
-    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     let db = open(&d.db_path(), true).await;
     assert_eq!(
         count(&db, "SELECT MAX(version) FROM _sqlx_migrations").await,

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::{json, Value};
 
@@ -114,7 +115,7 @@ async fn a_flip_delivers_one_verified_event() {
         )
         .await;
     assert_eq!(code, 201, "{p}");
-    d.wait_final("p2p", "F1", WAIT).await;
+    let fin = d.wait_final("p2p", "F1", WAIT).await;
     let list = wait_api(&d, "/v1/webhooks?state=delivered", |v| events(v).len() == 1).await;
     let ev = &events(&list)[0];
     assert_eq!(ev["type"], "payment.status_changed");
@@ -146,6 +147,35 @@ async fn a_flip_delivers_one_verified_event() {
     assert_eq!(data["response"]["tid"], "F1");
     assert!(rfc3339_ms(&data["checked_at"]).is_some(), "{data:#}");
     assert!(rfc3339_ms(&data["started_at"]).is_some(), "{data:#}");
+
+    // The receiver and a client see the same payment: every field the webhook's data
+    // shares with the API's payment view has the same JSON, and they share all of these.
+    let (_, view) = d.payment("p2p", "F1").await;
+    let (view, data) = (view.as_object().unwrap(), data.as_object().unwrap());
+    let shared: Vec<&str> = data
+        .keys()
+        .filter(|k| view.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        shared,
+        [
+            "final",
+            "id",
+            "kind",
+            "metadata",
+            "response",
+            "started_at",
+            "state",
+            "upstream_status"
+        ],
+        "{data:#?}"
+    );
+    for k in shared {
+        assert_eq!(data[k], view[k], "{k}: webhook {data:#?}\nAPI {view:#?}");
+    }
+    // And both read back into the types the daemon wrote them with.
+    assert_eq!(one.event().data.payment, fin.payment.facts);
 
     let (_, health) = d.request("GET", "/v1/health", None).await;
     assert_eq!(health["webhooks"]["delivered"], 1, "{health:#}");
@@ -391,7 +421,7 @@ async fn the_ladder_ending_delivers_payment_timed_out() {
     fake.script("p2p", "T1", Script::Sequence(vec![]));
     d.enqueue("p2p", "T1", None).await;
     let p = d.wait_final("p2p", "T1", WAIT).await;
-    assert_eq!(p["state"], "timed_out");
+    assert_eq!(p.payment.facts.state, State::TimedOut);
     let got = rx.wait_deliveries(1, WAIT).await;
     let b = &got[0].body;
     assert!(got[0].verified);
@@ -420,7 +450,7 @@ async fn without_url_or_callback_nothing_is_queued() {
     assert_eq!(e["error"]["code"], "callback_url_not_allowed");
     assert_eq!(d.enqueue("p2p", "N1", None).await.0, 201);
     let p = d.wait_final("p2p", "N1", WAIT).await;
-    assert_eq!(p["state"], "succeeded");
+    assert_eq!(p.payment.facts.state, State::Succeeded);
     let (code, list) = d.request("GET", "/v1/webhooks", None).await;
     assert_eq!(code, 200);
     assert!(events(&list).is_empty(), "{list:#}");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ninjapoll::wire::{EventBody, PaymentDetail};
 use serde_json::Value;
 
 pub use ninjapoll_fake::{FakeNinjapay, FakeOptions, Fault, Kind, Script, Step, Unknown};
@@ -511,10 +512,14 @@ impl Daemon {
         }
     }
 
-    /// Waits until the payment is final and returns it.
-    pub async fn wait_final(&self, kind: &str, id: &str, timeout: Duration) -> Value {
-        self.wait_for(kind, id, |p| p["final"] == true, timeout)
-            .await
+    /// Waits until the payment is final and returns it, read as the API's type (so an
+    /// answer that does not fit the contract fails the test here).
+    pub async fn wait_final(&self, kind: &str, id: &str, timeout: Duration) -> PaymentDetail {
+        let v = self
+            .wait_for(kind, id, |p| p["final"] == true, timeout)
+            .await;
+        serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("{kind}/{id}: not a payment ({e}): {v:#}"))
     }
 }
 
@@ -561,6 +566,14 @@ impl Drop for Daemon {
             self.dir.disable_cleanup(true);
             eprintln!("kept {}", self.dir.path().display());
         }
+    }
+}
+
+impl Delivery {
+    /// The body read as a webhook event (SPEC section 6); panics if it is not one.
+    pub fn event(&self) -> EventBody {
+        serde_json::from_value(self.body.clone())
+            .unwrap_or_else(|e| panic!("not a webhook event ({e}): {:#}", self.body))
     }
 }
 
