@@ -98,7 +98,7 @@ pub enum Inserted {
 /// The result of one check, to commit.
 #[derive(Debug, Clone)]
 pub struct CheckRecord {
-    pub pk: i64,
+    pub pk: PaymentKey,
     pub checked_at: UnixMs,
     /// The raw status seen, if the check got one.
     pub upstream_status: Option<String>,
@@ -131,7 +131,7 @@ pub enum Applied {
 /// A pending payment, as the scheduler resumes it.
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingRow {
-    pub pk: i64,
+    pub pk: PaymentKey,
     pub kind: String,
     pub id: String,
     pub upstream_status: Option<String>,
@@ -520,7 +520,7 @@ impl Store {
     pub async fn pending(&self) -> Result<Vec<PendingRow>> {
         Ok(sqlx::query_as!(
             PendingRow,
-            r#"SELECT pk AS "pk!", kind, id, upstream_status, started_at, jitter_ms,
+            r#"SELECT pk AS "pk!: PaymentKey", kind, id, upstream_status, started_at, jitter_ms,
                next_check_at, last_checked_at FROM payments WHERE state = 'pending' ORDER BY pk"#
         )
         .fetch_all(&self.read)
@@ -1391,7 +1391,7 @@ mod outbox_tests {
         let (a, b) = (rows[0].0.pk, rows[1].0.pk);
         let flip = |pk: PaymentKey, raw: &str, at: i64| CheckRecord {
             saw_pending: false,
-            pk: pk.0,
+            pk,
             checked_at: at,
             upstream_status: Some(raw.into()),
             state: State::Pending,
@@ -1535,7 +1535,7 @@ mod retention_tests {
 
     /// A payment that flipped at `at` (one history row, one webhook event), or stays
     /// pending with `final_state` None.
-    async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> i64 {
+    async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> PaymentKey {
         let new = NewPayment {
             kind: "p2p".into(),
             id: PaymentId::parse(id).unwrap(),
@@ -1545,7 +1545,7 @@ mod retention_tests {
             callback_url: None,
             metadata: None,
         };
-        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk.0;
+        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
         let state = final_state.unwrap_or(State::Pending);
         store
             .record_checks(
@@ -1571,7 +1571,7 @@ mod retention_tests {
         pk
     }
 
-    async fn attempt(store: &Store, payment_pk: i64, outcome: AttemptOutcome) {
+    async fn attempt(store: &Store, payment_pk: PaymentKey, outcome: AttemptOutcome) {
         let ev: i64 = sqlx::query_scalar("SELECT pk FROM webhook_events WHERE payment_pk = ?")
             .bind(payment_pk)
             .fetch_one(&store.read)
@@ -1684,7 +1684,7 @@ mod retention_tests {
             .iter()
             .map(|(r, _)| CheckRecord {
                 saw_pending: true,
-                pk: r.pk.0,
+                pk: r.pk,
                 checked_at: 100,
                 upstream_status: Some("approved".into()),
                 state: State::Succeeded,

@@ -8,7 +8,7 @@
 
 use super::Command;
 use crate::backoff::Backoff;
-use crate::payment::{now_ms, PaymentKey, UnixMs};
+use crate::payment::{now_ms, UnixMs};
 use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -133,7 +133,7 @@ pub(crate) async fn record_loop(
                         match a {
                             Applied::Updated { event_queued } => queued |= event_queued,
                             Applied::Skipped => {
-                                let _ = scheduler.send(Command::Untrack(PaymentKey(r.pk)));
+                                let _ = scheduler.send(Command::Untrack(r.pk));
                             }
                         }
                     }
@@ -226,7 +226,7 @@ mod tests {
             cancel.clone(),
         ));
         let record = CheckRecord {
-            pk: pk.0,
+            pk,
             checked_at: 10,
             upstream_status: Some("on_hold".into()),
             state: State::Pending,
