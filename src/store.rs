@@ -9,7 +9,7 @@
 
 pub use crate::event::EventSpec;
 use crate::event::{event_body, Subject};
-use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs, WebhookState};
+use crate::payment::{now_ms, EventKey, PaymentId, PaymentKey, State, UnixMs, WebhookState};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -1123,7 +1123,7 @@ fn lock_path(db: &Path) -> PathBuf {
 /// A webhook event, as the delivery worker and the API see it.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct WebhookEvent {
-    pub pk: i64,
+    pub pk: EventKey,
     pub event_id: String,
     pub payment_pk: PaymentKey,
     pub kind: String,
@@ -1186,7 +1186,7 @@ macro_rules! event_query {
     ($url:literal, $from:literal $(, $arg:expr)* $(,)?) => {
         sqlx::query_as!(
             WebhookEvent,
-            r#"SELECT e.pk AS "pk!", e.event_id, e.payment_pk AS "payment_pk: PaymentKey",
+            r#"SELECT e.pk AS "pk!: EventKey", e.event_id, e.payment_pk AS "payment_pk: PaymentKey",
                 p.kind, p.id, e.sequence, e.type AS event_type, "#
                 + $url
                 + r#" AS "url!", e.body, e.created_at, e.state AS "state: WebhookState",
@@ -1207,8 +1207,13 @@ impl Store {
     /// same payment), earliest due first, leaving out the payments in `busy` (an attempt
     /// is in flight). Order per payment comes from the head rule; other payments are never
     /// held up by one that is retrying.
-    pub async fn webhook_heads(&self, busy: &[i64], limit: u32) -> Result<Vec<WebhookEvent>> {
-        let busy = serde_json::to_string(busy).context("encoding busy payments")?;
+    pub async fn webhook_heads(
+        &self,
+        busy: &[PaymentKey],
+        limit: u32,
+    ) -> Result<Vec<WebhookEvent>> {
+        let busy: Vec<i64> = busy.iter().map(|k| k.0).collect();
+        let busy = serde_json::to_string(&busy).context("encoding busy payments")?;
         let default_url = self.default_webhook_url.as_deref();
         // An event without a callback goes to the URL configured now, not the one in force
         // when it was queued: a merchant who moves the receiver gets pending and replayed
@@ -1235,7 +1240,7 @@ impl Store {
     /// failure leaves the replay's plan alone (a success still counts).
     pub async fn record_webhook_attempt(
         &self,
-        event_pk: i64,
+        event_pk: EventKey,
         retry_from: i64,
         attempt: &WebhookAttempt,
         outcome: AttemptOutcome,
@@ -1248,7 +1253,7 @@ impl Store {
 
     async fn record_webhook_attempt_tx(
         &self,
-        event_pk: i64,
+        event_pk: EventKey,
         retry_from: i64,
         attempt: &WebhookAttempt,
         outcome: AttemptOutcome,
@@ -1324,7 +1329,7 @@ impl Store {
     }
 
     /// An event's attempts, oldest first.
-    pub async fn webhook_attempts(&self, event_pk: i64) -> Result<Vec<WebhookAttempt>> {
+    pub async fn webhook_attempts(&self, event_pk: EventKey) -> Result<Vec<WebhookAttempt>> {
         Ok(sqlx::query_as!(
             WebhookAttempt,
             "SELECT at, status_code, error, latency_ms FROM webhook_attempts \
@@ -1434,7 +1439,7 @@ mod outbox_tests {
         let got: Vec<(PaymentKey, i64)> =
             heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
         assert_eq!(got, vec![(a, 1), (b, 1)]);
-        let heads = store.webhook_heads(&[a.0], 10).await.unwrap();
+        let heads = store.webhook_heads(&[a], 10).await.unwrap();
         assert_eq!(heads.len(), 1);
         assert_eq!(heads[0].payment_pk, b);
 
@@ -1458,7 +1463,7 @@ mod outbox_tests {
             .record_webhook_attempt(first.pk, 0, &failed(30), AttemptOutcome::Dead)
             .await
             .unwrap();
-        let heads = store.webhook_heads(&[b.0], 10).await.unwrap();
+        let heads = store.webhook_heads(&[b], 10).await.unwrap();
         assert_eq!((heads[0].payment_pk, heads[0].sequence), (a, 2));
         assert_eq!(store.webhook_attempts(first.pk).await.unwrap().len(), 2);
     }
@@ -1572,7 +1577,7 @@ mod retention_tests {
     }
 
     async fn attempt(store: &Store, payment_pk: PaymentKey, outcome: AttemptOutcome) {
-        let ev: i64 = sqlx::query_scalar("SELECT pk FROM webhook_events WHERE payment_pk = ?")
+        let ev: EventKey = sqlx::query_scalar("SELECT pk FROM webhook_events WHERE payment_pk = ?")
             .bind(payment_pk)
             .fetch_one(&store.read)
             .await
