@@ -88,6 +88,12 @@ impl fmt::Display for PaymentKey {
 #[sqlx(transparent)]
 pub struct EventKey(pub i64);
 
+/// A budget ledger row's key (`upstream_requests.pk`): a pre-committed request slot, handed
+/// from the ledger writer through the scheduler to the request and back to the recorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct LedgerKey(pub i64);
+
 impl fmt::Display for EventKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

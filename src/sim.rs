@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config};
 use crate::ladder::Ladder;
-use crate::payment::{PaymentKey, State, UnixMs};
+use crate::payment::{LedgerKey, PaymentKey, State, UnixMs};
 use crate::policy::{bound, FlipDist, Grid};
 use crate::scheduler::{core_config, Action, Completion, Core};
 use crate::store::PendingRow;
@@ -419,7 +419,9 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                     completions.push(Reverse((now + lat, next_req)));
                 }
                 Action::Refill { pool, count, .. } => {
-                    let keys = (0..count as i64).map(|i| ledger_key + i).collect();
+                    let keys = (0..count as i64)
+                        .map(|i| LedgerKey(ledger_key + i))
+                        .collect();
                     ledger_key += count as i64;
                     core.refilled(pool, Some(keys));
                 }

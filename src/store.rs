@@ -9,7 +9,9 @@
 
 pub use crate::event::EventSpec;
 use crate::event::{event_body, Subject};
-use crate::payment::{now_ms, EventKey, PaymentId, PaymentKey, State, UnixMs, WebhookState};
+use crate::payment::{
+    now_ms, EventKey, LedgerKey, PaymentId, PaymentKey, State, UnixMs, WebhookState,
+};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -586,7 +588,7 @@ impl Store {
     pub async fn record_checks(
         &self,
         records: &[CheckRecord],
-        ledger_done: &[(i64, UnixMs)],
+        ledger_done: &[(LedgerKey, UnixMs)],
     ) -> Result<Vec<Applied>> {
         let result = self.record_checks_tx(records, ledger_done).await;
         self.note(result)
@@ -595,7 +597,7 @@ impl Store {
     async fn record_checks_tx(
         &self,
         records: &[CheckRecord],
-        ledger_done: &[(i64, UnixMs)],
+        ledger_done: &[(LedgerKey, UnixMs)],
     ) -> Result<Vec<Applied>> {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(records.len());
@@ -809,18 +811,18 @@ impl Store {
     /// Writes the budget ledger's entries `(pool, sent_at)` for requests about to be sent;
     /// returns their keys, in order. Committed before the requests go out, so a crash can
     /// never hide spent budget.
-    pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
+    pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<LedgerKey>> {
         let result = self.ledger_send_tx(entries).await;
         self.note(result)
     }
 
-    async fn ledger_send_tx(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
+    async fn ledger_send_tx(&self, entries: &[(String, UnixMs)]) -> Result<Vec<LedgerKey>> {
         let mut tx = self.begin().await?;
         let mut keys = Vec::with_capacity(entries.len());
         for (pool, at) in entries {
             let pk = sqlx::query_scalar!(
                 r#"INSERT INTO upstream_requests (pool, sent_at) VALUES (?, ?)
-                   RETURNING pk AS "pk!""#,
+                   RETURNING pk AS "pk!: LedgerKey""#,
                 pool,
                 at
             )
@@ -851,12 +853,12 @@ impl Store {
     }
 
     /// Forgets reserved ledger rows that no request used (clean shutdown).
-    pub async fn ledger_release(&self, keys: &[i64]) -> Result<()> {
+    pub async fn ledger_release(&self, keys: &[LedgerKey]) -> Result<()> {
         let result = self.ledger_release_tx(keys).await;
         self.note(result)
     }
 
-    async fn ledger_release_tx(&self, keys: &[i64]) -> Result<()> {
+    async fn ledger_release_tx(&self, keys: &[LedgerKey]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }

@@ -16,7 +16,7 @@ use super::decide::decide;
 use crate::budget::Budget;
 use crate::kinds::{ErrorClass, Kind, Observation};
 use crate::ladder::Ladder;
-use crate::payment::{PaymentId, PaymentKey, State, UnixMs};
+use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
 use crate::policy::{Evidence, Grid, Learner, Plans};
 use crate::status::{KindPolicy, PoolStatus};
 use crate::store::{CheckRecord, EventSpec, PendingRow};
@@ -86,7 +86,7 @@ pub struct Request {
     pub list_limit: u32,
     pub sent_at: UnixMs,
     /// The pre-committed ledger row it uses.
-    pub ledger: Option<i64>,
+    pub ledger: Option<LedgerKey>,
 }
 
 /// A finished request, for [`Core::complete`].
@@ -98,7 +98,7 @@ pub struct Completion {
     pub retry_after_ms: Option<i64>,
     pub sent_at: UnixMs,
     pub done_at: UnixMs,
-    pub ledger: Option<i64>,
+    pub ledger: Option<LedgerKey>,
 }
 
 /// What a completion produced.
@@ -107,7 +107,7 @@ pub struct Completed {
     /// Outcomes to commit.
     pub records: Vec<CheckRecord>,
     /// The ledger row to close (`(row, answered_at)`).
-    pub ledger: Option<(i64, UnixMs)>,
+    pub ledger: Option<(LedgerKey, UnixMs)>,
     /// For telemetry: `(index into the observations, kind, state after)`.
     pub checked: Vec<(usize, Arc<Kind>, State)>,
     /// Final outcomes, for whoever watches (the simulator): `(pk, state, sent_at)`.
@@ -191,7 +191,7 @@ struct Pool {
     list_not_before: HashMap<String, UnixMs>,
     last_probe: UnixMs,
     lateness_ms: Vec<i64>,
-    ledger_keys: VecDeque<i64>,
+    ledger_keys: VecDeque<LedgerKey>,
     refilling: bool,
     level: f64,
     projected: f64,
@@ -695,7 +695,7 @@ impl Core {
     }
 
     /// Ledger rows committed for pool `p` (or `None`: the refill failed; ask again).
-    pub fn refilled(&mut self, p: usize, keys: Option<Vec<i64>>) {
+    pub fn refilled(&mut self, p: usize, keys: Option<Vec<LedgerKey>>) {
         if let Some(pool) = self.pools.get_mut(p) {
             pool.ledger_keys.extend(keys.into_iter().flatten());
             pool.refilling = false;
@@ -703,7 +703,7 @@ impl Core {
     }
 
     /// Ledger rows no request used: not spent budget.
-    pub fn drain_reserve(&mut self) -> Vec<i64> {
+    pub fn drain_reserve(&mut self) -> Vec<LedgerKey> {
         self.pools
             .iter_mut()
             .flat_map(|p| p.ledger_keys.drain(..))
@@ -1393,7 +1393,10 @@ mod tests {
                         });
                     }
                     Action::Refill { pool, count, .. } => {
-                        core.refilled(pool, Some((key..key + count as i64).collect()));
+                        core.refilled(
+                            pool,
+                            Some((key..key + count as i64).map(LedgerKey).collect()),
+                        );
                         key += count as i64;
                     }
                     Action::Record(_) => {}
@@ -1471,7 +1474,7 @@ mod tests {
         core.track(row(2, now - 30_000, 20_000), now, false);
         let mut out = Vec::new();
         core.poll(now, &mut out);
-        core.refilled(0, Some((0..8).collect()));
+        core.refilled(0, Some((0..8).map(LedgerKey).collect()));
         out.clear();
         core.poll(now, &mut out);
         let sent: Vec<Vec<i64>> = out
