@@ -82,6 +82,24 @@ impl fmt::Display for PaymentKey {
     }
 }
 
+/// A webhook event's row key (`webhook_events.pk`): typed apart from [`PaymentKey`] so the
+/// two cannot be swapped where both travel (the delivery worker holds one of each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct EventKey(pub i64);
+
+/// A budget ledger row's key (`upstream_requests.pk`): a pre-committed request slot, handed
+/// from the ledger writer through the scheduler to the request and back to the recorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct LedgerKey(pub i64);
+
+impl fmt::Display for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Where a payment stands. Every state but `Pending` is final: polling stops.
 ///
 /// Stored as its snake_case name (the `CHECK` constraint in `0001_payments.sql` lists the

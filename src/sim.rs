@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config};
 use crate::ladder::Ladder;
-use crate::payment::{State, UnixMs};
+use crate::payment::{LedgerKey, PaymentKey, State, UnixMs};
 use crate::policy::{bound, FlipDist, Grid};
 use crate::scheduler::{core_config, Action, Completion, Core};
 use crate::store::PendingRow;
@@ -384,11 +384,11 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                         .pks
                         .iter()
                         .map(|pk| {
-                            let pk_ix = *pk as usize;
+                            let pk_ix = pk.0 as usize;
                             if let Some(f) = fates.get_mut(pk_ix) {
                                 f.checks += 1;
                             }
-                            let raw = match flip_of.get(pk) {
+                            let raw = match flip_of.get(&pk.0) {
                                 Some((at, state)) if *at <= req.sent_at => match state {
                                     State::Succeeded => "approved",
                                     _ => "declined",
@@ -419,7 +419,9 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                     completions.push(Reverse((now + lat, next_req)));
                 }
                 Action::Refill { pool, count, .. } => {
-                    let keys = (0..count as i64).map(|i| ledger_key + i).collect();
+                    let keys = (0..count as i64)
+                        .map(|i| LedgerKey(ledger_key + i))
+                        .collect();
                     ledger_key += count as i64;
                     core.refilled(pool, Some(keys));
                 }
@@ -461,7 +463,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             });
             core.track(
                 PendingRow {
-                    pk,
+                    pk: PaymentKey(pk),
                     kind: kind.name.clone(),
                     id: format!("S{pk}"),
                     upstream_status: None,
@@ -484,7 +486,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             if let Some(done) = in_flight.remove(&id) {
                 let out = core.complete(&done);
                 for (pk, state, sent_at) in out.finished {
-                    if let Some(f) = fates.get_mut(pk as usize) {
+                    if let Some(f) = fates.get_mut(pk.0 as usize) {
                         f.state = state;
                         f.ended = Some(sent_at);
                         if state != State::TimedOut {

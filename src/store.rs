@@ -10,7 +10,9 @@
 pub use crate::event::EventSpec;
 use crate::event::{event_body, Subject};
 use crate::kinds::KindName;
-use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs, WebhookState};
+use crate::payment::{
+    now_ms, EventKey, LedgerKey, PaymentId, PaymentKey, State, UnixMs, WebhookState,
+};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -18,7 +20,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{FromRow, Row, Sqlite};
+use sqlx::{FromRow, Sqlite};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,7 +101,7 @@ pub enum Inserted {
 /// The result of one check, to commit.
 #[derive(Debug, Clone)]
 pub struct CheckRecord {
-    pub pk: i64,
+    pub pk: PaymentKey,
     pub checked_at: UnixMs,
     /// The raw status seen, if the check got one.
     pub upstream_status: Option<String>,
@@ -132,7 +134,7 @@ pub enum Applied {
 /// A pending payment, as the scheduler resumes it.
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingRow {
-    pub pk: i64,
+    pub pk: PaymentKey,
     pub kind: KindName,
     pub id: String,
     pub upstream_status: Option<String>,
@@ -247,6 +249,7 @@ impl std::ops::DerefMut for WriteTx {
 
 impl WriteTx {
     async fn commit(mut self) -> Result<()> {
+        // Transaction control, not a query: nothing for the macros to check.
         sqlx::query("COMMIT")
             .execute(&mut *self.conn)
             .await
@@ -281,9 +284,42 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .pragma("journal_size_limit", WAL_KEEP.to_string())
 }
 
+/// The columns of a [`PaymentRow`], for the one query that is built at run time
+/// ([`list_sql`]); [`payment_query!`] spells the same list for the compile-checked ones.
 const PAYMENT_COLUMNS: &str = "pk, kind, id, state, upstream_status, started_at, jitter_ms, \
     created_at, updated_at, next_check_at, checks_done, last_checked_at, last_error, \
     finished_at, response, metadata, callback_url, event_seq";
+
+/// A compile-checked query returning [`PaymentRow`]s: `$before` + the row's columns +
+/// `$after`. The macros take only string literals, so the column list lives here, with the
+/// overrides that decode straight into the domain types.
+macro_rules! payment_query {
+    ($before:literal, $after:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            PaymentRow,
+            $before
+                + r#"pk AS "pk!: PaymentKey", kind AS "kind: KindName", id, state AS "state: State", upstream_status,
+                started_at, jitter_ms, created_at, updated_at, next_check_at, checks_done,
+                last_checked_at, last_error, finished_at, response, metadata, callback_url,
+                event_seq"#
+                + $after
+            $(, $arg)*
+        )
+    };
+}
+
+/// The finished payments started since `$since`, as [`FinishedRow`]s: one query for the
+/// daemon's reader pool and for `ninjapoll simulate`'s own connection.
+macro_rules! finished_query {
+    ($since:expr) => {
+        sqlx::query_as!(
+            FinishedRow,
+            r#"SELECT kind AS "kind: KindName", started_at, pending_seen_at, last_checked_at, state AS "state: State"
+               FROM payments WHERE started_at >= ? AND state != 'pending' ORDER BY started_at"#,
+            $since
+        )
+    };
+}
 
 impl Store {
     /// Opens (creating if needed) the database, takes the daemon lock, and migrates.
@@ -312,14 +348,15 @@ impl Store {
             .with_context(|| format!("opening database {}", path.display()))?;
         // Forward only: an older schema is migrated up; a newer one is refused before
         // anything is written (sqlx would refuse too, naming only its version).
-        let migrated: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations')",
+        let migrated = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations')
+               AS "migrated!: bool""#
         )
         .fetch_one(&write)
         .await
         .context("reading the database's schema")?;
         let found: Option<i64> = if migrated {
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            sqlx::query_scalar!(r#"SELECT MAX(version) AS "version?: i64" FROM _sqlx_migrations"#)
                 .fetch_one(&write)
                 .await
                 .context("reading the database's schema version")?
@@ -388,6 +425,7 @@ impl Store {
             .acquire()
             .await
             .context("waiting for the database writer")?;
+        // Transaction control, not a query: nothing for the macros to check.
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             conn.close_on_drop();
             return Err(e).context("BEGIN IMMEDIATE failed (the writer connection is replaced)");
@@ -414,31 +452,34 @@ impl Store {
         let mut out = Vec::with_capacity(new.len());
         for p in new {
             let metadata = p.metadata.as_ref().map(Value::to_string);
-            let inserted: Option<PaymentRow> = sqlx::query_as(&format!(
+            let id = p.id.as_str();
+            let inserted = payment_query!(
                 "INSERT INTO payments (kind, id, started_at, jitter_ms, created_at, updated_at, \
                  next_check_at, callback_url, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (kind, id) DO NOTHING RETURNING {PAYMENT_COLUMNS}"
-            ))
-            .bind(&p.kind)
-            .bind(p.id.as_str())
-            .bind(p.started_at)
-            .bind(p.jitter_ms)
-            .bind(now)
-            .bind(now)
-            .bind(p.next_check_at)
-            .bind(&p.callback_url)
-            .bind(metadata)
+                 ON CONFLICT (kind, id) DO NOTHING RETURNING ",
+                "",
+                p.kind,
+                id,
+                p.started_at,
+                p.jitter_ms,
+                now,
+                now,
+                p.next_check_at,
+                p.callback_url,
+                metadata,
+            )
             .fetch_optional(&mut *tx)
             .await
             .context("inserting payment")?;
             match inserted {
                 Some(row) => out.push((row, Inserted::New)),
                 None => {
-                    let row: PaymentRow = sqlx::query_as(&format!(
-                        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
-                    ))
-                    .bind(&p.kind)
-                    .bind(p.id.as_str())
+                    let row = payment_query!(
+                        "SELECT ",
+                        " FROM payments WHERE kind = ? AND id = ?",
+                        p.kind,
+                        id,
+                    )
                     .fetch_one(&mut *tx)
                     .await
                     .context("reading existing payment")?;
@@ -452,11 +493,12 @@ impl Store {
 
     /// One payment by kind and id.
     pub async fn get(&self, kind: &str, id: &str) -> Result<Option<PaymentRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
-        ))
-        .bind(kind)
-        .bind(id)
+        Ok(payment_query!(
+            "SELECT ",
+            " FROM payments WHERE kind = ? AND id = ?",
+            kind,
+            id
+        )
         .fetch_optional(&self.read)
         .await?)
     }
@@ -465,6 +507,7 @@ impl Store {
     /// when given, so that a `state` filter walks the `(state, pk)` index instead of
     /// scanning every payment (`?2 IS NULL OR state = ?2` hides the index from SQLite).
     pub async fn list(&self, f: &ListFilter) -> Result<Vec<PaymentRow>> {
+        // Built at run time: see above; the `payments_state_pk` test checks the plan.
         let sql = list_sql(f);
         let mut q = sqlx::query_as(&sql).bind(f.after_pk.unwrap_or(0));
         if let Some(state) = f.state {
@@ -478,9 +521,10 @@ impl Store {
 
     /// Every pending payment, for the scheduler at start-up.
     pub async fn pending(&self) -> Result<Vec<PendingRow>> {
-        Ok(sqlx::query_as(
-            "SELECT pk, kind, id, upstream_status, started_at, jitter_ms, next_check_at, \
-             last_checked_at FROM payments WHERE state = 'pending' ORDER BY pk",
+        Ok(sqlx::query_as!(
+            PendingRow,
+            r#"SELECT pk AS "pk!: PaymentKey", kind AS "kind: KindName", id, upstream_status, started_at, jitter_ms,
+               next_check_at, last_checked_at FROM payments WHERE state = 'pending' ORDER BY pk"#
         )
         .fetch_all(&self.read)
         .await?)
@@ -489,13 +533,7 @@ impl Store {
     /// Payments started since `since` that finished: `(kind, started_at, pending_seen_at,
     /// last_checked_at, state)`, the evidence the scheduler learns flip ages from.
     pub async fn finished_since(&self, since: UnixMs) -> Result<Vec<FinishedRow>> {
-        Ok(sqlx::query_as(
-            "SELECT kind, started_at, pending_seen_at, last_checked_at, state FROM payments \
-             WHERE started_at >= ? AND state != 'pending' ORDER BY started_at",
-        )
-        .bind(since)
-        .fetch_all(&self.read)
-        .await?)
+        Ok(finished_query!(since).fetch_all(&self.read).await?)
     }
 
     /// The same evidence, read from a database file another process (the daemon) may be
@@ -506,42 +544,42 @@ impl Store {
             .connect_with(options(path).read_only(true).create_if_missing(false))
             .await
             .with_context(|| format!("opening database {} read-only", path.display()))?;
-        let rows = sqlx::query_as(
-            "SELECT kind, started_at, pending_seen_at, last_checked_at, state FROM payments \
-             WHERE started_at >= ? AND state != 'pending' ORDER BY started_at",
-        )
-        .bind(since)
-        .fetch_all(&pool)
-        .await
-        .context("reading finished payments (is this a ninjapoll database?)");
+        let rows = finished_query!(since)
+            .fetch_all(&pool)
+            .await
+            .context("reading finished payments (is this a ninjapoll database?)");
         pool.close().await;
         rows
     }
 
     /// Counts per state, for health and metrics.
     pub async fn state_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM payments GROUP BY state")
-            .fetch_all(&self.read)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let rows =
+            sqlx::query!(r#"SELECT state, COUNT(*) AS "n!: i64" FROM payments GROUP BY state"#)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
     }
 
     /// Pending payments per kind, for health (a kind no longer configured is not polled).
     pub async fn pending_by_kind(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT kind, COUNT(*) FROM payments WHERE state = 'pending' GROUP BY kind",
+        let rows = sqlx::query!(
+            r#"SELECT kind, COUNT(*) AS "n!: i64" FROM payments WHERE state = 'pending'
+               GROUP BY kind"#
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.into_iter().map(|r| (r.kind, r.n)).collect())
     }
 
     /// Webhook events per state.
     pub async fn webhook_state_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM webhook_events GROUP BY state")
-            .fetch_all(&self.read)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let rows = sqlx::query!(
+            r#"SELECT state, COUNT(*) AS "n!: i64" FROM webhook_events GROUP BY state"#
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
     }
 
     /// Commits the outcomes of several checks in one transaction (one fsync for many
@@ -551,7 +589,7 @@ impl Store {
     pub async fn record_checks(
         &self,
         records: &[CheckRecord],
-        ledger_done: &[(i64, UnixMs)],
+        ledger_done: &[(LedgerKey, UnixMs)],
     ) -> Result<Vec<Applied>> {
         let result = self.record_checks_tx(records, ledger_done).await;
         self.note(result)
@@ -560,15 +598,16 @@ impl Store {
     async fn record_checks_tx(
         &self,
         records: &[CheckRecord],
-        ledger_done: &[(i64, UnixMs)],
+        ledger_done: &[(LedgerKey, UnixMs)],
     ) -> Result<Vec<Applied>> {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            let before: Option<PaymentRow> = sqlx::query_as(&format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE pk = ? AND state = 'pending'"
-            ))
-            .bind(r.pk)
+            let before = payment_query!(
+                "SELECT ",
+                " FROM payments WHERE pk = ? AND state = 'pending'",
+                r.pk,
+            )
             .fetch_optional(&mut *tx)
             .await?;
             let Some(before) = before else {
@@ -581,39 +620,41 @@ impl Store {
                 .clone()
                 .or_else(|| before.upstream_status.clone());
             let response = r.response.clone().or_else(|| before.response.clone());
-            sqlx::query(
+            let next_check_at = if r.state.is_final() {
+                None
+            } else {
+                r.next_check_at
+            };
+            let (now, pending_seen_at) = (now_ms(), r.saw_pending.then_some(r.checked_at));
+            sqlx::query!(
                 "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
                  last_error = ?, last_checked_at = ?, checks_done = checks_done + 1, \
                  next_check_at = ?, finished_at = ?, updated_at = ?, \
                  pending_seen_at = COALESCE(?, pending_seen_at) WHERE pk = ?",
+                r.state,
+                upstream_status,
+                response,
+                r.error,
+                r.checked_at,
+                next_check_at,
+                finished_at,
+                now,
+                pending_seen_at,
+                r.pk,
             )
-            .bind(r.state)
-            .bind(&upstream_status)
-            .bind(&response)
-            .bind(&r.error)
-            .bind(r.checked_at)
-            .bind(if r.state.is_final() {
-                None
-            } else {
-                r.next_check_at
-            })
-            .bind(finished_at)
-            .bind(now_ms())
-            .bind(r.saw_pending.then_some(r.checked_at))
-            .bind(r.pk)
             .execute(&mut *tx)
             .await?;
             if r.changed {
-                sqlx::query(
+                sqlx::query!(
                     "INSERT INTO status_history (payment_pk, at, previous_state, state, \
                      previous_upstream_status, upstream_status) VALUES (?, ?, ?, ?, ?, ?)",
+                    r.pk,
+                    r.checked_at,
+                    before.state,
+                    r.state,
+                    before.upstream_status,
+                    upstream_status,
                 )
-                .bind(r.pk)
-                .bind(r.checked_at)
-                .bind(before.state)
-                .bind(r.state)
-                .bind(&before.upstream_status)
-                .bind(&upstream_status)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -635,36 +676,40 @@ impl Store {
                         metadata: before.metadata.as_deref(),
                     };
                     let (event_id, body) = event_body(ev, &after, sequence, r.checked_at);
-                    sqlx::query(
+                    sqlx::query!(
                         "INSERT INTO webhook_events (event_id, payment_pk, sequence, type, url, \
                          body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        event_id,
+                        r.pk,
+                        sequence,
+                        ev.event_type,
+                        url,
+                        body,
+                        r.checked_at,
+                        r.checked_at,
                     )
-                    .bind(&event_id)
-                    .bind(r.pk)
-                    .bind(sequence)
-                    .bind(ev.event_type)
-                    .bind(&url)
-                    .bind(&body)
-                    .bind(r.checked_at)
-                    .bind(r.checked_at)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query("UPDATE payments SET event_seq = ? WHERE pk = ?")
-                        .bind(sequence)
-                        .bind(r.pk)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query!(
+                        "UPDATE payments SET event_seq = ? WHERE pk = ?",
+                        sequence,
+                        r.pk
+                    )
+                    .execute(&mut *tx)
+                    .await?;
                     event_queued = true;
                 }
             }
             out.push(Applied::Updated { event_queued });
         }
         for (pk, at) in ledger_done {
-            sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE pk = ?")
-                .bind(at)
-                .bind(pk)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE upstream_requests SET done_at = ? WHERE pk = ?",
+                at,
+                pk
+            )
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await.context("committing check outcomes")?;
         Ok(out)
@@ -687,34 +732,36 @@ impl Store {
     ) -> Result<Option<Result<PaymentRow, PaymentRow>>> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let row: Option<PaymentRow> = sqlx::query_as(&format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE kind = ? AND id = ?"
-        ))
-        .bind(kind)
-        .bind(id)
+        let row = payment_query!(
+            "SELECT ",
+            " FROM payments WHERE kind = ? AND id = ?",
+            kind,
+            id
+        )
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
         if row.state.is_final() {
             return Ok(Some(Err(row)));
         }
-        let updated: PaymentRow = sqlx::query_as(&format!(
+        let updated = payment_query!(
             "UPDATE payments SET state = 'cancelled', next_check_at = NULL, finished_at = ?1, \
-             updated_at = ?1 WHERE pk = ?2 RETURNING {PAYMENT_COLUMNS}"
-        ))
-        .bind(now)
-        .bind(row.pk)
+             updated_at = ?1 WHERE pk = ?2 RETURNING ",
+            "",
+            now,
+            row.pk,
+        )
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO status_history (payment_pk, at, previous_state, state, \
              previous_upstream_status, upstream_status) VALUES (?, ?, ?, 'cancelled', ?, ?)",
+            row.pk,
+            now,
+            row.state,
+            row.upstream_status,
+            row.upstream_status,
         )
-        .bind(row.pk)
-        .bind(now)
-        .bind(row.state)
-        .bind(&row.upstream_status)
-        .bind(&row.upstream_status)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -730,13 +777,14 @@ impl Store {
 
     async fn reschedule_tx(&self, kind: &str, id: &str, at: UnixMs) -> Result<Option<PaymentRow>> {
         let mut tx = self.begin().await?;
-        let row: Option<PaymentRow> = sqlx::query_as(&format!(
+        let row = payment_query!(
             "UPDATE payments SET next_check_at = ?1, updated_at = ?1 WHERE kind = ?2 AND id = ?3 \
-             AND state = 'pending' RETURNING {PAYMENT_COLUMNS}"
-        ))
-        .bind(at)
-        .bind(kind)
-        .bind(id)
+             AND state = 'pending' RETURNING ",
+            "",
+            at,
+            kind,
+            id,
+        )
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -748,36 +796,37 @@ impl Store {
         &self,
         pk: PaymentKey,
     ) -> Result<Vec<(i64, String, String, Option<String>)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query!(
             "SELECT at, previous_state, state, upstream_status FROM status_history \
              WHERE payment_pk = ? ORDER BY pk",
+            pk
         )
-        .bind(pk)
         .fetch_all(&self.read)
         .await?;
         Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .into_iter()
+            .map(|r| (r.at, r.previous_state, r.state, r.upstream_status))
             .collect())
     }
 
     /// Writes the budget ledger's entries `(pool, sent_at)` for requests about to be sent;
     /// returns their keys, in order. Committed before the requests go out, so a crash can
     /// never hide spent budget.
-    pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
+    pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<LedgerKey>> {
         let result = self.ledger_send_tx(entries).await;
         self.note(result)
     }
 
-    async fn ledger_send_tx(&self, entries: &[(String, UnixMs)]) -> Result<Vec<i64>> {
+    async fn ledger_send_tx(&self, entries: &[(String, UnixMs)]) -> Result<Vec<LedgerKey>> {
         let mut tx = self.begin().await?;
         let mut keys = Vec::with_capacity(entries.len());
         for (pool, at) in entries {
-            let pk: i64 = sqlx::query_scalar(
-                "INSERT INTO upstream_requests (pool, sent_at) VALUES (?, ?) RETURNING pk",
+            let pk = sqlx::query_scalar!(
+                r#"INSERT INTO upstream_requests (pool, sent_at) VALUES (?, ?)
+                   RETURNING pk AS "pk!: LedgerKey""#,
+                pool,
+                at
             )
-            .bind(pool)
-            .bind(at)
             .fetch_one(&mut *tx)
             .await?;
             keys.push(pk);
@@ -795,29 +844,33 @@ impl Store {
 
     async fn ledger_close_open_tx(&self, at: UnixMs) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE upstream_requests SET done_at = ? WHERE done_at IS NULL")
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "UPDATE upstream_requests SET done_at = ? WHERE done_at IS NULL",
+            at
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await
     }
 
     /// Forgets reserved ledger rows that no request used (clean shutdown).
-    pub async fn ledger_release(&self, keys: &[i64]) -> Result<()> {
+    pub async fn ledger_release(&self, keys: &[LedgerKey]) -> Result<()> {
         let result = self.ledger_release_tx(keys).await;
         self.note(result)
     }
 
-    async fn ledger_release_tx(&self, keys: &[i64]) -> Result<()> {
+    async fn ledger_release_tx(&self, keys: &[LedgerKey]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
         for k in keys {
-            sqlx::query("DELETE FROM upstream_requests WHERE pk = ? AND done_at IS NULL")
-                .bind(k)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "DELETE FROM upstream_requests WHERE pk = ? AND done_at IS NULL",
+                k
+            )
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -825,17 +878,16 @@ impl Store {
 
     /// Ledger entries sent since `since`: (pool, sent_at, done_at).
     pub async fn ledger_since(&self, since: UnixMs) -> Result<Vec<(String, i64, Option<i64>)>> {
-        let rows = sqlx::query(
-            "SELECT pool, sent_at, done_at FROM upstream_requests WHERE sent_at >= ? \
-             OR done_at >= ? OR done_at IS NULL ORDER BY sent_at",
+        let rows = sqlx::query!(
+            "SELECT pool, sent_at, done_at FROM upstream_requests WHERE sent_at >= ?1 \
+             OR done_at >= ?1 OR done_at IS NULL ORDER BY sent_at",
+            since
         )
-        .bind(since)
-        .bind(since)
         .fetch_all(&self.read)
         .await?;
         Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .into_iter()
+            .map(|r| (r.pool, r.sent_at, r.done_at))
             .collect())
     }
 
@@ -854,10 +906,12 @@ impl Store {
     async fn prune_ledger(&self, ledger_before: UnixMs) -> Result<()> {
         let mut tx = self.begin().await?;
         // Open rows are this run's reserve: kept until used.
-        sqlx::query("DELETE FROM upstream_requests WHERE done_at IS NOT NULL AND done_at < ?")
-            .bind(ledger_before)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM upstream_requests WHERE done_at IS NOT NULL AND done_at < ?",
+            ledger_before
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await
     }
 
@@ -878,6 +932,7 @@ impl Store {
             let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
             let idle = size == self.wal_seen.swap(size, Ordering::Relaxed);
             let mut conn = self.write.acquire().await?;
+            // PRAGMAs below: connection settings, not queries; the macros have nothing to check.
             if size > 0 && (idle || size > WAL_KEEP) {
                 let done = match sqlx::query("PRAGMA busy_timeout = 200")
                     .execute(&mut *conn)
@@ -955,38 +1010,57 @@ impl Store {
 
     async fn prune_finished_tx(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
         let mut tx = self.begin().await?;
-        let pks: Vec<i64> = sqlx::query_scalar(
-            "SELECT pk FROM payments p WHERE state != 'pending' AND finished_at < ?1 \
-             AND NOT EXISTS (SELECT 1 FROM webhook_events e \
-                             WHERE e.payment_pk = p.pk AND e.state = 'pending') \
-             ORDER BY finished_at LIMIT ?2",
+        let pks = sqlx::query_scalar!(
+            r#"SELECT pk AS "pk!: PaymentKey" FROM payments p
+               WHERE state != 'pending' AND finished_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM webhook_events e
+                               WHERE e.payment_pk = p.pk AND e.state = 'pending')
+               ORDER BY finished_at LIMIT ?2"#,
+            before,
+            limit
         )
-        .bind(before)
-        .bind(limit)
         .fetch_all(&mut *tx)
         .await
         .context("choosing finished payments to delete")?;
         if pks.is_empty() {
             return Ok(Pruned::default());
         }
+        let pks: Vec<i64> = pks.into_iter().map(|k| k.0).collect();
         let pks = serde_json::to_string(&pks).context("encoding payment keys")?;
         // Children first: the foreign keys are enforced.
-        let mut deleted = [0u64; 4];
-        for (n, sql) in deleted.iter_mut().zip([
+        let attempts = sqlx::query!(
             "DELETE FROM webhook_attempts WHERE event_pk IN (SELECT pk FROM webhook_events \
              WHERE payment_pk IN (SELECT value FROM json_each(?1)))",
+            pks
+        )
+        .execute(&mut *tx)
+        .await
+        .context("deleting a retention batch's webhook attempts")?
+        .rows_affected();
+        let events = sqlx::query!(
             "DELETE FROM webhook_events WHERE payment_pk IN (SELECT value FROM json_each(?1))",
+            pks
+        )
+        .execute(&mut *tx)
+        .await
+        .context("deleting a retention batch's webhook events")?
+        .rows_affected();
+        let history = sqlx::query!(
             "DELETE FROM status_history WHERE payment_pk IN (SELECT value FROM json_each(?1))",
+            pks
+        )
+        .execute(&mut *tx)
+        .await
+        .context("deleting a retention batch's history")?
+        .rows_affected();
+        let payments = sqlx::query!(
             "DELETE FROM payments WHERE pk IN (SELECT value FROM json_each(?1))",
-        ]) {
-            *n = sqlx::query(sql)
-                .bind(&pks)
-                .execute(&mut *tx)
-                .await
-                .context("deleting a retention batch")?
-                .rows_affected();
-        }
-        let [attempts, events, history, payments] = deleted;
+            pks
+        )
+        .execute(&mut *tx)
+        .await
+        .context("deleting a retention batch's payments")?
+        .rows_affected();
         tx.commit().await.context("committing retention batch")?;
         Ok(Pruned {
             payments,
@@ -1005,12 +1079,12 @@ impl Store {
 
     async fn prune_delivered_tx(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
         let mut tx = self.begin().await?;
-        let pks: Vec<i64> = sqlx::query_scalar(
-            "SELECT pk FROM webhook_events WHERE state = 'delivered' AND delivered_at < ? \
-             ORDER BY delivered_at LIMIT ?",
+        let pks = sqlx::query_scalar!(
+            r#"SELECT pk AS "pk!" FROM webhook_events WHERE state = 'delivered'
+               AND delivered_at < ? ORDER BY delivered_at LIMIT ?"#,
+            before,
+            limit
         )
-        .bind(before)
-        .bind(limit)
         .fetch_all(&mut *tx)
         .await
         .context("choosing delivered events to delete")?;
@@ -1018,19 +1092,20 @@ impl Store {
             return Ok(Pruned::default());
         }
         let pks = serde_json::to_string(&pks).context("encoding event keys")?;
-        let attempts = sqlx::query(
+        let attempts = sqlx::query!(
             "DELETE FROM webhook_attempts WHERE event_pk IN (SELECT value FROM json_each(?))",
+            pks
         )
-        .bind(&pks)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let events =
-            sqlx::query("DELETE FROM webhook_events WHERE pk IN (SELECT value FROM json_each(?))")
-                .bind(&pks)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let events = sqlx::query!(
+            "DELETE FROM webhook_events WHERE pk IN (SELECT value FROM json_each(?))",
+            pks
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await.context("committing retention batch")?;
         Ok(Pruned {
             events,
@@ -1051,7 +1126,7 @@ fn lock_path(db: &Path) -> PathBuf {
 /// A webhook event, as the delivery worker and the API see it.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct WebhookEvent {
-    pub pk: i64,
+    pub pk: EventKey,
     pub event_id: String,
     pub payment_pk: PaymentKey,
     pub kind: KindName,
@@ -1107,42 +1182,57 @@ pub struct WebhookFilter {
     pub limit: u32,
 }
 
-/// The event's columns, with its payment and last attempt; `e` is `webhook_events` and
-/// `p` is `payments`.
-const EVENT_COLUMNS: &str = "e.pk, e.event_id, e.payment_pk, p.kind, p.id, e.sequence, e.type, \
-    e.url, e.body, e.created_at, e.state, e.attempts, e.retry_from, e.next_attempt_at, \
-    e.delivered_at, e.last_error, \
-    (SELECT a.at FROM webhook_attempts a WHERE a.event_pk = e.pk ORDER BY a.pk DESC LIMIT 1) \
-      AS last_attempt_at, \
-    (SELECT a.status_code FROM webhook_attempts a WHERE a.event_pk = e.pk ORDER BY a.pk DESC LIMIT 1) \
-      AS last_status_code, \
-    (p.callback_url IS NOT NULL) AS callback";
+/// A compile-checked query returning [`WebhookEvent`]s: `SELECT` the event's columns, with
+/// its payment and last attempt, then `$from` (which names `webhook_events e` and
+/// `payments p`). `$url` is the expression for the `url` column.
+macro_rules! event_query {
+    ($url:literal, $from:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            WebhookEvent,
+            r#"SELECT e.pk AS "pk!: EventKey", e.event_id, e.payment_pk AS "payment_pk: PaymentKey",
+                p.kind AS "kind: KindName", p.id, e.sequence, e.type AS event_type, "#
+                + $url
+                + r#" AS "url!", e.body, e.created_at, e.state AS "state: WebhookState",
+                e.attempts, e.retry_from, e.next_attempt_at, e.delivered_at, e.last_error,
+                (SELECT a.at FROM webhook_attempts a WHERE a.event_pk = e.pk
+                 ORDER BY a.pk DESC LIMIT 1) AS last_attempt_at,
+                (SELECT a.status_code FROM webhook_attempts a WHERE a.event_pk = e.pk
+                 ORDER BY a.pk DESC LIMIT 1) AS last_status_code,
+                (p.callback_url IS NOT NULL) AS "callback!: bool" "#
+                + $from
+            $(, $arg)*
+        )
+    };
+}
 
 impl Store {
     /// The pending events that head their payment's queue (no earlier pending event of the
     /// same payment), earliest due first, leaving out the payments in `busy` (an attempt
     /// is in flight). Order per payment comes from the head rule; other payments are never
     /// held up by one that is retrying.
-    pub async fn webhook_heads(&self, busy: &[i64], limit: u32) -> Result<Vec<WebhookEvent>> {
-        let busy = serde_json::to_string(busy).context("encoding busy payments")?;
+    pub async fn webhook_heads(
+        &self,
+        busy: &[PaymentKey],
+        limit: u32,
+    ) -> Result<Vec<WebhookEvent>> {
+        let busy: Vec<i64> = busy.iter().map(|k| k.0).collect();
+        let busy = serde_json::to_string(&busy).context("encoding busy payments")?;
+        let default_url = self.default_webhook_url.as_deref();
         // An event without a callback goes to the URL configured now, not the one in force
         // when it was queued: a merchant who moves the receiver gets pending and replayed
         // events at the new address.
-        let columns = EVENT_COLUMNS.replace(
-            "e.url,",
-            "CASE WHEN p.callback_url IS NULL THEN COALESCE(?3, e.url) ELSE e.url END AS url,",
-        );
-        sqlx::query_as(&format!(
-            "SELECT {columns} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
+        event_query!(
+            "CASE WHEN p.callback_url IS NULL THEN COALESCE(?3, e.url) ELSE e.url END",
+            "FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
              WHERE e.state = 'pending' \
              AND e.payment_pk NOT IN (SELECT value FROM json_each(?1)) \
              AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.payment_pk = e.payment_pk \
                              AND b.state = 'pending' AND b.sequence < e.sequence) \
-             ORDER BY e.next_attempt_at, e.pk LIMIT ?2"
-        ))
-        .bind(busy)
-        .bind(limit)
-        .bind(self.default_webhook_url.as_deref())
+             ORDER BY e.next_attempt_at, e.pk LIMIT ?2",
+            busy,
+            limit,
+            default_url,
+        )
         .fetch_all(&self.read)
         .await
         .context("reading due webhook events")
@@ -1153,7 +1243,7 @@ impl Store {
     /// failure leaves the replay's plan alone (a success still counts).
     pub async fn record_webhook_attempt(
         &self,
-        event_pk: i64,
+        event_pk: EventKey,
         retry_from: i64,
         attempt: &WebhookAttempt,
         outcome: AttemptOutcome,
@@ -1166,7 +1256,7 @@ impl Store {
 
     async fn record_webhook_attempt_tx(
         &self,
-        event_pk: i64,
+        event_pk: EventKey,
         retry_from: i64,
         attempt: &WebhookAttempt,
         outcome: AttemptOutcome,
@@ -1177,33 +1267,34 @@ impl Store {
             AttemptOutcome::Dead => (false, "dead", None),
         };
         let mut tx = self.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO webhook_attempts (event_pk, at, status_code, error, latency_ms) \
              VALUES (?, ?, ?, ?, ?)",
+            event_pk,
+            attempt.at,
+            attempt.status_code,
+            attempt.error,
+            attempt.latency_ms,
         )
-        .bind(event_pk)
-        .bind(attempt.at)
-        .bind(attempt.status_code)
-        .bind(&attempt.error)
-        .bind(attempt.latency_ms)
         .execute(&mut *tx)
         .await
         .context("logging webhook attempt")?;
-        sqlx::query(
+        let now = now_ms();
+        sqlx::query!(
             "UPDATE webhook_events SET attempts = attempts + 1, last_error = ?1, \
              state = CASE WHEN ?2 THEN 'delivered' WHEN retry_from = ?3 THEN ?4 ELSE state END, \
              next_attempt_at = CASE WHEN NOT ?2 AND retry_from = ?3 AND ?5 IS NOT NULL \
                                THEN ?5 ELSE next_attempt_at END, \
              delivered_at = CASE WHEN ?2 THEN ?6 ELSE delivered_at END \
              WHERE pk = ?7",
+            attempt.error,
+            delivered,
+            retry_from,
+            new_state,
+            next,
+            now,
+            event_pk,
         )
-        .bind(&attempt.error)
-        .bind(delivered)
-        .bind(retry_from)
-        .bind(new_state)
-        .bind(next)
-        .bind(now_ms())
-        .bind(event_pk)
         .execute(&mut *tx)
         .await
         .context("updating webhook event")?;
@@ -1213,38 +1304,41 @@ impl Store {
 
     /// A page of webhook events in insertion order.
     pub async fn list_webhooks(&self, f: &WebhookFilter) -> Result<Vec<WebhookEvent>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
+        let after_pk = f.after_pk.unwrap_or(0);
+        Ok(event_query!(
+            "e.url",
+            "FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
              WHERE e.pk > ?1 AND (?2 IS NULL OR e.state = ?2) AND (?3 IS NULL OR p.kind = ?3) \
-             AND (?4 IS NULL OR p.id = ?4) ORDER BY e.pk LIMIT ?5"
-        ))
-        .bind(f.after_pk.unwrap_or(0))
-        .bind(f.state)
-        .bind(&f.kind)
-        .bind(&f.id)
-        .bind(f.limit)
+             AND (?4 IS NULL OR p.id = ?4) ORDER BY e.pk LIMIT ?5",
+            after_pk,
+            f.state,
+            f.kind,
+            f.id,
+            f.limit,
+        )
         .fetch_all(&self.read)
         .await?)
     }
 
     /// One webhook event by its `webhook-id`.
     pub async fn webhook(&self, event_id: &str) -> Result<Option<WebhookEvent>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
-             WHERE e.event_id = ?"
-        ))
-        .bind(event_id)
+        Ok(event_query!(
+            "e.url",
+            "FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk WHERE e.event_id = ?",
+            event_id,
+        )
         .fetch_optional(&self.read)
         .await?)
     }
 
     /// An event's attempts, oldest first.
-    pub async fn webhook_attempts(&self, event_pk: i64) -> Result<Vec<WebhookAttempt>> {
-        Ok(sqlx::query_as(
+    pub async fn webhook_attempts(&self, event_pk: EventKey) -> Result<Vec<WebhookAttempt>> {
+        Ok(sqlx::query_as!(
+            WebhookAttempt,
             "SELECT at, status_code, error, latency_ms FROM webhook_attempts \
              WHERE event_pk = ? ORDER BY pk",
+            event_pk
         )
-        .bind(event_pk)
         .fetch_all(&self.read)
         .await?)
     }
@@ -1258,23 +1352,23 @@ impl Store {
 
     async fn replay_webhook_tx(&self, event_id: &str, at: UnixMs) -> Result<Option<WebhookEvent>> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE webhook_events SET state = 'pending', next_attempt_at = ?1, \
              retry_from = attempts, delivered_at = NULL WHERE event_id = ?2",
+            at,
+            event_id
         )
-        .bind(at)
-        .bind(event_id)
         .execute(&mut *tx)
         .await
         .context("replaying webhook event")?;
         let row = if done.rows_affected() == 0 {
             None
         } else {
-            sqlx::query_as(&format!(
-                "SELECT {EVENT_COLUMNS} FROM webhook_events e \
-                 JOIN payments p ON p.pk = e.payment_pk WHERE e.event_id = ?"
-            ))
-            .bind(event_id)
+            event_query!(
+                "e.url",
+                "FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk WHERE e.event_id = ?",
+                event_id,
+            )
             .fetch_optional(&mut *tx)
             .await?
         };
@@ -1305,7 +1399,7 @@ mod outbox_tests {
         let (a, b) = (rows[0].0.pk, rows[1].0.pk);
         let flip = |pk: PaymentKey, raw: &str, at: i64| CheckRecord {
             saw_pending: false,
-            pk: pk.0,
+            pk,
             checked_at: at,
             upstream_status: Some(raw.into()),
             state: State::Pending,
@@ -1348,7 +1442,7 @@ mod outbox_tests {
         let got: Vec<(PaymentKey, i64)> =
             heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
         assert_eq!(got, vec![(a, 1), (b, 1)]);
-        let heads = store.webhook_heads(&[a.0], 10).await.unwrap();
+        let heads = store.webhook_heads(&[a], 10).await.unwrap();
         assert_eq!(heads.len(), 1);
         assert_eq!(heads[0].payment_pk, b);
 
@@ -1372,7 +1466,7 @@ mod outbox_tests {
             .record_webhook_attempt(first.pk, 0, &failed(30), AttemptOutcome::Dead)
             .await
             .unwrap();
-        let heads = store.webhook_heads(&[b.0], 10).await.unwrap();
+        let heads = store.webhook_heads(&[b], 10).await.unwrap();
         assert_eq!((heads[0].payment_pk, heads[0].sequence), (a, 2));
         assert_eq!(store.webhook_attempts(first.pk).await.unwrap().len(), 2);
     }
@@ -1449,7 +1543,7 @@ mod retention_tests {
 
     /// A payment that flipped at `at` (one history row, one webhook event), or stays
     /// pending with `final_state` None.
-    async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> i64 {
+    async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> PaymentKey {
         let new = NewPayment {
             kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(id).unwrap(),
@@ -1459,7 +1553,7 @@ mod retention_tests {
             callback_url: None,
             metadata: None,
         };
-        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk.0;
+        let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
         let state = final_state.unwrap_or(State::Pending);
         store
             .record_checks(
@@ -1485,8 +1579,8 @@ mod retention_tests {
         pk
     }
 
-    async fn attempt(store: &Store, payment_pk: i64, outcome: AttemptOutcome) {
-        let ev: i64 = sqlx::query_scalar("SELECT pk FROM webhook_events WHERE payment_pk = ?")
+    async fn attempt(store: &Store, payment_pk: PaymentKey, outcome: AttemptOutcome) {
+        let ev: EventKey = sqlx::query_scalar("SELECT pk FROM webhook_events WHERE payment_pk = ?")
             .bind(payment_pk)
             .fetch_one(&store.read)
             .await
@@ -1598,7 +1692,7 @@ mod retention_tests {
             .iter()
             .map(|(r, _)| CheckRecord {
                 saw_pending: true,
-                pk: r.pk.0,
+                pk: r.pk,
                 checked_at: 100,
                 upstream_status: Some("approved".into()),
                 state: State::Succeeded,
@@ -1726,6 +1820,7 @@ mod retention_tests {
 #[cfg(test)]
 mod write_tests {
     use super::*;
+    use sqlx::Row;
 
     fn payment(id: &str, metadata: Option<Value>) -> NewPayment {
         NewPayment {

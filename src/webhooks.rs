@@ -11,7 +11,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::{CallbackPrefix, WebhooksConfig};
-use crate::payment::{now_ms, UnixMs};
+use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs};
 use crate::secret::decode_secret;
 use crate::store::{AttemptOutcome, Store, WebhookAttempt, WebhookEvent};
 use crate::telemetry::Telemetry;
@@ -165,8 +165,8 @@ pub fn spawn(
 /// not sent again) and the count of attempts stays right.
 #[derive(Debug, Clone)]
 struct Unlogged {
-    event_pk: i64,
-    payment_pk: i64,
+    event_pk: EventKey,
+    payment_pk: PaymentKey,
     retry_from: i64,
     record: WebhookAttempt,
     outcome: AttemptOutcome,
@@ -200,7 +200,7 @@ async fn run(
     }
     let mut in_flight: JoinSet<Option<Unlogged>> = JoinSet::new();
     // Task id -> payment, so a finished (or panicked) attempt frees its payment.
-    let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
+    let mut busy: HashMap<tokio::task::Id, PaymentKey> = HashMap::new();
     // Attempts waiting to be logged, oldest first.
     let mut unlogged: Vec<Unlogged> = Vec::new();
     let mut read_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -237,13 +237,13 @@ async fn run(
             later(log_at, &mut wake_in);
         }
         // A payment whose last attempt is unlogged waits for that attempt's outcome.
-        let mut held: HashMap<i64, Option<UnixMs>> = HashMap::new();
+        let mut held: HashMap<PaymentKey, Option<UnixMs>> = HashMap::new();
         for u in &unlogged {
             held.insert(u.payment_pk, u.due());
         }
         let free = d.max_in_flight.saturating_sub(busy.len());
         if free > 0 {
-            let mut skip: Vec<i64> = busy.values().copied().collect();
+            let mut skip: Vec<PaymentKey> = busy.values().copied().collect();
             for (payment, due) in &held {
                 match due {
                     Some(at) if *at <= now => {}
@@ -263,11 +263,11 @@ async fn run(
                         if busy.len() >= d.max_in_flight {
                             break;
                         }
-                        if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk.0) {
+                        if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk) {
                             later(ev.next_attempt_at, &mut wake_in);
                             break;
                         }
-                        let payment = ev.payment_pk.0;
+                        let payment = ev.payment_pk;
                         let before = unlogged.iter().filter(|u| u.event_pk == ev.pk).count();
                         let handle = in_flight.spawn(attempt(
                             d.clone(),
@@ -423,7 +423,7 @@ async fn attempt(
     }
     let unlogged = Unlogged {
         event_pk: ev.pk,
-        payment_pk: ev.payment_pk.0,
+        payment_pk: ev.payment_pk,
         retry_from: ev.retry_from,
         record,
         outcome,

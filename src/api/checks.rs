@@ -170,7 +170,7 @@ fn conflict(existing: &PaymentRow, new: &NewPayment, explicit_start: bool) -> Op
 
 fn pending_row(r: &PaymentRow) -> PendingRow {
     PendingRow {
-        pk: r.pk.0,
+        pk: r.pk,
         kind: r.kind.clone(),
         id: r.id.clone(),
         upstream_status: r.upstream_status.clone(),

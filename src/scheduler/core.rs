@@ -16,7 +16,7 @@ use super::decide::decide;
 use crate::budget::Budget;
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
-use crate::payment::{PaymentId, State, UnixMs};
+use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
 use crate::policy::{Evidence, Grid, Learner, Plans};
 use crate::status::{KindPolicy, PoolStatus};
 use crate::store::{CheckRecord, EventSpec, PendingRow};
@@ -78,7 +78,7 @@ pub struct CoreConfig {
 pub struct Request {
     pub pool: usize,
     pub kind: Arc<Kind>,
-    pub pks: Vec<i64>,
+    pub pks: Vec<PaymentKey>,
     pub ids: Vec<PaymentId>,
     /// Each payment's start (scheduler time): a listing's coverage is judged by it.
     pub started: Vec<UnixMs>,
@@ -86,19 +86,19 @@ pub struct Request {
     pub list_limit: u32,
     pub sent_at: UnixMs,
     /// The pre-committed ledger row it uses.
-    pub ledger: Option<i64>,
+    pub ledger: Option<LedgerKey>,
 }
 
 /// A finished request, for [`Core::complete`].
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub pool: usize,
-    pub pks: Vec<i64>,
+    pub pks: Vec<PaymentKey>,
     pub observations: Vec<Observation>,
     pub retry_after_ms: Option<i64>,
     pub sent_at: UnixMs,
     pub done_at: UnixMs,
-    pub ledger: Option<i64>,
+    pub ledger: Option<LedgerKey>,
 }
 
 /// What a completion produced.
@@ -107,11 +107,11 @@ pub struct Completed {
     /// Outcomes to commit.
     pub records: Vec<CheckRecord>,
     /// The ledger row to close (`(row, answered_at)`).
-    pub ledger: Option<(i64, UnixMs)>,
+    pub ledger: Option<(LedgerKey, UnixMs)>,
     /// For telemetry: `(index into the observations, kind, state after)`.
     pub checked: Vec<(usize, Arc<Kind>, State)>,
     /// Final outcomes, for whoever watches (the simulator): `(pk, state, sent_at)`.
-    pub finished: Vec<(i64, State, UnixMs)>,
+    pub finished: Vec<(PaymentKey, State, UnixMs)>,
 }
 
 /// The core's actions, besides the ones methods return directly.
@@ -137,7 +137,7 @@ enum Queue {
 }
 
 struct Entry {
-    pk: i64,
+    pk: PaymentKey,
     kind: Arc<Kind>,
     /// Index of the kind's model.
     model: usize,
@@ -177,11 +177,11 @@ struct Model {
 struct Pool {
     spec: PoolSpec,
     budget: Budget,
-    heap: BinaryHeap<Reverse<(UnixMs, u64, i64)>>,
+    heap: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
     /// Planned checks that came due and wait for budget (`(due, gen, pk)`): when the key
     /// is short, the one most likely to see a flip goes first (see [`Core::worth`]).
-    ready: Vec<(UnixMs, u64, i64)>,
-    rechecks: BinaryHeap<Reverse<(UnixMs, u64, i64)>>,
+    ready: Vec<(UnixMs, u64, PaymentKey)>,
+    rechecks: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
     /// When recent manual rechecks were sent.
     recheck_sent: VecDeque<UnixMs>,
     throttled: u32,
@@ -191,7 +191,7 @@ struct Pool {
     list_not_before: HashMap<KindName, UnixMs>,
     last_probe: UnixMs,
     lateness_ms: Vec<i64>,
-    ledger_keys: VecDeque<i64>,
+    ledger_keys: VecDeque<LedgerKey>,
     refilling: bool,
     level: f64,
     projected: f64,
@@ -207,7 +207,7 @@ pub struct Core {
     models: Vec<Model>,
     model_of: HashMap<KindName, usize>,
     pools: Vec<Pool>,
-    entries: HashMap<i64, Entry>,
+    entries: HashMap<PaymentKey, Entry>,
     max_in_flight: usize,
     in_flight: usize,
     gen: u64,
@@ -353,7 +353,7 @@ impl Core {
         };
         let Ok(id) = PaymentId::parse(&row.id) else {
             tracing::warn!(
-                pk = row.pk,
+                pk = %row.pk,
                 "payment with an invalid id in the database is not polled"
             );
             return;
@@ -395,7 +395,7 @@ impl Core {
     }
 
     /// Stops tracking (cancelled). An answer in flight finds it gone and is dropped.
-    pub fn untrack(&mut self, pk: i64) {
+    pub fn untrack(&mut self, pk: PaymentKey) {
         if let Some(e) = self.entries.remove(&pk) {
             let lo = e.last.map_or(0, |l| self.grid.cell(l - e.t0));
             self.models[e.model]
@@ -408,7 +408,7 @@ impl Core {
     /// coalesced: at most one check per payment per ladder step, and rechecks as a whole
     /// take at most a tenth of the budget. Returns when the check is due, or `None` when
     /// the payment is not held.
-    pub fn recheck(&mut self, pk: i64, now: UnixMs) -> Option<UnixMs> {
+    pub fn recheck(&mut self, pk: PaymentKey, now: UnixMs) -> Option<UnixMs> {
         let window = self.window;
         let gen = self.next_gen();
         let e = self.entries.get_mut(&pk)?;
@@ -542,7 +542,7 @@ impl Core {
 
     /// The head of a pool's recheck or plan heap (`(due, pk)`), dropping stale entries
     /// (superseded plans, payments gone or in flight) on the way.
-    fn live_head(&mut self, p: usize, recheck: bool) -> Option<(UnixMs, i64)> {
+    fn live_head(&mut self, p: usize, recheck: bool) -> Option<(UnixMs, PaymentKey)> {
         loop {
             let pool = &mut self.pools[p];
             let heap = if recheck {
@@ -565,7 +565,7 @@ impl Core {
     /// The next due check of a pool and the queue it waits in: a due manual recheck
     /// first; else, while the key keeps up, the earliest due planned check; once it is
     /// behind (a burst), of every due check, the one most worth a request.
-    fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(Queue, i64)> {
+    fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(Queue, PaymentKey)> {
         if let Some((due, pk)) = self.live_head(p, true) {
             if due <= now {
                 return Some((Queue::Recheck, pk));
@@ -616,7 +616,7 @@ impl Core {
     }
 
     /// Whether a `ready` item still stands for its payment's current plan.
-    fn live_ready(&self, (_, gen, pk): (UnixMs, u64, i64)) -> bool {
+    fn live_ready(&self, (_, gen, pk): (UnixMs, u64, PaymentKey)) -> bool {
         self.entries
             .get(&pk)
             .is_some_and(|e| e.gen == gen && !e.in_flight && !e.recheck)
@@ -648,7 +648,7 @@ impl Core {
     }
 
     /// Removes a payment's due item (the one `peek_due` gave) from its queue.
-    fn take(&mut self, p: usize, pk: i64, from: Queue) {
+    fn take(&mut self, p: usize, pk: PaymentKey, from: Queue) {
         match from {
             Queue::Recheck => {
                 self.pools[p].rechecks.pop();
@@ -665,7 +665,7 @@ impl Core {
         }
     }
 
-    fn defer(&mut self, p: usize, pk: i64, from: Queue, until: UnixMs) {
+    fn defer(&mut self, p: usize, pk: PaymentKey, from: Queue, until: UnixMs) {
         self.take(p, pk, from);
         let gen = self.next_gen();
         if let Some(e) = self.entries.get_mut(&pk) {
@@ -695,7 +695,7 @@ impl Core {
     }
 
     /// Ledger rows committed for pool `p` (or `None`: the refill failed; ask again).
-    pub fn refilled(&mut self, p: usize, keys: Option<Vec<i64>>) {
+    pub fn refilled(&mut self, p: usize, keys: Option<Vec<LedgerKey>>) {
         if let Some(pool) = self.pools.get_mut(p) {
             pool.ledger_keys.extend(keys.into_iter().flatten());
             pool.refilling = false;
@@ -703,7 +703,7 @@ impl Core {
     }
 
     /// Ledger rows no request used: not spent budget.
-    pub fn drain_reserve(&mut self) -> Vec<i64> {
+    pub fn drain_reserve(&mut self) -> Vec<LedgerKey> {
         self.pools
             .iter_mut()
             .flat_map(|p| p.ledger_keys.drain(..))
@@ -711,7 +711,14 @@ impl Core {
     }
 
     /// Without a key no request is made: the payment stays due and the error says why.
-    fn no_key(&mut self, p: usize, pk: i64, from: Queue, now: UnixMs, out: &mut Vec<Action>) {
+    fn no_key(
+        &mut self,
+        p: usize,
+        pk: PaymentKey,
+        from: Queue,
+        now: UnixMs,
+        out: &mut Vec<Action>,
+    ) {
         let retry = now + (self.window / 10).max(1000);
         if let Some(e) = self.entries.get(&pk) {
             out.push(Action::Record(vec![CheckRecord {
@@ -734,8 +741,8 @@ impl Core {
 
     /// The pending payments of a list kind one request covers: every one whose first
     /// check is due by now or that was checked before, and the one that is due.
-    fn list_members(&self, p: usize, kind: &Kind, due: i64, now: UnixMs) -> Vec<i64> {
-        let mut members: Vec<(UnixMs, i64)> = self
+    fn list_members(&self, p: usize, kind: &Kind, due: PaymentKey, now: UnixMs) -> Vec<PaymentKey> {
+        let mut members: Vec<(UnixMs, PaymentKey)> = self
             .entries
             .values()
             .filter(|e| {
@@ -752,7 +759,7 @@ impl Core {
         members.into_iter().map(|(_, pk)| pk).collect()
     }
 
-    fn launch(&mut self, p: usize, kind: Arc<Kind>, pks: Vec<i64>, now: UnixMs) -> Request {
+    fn launch(&mut self, p: usize, kind: Arc<Kind>, pks: Vec<PaymentKey>, now: UnixMs) -> Request {
         let mut ids = Vec::with_capacity(pks.len());
         let mut started = Vec::with_capacity(pks.len());
         for pk in &pks {
@@ -1240,7 +1247,7 @@ impl Core {
     }
 
     fn replan_pool(&mut self, p: usize) {
-        let pks: Vec<i64> = self
+        let pks: Vec<PaymentKey> = self
             .entries
             .values()
             .filter(|e| e.pool == p && !e.in_flight && !e.recheck)
@@ -1341,7 +1348,7 @@ mod tests {
 
     fn row(pk: i64, started_at: i64, jitter_ms: i64) -> PendingRow {
         PendingRow {
-            pk,
+            pk: PaymentKey(pk),
             kind: KindName::parse("p2p").unwrap(),
             id: format!("T{pk}"),
             upstream_status: None,
@@ -1365,7 +1372,7 @@ mod tests {
             for a in actions.drain(..) {
                 match a {
                     Action::Send(r) => {
-                        sent.push((r.sent_at, r.pks.clone()));
+                        sent.push((r.sent_at, r.pks.iter().map(|k| k.0).collect()));
                         let observations = r
                             .pks
                             .iter()
@@ -1386,7 +1393,10 @@ mod tests {
                         });
                     }
                     Action::Refill { pool, count, .. } => {
-                        core.refilled(pool, Some((key..key + count as i64).collect()));
+                        core.refilled(
+                            pool,
+                            Some((key..key + count as i64).map(LedgerKey).collect()),
+                        );
                         key += count as i64;
                     }
                     Action::Record(_) => {}
@@ -1464,13 +1474,13 @@ mod tests {
         core.track(row(2, now - 30_000, 20_000), now, false);
         let mut out = Vec::new();
         core.poll(now, &mut out);
-        core.refilled(0, Some((0..8).collect()));
+        core.refilled(0, Some((0..8).map(LedgerKey).collect()));
         out.clear();
         core.poll(now, &mut out);
         let sent: Vec<Vec<i64>> = out
             .iter()
             .filter_map(|a| match a {
-                Action::Send(r) => Some(r.pks.clone()),
+                Action::Send(r) => Some(r.pks.iter().map(|k| k.0).collect()),
                 _ => None,
             })
             .collect();
@@ -1490,7 +1500,7 @@ mod tests {
         // 1,200 rechecks in 3 s (a merchant forwarding every callback, or a loop).
         let mut answers = Vec::new();
         for i in 0..1200 {
-            answers.push(core.recheck(1, 30_000 + i * 2));
+            answers.push(core.recheck(PaymentKey(1), 30_000 + i * 2));
         }
         assert!(answers.iter().all(|a| a.is_some()));
         sent.extend(drive(&mut core, &kind, 33_000, 40_000));
@@ -1501,6 +1511,6 @@ mod tests {
             "{during} checks in 10 s: {:?}",
             &sent[before..]
         );
-        assert_eq!(core.recheck(99, 40_000), None, "not held");
+        assert_eq!(core.recheck(PaymentKey(99), 40_000), None, "not held");
     }
 }

@@ -445,9 +445,9 @@ impl Driver {
         let now = self.clock.now();
         match cmd {
             Command::Track(row) => self.core.track(self.clock.row_to_core(row), now, false),
-            Command::Untrack(pk) => self.core.untrack(pk.0),
+            Command::Untrack(pk) => self.core.untrack(pk),
             Command::Recheck(pk, reply) => {
-                let at = self.core.recheck(pk.0, now);
+                let at = self.core.recheck(pk, now);
                 if let Some(reply) = reply {
                     let _ = reply.send(at.map(|t| t + self.clock.offset()));
                 }

@@ -8,7 +8,7 @@
 
 use super::Command;
 use crate::backoff::Backoff;
-use crate::payment::{now_ms, PaymentKey, UnixMs};
+use crate::payment::{now_ms, LedgerKey, UnixMs};
 use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub(crate) struct RecordBatch {
     pub records: Vec<CheckRecord>,
     /// The budget ledger row of the request that produced them, `(row key, answered_at)`,
     /// released in the same transaction.
-    pub ledger: Option<(i64, UnixMs)>,
+    pub ledger: Option<(LedgerKey, UnixMs)>,
 }
 
 /// A request from the scheduler to the ledger writer for fresh ledger rows.
@@ -40,7 +40,7 @@ pub(crate) struct Refill {
 #[derive(Debug)]
 pub(crate) struct Refilled {
     pub pool: usize,
-    pub keys: Vec<i64>,
+    pub keys: Vec<LedgerKey>,
 }
 
 /// How long writes are still retried once shutdown has begun.
@@ -111,7 +111,7 @@ pub(crate) async fn record_loop(
     let mut give_up_at: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut records = first.records;
-        let mut ledger: Vec<(i64, UnixMs)> = first.ledger.into_iter().collect();
+        let mut ledger: Vec<(LedgerKey, UnixMs)> = first.ledger.into_iter().collect();
         while records.len() < 2048 {
             match rx.try_recv() {
                 Ok(more) => {
@@ -133,7 +133,7 @@ pub(crate) async fn record_loop(
                         match a {
                             Applied::Updated { event_queued } => queued |= event_queued,
                             Applied::Skipped => {
-                                let _ = scheduler.send(Command::Untrack(PaymentKey(r.pk)));
+                                let _ = scheduler.send(Command::Untrack(r.pk));
                             }
                         }
                     }
@@ -227,7 +227,7 @@ mod tests {
             cancel.clone(),
         ));
         let record = CheckRecord {
-            pk: pk.0,
+            pk,
             checked_at: 10,
             upstream_status: Some("on_hold".into()),
             state: State::Pending,

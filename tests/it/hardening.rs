@@ -299,7 +299,7 @@ async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
         .unwrap();
     let r = &rows[0].0;
     let stale = PendingRow {
-        pk: r.pk.0,
+        pk: r.pk,
         kind: r.kind.clone(),
         id: r.id.clone(),
         upstream_status: None,
