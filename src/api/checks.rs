@@ -6,7 +6,7 @@ use super::{
 };
 use crate::config::CallbackRefusal;
 use crate::kinds::KindName;
-use crate::payment::{now_ms, PaymentId, UnixMs};
+use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
 use crate::wire::{
@@ -394,7 +394,7 @@ pub async fn list(
         .list(&ListFilter {
             state,
             kind,
-            after_pk,
+            after_pk: after_pk.map(PaymentKey),
             limit: limit + 1,
         })
         .await?;

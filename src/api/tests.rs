@@ -129,7 +129,7 @@ async fn all_rows(store: &Store) -> Vec<PaymentRow> {
         let Some(last) = page.last() else {
             return out;
         };
-        after = Some(last.pk.0);
+        after = Some(last.pk);
         out.extend(page);
     }
 }

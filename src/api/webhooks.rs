@@ -1,7 +1,7 @@
 //! `/v1/webhooks`: list the outbox, show one event with its attempts, replay one.
 
 use super::{ApiError, AppState, ErrorCode};
-use crate::payment::{now_ms, WebhookState};
+use crate::payment::{now_ms, EventKey, WebhookState};
 use crate::store::{WebhookEvent, WebhookFilter};
 use crate::wire::{AttemptView, PaymentRef, Timestamp, WebhookDetail, WebhookPage, WebhookView};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -75,7 +75,7 @@ pub async fn list(
             state,
             kind: q.kind.filter(|k| !k.is_empty()),
             id: q.id.filter(|i| !i.is_empty()),
-            after_pk,
+            after_pk: after_pk.map(EventKey),
             limit: limit + 1,
         })
         .await?;
