@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             if std::env::var_os("NINJAPOLL_BENCH_DETAIL").is_some() {
                 for r in &rows {
                     println!(
-                        "    seed: ratio {:.3} mean {:.2} s, planned {:.2} s at level {:.2} (p10/50/90 {:.1}/{:.1}/{:.1}, ladder {:.0}%), checks late by mean {:.0} ms (p95 {:.0} ms), budget {:.1}%",
+                        "    seed: ratio {:.3} mean {:.2} s, planned {:.2} s at level {:.2} (p10/50/90 {:.1}/{:.1}/{:.1}, ladder {:.0}%), checks late by mean {:.0} ms (p95 {:.0} ms), budget {:.1}%; learnt {:.2} flip, by {:?} ms (true {:.2}, {:?})",
                         r.ratio,
                         r.mean_ms / 1000.0,
                         r.planned_delay_ms / 1000.0,
@@ -96,7 +96,11 @@ fn main() -> anyhow::Result<()> {
                         r.level_pct[3] * 100.0,
                         r.late_mean_ms,
                         r.late_p95_ms,
-                        r.budget_use * 100.0
+                        r.budget_use * 100.0,
+                        r.learnt_flip_share,
+                        r.learnt_flip_age_ms,
+                        r.true_flip_share,
+                        r.true_flip_age_ms
                     );
                 }
             }

@@ -314,6 +314,12 @@ pub struct Report {
     /// The price level's 10th, 50th and 90th percentile over the measured ticks, and the
     /// share of ticks on the ladder (level 0).
     pub level_pct: [f64; 4],
+    /// What the core learnt by the end: the share flipping and the flip ages (ms) by which
+    /// half, 90% and 99% of those flipped; beside the truth's (`true_*`).
+    pub learnt_flip_share: f64,
+    pub learnt_flip_age_ms: [i64; 3],
+    pub true_flip_share: f64,
+    pub true_flip_age_ms: [i64; 3],
     pub fates: Vec<Fate>,
 }
 
@@ -384,6 +390,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut actions = Vec::new();
     let mut active = 0usize;
     let (mut late, mut levels, mut planned) = (Vec::new(), Vec::new(), Vec::new());
+    let mut learnt = (0.0, [0i64; 3]);
 
     loop {
         // Perform what the core asked for.
@@ -515,6 +522,9 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 if let Some(p) = st.first() {
                     late.extend_from_slice(&p.lateness_ms);
                     levels.push(p.price_level);
+                    if let Some(k) = p.kinds.iter().find(|k| k.kind == "p2p") {
+                        learnt = (k.flip_share, k.flip_age_ms);
+                    }
                     planned.extend(
                         p.kinds
                             .iter()
@@ -572,6 +582,11 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .count();
     let budget_use = in_span as f64 / (span as f64 / sc.window_ms as f64 * f64::from(sc.budget));
     late.sort_unstable();
+    let truth = sc
+        .phases
+        .last()
+        .map(|ph| ph.mix.dist(&grid, scale))
+        .unwrap_or_else(|| grid.ladder_prior());
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(Report {
         late_mean_ms: late.iter().sum::<i64>() as f64 / late.len().max(1) as f64,
@@ -585,6 +600,10 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             [q(0.1), q(0.5), q(0.9), zero]
         },
         planned_delay_ms: avg(&planned),
+        learnt_flip_share: learnt.0,
+        learnt_flip_age_ms: learnt.1,
+        true_flip_share: truth.flips(),
+        true_flip_age_ms: [0.5, 0.9, 0.99].map(|q| truth.quantile(q) as i64 * grid.unit_ms()),
         measured: measured.len(),
         flips: delays.len(),
         mean_ms: mean,
