@@ -872,7 +872,7 @@ mod tests {
     fn the_arrival_rate_follows_a_change_within_a_window_and_ignores_a_burst() {
         // Newest first: a window at 12 per slice after five at 6.
         let mut counts = vec![12u32; 10];
-        counts.extend(std::iter::repeat(6).take(50));
+        counts.extend(std::iter::repeat_n(6, 50));
         assert_eq!(arrival_rate(&counts, 10), 12.0);
         // One slice of a burst in a steady stream.
         let mut counts = vec![6u32; 60];
