@@ -9,7 +9,8 @@
 //! burst (2,000 payments in one minute on top of 0.2/s), as delay over time.
 //!
 //! Run: `cargo bench --bench policy` (`NINJAPOLL_BENCH_SEEDS=3` repeats each row with other
-//! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|change|burst` runs one part).
+//! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|change|burst` runs one part;
+//! `NINJAPOLL_BENCH_MIX=A` and `NINJAPOLL_BENCH_RATES=0.1,0.5` narrow the steady table).
 
 use ninjapoll::sim::{run, Mix, Phase, Report, Scenario};
 use std::time::Instant;
@@ -58,13 +59,21 @@ fn main() -> anyhow::Result<()> {
     println!("steady streams: 1 h warm-up, {hours} h measured, 1,000 requests / 10 min, median of {seeds} seed(s)");
     println!("mix  rate/s | mean s  median s  p95 s | bound s  ratio | budget used | over budget | missed deadlines | CPU s");
     let mut worst: f64 = 0.0;
-    let steady = if part("steady") {
+    let mix_filter = std::env::var("NINJAPOLL_BENCH_MIX").unwrap_or_default();
+    let steady: Vec<_> = if part("steady") {
         vec![("A", Mix::a()), ("B", Mix::b())]
     } else {
         vec![]
     };
+    let steady = steady
+        .into_iter()
+        .filter(|(name, _)| mix_filter.is_empty() || mix_filter.eq_ignore_ascii_case(name));
+    let rates: Vec<f64> = match std::env::var("NINJAPOLL_BENCH_RATES") {
+        Ok(v) if !v.is_empty() => v.split(',').filter_map(|r| r.trim().parse().ok()).collect(),
+        _ => vec![0.1, 0.2, 0.5, 1.0],
+    };
     for (name, mix) in steady {
-        for rate in [0.1, 0.2, 0.5, 1.0] {
+        for &rate in &rates {
             let started = Instant::now();
             let mut rows = Vec::new();
             for seed in 0..seeds {
@@ -73,6 +82,28 @@ fn main() -> anyhow::Result<()> {
                 rows.push(run(&sc)?);
             }
             let cpu = started.elapsed().as_secs_f64() / seeds as f64;
+            if std::env::var_os("NINJAPOLL_BENCH_DETAIL").is_some() {
+                for r in &rows {
+                    println!(
+                        "    seed: ratio {:.3} mean {:.2} s, planned {:.2} s at level {:.2} (p10/50/90 {:.1}/{:.1}/{:.1}, ladder {:.0}%), checks late by mean {:.0} ms (p95 {:.0} ms), budget {:.1}%; learnt {:.2} flip, by {:?} ms (true {:.2}, {:?})",
+                        r.ratio,
+                        r.mean_ms / 1000.0,
+                        r.planned_delay_ms / 1000.0,
+                        r.level_mean,
+                        r.level_pct[0],
+                        r.level_pct[1],
+                        r.level_pct[2],
+                        r.level_pct[3] * 100.0,
+                        r.late_mean_ms,
+                        r.late_p95_ms,
+                        r.budget_use * 100.0,
+                        r.learnt_flip_share,
+                        r.learnt_flip_age_ms,
+                        r.true_flip_share,
+                        r.true_flip_age_ms
+                    );
+                }
+            }
             let m = |f: &dyn Fn(&Report) -> f64| median(rows.iter().map(f).collect());
             let ratio = m(&|r| r.ratio);
             worst = worst.max(ratio);

@@ -440,6 +440,56 @@ pub fn bound(grid: &Grid, dist: &FlipDist, budget_checks: f64) -> Bound {
     }
 }
 
+/// Windows of arrivals [`arrival_rate`] remembers.
+pub const RATE_WINDOWS: usize = 6;
+
+/// A stream's arrivals per slice from the counts of its recent slices (newest first,
+/// `per_window` slices to a window, at most [`RATE_WINDOWS`] windows).
+///
+/// The rate prices every new payment's schedule, so its noise becomes noise in the price:
+/// one window at 0.1/s holds about 60 arrivals (±13%), and a price that follows that noise
+/// costs delay for nothing (measured: the expected delay of the plans actually used was
+/// 1.2× that of the mean price's). So the estimate is the mean over the longest span of
+/// whole windows (up to [`RATE_WINDOWS`]) with which the newest window agrees (its count
+/// within 3 standard deviations of a Poisson count at the span's rate): a real change of
+/// rate is followed within a window, noise is averaged over an hour. A slice far above the
+/// typical one (a burst) counts as typical, so one burst does not read as a lasting rate.
+pub fn arrival_rate(counts: &[u32], per_window: usize) -> f64 {
+    let per_window = per_window.max(1);
+    let counts = &counts[..counts.len().min(RATE_WINDOWS * per_window)];
+    if counts.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = counts.to_vec();
+    sorted.sort_unstable();
+    let typical = f64::from(sorted[sorted.len() / 2]);
+    // A Poisson count this far above the median is a burst, not the stream.
+    let cap = typical + 4.0 * typical.max(1.0).sqrt();
+    let capped: Vec<f64> = counts.iter().map(|&c| f64::from(c).min(cap)).collect();
+    let newest = per_window.min(capped.len());
+    let recent: f64 = capped[..newest].iter().sum();
+    let mut best = recent / newest as f64;
+    let mut span = 2 * per_window;
+    while span <= capped.len() {
+        let rate = capped[..span].iter().sum::<f64>() / span as f64;
+        let expect = rate * newest as f64;
+        if (recent - expect).abs() > 3.0 * expect.max(1.0).sqrt() {
+            break;
+        }
+        best = rate;
+        span += per_window;
+    }
+    // Slices short of a whole window at the end still count, when they agree.
+    if span > capped.len() && capped.len() > span - per_window {
+        let rate = capped.iter().sum::<f64>() / capped.len() as f64;
+        let expect = rate * newest as f64;
+        if (recent - expect).abs() <= 3.0 * expect.max(1.0).sqrt() {
+            best = rate;
+        }
+    }
+    best
+}
+
 /// One payment's evidence about its flip age, in cells: the flip happened in `(lo, hi]`;
 /// `hi = None` when it was not seen to flip (still pending at `lo`, timed out, cancelled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +515,13 @@ impl Evidence {
 }
 
 /// Learns one kind's flip distribution from the evidence of recent payments.
+///
+/// Two memories: a recent one (a few lifetimes, so a change of traffic is followed within
+/// half an hour) and a long one (many more payments, so a slow stream's estimate is not
+/// the noise of a few hundred). The long fit is used while the recent evidence is about
+/// as likely under it as under the recent fit itself; once it is clearly less likely
+/// (a likelihood-ratio test, [`CHANGE_TEST`]), the traffic changed: the older evidence
+/// is dropped and the recent fit is used.
 #[derive(Debug, Clone)]
 pub struct Learner {
     n: usize,
@@ -475,7 +532,17 @@ pub struct Learner {
     finished: VecDeque<(i64, Evidence)>,
     /// Keep evidence of payments started within this long.
     horizon_ms: i64,
+    /// The recent memory: payments started within this long.
+    recent_ms: i64,
+    /// The fits of the recent and of the long memory (each the next one's start).
+    recent: FlipDist,
+    long: FlipDist,
     current: FlipDist,
+    /// The last fit's likelihood-ratio statistic (recent fit against long fit).
+    pub change_stat: f64,
+    /// When a change of traffic was last detected: older evidence reaches the estimate
+    /// only through the recent memory, which slides past it.
+    floor: i64,
 }
 
 /// Averages each cell with its neighbours within about 5% of its age (at least one
@@ -502,11 +569,44 @@ fn smooth(p: &mut [f64]) {
     p.copy_from_slice(&out);
 }
 
+/// Weight of the ladder's prior, in payments. It only has to carry the estimate until
+/// evidence comes: its flips sit where the ladder is dense, so a heavy prior keeps the
+/// schedules checking early ages too often. Measured (`benches/policy.rs`, learnt mix,
+/// 0.1/s): 20 payments gave mix A 1.30× the bound and B 1.08×; 2 gave 1.25× and 1.02×.
+const PRIOR_WEIGHT: f64 = 2.0;
+
 /// EM passes per fit: the estimate moves little between fits, and each starts from the
 /// previous one.
 const EM_PASSES: usize = 40;
 /// Most finished payments remembered per kind.
 const MAX_EVIDENCE: usize = 20_000;
+/// The likelihood-ratio statistic (twice the log-likelihood gain of the recent fit over
+/// the long one, on the recent evidence) above which the traffic is taken to have
+/// changed. Without a change it stays near the recent fit's effective number of free
+/// cells (it fits its own noise); a real change of mix grows it by the hundreds.
+pub const CHANGE_TEST: f64 = 60.0;
+
+/// Interval-censored evidence as `(lo, hi]` cell indices of the pmf (`hi = n + 1`: after
+/// `lo`, or never); evidence that rules nothing out teaches nothing and is left out.
+fn intervals<'a>(n: usize, evidence: impl Iterator<Item = &'a Evidence>) -> Vec<(usize, usize)> {
+    let mut obs: Vec<(usize, usize)> = evidence
+        .filter_map(|e| {
+            let lo = e.lo.min(n);
+            let hi = e.hi.map_or(n + 1, |h| h.clamp(lo + 1, n));
+            let hi = if lo >= n { n + 1 } else { hi };
+            (!(lo == 0 && hi == n + 1)).then_some((lo, hi))
+        })
+        .collect();
+    obs.sort_unstable();
+    obs
+}
+
+/// Log-likelihood of interval-censored evidence under `dist`.
+fn log_likelihood(dist: &FlipDist, obs: &[(usize, usize)]) -> f64 {
+    obs.iter()
+        .map(|&(lo, hi)| (dist.cdf[hi] - dist.cdf[lo]).max(1e-12).ln())
+        .sum()
+}
 
 impl Learner {
     /// A learner starting from `prior`, remembering payments started within `horizon_ms`.
@@ -514,10 +614,15 @@ impl Learner {
         Self {
             n: prior.pmf.len() - 2,
             current: prior.clone(),
+            recent: prior.clone(),
+            long: prior.clone(),
             prior,
-            prior_weight: 20.0,
+            prior_weight: PRIOR_WEIGHT,
             finished: VecDeque::new(),
             horizon_ms,
+            recent_ms: horizon_ms,
+            change_stat: 0.0,
+            floor: i64::MIN,
         }
     }
 
@@ -529,9 +634,14 @@ impl Learner {
         }
     }
 
-    /// Remember evidence of payments started within `ms` from now on.
+    /// Remember evidence of payments started within `ms` from now on (the long memory).
     pub fn set_horizon(&mut self, ms: i64) {
         self.horizon_ms = ms.max(1);
+    }
+
+    /// The recent memory: payments started within `ms` (at most the long one).
+    pub fn set_recent(&mut self, ms: i64) {
+        self.recent_ms = ms.max(1);
     }
 
     /// Finished payments remembered.
@@ -539,31 +649,10 @@ impl Learner {
         self.finished.len()
     }
 
-    /// Re-estimates the distribution from the finished payments started since
-    /// `now - horizon` and the censored evidence of the pending ones.
-    pub fn fit(&mut self, now: i64, pending: impl Iterator<Item = Evidence>) -> &FlipDist {
-        // One cohort: the payments started since `since`, finished or not. Evidence
-        // arrives in order of finishing, not of starting (a timeout finishes a whole
-        // lifetime after its start), so the cut is by start, over the whole queue.
-        let since = now - self.horizon_ms;
-        self.finished.retain(|(s, _)| *s >= since);
+    /// One EM fit (maximum a posteriori with the prior) from `start`.
+    fn em(&self, start: &FlipDist, obs: &[(usize, usize)]) -> FlipDist {
         let n = self.n;
-        // (lo, hi] in cell indices of the pmf; hi = n + 1 for "after lo, or never".
-        let mut obs: Vec<(usize, usize)> = self
-            .finished
-            .iter()
-            .map(|(_, e)| e)
-            .chain(pending.collect::<Vec<_>>().iter())
-            .filter_map(|e| {
-                let lo = e.lo.min(n);
-                let hi = e.hi.map_or(n + 1, |h| h.clamp(lo + 1, n));
-                let hi = if lo >= n { n + 1 } else { hi };
-                // Evidence that rules nothing out teaches nothing.
-                (!(lo == 0 && hi == n + 1)).then_some((lo, hi))
-            })
-            .collect();
-        obs.sort_unstable();
-        let mut p = self.current.pmf.clone();
+        let mut p = start.pmf.clone();
         let count = obs.len() as f64;
         let mut weights = vec![0.0f64; n + 3];
         let mut prefix = vec![0.0f64; n + 2];
@@ -574,7 +663,7 @@ impl Learner {
                 prefix[i] = acc;
             }
             weights.iter_mut().for_each(|w| *w = 0.0);
-            for &(lo, hi) in &obs {
+            for &(lo, hi) in obs {
                 let s = prefix[hi] - prefix[lo];
                 if s > 1e-300 {
                     weights[lo + 1] += 1.0 / s;
@@ -593,7 +682,52 @@ impl Learner {
             // ages the schedule happened to use.
             smooth(&mut p[1..=n]);
         }
-        self.current = FlipDist::new(p);
+        FlipDist::new(p)
+    }
+
+    /// Re-estimates the distribution from the finished payments (and the censored
+    /// evidence of the pending ones): see [`Learner`] for the two memories.
+    pub fn fit(&mut self, now: i64, pending: impl Iterator<Item = Evidence>) -> &FlipDist {
+        // One cohort: the payments started since `since`, finished or not. Evidence
+        // arrives in order of finishing, not of starting (a timeout finishes a whole
+        // lifetime after its start), so the cut is by start, over the whole queue.
+        let recent_since = now - self.recent_ms.min(self.horizon_ms);
+        let since = (now - self.horizon_ms).max(self.floor).min(recent_since);
+        self.finished.retain(|(s, _)| *s >= since);
+        let n = self.n;
+        let pending: Vec<Evidence> = pending.collect();
+        let recent_obs = intervals(
+            n,
+            self.finished
+                .iter()
+                .filter(|(s, _)| *s >= recent_since)
+                .map(|(_, e)| e)
+                .chain(pending.iter()),
+        );
+        self.recent = self.em(&self.recent, &recent_obs);
+        let older = self.finished.iter().any(|(s, _)| *s < recent_since);
+        if !older {
+            self.long = self.recent.clone();
+            self.change_stat = 0.0;
+            self.current = self.recent.clone();
+            return &self.current;
+        }
+        let long_obs = intervals(
+            n,
+            self.finished.iter().map(|(_, e)| e).chain(pending.iter()),
+        );
+        self.long = self.em(&self.long, &long_obs);
+        self.change_stat = 2.0
+            * (log_likelihood(&self.recent, &recent_obs) - log_likelihood(&self.long, &recent_obs));
+        if self.change_stat > CHANGE_TEST {
+            // The traffic changed: what came before describes other traffic.
+            self.floor = now;
+            self.finished.retain(|(s, _)| *s >= recent_since);
+            self.long = self.recent.clone();
+            self.current = self.recent.clone();
+        } else {
+            self.current = self.long.clone();
+        }
         &self.current
     }
 
@@ -713,6 +847,110 @@ mod tests {
                     b.delay
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_arrival_rate_averages_a_steady_stream_over_the_whole_memory() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        // Poisson(6) counts: sums of 60 Bernoulli(0.1) draws.
+        let draw = |rng: &mut fastrand::Rng| (0..60).filter(|_| rng.f64() < 0.1).count() as u32;
+        let (mut short_err, mut long_err) = (0.0, 0.0);
+        for _ in 0..200 {
+            let counts: Vec<u32> = (0..60).map(|_| draw(&mut rng)).collect();
+            let short = counts[..10].iter().sum::<u32>() as f64 / 10.0;
+            short_err += (short - 6.0).powi(2);
+            long_err += (arrival_rate(&counts, 10) - 6.0).powi(2);
+        }
+        assert!(
+            long_err < short_err / 3.0,
+            "an hour's memory is steadier than a window's: {long_err:.1} vs {short_err:.1}"
+        );
+    }
+
+    #[test]
+    fn the_arrival_rate_follows_a_change_within_a_window_and_ignores_a_burst() {
+        // Newest first: a window at 12 per slice after five at 6.
+        let mut counts = vec![12u32; 10];
+        counts.extend(std::iter::repeat_n(6, 50));
+        assert_eq!(arrival_rate(&counts, 10), 12.0);
+        // One slice of a burst in a steady stream.
+        let mut counts = vec![6u32; 60];
+        counts[3] = 2000;
+        let rate = arrival_rate(&counts, 10);
+        assert!(rate < 6.5, "{rate}");
+        // Less than a window lived.
+        assert_eq!(arrival_rate(&[4, 6], 10), 5.0);
+        assert_eq!(arrival_rate(&[], 10), 0.0);
+    }
+
+    /// Evidence of one payment drawn from `dist`, checked every 10 cells from cell 20.
+    fn checked_every_10(dist: &FlipDist, rng: &mut fastrand::Rng) -> Evidence {
+        let u = rng.f64();
+        let flip = (1..=CELLS + 1)
+            .find(|&a| dist.cdf[a.min(CELLS + 1)] >= u)
+            .unwrap_or(CELLS + 1);
+        let (mut last, mut t) = (0, 20 + rng.usize(0..10));
+        loop {
+            let at = t.min(CELLS);
+            if flip <= at {
+                return Evidence {
+                    lo: last,
+                    hi: Some(at),
+                };
+            }
+            if at >= CELLS {
+                return Evidence { lo: at, hi: None };
+            }
+            last = at;
+            t += 10;
+        }
+    }
+
+    #[test]
+    fn learner_keeps_its_long_memory_for_steady_traffic_and_drops_it_on_a_change() {
+        let grid = Grid::new(&Ladder::documented());
+        let a = mix_a(CELLS);
+        let ln = lognormal_cdf(180.0, 0.6);
+        let b = FlipDist::from_cdf(CELLS, |x| {
+            0.4 * ln(x) + 0.1 * ((x - 30.0) / 570.0).clamp(0.0, 1.0)
+        });
+        // 720 payments over two hours (0.1/s), the recent memory the last half hour.
+        let run = |later: &FlipDist| {
+            let mut rng = fastrand::Rng::with_seed(5);
+            let mut learner = Learner::new(grid.ladder_prior(), 7_200_000);
+            learner.set_recent(1_800_000);
+            for i in 0..720i64 {
+                let started = i * 10_000;
+                let dist = if started < 5_400_000 { &a } else { later };
+                learner.observe(started, checked_every_10(dist, &mut rng));
+                if i % 30 == 29 {
+                    learner.fit(started, std::iter::empty());
+                }
+            }
+            learner
+        };
+        let steady = run(&a);
+        assert!(
+            steady.change_stat < CHANGE_TEST,
+            "steady traffic read as a change: {}",
+            steady.change_stat
+        );
+        assert_eq!(steady.len(), 720, "the long memory is kept");
+        let changed = run(&b);
+        assert!(
+            changed.len() < 360,
+            "a change drops the older evidence: {} kept",
+            changed.len()
+        );
+        let got = changed.current();
+        for q in [120, 300] {
+            assert!(
+                (got.cdf[q] - b.cdf[q]).abs() < 0.08,
+                "F({q}) learnt {:.3}, B's {:.3}",
+                got.cdf[q],
+                b.cdf[q]
+            );
         }
     }
 

@@ -303,6 +303,23 @@ pub struct Report {
     /// Payments whose deadline passed without a check at or after it.
     pub missed_deadlines: u32,
     pub requests: usize,
+    /// How late checks went out after their due time, over the measured span (ms): mean
+    /// and 95th percentile.
+    pub late_mean_ms: f64,
+    pub late_p95_ms: f64,
+    /// The key's price level and the delay its plans expect (ms), averaged over the
+    /// measured span's ticks.
+    pub level_mean: f64,
+    pub planned_delay_ms: f64,
+    /// The price level's 10th, 50th and 90th percentile over the measured ticks, and the
+    /// share of ticks on the ladder (level 0).
+    pub level_pct: [f64; 4],
+    /// What the core learnt by the end: the share flipping and the flip ages (ms) by which
+    /// half, 90% and 99% of those flipped; beside the truth's (`true_*`).
+    pub learnt_flip_share: f64,
+    pub learnt_flip_age_ms: [i64; 3],
+    pub true_flip_share: f64,
+    pub true_flip_age_ms: [i64; 3],
     pub fates: Vec<Fate>,
 }
 
@@ -372,6 +389,8 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut next_arrival = 0usize;
     let mut actions = Vec::new();
     let mut active = 0usize;
+    let (mut late, mut levels, mut planned) = (Vec::new(), Vec::new(), Vec::new());
+    let mut learnt = (0.0, [0i64; 3]);
 
     loop {
         // Perform what the core asked for.
@@ -500,6 +519,22 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         if now >= next_tick {
             core.tick(now);
             next_tick = now + tick_ms;
+            let st = core.status(now);
+            if now >= sc.warmup_ms && now < arrivals_end {
+                if let Some(p) = st.first() {
+                    late.extend_from_slice(&p.lateness_ms);
+                    levels.push(p.price_level);
+                    if let Some(k) = p.kinds.iter().find(|k| k.kind == "p2p") {
+                        learnt = (k.flip_share, k.flip_age_ms);
+                    }
+                    planned.extend(
+                        p.kinds
+                            .iter()
+                            .filter(|k| k.kind == "p2p")
+                            .map(|k| k.expected_delay_ms as f64),
+                    );
+                }
+            }
         }
     }
 
@@ -548,7 +583,29 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .filter(|&&t| t >= sc.warmup_ms && t < arrivals_end)
         .count();
     let budget_use = in_span as f64 / (span as f64 / sc.window_ms as f64 * f64::from(sc.budget));
+    late.sort_unstable();
+    let truth = sc
+        .phases
+        .last()
+        .map(|ph| ph.mix.dist(&grid, scale))
+        .unwrap_or_else(|| grid.ladder_prior());
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(Report {
+        late_mean_ms: late.iter().sum::<i64>() as f64 / late.len().max(1) as f64,
+        late_p95_ms: late.get(late.len() * 95 / 100).copied().unwrap_or(0) as f64,
+        level_mean: avg(&levels),
+        level_pct: {
+            let mut l = levels.clone();
+            l.sort_by(f64::total_cmp);
+            let q = |f: f64| l.get((l.len() as f64 * f) as usize).copied().unwrap_or(0.0);
+            let zero = l.iter().filter(|v| **v == 0.0).count() as f64 / l.len().max(1) as f64;
+            [q(0.1), q(0.5), q(0.9), zero]
+        },
+        planned_delay_ms: avg(&planned),
+        learnt_flip_share: learnt.0,
+        learnt_flip_age_ms: learnt.1,
+        true_flip_share: truth.flips(),
+        true_flip_age_ms: [0.5, 0.9, 0.99].map(|q| truth.quantile(q) as i64 * grid.unit_ms()),
         measured: measured.len(),
         flips: delays.len(),
         mean_ms: mean,

@@ -17,7 +17,7 @@ use crate::budget::Budget;
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
-use crate::policy::{Evidence, Grid, Learner, Plans};
+use crate::policy::{arrival_rate, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
 use crate::status::{KindPolicy, PoolStatus};
 use crate::store::{CheckRecord, EventSpec, PendingRow};
 use std::cmp::Reverse;
@@ -27,6 +27,11 @@ use std::sync::Arc;
 /// Share of the budget the policy plans to spend; the limiter absorbs the rest of the
 /// projection's error.
 const PLAN_SHARE: f64 = 0.98;
+
+/// The learner's long memory (see `Learner`): about this many payments, at most this many
+/// lifetimes.
+const LONG_MEMORY_PAYMENTS: f64 = 1500.0;
+const LONG_MEMORY_LIVES: i64 = 12;
 
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
@@ -1071,14 +1076,21 @@ impl Core {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.ladder.timeout_ms().max(self.window);
         for m in 0..self.models.len() {
-            // Enough payments to learn from (about 400), over at least two lifetimes and at
-            // most three, so a change of traffic is followed within half an hour.
+            // Recent memory: enough payments to learn from (about 400), over at least two
+            // lifetimes and at most three, so a change of traffic is followed within half
+            // an hour. Long memory: about 1,500 payments, up to twelve lifetimes, used
+            // while the recent evidence agrees with it (see `Learner`).
             let per_ms = self.arrival_rate(m, now) / self.grid.unit_ms() as f64;
-            let horizon = if per_ms > 0.0 {
-                ((400.0 / per_ms) as i64).clamp(2 * life, 3 * life)
-            } else {
-                2 * life
+            let span = |payments: f64, most: i64| {
+                if per_ms > 0.0 {
+                    ((payments / per_ms) as i64).clamp(2 * life, most * life)
+                } else {
+                    2 * life
+                }
             };
+            let recent = span(400.0, 3);
+            let horizon = span(LONG_MEMORY_PAYMENTS, LONG_MEMORY_LIVES).max(recent);
+            self.models[m].learner.set_recent(recent);
             self.models[m].learner.set_horizon(horizon);
             let pending: Vec<Evidence> = self
                 .entries
@@ -1108,36 +1120,31 @@ impl Core {
         }
     }
 
-    /// Arrivals per grid cell of each kind: the median over ten slices of the last window,
-    /// so one burst does not read as a lasting rate.
+    /// Arrivals per grid cell of each kind (see [`crate::policy::arrival_rate`]).
     fn arrival_rate(&mut self, m: usize, now: UnixMs) -> f64 {
         let window = self.window;
         let arrivals = &mut self.models[m].arrivals;
-        while arrivals.front().is_some_and(|t| *t + window <= now) {
+        let memory = window * RATE_WINDOWS as i64;
+        while arrivals.front().is_some_and(|t| *t + memory <= now) {
             arrivals.pop_front();
         }
         let slice = (window / 10).max(1);
         // Only the slices the core has lived through: before its start nothing was
         // counted, which is not the same as nothing arriving.
-        let lived = ((now - self.started) / slice).clamp(0, 10) as usize;
+        let lived = ((now - self.started) / slice).clamp(0, 10 * RATE_WINDOWS as i64) as usize;
         if lived == 0 {
             let elapsed = (now - self.started).max(1) as f64;
             return arrivals.len() as f64 / elapsed.max(slice as f64 / 10.0)
                 * self.grid.unit_ms() as f64;
         }
-        let mut counts = [0u32; 10];
+        let mut counts = vec![0u32; lived];
         for t in arrivals.iter() {
-            let i = ((now - t) / slice).clamp(0, 9) as usize;
-            counts[i] += 1;
+            let i = ((now - t) / slice).max(0) as usize;
+            if let Some(c) = counts.get_mut(i) {
+                *c += 1;
+            }
         }
-        let mut counts = counts[..lived].to_vec();
-        counts.sort_unstable();
-        let median = if lived % 2 == 1 {
-            f64::from(counts[lived / 2])
-        } else {
-            f64::from(counts[lived / 2 - 1] + counts[lived / 2]) / 2.0
-        };
-        median / slice as f64 * self.grid.unit_ms() as f64
+        arrival_rate(&counts, 10) / slice as f64 * self.grid.unit_ms() as f64
     }
 
     fn set_level(&mut self, p: usize, now: UnixMs) {
