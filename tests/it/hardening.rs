@@ -433,11 +433,13 @@ async fn stuck_clients_neither_starve_real_ones_nor_hold_up_sigterm() {
     .await;
     let held = stuck_clients(d.socket_path(), 300).await;
     assert!(held.len() >= 250, "{} connected", held.len());
-    // A real client is served at once, and checks still go out.
+    // A real client is served, and checks still go out. Starved, it would wait for a stuck
+    // client's 60-s header timeout: the bound is far below that and far above a busy
+    // machine's scheduling noise (2 s flaked once under a load of 4).
     let t = std::time::Instant::now();
     let (code, _) = d.request("GET", "/v1/health", None).await;
     assert_eq!(code, 200);
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     fake.script("p2p", "FD1", Script::pending_then(Kind::P2p, 1, "approved"));
     d.enqueue("p2p", "FD1", None).await;
     let p = d.wait_final("p2p", "FD1", WAIT).await;
@@ -453,8 +455,10 @@ async fn stuck_clients_neither_starve_real_ones_nor_hold_up_sigterm() {
         "{fds} fds with 300 stuck clients; SIGTERM with 350 stuck: exit in {:?}",
         t.elapsed()
     );
+    // Waiting on the stuck clients would take their 60-s header timeout (measured before
+    // the fix: not out after 60 s); the daemon exits in milliseconds when idle.
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_secs(15),
         "exit took {:?}",
         t.elapsed()
     );
@@ -487,7 +491,8 @@ async fn slow_headers_and_slow_requests_time_out() {
         .await
         .expect("still open after 5 s");
     assert!(n.is_ok() || t.elapsed() < Duration::from_secs(5));
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Closed by the 300-ms header timeout, not left open: the margin is for a busy machine.
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     // A body that never arrives: 408 after the request timeout.
     let mut s = tokio::net::UnixStream::connect(d.socket_path())
         .await
@@ -505,7 +510,7 @@ async fn slow_headers_and_slow_requests_time_out() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
 /// Sends a request's head and `body` over a fresh connection and returns the answer's
