@@ -393,6 +393,20 @@ pub struct Bound {
     pub checks: f64,
 }
 
+/// Requests a key needs per budget window, at the least, for `rate_per_s` payments per
+/// second: every payment costs one request whatever the policy (the check that sees its
+/// flip, or its deadline check).
+pub fn least_requests_per_window(rate_per_s: f64, window_ms: i64) -> f64 {
+    rate_per_s.max(0.0) * window_ms as f64 / 1000.0
+}
+
+/// Whether one key can keep up with a rate at all: below its budget, the least it needs
+/// per window ([`least_requests_per_window`]). Past it, the backlog and every delay grow
+/// for as long as the rate lasts, and no schedule helps: only more keys do.
+pub fn keeps_up(rate_per_s: f64, budget: u32, window_ms: i64) -> bool {
+    least_requests_per_window(rate_per_s, window_ms) < f64::from(budget)
+}
+
 /// The bound for `dist` when each payment may cost `budget_checks` requests on average:
 /// the two neighbouring prices whose schedules spend just more and just less, mixed to
 /// spend the budget exactly. Below the budget of the densest schedule, that schedule.
@@ -739,6 +753,16 @@ impl Learner {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_keeps_up_only_below_one_request_per_payment() {
+        let ten_min = 600_000;
+        assert_eq!(super::least_requests_per_window(0.5, ten_min), 300.0);
+        assert!(super::keeps_up(1.0, 1000, ten_min));
+        assert!(super::keeps_up(1.6, 1000, ten_min));
+        assert!(!super::keeps_up(1000.0 / 600.0, 1000, ten_min));
+        assert!(!super::keeps_up(2.0, 1000, ten_min));
+    }
+
     use super::*;
 
     fn lognormal_cdf(median: f64, sigma: f64) -> impl Fn(f64) -> f64 {

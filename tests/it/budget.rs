@@ -570,4 +570,43 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     assert!(v["mean_delay_s"].as_f64().is_some_and(|s| s > 0.0), "{v:#}");
     assert_eq!(v["over_budget"], 0);
     assert_eq!(v["missed_deadlines"], 0);
+
+    // On the documented ladder with 100 requests per 10 minutes: 0.1 payments per second
+    // (60 per window) fit; at 0.2 (120 per window, each needing a request at least) no
+    // policy keeps up, and `simulate` says so.
+    let real = d.config_path().with_extension("real.toml");
+    std::fs::write(&real, "[ninjapay]\nbudget_requests = 100\n").unwrap();
+    let simulate = |rate: &str, json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"));
+        cmd.arg("--config").arg(&real);
+        cmd.args([
+            "simulate", "--mix", "A", "--rate", rate, "--warmup", "10m", "--hours", "0.2",
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.env_remove("NINJAPOLL_CONFIG").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v: Value = serde_json::from_str(&simulate("0.1/s", true)).unwrap();
+    assert_eq!(v["keeps_up"], true, "{v:#}");
+    assert_eq!(v["least_requests_per_window"], 60.0, "{v:#}");
+    assert_eq!(
+        (v["budget_requests"].clone(), v["budget_window_s"].clone()),
+        (100.into(), 600.0.into())
+    );
+    let v: Value = serde_json::from_str(&simulate("0.2/s", true)).unwrap();
+    assert_eq!(v["keeps_up"], false, "{v:#}");
+    let text = simulate("0.2/s", false);
+    assert!(text.contains("one key cannot keep up"), "{text}");
+    assert!(
+        text.contains("120 per 10m against a budget of 100"),
+        "{text}"
+    );
+    assert!(text.contains("no policy keeps up"), "{text}");
 }
