@@ -35,8 +35,39 @@ pub struct PoolStatus {
     pub projected: f64,
     pub target: f64,
     pub pending: usize,
+    /// Payments arriving per window (kinds checked one by one), once the scheduler has
+    /// watched for a whole window; each needs a request at least.
+    pub arrivals_per_window: Option<f64>,
     pub paused_until: Option<UnixMs>,
     pub auth_failing: Vec<KindName>,
     pub lateness_ms: Vec<i64>,
     pub kinds: Vec<KindPolicy>,
+}
+
+impl PoolStatus {
+    /// Whether the key can keep up at all: every payment costs a request at least (the
+    /// check that sees its flip, or its deadline check), so with as many arrivals per window
+    /// as requests in force no schedule keeps up. Unknown until a whole window was watched.
+    pub fn keeps_up(&self) -> bool {
+        self.arrivals_per_window
+            .is_none_or(|a| a < f64::from(self.budget_effective))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolStatus;
+
+    #[test]
+    fn a_key_keeps_up_below_one_arrival_per_request() {
+        let at = |arrivals: Option<f64>| PoolStatus {
+            budget_effective: 1000,
+            arrivals_per_window: arrivals,
+            ..PoolStatus::default()
+        };
+        assert!(at(None).keeps_up(), "not watched long enough to say");
+        assert!(at(Some(999.0)).keeps_up());
+        assert!(!at(Some(1000.0)).keeps_up());
+        assert!(!at(Some(1500.0)).keeps_up());
+    }
 }

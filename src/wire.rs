@@ -320,6 +320,12 @@ pub struct PoolHealth {
     pub projected_requests: f64,
     pub planned_requests: f64,
     pub pending: usize,
+    /// Payments arriving per budget window (kinds checked one by one); `null` until the
+    /// daemon has watched a whole window.
+    pub arrivals_per_window: Option<f64>,
+    /// Whether the key can keep up at all: fewer arrivals per window than requests in force
+    /// (every payment needs one at least). When it cannot, delays grow while it lasts.
+    pub keeps_up: bool,
     pub policy: Vec<KindPolicyView>,
     pub paused_for_ms: Option<i64>,
     pub unhealthy_kinds: Vec<KindName>,

@@ -387,6 +387,8 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
             projected_requests: p.projected.round(),
             planned_requests: p.target.round(),
             pending: p.pending,
+            arrivals_per_window: p.arrivals_per_window.map(f64::round),
+            keeps_up: p.keeps_up(),
             policy: p
                 .kinds
                 .iter()
@@ -458,6 +460,15 @@ pub fn health_problems(
     for p in &published.pools {
         for k in &p.auth_failing {
             problems.push(format!("Ninjapay refuses the API key for kind {k}"));
+        }
+        if !p.keeps_up() {
+            problems.push(format!(
+                "key {}: about {:.0} payments arrive per {} and each needs a request at least, more than its budget of {}: no schedule keeps up and delays grow while this lasts; spread the payments over more API keys",
+                p.name,
+                p.arrivals_per_window.unwrap_or(0.0),
+                humantime::format_duration(std::time::Duration::from_millis(p.window_ms.max(0) as u64)),
+                p.budget_effective
+            ));
         }
     }
     let age = now - published.at;

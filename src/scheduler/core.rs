@@ -1307,6 +1307,15 @@ impl Core {
                 });
             }
             kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
+            // Arrival rates are per grid cell; a listed kind answers all in one request.
+            let watched = now - self.started >= self.window;
+            let window_cells = self.window as f64 / unit as f64;
+            let mut arrivals = 0.0;
+            for m in 0..self.models.len() {
+                if self.models[m].pool == p && !self.models[m].list {
+                    arrivals += self.arrival_rate(m, now) * window_cells;
+                }
+            }
             let pool = &mut self.pools[p];
             out.push(PoolStatus {
                 name: pool.spec.name.clone(),
@@ -1318,6 +1327,7 @@ impl Core {
                 projected: pool.projected,
                 target: pool.target,
                 pending,
+                arrivals_per_window: watched.then_some(arrivals),
                 paused_until: pool.budget.paused_until(now),
                 auth_failing: pool.auth_failing.keys().cloned().collect(),
                 lateness_ms: std::mem::take(&mut pool.lateness_ms),

@@ -591,6 +591,7 @@ mod tests {
             projected: 0.0,
             target: 0.0,
             pending,
+            arrivals_per_window: None,
             paused_until: None,
             auth_failing: Vec::new(),
             lateness_ms: Vec::new(),

@@ -610,3 +610,56 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     );
     assert!(text.contains("no policy keeps up"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_when_one_key_cannot_keep_up_and_when_it_can_again() {
+    let window = Duration::from_millis(500);
+    let budget = 10;
+    let fake = FakeNinjapay::start(FakeOptions {
+        budget: Some((budget, window)),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            budget_requests: budget,
+            budget_window: "500ms".into(),
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    let keeps_up = |h: &Value| h["budget"][0]["keeps_up"].as_bool();
+    // About 40 payments a second, 20 a window, against 10 requests a window: each needs a
+    // request at least, so no schedule keeps up.
+    let mut seen = Vec::new();
+    for i in 0..100 {
+        let id = format!("K{i}");
+        fake.script("p2p", &id, pending_forever());
+        assert_eq!(d.enqueue("p2p", &id, None).await.0, 201);
+        if i % 10 == 0 {
+            seen.push(d.request("GET", "/v1/health", None).await.1);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let down = seen
+        .iter()
+        .find(|h| keeps_up(h) == Some(false))
+        .unwrap_or_else(|| panic!("never said so: {:#}", seen.last().unwrap()));
+    assert_eq!(down["healthy"], false, "{down:#}");
+    let arrivals = down["budget"][0]["arrivals_per_window"].as_f64().unwrap();
+    assert!((10.0..40.0).contains(&arrivals), "{down:#}");
+    let problems = down["problems"].to_string();
+    assert!(problems.contains("no schedule keeps up"), "{down:#}");
+    assert!(problems.contains("more API keys"), "{down:#}");
+    // Arrivals stop: within a couple of windows the key keeps up again, and the problem goes.
+    let seen = watch_health(&d, Duration::from_secs(10), |h| keeps_up(h) == Some(true)).await;
+    let last = seen.last().unwrap();
+    assert_eq!(keeps_up(last), Some(true), "{last:#}");
+    assert!(
+        !last["problems"].to_string().contains("keeps up"),
+        "{last:#}"
+    );
+    assert_eq!(fake.violations(), 0);
+}
