@@ -225,6 +225,9 @@ struct Pool {
     recheck_sent: VecDeque<UnixMs>,
     /// The requests of the last [`Core::on_time`]: when, and whether for the backlog.
     recent_sent: VecDeque<(UnixMs, bool)>,
+    /// More checks are due than the budget sends in half a window, and the budget is
+    /// spent (set every tick).
+    piled: bool,
     throttled: u32,
     /// Kinds answering 401/403 since when, and when it was last logged.
     auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
@@ -297,6 +300,7 @@ impl Core {
                 rechecks: BinaryHeap::new(),
                 recheck_sent: VecDeque::new(),
                 recent_sent: VecDeque::new(),
+                piled: false,
                 throttled: 0,
                 auth_failing: HashMap::new(),
                 list_not_before: HashMap::new(),
@@ -635,11 +639,14 @@ impl Core {
         // learnt flip ages are wrong, and ranking by them was measured to cost 3× the delay.
         let lag = self.window / BEHIND_DIVISOR;
         let on_time = self.on_time(p);
+        let piled = self.pools[p].piled;
         let head = self.live_head(p, false).filter(|(due, _)| *due <= now);
         if self.pools[p].ready.is_empty() {
             match head {
                 None => return None,
-                Some((due, pk)) if now - due <= on_time => return Some((Queue::Planned, pk)),
+                Some((due, pk)) if now - due <= on_time || (now - due <= lag && !piled) => {
+                    return Some((Queue::Planned, pk))
+                }
                 Some(_) => {}
             }
         }
@@ -652,13 +659,12 @@ impl Core {
         let mut ready = std::mem::take(&mut self.pools[p].ready);
         ready.retain(|&item| self.live_ready(item));
         let earliest = ready.iter().map(|&(due, _, _)| due).min();
-        // Behind: the earliest due check is late by more than `lag`, or more checks are
-        // due than the budget sends in `lag` (a burst: then waiting for the first to be
-        // `lag` late would leave every payment, the stream's too, that late).
-        let pile = self.pools[p].budget.effective_limit() as usize / BEHIND_DIVISOR as usize;
+        // Behind: the earliest due check is late by more than `lag`, or the key is piled
+        // up (a burst: then waiting for the first to be `lag` late would leave every
+        // payment, the stream's too, that late).
         match earliest {
             None => None,
-            Some(due) if now - due <= lag && ready.len() <= pile => {
+            Some(due) if now - due <= lag && !piled => {
                 // Caught up: back to the plan's order.
                 let heap = &mut self.pools[p].heap;
                 heap.extend(ready.drain(..).map(Reverse));
@@ -670,7 +676,7 @@ impl Core {
             Some(_) => {
                 // Behind. With more due than the budget sends in `lag` (a burst), a check
                 // late by more than `on_time` puts its payment in the backlog.
-                if ready.len() > pile {
+                if piled {
                     for &(due, _, pk) in &ready {
                         if let Some(e) = self.entries.get_mut(&pk) {
                             let late = now - due.max(e.due_from);
@@ -1291,6 +1297,11 @@ impl Core {
             .values()
             .filter(|e| e.pool == p && !e.in_flight)
             .collect();
+        let pile = limit as usize / BEHIND_DIVISOR as usize;
+        let due = members
+            .iter()
+            .filter(|e| !e.recheck && e.due <= now)
+            .count();
         // The backlog needs a check per payment at least; it gets up to its share of the
         // budget, and the schedules of the payments on plan are priced for the rest.
         let backlog = members.iter().filter(|e| e.backlog).count() as f64;
@@ -1349,6 +1360,9 @@ impl Core {
         }
         let old = self.pools[p].level;
         let pool = &mut self.pools[p];
+        // Only the budget makes a backlog: a pile that the in-flight bound holds up
+        // clears at the pace of the answers.
+        pool.piled = due > pile && f64::from(pool.budget.used(now)) >= target;
         pool.projected = projected;
         pool.target = target;
         if (level - old).abs() > 1e-3 {
