@@ -66,10 +66,10 @@ const PATIENCE_WINDOWS: i64 = 2;
 /// backlog while the model is wrong) rank by a wrong model.
 const BEHIND_DIVISOR: i64 = 2;
 
-/// When more checks are due than the budget sends in half a window (a burst), a due check
-/// late by more than this fraction of a window (1/20: 30 s) puts its payment in the
-/// backlog for the rest of its life: its checks go by worth within the backlog's share, and
-/// after the first only the deadline check is left. The checks still on time keep their
+/// When more checks are due than the budget sends in half a window, with the budget spent
+/// (a burst), a due check late by more than this fraction of a window (1/20: 30 s) puts its
+/// payment in the backlog for the rest of its life: its checks go by worth within the
+/// backlog's share, and after the first only the deadline check is left. The checks still on time keep their
 /// plan, earliest due first, so the payments that come after the burst are checked as
 /// planned. No payment is favoured by its arrival: only by how late its check is.
 const ON_PLAN_DIVISOR: i64 = 20;
