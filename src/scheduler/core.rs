@@ -10,7 +10,9 @@
 //! they buy the least delay, by each payment's real age and its kind's learnt flip-age
 //! distribution. Every tick the level is set to the lowest one whose projected demand over
 //! the next window fits the budget; the budget limiter stays the hard guarantee. Due
-//! checks go earliest-due-first; manual rechecks go first, within a bounded share.
+//! checks go earliest-due-first; manual rechecks go first, within a bounded share. After a
+//! burst, the checks that went late form a backlog with a bounded share of the budget, and
+//! the plans of the other payments are priced for the rest and keep running.
 
 use super::decide::decide;
 use crate::budget::Budget;
@@ -36,21 +38,45 @@ const LONG_MEMORY_LIVES: i64 = 12;
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
 
-/// In overload, the share of the budget new schedules are priced for on top of the checks
-/// that cannot be avoided (deadline checks): measured on a burst of 2,000 payments at 0.2/s
-/// (`benches/policy.rs`), 0.3 and 0.5 do alike, 0 sends every payment deadline-only and the
-/// stream waits half an hour.
-const OVERLOAD_SHARE: f64 = 0.5;
+/// Up to this share of the budget is set aside for a key's backlog (see
+/// [`ON_PLAN_DIVISOR`]): the schedules of the payments on plan are priced for the rest.
+/// Measured on a burst of 2,000 payments on top of 0.2/s (`benches/policy.rs`, mean of
+/// seeds 9–14): at 0.5 the stream's mean delay, 10 s before, is 25 / 20 / 19 / 22 / 21 s in
+/// the 5-minute slices of arrivals from 10 minutes after the burst, 12 s from 45 minutes,
+/// and the burst's payments wait 1,150 s on average, their deadline checks up to 42 minutes;
+/// at 0.3 the stream is at 14 / 32 / 12 / 21 / 14 s but the burst waits 1,680 s (61
+/// minutes); 0.4 lies between. With one price for every payment and the backlog ranked
+/// ahead of the stream (before) the stream was at 578 / 310 / 68 / 41 / 42 s, the burst
+/// 594 s (23 minutes).
+const BACKLOG_SHARE: f64 = 0.5;
 
-/// A due check this many windows late outranks every other (earliest due first), so none
-/// waits for ever behind worthier ones. Measured on the same burst: half a window pulls
-/// the burst's deadline checks ahead of the stream for ten more minutes.
+/// The share of the recent requests (see [`Core::on_time`]) the backlog gets ahead of the
+/// checks on plan; it also gets what they leave, so no budget is left unused. Less than
+/// [`BACKLOG_SHARE`], so the checks on plan, priced for the rest, have room to spare and
+/// are not made late by chance (0.35 measured alike).
+const BACKLOG_FIRST: f64 = 0.25;
+
+/// A due check this many windows late outranks every other in the backlog (earliest due
+/// first), so none waits for ever behind worthier ones.
 const PATIENCE_WINDOWS: i64 = 2;
 
 /// A key is behind once its earliest due check is late by more than this fraction of a
-/// window (1/2): then due checks go by worth, not by due time. Measured: 1/10 or 1/30 let a
-/// change of mix (a transient backlog while the model is wrong) rank by a wrong model.
+/// window (1/2), or more checks are due than the budget sends in that time: then due checks
+/// go by worth, not by due time. Measured: 1/10 or 1/30 let a change of mix (a transient
+/// backlog while the model is wrong) rank by a wrong model.
 const BEHIND_DIVISOR: i64 = 2;
+
+/// When more checks are due than the budget sends in half a window, with the budget spent
+/// (a burst), a due check late by more than this fraction of a window (1/20: 30 s) puts its
+/// payment in the backlog for the rest of its life: its checks go by worth within the
+/// backlog's share, and after the first only the deadline check is left. The checks still on time keep their
+/// plan, earliest due first, so the payments that come after the burst are checked as
+/// planned. No payment is favoured by its arrival: only by how late its check is.
+const ON_PLAN_DIVISOR: i64 = 20;
+
+/// On a small budget, a check is on plan while late by less than the time the budget takes
+/// to send this many requests (see [`Core::on_time`]).
+const ON_PLAN_REQUESTS: i64 = 20;
 
 /// One API key, as the core knows it.
 #[derive(Debug, Clone)]
@@ -138,7 +164,10 @@ pub enum Action {
 enum Queue {
     Recheck,
     Planned,
+    /// Due, waiting in `ready`, still on plan.
     Ready,
+    /// Due, waiting in `ready`, in the backlog.
+    Backlog,
 }
 
 struct Entry {
@@ -163,6 +192,11 @@ struct Entry {
     recheck: bool,
     /// The payment's draw for mixing two neighbouring price levels.
     phi: f64,
+    /// In its key's backlog (see [`ON_PLAN_DIVISOR`]).
+    backlog: bool,
+    /// Since when its check is due, for telling whether it is late: a replan to a cheaper
+    /// level may move `due` into the past, but the check was not due before then.
+    due_from: UnixMs,
 }
 
 struct Model {
@@ -189,6 +223,11 @@ struct Pool {
     rechecks: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
     /// When recent manual rechecks were sent.
     recheck_sent: VecDeque<UnixMs>,
+    /// The requests of the last [`Core::on_time`]: when, and whether for the backlog.
+    recent_sent: VecDeque<(UnixMs, bool)>,
+    /// More checks are due than the budget sends in half a window, and the budget is
+    /// spent (set every tick).
+    piled: bool,
     throttled: u32,
     /// Kinds answering 401/403 since when, and when it was last logged.
     auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
@@ -260,6 +299,8 @@ impl Core {
                 ready: Vec::new(),
                 rechecks: BinaryHeap::new(),
                 recheck_sent: VecDeque::new(),
+                recent_sent: VecDeque::new(),
+                piled: false,
                 throttled: 0,
                 auth_failing: HashMap::new(),
                 list_not_before: HashMap::new(),
@@ -386,6 +427,8 @@ impl Core {
             failures: 0,
             recheck: false,
             phi: self.rng.f64(),
+            backlog: false,
+            due_from: now,
         };
         self.plan(&mut e);
         let stored = row.next_check_at.filter(|_| resumed);
@@ -395,6 +438,7 @@ impl Core {
                 e.due = at;
             }
         }
+        e.due_from = e.due.max(now);
         self.queue(&e);
         self.entries.insert(e.pk, e);
     }
@@ -460,11 +504,18 @@ impl Core {
     }
 
     /// Sets a payment's next due time: the documented ladder at level 0, else the
-    /// schedule of its price level for its kind, by its real age.
+    /// schedule of its price level for its kind, by its real age. A payment in the
+    /// backlog is left its deadline check only.
     fn plan(&self, e: &mut Entry) {
         let pool = &self.pools[e.pool];
         let plans = &self.models[e.model].plans;
-        let level = if e.kind.is_list() { 0.0 } else { pool.level };
+        let level = if e.kind.is_list() {
+            0.0
+        } else if e.backlog {
+            plans.top() as f64
+        } else {
+            pool.level
+        };
         let table = plans.table(level, e.phi);
         let due = if table.mu == 0.0 {
             match self
@@ -533,6 +584,12 @@ impl Core {
                 if recheck {
                     self.pools[p].recheck_sent.push_back(now);
                 }
+                let span = self.on_time(p);
+                let recent = &mut self.pools[p].recent_sent;
+                recent.push_back((now, from == Queue::Backlog));
+                while recent.front().is_some_and(|(t, _)| *t + span <= now) {
+                    recent.pop_front();
+                }
                 let pks = if kind.is_list() {
                     self.list_members(p, &kind, pk, now)
                 } else {
@@ -569,7 +626,8 @@ impl Core {
 
     /// The next due check of a pool and the queue it waits in: a due manual recheck
     /// first; else, while the key keeps up, the earliest due planned check; once it is
-    /// behind (a burst), of every due check, the one most worth a request.
+    /// behind (a burst), the due checks split into those on plan (earliest due first) and
+    /// the backlog (the one most worth a request), the backlog within its share.
     fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(Queue, PaymentKey)> {
         if let Some((due, pk)) = self.live_head(p, true) {
             if due <= now {
@@ -580,15 +638,19 @@ impl Core {
         // first, in O(log n). That needs no model: right after the traffic changes the
         // learnt flip ages are wrong, and ranking by them was measured to cost 3× the delay.
         let lag = self.window / BEHIND_DIVISOR;
+        let on_time = self.on_time(p);
+        let piled = self.pools[p].piled;
         let head = self.live_head(p, false).filter(|(due, _)| *due <= now);
         if self.pools[p].ready.is_empty() {
             match head {
                 None => return None,
-                Some((due, pk)) if now - due <= lag => return Some((Queue::Planned, pk)),
+                Some((due, pk)) if now - due <= on_time || (now - due <= lag && !piled) => {
+                    return Some((Queue::Planned, pk))
+                }
                 Some(_) => {}
             }
         }
-        // Behind: gather every due check and rank them.
+        // Late: gather every due check, to see whether the key is behind.
         while let Some((due, pk)) = self.live_head(p, false).filter(|(due, _)| *due <= now) {
             let gen = self.entries[&pk].gen;
             self.pools[p].heap.pop();
@@ -597,9 +659,12 @@ impl Core {
         let mut ready = std::mem::take(&mut self.pools[p].ready);
         ready.retain(|&item| self.live_ready(item));
         let earliest = ready.iter().map(|&(due, _, _)| due).min();
+        // Behind: the earliest due check is late by more than `lag`, or the key is piled
+        // up (a burst: then waiting for the first to be `lag` late would leave every
+        // payment, the stream's too, that late).
         match earliest {
             None => None,
-            Some(due) if now - due <= lag => {
+            Some(due) if now - due <= lag && !piled => {
                 // Caught up: back to the plan's order.
                 let heap = &mut self.pools[p].heap;
                 heap.extend(ready.drain(..).map(Reverse));
@@ -609,15 +674,77 @@ impl Core {
                     .map(|(_, pk)| (Queue::Planned, pk))
             }
             Some(_) => {
-                let best = ready
-                    .iter()
-                    .map(|&(due, _, pk)| (self.worth(&self.entries[&pk], due, now), pk))
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, pk)| (Queue::Ready, pk));
+                // Behind. With more due than the budget sends in `lag` (a burst), a check
+                // late by more than `on_time` puts its payment in the backlog.
+                if piled {
+                    for &(due, _, pk) in &ready {
+                        if let Some(e) = self.entries.get_mut(&pk) {
+                            let late = now - due.max(e.due_from);
+                            if !e.backlog && !e.kind.is_list() && late > on_time {
+                                e.backlog = true;
+                            }
+                        }
+                    }
+                }
+                // Without a backlog, every due check by worth.
+                if !ready.iter().any(|(_, _, pk)| self.entries[pk].backlog) {
+                    let best = ready
+                        .iter()
+                        .map(|&(due, _, pk)| (self.worth(&self.entries[&pk], due, now), pk))
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
+                        .map(|(_, pk)| (Queue::Ready, pk));
+                    self.pools[p].ready = ready;
+                    return best;
+                }
+                // With one, the checks on plan go earliest due first, and the backlog by
+                // worth: first while it had less than its share of the recent requests,
+                // else when none on plan is due (no budget is left unused).
+                // On plan, deadline checks go after the others: those of payments started
+                // together come due together, and would hold up the checks that can still
+                // see a flip early.
+                let mut on_plan: Option<(bool, UnixMs, u64, PaymentKey)> = None;
+                let mut backlog: Option<(f64, PaymentKey)> = None;
+                for &(due, gen, pk) in &ready {
+                    let e = &self.entries[&pk];
+                    if e.backlog {
+                        let w = self.worth(e, due, now);
+                        if backlog.is_none_or(|(b, _)| w > b) {
+                            backlog = Some((w, pk));
+                        }
+                    } else {
+                        let key = (due >= e.deadline, due, gen, pk);
+                        if on_plan.is_none_or(|o| key < o) {
+                            on_plan = Some(key);
+                        }
+                    }
+                }
                 self.pools[p].ready = ready;
-                best
+                // The share is kept over a short span, request by request, so the checks
+                // on plan never wait long behind a backlog that had none for a while.
+                let recent = &mut self.pools[p].recent_sent;
+                while recent.front().is_some_and(|(t, _)| *t + on_time <= now) {
+                    recent.pop_front();
+                }
+                let of_backlog = recent.iter().filter(|(_, b)| *b).count() as f64;
+                let backlog_turn = of_backlog < BACKLOG_FIRST * recent.len() as f64;
+                match (on_plan, backlog) {
+                    (Some(_), Some((_, pk))) if backlog_turn => Some((Queue::Backlog, pk)),
+                    (Some((_, _, _, pk)), _) => Some((Queue::Ready, pk)),
+                    (None, Some((_, pk))) => Some((Queue::Backlog, pk)),
+                    (None, None) => None,
+                }
             }
         }
+    }
+
+    /// How late a check may go and still be on plan: a twentieth of a window, or the time
+    /// the budget takes to send [`ON_PLAN_REQUESTS`] requests if longer (checks due
+    /// together wait their turn), at most the lag that makes a key behind.
+    fn on_time(&self, p: usize) -> i64 {
+        let limit = i64::from(self.pools[p].budget.effective_limit().max(1));
+        (self.window / ON_PLAN_DIVISOR)
+            .max(ON_PLAN_REQUESTS * self.window / limit)
+            .min(self.window / BEHIND_DIVISOR)
     }
 
     /// Whether a `ready` item still stands for its payment's current plan.
@@ -661,7 +788,7 @@ impl Core {
             Queue::Planned => {
                 self.pools[p].heap.pop();
             }
-            Queue::Ready => {
+            Queue::Ready | Queue::Backlog => {
                 let ready = &mut self.pools[p].ready;
                 if let Some(i) = ready.iter().position(|&(_, _, k)| k == pk) {
                     ready.swap_remove(i);
@@ -676,6 +803,7 @@ impl Core {
         if let Some(e) = self.entries.get_mut(&pk) {
             e.gen = gen;
             e.due = until;
+            e.due_from = until;
             let heap = if e.recheck {
                 &mut self.pools[p].rechecks
             } else {
@@ -897,6 +1025,7 @@ impl Core {
                 let earliest = done.sent_at + self.grid.step_ms(done.sent_at - e.t0);
                 e.due = e.due.min(earliest.max(now));
             }
+            e.due_from = e.due.max(now);
             let previous_raw = e.upstream_status.clone();
             if d.upstream_status.is_some() {
                 e.upstream_status = d.upstream_status.clone();
@@ -1168,12 +1297,22 @@ impl Core {
             .values()
             .filter(|e| e.pool == p && !e.in_flight)
             .collect();
+        let pile = limit as usize / BEHIND_DIVISOR as usize;
+        let due = members
+            .iter()
+            .filter(|e| !e.recheck && e.due <= now)
+            .count();
+        // The backlog needs a check per payment at least; it gets up to its share of the
+        // budget, and the schedules of the payments on plan are priced for the rest.
+        let backlog = members.iter().filter(|e| e.backlog).count() as f64;
+        let target_plan = target - backlog.min(BACKLOG_SHARE * target);
         let grid = &self.grid;
         let models = &self.models;
+        // Demand at a level: of the payments on plan, and of those still to come.
         let demand = |level: usize| -> f64 {
             let mut n = 0.0;
             let mut lists: HashMap<&str, f64> = HashMap::new();
-            for e in &members {
+            for e in members.iter().filter(|e| !e.backlog) {
                 let plans = &models[e.model].plans;
                 let list = e.kind.is_list();
                 let table = plans.at(if list { 0 } else { level });
@@ -1197,49 +1336,33 @@ impl Core {
             n + lists.values().sum::<f64>()
         };
         let top = self.models.first().map_or(0, |m| m.plans.top());
-        let d0 = demand(0);
-        let (level, projected) = if d0 <= target || top == 0 {
-            (0.0, d0)
-        } else {
-            // Demand falls as the price rises: the lowest level that fits, mixed with the
-            // one below so the budget is spent, not left over.
-            let (mut lo, mut hi) = (0usize, top);
-            let d_top = demand(top);
-            // Overload: even the dearest schedules need more than the budget (a burst's
-            // deadline checks, say). Those checks wait in the value order anyway (see
-            // `worth`), so price the rest as if they took only part of the budget: new
-            // payments keep a useful schedule instead of all going deadline-only.
-            let target = if d_top > target {
-                d_top + OVERLOAD_SHARE * target
-            } else {
-                target
+        let (mut level, mut projected) = fit(&demand, top, target_plan);
+        if backlog > 0.0 || projected > target_plan {
+            // Overload (a burst): even the dearest schedules of the payments held need
+            // more than the budget, or a backlog takes its share. Raising the price for
+            // them all would send every payment, the stream's too, deadline-only and
+            // leave the budget unused until the deadlines pile up. So the price is never
+            // dearer than the one at which a steady stream at the recent arrival rate
+            // (which ignores a burst) fits: the held checks that do not fit go late and
+            // join the backlog.
+            let stream = |level: usize| -> f64 {
+                models
+                    .iter()
+                    .enumerate()
+                    .filter(|(m, model)| model.pool == p && !model.list && rates[*m] > 0.0)
+                    .map(|(m, model)| rates[m] * horizon as f64 * model.plans.at(level).checks)
+                    .sum()
             };
-            if d_top > target {
-                (top as f64, d_top)
-            } else {
-                let mut d_hi = d_top;
-                let mut d_lo = d0;
-                while hi - lo > 1 {
-                    let mid = (lo + hi) / 2;
-                    let d = demand(mid);
-                    if d > target {
-                        lo = mid;
-                        d_lo = d;
-                    } else {
-                        hi = mid;
-                        d_hi = d;
-                    }
-                }
-                let frac = if d_lo > d_hi {
-                    ((d_lo - target) / (d_lo - d_hi)).clamp(0.0, 1.0)
-                } else {
-                    1.0
-                };
-                (lo as f64 + frac, target)
+            let (l, d) = fit(&stream, top, target_plan);
+            if l < level {
+                (level, projected) = (l, d);
             }
-        };
+        }
         let old = self.pools[p].level;
         let pool = &mut self.pools[p];
+        // Only the budget makes a backlog: a pile that the in-flight bound holds up
+        // clears at the pace of the answers.
+        pool.piled = due > pile && f64::from(pool.budget.used(now)) >= target;
         pool.projected = projected;
         pool.target = target;
         if (level - old).abs() > 1e-3 {
@@ -1249,11 +1372,11 @@ impl Core {
                 tracing::info!(pool = %pool.spec.name, "request budget sufficient: back on the documented ladder");
             }
             pool.level = level;
-            self.replan_pool(p);
+            self.replan_pool(p, now);
         }
     }
 
-    fn replan_pool(&mut self, p: usize) {
+    fn replan_pool(&mut self, p: usize, now: UnixMs) {
         let pks: Vec<PaymentKey> = self
             .entries
             .values()
@@ -1266,9 +1389,18 @@ impl Core {
                 continue;
             };
             let failures_due = e.due;
-            self.plan(&mut e);
-            if e.failures > 0 {
-                e.due = e.due.max(failures_due);
+            // A payment in the backlog keeps its place: its due check is late already,
+            // or it is left its deadline check, whatever the level.
+            if !e.backlog {
+                self.plan(&mut e);
+                if e.failures > 0 {
+                    e.due = e.due.max(failures_due);
+                }
+                e.due_from = if e.due > now {
+                    e.due
+                } else {
+                    e.due.max(e.due_from.min(now))
+                };
             }
             heap.push(Reverse((e.due, e.gen, e.pk)));
             self.entries.insert(pk, e);
@@ -1338,6 +1470,39 @@ impl Core {
     }
 }
 
+/// The lowest price level at which `demand` (falling as the level rises) fits `target`,
+/// mixed with the one below so the budget is spent, not left over; `(level, projected
+/// demand)`. The top level when none fits.
+fn fit(demand: &dyn Fn(usize) -> f64, top: usize, target: f64) -> (f64, f64) {
+    let d0 = demand(0);
+    if d0 <= target || top == 0 {
+        return (0.0, d0);
+    }
+    let d_top = demand(top);
+    if d_top > target {
+        return (top as f64, d_top);
+    }
+    let (mut lo, mut hi) = (0usize, top);
+    let (mut d_lo, mut d_hi) = (d0, d_top);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        let d = demand(mid);
+        if d > target {
+            lo = mid;
+            d_lo = d;
+        } else {
+            hi = mid;
+            d_hi = d;
+        }
+    }
+    let frac = if d_lo > d_hi {
+        ((d_lo - target) / (d_lo - d_hi)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    (lo as f64 + frac, target)
+}
+
 /// Exponential back-off with jitter: `base`, doubling per failure, up to 5 minutes.
 fn backoff_ms(rng: &mut fastrand::Rng, failures: u32, base: i64) -> i64 {
     let exp = base
@@ -1379,62 +1544,90 @@ mod tests {
     /// Runs the core alone on simulated time until `end`, answering "pending" after 100 ms;
     /// returns each request's `(sent_at, pks)`.
     fn drive(core: &mut Core, kind: &Kind, from: i64, end: i64) -> Vec<(i64, Vec<i64>)> {
-        let mut now = from;
-        let mut sent = Vec::new();
-        let mut flying: Vec<Completion> = Vec::new();
-        let mut actions = Vec::new();
-        let mut key = 0;
-        while now < end {
-            core.poll(now, &mut actions);
-            for a in actions.drain(..) {
-                match a {
-                    Action::Send(r) => {
-                        sent.push((r.sent_at, r.pks.iter().map(|k| k.0).collect()));
-                        let observations = r
-                            .pks
-                            .iter()
-                            .map(|_| Observation::Status {
-                                raw: "pending".into(),
-                                state: kind.map_status("pending"),
-                                response: json!({}),
-                            })
-                            .collect();
-                        flying.push(Completion {
-                            pool: r.pool,
-                            pks: r.pks,
-                            observations,
-                            retry_after_ms: None,
-                            sent_at: r.sent_at,
-                            done_at: now + 100,
-                            ledger: r.ledger,
-                        });
-                    }
-                    Action::Refill { pool, count, .. } => {
-                        core.refilled(
-                            pool,
-                            Some((key..key + count as i64).map(LedgerKey).collect()),
-                        );
-                        key += count as i64;
-                    }
-                    Action::Record(_) => {}
+        Driver::default().run(core, kind, from, end, &mut VecDeque::new())
+    }
+
+    /// What a run of the core keeps between calls: requests in flight, ledger rows.
+    #[derive(Default)]
+    struct Driver {
+        flying: Vec<Completion>,
+        key: i64,
+    }
+
+    impl Driver {
+        /// Runs until `end`, tracking each of `arrivals` (`(at, row)`, in order) at its
+        /// time; answers "pending" after 100 ms. Returns each request's `(sent_at, pks)`.
+        fn run(
+            &mut self,
+            core: &mut Core,
+            kind: &Kind,
+            from: i64,
+            end: i64,
+            arrivals: &mut VecDeque<(i64, PendingRow)>,
+        ) -> Vec<(i64, Vec<i64>)> {
+            let mut now = from;
+            let mut sent = Vec::new();
+            let mut actions = Vec::new();
+            while now < end {
+                while arrivals.front().is_some_and(|(at, _)| *at <= now) {
+                    let (_, row) = arrivals.pop_front().unwrap();
+                    core.track(row, now, false);
                 }
+                core.poll(now, &mut actions);
+                for a in actions.drain(..) {
+                    match a {
+                        Action::Send(r) => {
+                            sent.push((r.sent_at, r.pks.iter().map(|k| k.0).collect()));
+                            let observations = r
+                                .pks
+                                .iter()
+                                .map(|_| Observation::Status {
+                                    raw: "pending".into(),
+                                    state: kind.map_status("pending"),
+                                    response: json!({}),
+                                })
+                                .collect();
+                            self.flying.push(Completion {
+                                pool: r.pool,
+                                pks: r.pks,
+                                observations,
+                                retry_after_ms: None,
+                                sent_at: r.sent_at,
+                                done_at: now + 100,
+                                ledger: r.ledger,
+                            });
+                        }
+                        Action::Refill { pool, count, .. } => {
+                            let key = self.key;
+                            core.refilled(
+                                pool,
+                                Some((key..key + count as i64).map(LedgerKey).collect()),
+                            );
+                            self.key += count as i64;
+                        }
+                        Action::Record(_) => {}
+                    }
+                }
+                let next_done = self.flying.iter().map(|c| c.done_at).min();
+                let wake = core.next_wake(now).map(|w| w.max(now + 1));
+                let next_arrival = arrivals.front().map(|(at, _)| *at);
+                let next = [next_done, wake, next_arrival, Some(now + 1000)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(end);
+                now = next;
+                let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flying)
+                    .into_iter()
+                    .partition(|c| c.done_at <= now);
+                self.flying = rest;
+                for c in due {
+                    core.complete(&c);
+                }
+                core.tick(now);
             }
-            let next_done = flying.iter().map(|c| c.done_at).min();
-            let wake = core.next_wake(now).map(|w| w.max(now + 1));
-            let next = [next_done, wake, Some(now + 1000)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(end);
-            now = next;
-            let (due, rest): (Vec<_>, Vec<_>) = flying.into_iter().partition(|c| c.done_at <= now);
-            flying = rest;
-            for c in due {
-                core.complete(&c);
-            }
-            core.tick(now);
+            sent
         }
-        sent
     }
 
     #[test]
@@ -1506,6 +1699,122 @@ mod tests {
             vec![vec![2]],
             "one request in budget, to the young payment"
         );
+    }
+
+    /// A stream of one payment every 20 s for an hour on a key of 100 requests a window,
+    /// and at 20 min a burst of 300 (three windows of budget); the flip ages are the
+    /// ladder's prior, fixed. Returns the core, the requests, and the core's state at 35 min
+    /// (`(pk, in the backlog)` of the payments held then).
+    fn burst_run() -> (Core, Sent, Vec<(i64, bool)>) {
+        let (mut core, kind) = core(100);
+        let prior = core.grid.ladder_prior();
+        core.assume("p2p", prior);
+        let mut arrivals: VecDeque<(i64, PendingRow)> = VecDeque::new();
+        for i in 0..STREAM {
+            let at = i * EVERY;
+            if at == BURST_AT {
+                for b in 0..BURST {
+                    arrivals.push_back((at, row(BURST_PK + b, at, 20_000 + b % 10 * 1000)));
+                }
+            }
+            arrivals.push_back((at, row(i, at, 20_000 + i % 10 * 1000)));
+        }
+        let mut driver = Driver::default();
+        let mut sent = driver.run(&mut core, &kind, 0, 35 * MIN, &mut arrivals);
+        let held = core.entries.values().map(|e| (e.pk.0, e.backlog)).collect();
+        sent.extend(driver.run(&mut core, &kind, 35 * MIN, 120 * MIN, &mut arrivals));
+        (core, sent, held)
+    }
+
+    /// Requests as `(sent_at, pks)`.
+    type Sent = Vec<(i64, Vec<i64>)>;
+
+    const MIN: i64 = 60_000;
+    const BURST_AT: i64 = 20 * MIN;
+    const BURST_PK: i64 = 1_000_000;
+    const BURST: i64 = 300;
+    const STREAM: i64 = 180;
+    const EVERY: i64 = 20_000;
+
+    #[test]
+    fn a_burst_leaves_the_plans_of_later_payments_running() {
+        let (core, sent, held) = burst_run();
+        let checks_before_deadline = |pk: i64| {
+            let start = pk * EVERY;
+            sent.iter()
+                .filter(|(t, pks)| pks.contains(&pk) && *t < start + 600_000)
+                .count()
+        };
+        // The stream's payments from two minutes after the burst on stay on plan, out of
+        // the backlog, and get checked before their deadline.
+        let later: Vec<i64> = (0..STREAM)
+            .filter(|pk| pk * EVERY >= BURST_AT + 2 * MIN)
+            .collect();
+        for (pk, backlog) in &held {
+            if later.contains(pk) {
+                assert!(!backlog, "payment {pk} of the stream in the backlog");
+            }
+        }
+        let early: Vec<usize> = later
+            .iter()
+            .filter(|pk| **pk * EVERY < BURST_AT + 15 * MIN)
+            .map(|pk| checks_before_deadline(*pk))
+            .collect();
+        let mean = early.iter().sum::<usize>() as f64 / early.len() as f64;
+        assert!(
+            mean >= 1.0,
+            "stream payments get {mean:.2} checks before their deadline"
+        );
+        // The budget holds, and every payment, the burst's too, had its deadline check.
+        let mut times: Vec<i64> = sent.iter().map(|(t, _)| *t).collect();
+        times.sort_unstable();
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[..=i].iter().filter(|&&s| s > t - 600_000).count();
+            assert!(
+                in_window <= 100,
+                "{in_window} requests in the window ending {t}"
+            );
+        }
+        let burst = (BURST_PK..BURST_PK + BURST).map(|pk| (pk, BURST_AT));
+        for (pk, start) in (0..STREAM).map(|pk| (pk, pk * EVERY)).chain(burst) {
+            let last = sent
+                .iter()
+                .filter(|(_, pks)| pks.contains(&pk))
+                .map(|(t, _)| *t)
+                .max();
+            assert!(
+                last.is_some_and(|t| t >= start + 600_000),
+                "payment {pk}: {last:?}"
+            );
+        }
+        assert_eq!(core.pending(), 0);
+    }
+
+    #[test]
+    fn the_backlog_gets_its_share_of_the_budget_and_drains() {
+        let (_, sent, _) = burst_run();
+        let is_burst = |pks: &Vec<i64>| pks.iter().any(|pk| *pk >= BURST_PK);
+        // In each window from the burst on while it lasts, the backlog gets at least its
+        // share ahead of the plans, and the stream keeps the rest.
+        for w in 0..3 {
+            let from = BURST_AT + 2 * MIN + w * 10 * MIN;
+            let span: Vec<&(i64, Vec<i64>)> = sent
+                .iter()
+                .filter(|(t, _)| *t >= from && *t < from + 10 * MIN)
+                .collect();
+            let of_burst = span.iter().filter(|(_, pks)| is_burst(pks)).count() as f64;
+            let total = span.len() as f64;
+            eprintln!("window {w}: {of_burst} of {total} for the burst");
+            assert!(
+                of_burst >= BACKLOG_FIRST * total,
+                "window {w}: the burst got {of_burst} of {total}"
+            );
+            assert!(
+                total - of_burst >= 0.3 * total,
+                "window {w}: the stream got {} of {total}",
+                total - of_burst
+            );
+        }
     }
 
     #[test]
