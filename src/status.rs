@@ -38,6 +38,10 @@ pub struct PoolStatus {
     /// Payments arriving per window (kinds checked one by one), once the scheduler has
     /// watched for a whole window; each needs a request at least.
     pub arrivals_per_window: Option<f64>,
+    /// Payments in the key's backlog (a burst past the budget: see the scheduler core).
+    pub backlog: usize,
+    /// How late the earliest due check waiting to be sent is, in ms (0: none waits).
+    pub behind_ms: i64,
     pub paused_until: Option<UnixMs>,
     pub auth_failing: Vec<KindName>,
     pub lateness_ms: Vec<i64>,
@@ -51,6 +55,13 @@ impl PoolStatus {
     pub fn keeps_up(&self) -> bool {
         self.arrivals_per_window
             .is_none_or(|a| a < f64::from(self.budget_effective))
+    }
+
+    /// Whether the key is far behind: a due check has waited more than a window. A burst
+    /// past the budget does that to its backlog, and so does a key paused or refused; a
+    /// brief wait behind the budget's pace is normal operation when it is scarce.
+    pub fn far_behind(&self) -> bool {
+        self.behind_ms > self.window_ms
     }
 }
 
@@ -69,5 +80,17 @@ mod tests {
         assert!(at(Some(999.0)).keeps_up());
         assert!(!at(Some(1000.0)).keeps_up());
         assert!(!at(Some(1500.0)).keeps_up());
+    }
+
+    #[test]
+    fn a_key_is_far_behind_once_a_due_check_waited_a_window() {
+        let at = |behind_ms: i64| PoolStatus {
+            window_ms: 600_000,
+            behind_ms,
+            ..PoolStatus::default()
+        };
+        assert!(!at(0).far_behind());
+        assert!(!at(600_000).far_behind());
+        assert!(at(600_001).far_behind());
     }
 }

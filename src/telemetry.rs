@@ -122,6 +122,8 @@ pub struct Telemetry {
     budget_limit: Family<PoolLabel, Gauge>,
     budget_configured: Family<PoolLabel, Gauge>,
     price_level: Family<PoolLabel, FloatGauge>,
+    backlog: Family<PoolLabel, Gauge>,
+    behind: Family<PoolLabel, FloatGauge>,
     flip_age: Family<QuantileLabels, FloatGauge>,
     flip_share: Family<PoolKindLabels, FloatGauge>,
     expected_delay: Family<PoolKindLabels, FloatGauge>,
@@ -152,6 +154,8 @@ impl Default for Telemetry {
             budget_limit: Family::default(),
             budget_configured: Family::default(),
             price_level: Family::default(),
+            backlog: Family::default(),
+            behind: Family::default(),
             flip_age: Family::default(),
             flip_share: Family::default(),
             expected_delay: Family::default(),
@@ -233,6 +237,17 @@ impl Default for Telemetry {
                 "price_level",
                 "The scheduler's price level per key (0 = the documented ladder; higher = fewer checks)",
                 t.price_level.clone(),
+            );
+            r.register(
+                "backlog_payments",
+                "Payments in the key's backlog (a burst past the budget), per key",
+                t.backlog.clone(),
+            );
+            r.register_with_unit(
+                "behind",
+                "How late the earliest due check waiting to be sent is, per key",
+                Unit::Seconds,
+                t.behind.clone(),
             );
             r.register_with_unit(
                 "flip_age",
@@ -453,6 +468,10 @@ impl Telemetry {
                 .get_or_create(&name)
                 .set(i64::from(p.budget_limit));
             self.price_level.get_or_create(&name).set(p.price_level);
+            self.backlog.get_or_create(&name).set(p.backlog as i64);
+            self.behind
+                .get_or_create(&name)
+                .set(p.behind_ms as f64 / 1000.0);
             for k in &p.kinds {
                 let labels = PoolKindLabels {
                     pool: p.name.clone(),

@@ -326,6 +326,10 @@ pub struct PoolHealth {
     /// Whether the key can keep up at all: fewer arrivals per window than requests in force
     /// (every payment needs one at least). When it cannot, delays grow while it lasts.
     pub keeps_up: bool,
+    /// Payments in the key's backlog: a burst past the budget, checked within a share of it.
+    pub backlog: usize,
+    /// How late the earliest due check waiting to be sent is (0: none waits).
+    pub behind_ms: i64,
     pub policy: Vec<KindPolicyView>,
     pub paused_for_ms: Option<i64>,
     pub unhealthy_kinds: Vec<KindName>,

@@ -389,6 +389,8 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
             pending: p.pending,
             arrivals_per_window: p.arrivals_per_window.map(f64::round),
             keeps_up: p.keeps_up(),
+            backlog: p.backlog,
+            behind_ms: p.behind_ms,
             policy: p
                 .kinds
                 .iter()
@@ -469,6 +471,29 @@ pub fn health_problems(
                 humantime::format_duration(std::time::Duration::from_millis(p.window_ms.max(0) as u64)),
                 p.budget_effective
             ));
+        }
+        if p.far_behind() {
+            let late = |ms: i64| {
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (ms.max(0) / 1000) as u64,
+                ))
+            };
+            problems.push(if p.backlog > 0 {
+                format!(
+                    "key {}: checks are {} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked with up to half the budget until it drains; if this recurs, spread the payments over more API keys",
+                    p.name,
+                    late(p.behind_ms),
+                    p.backlog,
+                    p.budget_effective,
+                    late(p.window_ms)
+                )
+            } else {
+                format!(
+                    "key {}: checks are {} behind (the key is paused or refused, or its budget is short)",
+                    p.name,
+                    late(p.behind_ms)
+                )
+            });
         }
     }
     let age = now - published.at;

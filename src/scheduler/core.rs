@@ -1417,8 +1417,13 @@ impl Core {
         let mut out = Vec::with_capacity(self.pools.len());
         for p in 0..self.pools.len() {
             let mut held: HashMap<&str, usize> = HashMap::new();
+            let (mut backlog, mut earliest_due) = (0, now);
             for e in self.entries.values().filter(|e| e.pool == p) {
                 *held.entry(e.kind.name.as_str()).or_default() += 1;
+                backlog += usize::from(e.backlog);
+                if !e.in_flight {
+                    earliest_due = earliest_due.min(e.due);
+                }
             }
             let pending = held.values().sum();
             let mut kinds = Vec::new();
@@ -1460,6 +1465,8 @@ impl Core {
                 target: pool.target,
                 pending,
                 arrivals_per_window: watched.then_some(arrivals),
+                backlog,
+                behind_ms: now - earliest_due,
                 paused_until: pool.budget.paused_until(now),
                 auth_failing: pool.auth_failing.keys().cloned().collect(),
                 lateness_ms: std::mem::take(&mut pool.lateness_ms),

@@ -349,8 +349,21 @@ pub fn status_line(pools: &[PoolStatus]) -> String {
             } else {
                 ""
             };
+            // A burst's backlog is what an operator looking at `systemctl status` after
+            // one wants to see first: how big, and how far behind.
+            let backlog = if p.backlog > 0 {
+                format!(
+                    ", backlog {} ({} behind)",
+                    p.backlog,
+                    humantime::format_duration(Duration::from_secs(
+                        (p.behind_ms.max(0) / 1000) as u64
+                    ))
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "budget {name}{}/{} per {}{scarce}",
+                "budget {name}{}/{} per {}{scarce}{backlog}",
                 p.budget_used,
                 p.budget_effective,
                 humantime::format_duration(Duration::from_millis(p.window_ms.max(0) as u64))
@@ -592,6 +605,8 @@ mod tests {
             target: 0.0,
             pending,
             arrivals_per_window: None,
+            backlog: 0,
+            behind_ms: 0,
             paused_until: None,
             auth_failing: Vec::new(),
             lateness_ms: Vec::new(),
@@ -609,6 +624,15 @@ mod tests {
             status_line(&[pool("default", 12, 990, 2.0), pool("kind:btc", 3, 7, 0.0)]),
             "15 pending; budget default: 990/1000 per 10m (scarce: checks by age); \
              budget kind:btc: 7/1000 per 10m"
+        );
+        let burst = PoolStatus {
+            backlog: 1820,
+            behind_ms: 842_500,
+            ..pool("default", 1900, 1000, 3.5)
+        };
+        assert_eq!(
+            status_line(&[burst]),
+            "1900 pending; budget 1000/1000 per 10m (scarce: checks by age), backlog 1820 (14m 2s behind)"
         );
     }
 }

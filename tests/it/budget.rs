@@ -663,3 +663,138 @@ async fn health_says_when_one_key_cannot_keep_up_and_when_it_can_again() {
     );
     assert_eq!(fake.violations(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_forms_a_backlog_that_health_shows_while_later_payments_keep_their_schedule() {
+    // 300 payments at once against 60 requests a window (1 s), on the ladder compressed to
+    // a 1.5 s life: at least 300 requests, five windows of budget. They go into a backlog,
+    // which health shows and which drains within the budget; payments that start after
+    // the burst are checked on their own schedule meanwhile, not after it.
+    let window = Duration::from_secs(1);
+    let budget = 60;
+    let fake = FakeNinjapay::start(FakeOptions {
+        budget: Some((budget, window)),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let cfg = DaemonConfig {
+        budget_requests: budget,
+        budget_window: "1s".into(),
+        ..DaemonConfig::default()
+    };
+    let ladder = cfg.ladder();
+    let d = spawn_daemon(&fake.base_url(), cfg).await;
+    let t0 = now_ms();
+    let at = Instant::now();
+    let mut burst = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        let id = format!("B{i}");
+        // Two in three approve at some age within the life, the rest never flip.
+        let script = if i % 3 == 2 {
+            pending_forever()
+        } else {
+            Script::FlipAt {
+                at: at + Duration::from_millis(150 + (i as u64 * 37) % 1200),
+                status: "approved".into(),
+            }
+        };
+        fake.script("p2p", &id, script);
+        batch.push(json!({"kind": "p2p", "id": id, "started_at": started(t0)}));
+        burst.push(id);
+    }
+    let (code, _) = d
+        .request("POST", "/v1/checks/batch", Some(json!({ "checks": batch })))
+        .await;
+    assert_eq!(code, 200);
+
+    // The backlog shows in health (and in the metrics) while the burst waits.
+    let seen = watch_health(&d, Duration::from_secs(10), |h| {
+        h["budget"][0]["backlog"].as_u64().unwrap_or(0) > 100
+    })
+    .await;
+    let piled = seen.last().unwrap();
+    assert!(
+        piled["budget"][0]["backlog"].as_u64().unwrap() > 100,
+        "{piled:#}"
+    );
+    assert!(
+        piled["budget"][0]["behind_ms"].as_i64().unwrap() > 0,
+        "{piled:#}"
+    );
+    let (_, metrics) = d.request("GET", "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("ninjapoll_backlog_payments{pool=\"default\"}"),
+        "{metrics}"
+    );
+
+    // Payments started after the burst, each approving 300 ms into its life.
+    let mut later = Vec::new();
+    for i in 0..5 {
+        let id = format!("L{i}");
+        fake.script(
+            "p2p",
+            &id,
+            Script::FlipAt {
+                at: Instant::now() + Duration::from_millis(300),
+                status: "approved".into(),
+            },
+        );
+        assert_eq!(d.enqueue("p2p", &id, None).await.0, 201);
+        later.push(id);
+    }
+
+    // Once a check has waited a whole window, health says so, naming the backlog.
+    let seen = watch_health(&d, Duration::from_secs(10), |h| {
+        h["problems"].to_string().contains("in its backlog")
+    })
+    .await;
+    let behind = seen.last().unwrap();
+    assert_eq!(behind["healthy"], false, "{behind:#}");
+    assert!(
+        behind["problems"].to_string().contains("behind"),
+        "{behind:#}"
+    );
+
+    let burst_finals = all_final(&d, "p2p", &burst, Duration::from_secs(60)).await;
+    let later_finals = all_final(&d, "p2p", &later, Duration::from_secs(10)).await;
+    assert_eq!(fake.violations(), 0, "over budget");
+    assert!(fake.max_in_window(window) <= budget);
+    let last_of = |kind: &str, id: &str| {
+        fake.requests_for(kind, id)
+            .last()
+            .map(|r| r.unix_ms)
+            .unwrap()
+    };
+    let burst_done = burst.iter().map(|id| last_of("p2p", id)).max().unwrap();
+    for (id, p) in burst.iter().zip(&burst_finals) {
+        let state = p.payment.facts.state;
+        if id[1..].parse::<u32>().unwrap() % 3 == 2 {
+            // Never flipped: its last check was its deadline check.
+            assert_eq!(state, State::TimedOut, "{p:#?}");
+            assert!(last_of("p2p", id) >= t0 + ladder.timeout_ms() - 5, "{id}");
+        } else {
+            assert_eq!(state, State::Succeeded, "{p:#?}");
+        }
+    }
+    for (id, p) in later.iter().zip(&later_finals) {
+        assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
+        assert!(
+            last_of("p2p", id) < burst_done,
+            "{id} was seen after the whole burst had drained: it waited behind it"
+        );
+    }
+    // Drained: health says the key caught up, and no problem is left about it.
+    let seen = watch_health(&d, Duration::from_secs(5), |h| {
+        h["budget"][0]["backlog"].as_u64() == Some(0)
+    })
+    .await;
+    let caught_up = seen.last().unwrap();
+    assert_eq!(caught_up["budget"][0]["backlog"], 0, "{caught_up:#}");
+    assert!(
+        !caught_up["problems"].to_string().contains("behind"),
+        "{caught_up:#}"
+    );
+}
