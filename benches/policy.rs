@@ -11,7 +11,8 @@
 //! Run: `cargo bench --bench policy` (`NINJAPOLL_BENCH_SEEDS=3` repeats each row with other
 //! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|change|burst` runs one part;
 //! `NINJAPOLL_BENCH_MIX=A` and `NINJAPOLL_BENCH_RATES=0.1,0.5` narrow the steady table;
-//! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s).
+//! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s;
+//! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G).
 
 use ninjapoll::sim::{run, Component, Mix, Phase, Report, Scenario};
 use ninjapoll::{Ladder, State};
@@ -58,6 +59,35 @@ fn mix_d() -> Mix {
         state: State::Succeeded,
     };
     Mix::Parametric(vec![hump(30.0, 0.4), hump(300.0, 0.3)])
+}
+
+/// Shapes at the edges, with `NINJAPOLL_BENCH_EDGES=1`: E, nearly all flips before the
+/// first check allowed (90% at uniform 5–15 s); F, late flips (50% at log-normal(400 s,
+/// 0.2)); G, one very wide hump (95% at log-normal(60 s, 1.5), clipped to 1–599 s).
+fn edge_mixes() -> Vec<(&'static str, Mix)> {
+    let lognormal = |share: f64, median_s: f64, sigma: f64, clip| Component::LogNormal {
+        share,
+        median_s,
+        sigma,
+        clip,
+        state: State::Succeeded,
+    };
+    vec![
+        (
+            "E",
+            Mix::Parametric(vec![Component::Uniform {
+                share: 0.9,
+                lo_s: 5.0,
+                hi_s: 15.0,
+                state: State::Succeeded,
+            }]),
+        ),
+        ("F", Mix::Parametric(vec![lognormal(0.5, 400.0, 0.2, None)])),
+        (
+            "G",
+            Mix::Parametric(vec![lognormal(0.95, 60.0, 1.5, Some((1.0, 599.0)))]),
+        ),
+    ]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -108,6 +138,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         vec![]
     };
+    let mut steady = steady;
+    if part("steady") && std::env::var_os("NINJAPOLL_BENCH_EDGES").is_some() {
+        steady.extend(edge_mixes());
+    }
     let steady = steady
         .into_iter()
         .filter(|(name, _)| mix_filter.is_empty() || mix_filter.eq_ignore_ascii_case(name));

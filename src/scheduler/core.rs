@@ -517,7 +517,12 @@ impl Core {
             pool.level
         };
         let table = plans.table(level, e.phi);
-        let due = if table.mu == 0.0 {
+        // The documented ladder, first check jittered over its 20–25 s, while the budget
+        // is not scarce. Once it is, a payment mixed onto the ladder's table keeps its steps
+        // but not the jitter: the price and the limiter spread the load, and a first check
+        // later than it may be only delays the flips it sees (measured on a mix flipping
+        // before the first check: 1.36× the bound with the jitter).
+        let due = if table.mu == 0.0 && level == 0.0 {
             match self
                 .ladder
                 .next_slot_after(e.jitter, e.last.map(|l| l - e.t0))
@@ -1645,6 +1650,26 @@ mod tests {
         let sent = drive(&mut core, &kind, 0, 700_000);
         let times: Vec<i64> = sent.iter().map(|(t, _)| *t).collect();
         assert_eq!(times, ladder.plan(21_000));
+    }
+
+    #[test]
+    fn once_scarce_the_ladders_table_keeps_its_steps_but_not_the_jitter() {
+        let (mut core, _) = core(1000);
+        core.track(row(1, 0, 24_000), 0, false);
+        let pk = PaymentKey(1);
+        // Not scarce: the documented ladder, first check where its jitter put it.
+        assert_eq!(core.entries[&pk].due, 24_000);
+        // Scarce, with this payment mixed onto the ladder's table (level 0.5, draw 0.9):
+        // the first check at the earliest the ladder allows.
+        core.pools[0].level = 0.5;
+        let mut e = core.entries.remove(&pk).unwrap();
+        e.phi = 0.9;
+        core.plan(&mut e);
+        assert_eq!(e.due, 20_000);
+        // And its steps after it: 3 s.
+        e.last = Some(20_000);
+        core.plan(&mut e);
+        assert_eq!(e.due, 23_000);
     }
 
     #[test]
