@@ -151,18 +151,8 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(|first| {
-            let s = Duration::from_secs;
-            Ladder::new(
-                (s(first), s(first)),
-                &[
-                    (s(3), Some(s(30))),
-                    (s(6), Some(s(60))),
-                    (s(10), Some(s(60))),
-                    (s(30), Some(s(60))),
-                    (s(60), None),
-                ],
-                s(600),
-            )
+            let at = Duration::from_secs(first);
+            Ladder::documented().with_first_check((at, at))
         })
         .transpose()?;
     let rates: Vec<f64> = match std::env::var("NINJAPOLL_BENCH_RATES") {

@@ -305,7 +305,7 @@ async fn simulate(
     // `rate` is per second of the documented ladder's time: a compressed ladder (tests)
     // compresses the arrivals with it.
     let least = crate::policy::least_requests_per_window(rate / scale, window_ms);
-    let keeps_up = crate::policy::keeps_up(rate / scale, cfg.ninjapay.budget_requests, window_ms);
+    let keeps_up = crate::policy::keeps_up(least, cfg.ninjapay.budget_requests);
     let out = json!({
         "rate_per_s": rate,
         "mix": about,

@@ -105,6 +105,25 @@ impl Ladder {
         .expect("the documented ladder is valid")
     }
 
+    /// The same ladder with the first check's offset drawn from `first` instead.
+    pub fn with_first_check(&self, first: (Duration, Duration)) -> Result<Self, LadderError> {
+        let (lo, hi) = first;
+        if lo > hi {
+            return Err(LadderError::InvertedJitter { lo, hi });
+        }
+        if ms(hi) > self.timeout {
+            return Err(LadderError::TimeoutBeforeFirstCheck {
+                timeout: Duration::from_millis(self.timeout.max(0) as u64),
+                first: hi,
+            });
+        }
+        Ok(Self {
+            first_lo: ms(lo),
+            first_hi: ms(hi),
+            ..self.clone()
+        })
+    }
+
     /// The window the first check's offset is drawn from, in milliseconds.
     pub fn first_window(&self) -> (i64, i64) {
         (self.first_lo, self.first_hi)
@@ -249,6 +268,25 @@ mod tests {
 
     fn d(ms: u64) -> Duration {
         Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn another_first_check_keeps_the_steps_and_is_validated() {
+        let l = Ladder::documented();
+        let at20 = l.with_first_check((d(20_000), d(20_000))).unwrap();
+        assert_eq!(at20.first_window(), (20_000, 20_000));
+        assert_eq!(at20.plan(20_000), l.plan(20_000));
+        assert_eq!(
+            l.with_first_check((d(25_000), d(20_000))),
+            Err(LadderError::InvertedJitter {
+                lo: d(25_000),
+                hi: d(20_000)
+            })
+        );
+        assert!(matches!(
+            l.with_first_check((d(0), d(700_000))),
+            Err(LadderError::TimeoutBeforeFirstCheck { .. })
+        ));
     }
 
     #[test]

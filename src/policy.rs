@@ -400,11 +400,33 @@ pub fn least_requests_per_window(rate_per_s: f64, window_ms: i64) -> f64 {
     rate_per_s.max(0.0) * window_ms as f64 / 1000.0
 }
 
-/// Whether one key can keep up with a rate at all: below its budget, the least it needs
-/// per window ([`least_requests_per_window`]). Past it, the backlog and every delay grow
-/// for as long as the rate lasts, and no schedule helps: only more keys do.
-pub fn keeps_up(rate_per_s: f64, budget: u32, window_ms: i64) -> bool {
-    least_requests_per_window(rate_per_s, window_ms) < f64::from(budget)
+/// Whether one key can keep up at all: the least it needs per window (a request per payment
+/// arriving, [`least_requests_per_window`]) is below its budget. Past it, the backlog and
+/// every delay grow for as long as the rate lasts, and no schedule helps: only more keys do.
+pub fn keeps_up(least_per_window: f64, budget: u32) -> bool {
+    least_per_window < f64::from(budget)
+}
+
+/// A dearer price whose schedules' expected flip delay is within this fraction of the
+/// fitted price's is taken instead: the requests it saves would see (next to) no flip, and
+/// would only queue at the limiter ahead of checks that do. Measured (`benches/policy.rs`,
+/// 6 seeds): on mix E (flips before the first check allowed, the rest never) 1.17 → 1.00 of
+/// the bound at 0.5 and 1.0/s with 51% and 89% of the budget; on F (late flips) at 0.1 and
+/// 0.2/s 0.99 with 55% and 94%; A and B alike within the seeds' spread (sum of the eight
+/// ratios 9.05 without, 9.06 with). 1% also skipped prices that bought A and B something.
+pub const NEGLIGIBLE_GAIN: f64 = 0.001;
+
+/// The dearest whole price level above `level` (up to `top`) whose expected flip delay,
+/// `flip_delay(l)` (rising with the level), stays within [`NEGLIGIBLE_GAIN`] of `level`'s;
+/// `None` when the next one up already costs more, or nothing flips.
+pub fn dearest_alike(level: f64, top: usize, flip_delay: impl Fn(f64) -> f64) -> Option<usize> {
+    let at_fit = flip_delay(level);
+    if at_fit <= 0.0 {
+        return None;
+    }
+    ((level.floor() as usize + 1)..=top)
+        .take_while(|&l| flip_delay(l as f64) <= at_fit * (1.0 + NEGLIGIBLE_GAIN))
+        .last()
 }
 
 /// The bound for `dist` when each payment may cost `budget_checks` requests on average:
@@ -754,13 +776,31 @@ impl Learner {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_dearer_price_is_taken_only_when_it_sees_the_flips_as_soon() {
+        // Flat up to level 6 (the checks it drops see nothing), rising after.
+        let flat = |l: f64| if l <= 6.0 { 10.0 } else { 10.0 + l };
+        assert_eq!(super::dearest_alike(2.5, 72, flat), Some(6));
+        // Rising from the start: the fitted level stays.
+        assert_eq!(super::dearest_alike(2.5, 72, |l| 10.0 + l), None);
+        // Within 0.1% counts as alike, more does not.
+        let slow = |l: f64| 10.0 * (1.0 + 0.0004 * l);
+        assert_eq!(super::dearest_alike(2.0, 72, slow), Some(4));
+        // Nothing flips: no delay to compare.
+        assert_eq!(super::dearest_alike(2.0, 72, |_| 0.0), None);
+        // Never past the top.
+        assert_eq!(super::dearest_alike(70.5, 72, |_| 1.0), Some(72));
+    }
+
+    #[test]
     fn a_key_keeps_up_only_below_one_request_per_payment() {
         let ten_min = 600_000;
         assert_eq!(super::least_requests_per_window(0.5, ten_min), 300.0);
-        assert!(super::keeps_up(1.0, 1000, ten_min));
-        assert!(super::keeps_up(1.6, 1000, ten_min));
-        assert!(!super::keeps_up(1000.0 / 600.0, 1000, ten_min));
-        assert!(!super::keeps_up(2.0, 1000, ten_min));
+        let keeps_up =
+            |rate: f64| super::keeps_up(super::least_requests_per_window(rate, ten_min), 1000);
+        assert!(keeps_up(1.0));
+        assert!(keeps_up(1.6));
+        assert!(!keeps_up(1000.0 / 600.0));
+        assert!(!keeps_up(2.0));
     }
 
     use super::*;

@@ -4,6 +4,7 @@
 
 use crate::kinds::KindName;
 use crate::payment::UnixMs;
+use std::time::Duration;
 
 /// A kind's learnt distribution, as health shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +55,17 @@ impl PoolStatus {
     /// as requests in force no schedule keeps up. Unknown until a whole window was watched.
     pub fn keeps_up(&self) -> bool {
         self.arrivals_per_window
-            .is_none_or(|a| a < f64::from(self.budget_effective))
+            .is_none_or(|a| crate::policy::keeps_up(a, self.budget_effective))
+    }
+
+    /// The budget window, for messages.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.max(0) as u64)
+    }
+
+    /// How late the earliest due check is, in whole seconds, for messages.
+    pub fn behind(&self) -> Duration {
+        Duration::from_secs((self.behind_ms.max(0) / 1000) as u64)
     }
 
     /// Whether the key is far behind: a due check has waited more than a window. A burst

@@ -468,30 +468,24 @@ pub fn health_problems(
                 "key {}: about {:.0} payments arrive per {} and each needs a request at least, more than its budget of {}: no schedule keeps up and delays grow while this lasts; spread the payments over more API keys",
                 p.name,
                 p.arrivals_per_window.unwrap_or(0.0),
-                humantime::format_duration(std::time::Duration::from_millis(p.window_ms.max(0) as u64)),
+                humantime::format_duration(p.window()),
                 p.budget_effective
             ));
         }
         if p.far_behind() {
-            let late = |ms: i64| {
-                humantime::format_duration(std::time::Duration::from_secs(
-                    (ms.max(0) / 1000) as u64,
-                ))
-            };
+            let behind = humantime::format_duration(p.behind());
             problems.push(if p.backlog > 0 {
                 format!(
-                    "key {}: checks are {} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked with up to half the budget until it drains; if this recurs, spread the payments over more API keys",
+                    "key {}: checks are {behind} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked within a share of the budget until it drains; if this recurs, spread the payments over more API keys",
                     p.name,
-                    late(p.behind_ms),
                     p.backlog,
                     p.budget_effective,
-                    late(p.window_ms)
+                    humantime::format_duration(p.window())
                 )
             } else {
                 format!(
-                    "key {}: checks are {} behind (the key is paused or refused, or its budget is short)",
-                    p.name,
-                    late(p.behind_ms)
+                    "key {}: checks are {behind} behind (the key is paused or refused, or its budget is short)",
+                    p.name
                 )
             });
         }

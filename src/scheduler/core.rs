@@ -35,15 +35,6 @@ const PLAN_SHARE: f64 = 0.98;
 const LONG_MEMORY_PAYMENTS: f64 = 1500.0;
 const LONG_MEMORY_LIVES: i64 = 12;
 
-/// A dearer price whose schedules' expected flip delay is within this fraction of the
-/// fitted price's is taken instead: the requests it saves would see (next to) no flip, and
-/// would only queue at the limiter ahead of checks that do. Measured (`benches/policy.rs`,
-/// 6 seeds): on mix E (flips before the first check allowed, the rest never) 1.17 → 1.00 of
-/// the bound at 0.5 and 1.0/s with 51% and 89% of the budget; on F (late flips) at 0.1 and
-/// 0.2/s 0.99 with 55% and 94%; A and B alike within the seeds' spread (sum of the eight
-/// ratios 9.05 without, 9.06 with). 1% also skipped prices that bought A and B something.
-const NEGLIGIBLE_GAIN: f64 = 0.001;
-
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
 
@@ -249,6 +240,9 @@ struct Pool {
     level: f64,
     projected: f64,
     target: f64,
+    /// Payments arriving per window (kinds checked one by one) at the rates the price was
+    /// last set for.
+    arrivals: f64,
 }
 
 /// The scheduling state of every pending payment and every key.
@@ -319,6 +313,7 @@ impl Core {
                 refilling: false,
                 level: 0.0,
                 projected: 0.0,
+                arrivals: 0.0,
                 target: 0.0,
             })
             .collect();
@@ -1385,19 +1380,9 @@ impl Core {
                     .map(|(m, model)| rates[m] * model.plans.dist.flips() * model.plans.delay(l))
                     .sum()
             };
-            let at_fit = flip_delay(level);
-            if at_fit > 0.0 {
-                let mut cheaper = None;
-                for l in (level.floor() as usize + 1)..=top {
-                    if flip_delay(l as f64) > at_fit * (1.0 + NEGLIGIBLE_GAIN) {
-                        break;
-                    }
-                    cheaper = Some(l);
-                }
-                if let Some(l) = cheaper {
-                    level = l as f64;
-                    projected = demand(l);
-                }
+            if let Some(l) = crate::policy::dearest_alike(level, top, flip_delay) {
+                level = l as f64;
+                projected = demand(l);
             }
         }
         let old = self.pools[p].level;
@@ -1406,6 +1391,13 @@ impl Core {
         // clears at the pace of the answers.
         pool.piled = due > pile && f64::from(pool.budget.used(now)) >= target;
         pool.projected = projected;
+        // Arrival rates are per grid cell; a listed kind answers all in one request.
+        pool.arrivals = models
+            .iter()
+            .enumerate()
+            .filter(|(_, model)| model.pool == p && !model.list)
+            .map(|(m, _)| rates[m] * horizon as f64)
+            .sum();
         pool.target = target;
         if (level - old).abs() > 1e-3 {
             if old == 0.0 {
@@ -1486,15 +1478,7 @@ impl Core {
                 });
             }
             kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
-            // Arrival rates are per grid cell; a listed kind answers all in one request.
             let watched = now - self.started >= self.window;
-            let window_cells = self.window as f64 / unit as f64;
-            let mut arrivals = 0.0;
-            for m in 0..self.models.len() {
-                if self.models[m].pool == p && !self.models[m].list {
-                    arrivals += self.arrival_rate(m, now) * window_cells;
-                }
-            }
             let pool = &mut self.pools[p];
             out.push(PoolStatus {
                 name: pool.spec.name.clone(),
@@ -1506,7 +1490,7 @@ impl Core {
                 projected: pool.projected,
                 target: pool.target,
                 pending,
-                arrivals_per_window: watched.then_some(arrivals),
+                arrivals_per_window: watched.then_some(pool.arrivals),
                 backlog,
                 behind_ms: now - earliest_due,
                 paused_until: pool.budget.paused_until(now),

@@ -355,9 +355,7 @@ pub fn status_line(pools: &[PoolStatus]) -> String {
                 format!(
                     ", backlog {} ({} behind)",
                     p.backlog,
-                    humantime::format_duration(Duration::from_secs(
-                        (p.behind_ms.max(0) / 1000) as u64
-                    ))
+                    humantime::format_duration(p.behind())
                 )
             } else {
                 String::new()
@@ -366,7 +364,7 @@ pub fn status_line(pools: &[PoolStatus]) -> String {
                 "budget {name}{}/{} per {}{scarce}{backlog}",
                 p.budget_used,
                 p.budget_effective,
-                humantime::format_duration(Duration::from_millis(p.window_ms.max(0) as u64))
+                humantime::format_duration(p.window())
             )
         })
         .collect();
