@@ -15,6 +15,27 @@ fn started(ms: i64) -> Value {
     json!(ms as f64 / 1000.0)
 }
 
+/// A fake Ninjapay enforcing `budget` requests per `window` (on top of `fake`'s options)
+/// and a daemon configuration told the same budget, for the test to adjust and spawn.
+async fn budgeted(
+    budget: u32,
+    window: Duration,
+    fake: FakeOptions,
+) -> (FakeNinjapay, DaemonConfig) {
+    let fake = FakeNinjapay::start(FakeOptions {
+        budget: Some((budget, window)),
+        ..fake
+    })
+    .await
+    .unwrap();
+    let cfg = DaemonConfig {
+        budget_requests: budget,
+        budget_window: format!("{}ms", window.as_millis()),
+        ..DaemonConfig::default()
+    };
+    (fake, cfg)
+}
+
 /// Polls health until `pred` holds or `timeout` passes; returns every answer seen.
 async fn watch_health(d: &Daemon, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
     let end = Instant::now() + timeout;
@@ -48,18 +69,18 @@ async fn never_over_budget_fair_and_allocated_by_age_when_scarce() {
     let window = Duration::from_secs(1);
     let budget = 60;
     // Variable latency: the provider counts a request anywhere between send and answer.
-    let fake = FakeNinjapay::start(FakeOptions {
-        budget: Some((budget, window)),
-        latency: Some((Duration::from_millis(0), Duration::from_millis(120))),
-        ..FakeOptions::default()
-    })
-    .await
-    .unwrap();
+    let (fake, cfg) = budgeted(
+        budget,
+        window,
+        FakeOptions {
+            latency: Some((Duration::from_millis(0), Duration::from_millis(120))),
+            ..FakeOptions::default()
+        },
+    )
+    .await;
     let cfg = DaemonConfig {
-        budget_requests: budget,
-        budget_window: "1s".into(),
         timeout: "3s".into(),
-        ..DaemonConfig::default()
+        ..cfg
     };
     let ladder = cfg.ladder();
     let d = spawn_daemon(&fake.base_url(), cfg).await;
@@ -165,17 +186,7 @@ async fn never_over_budget_fair_and_allocated_by_age_when_scarce() {
 async fn a_restart_remembers_what_was_spent() {
     let window = Duration::from_secs(2);
     let budget = 15;
-    let fake = FakeNinjapay::start(FakeOptions {
-        budget: Some((budget, window)),
-        ..FakeOptions::default()
-    })
-    .await
-    .unwrap();
-    let cfg = DaemonConfig {
-        budget_requests: budget,
-        budget_window: "2s".into(),
-        ..DaemonConfig::default()
-    };
+    let (fake, cfg) = budgeted(budget, window, FakeOptions::default()).await;
     let mut d = spawn_daemon(&fake.base_url(), cfg).await;
     let t0 = now_ms();
     let ids: Vec<String> = (0..10).map(|i| format!("R{i}")).collect();
@@ -613,23 +624,8 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_when_one_key_cannot_keep_up_and_when_it_can_again() {
-    let window = Duration::from_millis(500);
-    let budget = 10;
-    let fake = FakeNinjapay::start(FakeOptions {
-        budget: Some((budget, window)),
-        ..FakeOptions::default()
-    })
-    .await
-    .unwrap();
-    let d = spawn_daemon(
-        &fake.base_url(),
-        DaemonConfig {
-            budget_requests: budget,
-            budget_window: "500ms".into(),
-            ..DaemonConfig::default()
-        },
-    )
-    .await;
+    let (fake, cfg) = budgeted(10, Duration::from_millis(500), FakeOptions::default()).await;
+    let d = spawn_daemon(&fake.base_url(), cfg).await;
     let keeps_up = |h: &Value| h["budget"][0]["keeps_up"].as_bool();
     // About 40 payments a second, 20 a window, against 10 requests a window: each needs a
     // request at least, so no schedule keeps up.
@@ -672,17 +668,7 @@ async fn a_burst_forms_a_backlog_that_health_shows_while_later_payments_keep_the
     // the burst are checked on their own schedule meanwhile, not after it.
     let window = Duration::from_secs(1);
     let budget = 60;
-    let fake = FakeNinjapay::start(FakeOptions {
-        budget: Some((budget, window)),
-        ..FakeOptions::default()
-    })
-    .await
-    .unwrap();
-    let cfg = DaemonConfig {
-        budget_requests: budget,
-        budget_window: "1s".into(),
-        ..DaemonConfig::default()
-    };
+    let (fake, cfg) = budgeted(budget, window, FakeOptions::default()).await;
     let ladder = cfg.ladder();
     let d = spawn_daemon(&fake.base_url(), cfg).await;
     let t0 = now_ms();
