@@ -11,7 +11,7 @@
 //! Run: `cargo bench --bench e2e_stream` (`NINJAPOLL_BENCH_RATE=0.2` for another rate).
 
 use ninjapoll::request;
-use ninjapoll::sim::{self, Mix, Phase, Scenario};
+use ninjapoll::sim::{self, BacklogShare, Mix, Phase, Scenario};
 use ninjapoll::{defaults, Config, RawStep};
 use ninjapoll::{now_ms, State};
 use ninjapoll_fake::{FakeNinjapay, FakeOptions, Script};
@@ -181,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
             latency_ms: (latency.0.as_millis() as i64, latency.1.as_millis() as i64),
             seed: 21 + seed,
             oracle: false,
+            backlog_share: BacklogShare::DEFAULT,
         };
         let r = sim::run(&sc)?;
         means.push(r.mean_ms);

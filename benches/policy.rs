@@ -14,7 +14,7 @@
 //! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s;
 //! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G).
 
-use ninjapoll::sim::{run, Component, Mix, Phase, Report, Scenario};
+use ninjapoll::sim::{run, BacklogShare, Component, Mix, Phase, Report, Scenario};
 use ninjapoll::{Ladder, State};
 use std::time::{Duration, Instant};
 
@@ -256,57 +256,70 @@ fn main() -> anyhow::Result<()> {
     // A burst: 2,000 payments in one minute on top of 0.2/s, an hour in. With
     // `NINJAPOLL_BENCH_SEEDS=n`, seeds 9.. are averaged (slices of 5 minutes hold ~40 flips
     // of the stream each, so one seed's slices are noisy).
-    let mut slices: Vec<(i64, f64, usize)> = Vec::new();
-    let (mut burst_sum, mut burst_n) = (0.0, 0usize);
-    let mut late: Vec<f64> = Vec::new();
-    let (mut over, mut missed, mut bound) = (0, 0, 0.0);
-    for seed in 0..seeds {
-        let mut sc = Scenario::steady(Mix::a(), 0.2, HOUR, HOUR, 9 + seed);
-        sc.bursts = vec![(HOUR, 2000, MIN, Mix::a())];
-        let r = run(&sc)?;
-        for (i, (t, d, n)) in timeline(&r, HOUR - 10 * MIN, 2 * HOUR, 5 * MIN)
-            .into_iter()
-            .enumerate()
-        {
-            if slices.len() <= i {
-                slices.push((t, 0.0, 0));
+    // `NINJAPOLL_BENCH_BACKLOG_SHARES=0.2,0.5`: one run per `ninjapay.backlog_share`.
+    let shares: Vec<BacklogShare> = match std::env::var("NINJAPOLL_BENCH_BACKLOG_SHARES") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| v.trim().parse().ok().and_then(BacklogShare::new))
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("NINJAPOLL_BENCH_BACKLOG_SHARES: shares 0.05–0.9"))?,
+        Err(_) => vec![BacklogShare::DEFAULT],
+    };
+    for share in shares {
+        let mut slices: Vec<(i64, f64, usize)> = Vec::new();
+        let (mut burst_sum, mut burst_n) = (0.0, 0usize);
+        let mut late: Vec<f64> = Vec::new();
+        let (mut over, mut missed, mut bound) = (0, 0, 0.0);
+        for seed in 0..seeds {
+            let mut sc = Scenario::steady(Mix::a(), 0.2, HOUR, HOUR, 9 + seed);
+            sc.bursts = vec![(HOUR, 2000, MIN, Mix::a())];
+            sc.backlog_share = share;
+            let r = run(&sc)?;
+            for (i, (t, d, n)) in timeline(&r, HOUR - 10 * MIN, 2 * HOUR, 5 * MIN)
+                .into_iter()
+                .enumerate()
+            {
+                if slices.len() <= i {
+                    slices.push((t, 0.0, 0));
+                }
+                slices[i].1 += d * n as f64;
+                slices[i].2 += n;
             }
-            slices[i].1 += d * n as f64;
-            slices[i].2 += n;
-        }
-        for f in r.fates.iter().filter(|f| f.burst) {
-            if let (Some(seen), Some(flip)) = (f.seen, f.flip) {
-                burst_sum += (seen - flip) as f64 / 1000.0;
-                burst_n += 1;
+            for f in r.fates.iter().filter(|f| f.burst) {
+                if let (Some(seen), Some(flip)) = (f.seen, f.flip) {
+                    burst_sum += (seen - flip) as f64 / 1000.0;
+                    burst_n += 1;
+                }
             }
+            // How late the deadline checks of timed-out payments came (the burst's among them).
+            late.extend(
+                r.fates
+                    .iter()
+                    .filter(|f| f.state == ninjapoll::State::TimedOut)
+                    .filter_map(|f| {
+                        Some((f.ended? - f.arrived - sc.ladder.timeout_ms()) as f64 / 1000.0)
+                    }),
+            );
+            over += r.over_budget;
+            missed += r.missed_deadlines;
+            bound = r.bound_ms / 1000.0;
         }
-        // How late the deadline checks of timed-out payments came (the burst's among them).
-        late.extend(
-            r.fates
-                .iter()
-                .filter(|f| f.state == ninjapoll::State::TimedOut)
-                .filter_map(|f| {
-                    Some((f.ended? - f.arrived - sc.ladder.timeout_ms()) as f64 / 1000.0)
-                }),
+        let line: Vec<String> = slices
+            .iter()
+            .map(|(t, sum, n)| format!("{:+}m:{:.0}s", (t - HOUR) / MIN, sum / (*n).max(1) as f64))
+            .collect();
+        println!(
+            "burst of 2,000 at 0.2/s, backlog share {} ({seeds} seed(s)): stream's mean delay per 5 min of arrivals (bound {bound:.1} s): {}",
+            share.get(),
+            line.join(" ")
         );
-        over += r.over_budget;
-        missed += r.missed_deadlines;
-        bound = r.bound_ms / 1000.0;
+        late.sort_by(f64::total_cmp);
+        println!(
+            "  burst payments' mean delay {:.0} s; deadline checks late by median {:.0} s, max {:.0} s; over budget {over}, missed deadlines {missed}",
+            burst_sum / burst_n.max(1) as f64,
+            late.get(late.len() / 2).copied().unwrap_or(0.0),
+            late.last().copied().unwrap_or(0.0),
+        );
     }
-    let line: Vec<String> = slices
-        .iter()
-        .map(|(t, sum, n)| format!("{:+}m:{:.0}s", (t - HOUR) / MIN, sum / (*n).max(1) as f64))
-        .collect();
-    println!(
-        "burst of 2,000 at 0.2/s ({seeds} seed(s)): stream's mean delay per 5 min of arrivals (bound {bound:.1} s): {}",
-        line.join(" ")
-    );
-    late.sort_by(f64::total_cmp);
-    println!(
-        "  burst payments' mean delay {:.0} s; deadline checks late by median {:.0} s, max {:.0} s; over budget {over}, missed deadlines {missed}",
-        burst_sum / burst_n.max(1) as f64,
-        late.get(late.len() / 2).copied().unwrap_or(0.0),
-        late.last().copied().unwrap_or(0.0),
-    );
     Ok(())
 }

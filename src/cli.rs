@@ -298,6 +298,7 @@ async fn simulate(
         latency_ms: (50, 300),
         seed: 1,
         oracle: false,
+        backlog_share: cfg.ninjapay.backlog_share,
     };
     let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;
     let dist = mix.dist(&grid, scale);

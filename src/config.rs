@@ -2,6 +2,7 @@
 //! built-in defaults (SPEC section 3). Parsed once, at start-up, into typed settings; every
 //! refusal names the key at fault.
 
+use crate::budget::BacklogShare;
 use crate::kinds::{self, Kind, KindName, RawKind};
 use crate::ladder::Ladder;
 use crate::secret::{secret_text, Secret};
@@ -86,6 +87,7 @@ pub struct RawNinjapay {
     pub budget_requests: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub budget_window: Option<Duration>,
+    pub backlog_share: Option<f64>,
     pub max_in_flight: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -307,6 +309,8 @@ pub struct NinjapayConfig {
     pub api_base_url: String,
     pub budget_requests: u32,
     pub budget_window: Duration,
+    /// The share of each key's budget a burst's backlog may take.
+    pub backlog_share: BacklogShare,
     pub max_in_flight: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -502,6 +506,7 @@ pub fn defaults() -> Raw {
             api_base_url: Some("https://api.ninjapay.me".into()),
             budget_requests: Some(1000),
             budget_window: Some(secs(600)),
+            backlog_share: Some(BacklogShare::DEFAULT.get()),
             max_in_flight: Some(16),
             connect_timeout: Some(secs(5)),
             request_timeout: Some(secs(15)),
@@ -657,6 +662,19 @@ impl Config {
         if budget_requests == 0 {
             return Err(invalid("ninjapay.budget_requests", "must be at least 1"));
         }
+        let backlog_share = match n.backlog_share {
+            None => BacklogShare::DEFAULT,
+            Some(share) => BacklogShare::new(share).ok_or_else(|| {
+                invalid(
+                    "ninjapay.backlog_share",
+                    format!(
+                        "must be between {} and {} (a share of the budget), not {share}",
+                        BacklogShare::MIN,
+                        BacklogShare::MAX
+                    ),
+                )
+            })?,
+        };
         let max_in_flight = n.max_in_flight.unwrap_or(16);
         if max_in_flight == 0 {
             return Err(invalid("ninjapay.max_in_flight", "must be at least 1"));
@@ -665,6 +683,7 @@ impl Config {
             api_key,
             budget_requests,
             budget_window: positive("ninjapay.budget_window", n.budget_window, 600)?,
+            backlog_share,
             max_in_flight,
             connect_timeout: positive("ninjapay.connect_timeout", n.connect_timeout, 5)?,
             request_timeout: positive("ninjapay.request_timeout", n.request_timeout, 15)?,
@@ -1130,6 +1149,19 @@ mod tests {
         let e = load_str("[ninjapay]\nbudget_window = \"soon\"").unwrap_err();
         assert!(e.to_string().starts_with("ninjapay.budget_window: "), "{e}");
         assert!(e.to_string().contains("\"soon\" is not a duration"), "{e}");
+        for share in ["0", "0.01", "0.95", "1", "-0.2", "nan", "inf"] {
+            let e = load_str(&format!("[ninjapay]\nbacklog_share = {share}")).unwrap_err();
+            assert!(e.to_string().starts_with("ninjapay.backlog_share: "), "{e}");
+            assert!(e.to_string().contains("between 0.05 and 0.9"), "{e}");
+        }
+        let e = load_str("[ninjapay]\nbacklog_share = \"half\"").unwrap_err();
+        assert!(e.to_string().contains("backlog_share"), "{e}");
+        let c = load_str("[ninjapay]\nbacklog_share = 0.5").unwrap();
+        assert_eq!(c.ninjapay.backlog_share.get(), 0.5);
+        assert_eq!(
+            load_str("").unwrap().ninjapay.backlog_share,
+            BacklogShare::DEFAULT
+        );
         let e = load_str("[webhooks]\nretry = [\"5s\", \"5 fortnights\"]").unwrap_err();
         assert!(e.to_string().starts_with("webhooks.retry[1]: "), "{e}");
         assert!(e.to_string().contains("\"5 fortnights\""), "{e}");

@@ -6,6 +6,7 @@
 //! Delay is measured as the provider sees it: from the flip to the send of the first check
 //! that sees it. The yardstick is [`crate::policy::bound`] for the flips actually drawn.
 
+pub use crate::budget::BacklogShare;
 use crate::config::{self, Config};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentKey, State, UnixMs};
@@ -243,6 +244,8 @@ pub struct Scenario {
     /// Give the core the first phase's true flip distribution instead of letting it
     /// learn: separates the cost of learning from the cost of the policy.
     pub oracle: bool,
+    /// The share of the budget a burst's backlog may take (`ninjapay.backlog_share`).
+    pub backlog_share: BacklogShare,
 }
 
 impl Scenario {
@@ -262,6 +265,7 @@ impl Scenario {
             latency_ms: (50, 300),
             seed,
             oracle: false,
+            backlog_share: BacklogShare::DEFAULT,
         }
     }
 }
@@ -330,6 +334,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     raw.ninjapay.budget_requests = Some(sc.budget);
     raw.ninjapay.budget_window = Some(std::time::Duration::from_millis(sc.window_ms.max(0) as u64));
     raw.ninjapay.max_in_flight = Some(64);
+    raw.ninjapay.backlog_share = Some(sc.backlog_share.get());
     let mut cfg = Config::from_raw(raw)?;
     cfg.ladder = sc.ladder.clone();
     let (core_cfg, _) = core_config(&cfg, sc.seed);
@@ -684,6 +689,7 @@ mod tests {
             latency_ms: (1, 3),
             seed: 3,
             oracle: false,
+            backlog_share: BacklogShare::DEFAULT,
         };
         let light = run(&scenario(0.02)).unwrap();
         assert_eq!(light.over_budget, 0);

@@ -476,7 +476,7 @@ pub fn health_problems(
             let behind = humantime::format_duration(p.behind());
             problems.push(if p.backlog > 0 {
                 format!(
-                    "key {}: checks are {behind} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked within a share of the budget until it drains; if this recurs, spread the payments over more API keys",
+                    "key {}: checks are {behind} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked within a share of the budget until it drains (ninjapay.backlog_share: more drains it sooner, at the cost of the payments still coming); if this recurs, spread the payments over more API keys",
                     p.name,
                     p.backlog,
                     p.budget_effective,

@@ -171,6 +171,7 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
         pools,
         kind_pool,
         budget_requests: config.ninjapay.budget_requests,
+        backlog_share: config.ninjapay.backlog_share,
         budget_window_ms: config.ninjapay.budget_window.as_millis() as i64,
         max_in_flight: config.ninjapay.max_in_flight,
         seed,
