@@ -99,7 +99,10 @@ fn bad_config_is_refused_at_start_up_naming_the_key() {
             "[ninjapay]\nbudget_requests = 0\n",
             "ninjapay.budget_requests",
         ),
-        ("[ninjapay]\nbacklog_share = 1.0\n", "ninjapay.backlog_share"),
+        (
+            "[ninjapay]\nbacklog_share = 1.0\n",
+            "ninjapay.backlog_share",
+        ),
         ("[kinds.x]\nmethod = \"GET\"\n", "kinds.x"),
     ];
     for (toml, key) in cases {
