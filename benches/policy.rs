@@ -12,7 +12,9 @@
 //! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|change|burst` runs one part;
 //! `NINJAPOLL_BENCH_MIX=A` and `NINJAPOLL_BENCH_RATES=0.1,0.5` narrow the steady table;
 //! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s;
-//! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G).
+//! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G;
+//! `NINJAPOLL_BENCH_BACKLOG_SHARES=0.2,0.5` runs the burst once per `ninjapay.backlog_share`
+//! and `NINJAPOLL_BENCH_BURST_RATE=0.5` puts it on top of another stream).
 
 use ninjapoll::sim::{run, BacklogShare, Component, Mix, Phase, Report, Scenario};
 use ninjapoll::{Ladder, State};
@@ -265,13 +267,15 @@ fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("NINJAPOLL_BENCH_BACKLOG_SHARES: shares 0.05–0.9"))?,
         Err(_) => vec![BacklogShare::DEFAULT],
     };
+    // `NINJAPOLL_BENCH_BURST_RATE=0.5`: the stream the burst comes on top of (0.2/s).
+    let burst_rate = env_num("NINJAPOLL_BENCH_BURST_RATE", 0.2);
     for share in shares {
         let mut slices: Vec<(i64, f64, usize)> = Vec::new();
         let (mut burst_sum, mut burst_n) = (0.0, 0usize);
         let mut late: Vec<f64> = Vec::new();
         let (mut over, mut missed, mut bound) = (0, 0, 0.0);
         for seed in 0..seeds {
-            let mut sc = Scenario::steady(Mix::a(), 0.2, HOUR, HOUR, 9 + seed);
+            let mut sc = Scenario::steady(Mix::a(), burst_rate, HOUR, HOUR, 9 + seed);
             sc.bursts = vec![(HOUR, 2000, MIN, Mix::a())];
             sc.backlog_share = share;
             let r = run(&sc)?;
@@ -309,7 +313,7 @@ fn main() -> anyhow::Result<()> {
             .map(|(t, sum, n)| format!("{:+}m:{:.0}s", (t - HOUR) / MIN, sum / (*n).max(1) as f64))
             .collect();
         println!(
-            "burst of 2,000 at 0.2/s, backlog share {} ({seeds} seed(s)): stream's mean delay per 5 min of arrivals (bound {bound:.1} s): {}",
+            "burst of 2,000 at {burst_rate}/s, backlog share {} ({seeds} seed(s)): stream's mean delay per 5 min of arrivals (bound {bound:.1} s): {}",
             share.get(),
             line.join(" ")
         );

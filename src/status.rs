@@ -43,6 +43,8 @@ pub struct PoolStatus {
     pub backlog: usize,
     /// How late the earliest due check waiting to be sent is, in ms (0: none waits).
     pub behind_ms: i64,
+    /// When the backlog would be drained at its pace so far (see [`drain_eta`]).
+    pub backlog_drains_in_ms: Option<i64>,
     pub paused_until: Option<UnixMs>,
     pub auth_failing: Vec<KindName>,
     pub lateness_ms: Vec<i64>,
@@ -68,6 +70,13 @@ impl PoolStatus {
         Duration::from_secs((self.behind_ms.max(0) / 1000) as u64)
     }
 
+    /// How long the backlog takes to drain at its pace so far, in whole minutes (at least
+    /// one), for messages.
+    pub fn backlog_drains_in(&self) -> Option<Duration> {
+        self.backlog_drains_in_ms
+            .map(|ms| Duration::from_secs((ms.max(0) as u64).div_ceil(60_000).max(1) * 60))
+    }
+
     /// Whether the key is far behind: a due check has waited more than a window. A burst
     /// past the budget does that to its backlog, and so does a key paused or refused; a
     /// brief wait behind the budget's pace is normal operation when it is scarce.
@@ -76,9 +85,56 @@ impl PoolStatus {
     }
 }
 
+/// How long a backlog of `backlog` payments takes to drain at the pace it had: `sent`
+/// backlog checks over the last `span_ms` (at most a window). Each payment in it needs
+/// one check at least, and payments may still join it, so this is a floor at the current
+/// pace, not a promise. `None` with no backlog, or before a fifth of a window of pace (while
+/// a burst is still forming its backlog, the pace says nothing yet).
+pub fn drain_eta(backlog: usize, sent: usize, span_ms: i64, window_ms: i64) -> Option<i64> {
+    if backlog == 0 || sent == 0 || span_ms < window_ms / 5 || span_ms <= 0 {
+        return None;
+    }
+    Some((backlog as f64 * span_ms as f64 / sent as f64).round() as i64)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::PoolStatus;
+    use super::{drain_eta, PoolStatus};
+    use std::time::Duration;
+
+    #[test]
+    fn a_backlog_drains_at_the_pace_it_had() {
+        // 1,800 left, 200 sent over the last window: nine windows more.
+        assert_eq!(drain_eta(1800, 200, 600_000, 600_000), Some(5_400_000));
+        // Half a window since it formed, 100 sent: the same pace.
+        assert_eq!(drain_eta(1800, 100, 300_000, 600_000), Some(5_400_000));
+        assert_eq!(drain_eta(0, 100, 600_000, 600_000), None, "no backlog");
+        assert_eq!(drain_eta(50, 0, 600_000, 600_000), None, "no pace yet");
+        assert_eq!(
+            drain_eta(50, 30, 100_000, 600_000),
+            None,
+            "too short to tell"
+        );
+        let said = |ms: Option<i64>| {
+            PoolStatus {
+                backlog_drains_in_ms: ms,
+                ..PoolStatus::default()
+            }
+            .backlog_drains_in()
+        };
+        assert_eq!(said(Some(5_400_000)), Some(Duration::from_secs(90 * 60)));
+        assert_eq!(
+            said(Some(5_400_001)),
+            Some(Duration::from_secs(91 * 60)),
+            "up"
+        );
+        assert_eq!(
+            said(Some(10_000)),
+            Some(Duration::from_secs(60)),
+            "a minute at least"
+        );
+        assert_eq!(said(None), None);
+    }
 
     #[test]
     fn a_key_keeps_up_below_one_arrival_per_request() {

@@ -330,6 +330,9 @@ pub struct PoolHealth {
     pub backlog: usize,
     /// How late the earliest due check waiting to be sent is (0: none waits).
     pub behind_ms: i64,
+    /// How long the backlog takes to drain at its pace over the last window (`null`
+    /// without a backlog, or before its pace is known). A floor: payments may still join.
+    pub backlog_drains_in_ms: Option<i64>,
     pub policy: Vec<KindPolicyView>,
     pub paused_for_ms: Option<i64>,
     pub unhealthy_kinds: Vec<KindName>,

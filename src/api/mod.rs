@@ -391,6 +391,7 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
             keeps_up: p.keeps_up(),
             backlog: p.backlog,
             behind_ms: p.behind_ms,
+            backlog_drains_in_ms: p.backlog_drains_in_ms,
             policy: p
                 .kinds
                 .iter()
@@ -476,11 +477,14 @@ pub fn health_problems(
             let behind = humantime::format_duration(p.behind());
             problems.push(if p.backlog > 0 {
                 format!(
-                    "key {}: checks are {behind} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked within a share of the budget until it drains (ninjapay.backlog_share: more drains it sooner, at the cost of the payments still coming); if this recurs, spread the payments over more API keys",
+                    "key {}: checks are {behind} behind; {} payments are in its backlog (more came than its budget of {} per {} can check on time) and are checked within a share of the budget until it drains{} (ninjapay.backlog_share: more drains it sooner, at the cost of the payments still coming); if this recurs, spread the payments over more API keys",
                     p.name,
                     p.backlog,
                     p.budget_effective,
-                    humantime::format_duration(p.window())
+                    humantime::format_duration(p.window()),
+                    p.backlog_drains_in()
+                        .map(|d| format!(", in {} or more at its pace so far", humantime::format_duration(d)))
+                        .unwrap_or_default()
                 )
             } else {
                 format!(

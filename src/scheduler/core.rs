@@ -20,7 +20,7 @@ use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
 use crate::policy::{arrival_rate, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
-use crate::status::{KindPolicy, PoolStatus};
+use crate::status::{drain_eta, KindPolicy, PoolStatus};
 use crate::store::{CheckRecord, EventSpec, PendingRow};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -219,6 +219,9 @@ struct Pool {
     recheck_sent: VecDeque<UnixMs>,
     /// The requests of the last [`Core::on_time`]: when, and whether for the backlog.
     recent_sent: VecDeque<(UnixMs, bool)>,
+    /// The backlog's requests of the last window, and since when it has had one: its pace.
+    backlog_sent: VecDeque<UnixMs>,
+    backlog_since: Option<UnixMs>,
     /// More checks are due than the budget sends in half a window, and the budget is
     /// spent (set every tick).
     piled: bool,
@@ -301,6 +304,8 @@ impl Core {
                 rechecks: BinaryHeap::new(),
                 recheck_sent: VecDeque::new(),
                 recent_sent: VecDeque::new(),
+                backlog_sent: VecDeque::new(),
+                backlog_since: None,
                 piled: false,
                 on_plan: false,
                 throttled: 0,
@@ -593,6 +598,14 @@ impl Core {
                 if recheck {
                     self.pools[p].recheck_sent.push_back(now);
                 }
+                if from == Queue::Backlog {
+                    let window = self.window;
+                    let sent = &mut self.pools[p].backlog_sent;
+                    sent.push_back(now);
+                    while sent.front().is_some_and(|t| *t + window <= now) {
+                        sent.pop_front();
+                    }
+                }
                 let span = self.on_time(p);
                 let recent = &mut self.pools[p].recent_sent;
                 recent.push_back((now, from == Queue::Backlog));
@@ -691,6 +704,7 @@ impl Core {
                             let late = now - due.max(e.due_from);
                             if !e.backlog && !e.kind.is_list() && late > on_time {
                                 e.backlog = true;
+                                self.pools[p].backlog_since.get_or_insert(now);
                             }
                         }
                     }
@@ -1506,7 +1520,23 @@ impl Core {
             }
             kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
             let watched = now - self.started >= self.window;
+            let window = self.window;
             let pool = &mut self.pools[p];
+            while pool
+                .backlog_sent
+                .front()
+                .is_some_and(|t| *t + window <= now)
+            {
+                pool.backlog_sent.pop_front();
+            }
+            if backlog == 0 {
+                pool.backlog_since = None;
+                pool.backlog_sent.clear();
+            }
+            let paced = pool
+                .backlog_since
+                .map_or(0, |since| (now - since).min(window));
+            let drains_in = drain_eta(backlog, pool.backlog_sent.len(), paced, window);
             out.push(PoolStatus {
                 name: pool.spec.name.clone(),
                 budget_limit: pool.budget.limit(),
@@ -1520,6 +1550,7 @@ impl Core {
                 arrivals_per_window: watched.then_some(pool.arrivals),
                 backlog,
                 behind_ms: now - earliest_due,
+                backlog_drains_in_ms: drains_in,
                 paused_until: pool.budget.paused_until(now),
                 auth_failing: pool.auth_failing.keys().cloned().collect(),
                 lateness_ms: std::mem::take(&mut pool.lateness_ms),
@@ -1919,6 +1950,54 @@ mod tests {
             );
         }
         assert_eq!(core.pending(), 0);
+    }
+
+    #[test]
+    fn status_tells_when_the_backlog_will_have_drained() {
+        let (mut core, kind) = core_sharing(100, BURST_SHARE);
+        core.assume("p2p", core.grid.ladder_prior());
+        // A lighter stream than `burst_run`'s (a tenth of the budget), for as long as the
+        // backlog drains, so its pace holds.
+        let every = 3 * EVERY;
+        let mut arrivals: VecDeque<(i64, PendingRow)> = VecDeque::new();
+        for i in 0..180 * MIN / every {
+            let at = i * every;
+            if at == BURST_AT {
+                for b in 0..BURST {
+                    arrivals.push_back((at, row(BURST_PK + b, at, 20_000 + b % 10 * 1000)));
+                }
+            }
+            arrivals.push_back((at, row(i, at, 20_000 + i % 10 * 1000)));
+        }
+        let mut driver = Driver::default();
+        let mut now = 0;
+        let mut estimates = Vec::new();
+        let mut drained = None;
+        while now < 180 * MIN && drained.is_none() {
+            driver.run(&mut core, &kind, now, now + MIN, &mut arrivals);
+            now += MIN;
+            let st = core.status(now).remove(0);
+            if st.backlog == 0 && now > BURST_AT + 5 * MIN {
+                drained = Some(now);
+                assert_eq!(st.backlog_drains_in_ms, None);
+            } else if let Some(eta) = st.backlog_drains_in_ms {
+                estimates.push((now, now + eta));
+            }
+        }
+        let drained = drained.expect("the backlog drains");
+        assert!(!estimates.is_empty(), "no estimate while it drained");
+        // From a window and a half after the burst on, each estimate is within a third of
+        // the time the backlog really took to drain (plus two minutes of rounding).
+        for (at, eta) in estimates.iter().filter(|(t, _)| *t >= BURST_AT + 15 * MIN) {
+            let (left, said) = ((drained - at) as f64, (eta - at) as f64);
+            assert!(
+                (said - left).abs() <= left / 3.0 + 2.0 * MIN as f64,
+                "at {} min: said {} min left, took {}",
+                at / MIN,
+                said / MIN as f64,
+                left / MIN as f64
+            );
+        }
     }
 
     #[test]

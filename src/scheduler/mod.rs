@@ -606,6 +606,7 @@ mod tests {
             arrivals_per_window: None,
             backlog: 0,
             behind_ms: 0,
+            backlog_drains_in_ms: None,
             paused_until: None,
             auth_failing: Vec::new(),
             lateness_ms: Vec::new(),

@@ -739,6 +739,23 @@ async fn a_burst_forms_a_backlog_that_health_shows_while_later_payments_keep_the
     .await;
     let behind = seen.last().unwrap();
     assert_eq!(behind["healthy"], false, "{behind:#}");
+    // Once the backlog has a pace, health says how long it takes to drain at that pace.
+    let seen = watch_health(&d, Duration::from_secs(10), |h| {
+        h["budget"][0]["backlog_drains_in_ms"].as_i64().is_some()
+    })
+    .await;
+    let paced = seen.last().unwrap();
+    assert!(
+        paced["budget"][0]["backlog_drains_in_ms"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0,
+        "{paced:#}"
+    );
+    assert!(
+        paced["budget"][0]["backlog"].as_u64().unwrap_or(0) > 0,
+        "{paced:#}"
+    );
     assert!(
         behind["problems"].to_string().contains("behind"),
         "{behind:#}"
