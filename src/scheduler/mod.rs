@@ -351,12 +351,15 @@ pub fn status_line(pools: &[PoolStatus]) -> String {
                 ""
             };
             // A burst's backlog is what an operator looking at `systemctl status` after
-            // one wants to see first: how big, and how far behind.
+            // one wants to see first: how big, how far behind, and for how long yet.
             let backlog = if p.backlog > 0 {
                 format!(
-                    ", backlog {} ({} behind)",
+                    ", backlog {} ({} behind{})",
                     p.backlog,
-                    humantime::format_duration(p.behind())
+                    humantime::format_duration(p.behind()),
+                    p.backlog_drains_in()
+                        .map(|d| format!(", drains in {}+", humantime::format_duration(d)))
+                        .unwrap_or_default()
                 )
             } else {
                 String::new()
@@ -631,8 +634,16 @@ mod tests {
             ..pool("default", 1900, 1000, 3.5)
         };
         assert_eq!(
-            status_line(&[burst]),
+            status_line(&[burst.clone()]),
             "1900 pending; budget 1000/1000 per 10m (scarce: checks by age), backlog 1820 (14m 2s behind)"
+        );
+        let paced = PoolStatus {
+            backlog_drains_in_ms: Some(5_400_000),
+            ..burst
+        };
+        assert_eq!(
+            status_line(&[paced]),
+            "1900 pending; budget 1000/1000 per 10m (scarce: checks by age), backlog 1820 (14m 2s behind, drains in 1h 30m+)"
         );
     }
 }
