@@ -634,7 +634,7 @@ mod tests {
             ..pool("default", 1900, 1000, 3.5)
         };
         assert_eq!(
-            status_line(&[burst.clone()]),
+            status_line(std::slice::from_ref(&burst)),
             "1900 pending; budget 1000/1000 per 10m (scarce: checks by age), backlog 1820 (14m 2s behind)"
         );
         let paced = PoolStatus {
