@@ -43,8 +43,8 @@ const RECHECK_SHARE: f64 = 0.1;
 /// have their dense early checks together), and a spurt that finds the window full goes
 /// late and joins the backlog. Measured on a burst of 2,000 payments on top of 0.2/s
 /// (`benches/policy.rs`, seeds 9–14, share 0.3): the stream's mean delay per 5 minutes of
-/// arrivals after the burst was 11–33 s without it, 12–15 s with it (pre-burst 10 s);
-/// 1/25 measured alike.
+/// arrivals after the burst was 11–33 s without it, 12–15 s with it (pre-burst 10 s). At
+/// share 0.2, 1/25 measured alike and drained the burst slower.
 const BACKLOG_LEAVES_DIVISOR: u32 = 50;
 
 /// A due check this many windows late outranks every other in the backlog (earliest due
