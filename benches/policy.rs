@@ -275,7 +275,9 @@ fn main() -> anyhow::Result<()> {
         let mut late: Vec<f64> = Vec::new();
         let (mut over, mut missed, mut bound) = (0, 0, 0.0);
         for seed in 0..seeds {
-            let mut sc = Scenario::steady(Mix::a(), burst_rate, HOUR, HOUR, 9 + seed);
+            // The stream goes on for three hours after the burst, so the backlog drains
+            // while it runs (a stream that stops would leave it the whole budget).
+            let mut sc = Scenario::steady(Mix::a(), burst_rate, HOUR, 3 * HOUR, 9 + seed);
             sc.bursts = vec![(HOUR, 2000, MIN, Mix::a())];
             sc.backlog_share = share;
             let r = run(&sc)?;
