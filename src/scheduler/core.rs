@@ -1860,16 +1860,12 @@ mod tests {
     /// and at 20 min a burst of 300 (three windows of budget); the flip ages are the
     /// ladder's prior, fixed. Returns the core, the requests, and the core's state at 35 min
     /// (`(pk, in the backlog)` of the payments held then).
-    fn burst_run() -> (Core, Sent, Vec<(i64, bool)>) {
-        // The stream takes 30% of this small budget for its deadline checks alone: at the
-        // default share its deadline checks would queue behind its other checks and go
-        // late (the bench measures the default on the real budget).
-        let (mut core, kind) = core_sharing(100, BURST_SHARE);
-        let prior = core.grid.ladder_prior();
-        core.assume("p2p", prior);
-        let mut arrivals: VecDeque<(i64, PendingRow)> = VecDeque::new();
-        for i in 0..STREAM {
-            let at = i * EVERY;
+    /// A stream of `stream` payments, one every `every` ms, and [`BURST`] more at once at
+    /// [`BURST_AT`] (keys from [`BURST_PK`]); first checks jittered over 20–29 s.
+    fn burst_arrivals(every: i64, stream: i64) -> VecDeque<(i64, PendingRow)> {
+        let mut arrivals = VecDeque::new();
+        for i in 0..stream {
+            let at = i * every;
             if at == BURST_AT {
                 for b in 0..BURST {
                     arrivals.push_back((at, row(BURST_PK + b, at, 20_000 + b % 10 * 1000)));
@@ -1877,6 +1873,17 @@ mod tests {
             }
             arrivals.push_back((at, row(i, at, 20_000 + i % 10 * 1000)));
         }
+        arrivals
+    }
+
+    fn burst_run() -> (Core, Sent, Vec<(i64, bool)>) {
+        // The stream takes 30% of this small budget for its deadline checks alone: at the
+        // default share its deadline checks would queue behind its other checks and go
+        // late (the bench measures the default on the real budget).
+        let (mut core, kind) = core_sharing(100, BURST_SHARE);
+        let prior = core.grid.ladder_prior();
+        core.assume("p2p", prior);
+        let mut arrivals = burst_arrivals(EVERY, STREAM);
         let mut driver = Driver::default();
         let mut sent = driver.run(&mut core, &kind, 0, 35 * MIN, &mut arrivals);
         let held = core.entries.values().map(|e| (e.pk.0, e.backlog)).collect();
@@ -1953,22 +1960,45 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_leaves_room_for_the_payments_on_plan_and_none_without_them() {
+        // 100 a window: the backlog leaves 2 free. Three payments long past their deadline,
+        // in the backlog; one on plan, its first check not yet due.
+        let (mut core, _) = core(100);
+        let now = 3_000_000;
+        for pk in 1..=3 {
+            core.track(row(pk, now - 1_000_000, 20_000), now, false);
+            core.entries.get_mut(&PaymentKey(pk)).unwrap().backlog = true;
+        }
+        core.track(row(9, now - 1_000, 20_000), now, false);
+        for _ in 0..97 {
+            assert!(core.pools[0].budget.try_acquire(now));
+            core.pools[0].budget.release(now);
+        }
+        core.tick(now);
+        // 97 used: one more leaves 2.
+        assert_eq!(core.peek_due(0, now).map(|(q, _)| q), Some(Queue::Backlog));
+        assert!(core.pools[0].budget.try_acquire(now));
+        core.pools[0].budget.release(now);
+        // 98 used: the last 2 wait for the payment on plan.
+        assert_eq!(core.peek_due(0, now), None);
+        assert_eq!(
+            core.next_wake(now).map(|w| w > now),
+            Some(true),
+            "no busy wake"
+        );
+        // Without a payment on plan, the backlog takes them.
+        core.untrack(PaymentKey(9));
+        core.tick(now);
+        assert_eq!(core.peek_due(0, now).map(|(q, _)| q), Some(Queue::Backlog));
+    }
+
+    #[test]
     fn status_tells_when_the_backlog_will_have_drained() {
         let (mut core, kind) = core_sharing(100, BURST_SHARE);
         core.assume("p2p", core.grid.ladder_prior());
         // A lighter stream than `burst_run`'s (a tenth of the budget), for as long as the
         // backlog drains, so its pace holds.
-        let every = 3 * EVERY;
-        let mut arrivals: VecDeque<(i64, PendingRow)> = VecDeque::new();
-        for i in 0..180 * MIN / every {
-            let at = i * every;
-            if at == BURST_AT {
-                for b in 0..BURST {
-                    arrivals.push_back((at, row(BURST_PK + b, at, 20_000 + b % 10 * 1000)));
-                }
-            }
-            arrivals.push_back((at, row(i, at, 20_000 + i % 10 * 1000)));
-        }
+        let mut arrivals = burst_arrivals(3 * EVERY, 180 * MIN / (3 * EVERY));
         let mut driver = Driver::default();
         let mut now = 0;
         let mut estimates = Vec::new();

@@ -739,12 +739,18 @@ async fn a_burst_forms_a_backlog_that_health_shows_while_later_payments_keep_the
     .await;
     let behind = seen.last().unwrap();
     assert_eq!(behind["healthy"], false, "{behind:#}");
-    // Once the backlog has a pace, health says how long it takes to drain at that pace.
+    // Once the backlog has a pace, health says how long it takes to drain at that pace,
+    // in the field and in the problem line.
     let seen = watch_health(&d, Duration::from_secs(10), |h| {
         h["budget"][0]["backlog_drains_in_ms"].as_i64().is_some()
+            && h["problems"].to_string().contains("at its pace so far")
     })
     .await;
     let paced = seen.last().unwrap();
+    assert!(
+        paced["problems"].to_string().contains("at its pace so far"),
+        "{paced:#}"
+    );
     assert!(
         paced["budget"][0]["backlog_drains_in_ms"]
             .as_i64()
