@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             seed: 21 + seed,
             oracle: false,
             backlog_share: BacklogShare::DEFAULT,
+            others: Vec::new(),
         };
         let r = sim::run(&sc)?;
         means.push(r.mean_ms);

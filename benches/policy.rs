@@ -5,11 +5,14 @@
 //! (1,000 requests per 10 minutes), after one hour of warm-up traffic from an empty
 //! state, over `NINJAPOLL_BENCH_HOURS` (default 2) measured hours: mean / median / p95
 //! delay, the bound (dynamic program, same run), their ratio, budget used, requests over
-//! budget, missed deadline checks. Then a change of mix (A for an hour, then B) and a
-//! burst (2,000 payments in one minute on top of 0.2/s), as delay over time.
+//! budget, missed deadline checks. Then two kinds with different mixes on one key (against
+//! the bound for both on the one budget), a change of mix (A for an hour, then B), steps of
+//! the arrival rate (up and down), and a burst (2,000 payments in one minute on top of
+//! 0.2/s), the last three as delay over time.
 //!
 //! Run: `cargo bench --bench policy` (`NINJAPOLL_BENCH_SEEDS=3` repeats each row with other
-//! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|change|burst` runs one part;
+//! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|kinds|change|rate|burst` runs
+//! one part;
 //! `NINJAPOLL_BENCH_MIX=A` and `NINJAPOLL_BENCH_RATES=0.1,0.5` narrow the steady table;
 //! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s;
 //! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G;
@@ -249,6 +252,106 @@ fn main() -> anyhow::Result<()> {
             line.join(" "),
             r.over_budget,
             r.missed_deadlines
+        );
+    }
+
+    // Two kinds on one key, each with its own mix (`s1` beside `p2p`): one price for both,
+    // each learnt apart. The bound is the one for both streams on the one budget.
+    let pairs: Vec<(&str, Mix, f64, &str, Mix, f64)> = if part("kinds") {
+        vec![
+            ("A", Mix::a(), 0.1, "C", mix_c(), 0.3),
+            ("A", Mix::a(), 0.25, "B", Mix::b(), 0.25),
+            ("B", Mix::b(), 0.1, "C", mix_c(), 0.4),
+            ("A", Mix::a(), 0.5, "D", mix_d(), 0.5),
+        ]
+    } else {
+        vec![]
+    };
+    for (na, ma, ra, nb, mb, rb) in pairs {
+        let (mut ratios, mut bounds, mut means_a, mut means_b, mut spend) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut over, mut missed) = (0, 0);
+        for seed in 0..seeds {
+            let mut sc = Scenario::steady(ma.clone(), ra, HOUR, measure, 31 + seed);
+            sc.others = vec![(rb, mb.clone())];
+            let r = run(&sc)?;
+            let mean_of = |stream: usize| {
+                let d: Vec<f64> = r
+                    .fates
+                    .iter()
+                    .filter(|f| f.stream == stream && f.arrived >= HOUR)
+                    .filter_map(|f| Some((f.seen? - f.flip?) as f64 / 1000.0))
+                    .collect();
+                d.iter().sum::<f64>() / d.len().max(1) as f64
+            };
+            ratios.push(r.ratio);
+            bounds.push(r.bound_ms / 1000.0);
+            means_a.push(mean_of(0));
+            means_b.push(mean_of(1));
+            spend.push(r.budget_use * 100.0);
+            over += r.over_budget;
+            missed += r.missed_deadlines;
+        }
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "kinds {na} {ra}/s + {nb} {rb}/s: ratio {:.2} ({lo:.2}–{hi:.2}) to the bound {:.1} s; mean delay {na} {:.1} s, {nb} {:.1} s; budget used {:.1}%, over budget {over}, missed {missed}",
+            median(ratios),
+            median(bounds),
+            median(means_a),
+            median(means_b),
+            median(spend),
+        );
+    }
+
+    // The arrival rate steps (a lunch-hour surge and its end), mix A throughout: the
+    // ratio per 10 minutes after the step, to the bound at the new rate, median of seeds.
+    let steps: &[(f64, f64)] = if part("rate") {
+        &[(0.2, 1.0), (1.0, 0.2), (0.1, 0.5), (0.5, 0.1)]
+    } else {
+        &[]
+    };
+    for &(from, to) in steps {
+        let mut per_slice: Vec<Vec<f64>> = Vec::new();
+        let (mut over, mut missed, mut bound, mut spend) = (0, 0, 0.0, Vec::new());
+        for seed in 0..seeds {
+            let mut sc = Scenario::steady(Mix::a(), to, HOUR, HOUR, 21 + seed);
+            sc.phases = vec![
+                Phase {
+                    duration_ms: HOUR,
+                    rate: from,
+                    mix: Mix::a(),
+                },
+                Phase {
+                    duration_ms: HOUR,
+                    rate: to,
+                    mix: Mix::a(),
+                },
+            ];
+            let r = run(&sc)?;
+            for (i, (_, d, _)) in timeline(&r, HOUR, 2 * HOUR, 10 * MIN)
+                .into_iter()
+                .enumerate()
+            {
+                if per_slice.len() <= i {
+                    per_slice.push(Vec::new());
+                }
+                per_slice[i].push(d * 1000.0 / r.bound_ms);
+            }
+            over += r.over_budget;
+            missed += r.missed_deadlines;
+            bound = r.bound_ms;
+            spend.push(r.budget_use);
+        }
+        let line: Vec<String> = per_slice
+            .into_iter()
+            .map(|v| format!("{:.2}", median(v)))
+            .collect();
+        println!(
+            "rate step {from}/s → {to}/s (mix A): ratio to the bound at {to}/s ({:.1} s) per 10 min after the step: {}  (budget used after it {:.1}%, over budget {over}, missed {missed})",
+            bound / 1000.0,
+            line.join(" "),
+            median(spend) * 100.0,
         );
     }
 

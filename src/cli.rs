@@ -299,6 +299,7 @@ async fn simulate(
         seed: 1,
         oracle: false,
         backlog_share: cfg.ninjapay.backlog_share,
+        others: Vec::new(),
     };
     let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;
     let dist = mix.dist(&grid, scale);

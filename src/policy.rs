@@ -433,26 +433,42 @@ pub fn dearest_alike(level: f64, top: usize, flip_delay: impl Fn(f64) -> f64) ->
 /// the two neighbouring prices whose schedules spend just more and just less, mixed to
 /// spend the budget exactly. Below the budget of the densest schedule, that schedule.
 pub fn bound(grid: &Grid, dist: &FlipDist, budget_checks: f64) -> Bound {
-    let solve = |mu: f64| Table::solve(grid, dist, mu, 0);
-    let dense = solve(0.0);
+    bound_mixed(grid, &[(1.0, dist)], budget_checks)
+}
+
+/// [`bound`] for several streams sharing one budget (kinds on one key): `streams` are
+/// `(share of the payments, flip distribution)`, and `budget_checks` the requests per
+/// payment of them all. One price for every stream, as a request costs the same whichever
+/// kind it checks; the delay is the mean over all their flips.
+pub fn bound_mixed(grid: &Grid, streams: &[(f64, &FlipDist)], budget_checks: f64) -> Bound {
+    let total: f64 = streams.iter().map(|(w, _)| w.max(0.0)).sum();
+    let at = |mu: f64| -> Bound {
+        let (mut checks, mut delay, mut flips) = (0.0, 0.0, 0.0);
+        for &(w, dist) in streams {
+            let w = w.max(0.0) / total.max(f64::MIN_POSITIVE);
+            let t = Table::solve(grid, dist, mu, 0);
+            checks += w * t.checks;
+            delay += w * dist.flips() * t.delay;
+            flips += w * dist.flips();
+        }
+        Bound {
+            delay: if flips > 0.0 { delay / flips } else { 0.0 },
+            checks,
+        }
+    };
+    let dense = at(0.0);
     if dense.checks <= budget_checks {
-        return Bound {
-            delay: dense.delay,
-            checks: dense.checks,
-        };
+        return dense;
     }
     // Expected checks fall as the price rises: bisect on log μ.
     let (mut lo, mut hi) = (1e-4f64, 1e7f64);
-    let (mut t_lo, mut t_hi) = (solve(lo), solve(hi));
+    let (mut t_lo, mut t_hi) = (at(lo), at(hi));
     if t_hi.checks > budget_checks {
-        return Bound {
-            delay: t_hi.delay,
-            checks: t_hi.checks,
-        };
+        return t_hi;
     }
     for _ in 0..60 {
         let mid = (lo * hi).sqrt();
-        let t = solve(mid);
+        let t = at(mid);
         if t.checks > budget_checks {
             lo = mid;
             t_lo = t;
@@ -912,6 +928,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn kinds_sharing_a_budget_are_bounded_at_one_price() {
+        let grid = Grid::new(&Ladder::documented());
+        // Flips spread over the whole life, and flips done by 40 s with the rest never
+        // flipping.
+        let slow = FlipDist::from_cdf(CELLS, |a| 0.9 * ((a - 20.0) / 580.0).clamp(0.0, 1.0));
+        let fast = FlipDist::from_cdf(CELLS, |a| 0.5 * ((a - 20.0) / 20.0).clamp(0.0, 1.0));
+        let per_payment = 1000.0 / 600.0 / 0.5;
+        // One stream split in two is the same stream.
+        let one = bound(&grid, &fast, per_payment);
+        let halves = bound_mixed(&grid, &[(1.0, &fast), (1.0, &fast)], per_payment);
+        assert!((one.delay - halves.delay).abs() < 1e-6 * one.delay);
+        assert!((halves.checks - per_payment).abs() < 1e-6);
+        // Two mixes: one price beats giving each kind the same requests per payment, which
+        // the quick kind cannot use.
+        let both = bound_mixed(&grid, &[(1.0, &fast), (1.0, &slow)], per_payment);
+        let (f, s) = (
+            bound(&grid, &fast, per_payment),
+            bound(&grid, &slow, per_payment),
+        );
+        let even =
+            (fast.flips() * f.delay + slow.flips() * s.delay) / (fast.flips() + slow.flips());
+        assert!((both.checks - per_payment).abs() < 1e-6);
+        assert!(both.delay < even * 0.9, "{} vs {even}", both.delay);
     }
 
     #[test]

@@ -246,6 +246,10 @@ pub struct Scenario {
     pub oracle: bool,
     /// The share of the budget a burst's backlog may take (`ninjapay.backlog_share`).
     pub backlog_share: BacklogShare,
+    /// More streams on the same key, each its own kind (`s1`, `s2`, …, checked like
+    /// `p2p`), at `(rate, mix)` for as long as the phases last: a merchant taking several
+    /// kinds of payment.
+    pub others: Vec<(f64, Mix)>,
 }
 
 impl Scenario {
@@ -266,12 +270,14 @@ impl Scenario {
             seed,
             oracle: false,
             backlog_share: BacklogShare::DEFAULT,
+            others: Vec::new(),
         }
     }
 }
 
-/// A payment to come: when, its flip (age and state) if any, whether from a burst.
-type Arrival = (UnixMs, Option<(i64, State)>, bool);
+/// A payment to come: when, its flip (age and state) if any, whether from a burst, and
+/// its stream (0: the phases' and bursts', `i`: `others[i - 1]`).
+type Arrival = (UnixMs, Option<(i64, State)>, bool, usize);
 
 /// One payment's fate in a run.
 #[derive(Debug, Clone)]
@@ -287,6 +293,8 @@ pub struct Fate {
     pub checks: u32,
     /// Whether it comes from a burst.
     pub burst: bool,
+    /// Its stream: 0 for the phases' and bursts', `i` for `Scenario::others[i - 1]`.
+    pub stream: usize,
 }
 
 /// The figures of a run.
@@ -335,14 +343,27 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     raw.ninjapay.budget_window = Some(std::time::Duration::from_millis(sc.window_ms.max(0) as u64));
     raw.ninjapay.max_in_flight = Some(64);
     raw.ninjapay.backlog_share = Some(sc.backlog_share.get());
+    let p2p = crate::kinds::presets()
+        .remove("p2p")
+        .ok_or_else(|| anyhow::anyhow!("no p2p preset"))?;
+    let stream_kinds: Vec<String> = std::iter::once("p2p".to_string())
+        .chain((1..=sc.others.len()).map(|i| format!("s{i}")))
+        .collect();
+    for name in stream_kinds.iter().skip(1) {
+        raw.kinds.insert(name.clone(), p2p.clone());
+    }
     let mut cfg = Config::from_raw(raw)?;
     cfg.ladder = sc.ladder.clone();
     let (core_cfg, _) = core_config(&cfg, sc.seed);
-    let kind = cfg
-        .kinds
-        .get("p2p")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no p2p kind"))?;
+    let kinds = stream_kinds
+        .iter()
+        .map(|name| {
+            cfg.kinds
+                .get(name.as_str())
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no {name} kind"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut rng = fastrand::Rng::with_seed(sc.seed ^ 0x5eed);
     let scale = sc.ladder.timeout_ms() as f64 / 600_000.0;
     let mut now: UnixMs = 0;
@@ -367,16 +388,30 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 if t >= end {
                     break;
                 }
-                arrivals.push((t as i64, ph.mix.draw(&mut rng, scale), false));
+                arrivals.push((t as i64, ph.mix.draw(&mut rng, scale), false, 0));
             }
         }
         t0 += ph.duration_ms;
     }
     let arrivals_end = t0;
+    for (i, (rate, mix)) in sc.others.iter().enumerate() {
+        if *rate <= 0.0 {
+            continue;
+        }
+        let mean_gap = 1000.0 * scale / rate;
+        let mut t = 0.0;
+        loop {
+            t += -mean_gap * rng.f64().max(1e-12).ln();
+            if t >= arrivals_end as f64 {
+                break;
+            }
+            arrivals.push((t as i64, mix.draw(&mut rng, scale), false, i + 1));
+        }
+    }
     for (at, count, spread, mix) in &sc.bursts {
         for _ in 0..*count {
             let t = at + rng.i64(0..=(*spread).max(0));
-            arrivals.push((t, mix.draw(&mut rng, scale), true));
+            arrivals.push((t, mix.draw(&mut rng, scale), true, 0));
         }
     }
     arrivals.sort_by_key(|a| a.0);
@@ -421,7 +456,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                             };
                             crate::kinds::Observation::Status {
                                 raw: raw.into(),
-                                state: kind.map_status(raw),
+                                state: req.kind.map_status(raw),
                                 response: json!({ "status": raw }),
                             }
                         })
@@ -457,7 +492,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         }
         // The next event.
         let mut next = next_tick;
-        if let Some(&(at, _, _)) = arrivals.get(next_arrival) {
+        if let Some(&(at, ..)) = arrivals.get(next_arrival) {
             next = next.min(at);
         }
         if let Some(Reverse((at, _))) = completions.peek() {
@@ -467,7 +502,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             next = next.min(w.max(now + 1));
         }
         now = next.max(now);
-        while let Some(&(at, flip, burst)) = arrivals.get(next_arrival) {
+        while let Some(&(at, flip, burst, stream)) = arrivals.get(next_arrival) {
             if at > now {
                 break;
             }
@@ -484,11 +519,12 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 state: State::Pending,
                 checks: 0,
                 burst,
+                stream,
             });
             core.track(
                 PendingRow {
                     pk: PaymentKey(pk),
-                    kind: kind.name.clone(),
+                    kind: kinds[stream].name.clone(),
                     id: format!("S{pk}"),
                     upstream_status: None,
                     started_at: at,
@@ -564,7 +600,25 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let grid = Grid::new(&sc.ladder);
     let span = (arrivals_end - sc.warmup_ms).max(1);
     let bound_ms = match sc.phases.last() {
-        Some(ph) => bound_ms(&grid, &ph.mix.dist(&grid, scale), ph.rate, scale, sc),
+        Some(ph) if sc.others.is_empty() => {
+            bound_ms(&grid, &ph.mix.dist(&grid, scale), ph.rate, scale, sc)
+        }
+        Some(ph) => {
+            // One budget for every stream: the bound prices them alike.
+            let streams: Vec<(f64, FlipDist)> =
+                std::iter::once((ph.rate, ph.mix.dist(&grid, scale)))
+                    .chain(sc.others.iter().map(|(r, m)| (*r, m.dist(&grid, scale))))
+                    .collect();
+            let rate: f64 = streams.iter().map(|(r, _)| r.max(0.0)).sum();
+            let per_window = rate * sc.window_ms as f64 / (1000.0 * scale);
+            let refs: Vec<(f64, &FlipDist)> = streams.iter().map(|(r, d)| (*r, d)).collect();
+            if per_window > 0.0 {
+                crate::policy::bound_mixed(&grid, &refs, f64::from(sc.budget) / per_window).delay
+                    * grid.unit_ms() as f64
+            } else {
+                0.0
+            }
+        }
         None => 0.0,
     };
     let missed = fates
@@ -659,11 +713,10 @@ mod tests {
             .all(|(ms, _)| (5_000..=550_000).contains(ms)));
     }
 
-    #[test]
-    fn a_light_stream_runs_the_ladder_and_a_heavy_one_stays_within_budget() {
-        // Compressed 100×: the whole ladder in 6 s, the budget per 6 s.
+    /// The documented ladder compressed 100×: the whole ladder in 6 s.
+    fn compressed_ladder() -> Ladder {
         let s = |secs: u64| std::time::Duration::from_millis(secs * 10);
-        let ladder = Ladder::new(
+        Ladder::new(
             (s(20), s(25)),
             &[
                 (s(3), Some(s(30))),
@@ -674,7 +727,13 @@ mod tests {
             ],
             s(600),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_light_stream_runs_the_ladder_and_a_heavy_one_stays_within_budget() {
+        // Compressed 100×, the budget per 6 s.
+        let ladder = compressed_ladder();
         let scenario = |rate: f64| Scenario {
             ladder: ladder.clone(),
             budget: 1000,
@@ -690,6 +749,7 @@ mod tests {
             seed: 3,
             oracle: false,
             backlog_share: BacklogShare::DEFAULT,
+            others: Vec::new(),
         };
         let light = run(&scenario(0.02)).unwrap();
         assert_eq!(light.over_budget, 0);
@@ -712,5 +772,33 @@ mod tests {
             "heavy: {:?}",
             (heavy.mean_ms, heavy.bound_ms)
         );
+    }
+
+    #[test]
+    fn kinds_on_one_key_share_its_budget_and_are_each_checked() {
+        // Mix A as `p2p` and mix B as `s1`, 0.25/s each, compressed 100×.
+        let mut sc = Scenario::steady(Mix::a(), 0.25, 6_000, 30_000, 4);
+        sc.ladder = compressed_ladder();
+        sc.window_ms = 6_000;
+        sc.latency_ms = (1, 3);
+        sc.others = vec![(0.25, Mix::b())];
+        let r = run(&sc).unwrap();
+        assert_eq!(r.over_budget, 0);
+        assert_eq!(r.missed_deadlines, 0);
+        assert!(r.budget_use > 0.9, "spends the budget: {}", r.budget_use);
+        for stream in [0, 1] {
+            let seen = r
+                .fates
+                .iter()
+                .filter(|f| f.stream == stream && f.seen.is_some())
+                .count();
+            assert!(seen > 100, "stream {stream}: {seen} flips seen");
+        }
+        // Against the bound of both streams on the one budget, which is above mix A's
+        // alone at the same total rate (B flips later).
+        let grid = Grid::new(&sc.ladder);
+        let a_alone = bound_ms(&grid, &Mix::a().dist(&grid, 0.01), 0.5, 0.01, &sc);
+        assert!(r.bound_ms > a_alone, "{} vs {a_alone}", r.bound_ms);
+        assert!(r.ratio < 1.5, "{:?}", (r.mean_ms, r.bound_ms));
     }
 }
