@@ -505,20 +505,27 @@ pub const RATE_WINDOWS: usize = 6;
 /// whole windows (up to [`RATE_WINDOWS`]) with which the newest window agrees (its count
 /// within 3 standard deviations of a Poisson count at the span's rate): a real change of
 /// rate is followed within a window, noise is averaged over an hour. A slice far above the
-/// typical one (a burst) counts as typical, so one burst does not read as a lasting rate.
+/// typical one (a burst) counts as typical, so one burst does not read as a lasting rate;
+/// a window mostly above it is a new rate.
 pub fn arrival_rate(counts: &[u32], per_window: usize) -> f64 {
     let per_window = per_window.max(1);
     let counts = &counts[..counts.len().min(RATE_WINDOWS * per_window)];
     if counts.is_empty() {
         return 0.0;
     }
-    let mut sorted = counts.to_vec();
-    sorted.sort_unstable();
-    let typical = f64::from(sorted[sorted.len() / 2]);
-    // A Poisson count this far above the median is a burst, not the stream.
+    let median = |slices: &[u32]| {
+        let mut sorted = slices.to_vec();
+        sorted.sort_unstable();
+        f64::from(sorted[sorted.len() / 2])
+    };
+    // A Poisson count this far above the typical one is a burst, not the stream. Typical
+    // is the median slice of the whole memory, or of the newest window if higher: a burst
+    // fills a slice or two, but a rate that went up fills most of the window, and is
+    // followed within one instead of once it fills half the memory (half an hour).
+    let newest = per_window.min(counts.len());
+    let typical = median(counts).max(median(&counts[..newest]));
     let cap = typical + 4.0 * typical.max(1.0).sqrt();
     let capped: Vec<f64> = counts.iter().map(|&c| f64::from(c).min(cap)).collect();
-    let newest = per_window.min(capped.len());
     let recent: f64 = capped[..newest].iter().sum();
     let mut best = recent / newest as f64;
     let mut span = 2 * per_window;
@@ -980,11 +987,23 @@ mod tests {
         let mut counts = vec![12u32; 10];
         counts.extend(std::iter::repeat_n(6, 50));
         assert_eq!(arrival_rate(&counts, 10), 12.0);
-        // One slice of a burst in a steady stream.
+        // One slice of a burst in a steady stream, or two.
         let mut counts = vec![6u32; 60];
         counts[3] = 2000;
         let rate = arrival_rate(&counts, 10);
         assert!(rate < 6.5, "{rate}");
+        counts[4] = 2000;
+        let rate = arrival_rate(&counts, 10);
+        assert!(rate < 7.0, "{rate}");
+        // A rate five times higher for a window after five at the old one (a lunch-hour
+        // surge): the new rate, not a burst capped at the old one.
+        let mut counts = vec![60u32; 10];
+        counts.extend(std::iter::repeat_n(12, 50));
+        assert_eq!(arrival_rate(&counts, 10), 60.0);
+        // Half a window into it, the newest window's mean.
+        let mut counts = vec![60u32; 6];
+        counts.extend(std::iter::repeat_n(12, 54));
+        assert_eq!(arrival_rate(&counts, 10), (6.0 * 60.0 + 4.0 * 12.0) / 10.0);
         // Less than a window lived.
         assert_eq!(arrival_rate(&[4, 6], 10), 5.0);
         assert_eq!(arrival_rate(&[], 10), 0.0);
