@@ -372,6 +372,8 @@ fn main() -> anyhow::Result<()> {
     };
     // `NINJAPOLL_BENCH_BURST_RATE=0.5`: the stream the burst comes on top of (0.2/s).
     let burst_rate = env_num("NINJAPOLL_BENCH_BURST_RATE", 0.2);
+    // `NINJAPOLL_BENCH_BURST_MINUTES=5`: the burst spread over five minutes (one).
+    let spread = (env_num("NINJAPOLL_BENCH_BURST_MINUTES", 1.0) * MIN as f64) as i64;
     for share in shares {
         let mut slices: Vec<(i64, f64, usize)> = Vec::new();
         let (mut burst_sum, mut burst_n) = (0.0, 0usize);
@@ -381,7 +383,7 @@ fn main() -> anyhow::Result<()> {
             // The stream goes on for three hours after the burst, so the backlog drains
             // while it runs (a stream that stops would leave it the whole budget).
             let mut sc = Scenario::steady(Mix::a(), burst_rate, HOUR, 3 * HOUR, 9 + seed);
-            sc.bursts = vec![(HOUR, 2000, MIN, Mix::a())];
+            sc.bursts = vec![(HOUR, 2000, spread, Mix::a())];
             sc.backlog_share = share;
             let r = run(&sc)?;
             for (i, (t, d, n)) in timeline(&r, HOUR - 10 * MIN, 2 * HOUR, 5 * MIN)
@@ -418,7 +420,8 @@ fn main() -> anyhow::Result<()> {
             .map(|(t, sum, n)| format!("{:+}m:{:.0}s", (t - HOUR) / MIN, sum / (*n).max(1) as f64))
             .collect();
         println!(
-            "burst of 2,000 at {burst_rate}/s, backlog share {} ({seeds} seed(s)): stream's mean delay per 5 min of arrivals (bound {bound:.1} s): {}",
+            "burst of 2,000 over {} min at {burst_rate}/s, backlog share {} ({seeds} seed(s)): stream's mean delay per 5 min of arrivals (bound {bound:.1} s): {}",
+            spread / MIN,
             share.get(),
             line.join(" ")
         );

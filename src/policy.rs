@@ -506,8 +506,8 @@ pub const RATE_WINDOWS: usize = 6;
 /// within 3 standard deviations of a Poisson count at the span's rate): a real change of
 /// rate is followed within a window, noise is averaged over an hour. A slice far above the
 /// typical one (a burst) counts as typical, so one burst does not read as a lasting rate;
-/// a window mostly above it is a new rate.
-pub fn arrival_rate(counts: &[u32], per_window: usize) -> f64 {
+/// a window mostly above it is a new rate, if at most `servable` per slice.
+pub fn arrival_rate(counts: &[u32], per_window: usize, servable: f64) -> f64 {
     let per_window = per_window.max(1);
     let counts = &counts[..counts.len().min(RATE_WINDOWS * per_window)];
     if counts.is_empty() {
@@ -519,11 +519,18 @@ pub fn arrival_rate(counts: &[u32], per_window: usize) -> f64 {
         f64::from(sorted[sorted.len() / 2])
     };
     // A Poisson count this far above the typical one is a burst, not the stream. Typical
-    // is the median slice of the whole memory, or of the newest window if higher: a burst
-    // fills a slice or two, but a rate that went up fills most of the window, and is
-    // followed within one instead of once it fills half the memory (half an hour).
+    // is the median slice of the whole memory, or of the newest window if higher and one
+    // key can serve it (`servable`): a rate that went up fills most of the window, and is
+    // followed within one instead of once it fills half the memory (half an hour). A surge
+    // no key could serve as a stream (each payment costs a request) is a burst however
+    // long: pricing every new payment for it would leave them all their deadline checks
+    // only, while the backlog rule serves it and keeps the stream's price.
     let newest = per_window.min(counts.len());
-    let typical = median(counts).max(median(&counts[..newest]));
+    let recent_typical = median(&counts[..newest]);
+    let mut typical = median(counts);
+    if recent_typical <= servable {
+        typical = typical.max(recent_typical);
+    }
     let cap = typical + 4.0 * typical.max(1.0).sqrt();
     let capped: Vec<f64> = counts.iter().map(|&c| f64::from(c).min(cap)).collect();
     let recent: f64 = capped[..newest].iter().sum();
@@ -973,7 +980,7 @@ mod tests {
             let counts: Vec<u32> = (0..60).map(|_| draw(&mut rng)).collect();
             let short = counts[..10].iter().sum::<u32>() as f64 / 10.0;
             short_err += (short - 6.0).powi(2);
-            long_err += (arrival_rate(&counts, 10) - 6.0).powi(2);
+            long_err += (arrival_rate(&counts, 10, 100.0) - 6.0).powi(2);
         }
         assert!(
             long_err < short_err / 3.0,
@@ -986,27 +993,35 @@ mod tests {
         // Newest first: a window at 12 per slice after five at 6.
         let mut counts = vec![12u32; 10];
         counts.extend(std::iter::repeat_n(6, 50));
-        assert_eq!(arrival_rate(&counts, 10), 12.0);
+        assert_eq!(arrival_rate(&counts, 10, 100.0), 12.0);
         // One slice of a burst in a steady stream, or two.
         let mut counts = vec![6u32; 60];
         counts[3] = 2000;
-        let rate = arrival_rate(&counts, 10);
+        let rate = arrival_rate(&counts, 10, 100.0);
         assert!(rate < 6.5, "{rate}");
         counts[4] = 2000;
-        let rate = arrival_rate(&counts, 10);
+        let rate = arrival_rate(&counts, 10, 100.0);
         assert!(rate < 7.0, "{rate}");
         // A rate five times higher for a window after five at the old one (a lunch-hour
         // surge): the new rate, not a burst capped at the old one.
         let mut counts = vec![60u32; 10];
         counts.extend(std::iter::repeat_n(12, 50));
-        assert_eq!(arrival_rate(&counts, 10), 60.0);
+        assert_eq!(arrival_rate(&counts, 10, 100.0), 60.0);
+        // Unless no key could serve it: then it is a burst, however long.
+        let mut counts = vec![400u32; 10];
+        counts.extend(std::iter::repeat_n(12, 50));
+        let rate = arrival_rate(&counts, 10, 100.0);
+        assert!(rate < 30.0, "{rate}");
         // Half a window into it, the newest window's mean.
         let mut counts = vec![60u32; 6];
         counts.extend(std::iter::repeat_n(12, 54));
-        assert_eq!(arrival_rate(&counts, 10), (6.0 * 60.0 + 4.0 * 12.0) / 10.0);
+        assert_eq!(
+            arrival_rate(&counts, 10, 100.0),
+            (6.0 * 60.0 + 4.0 * 12.0) / 10.0
+        );
         // Less than a window lived.
-        assert_eq!(arrival_rate(&[4, 6], 10), 5.0);
-        assert_eq!(arrival_rate(&[], 10), 0.0);
+        assert_eq!(arrival_rate(&[4, 6], 10, 100.0), 5.0);
+        assert_eq!(arrival_rate(&[], 10, 100.0), 0.0);
     }
 
     /// Evidence of one payment drawn from `dist`, checked every 10 cells from cell 20.

@@ -1322,7 +1322,10 @@ impl Core {
                 *c += 1;
             }
         }
-        arrival_rate(&counts, 10) / slice as f64 * self.grid.unit_ms() as f64
+        // One key serves at most its budget's payments a window, one request each.
+        let pool = self.models[m].pool;
+        let servable = f64::from(self.pools[pool].budget.limit()) / 10.0;
+        arrival_rate(&counts, 10, servable) / slice as f64 * self.grid.unit_ms() as f64
     }
 
     fn set_level(&mut self, p: usize, now: UnixMs) {
@@ -1386,24 +1389,48 @@ impl Core {
         };
         let top = self.models.first().map_or(0, |m| m.plans.top());
         let (mut level, mut projected) = fit(&demand, top, target_plan);
-        if backlog > 0.0 || projected > target_plan {
-            // Overload (a burst): even the dearest schedules of the payments held need
-            // more than the budget, or a backlog takes its share. Raising the price for
-            // them all would send every payment, the stream's too, deadline-only and
-            // leave the budget unused until the deadlines pile up. So the price is never
-            // dearer than the one at which a steady stream at the recent arrival rate
-            // (which ignores a burst) fits: the held checks that do not fit go late and
-            // join the backlog.
-            let stream = |level: usize| -> f64 {
-                models
+        // Overload (a burst): the payments held need more than the budget even at the
+        // dearest schedules, or a backlog takes its share, or a burst spread over minutes is
+        // coming in (far more payments arrived in the last window than the stream's rate
+        // brings, and at the stream's price they would need more than the budget sends in
+        // half a window beyond it). Raising the price for them all would send every payment, the stream's
+        // too, deadline-only, and leave the budget unused until the deadlines pile up (a
+        // burst spread over five minutes, priced in, spent 20% less while it came, and a
+        // window later that room was missing: the stream's checks went late and joined the
+        // backlog, 400–600 s for 15 minutes after it). So the price is never dearer than the
+        // one at which a steady stream at the recent arrival rate (which ignores a burst)
+        // fits: the held checks that do not fit go late and join the backlog.
+        let stream = |level: usize| -> f64 {
+            models
+                .iter()
+                .enumerate()
+                .filter(|(m, model)| model.pool == p && !model.list && rates[*m] > 0.0)
+                .map(|(m, model)| rates[m] * horizon as f64 * model.plans.at(level).checks)
+                .sum()
+        };
+        let window = self.window;
+        let (arrived, expected) = models
+            .iter()
+            .enumerate()
+            .filter(|(_, model)| model.pool == p && !model.list)
+            .map(|(m, model)| {
+                let arrived = model
+                    .arrivals
                     .iter()
-                    .enumerate()
-                    .filter(|(m, model)| model.pool == p && !model.list && rates[*m] > 0.0)
-                    .map(|(m, model)| rates[m] * horizon as f64 * model.plans.at(level).checks)
-                    .sum()
-            };
+                    .rev()
+                    .take_while(|t| **t > now - window)
+                    .count();
+                (arrived as f64, rates[m] * horizon as f64)
+            })
+            .fold((0.0, 0.0), |(a, e), (x, y)| (a + x, e + y));
+        // Far more arrivals than a Poisson stream at the rate brings (as the rate's burst
+        // cap), and too many to price in.
+        let bursting = arrived - expected > 4.0 * expected.max(1.0).sqrt();
+        let overload = backlog > 0.0 || projected > target_plan;
+        if overload || bursting {
             let (l, d) = fit(&stream, top, target_plan);
-            if l < level {
+            let priced_in = || demand(l.floor() as usize) - target_plan > pile as f64;
+            if l < level && (overload || priced_in()) {
                 (level, projected) = (l, d);
             }
         }
