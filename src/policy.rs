@@ -518,20 +518,20 @@ pub fn arrival_rate(counts: &[u32], per_window: usize, servable: f64) -> f64 {
         sorted.sort_unstable();
         f64::from(sorted[sorted.len() / 2])
     };
-    // A Poisson count this far above the typical one is a burst, not the stream. Typical
-    // is the median slice of the whole memory, or of the newest window if higher and one
-    // key can serve it (`servable`): a rate that went up fills most of the window, and is
-    // followed within one instead of once it fills half the memory (half an hour). A surge
-    // no key could serve as a stream (each payment costs a request) is a burst however
-    // long: pricing every new payment for it would leave them all their deadline checks
-    // only, while the backlog rule serves it and keeps the stream's price.
+    // A Poisson count this far above the typical one (the median slice) is a burst, not
+    // the stream.
+    let cap_of = |typical: f64| typical + 4.0 * typical.max(1.0).sqrt();
+    let mut cap = cap_of(median(counts));
+    // Unless most of the newest window is: a rate that went up, followed within a window
+    // instead of once it fills half the memory (half an hour). A surge no key could serve
+    // as a stream (`servable`: each payment costs a request) is a burst however long:
+    // pricing every new payment for it would leave them all their deadline checks only,
+    // while the backlog rule serves it and keeps the stream's price.
     let newest = per_window.min(counts.len());
     let recent_typical = median(&counts[..newest]);
-    let mut typical = median(counts);
-    if recent_typical <= servable {
-        typical = typical.max(recent_typical);
+    if recent_typical > cap && recent_typical <= servable {
+        cap = cap_of(recent_typical);
     }
-    let cap = typical + 4.0 * typical.max(1.0).sqrt();
     let capped: Vec<f64> = counts.iter().map(|&c| f64::from(c).min(cap)).collect();
     let recent: f64 = capped[..newest].iter().sum();
     let mut best = recent / newest as f64;
