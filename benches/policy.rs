@@ -16,8 +16,9 @@
 //! `NINJAPOLL_BENCH_MIX=A` and `NINJAPOLL_BENCH_RATES=0.1,0.5` narrow the steady table;
 //! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s;
 //! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G;
-//! `NINJAPOLL_BENCH_BACKLOG_SHARES=0.2,0.5` runs the burst once per `ninjapay.backlog_share`
-//! and `NINJAPOLL_BENCH_BURST_RATE=0.5` puts it on top of another stream).
+//! `NINJAPOLL_BENCH_BACKLOG_SHARES=0.2,0.5` runs the burst once per `ninjapay.backlog_share`,
+//! `NINJAPOLL_BENCH_BURST_RATE=0.5` puts it on top of another stream and
+//! `NINJAPOLL_BENCH_BURST_MINUTES=5` spreads it over five minutes).
 
 use ninjapoll::sim::{run, BacklogShare, Component, Mix, Phase, Report, Scenario};
 use ninjapoll::{Ladder, State};

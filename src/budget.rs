@@ -24,7 +24,7 @@ impl BacklogShare {
     /// The largest share allowed.
     pub const MAX: f64 = 0.9;
     /// The default: after a burst of 2,000 payments on top of 0.2/s on 1,000 requests a
-    /// window, the stream's delay is back at 10–14 s (9 s before) from five minutes on, and
+    /// window, the stream's delay is back at 10–15 s (9 s before) from five minutes on, and
     /// the burst drains in about two hours (README, "Bursts").
     pub const DEFAULT: Self = Self(0.2);
 
