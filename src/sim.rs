@@ -241,8 +241,9 @@ pub struct Scenario {
     /// Provider latency range, in ms.
     pub latency_ms: (i64, i64),
     pub seed: u64,
-    /// Give the core the first phase's true flip distribution instead of letting it
-    /// learn: separates the cost of learning from the cost of the policy.
+    /// Give the core the true flip distributions (the first phase's, and each other
+    /// stream's) instead of letting it learn: separates the cost of learning from the cost
+    /// of the policy.
     pub oracle: bool,
     /// The share of the budget a burst's backlog may take (`ninjapay.backlog_share`).
     pub backlog_share: BacklogShare,
@@ -369,8 +370,12 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut now: UnixMs = 0;
     let mut core = Core::new(core_cfg, now);
     if sc.oracle {
+        let grid = Grid::new(&sc.ladder);
         if let Some(ph) = sc.phases.first() {
-            core.assume("p2p", ph.mix.dist(&Grid::new(&sc.ladder), scale));
+            core.assume("p2p", ph.mix.dist(&grid, scale));
+        }
+        for (name, (_, mix)) in stream_kinds.iter().skip(1).zip(&sc.others) {
+            core.assume(name, mix.dist(&grid, scale));
         }
     }
     let (first_lo, first_hi) = sc.ladder.first_window();
