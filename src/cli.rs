@@ -94,6 +94,10 @@ enum Command {
         /// The kind whose learnt flips to use.
         #[arg(long, default_value = "p2p")]
         kind: String,
+        /// Another kind on the same key, at its own rate (`upi=0.2/s`; repeatable): its
+        /// learnt flips (or the same published mix), one budget for all.
+        #[arg(long, value_name = "KIND=RATE")]
+        also: Vec<String>,
         /// Simulated hours to measure, after the warm-up.
         #[arg(long, default_value_t = 2.0)]
         hours: f64,
@@ -182,13 +186,22 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             rate,
             mix,
             kind,
+            also,
             hours,
             warmup,
         } => {
             let cfg = load_config(cli.config.as_deref())?;
             let warmup = humantime::parse_duration(warmup)
                 .with_context(|| format!("--warmup {warmup:?}: expected a duration like 1h"))?;
-            simulate(&cfg, rate, mix, kind, (*hours, warmup), cli.json).await
+            let streams = std::iter::once(Ok((kind.clone(), parse_rate(rate)?)))
+                .chain(also.iter().map(|a| {
+                    let (k, r) = a
+                        .split_once('=')
+                        .with_context(|| format!("--also {a:?}: expected KIND=RATE"))?;
+                    Ok((k.to_string(), parse_rate(r)?))
+                }))
+                .collect::<Result<Vec<_>>>()?;
+            simulate(&cfg, &streams, mix, (*hours, warmup), cli.json).await
         }
         #[cfg(feature = "demo")]
         Command::Demo { payments } => {
@@ -218,66 +231,83 @@ fn parse_rate(s: &str) -> Result<f64> {
     Ok(n / secs)
 }
 
+/// `ninjapoll simulate`: `streams` are `(kind, payments per second)` on the one key, the
+/// first the main one.
 async fn simulate(
     cfg: &Config,
-    rate: &str,
+    streams: &[(String, f64)],
     mix: &str,
-    kind: &str,
     (hours, warmup): (f64, std::time::Duration),
     json_out: bool,
 ) -> Result<ExitCode> {
     use crate::policy::{Evidence, Grid, Learner};
     use crate::sim::{Mix, Phase, Scenario};
-    let rate = parse_rate(rate)?;
     if !(hours > 0.0 && hours <= 48.0) {
         bail!("--hours must be in (0, 48]");
     }
     let grid = Grid::new(&cfg.ladder);
-    let (mix, about) = match mix {
-        "learned" | "learnt" => {
-            if !cfg.kinds.contains_key(kind) {
-                bail!("unknown kind {kind:?}");
-            }
-            let rows = if cfg.database_path.exists() {
-                crate::store::Store::read_finished(&cfg.database_path, 0).await?
-            } else {
-                Vec::new()
-            };
-            let mut learner = Learner::new(grid.ladder_prior(), i64::MAX / 4);
-            let mut n = 0;
-            for r in rows.iter().filter(|r| r.kind == kind) {
-                let (pending_seen, final_seen) = r.evidence_times();
-                learner.observe(
-                    r.started_at,
-                    Evidence::of(&grid, r.started_at, pending_seen, final_seen),
-                );
-                n += 1;
-            }
-            for _ in 0..10 {
-                learner.fit(0, std::iter::empty());
-            }
-            let dist = learner.current().clone();
-            let about = if n == 0 {
-                format!(
-                    "no finished {kind} payments in {}: the prior the ladder implies",
-                    cfg.database_path.display()
-                )
-            } else {
-                format!("learnt from {n} finished {kind} payments")
-            };
-            (
-                Mix::Empirical {
-                    dist,
-                    unit_ms: grid.unit_ms(),
-                },
-                about,
-            )
+    let learned = matches!(mix, "learned" | "learnt");
+    let named = if learned {
+        None
+    } else {
+        match Mix::named(mix) {
+            Some(m) => Some(m),
+            None => bail!("--mix {mix:?}: use learned, A or B"),
         }
-        name => match Mix::named(name) {
-            Some(m) => (m, format!("published mix {}", name.to_ascii_uppercase())),
-            None => bail!("--mix {name:?}: use learned, A or B"),
-        },
     };
+    let rows = if learned && cfg.database_path.exists() {
+        crate::store::Store::read_finished(&cfg.database_path, 0).await?
+    } else {
+        Vec::new()
+    };
+    // Each stream's mix, and what it was made of.
+    let mut mixes: Vec<(Mix, String)> = Vec::with_capacity(streams.len());
+    for (i, (kind, _)) in streams.iter().enumerate() {
+        if !cfg.kinds.contains_key(kind.as_str()) {
+            bail!("unknown kind {kind:?}");
+        }
+        if streams[..i].iter().any(|(k, _)| k == kind) {
+            bail!("kind {kind:?} given twice: one rate per kind");
+        }
+        if let Some(m) = &named {
+            mixes.push((
+                m.clone(),
+                format!("published mix {}", mix.to_ascii_uppercase()),
+            ));
+            continue;
+        }
+        let mut learner = Learner::new(grid.ladder_prior(), i64::MAX / 4);
+        let mut n = 0;
+        for r in rows.iter().filter(|r| r.kind == kind.as_str()) {
+            let (pending_seen, final_seen) = r.evidence_times();
+            learner.observe(
+                r.started_at,
+                Evidence::of(&grid, r.started_at, pending_seen, final_seen),
+            );
+            n += 1;
+        }
+        for _ in 0..10 {
+            learner.fit(0, std::iter::empty());
+        }
+        let about = if n == 0 {
+            format!(
+                "no finished {kind} payments in {}: the prior the ladder implies",
+                cfg.database_path.display()
+            )
+        } else {
+            format!("learnt from {n} finished {kind} payments")
+        };
+        mixes.push((
+            Mix::Empirical {
+                dist: learner.current().clone(),
+                unit_ms: grid.unit_ms(),
+            },
+            about,
+        ));
+    }
+    let rate = streams[0].1;
+    let total_rate: f64 = streams.iter().map(|(_, r)| r).sum();
+    let (mix, about) = mixes[0].clone();
     let hour = 3_600_000;
     let warmup_ms = i64::try_from(warmup.as_millis())
         .unwrap_or(hour)
@@ -299,14 +329,38 @@ async fn simulate(
         seed: 1,
         oracle: false,
         backlog_share: cfg.ninjapay.backlog_share,
-        others: Vec::new(),
+        others: streams[1..]
+            .iter()
+            .zip(&mixes[1..])
+            .map(|((_, r), (m, _))| (*r, m.clone()))
+            .collect(),
     };
     let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;
+    // Each kind's own mean delay, over the measured flips.
+    let by_kind: Vec<Value> = streams
+        .iter()
+        .zip(&mixes)
+        .enumerate()
+        .map(|(i, ((kind, rate), (_, about)))| {
+            let d: Vec<f64> = r
+                .fates
+                .iter()
+                .filter(|f| f.stream == i && !f.burst && f.arrived >= warmup_ms)
+                .filter_map(|f| Some((f.seen? - f.flip?) as f64))
+                .collect();
+            json!({
+                "kind": kind,
+                "rate_per_s": rate,
+                "mix": about,
+                "mean_delay_s": d.iter().sum::<f64>() / d.len().max(1) as f64 / 1000.0,
+            })
+        })
+        .collect();
     let dist = mix.dist(&grid, scale);
     let q = |p: f64| dist.quantile(p) as i64 * grid.unit_ms() / 1000;
     // `rate` is per second of the documented ladder's time: a compressed ladder (tests)
     // compresses the arrivals with it.
-    let least = crate::policy::least_requests_per_window(rate / scale, window_ms);
+    let least = crate::policy::least_requests_per_window(total_rate / scale, window_ms);
     let keeps_up = crate::policy::keeps_up(least, cfg.ninjapay.budget_requests);
     let out = json!({
         "rate_per_s": rate,
@@ -324,16 +378,30 @@ async fn simulate(
         "budget_window_s": window_ms as f64 / 1000.0,
         "least_requests_per_window": least,
         "keeps_up": keeps_up,
+        "by_kind": by_kind,
     });
     if json_out {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("{about}: {:.0}% of payments flip before the deadline, half of them by {} s, 90% by {} s", dist.flips() * 100.0, q(0.5), q(0.9));
-        println!(
-            "at {rate} payments/s on one key ({} requests per {}):",
-            cfg.ninjapay.budget_requests,
-            humantime::format_duration(cfg.ninjapay.budget_window)
-        );
+        if streams.len() > 1 {
+            let kinds: Vec<String> = streams
+                .iter()
+                .map(|(kind, rate)| format!("{kind} at {rate}/s"))
+                .collect();
+            println!(
+                "{} on one key ({} requests per {}), one budget for all:",
+                kinds.join(", "),
+                cfg.ninjapay.budget_requests,
+                humantime::format_duration(cfg.ninjapay.budget_window)
+            );
+        } else {
+            println!(
+                "at {rate} payments/s on one key ({} requests per {}):",
+                cfg.ninjapay.budget_requests,
+                humantime::format_duration(cfg.ninjapay.budget_window)
+            );
+        }
         println!(
             "  a flip is seen after {:.1} s on average (median {:.1} s, p95 {:.1} s); {}",
             r.mean_ms / 1000.0,
@@ -361,6 +429,16 @@ async fn simulate(
                 " (the documented ladder runs in full)"
             }
         );
+        if streams.len() > 1 {
+            for k in &by_kind {
+                println!(
+                    "  {}: a flip is seen after {:.1} s on average ({})",
+                    k["kind"].as_str().unwrap_or_default(),
+                    k["mean_delay_s"].as_f64().unwrap_or_default(),
+                    k["mix"].as_str().unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

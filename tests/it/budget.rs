@@ -620,6 +620,51 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
         "{text}"
     );
     assert!(text.contains("no policy keeps up"), "{text}");
+
+    // Two kinds on the key: one budget for both, each kind's delay apart.
+    let both = |also: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
+            .arg("--config")
+            .arg(&real)
+            .args([
+                "simulate", "--mix", "A", "--rate", "0.05/s", "--also", also, "--warmup", "10m",
+                "--hours", "0.2", "--json",
+            ])
+            .env_remove("NINJAPOLL_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = both("quote=0.05/s");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["least_requests_per_window"], 60.0, "{v:#}");
+    assert_eq!(v["keeps_up"], true, "{v:#}");
+    let kinds: Vec<&str> = v["by_kind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["p2p", "quote"]);
+    for k in v["by_kind"].as_array().unwrap() {
+        assert!(k["mean_delay_s"].as_f64().is_some_and(|s| s > 0.0), "{v:#}");
+    }
+    let (_, out, _) = both("quote=0.15/s");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["keeps_up"], false, "{v:#}");
+    for (bad, says) in [
+        ("nope=0.1/s", "unknown kind"),
+        ("quote", "expected KIND=RATE"),
+        ("p2p=0.1/s", "given twice"),
+    ] {
+        let (ok, _, err) = both(bad);
+        assert!(!ok && err.contains(says), "{bad}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
