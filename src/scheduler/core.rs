@@ -1393,13 +1393,14 @@ impl Core {
         // dearest schedules, or a backlog takes its share, or a burst spread over minutes is
         // coming in (far more payments arrived in the last window than the stream's rate
         // brings, and at the stream's price they would need more than the budget sends in
-        // half a window beyond it). Raising the price for them all would send every payment, the stream's
-        // too, deadline-only, and leave the budget unused until the deadlines pile up (a
-        // burst spread over five minutes, priced in, spent 20% less while it came, and a
-        // window later that room was missing: the stream's checks went late and joined the
-        // backlog, 400–600 s for 15 minutes after it). So the price is never dearer than the
-        // one at which a steady stream at the recent arrival rate (which ignores a burst)
-        // fits: the held checks that do not fit go late and join the backlog.
+        // half a window beyond it). Raising the price for them all would send every
+        // payment, the stream's too, deadline-only, and leave the budget unused until the
+        // deadlines pile up (a burst spread over five minutes, priced in, spent 20% less
+        // while it came, and a window later that room was missing: the stream's checks
+        // went late and joined the backlog, 400–600 s for 15 minutes after it). So the
+        // price is never dearer than the one at which a steady stream at the recent
+        // arrival rate (which ignores a burst) fits: the held checks that do not fit go
+        // late and join the backlog.
         let stream = |level: usize| -> f64 {
             models
                 .iter()
