@@ -106,14 +106,8 @@ fn timeline(r: &Report, from: i64, to: i64, slice: i64) -> Vec<(i64, f64, usize)
     let mut out = Vec::new();
     let mut t = from;
     while t < to {
-        let d: Vec<f64> = r
-            .fates
-            .iter()
-            .filter(|f| !f.burst && f.arrived >= t && f.arrived < t + slice)
-            .filter_map(|f| Some((f.seen? - f.flip?) as f64 / 1000.0))
-            .collect();
-        let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
-        out.push((t, mean, d.len()));
+        let (mean_ms, n) = r.mean_delay_ms(|f| !f.burst && f.arrived >= t && f.arrived < t + slice);
+        out.push((t, mean_ms / 1000.0, n));
         t += slice;
     }
     out
@@ -277,13 +271,9 @@ fn main() -> anyhow::Result<()> {
             sc.others = vec![(rb, mb.clone())];
             let r = run(&sc)?;
             let mean_of = |stream: usize| {
-                let d: Vec<f64> = r
-                    .fates
-                    .iter()
-                    .filter(|f| f.stream == stream && f.arrived >= HOUR)
-                    .filter_map(|f| Some((f.seen? - f.flip?) as f64 / 1000.0))
-                    .collect();
-                d.iter().sum::<f64>() / d.len().max(1) as f64
+                r.mean_delay_ms(|f| f.stream == stream && f.arrived >= HOUR)
+                    .0
+                    / 1000.0
             };
             ratios.push(r.ratio);
             bounds.push(r.bound_ms / 1000.0);

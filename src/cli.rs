@@ -342,17 +342,12 @@ async fn simulate(
         .zip(&mixes)
         .enumerate()
         .map(|(i, ((kind, rate), (_, about)))| {
-            let d: Vec<f64> = r
-                .fates
-                .iter()
-                .filter(|f| f.stream == i && !f.burst && f.arrived >= warmup_ms)
-                .filter_map(|f| Some((f.seen? - f.flip?) as f64))
-                .collect();
+            let (mean_ms, _) = r.mean_delay_ms(|f| f.stream == i && f.arrived >= warmup_ms);
             json!({
                 "kind": kind,
                 "rate_per_s": rate,
                 "mix": about,
-                "mean_delay_s": d.iter().sum::<f64>() / d.len().max(1) as f64 / 1000.0,
+                "mean_delay_s": mean_ms / 1000.0,
             })
         })
         .collect();

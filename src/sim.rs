@@ -336,6 +336,43 @@ pub struct Report {
     pub fates: Vec<Fate>,
 }
 
+impl Report {
+    /// Mean flip-to-detection delay (ms) of the payments `keep` selects that flipped and
+    /// were seen, and how many they are.
+    pub fn mean_delay_ms(&self, keep: impl Fn(&Fate) -> bool) -> (f64, usize) {
+        let d: Vec<f64> = self
+            .fates
+            .iter()
+            .filter(|f| keep(f))
+            .filter_map(|f| Some((f.seen? - f.flip?) as f64))
+            .collect();
+        (d.iter().sum::<f64>() / d.len().max(1) as f64, d.len())
+    }
+}
+
+/// Poisson arrivals in `[from, to)` at `rate` per (scaled) second: `each(rng, at)` for
+/// each, in turn (it may draw from `rng` too).
+fn poisson(
+    rng: &mut fastrand::Rng,
+    (from, to): (i64, i64),
+    rate: f64,
+    scale: f64,
+    mut each: impl FnMut(&mut fastrand::Rng, i64),
+) {
+    if rate <= 0.0 {
+        return;
+    }
+    let mean_gap = 1000.0 * scale / rate;
+    let mut t = from as f64;
+    loop {
+        t += -mean_gap * rng.f64().max(1e-12).ln();
+        if t >= to as f64 {
+            return;
+        }
+        each(rng, t as i64);
+    }
+}
+
 /// Runs `sc` on the real core; returns the figures and every payment's fate.
 pub fn run(sc: &Scenario) -> Result<Report> {
     let mut raw = config::defaults();
@@ -384,34 +421,22 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut arrivals: Vec<Arrival> = Vec::new();
     let mut t0 = 0;
     for ph in &sc.phases {
-        let mut t = t0 as f64;
-        let end = (t0 + ph.duration_ms) as f64;
-        if ph.rate > 0.0 {
-            let mean_gap = 1000.0 * scale / ph.rate;
-            loop {
-                t += -mean_gap * rng.f64().max(1e-12).ln();
-                if t >= end {
-                    break;
-                }
-                arrivals.push((t as i64, ph.mix.draw(&mut rng, scale), false, 0));
-            }
-        }
+        poisson(
+            &mut rng,
+            (t0, t0 + ph.duration_ms),
+            ph.rate,
+            scale,
+            |rng, at| {
+                arrivals.push((at, ph.mix.draw(rng, scale), false, 0));
+            },
+        );
         t0 += ph.duration_ms;
     }
     let arrivals_end = t0;
     for (i, (rate, mix)) in sc.others.iter().enumerate() {
-        if *rate <= 0.0 {
-            continue;
-        }
-        let mean_gap = 1000.0 * scale / rate;
-        let mut t = 0.0;
-        loop {
-            t += -mean_gap * rng.f64().max(1e-12).ln();
-            if t >= arrivals_end as f64 {
-                break;
-            }
-            arrivals.push((t as i64, mix.draw(&mut rng, scale), false, i + 1));
-        }
+        poisson(&mut rng, (0, arrivals_end), *rate, scale, |rng, at| {
+            arrivals.push((at, mix.draw(rng, scale), false, i + 1));
+        });
     }
     for (at, count, spread, mix) in &sc.bursts {
         for _ in 0..*count {
@@ -820,13 +845,8 @@ mod tests {
         assert_eq!(r.over_budget, 0);
         assert_eq!(r.missed_deadlines, 0);
         let mean = |from: i64, to: i64| {
-            let d: Vec<f64> = r
-                .fates
-                .iter()
-                .filter(|f| !f.burst && f.arrived >= from && f.arrived < to)
-                .filter_map(|f| Some((f.seen? - f.flip?) as f64))
-                .collect();
-            d.iter().sum::<f64>() / d.len().max(1) as f64
+            r.mean_delay_ms(|f| !f.burst && f.arrived >= from && f.arrived < to)
+                .0
         };
         let before = mean(45 * min, 60 * min);
         // The payments that arrive in the ten minutes after the burst are seen about as

@@ -475,13 +475,7 @@ impl Core {
             .map_or(now, |l| (l + self.grid.step_ms(l - e.t0)).max(now));
         let pool = &mut self.pools[e.pool];
         let cap = (pool.budget.effective_limit() as f64 * RECHECK_SHARE).max(1.0) as usize;
-        while pool
-            .recheck_sent
-            .front()
-            .is_some_and(|t| *t + window <= now)
-        {
-            pool.recheck_sent.pop_front();
-        }
+        forget_older(&mut pool.recheck_sent, window, now);
         let share_at = if pool.recheck_sent.len() >= cap {
             pool.recheck_sent[pool.recheck_sent.len() - cap] + window
         } else {
@@ -599,12 +593,9 @@ impl Core {
                     self.pools[p].recheck_sent.push_back(now);
                 }
                 if from == Queue::Backlog {
-                    let window = self.window;
                     let sent = &mut self.pools[p].backlog_sent;
                     sent.push_back(now);
-                    while sent.front().is_some_and(|t| *t + window <= now) {
-                        sent.pop_front();
-                    }
+                    forget_older(sent, self.window, now);
                 }
                 let span = self.on_time(p);
                 let recent = &mut self.pools[p].recent_sent;
@@ -1258,7 +1249,7 @@ impl Core {
             // lifetimes and at most three, so a change of traffic is followed within half
             // an hour. Long memory: about 1,500 payments, up to twelve lifetimes, used
             // while the recent evidence agrees with it (see `Learner`).
-            let per_ms = self.arrival_rate(m, now) / self.grid.unit_ms() as f64;
+            let per_ms = self.arrival_rate(m, now).0 / self.grid.unit_ms() as f64;
             let span = |payments: f64, most: i64| {
                 if per_ms > 0.0 {
                     ((payments / per_ms) as i64).clamp(2 * life, most * life)
@@ -1298,22 +1289,29 @@ impl Core {
         }
     }
 
-    /// Arrivals per grid cell of each kind (see [`crate::policy::arrival_rate`]).
-    fn arrival_rate(&mut self, m: usize, now: UnixMs) -> f64 {
+    /// Arrivals per grid cell of a kind (see [`crate::policy::arrival_rate`]), and how many
+    /// arrived in the last window.
+    fn arrival_rate(&mut self, m: usize, now: UnixMs) -> (f64, usize) {
         let window = self.window;
         let arrivals = &mut self.models[m].arrivals;
         let memory = window * RATE_WINDOWS as i64;
         while arrivals.front().is_some_and(|t| *t + memory <= now) {
             arrivals.pop_front();
         }
+        let last_window = arrivals
+            .iter()
+            .rev()
+            .take_while(|t| **t > now - window)
+            .count();
         let slice = (window / 10).max(1);
         // Only the slices the core has lived through: before its start nothing was
         // counted, which is not the same as nothing arriving.
         let lived = ((now - self.started) / slice).clamp(0, 10 * RATE_WINDOWS as i64) as usize;
         if lived == 0 {
             let elapsed = (now - self.started).max(1) as f64;
-            return arrivals.len() as f64 / elapsed.max(slice as f64 / 10.0)
+            let rate = arrivals.len() as f64 / elapsed.max(slice as f64 / 10.0)
                 * self.grid.unit_ms() as f64;
+            return (rate, last_window);
         }
         let mut counts = vec![0u32; lived];
         for t in arrivals.iter() {
@@ -1325,23 +1323,18 @@ impl Core {
         // One key serves at most its budget's payments a window, one request each.
         let pool = self.models[m].pool;
         let servable = f64::from(self.pools[pool].budget.limit()) / 10.0;
-        arrival_rate(&counts, 10, servable) / slice as f64 * self.grid.unit_ms() as f64
+        let rate = arrival_rate(&counts, 10, servable) / slice as f64 * self.grid.unit_ms() as f64;
+        (rate, last_window)
     }
 
     fn set_level(&mut self, p: usize, now: UnixMs) {
         let horizon = (self.window / self.grid.unit_ms()).max(1) as usize;
-        let rates: Vec<f64> = (0..self.models.len())
+        let (rates, last_window): (Vec<f64>, Vec<usize>) = (0..self.models.len())
             .map(|m| self.arrival_rate(m, now))
-            .collect();
+            .unzip();
         let pool = &mut self.pools[p];
         let window = self.window;
-        while pool
-            .recheck_sent
-            .front()
-            .is_some_and(|t| *t + window <= now)
-        {
-            pool.recheck_sent.pop_front();
-        }
+        forget_older(&mut pool.recheck_sent, window, now);
         let limit = pool.budget.effective_limit() as f64;
         let target = limit * PLAN_SHARE - pool.recheck_sent.len() as f64;
         let members: Vec<&Entry> = self
@@ -1409,20 +1402,11 @@ impl Core {
                 .map(|(m, model)| rates[m] * horizon as f64 * model.plans.at(level).checks)
                 .sum()
         };
-        let window = self.window;
         let (arrived, expected) = models
             .iter()
             .enumerate()
             .filter(|(_, model)| model.pool == p && !model.list)
-            .map(|(m, model)| {
-                let arrived = model
-                    .arrivals
-                    .iter()
-                    .rev()
-                    .take_while(|t| **t > now - window)
-                    .count();
-                (arrived as f64, rates[m] * horizon as f64)
-            })
+            .map(|(m, _)| (last_window[m] as f64, rates[m] * horizon as f64))
             .fold((0.0, 0.0), |(a, e), (x, y)| (a + x, e + y));
         // Far more arrivals than a Poisson stream at the rate brings (as the rate's burst
         // cap), and too many to price in.
@@ -1550,13 +1534,7 @@ impl Core {
             let watched = now - self.started >= self.window;
             let window = self.window;
             let pool = &mut self.pools[p];
-            while pool
-                .backlog_sent
-                .front()
-                .is_some_and(|t| *t + window <= now)
-            {
-                pool.backlog_sent.pop_front();
-            }
+            forget_older(&mut pool.backlog_sent, window, now);
             if backlog == 0 {
                 pool.backlog_since = None;
                 pool.backlog_sent.clear();
@@ -1620,6 +1598,13 @@ fn fit(demand: &dyn Fn(usize) -> f64, top: usize, target: f64) -> (f64, f64) {
         1.0
     };
     (lo as f64 + frac, target)
+}
+
+/// Drops the times of `q` (oldest first) that are `span` or more before `now`.
+fn forget_older(q: &mut VecDeque<UnixMs>, span: i64, now: UnixMs) {
+    while q.front().is_some_and(|t| *t + span <= now) {
+        q.pop_front();
+    }
 }
 
 /// Exponential back-off with jitter: `base`, doubling per failure, up to 5 minutes.

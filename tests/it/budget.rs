@@ -622,23 +622,23 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     assert!(text.contains("no policy keeps up"), "{text}");
 
     // Two kinds on the key: one budget for both, each kind's delay apart.
-    let both = |also: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
-            .arg("--config")
-            .arg(&real)
-            .args([
-                "simulate", "--mix", "A", "--rate", "0.05/s", "--also", also, "--warmup", "10m",
-                "--hours", "0.2", "--json",
-            ])
-            .env_remove("NINJAPOLL_CONFIG")
-            .output()
-            .unwrap();
+    let both_as = |also: &str, json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"));
+        cmd.arg("--config").arg(&real).args([
+            "simulate", "--mix", "A", "--rate", "0.05/s", "--also", also, "--warmup", "10m",
+            "--hours", "0.2",
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.env_remove("NINJAPOLL_CONFIG").output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let both = |also: &str| both_as(also, true);
     let (ok, out, err) = both("quote=0.05/s");
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -653,6 +653,17 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     assert_eq!(kinds, ["p2p", "quote"]);
     for k in v["by_kind"].as_array().unwrap() {
         assert!(k["mean_delay_s"].as_f64().is_some_and(|s| s > 0.0), "{v:#}");
+    }
+    let (_, text, _) = both_as("quote=0.05/s", false);
+    assert!(
+        text.contains("p2p at 0.05/s, quote at 0.05/s on one key"),
+        "{text}"
+    );
+    for kind in ["p2p", "quote"] {
+        assert!(
+            text.contains(&format!("  {kind}: a flip is seen after")),
+            "{text}"
+        );
     }
     let (_, out, _) = both("quote=0.15/s");
     let v: Value = serde_json::from_str(&out).unwrap();
