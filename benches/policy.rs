@@ -223,30 +223,28 @@ fn main() -> anyhow::Result<()> {
     // the change, against B's bound.
     let change: &[f64] = if part("change") { &[0.2, 0.5] } else { &[] };
     for &rate in change {
-        let mut sc = Scenario::steady(Mix::a(), rate, HOUR, HOUR, 5);
-        sc.phases = vec![
-            Phase {
-                duration_ms: HOUR,
-                rate,
-                mix: Mix::a(),
-            },
-            Phase {
-                duration_ms: HOUR,
-                rate,
-                mix: Mix::b(),
-            },
-        ];
-        let r = run(&sc)?;
-        let line: Vec<String> = timeline(&r, HOUR, 2 * HOUR, 10 * MIN)
-            .iter()
-            .map(|(_, d, _)| format!("{:.2}", d * 1000.0 / r.bound_ms))
-            .collect();
+        let after = after_the_change(seeds, 5, |seed| {
+            let mut sc = Scenario::steady(Mix::a(), rate, HOUR, HOUR, seed);
+            sc.phases = vec![
+                Phase {
+                    duration_ms: HOUR,
+                    rate,
+                    mix: Mix::a(),
+                },
+                Phase {
+                    duration_ms: HOUR,
+                    rate,
+                    mix: Mix::b(),
+                },
+            ];
+            sc
+        })?;
         println!(
             "mix change A→B at {rate}/s: ratio to B's bound ({:.1} s) per 10 min after the change: {}  (over budget {}, missed {})",
-            r.bound_ms / 1000.0,
-            line.join(" "),
-            r.over_budget,
-            r.missed_deadlines
+            after.bound_ms / 1000.0,
+            after.line(),
+            after.over,
+            after.missed
         );
     }
 
@@ -303,10 +301,8 @@ fn main() -> anyhow::Result<()> {
         &[]
     };
     for &(from, to) in steps {
-        let mut per_slice: Vec<Vec<f64>> = Vec::new();
-        let (mut over, mut missed, mut bound, mut spend) = (0, 0, 0.0, Vec::new());
-        for seed in 0..seeds {
-            let mut sc = Scenario::steady(Mix::a(), to, HOUR, HOUR, 21 + seed);
+        let after = after_the_change(seeds, 21, |seed| {
+            let mut sc = Scenario::steady(Mix::a(), to, HOUR, HOUR, seed);
             sc.phases = vec![
                 Phase {
                     duration_ms: HOUR,
@@ -319,30 +315,15 @@ fn main() -> anyhow::Result<()> {
                     mix: Mix::a(),
                 },
             ];
-            let r = run(&sc)?;
-            for (i, (_, d, _)) in timeline(&r, HOUR, 2 * HOUR, 10 * MIN)
-                .into_iter()
-                .enumerate()
-            {
-                if per_slice.len() <= i {
-                    per_slice.push(Vec::new());
-                }
-                per_slice[i].push(d * 1000.0 / r.bound_ms);
-            }
-            over += r.over_budget;
-            missed += r.missed_deadlines;
-            bound = r.bound_ms;
-            spend.push(r.budget_use);
-        }
-        let line: Vec<String> = per_slice
-            .into_iter()
-            .map(|v| format!("{:.2}", median(v)))
-            .collect();
+            sc
+        })?;
         println!(
-            "rate step {from}/s → {to}/s (mix A): ratio to the bound at {to}/s ({:.1} s) per 10 min after the step: {}  (budget used after it {:.1}%, over budget {over}, missed {missed})",
-            bound / 1000.0,
-            line.join(" "),
-            median(spend) * 100.0,
+            "rate step {from}/s → {to}/s (mix A): ratio to the bound at {to}/s ({:.1} s) per 10 min after the step: {}  (budget used after it {:.1}%, over budget {}, missed {})",
+            after.bound_ms / 1000.0,
+            after.line(),
+            after.spend * 100.0,
+            after.over,
+            after.missed
         );
     }
 
@@ -425,4 +406,53 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A change of traffic an hour in, over `seeds` runs (seeds `first`..): the median ratio
+/// to the bound of the traffic after it, per 10 minutes of arrivals after the change.
+struct AfterChange {
+    per_slice: Vec<f64>,
+    bound_ms: f64,
+    spend: f64,
+    over: u32,
+    missed: u32,
+}
+
+impl AfterChange {
+    fn line(&self) -> String {
+        let slices: Vec<String> = self.per_slice.iter().map(|r| format!("{r:.2}")).collect();
+        slices.join(" ")
+    }
+}
+
+fn after_the_change(
+    seeds: u64,
+    first: u64,
+    scenario: impl Fn(u64) -> Scenario,
+) -> anyhow::Result<AfterChange> {
+    let mut per_slice: Vec<Vec<f64>> = Vec::new();
+    let (mut over, mut missed, mut bound_ms, mut spend) = (0, 0, 0.0, Vec::new());
+    for seed in 0..seeds {
+        let r = run(&scenario(first + seed))?;
+        for (i, (_, d, _)) in timeline(&r, HOUR, 2 * HOUR, 10 * MIN)
+            .into_iter()
+            .enumerate()
+        {
+            if per_slice.len() <= i {
+                per_slice.push(Vec::new());
+            }
+            per_slice[i].push(d * 1000.0 / r.bound_ms);
+        }
+        over += r.over_budget;
+        missed += r.missed_deadlines;
+        bound_ms = r.bound_ms;
+        spend.push(r.budget_use);
+    }
+    Ok(AfterChange {
+        per_slice: per_slice.into_iter().map(median).collect(),
+        bound_ms,
+        spend: median(spend),
+        over,
+        missed,
+    })
 }
