@@ -96,6 +96,13 @@ fn edge_mixes() -> Vec<(&'static str, Mix)> {
     ]
 }
 
+/// The seeds' range of a figure, `lo–hi`.
+fn spread(v: impl Iterator<Item = f64> + Clone) -> String {
+    let lo = v.clone().fold(f64::INFINITY, f64::min);
+    let hi = v.fold(0.0, f64::max);
+    format!("{lo:.2}–{hi:.2}")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -199,8 +206,7 @@ fn main() -> anyhow::Result<()> {
             worst = worst.max(ratio);
             // The seeds' spread: one seed's ratio moves by ±0.05 from another's, so a
             // difference smaller than that between two versions is not one.
-            let lo = rows.iter().map(|r| r.ratio).fold(f64::INFINITY, f64::min);
-            let hi = rows.iter().map(|r| r.ratio).fold(0.0, f64::max);
+            let range = spread(rows.iter().map(|r| r.ratio));
             println!(
                 "{name}    {rate:>5} | {:>6.1} {:>9.1} {:>6.1} | {:>7.1} {:>6.2} {:>11} | {:>10.1}% | {:>11} | {:>16} | {cpu:>5.1}",
                 m(&|r| r.mean_ms) / 1000.0,
@@ -208,7 +214,7 @@ fn main() -> anyhow::Result<()> {
                 m(&|r| r.p95_ms) / 1000.0,
                 m(&|r| r.bound_ms) / 1000.0,
                 ratio,
-                format!("{lo:.2}–{hi:.2}"),
+                range,
                 m(&|r| r.budget_use) * 100.0,
                 rows.iter().map(|r| r.over_budget).max().unwrap_or(0),
                 rows.iter().map(|r| r.missed_deadlines).max().unwrap_or(0),
@@ -223,22 +229,7 @@ fn main() -> anyhow::Result<()> {
     // the change, against B's bound.
     let change: &[f64] = if part("change") { &[0.2, 0.5] } else { &[] };
     for &rate in change {
-        let after = after_the_change(seeds, 5, |seed| {
-            let mut sc = Scenario::steady(Mix::a(), rate, HOUR, HOUR, seed);
-            sc.phases = vec![
-                Phase {
-                    duration_ms: HOUR,
-                    rate,
-                    mix: Mix::a(),
-                },
-                Phase {
-                    duration_ms: HOUR,
-                    rate,
-                    mix: Mix::b(),
-                },
-            ];
-            sc
-        })?;
+        let after = after_the_change(seeds, 5, (rate, Mix::a()), (rate, Mix::b()))?;
         println!(
             "mix change A→B at {rate}/s: ratio to B's bound ({:.1} s) per 10 min after the change: {}  (over budget {}, missed {})",
             after.bound_ms / 1000.0,
@@ -281,10 +272,9 @@ fn main() -> anyhow::Result<()> {
             over += r.over_budget;
             missed += r.missed_deadlines;
         }
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        let range = spread(ratios.iter().copied());
         println!(
-            "kinds {na} {ra}/s + {nb} {rb}/s: ratio {:.2} ({lo:.2}–{hi:.2}) to the bound {:.1} s; mean delay {na} {:.1} s, {nb} {:.1} s; budget used {:.1}%, over budget {over}, missed {missed}",
+            "kinds {na} {ra}/s + {nb} {rb}/s: ratio {:.2} ({range}) to the bound {:.1} s; mean delay {na} {:.1} s, {nb} {:.1} s; budget used {:.1}%, over budget {over}, missed {missed}",
             median(ratios),
             median(bounds),
             median(means_a),
@@ -301,22 +291,7 @@ fn main() -> anyhow::Result<()> {
         &[]
     };
     for &(from, to) in steps {
-        let after = after_the_change(seeds, 21, |seed| {
-            let mut sc = Scenario::steady(Mix::a(), to, HOUR, HOUR, seed);
-            sc.phases = vec![
-                Phase {
-                    duration_ms: HOUR,
-                    rate: from,
-                    mix: Mix::a(),
-                },
-                Phase {
-                    duration_ms: HOUR,
-                    rate: to,
-                    mix: Mix::a(),
-                },
-            ];
-            sc
-        })?;
+        let after = after_the_change(seeds, 21, (from, Mix::a()), (to, Mix::a()))?;
         println!(
             "rate step {from}/s → {to}/s (mix A): ratio to the bound at {to}/s ({:.1} s) per 10 min after the step: {}  (budget used after it {:.1}%, over budget {}, missed {})",
             after.bound_ms / 1000.0,
@@ -408,8 +383,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A change of traffic an hour in, over `seeds` runs (seeds `first`..): the median ratio
-/// to the bound of the traffic after it, per 10 minutes of arrivals after the change.
+/// A change of traffic an hour in, from `before` to `after` (`(rate, mix)`), over `seeds`
+/// runs (seeds `first`..): the median ratio to the bound of the traffic after it, per 10
+/// minutes of arrivals after the change.
 struct AfterChange {
     per_slice: Vec<f64>,
     bound_ms: f64,
@@ -428,8 +404,20 @@ impl AfterChange {
 fn after_the_change(
     seeds: u64,
     first: u64,
-    scenario: impl Fn(u64) -> Scenario,
+    before: (f64, Mix),
+    after: (f64, Mix),
 ) -> anyhow::Result<AfterChange> {
+    let scenario = |seed| {
+        let mut sc = Scenario::steady(after.1.clone(), after.0, HOUR, HOUR, seed);
+        sc.phases = [&before, &after]
+            .map(|(rate, mix)| Phase {
+                duration_ms: HOUR,
+                rate: *rate,
+                mix: mix.clone(),
+            })
+            .to_vec();
+        sc
+    };
     let mut per_slice: Vec<Vec<f64>> = Vec::new();
     let (mut over, mut missed, mut bound_ms, mut spend) = (0, 0, 0.0, Vec::new());
     for seed in 0..seeds {

@@ -336,18 +336,24 @@ async fn simulate(
             .collect(),
     };
     let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;
-    // Each kind's own mean delay, over the measured flips.
+    // Each kind's own mean delay (s), over the measured flips.
+    let kind_delay_s: Vec<f64> = (0..streams.len())
+        .map(|i| {
+            r.mean_delay_ms(|f| f.stream == i && f.arrived >= warmup_ms)
+                .0
+                / 1000.0
+        })
+        .collect();
     let by_kind: Vec<Value> = streams
         .iter()
         .zip(&mixes)
-        .enumerate()
-        .map(|(i, ((kind, rate), (_, about)))| {
-            let (mean_ms, _) = r.mean_delay_ms(|f| f.stream == i && f.arrived >= warmup_ms);
+        .zip(&kind_delay_s)
+        .map(|(((kind, rate), (_, about)), delay_s)| {
             json!({
                 "kind": kind,
                 "rate_per_s": rate,
                 "mix": about,
-                "mean_delay_s": mean_ms / 1000.0,
+                "mean_delay_s": delay_s,
             })
         })
         .collect();
@@ -425,13 +431,9 @@ async fn simulate(
             }
         );
         if streams.len() > 1 {
-            for k in &by_kind {
-                println!(
-                    "  {}: a flip is seen after {:.1} s on average ({})",
-                    k["kind"].as_str().unwrap_or_default(),
-                    k["mean_delay_s"].as_f64().unwrap_or_default(),
-                    k["mix"].as_str().unwrap_or_default()
-                );
+            for (((kind, _), (_, about)), delay_s) in streams.iter().zip(&mixes).zip(&kind_delay_s)
+            {
+                println!("  {kind}: a flip is seen after {delay_s:.1} s on average ({about})");
             }
         }
     }

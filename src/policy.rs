@@ -429,18 +429,13 @@ pub fn dearest_alike(level: f64, top: usize, flip_delay: impl Fn(f64) -> f64) ->
         .last()
 }
 
-/// The bound for `dist` when each payment may cost `budget_checks` requests on average:
-/// the two neighbouring prices whose schedules spend just more and just less, mixed to
-/// spend the budget exactly. Below the budget of the densest schedule, that schedule.
-pub fn bound(grid: &Grid, dist: &FlipDist, budget_checks: f64) -> Bound {
-    bound_mixed(grid, &[(1.0, dist)], budget_checks)
-}
-
-/// [`bound`] for several streams sharing one budget (kinds on one key): `streams` are
-/// `(share of the payments, flip distribution)`, and `budget_checks` the requests per
-/// payment of them all. One price for every stream, as a request costs the same whichever
-/// kind it checks; the delay is the mean over all their flips.
-pub fn bound_mixed(grid: &Grid, streams: &[(f64, &FlipDist)], budget_checks: f64) -> Bound {
+/// The bound when each payment may cost `budget_checks` requests on average: the two
+/// neighbouring prices whose schedules spend just more and just less, mixed to spend the
+/// budget exactly; below the budget of the densest schedules, those. `streams` are
+/// `(share of the payments, flip distribution)`, one per kind on the key: one price for
+/// every stream, as a request costs the same whichever kind it checks; the delay is the
+/// mean over all their flips.
+pub fn bound(grid: &Grid, streams: &[(f64, &FlipDist)], budget_checks: f64) -> Bound {
     let total: f64 = streams.iter().map(|(w, _)| w.max(0.0)).sum();
     let at = |mu: f64| -> Bound {
         let (mut checks, mut delay, mut flips) = (0.0, 0.0, 0.0);
@@ -495,6 +490,12 @@ pub fn bound_mixed(grid: &Grid, streams: &[(f64, &FlipDist)], budget_checks: f64
 /// Windows of arrivals [`arrival_rate`] remembers.
 pub const RATE_WINDOWS: usize = 6;
 
+/// The most arrivals a Poisson stream expected to bring `typical` plausibly brings (4
+/// standard deviations above): more is a burst, not the stream.
+pub fn burst_cap(typical: f64) -> f64 {
+    typical + 4.0 * typical.max(1.0).sqrt()
+}
+
 /// A stream's arrivals per slice from the counts of its recent slices (newest first,
 /// `per_window` slices to a window, at most [`RATE_WINDOWS`] windows).
 ///
@@ -518,10 +519,8 @@ pub fn arrival_rate(counts: &[u32], per_window: usize, servable: f64) -> f64 {
         sorted.sort_unstable();
         f64::from(sorted[sorted.len() / 2])
     };
-    // A Poisson count this far above the typical one (the median slice) is a burst, not
-    // the stream.
-    let cap_of = |typical: f64| typical + 4.0 * typical.max(1.0).sqrt();
-    let mut cap = cap_of(median(counts));
+    // A slice far above the typical one (the median slice) is a burst, not the stream.
+    let mut cap = burst_cap(median(counts));
     // Unless most of the newest window is: a rate that went up, followed within a window
     // instead of once it fills half the memory (half an hour). A surge no key could serve
     // as a stream (`servable`: each payment costs a request) is a burst however long:
@@ -530,7 +529,7 @@ pub fn arrival_rate(counts: &[u32], per_window: usize, servable: f64) -> f64 {
     let newest = per_window.min(counts.len());
     let recent_typical = median(&counts[..newest]);
     if recent_typical > cap && recent_typical <= servable {
-        cap = cap_of(recent_typical);
+        cap = burst_cap(recent_typical);
     }
     let capped: Vec<f64> = counts.iter().map(|&c| f64::from(c).min(cap)).collect();
     let recent: f64 = capped[..newest].iter().sum();
@@ -934,7 +933,7 @@ mod tests {
             ("B", mix_b, [16.2, 22.7, 60.2, 143.5]),
         ] {
             for (rate, want) in [0.1, 0.2, 0.5, 1.0].into_iter().zip(published) {
-                let b = bound(&grid, &dist, 1000.0 / 600.0 / rate);
+                let b = bound(&grid, &[(1.0, &dist)], 1000.0 / 600.0 / rate);
                 assert!(
                     (b.delay - want).abs() / want < 0.02,
                     "mix {name} at {rate}/s: {:.1} s, published {want} s",
@@ -953,16 +952,16 @@ mod tests {
         let fast = FlipDist::from_cdf(CELLS, |a| 0.5 * ((a - 20.0) / 20.0).clamp(0.0, 1.0));
         let per_payment = 1000.0 / 600.0 / 0.5;
         // One stream split in two is the same stream.
-        let one = bound(&grid, &fast, per_payment);
-        let halves = bound_mixed(&grid, &[(1.0, &fast), (1.0, &fast)], per_payment);
+        let one = bound(&grid, &[(1.0, &fast)], per_payment);
+        let halves = bound(&grid, &[(1.0, &fast), (1.0, &fast)], per_payment);
         assert!((one.delay - halves.delay).abs() < 1e-6 * one.delay);
         assert!((halves.checks - per_payment).abs() < 1e-6);
         // Two mixes: one price beats giving each kind the same requests per payment, which
         // the quick kind cannot use.
-        let both = bound_mixed(&grid, &[(1.0, &fast), (1.0, &slow)], per_payment);
+        let both = bound(&grid, &[(1.0, &fast), (1.0, &slow)], per_payment);
         let (f, s) = (
-            bound(&grid, &fast, per_payment),
-            bound(&grid, &slow, per_payment),
+            bound(&grid, &[(1.0, &fast)], per_payment),
+            bound(&grid, &[(1.0, &slow)], per_payment),
         );
         let even =
             (fast.flips() * f.delay + slow.flips() * s.delay) / (fast.flips() + slow.flips());

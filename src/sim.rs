@@ -629,28 +629,16 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     };
     let grid = Grid::new(&sc.ladder);
     let span = (arrivals_end - sc.warmup_ms).max(1);
-    let bound_ms = match sc.phases.last() {
-        Some(ph) if sc.others.is_empty() => {
-            bound_ms(&grid, &ph.mix.dist(&grid, scale), ph.rate, scale, sc)
-        }
-        Some(ph) => {
-            // One budget for every stream: the bound prices them alike.
-            let streams: Vec<(f64, FlipDist)> =
-                std::iter::once((ph.rate, ph.mix.dist(&grid, scale)))
-                    .chain(sc.others.iter().map(|(r, m)| (*r, m.dist(&grid, scale))))
-                    .collect();
-            let rate: f64 = streams.iter().map(|(r, _)| r.max(0.0)).sum();
-            let per_window = rate * sc.window_ms as f64 / (1000.0 * scale);
-            let refs: Vec<(f64, &FlipDist)> = streams.iter().map(|(r, d)| (*r, d)).collect();
-            if per_window > 0.0 {
-                crate::policy::bound_mixed(&grid, &refs, f64::from(sc.budget) / per_window).delay
-                    * grid.unit_ms() as f64
-            } else {
-                0.0
-            }
-        }
-        None => 0.0,
-    };
+    // One budget for every stream: the bound prices them alike.
+    let streams: Vec<(f64, FlipDist)> = sc
+        .phases
+        .last()
+        .map(|ph| (ph.rate, ph.mix.dist(&grid, scale)))
+        .into_iter()
+        .chain(sc.others.iter().map(|(r, m)| (*r, m.dist(&grid, scale))))
+        .collect();
+    let refs: Vec<(f64, &FlipDist)> = streams.iter().map(|(r, d)| (*r, d)).collect();
+    let bound_ms = bound_ms(&grid, &refs, scale, sc);
     let missed = fates
         .iter()
         .filter(|f| f.state == State::Pending || (f.state != State::TimedOut && f.seen.is_none()))
@@ -710,13 +698,15 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     })
 }
 
-/// The bound, in ms, for a mix's distribution at `rate` payments per (scaled) second.
-pub fn bound_ms(grid: &Grid, dist: &FlipDist, rate: f64, scale: f64, sc: &Scenario) -> f64 {
+/// The bound, in ms, for streams `(rate, flip distribution)` at their rates per (scaled)
+/// second, sharing the scenario's budget at one price.
+pub fn bound_ms(grid: &Grid, streams: &[(f64, &FlipDist)], scale: f64, sc: &Scenario) -> f64 {
+    let rate: f64 = streams.iter().map(|(r, _)| r.max(0.0)).sum();
     if rate <= 0.0 {
         return 0.0;
     }
     let per_window = rate * sc.window_ms as f64 / (1000.0 * scale);
-    bound(grid, dist, f64::from(sc.budget) / per_window).delay * grid.unit_ms() as f64
+    bound(grid, streams, f64::from(sc.budget) / per_window).delay * grid.unit_ms() as f64
 }
 
 #[cfg(test)]
@@ -827,7 +817,7 @@ mod tests {
         // Against the bound of both streams on the one budget, which is above mix A's
         // alone at the same total rate (B flips later).
         let grid = Grid::new(&sc.ladder);
-        let a_alone = bound_ms(&grid, &Mix::a().dist(&grid, 0.01), 0.5, 0.01, &sc);
+        let a_alone = bound_ms(&grid, &[(0.5, &Mix::a().dist(&grid, 0.01))], 0.01, &sc);
         assert!(r.bound_ms > a_alone, "{} vs {a_alone}", r.bound_ms);
         assert!(r.ratio < 1.5, "{:?}", (r.mean_ms, r.bound_ms));
     }

@@ -19,7 +19,7 @@ use crate::budget::{BacklogShare, Budget};
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
-use crate::policy::{arrival_rate, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
+use crate::policy::{arrival_rate, burst_cap, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
 use crate::status::{drain_eta, KindPolicy, PoolStatus};
 use crate::store::{CheckRecord, EventSpec, PendingRow};
 use std::cmp::Reverse;
@@ -1294,10 +1294,7 @@ impl Core {
     fn arrival_rate(&mut self, m: usize, now: UnixMs) -> (f64, usize) {
         let window = self.window;
         let arrivals = &mut self.models[m].arrivals;
-        let memory = window * RATE_WINDOWS as i64;
-        while arrivals.front().is_some_and(|t| *t + memory <= now) {
-            arrivals.pop_front();
-        }
+        forget_older(arrivals, window * RATE_WINDOWS as i64, now);
         let last_window = arrivals
             .iter()
             .rev()
@@ -1408,9 +1405,9 @@ impl Core {
             .filter(|(_, model)| model.pool == p && !model.list)
             .map(|(m, _)| (last_window[m] as f64, rates[m] * horizon as f64))
             .fold((0.0, 0.0), |(a, e), (x, y)| (a + x, e + y));
-        // Far more arrivals than a Poisson stream at the rate brings (as the rate's burst
-        // cap), and too many to price in.
-        let bursting = arrived - expected > 4.0 * expected.max(1.0).sqrt();
+        // Far more arrivals than a Poisson stream at the rate brings, and too many to price
+        // in.
+        let bursting = arrived > burst_cap(expected);
         let overload = backlog > 0.0 || projected > target_plan;
         if overload || bursting {
             let (l, d) = fit(&stream, top, target_plan);

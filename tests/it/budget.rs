@@ -581,6 +581,38 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     assert!(v["mean_delay_s"].as_f64().is_some_and(|s| s > 0.0), "{v:#}");
     assert_eq!(v["over_budget"], 0);
     assert_eq!(v["missed_deadlines"], 0);
+    // With another kind on the key, each kind's flips are its own: p2p's learnt, quote's
+    // (none finished) the prior the ladder implies.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
+        .args(["--config"])
+        .arg(d.config_path())
+        .args([
+            "simulate",
+            "--rate",
+            "20/s",
+            "--also",
+            "quote=1/s",
+            "--warmup",
+            "3s",
+            "--hours",
+            "0.002",
+            "--json",
+        ])
+        .env_remove("NINJAPOLL_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mix_of = |i: usize| v["by_kind"][i]["mix"].as_str().unwrap_or("").to_string();
+    assert!(
+        mix_of(0).contains("learnt from 12 finished p2p payments"),
+        "{v:#}"
+    );
+    assert!(mix_of(1).contains("no finished quote payments"), "{v:#}");
 
     // On the documented ladder with 100 requests per 10 minutes: 0.1 payments per second
     // (60 per window) fit; at 0.2 (120 per window, each needing a request at least) no
