@@ -7,12 +7,12 @@
 //! delay, the bound (dynamic program, same run), their ratio, budget used, requests over
 //! budget, missed deadline checks. Then two kinds with different mixes on one key (against
 //! the bound for both on the one budget), a change of mix (A for an hour, then B), steps of
-//! the arrival rate (up and down), and a burst (2,000 payments in one minute on top of
-//! 0.2/s), the last three as delay over time.
+//! the arrival rate (up and down), a day's rise and fall of the rate, and a burst (2,000
+//! payments in one minute on top of 0.2/s), the last four as delay over time.
 //!
 //! Run: `cargo bench --bench policy` (`NINJAPOLL_BENCH_SEEDS=3` repeats each row with other
-//! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|kinds|change|rate|burst` runs
-//! one part;
+//! seeds and prints the median; `NINJAPOLL_BENCH_ONLY=steady|kinds|change|rate|day|burst`
+//! runs one part;
 //! `NINJAPOLL_BENCH_MIX=A` and `NINJAPOLL_BENCH_RATES=0.1,0.5` narrow the steady table;
 //! `NINJAPOLL_BENCH_FIRST_CHECK=20` puts every first check at 20 s;
 //! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G;
@@ -302,6 +302,25 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    if part("day") {
+        for (name, mix) in [("A", Mix::a()), ("B", Mix::b())] {
+            let Day { per_slice, whole } = through_a_day(seeds, mix)?;
+            let line: Vec<String> = per_slice
+                .iter()
+                .map(|(rate, ratio)| format!("{rate:.2}/s:{ratio:.2}"))
+                .collect();
+            println!(
+                "a day's rise and fall (mix {name}, 0.1/s → 1.0/s over 2 h and back over 2 h, in 5-minute steps): ratio to the bound at each 10 minutes' rate: {}",
+                line.join(" ")
+            );
+            println!(
+                "  over the four hours: {:.2} ({}) of the bounds weighted by each 10 minutes' flips",
+                median(whole.clone()),
+                spread(whole.iter().copied())
+            );
+        }
+    }
+
     if !part("burst") {
         return Ok(());
     }
@@ -381,6 +400,73 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Traffic that rises and falls like a shop's day, compressed: an hour at 0.1/s, then up to
+/// 1.0/s over two hours and back over two, the rate stepping every 5 minutes, so the
+/// estimate of the rate always trails it. Over `seeds` runs (seeds 41..): per 10 minutes
+/// of arrivals after the first hour, the mean rate and the median ratio of the mean delay
+/// to the bound at that rate; and per seed, the four hours' mean delay over the bounds'
+/// mean weighted alike. A stretch's bound is the steady stream's at its rate: on the
+/// falling side the payments of the busier minutes before still share the budget, on the
+/// rising side fewer do, so the first reads high and the second low.
+fn through_a_day(seeds: u64, mix: Mix) -> anyhow::Result<Day> {
+    const STEP: i64 = 5 * MIN;
+    let steps = (2 * HOUR / STEP) as usize;
+    let mut rates = vec![0.1; (HOUR / STEP) as usize];
+    rates.extend((1..=steps).map(|i| 0.1 + 0.9 * i as f64 / steps as f64));
+    rates.extend(
+        (0..steps)
+            .rev()
+            .map(|i| 0.1 + 0.9 * i as f64 / steps as f64),
+    );
+    let mut sc = Scenario::steady(mix.clone(), 0.1, HOUR, HOUR, 41);
+    sc.phases = rates
+        .iter()
+        .map(|&rate| Phase {
+            duration_ms: STEP,
+            rate,
+            mix: mix.clone(),
+        })
+        .collect();
+    let end = STEP * rates.len() as i64;
+    // Each 10 minutes: two steps, their mean rate, its bound.
+    let slices: Vec<(f64, f64)> = rates[(HOUR / STEP) as usize..]
+        .chunks(2)
+        .map(|c| {
+            let rate = c.iter().sum::<f64>() / c.len() as f64;
+            (rate, sc.bound_ms_at(rate, &mix))
+        })
+        .collect();
+    let mut per_slice: Vec<Vec<f64>> = vec![Vec::new(); slices.len()];
+    let mut whole = Vec::new();
+    for seed in 0..seeds {
+        sc.seed = 41 + seed;
+        let r = run(&sc)?;
+        let (mut delay, mut bound) = (0.0, 0.0);
+        for (i, (_, d, n)) in timeline(&r, HOUR, end, 2 * STEP).into_iter().enumerate() {
+            if let (Some(v), Some((_, b))) = (per_slice.get_mut(i), slices.get(i)) {
+                v.push(d * 1000.0 / b);
+                delay += d * 1000.0 * n as f64;
+                bound += b * n as f64;
+            }
+        }
+        whole.push(delay / bound);
+    }
+    let per_slice = slices
+        .iter()
+        .zip(per_slice)
+        .map(|(&(rate, _), ratios)| (rate, median(ratios)))
+        .collect();
+    Ok(Day { per_slice, whole })
+}
+
+/// What [`through_a_day`] measured.
+struct Day {
+    /// Per 10 minutes: the mean rate, the median ratio to the bound at it.
+    per_slice: Vec<(f64, f64)>,
+    /// Per seed: the four hours' ratio.
+    whole: Vec<f64>,
 }
 
 /// A change of traffic an hour in, from `before` to `after` (`(rate, mix)`), over `seeds`

@@ -698,6 +698,17 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     })
 }
 
+impl Scenario {
+    /// The bound, in ms, for one stream of `mix` at `rate` payments per (unscaled) second on
+    /// this scenario's ladder and budget: the yardstick of a stretch of a run whose rate
+    /// varies.
+    pub fn bound_ms_at(&self, rate: f64, mix: &Mix) -> f64 {
+        let grid = Grid::new(&self.ladder);
+        let scale = self.ladder.timeout_ms() as f64 / 600_000.0;
+        bound_ms(&grid, &[(rate, &mix.dist(&grid, scale))], scale, self)
+    }
+}
+
 /// The bound, in ms, for streams `(rate, flip distribution)` at their rates per (scaled)
 /// second, sharing the scenario's budget at one price.
 pub fn bound_ms(grid: &Grid, streams: &[(f64, &FlipDist)], scale: f64, sc: &Scenario) -> f64 {
@@ -780,6 +791,9 @@ mod tests {
             (light.mean_ms, light.bound_ms)
         );
         let heavy = run(&scenario(0.5)).unwrap();
+        // The yardstick of a stretch at one rate is the run's own at that rate.
+        assert_eq!(scenario(0.5).bound_ms_at(0.5, &Mix::a()), heavy.bound_ms);
+        assert!(scenario(0.5).bound_ms_at(0.02, &Mix::a()) < heavy.bound_ms);
         assert_eq!(heavy.over_budget, 0);
         assert_eq!(heavy.missed_deadlines, 0);
         assert!(
