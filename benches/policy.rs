@@ -108,6 +108,47 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A run of `(duration_ms, rate, mix)` phases after one another, from an empty state, with
+/// an hour's warm-up.
+fn phased(phases: impl IntoIterator<Item = (i64, f64, Mix)>, seed: u64) -> Scenario {
+    let phases: Vec<Phase> = phases
+        .into_iter()
+        .map(|(duration_ms, rate, mix)| Phase {
+            duration_ms,
+            rate,
+            mix,
+        })
+        .collect();
+    let total: i64 = phases.iter().map(|p| p.duration_ms).sum();
+    let mut sc = Scenario::steady(Mix::a(), 0.0, HOUR, total - HOUR, seed);
+    sc.phases = phases;
+    sc
+}
+
+/// Per `slice` of the stream's arrivals in `[from, to)`: the mean delay of its flips over
+/// `bound_ms(i)`, the bound for the `i`-th slice, and how many flips it holds.
+fn slice_ratios(
+    r: &Report,
+    from: i64,
+    to: i64,
+    slice: i64,
+    bound_ms: impl Fn(usize) -> f64,
+) -> Vec<(f64, usize)> {
+    timeline(r, from, to, slice)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, d, n))| (d * 1000.0 / bound_ms(i), n))
+        .collect()
+}
+
+/// Per position, the median over the rows (one row per seed).
+fn medians(rows: Vec<Vec<f64>>) -> Vec<f64> {
+    let len = rows.iter().map(Vec::len).min().unwrap_or(0);
+    (0..len)
+        .map(|i| median(rows.iter().map(|row| row[i]).collect()))
+        .collect()
+}
+
 /// Mean delay (s) of the stream's flips, by the slice of time they arrived in.
 fn timeline(r: &Report, from: i64, to: i64, slice: i64) -> Vec<(i64, f64, usize)> {
     let mut out = Vec::new();
@@ -420,15 +461,7 @@ fn through_a_day(seeds: u64, mix: Mix) -> anyhow::Result<Day> {
             .rev()
             .map(|i| 0.1 + 0.9 * i as f64 / steps as f64),
     );
-    let mut sc = Scenario::steady(mix.clone(), 0.1, HOUR, HOUR, 41);
-    sc.phases = rates
-        .iter()
-        .map(|&rate| Phase {
-            duration_ms: STEP,
-            rate,
-            mix: mix.clone(),
-        })
-        .collect();
+    let mut sc = phased(rates.iter().map(|&rate| (STEP, rate, mix.clone())), 41);
     let end = STEP * rates.len() as i64;
     // Each 10 minutes: two steps, their mean rate, its bound.
     let slices: Vec<(f64, f64)> = rates[(HOUR / STEP) as usize..]
@@ -438,25 +471,24 @@ fn through_a_day(seeds: u64, mix: Mix) -> anyhow::Result<Day> {
             (rate, sc.bound_ms_at(rate, &mix))
         })
         .collect();
-    let mut per_slice: Vec<Vec<f64>> = vec![Vec::new(); slices.len()];
-    let mut whole = Vec::new();
+    let (mut per_seed, mut whole) = (Vec::new(), Vec::new());
     for seed in 0..seeds {
         sc.seed = 41 + seed;
         let r = run(&sc)?;
-        let (mut delay, mut bound) = (0.0, 0.0);
-        for (i, (_, d, n)) in timeline(&r, HOUR, end, 2 * STEP).into_iter().enumerate() {
-            if let (Some(v), Some((_, b))) = (per_slice.get_mut(i), slices.get(i)) {
-                v.push(d * 1000.0 / b);
-                delay += d * 1000.0 * n as f64;
-                bound += b * n as f64;
-            }
-        }
+        let ratios = slice_ratios(&r, HOUR, end, 2 * STEP, |i| slices[i].1);
+        // The four hours: every flip's delay over the bound of its stretch.
+        let (delay, bound) = ratios
+            .iter()
+            .zip(&slices)
+            .map(|(&(ratio, n), &(_, b))| (ratio * b * n as f64, b * n as f64))
+            .fold((0.0, 0.0), |(d, b), (x, y)| (d + x, b + y));
         whole.push(delay / bound);
+        per_seed.push(ratios.into_iter().map(|(ratio, _)| ratio).collect());
     }
     let per_slice = slices
         .iter()
-        .zip(per_slice)
-        .map(|(&(rate, _), ratios)| (rate, median(ratios)))
+        .zip(medians(per_seed))
+        .map(|(&(rate, _), ratio)| (rate, ratio))
         .collect();
     Ok(Day { per_slice, whole })
 }
@@ -493,37 +525,20 @@ fn after_the_change(
     before: (f64, Mix),
     after: (f64, Mix),
 ) -> anyhow::Result<AfterChange> {
-    let scenario = |seed| {
-        let mut sc = Scenario::steady(after.1.clone(), after.0, HOUR, HOUR, seed);
-        sc.phases = [&before, &after]
-            .map(|(rate, mix)| Phase {
-                duration_ms: HOUR,
-                rate: *rate,
-                mix: mix.clone(),
-            })
-            .to_vec();
-        sc
-    };
-    let mut per_slice: Vec<Vec<f64>> = Vec::new();
+    let mut per_seed = Vec::new();
     let (mut over, mut missed, mut bound_ms, mut spend) = (0, 0, 0.0, Vec::new());
     for seed in 0..seeds {
-        let r = run(&scenario(first + seed))?;
-        for (i, (_, d, _)) in timeline(&r, HOUR, 2 * HOUR, 10 * MIN)
-            .into_iter()
-            .enumerate()
-        {
-            if per_slice.len() <= i {
-                per_slice.push(Vec::new());
-            }
-            per_slice[i].push(d * 1000.0 / r.bound_ms);
-        }
+        let phases = [&before, &after].map(|(rate, mix)| (HOUR, *rate, mix.clone()));
+        let r = run(&phased(phases, first + seed))?;
+        let ratios = slice_ratios(&r, HOUR, 2 * HOUR, 10 * MIN, |_| r.bound_ms);
+        per_seed.push(ratios.into_iter().map(|(ratio, _)| ratio).collect());
         over += r.over_budget;
         missed += r.missed_deadlines;
         bound_ms = r.bound_ms;
         spend.push(r.budget_use);
     }
     Ok(AfterChange {
-        per_slice: per_slice.into_iter().map(median).collect(),
+        per_slice: medians(per_seed),
         bound_ms,
         spend: median(spend),
         over,

@@ -312,7 +312,6 @@ async fn simulate(
     let warmup_ms = i64::try_from(warmup.as_millis())
         .unwrap_or(hour)
         .min(48 * hour);
-    let scale = cfg.ladder.timeout_ms() as f64 / 600_000.0;
     let window_ms = i64::try_from(cfg.ninjapay.budget_window.as_millis()).unwrap_or(i64::MAX);
     let sc = Scenario {
         ladder: cfg.ladder.clone(),
@@ -335,6 +334,7 @@ async fn simulate(
             .map(|((_, r), (m, _))| (*r, m.clone()))
             .collect(),
     };
+    let scale = sc.scale();
     let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;
     // Each kind's own mean delay (s), over the measured flips.
     let kind_delay_s: Vec<f64> = (0..streams.len())

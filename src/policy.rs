@@ -1003,6 +1003,10 @@ mod tests {
         counts[3] = 2000;
         let rate = arrival_rate(&counts, 10, 100.0);
         assert!(rate < 6.5, "{rate}");
+        // The burst's slice counts as the most a Poisson slice at the typical rate holds,
+        // as docs/SPEC.md says (the request budget).
+        let want = (59.0 * 6.0 + burst_cap(6.0)) / 60.0;
+        assert!((rate - want).abs() < 1e-9, "{rate} vs {want}");
         counts[4] = 2000;
         let rate = arrival_rate(&counts, 10, 100.0);
         assert!(rate < 7.0, "{rate}");

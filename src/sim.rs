@@ -403,7 +403,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut rng = fastrand::Rng::with_seed(sc.seed ^ 0x5eed);
-    let scale = sc.ladder.timeout_ms() as f64 / 600_000.0;
+    let scale = sc.scale();
     let mut now: UnixMs = 0;
     let mut core = Core::new(core_cfg, now);
     if sc.oracle {
@@ -699,19 +699,25 @@ pub fn run(sc: &Scenario) -> Result<Report> {
 }
 
 impl Scenario {
+    /// How compressed the scenario's ladder is against the documented one (10-minute
+    /// timeout): flip ages, rates and the bound scale by it.
+    pub fn scale(&self) -> f64 {
+        self.ladder.timeout_ms() as f64 / 600_000.0
+    }
+
     /// The bound, in ms, for one stream of `mix` at `rate` payments per (unscaled) second on
     /// this scenario's ladder and budget: the yardstick of a stretch of a run whose rate
     /// varies.
     pub fn bound_ms_at(&self, rate: f64, mix: &Mix) -> f64 {
         let grid = Grid::new(&self.ladder);
-        let scale = self.ladder.timeout_ms() as f64 / 600_000.0;
+        let scale = self.scale();
         bound_ms(&grid, &[(rate, &mix.dist(&grid, scale))], scale, self)
     }
 }
 
 /// The bound, in ms, for streams `(rate, flip distribution)` at their rates per (scaled)
 /// second, sharing the scenario's budget at one price.
-pub fn bound_ms(grid: &Grid, streams: &[(f64, &FlipDist)], scale: f64, sc: &Scenario) -> f64 {
+fn bound_ms(grid: &Grid, streams: &[(f64, &FlipDist)], scale: f64, sc: &Scenario) -> f64 {
     let rate: f64 = streams.iter().map(|(r, _)| r.max(0.0)).sum();
     if rate <= 0.0 {
         return 0.0;

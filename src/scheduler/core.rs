@@ -1230,26 +1230,31 @@ impl Core {
     /// Periodic work: re-learns the flip distributions now and then, and sets each key's
     /// price level from the demand it projects over the next window.
     pub fn tick(&mut self, now: UnixMs) {
+        // Each kind's arrival rate, once a tick: the refit and every key's level read it.
+        let arrivals: Vec<(f64, usize)> = (0..self.models.len())
+            .map(|m| self.arrival_rate(m, now))
+            .collect();
         let refit_every = (self.window / 20).max(1);
         if now - self.last_fit >= refit_every {
             self.last_fit = now;
-            self.refit(now);
+            self.refit(now, &arrivals);
         }
         for p in 0..self.pools.len() {
             self.pools[p].budget.recover(now);
-            self.set_level(p, now);
+            self.set_level(p, now, &arrivals);
         }
     }
 
-    fn refit(&mut self, now: UnixMs) {
+    /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
+    fn refit(&mut self, now: UnixMs, arrivals: &[(f64, usize)]) {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.ladder.timeout_ms().max(self.window);
-        for m in 0..self.models.len() {
+        for (m, &(rate, _)) in arrivals.iter().enumerate() {
             // Recent memory: enough payments to learn from (about 400), over at least two
             // lifetimes and at most three, so a change of traffic is followed within half
             // an hour. Long memory: about 1,500 payments, up to twelve lifetimes, used
             // while the recent evidence agrees with it (see `Learner`).
-            let per_ms = self.arrival_rate(m, now).0 / self.grid.unit_ms() as f64;
+            let per_ms = rate / self.grid.unit_ms() as f64;
             let span = |payments: f64, most: i64| {
                 if per_ms > 0.0 {
                     ((payments / per_ms) as i64).clamp(2 * life, most * life)
@@ -1324,11 +1329,10 @@ impl Core {
         (rate, last_window)
     }
 
-    fn set_level(&mut self, p: usize, now: UnixMs) {
+    /// `arrivals` as for [`Core::refit`].
+    fn set_level(&mut self, p: usize, now: UnixMs, arrivals: &[(f64, usize)]) {
         let horizon = (self.window / self.grid.unit_ms()).max(1) as usize;
-        let (rates, last_window): (Vec<f64>, Vec<usize>) = (0..self.models.len())
-            .map(|m| self.arrival_rate(m, now))
-            .unzip();
+        let (rates, last_window): (Vec<f64>, Vec<usize>) = arrivals.iter().copied().unzip();
         let pool = &mut self.pools[p];
         let window = self.window;
         forget_older(&mut pool.recheck_sent, window, now);

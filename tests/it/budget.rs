@@ -555,21 +555,13 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     d.stop().await;
 
     // `ninjapoll simulate` reads the same evidence from the database.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
-        .args(["--config"])
-        .arg(d.config_path())
-        .args([
-            "simulate", "--rate", "20/s", "--warmup", "3s", "--hours", "0.002", "--json",
-        ])
-        .env_remove("NINJAPOLL_CONFIG")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text, err) = simulate(
+        d.config_path(),
+        &[
+            "--rate", "20/s", "--warmup", "3s", "--hours", "0.002", "--json",
+        ],
     );
+    assert!(ok, "{text}{err}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert!(
         v["mix"]
@@ -583,11 +575,9 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     assert_eq!(v["missed_deadlines"], 0);
     // With another kind on the key, each kind's flips are its own: p2p's learnt, quote's
     // (none finished) the prior the ladder implies.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
-        .args(["--config"])
-        .arg(d.config_path())
-        .args([
-            "simulate",
+    let (ok, text, err) = simulate(
+        d.config_path(),
+        &[
             "--rate",
             "20/s",
             "--also",
@@ -597,16 +587,10 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
             "--hours",
             "0.002",
             "--json",
-        ])
-        .env_remove("NINJAPOLL_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&text).unwrap();
     let mix_of = |i: usize| v["by_kind"][i]["mix"].as_str().unwrap_or("").to_string();
     assert!(
         mix_of(0).contains("learnt from 12 finished p2p payments"),
@@ -619,33 +603,27 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     // policy keeps up, and `simulate` says so.
     let real = d.config_path().with_extension("real.toml");
     std::fs::write(&real, "[ninjapay]\nbudget_requests = 100\n").unwrap();
-    let simulate = |rate: &str, json: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"));
-        cmd.arg("--config").arg(&real);
-        cmd.args([
-            "simulate", "--mix", "A", "--rate", rate, "--warmup", "10m", "--hours", "0.2",
-        ]);
+    let on_a = |rate: &str, json: bool| {
+        let mut args = vec![
+            "--mix", "A", "--rate", rate, "--warmup", "10m", "--hours", "0.2",
+        ];
         if json {
-            cmd.arg("--json");
+            args.push("--json");
         }
-        let out = cmd.env_remove("NINJAPOLL_CONFIG").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, out, err) = simulate(&real, &args);
+        assert!(ok, "{err}");
+        out
     };
-    let v: Value = serde_json::from_str(&simulate("0.1/s", true)).unwrap();
+    let v: Value = serde_json::from_str(&on_a("0.1/s", true)).unwrap();
     assert_eq!(v["keeps_up"], true, "{v:#}");
     assert_eq!(v["least_requests_per_window"], 60.0, "{v:#}");
     assert_eq!(
         (v["budget_requests"].clone(), v["budget_window_s"].clone()),
         (100.into(), 600.0.into())
     );
-    let v: Value = serde_json::from_str(&simulate("0.2/s", true)).unwrap();
+    let v: Value = serde_json::from_str(&on_a("0.2/s", true)).unwrap();
     assert_eq!(v["keeps_up"], false, "{v:#}");
-    let text = simulate("0.2/s", false);
+    let text = on_a("0.2/s", false);
     assert!(text.contains("one key cannot keep up"), "{text}");
     assert!(
         text.contains("120 per 10m against a budget of 100"),
@@ -655,20 +633,13 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
 
     // Two kinds on the key: one budget for both, each kind's delay apart.
     let both_as = |also: &str, json: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"));
-        cmd.arg("--config").arg(&real).args([
-            "simulate", "--mix", "A", "--rate", "0.05/s", "--also", also, "--warmup", "10m",
-            "--hours", "0.2",
-        ]);
+        let mut args = vec![
+            "--mix", "A", "--rate", "0.05/s", "--also", also, "--warmup", "10m", "--hours", "0.2",
+        ];
         if json {
-            cmd.arg("--json");
+            args.push("--json");
         }
-        let out = cmd.env_remove("NINJAPOLL_CONFIG").output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        simulate(&real, &args)
     };
     let both = |also: &str| both_as(also, true);
     let (ok, out, err) = both("quote=0.05/s");
@@ -708,6 +679,24 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
         let (ok, _, err) = both(bad);
         assert!(!ok && err.contains(says), "{bad}: {err}");
     }
+}
+
+/// `ninjapoll --config <config> simulate <args>`: whether it succeeded, what it printed,
+/// what it logged.
+fn simulate(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ninjapoll"))
+        .arg("--config")
+        .arg(config)
+        .arg("simulate")
+        .args(args)
+        .env_remove("NINJAPOLL_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
