@@ -345,7 +345,12 @@ fn main() -> anyhow::Result<()> {
 
     if part("day") {
         for (name, mix) in [("A", Mix::a()), ("B", Mix::b())] {
-            let Day { per_slice, whole } = through_a_day(seeds, mix)?;
+            let Day {
+                per_slice,
+                rising,
+                falling,
+                whole,
+            } = through_a_day(seeds, mix)?;
             let line: Vec<String> = per_slice
                 .iter()
                 .map(|(rate, ratio)| format!("{rate:.2}/s:{ratio:.2}"))
@@ -354,11 +359,24 @@ fn main() -> anyhow::Result<()> {
                 "a day's rise and fall (mix {name}, 0.1/s → 1.0/s over 2 h and back over 2 h, in 5-minute steps): ratio to the bound at each 10 minutes' rate: {}",
                 line.join(" ")
             );
+            let side = |ratios: &[f64]| {
+                format!(
+                    "{:.2} ({})",
+                    median(ratios.to_vec()),
+                    spread(ratios.iter().copied())
+                )
+            };
             println!(
-                "  over the four hours: {:.2} ({}) of the bounds weighted by each 10 minutes' flips",
-                median(whole.clone()),
-                spread(whole.iter().copied())
+                "  of the bounds weighted by each 10 minutes' flips: rising {}, falling {}, the four hours {}",
+                side(&rising),
+                side(&falling),
+                side(&whole)
             );
+            if std::env::var_os("NINJAPOLL_BENCH_DETAIL").is_some() {
+                for (r, f) in rising.iter().zip(&falling) {
+                    println!("    seed: rising {r:.3} falling {f:.3}");
+                }
+            }
         }
     }
 
@@ -471,18 +489,26 @@ fn through_a_day(seeds: u64, mix: Mix) -> anyhow::Result<Day> {
             (rate, sc.bound_ms_at(rate, &mix))
         })
         .collect();
-    let (mut per_seed, mut whole) = (Vec::new(), Vec::new());
+    let (mut per_seed, mut rising, mut falling, mut whole) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for seed in 0..seeds {
         sc.seed = 41 + seed;
         let r = run(&sc)?;
         let ratios = slice_ratios(&r, HOUR, end, 2 * STEP, |i| slices[i].1);
-        // The four hours: every flip's delay over the bound of its stretch.
-        let (delay, bound) = ratios
-            .iter()
-            .zip(&slices)
-            .map(|(&(ratio, n), &(_, b))| (ratio * b * n as f64, b * n as f64))
-            .fold((0.0, 0.0), |(d, b), (x, y)| (d + x, b + y));
-        whole.push(delay / bound);
+        // Every flip's delay over the bound of its stretch: the rise, the fall, the four
+        // hours.
+        let weighted = |from: usize, to: usize| {
+            let (delay, bound) = ratios[from..to]
+                .iter()
+                .zip(&slices[from..to])
+                .map(|(&(ratio, n), &(_, b))| (ratio * b * n as f64, b * n as f64))
+                .fold((0.0, 0.0), |(d, b), (x, y)| (d + x, b + y));
+            delay / bound
+        };
+        let half = ratios.len() / 2;
+        rising.push(weighted(0, half));
+        falling.push(weighted(half, ratios.len()));
+        whole.push(weighted(0, ratios.len()));
         per_seed.push(ratios.into_iter().map(|(ratio, _)| ratio).collect());
     }
     let per_slice = slices
@@ -490,14 +516,21 @@ fn through_a_day(seeds: u64, mix: Mix) -> anyhow::Result<Day> {
         .zip(medians(per_seed))
         .map(|(&(rate, _), ratio)| (rate, ratio))
         .collect();
-    Ok(Day { per_slice, whole })
+    Ok(Day {
+        per_slice,
+        rising,
+        falling,
+        whole,
+    })
 }
 
 /// What [`through_a_day`] measured.
 struct Day {
     /// Per 10 minutes: the mean rate, the median ratio to the bound at it.
     per_slice: Vec<(f64, f64)>,
-    /// Per seed: the four hours' ratio.
+    /// Per seed: the two hours' rise's ratio, the fall's, the four hours'.
+    rising: Vec<f64>,
+    falling: Vec<f64>,
     whole: Vec<f64>,
 }
 
