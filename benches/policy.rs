@@ -18,7 +18,9 @@
 //! `NINJAPOLL_BENCH_EDGES=1` adds three shapes at the edges, E, F and G;
 //! `NINJAPOLL_BENCH_BACKLOG_SHARES=0.2,0.5` runs the burst once per `ninjapay.backlog_share`,
 //! `NINJAPOLL_BENCH_BURST_RATE=0.5` puts it on top of another stream and
-//! `NINJAPOLL_BENCH_BURST_MINUTES=5` spreads it over five minutes).
+//! `NINJAPOLL_BENCH_BURST_MINUTES=5` spreads it over five minutes;
+//! `NINJAPOLL_BENCH_ORACLE=1` tells the core the true mix in the steady, rate-step and day
+//! parts; `NINJAPOLL_BENCH_DETAIL=1` prints per seed).
 
 use ninjapoll::sim::{run, BacklogShare, Component, Mix, Phase, Report, Scenario};
 use ninjapoll::{Ladder, State};
@@ -122,6 +124,7 @@ fn phased(phases: impl IntoIterator<Item = (i64, f64, Mix)>, seed: u64) -> Scena
     let total: i64 = phases.iter().map(|p| p.duration_ms).sum();
     let mut sc = Scenario::steady(Mix::a(), 0.0, HOUR, total - HOUR, seed);
     sc.phases = phases;
+    sc.oracle = std::env::var_os("NINJAPOLL_BENCH_ORACLE").is_some();
     sc
 }
 

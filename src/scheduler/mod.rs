@@ -194,8 +194,10 @@ pub async fn spawn(
     let clock = Clock::new();
     let (core_cfg, keys) = core_config(config, fastrand::u64(..));
     let window = core_cfg.budget_window_ms;
-    let horizon = 2 * config.ladder.timeout_ms().max(window);
     let mut core = Core::new(core_cfg, clock.now());
+    // The learner's whole long memory, not only its recent one: a restart would otherwise
+    // leave a busy key learning from a fraction of what it had.
+    let horizon = core.memory_ms();
     let wall = now_ms();
     let off = clock.offset();
     // What was spent before a restart still counts.

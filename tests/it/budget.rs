@@ -511,6 +511,51 @@ async fn each_preset_sends_the_documented_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_rebuilds_the_learners_whole_long_memory() {
+    // A lifetime of 2 s (the budget's window): the recent memory spans two to three of
+    // them, the long memory up to twelve (24 s). Payments started 10 s ago are in the long
+    // memory only, and a restart must read them back too.
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let cfg = DaemonConfig {
+        budget_window: "2s".into(),
+        ..DaemonConfig::default()
+    };
+    let mut d = spawn_daemon(&fake.base_url(), cfg).await;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 10;
+    let ids: Vec<String> = (0..8).map(|i| format!("M{i}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, Script::pending_then(Kind::P2p, 1, "approved"));
+        assert_eq!(d.enqueue("p2p", id, Some(json!(started))).await.0, 201);
+    }
+    all_final(&d, "p2p", &ids, Duration::from_secs(5)).await;
+    let evidence = |h: &Value| {
+        h["budget"][0]["policy"]
+            .as_array()
+            .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
+            .and_then(|k| k["evidence"].as_u64())
+            .unwrap_or(0)
+    };
+    let seen = watch_health(&d, Duration::from_secs(3), |h| evidence(h) >= 8).await;
+    assert!(
+        evidence(seen.last().unwrap()) >= 8,
+        "{:#}",
+        seen.last().unwrap()
+    );
+    d.restart().await;
+    let seen = watch_health(&d, Duration::from_secs(3), |h| evidence(h) >= 8).await;
+    let last = seen.last().unwrap();
+    assert!(
+        evidence(last) >= 8,
+        "after a restart, payments started 10 s ago: {last:#}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
     let mut d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
