@@ -510,6 +510,26 @@ async fn each_preset_sends_the_documented_request() {
     }
 }
 
+/// Waits until the learner holds at least `n` finished p2p payments, restarts the daemon
+/// and waits for them again; returns the last health seen.
+async fn learnt_again_after_a_restart(d: &mut Daemon, n: u64) -> Value {
+    let evidence = |h: &Value| {
+        h["budget"][0]["policy"]
+            .as_array()
+            .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
+            .and_then(|k| k["evidence"].as_u64())
+            .unwrap_or(0)
+    };
+    let seen = watch_health(d, Duration::from_secs(5), |h| evidence(h) >= n).await;
+    let last = seen.last().unwrap();
+    assert!(evidence(last) >= n, "before a restart: {last:#}");
+    d.restart().await;
+    let seen = watch_health(d, Duration::from_secs(5), |h| evidence(h) >= n).await;
+    let last = seen.last().unwrap().clone();
+    assert!(evidence(&last) >= n, "after a restart: {last:#}");
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_rebuilds_the_learners_whole_long_memory() {
     // A lifetime of 2 s (the budget's window): the recent memory spans two to three of
@@ -532,26 +552,7 @@ async fn a_restart_rebuilds_the_learners_whole_long_memory() {
         assert_eq!(d.enqueue("p2p", id, Some(json!(started))).await.0, 201);
     }
     all_final(&d, "p2p", &ids, Duration::from_secs(5)).await;
-    let evidence = |h: &Value| {
-        h["budget"][0]["policy"]
-            .as_array()
-            .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
-            .and_then(|k| k["evidence"].as_u64())
-            .unwrap_or(0)
-    };
-    let seen = watch_health(&d, Duration::from_secs(3), |h| evidence(h) >= 8).await;
-    assert!(
-        evidence(seen.last().unwrap()) >= 8,
-        "{:#}",
-        seen.last().unwrap()
-    );
-    d.restart().await;
-    let seen = watch_health(&d, Duration::from_secs(3), |h| evidence(h) >= 8).await;
-    let last = seen.last().unwrap();
-    assert!(
-        evidence(last) >= 8,
-        "after a restart, payments started 10 s ago: {last:#}"
-    );
+    learnt_again_after_a_restart(&mut d, 8).await;
     d.stop().await;
 }
 
@@ -569,24 +570,8 @@ async fn flip_ages_are_learnt_survive_a_restart_and_feed_simulate() {
         assert_eq!(d.enqueue("p2p", id, None).await.0, 201);
     }
     all_final(&d, "p2p", &ids, Duration::from_secs(10)).await;
-    let evidence = |h: &Value| {
-        h["budget"][0]["policy"]
-            .as_array()
-            .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
-            .and_then(|k| k["evidence"].as_u64())
-            .unwrap_or(0)
-    };
-    let seen = watch_health(&d, Duration::from_secs(5), |h| evidence(h) >= 12).await;
-    assert!(
-        evidence(seen.last().unwrap()) >= 12,
-        "{:#}",
-        seen.last().unwrap()
-    );
     // What was learnt is rebuilt from the database, not kept in memory only.
-    d.restart().await;
-    let seen = watch_health(&d, Duration::from_secs(5), |h| evidence(h) >= 12).await;
-    let last = seen.last().unwrap();
-    assert!(evidence(last) >= 12, "after a restart: {last:#}");
+    let last = learnt_again_after_a_restart(&mut d, 12).await;
     let p50 = last["budget"][0]["policy"]
         .as_array()
         .and_then(|ks| ks.iter().find(|k| k["kind"] == "p2p"))
