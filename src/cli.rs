@@ -256,7 +256,8 @@ async fn simulate(
         }
     };
     let rows = if learned && cfg.database_path.exists() {
-        crate::store::Store::read_finished(&cfg.database_path, 0).await?
+        crate::store::Store::read_finished(&cfg.database_path, 0, crate::store::EVIDENCE_ROWS)
+            .await?
     } else {
         Vec::new()
     };

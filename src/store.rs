@@ -311,15 +311,22 @@ macro_rules! payment_query {
 /// The finished payments started since `$since`, as [`FinishedRow`]s: one query for the
 /// daemon's reader pool and for `ninjapoll simulate`'s own connection.
 macro_rules! finished_query {
-    ($since:expr) => {
+    ($since:expr, $most:expr) => {
         sqlx::query_as!(
             FinishedRow,
             r#"SELECT kind AS "kind: KindName", started_at, pending_seen_at, last_checked_at, state AS "state: State"
-               FROM payments WHERE started_at >= ? AND state != 'pending' ORDER BY started_at"#,
-            $since
+               FROM payments WHERE started_at >= ? AND state != 'pending'
+               ORDER BY started_at DESC LIMIT ?"#,
+            $since,
+            $most
         )
     };
 }
+
+/// The most finished payments read back as evidence of flip ages, the newest: the learner
+/// keeps at most 20,000 a kind, and a long window on a busy key (or `simulate` on a
+/// database of months) would otherwise read them all into memory.
+pub const EVIDENCE_ROWS: i64 = 100_000;
 
 impl Store {
     /// Opens (creating if needed) the database, takes the daemon lock, and migrates.
@@ -532,24 +539,30 @@ impl Store {
 
     /// Payments started since `since` that finished: `(kind, started_at, pending_seen_at,
     /// last_checked_at, state)`, the evidence the scheduler learns flip ages from.
-    pub async fn finished_since(&self, since: UnixMs) -> Result<Vec<FinishedRow>> {
-        Ok(finished_query!(since).fetch_all(&self.read).await?)
+    /// At most `most`, the latest started, oldest first.
+    pub async fn finished_since(&self, since: UnixMs, most: i64) -> Result<Vec<FinishedRow>> {
+        let mut rows = finished_query!(since, most).fetch_all(&self.read).await?;
+        rows.reverse();
+        Ok(rows)
     }
 
     /// The same evidence, read from a database file another process (the daemon) may be
     /// writing: a read-only connection, no lock, no migration. For `ninjapoll simulate`.
-    pub async fn read_finished(path: &Path, since: UnixMs) -> Result<Vec<FinishedRow>> {
+    pub async fn read_finished(path: &Path, since: UnixMs, most: i64) -> Result<Vec<FinishedRow>> {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options(path).read_only(true).create_if_missing(false))
             .await
             .with_context(|| format!("opening database {} read-only", path.display()))?;
-        let rows = finished_query!(since)
+        let rows = finished_query!(since, most)
             .fetch_all(&pool)
             .await
             .context("reading finished payments (is this a ninjapoll database?)");
         pool.close().await;
-        rows
+        rows.map(|mut rows| {
+            rows.reverse();
+            rows
+        })
     }
 
     /// Counts per state, for health and metrics. The state stays the database's text: a
@@ -1596,6 +1609,54 @@ mod retention_tests {
             .record_webhook_attempt(ev, 0, &a, outcome)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_evidence_read_back_is_the_latest_started_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), None).await.unwrap();
+        // Five finished payments started at 10..50 and one still pending at 60.
+        for (i, started_at) in [30, 10, 50, 20, 40, 60].into_iter().enumerate() {
+            let new = NewPayment {
+                kind: KindName::parse("p2p").unwrap(),
+                id: PaymentId::parse(&format!("E{i}")).unwrap(),
+                started_at,
+                jitter_ms: 0,
+                next_check_at: 0,
+                callback_url: None,
+                metadata: None,
+            };
+            let pk = store.insert_payments(&[new]).await.unwrap()[0].0.pk;
+            let state = if started_at == 60 {
+                State::Pending
+            } else {
+                State::Succeeded
+            };
+            let check = CheckRecord {
+                saw_pending: false,
+                pk,
+                checked_at: started_at + 5,
+                upstream_status: Some("raw".into()),
+                state,
+                response: None,
+                error: None,
+                next_check_at: Some(started_at + 6),
+                event: None,
+                changed: true,
+            };
+            store.record_checks(&[check], &[]).await.unwrap();
+        }
+        let started = |rows: Vec<FinishedRow>| -> Vec<i64> {
+            rows.into_iter().map(|r| r.started_at).collect()
+        };
+        let all = store.finished_since(0, EVIDENCE_ROWS).await.unwrap();
+        assert_eq!(started(all), [10, 20, 30, 40, 50]);
+        let latest = store.finished_since(15, 3).await.unwrap();
+        assert_eq!(started(latest), [30, 40, 50]);
+        let read = Store::read_finished(&dir.path().join("t.db"), 0, 2)
+            .await
+            .unwrap();
+        assert_eq!(started(read), [40, 50]);
     }
 
     #[tokio::test]

@@ -205,7 +205,9 @@ pub async fn spawn(
         core.restore_spent(&ledger, done.map(|d| d - off), clock.now());
     }
     // What was learnt before a restart is rebuilt from the payments themselves.
-    let finished = store.finished_since(wall - horizon).await?;
+    let finished = store
+        .finished_since(wall - horizon, crate::store::EVIDENCE_ROWS)
+        .await?;
     let learnt = finished.len();
     for row in finished {
         let (pending_seen, final_seen) = row.evidence_times();
