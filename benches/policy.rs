@@ -124,8 +124,13 @@ fn phased(phases: impl IntoIterator<Item = (i64, f64, Mix)>, seed: u64) -> Scena
     let total: i64 = phases.iter().map(|p| p.duration_ms).sum();
     let mut sc = Scenario::steady(Mix::a(), 0.0, HOUR, total - HOUR, seed);
     sc.phases = phases;
-    sc.oracle = std::env::var_os("NINJAPOLL_BENCH_ORACLE").is_some();
+    sc.oracle = oracle();
     sc
+}
+
+/// `NINJAPOLL_BENCH_ORACLE=1`: the core is told the true mix instead of learning it.
+fn oracle() -> bool {
+    std::env::var_os("NINJAPOLL_BENCH_ORACLE").is_some()
 }
 
 /// Per `slice` of the stream's arrivals in `[from, to)`: the mean delay of its flips over
@@ -167,8 +172,7 @@ fn timeline(r: &Report, from: i64, to: i64, slice: i64) -> Vec<(i64, f64, usize)
 fn main() -> anyhow::Result<()> {
     let hours = env_num("NINJAPOLL_BENCH_HOURS", 2.0);
     let seeds = env_num("NINJAPOLL_BENCH_SEEDS", 1.0).max(1.0) as u64;
-    // `NINJAPOLL_BENCH_ORACLE=1`: the core is told the true mix instead of learning it.
-    let oracle = std::env::var_os("NINJAPOLL_BENCH_ORACLE").is_some();
+    let oracle = oracle();
     let measure = (hours * HOUR as f64) as i64;
     let only = std::env::var("NINJAPOLL_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
@@ -468,8 +472,8 @@ fn main() -> anyhow::Result<()> {
 /// 1.0/s over two hours and back over two, the rate stepping every 5 minutes, so the
 /// estimate of the rate always trails it. Over `seeds` runs (seeds 41..): per 10 minutes
 /// of arrivals after the first hour, the mean rate and the median ratio of the mean delay
-/// to the bound at that rate; and per seed, the four hours' mean delay over the bounds'
-/// mean weighted alike. A stretch's bound is the steady stream's at its rate: on the
+/// to the bound at that rate; and per seed, for the rise, the fall and the four hours, the
+/// mean delay over the bounds' mean weighted alike. A stretch's bound is the steady stream's at its rate: on the
 /// falling side the payments of the busier minutes before still share the budget, on the
 /// rising side fewer do, so the first reads high and the second low.
 fn through_a_day(seeds: u64, mix: Mix) -> anyhow::Result<Day> {
@@ -537,9 +541,7 @@ struct Day {
     whole: Vec<f64>,
 }
 
-/// A change of traffic an hour in, from `before` to `after` (`(rate, mix)`), over `seeds`
-/// runs (seeds `first`..): the median ratio to the bound of the traffic after it, per 10
-/// minutes of arrivals after the change.
+/// What [`after_the_change`] measured.
 struct AfterChange {
     per_slice: Vec<f64>,
     bound_ms: f64,
@@ -555,6 +557,9 @@ impl AfterChange {
     }
 }
 
+/// A change of traffic an hour in, from `before` to `after` (`(rate, mix)`), over `seeds`
+/// runs (seeds `first`..): the median ratio to the bound of the traffic after it, per 10
+/// minutes of arrivals after the change.
 fn after_the_change(
     seeds: u64,
     first: u64,

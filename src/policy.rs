@@ -559,8 +559,7 @@ pub fn arrival_rate(counts: &[u32], per_window: usize, servable: f64) -> f64 {
     }
     // A rate that rises or falls steadily (a shop's day) reads late on any mean: half its
     // span behind. A straight line through the last half hour, when the counts lie along
-    // one, gives the rate now. Not through a burst's slices: capped, they would read as a
-    // slope.
+    // one, gives the rate now. Not through a burst's slices: one would tilt the line.
     let recent_slices = &counts[..counts.len().min(TREND_WINDOWS * per_window)];
     if recent_slices.len() >= 2 * per_window && recent_slices.iter().all(|&c| f64::from(c) <= cap) {
         if let Some(now) = trend(recent_slices) {
@@ -1088,6 +1087,13 @@ mod tests {
         // (which would overshoot to about 15).
         let step: Vec<u32> = (0..60).map(|x| if x < 20 { 12 } else { 3 }).collect();
         assert_eq!(arrival_rate(&step, 10, 100.0), 12.0);
+        // No line through a burst's slice: the rise with one slice in the last half hour
+        // above the burst cap (about 45 here), though not so far above that the line
+        // would fit the counts badly, reads as the mean, short of 40.
+        let mut burst = rising.clone();
+        burst[15] = 50;
+        let rate = arrival_rate(&burst, 10, 100.0);
+        assert!(rate < 39.0, "{rate}");
     }
 
     #[test]

@@ -387,7 +387,13 @@ impl Core {
     /// How far back the learner may remember payments (its long memory at most): what a
     /// restart rebuilds it from.
     pub fn memory_ms(&self) -> i64 {
-        LONG_MEMORY_LIVES * self.ladder.timeout_ms().max(self.window)
+        LONG_MEMORY_LIVES * self.life_ms()
+    }
+
+    /// The learner's unit of memory: a payment's lifetime (the ladder's timeout), or the
+    /// budget's window if that is longer.
+    fn life_ms(&self) -> i64 {
+        self.ladder.timeout_ms().max(self.window)
     }
 
     /// Payments held.
@@ -1259,7 +1265,7 @@ impl Core {
     /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
     fn refit(&mut self, now: UnixMs, arrivals: &[(f64, usize)]) {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
-        let life = self.ladder.timeout_ms().max(self.window);
+        let life = self.life_ms();
         for (m, &(rate, _)) in arrivals.iter().enumerate() {
             // Recent memory: enough payments to learn from (about 400), over at least two
             // lifetimes and at most three, so a change of traffic is followed within half
