@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             seed: 21 + seed,
             oracle: false,
             backlog_share: BacklogShare::DEFAULT,
+            judge_plans: false,
             others: Vec::new(),
         };
         let r = sim::run(&sc)?;

@@ -20,7 +20,10 @@
 //! `NINJAPOLL_BENCH_BURST_RATE=0.5` puts it on top of another stream and
 //! `NINJAPOLL_BENCH_BURST_MINUTES=5` spreads it over five minutes;
 //! `NINJAPOLL_BENCH_ORACLE=1` tells the core the true mix in the steady, rate-step and day
-//! parts; `NINJAPOLL_BENCH_DETAIL=1` prints per seed).
+//! parts; `NINJAPOLL_BENCH_DETAIL=1` prints per seed and, in the steady table, judges the
+//! learnt plans: their mean delay under the true mix at the bound's requests per payment,
+//! against the true mix's own plans, sampled every half window; a figure of learning alone,
+//! far steadier from seed to seed than the ratio).
 
 use ninjapoll::sim::{run, BacklogShare, Component, Mix, Phase, Report, Scenario};
 use ninjapoll::{Ladder, State};
@@ -128,6 +131,11 @@ fn phased(phases: impl IntoIterator<Item = (i64, f64, Mix)>, seed: u64) -> Scena
     sc
 }
 
+/// `NINJAPOLL_BENCH_DETAIL=1`: figures per seed.
+fn detail() -> bool {
+    std::env::var_os("NINJAPOLL_BENCH_DETAIL").is_some()
+}
+
 /// `NINJAPOLL_BENCH_ORACLE=1`: the core is told the true mix instead of learning it.
 fn oracle() -> bool {
     std::env::var_os("NINJAPOLL_BENCH_ORACLE").is_some()
@@ -221,16 +229,17 @@ fn main() -> anyhow::Result<()> {
             for seed in 0..seeds {
                 let mut sc = Scenario::steady(mix.clone(), rate, HOUR, measure, 11 + seed);
                 sc.oracle = oracle;
+                sc.judge_plans = detail();
                 if let Some(ladder) = &first_check {
                     sc.ladder = ladder.clone();
                 }
                 rows.push(run(&sc)?);
             }
             let cpu = started.elapsed().as_secs_f64() / seeds as f64;
-            if std::env::var_os("NINJAPOLL_BENCH_DETAIL").is_some() {
+            if detail() {
                 for r in &rows {
                     println!(
-                        "    seed: ratio {:.3} mean {:.2} s, planned {:.2} s at level {:.2} (p10/50/90 {:.1}/{:.1}/{:.1}, ladder {:.0}%), checks late by mean {:.0} ms (p95 {:.0} ms), budget {:.1}%; learnt {:.2} flip, by {:?} ms (true {:.2}, {:?})",
+                        "    seed: ratio {:.3} mean {:.2} s, planned {:.2} s at level {:.2} (p10/50/90 {:.1}/{:.1}/{:.1}, ladder {:.0}%), checks late by mean {:.0} ms (p95 {:.0} ms), budget {:.1}%; learnt {:.2} flip, by {:?} ms (true {:.2}, {:?}); learnt plans {:.3}× the true mix's own",
                         r.ratio,
                         r.mean_ms / 1000.0,
                         r.planned_delay_ms / 1000.0,
@@ -245,7 +254,17 @@ fn main() -> anyhow::Result<()> {
                         r.learnt_flip_share,
                         r.learnt_flip_age_ms,
                         r.true_flip_share,
-                        r.true_flip_age_ms
+                        r.true_flip_age_ms,
+                        r.learnt_plans.unwrap_or(f64::NAN)
+                    );
+                }
+                let judged: Vec<f64> = rows.iter().filter_map(|r| r.learnt_plans).collect();
+                if !judged.is_empty() {
+                    let lo = judged.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = judged.iter().copied().fold(0.0, f64::max);
+                    println!(
+                        "    learnt plans against the true mix's own, at the bound's requests per payment: median {:.3}× (seeds {lo:.3}–{hi:.3})",
+                        median(judged)
                     );
                 }
             }
@@ -379,7 +398,7 @@ fn main() -> anyhow::Result<()> {
                 side(&falling),
                 side(&whole)
             );
-            if std::env::var_os("NINJAPOLL_BENCH_DETAIL").is_some() {
+            if detail() {
                 for (r, f) in rising.iter().zip(&falling) {
                     println!("    seed: rising {r:.3} falling {f:.3}");
                 }

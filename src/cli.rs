@@ -329,6 +329,7 @@ async fn simulate(
         seed: 1,
         oracle: false,
         backlog_share: cfg.ninjapay.backlog_share,
+        judge_plans: false,
         others: streams[1..]
             .iter()
             .zip(&mixes[1..])

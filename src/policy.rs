@@ -377,6 +377,20 @@ impl Plans {
         self.at(lo).delay * (1.0 - frac) + self.at(lo + 1).delay * frac
     }
 
+    /// Each level's schedule, solved for this plan's distribution, as (requests per
+    /// payment, mean delay in cells) when the flips follow `truth` instead. Against
+    /// `truth`'s own plans (see [`delay_at`]) it tells how much a learnt distribution's
+    /// schedules lose by being learnt, whatever the budget's pressure and the limiter do.
+    pub fn frontier_under(&self, truth: &FlipDist) -> Vec<(f64, f64)> {
+        (0..=PRICES)
+            .map(|i| {
+                let t = self.at(i);
+                let e = Table::from_next(t.next.clone(), t.mu, truth, self.window_cells);
+                (e.checks, e.delay)
+            })
+            .collect()
+    }
+
     /// The highest level.
     pub fn top(&self) -> usize {
         PRICES
@@ -485,6 +499,28 @@ pub fn bound(grid: &Grid, streams: &[(f64, &FlipDist)], budget_checks: f64) -> B
         delay: w * t_lo.delay + (1.0 - w) * t_hi.delay,
         checks: w * t_lo.checks + (1.0 - w) * t_hi.checks,
     }
+}
+
+/// The least mean delay along `frontier` (see [`Plans::frontier_under`]) at `checks`
+/// requests per payment, mixing two neighbouring levels as the core does; `None` when no
+/// two neighbours span it.
+pub fn delay_at(frontier: &[(f64, f64)], checks: f64) -> Option<f64> {
+    frontier
+        .windows(2)
+        .filter_map(|w| {
+            let ((c0, d0), (c1, d1)) = (w[0], w[1]);
+            let (lo, hi) = (c0.min(c1), c0.max(c1));
+            if checks < lo || checks > hi {
+                return None;
+            }
+            let x = if hi - lo > 1e-12 {
+                (checks - c0) / (c1 - c0)
+            } else {
+                0.0
+            };
+            Some(d0 + x * (d1 - d0))
+        })
+        .min_by(f64::total_cmp)
 }
 
 /// Windows of arrivals [`arrival_rate`] remembers.
@@ -1002,6 +1038,32 @@ mod tests {
             assert!(b.checks <= a.checks + 1e-9);
             assert!(b.delay >= a.delay - 1e-9);
         }
+    }
+
+    #[test]
+    fn plans_learnt_from_another_distribution_lose_against_the_true_ones() {
+        let grid = Grid::new(&Ladder::documented());
+        let truth = mix_a(CELLS);
+        let own = Plans::new(&grid, truth.clone(), CELLS);
+        let frontier = own.frontier_under(&truth);
+        // Under their own distribution, the plans' figures are the tables' own.
+        for (i, &(checks, delay)) in frontier.iter().enumerate().step_by(9) {
+            let t = own.at(i);
+            assert!((checks - t.checks).abs() < 1e-9 && (delay - t.delay).abs() < 1e-9);
+        }
+        // Plans solved for the ladder's prior see mix A's flips later at every budget
+        // between a few checks and the ladder's own.
+        let prior = Plans::new(&grid, grid.ladder_prior(), CELLS);
+        let other = prior.frontier_under(&truth);
+        for checks in [4.0, 8.0, 16.0] {
+            let best = delay_at(&frontier, checks).expect("spanned");
+            let got = delay_at(&other, checks).expect("spanned");
+            assert!(
+                got > best * 1.01,
+                "at {checks} checks: {got:.2} vs {best:.2}"
+            );
+        }
+        assert_eq!(delay_at(&frontier, 1e6), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use crate::budget::BacklogShare;
 use crate::config::{self, Config};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentKey, State, UnixMs};
-use crate::policy::{bound, FlipDist, Grid};
+use crate::policy::{bound, delay_at, FlipDist, Grid, Plans};
 use crate::scheduler::{core_config, Action, Completion, Core};
 use crate::store::PendingRow;
 use anyhow::Result;
@@ -247,6 +247,10 @@ pub struct Scenario {
     pub oracle: bool,
     /// The share of the budget a burst's backlog may take (`ninjapay.backlog_share`).
     pub backlog_share: BacklogShare,
+    /// Judge the learnt plans against the true mix's own (a steady stream of one kind
+    /// only): see [`Report::learnt_plans`]. Costs a solve of every price level per
+    /// sample, so it is asked for.
+    pub judge_plans: bool,
     /// More streams on the same key, each its own kind (`s1`, `s2`, …, checked like
     /// `p2p`), at `(rate, mix)` for as long as the phases last: a merchant taking several
     /// kinds of payment.
@@ -271,6 +275,7 @@ impl Scenario {
             seed,
             oracle: false,
             backlog_share: BacklogShare::DEFAULT,
+            judge_plans: false,
             others: Vec::new(),
         }
     }
@@ -330,6 +335,12 @@ pub struct Report {
     /// What the core learnt by the end: the share flipping and the flip ages (ms) by which
     /// half, 90% and 99% of those flipped; beside the truth's (`true_*`).
     pub learnt_flip_share: f64,
+    /// With [`Scenario::judge_plans`]: the mean delay the learnt plans would give under
+    /// the true mix, at the bound's requests per payment, over what the true mix's own
+    /// plans give (1.0: nothing lost to learning), averaged over the measured span every
+    /// half window. The limiter, the arrivals' randomness and the price's steering play no
+    /// part, so it varies far less from seed to seed than the ratio.
+    pub learnt_plans: Option<f64>,
     pub learnt_flip_age_ms: [i64; 3],
     pub true_flip_share: f64,
     pub true_flip_age_ms: [i64; 3],
@@ -461,6 +472,9 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut active = 0usize;
     let (mut late, mut levels, mut planned) = (Vec::new(), Vec::new(), Vec::new());
     let mut learnt = (0.0, [0i64; 3]);
+    let judge = judged(sc);
+    let mut judged_at = sc.warmup_ms;
+    let mut plan_losses = Vec::new();
 
     loop {
         // Perform what the core asked for.
@@ -592,6 +606,19 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             next_tick = now + tick_ms;
             let st = core.status(now);
             if now >= sc.warmup_ms && now < arrivals_end {
+                if let Some((truth, own, checks)) = &judge {
+                    if now >= judged_at {
+                        judged_at = now + sc.window_ms / 2;
+                        let learnt = core
+                            .plans("p2p")
+                            .and_then(|p| delay_at(&p.frontier_under(truth), *checks));
+                        if let (Some(l), Some(o)) = (learnt, own) {
+                            if *o > 0.0 {
+                                plan_losses.push(l / o);
+                            }
+                        }
+                    }
+                }
                 if let Some(p) = st.first() {
                     late.extend_from_slice(&p.lateness_ms);
                     levels.push(p.price_level);
@@ -680,6 +707,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         },
         planned_delay_ms: avg(&planned),
         learnt_flip_share: learnt.0,
+        learnt_plans: (!plan_losses.is_empty()).then(|| avg(&plan_losses)),
         learnt_flip_age_ms: learnt.1,
         true_flip_share: truth.flips(),
         true_flip_age_ms: [0.5, 0.9, 0.99].map(|q| truth.quantile(q) as i64 * grid.unit_ms()),
@@ -713,6 +741,26 @@ impl Scenario {
         let scale = self.scale();
         bound_ms(&grid, &[(rate, &mix.dist(&grid, scale))], scale, self)
     }
+}
+
+/// For [`Scenario::judge_plans`] on a steady stream of one kind: the true distribution,
+/// its own plans' delay (cells) at the bound's requests per payment, and those requests.
+fn judged(sc: &Scenario) -> Option<(FlipDist, Option<f64>, f64)> {
+    let [ph] = sc.phases.as_slice() else {
+        return None;
+    };
+    if !sc.judge_plans || !sc.others.is_empty() || ph.rate <= 0.0 {
+        return None;
+    }
+    let grid = Grid::new(&sc.ladder);
+    let scale = sc.scale();
+    let truth = ph.mix.dist(&grid, scale);
+    let window_cells = (sc.window_ms / grid.unit_ms()).max(1) as usize;
+    let per_window = ph.rate * sc.window_ms as f64 / (1000.0 * scale);
+    let checks = f64::from(sc.budget) / per_window;
+    let own = Plans::new(&grid, truth.clone(), window_cells);
+    let best = delay_at(&own.frontier_under(&truth), checks);
+    Some((truth, best, checks))
 }
 
 /// The bound, in ms, for streams `(rate, flip distribution)` at their rates per (scaled)
@@ -786,6 +834,7 @@ mod tests {
             seed: 3,
             oracle: false,
             backlog_share: BacklogShare::DEFAULT,
+            judge_plans: false,
             others: Vec::new(),
         };
         let light = run(&scenario(0.02)).unwrap();

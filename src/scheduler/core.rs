@@ -384,6 +384,11 @@ impl Core {
         }
     }
 
+    /// A kind's current plans (its learnt or assumed flip ages and their schedules).
+    pub fn plans(&self, kind: &str) -> Option<&Plans> {
+        self.model_of.get(kind).map(|&m| &self.models[m].plans)
+    }
+
     /// How far back the learner may remember payments (its long memory at most): what a
     /// restart rebuilds it from.
     pub fn memory_ms(&self) -> i64 {
