@@ -335,15 +335,15 @@ pub struct Report {
     /// What the core learnt by the end: the share flipping and the flip ages (ms) by which
     /// half, 90% and 99% of those flipped; beside the truth's (`true_*`).
     pub learnt_flip_share: f64,
+    pub learnt_flip_age_ms: [i64; 3],
+    pub true_flip_share: f64,
+    pub true_flip_age_ms: [i64; 3],
     /// With [`Scenario::judge_plans`]: the mean delay the learnt plans would give under
     /// the true mix, at the bound's requests per payment, over what the true mix's own
     /// plans give (1.0: nothing lost to learning), averaged over the measured span every
     /// half window. The limiter, the arrivals' randomness and the price's steering play no
     /// part, so it varies far less from seed to seed than the ratio.
     pub learnt_plans: Option<f64>,
-    pub learnt_flip_age_ms: [i64; 3],
-    pub true_flip_share: f64,
-    pub true_flip_age_ms: [i64; 3],
     pub fates: Vec<Fate>,
 }
 
