@@ -103,9 +103,14 @@ fn edge_mixes() -> Vec<(&'static str, Mix)> {
 
 /// The seeds' range of a figure, `lo–hi`.
 fn spread(v: impl Iterator<Item = f64> + Clone) -> String {
+    spread_to(v, 2)
+}
+
+/// [`spread`] to `digits` decimals.
+fn spread_to(v: impl Iterator<Item = f64> + Clone, digits: usize) -> String {
     let lo = v.clone().fold(f64::INFINITY, f64::min);
     let hi = v.fold(0.0, f64::max);
-    format!("{lo:.2}–{hi:.2}")
+    format!("{lo:.digits$}–{hi:.digits$}")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -260,11 +265,10 @@ fn main() -> anyhow::Result<()> {
                 }
                 let judged: Vec<f64> = rows.iter().filter_map(|r| r.learnt_plans).collect();
                 if !judged.is_empty() {
-                    let lo = judged.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = judged.iter().copied().fold(0.0, f64::max);
                     println!(
-                        "    learnt plans against the true mix's own, at the bound's requests per payment: median {:.3}× (seeds {lo:.3}–{hi:.3})",
-                        median(judged)
+                        "    learnt plans against the true mix's own, at the bound's requests per payment: median {:.3}× (seeds {})",
+                        median(judged.clone()),
+                        spread_to(judged.into_iter(), 3)
                     );
                 }
             }

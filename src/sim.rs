@@ -665,7 +665,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .chain(sc.others.iter().map(|(r, m)| (*r, m.dist(&grid, scale))))
         .collect();
     let refs: Vec<(f64, &FlipDist)> = streams.iter().map(|(r, d)| (*r, d)).collect();
-    let bound_ms = bound_ms(&grid, &refs, scale, sc);
+    let bound_ms = bound_ms(&grid, &refs, sc);
     let missed = fates
         .iter()
         .filter(|f| f.state == State::Pending || (f.state != State::TimedOut && f.seen.is_none()))
@@ -733,13 +733,20 @@ impl Scenario {
         self.ladder.timeout_ms() as f64 / 600_000.0
     }
 
+    /// Requests per payment the budget gives a stream of `rate` payments per (unscaled)
+    /// second: what the bound spends.
+    fn budget_per_payment(&self, rate: f64) -> f64 {
+        let per_window = rate * self.window_ms as f64 / (1000.0 * self.scale());
+        f64::from(self.budget) / per_window
+    }
+
     /// The bound, in ms, for one stream of `mix` at `rate` payments per (unscaled) second on
     /// this scenario's ladder and budget: the yardstick of a stretch of a run whose rate
     /// varies.
     pub fn bound_ms_at(&self, rate: f64, mix: &Mix) -> f64 {
         let grid = Grid::new(&self.ladder);
         let scale = self.scale();
-        bound_ms(&grid, &[(rate, &mix.dist(&grid, scale))], scale, self)
+        bound_ms(&grid, &[(rate, &mix.dist(&grid, scale))], self)
     }
 }
 
@@ -756,8 +763,7 @@ fn judged(sc: &Scenario) -> Option<(FlipDist, Option<f64>, f64)> {
     let scale = sc.scale();
     let truth = ph.mix.dist(&grid, scale);
     let window_cells = (sc.window_ms / grid.unit_ms()).max(1) as usize;
-    let per_window = ph.rate * sc.window_ms as f64 / (1000.0 * scale);
-    let checks = f64::from(sc.budget) / per_window;
+    let checks = sc.budget_per_payment(ph.rate);
     let own = Plans::new(&grid, truth.clone(), window_cells);
     let best = delay_at(&own.frontier_under(&truth), checks);
     Some((truth, best, checks))
@@ -765,13 +771,12 @@ fn judged(sc: &Scenario) -> Option<(FlipDist, Option<f64>, f64)> {
 
 /// The bound, in ms, for streams `(rate, flip distribution)` at their rates per (scaled)
 /// second, sharing the scenario's budget at one price.
-fn bound_ms(grid: &Grid, streams: &[(f64, &FlipDist)], scale: f64, sc: &Scenario) -> f64 {
+fn bound_ms(grid: &Grid, streams: &[(f64, &FlipDist)], sc: &Scenario) -> f64 {
     let rate: f64 = streams.iter().map(|(r, _)| r.max(0.0)).sum();
     if rate <= 0.0 {
         return 0.0;
     }
-    let per_window = rate * sc.window_ms as f64 / (1000.0 * scale);
-    bound(grid, streams, f64::from(sc.budget) / per_window).delay * grid.unit_ms() as f64
+    bound(grid, streams, sc.budget_per_payment(rate)).delay * grid.unit_ms() as f64
 }
 
 #[cfg(test)]
@@ -864,6 +869,36 @@ mod tests {
     }
 
     #[test]
+    fn judging_the_learnt_plans_changes_no_decision_and_the_true_mix_loses_nothing() {
+        // Mix A at 0.5/s, compressed 100×.
+        let stream = |judge: bool, oracle: bool| {
+            let mut sc = Scenario::steady(Mix::a(), 0.5, 6_000, 30_000, 5);
+            sc.ladder = compressed_ladder();
+            sc.window_ms = 6_000;
+            sc.latency_ms = (1, 3);
+            sc.judge_plans = judge;
+            sc.oracle = oracle;
+            run(&sc).unwrap()
+        };
+        let plain = stream(false, false);
+        let judged = stream(true, false);
+        assert_eq!(plain.learnt_plans, None);
+        // The judge reads the core's plans and decides nothing: every payment alike.
+        let fates = |r: &Report| -> Vec<_> {
+            r.fates
+                .iter()
+                .map(|f| (f.arrived, f.seen, f.ended, f.checks))
+                .collect()
+        };
+        assert_eq!(fates(&plain), fates(&judged));
+        let learnt = judged.learnt_plans.expect("judged");
+        assert!((1.0..1.5).contains(&learnt), "{learnt}");
+        // Told the true mix, the plans are the true mix's own.
+        let told = stream(true, true).learnt_plans.expect("judged");
+        assert!((told - 1.0).abs() < 1e-9, "{told}");
+    }
+
+    #[test]
     fn kinds_on_one_key_share_its_budget_and_are_each_checked() {
         // Mix A as `p2p` and mix B as `s1`, 0.25/s each, compressed 100×.
         let mut sc = Scenario::steady(Mix::a(), 0.25, 6_000, 30_000, 4);
@@ -886,7 +921,7 @@ mod tests {
         // Against the bound of both streams on the one budget, which is above mix A's
         // alone at the same total rate (B flips later).
         let grid = Grid::new(&sc.ladder);
-        let a_alone = bound_ms(&grid, &[(0.5, &Mix::a().dist(&grid, 0.01))], 0.01, &sc);
+        let a_alone = bound_ms(&grid, &[(0.5, &Mix::a().dist(&grid, 0.01))], &sc);
         assert!(r.bound_ms > a_alone, "{} vs {a_alone}", r.bound_ms);
         assert!(r.ratio < 1.5, "{:?}", (r.mean_ms, r.bound_ms));
     }
