@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             backlog_share: BacklogShare::DEFAULT,
             judge_plans: false,
             others: Vec::new(),
+            late: Default::default(),
         };
         let r = sim::run(&sc)?;
         means.push(r.mean_ms);

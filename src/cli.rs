@@ -335,6 +335,7 @@ async fn simulate(
             .zip(&mixes[1..])
             .map(|((_, r), (m, _))| (*r, m.clone()))
             .collect(),
+        late: Default::default(),
     };
     let scale = sc.scale();
     let r = tokio::task::spawn_blocking(move || crate::sim::run(&sc)).await??;

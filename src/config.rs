@@ -36,7 +36,19 @@ pub struct Raw {
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
+    pub reconcile: RawReconcile,
+    #[serde(default)]
     pub kinds: BTreeMap<String, RawKind>,
+}
+
+/// `[reconcile]`: how long a payment stays watched after its ladder ends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconcile {
+    /// Ages since the start at which a timed-out payment is checked again (the densest
+    /// allowed); the last ends the watch; `[]` turns reconciliation off.
+    #[serde(default, with = "durations")]
+    pub after: Option<Vec<Duration>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -539,6 +551,16 @@ pub fn defaults() -> Raw {
             format: Some("text".into()),
             level: Some("info".into()),
         },
+        reconcile: RawReconcile {
+            after: Some(
+                [
+                    900, 1800, 3600, 7200, 21_600, 43_200, 86_400, 172_800, 259_200,
+                ]
+                .into_iter()
+                .map(secs)
+                .collect(),
+            ),
+        },
         kinds: kinds::presets(),
         ..Default::default()
     }
@@ -704,13 +726,39 @@ impl Config {
             Some(2 * lifetime),
         )?;
 
+        let reconcile_after = reconcile_schedule(
+            "reconcile.after",
+            raw.reconcile.after.as_deref().unwrap_or_default(),
+            &ladder,
+        )?;
         let mut kinds = BTreeMap::new();
         for (name, rk) in &raw.kinds {
             if let (None, Some(path)) = (&rk.api_key, &rk.api_key_file) {
                 warnings.extend(world_readable(&format!("kinds.{name}.api_key_file"), path));
             }
-            let kind = Kind::from_raw(name, rk, &ninjapay.prod_base_url, &ninjapay.api_base_url)
-                .map_err(|e| invalid(format!("kinds.{}.{}", e.kind, e.field), e.message))?;
+            let mut kind =
+                Kind::from_raw(name, rk, &ninjapay.prod_base_url, &ninjapay.api_base_url)
+                    .map_err(|e| invalid(format!("kinds.{}.{}", e.kind, e.field), e.message))?;
+            kind.reconcile_after = match &rk.reconcile_after {
+                None => reconcile_after.clone(),
+                Some(ages) => {
+                    let ages: Vec<Duration> = ages.iter().map(|a| a.into_inner()).collect();
+                    reconcile_schedule(&format!("kinds.{name}.reconcile_after"), &ages, &ladder)?
+                }
+            };
+            if let (Some(keep), Some(&last)) = (keep_finished, kind.reconcile_after.last()) {
+                if u128::try_from(last).is_ok_and(|last| keep.as_millis() < last) {
+                    return Err(invalid(
+                        "database.keep_finished",
+                        format!(
+                            "\"{}\" is shorter than kind {name}'s reconciliation schedule ({}): a \
+                             payment would be deleted while still watched",
+                            humantime::format_duration(keep),
+                            humantime::format_duration(Duration::from_millis(last as u64))
+                        ),
+                    ));
+                }
+            }
             // A kind's endpoint gets the key too.
             key_url(&format!("kinds.{name}.url"), Some(&kind.url))?;
             kinds.insert(kind.name.clone(), Arc::new(kind));
@@ -858,6 +906,55 @@ fn key_url(key: &str, value: Option<&str>) -> Result<String, ConfigError> {
         )),
         _ => Ok(v),
     }
+}
+
+/// Longest reconciliation schedule accepted: a year of watching.
+const MAX_RECONCILE: Duration = Duration::from_secs(366 * 86_400);
+/// Most ages in one schedule.
+const MAX_RECONCILE_AGES: usize = 64;
+
+/// A reconciliation schedule as ages in milliseconds since the start: strictly rising,
+/// each past the ladder's timeout (before it the ladder checks), at most a year.
+fn reconcile_schedule(
+    key: &str,
+    ages: &[Duration],
+    ladder: &Ladder,
+) -> Result<Vec<i64>, ConfigError> {
+    if ages.len() > MAX_RECONCILE_AGES {
+        return Err(invalid(
+            key,
+            format!("{} ages; at most {MAX_RECONCILE_AGES}", ages.len()),
+        ));
+    }
+    let mut out: Vec<i64> = Vec::with_capacity(ages.len());
+    for (i, age) in ages.iter().enumerate() {
+        let shown = humantime::format_duration(*age);
+        if *age > MAX_RECONCILE {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                format!("\"{shown}\" is longer than a year"),
+            ));
+        }
+        // At most a year: fits an i64 of milliseconds.
+        let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        if ms <= ladder.timeout_ms() {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                format!(
+                    "\"{shown}\" is not after the ladder's timeout ({}): the ladder checks until then",
+                    humantime::format_duration(Duration::from_millis(ladder.timeout_ms().max(0) as u64))
+                ),
+            ));
+        }
+        if out.last().is_some_and(|prev| *prev >= ms) {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                format!("\"{shown}\" is not after the age before it: ages rise"),
+            ));
+        }
+        out.push(ms);
+    }
+    Ok(out)
 }
 
 /// A retention period: `0` keeps forever (`None`); otherwise at least `min`.
@@ -1117,7 +1214,12 @@ mod tests {
         let e = load_str("[database]\nkeep_finished = \"19m\"").unwrap_err();
         assert!(e.to_string().starts_with("database.keep_finished"), "{e}");
         assert!(e.to_string().contains("20m"), "{e}");
-        assert!(load_str("[database]\nkeep_finished = \"20m\"").is_ok());
+        assert!(load_str("[database]\nkeep_finished = \"20m\"\n[reconcile]\nafter = []").is_ok());
+        // Nor shorter than the longest reconciliation schedule (72 h by default).
+        let e = load_str("[database]\nkeep_finished = \"2d\"").unwrap_err();
+        assert!(e.to_string().starts_with("database.keep_finished"), "{e}");
+        assert!(e.to_string().contains("reconciliation"), "{e}");
+        assert!(load_str("[database]\nkeep_finished = \"3d\"").is_ok());
         // `0` as a bare number, as TOML may and the environment always gives it.
         assert_eq!(
             load_str("[database]\nkeep_finished = 0")

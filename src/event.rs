@@ -15,7 +15,12 @@ pub const TIMED_OUT: &str = "payment.timed_out";
 #[derive(Debug, Clone)]
 pub struct EventSpec {
     pub event_type: &'static str,
+    /// The state before the change: `pending` for a flip the ladder saw, the final state
+    /// it left for a move seen under reconciliation.
+    pub previous_state: State,
     pub previous_upstream_status: Option<String>,
+    /// Seen by reconciliation, after the ladder ended the payment.
+    pub late: bool,
 }
 
 /// The payment an event is about, as it is after the change.
@@ -51,8 +56,7 @@ pub fn event_for(
     }
 }
 
-/// The event's id and body. `after` is the payment as it is after the change; a check
-/// only ever changes a pending payment, so the previous state is always `pending`. The
+/// The event's id and body. `after` is the payment as it is after the change. The
 /// payment's fields are the API's ([`PaymentFacts`]), so a receiver and a client see the
 /// same payment.
 pub fn event_body(
@@ -75,9 +79,10 @@ pub fn event_body(
                 after.metadata,
             ),
             sequence,
-            previous_state: State::Pending,
+            previous_state: ev.previous_state,
             previous_upstream_status: ev.previous_upstream_status.clone(),
             checked_at: Timestamp(checked_at),
+            late: ev.late,
         },
     };
     // Serialising plain data (strings, numbers, parsed JSON values) cannot fail.

@@ -125,6 +125,12 @@ pub struct RawKind {
     pub api_key: Option<String>,
     /// A file holding this kind's own API key.
     pub api_key_file: Option<std::path::PathBuf>,
+    /// This kind's reconciliation schedule (ages since the start), instead of
+    /// `reconcile.after`; `[]` turns it off for the kind.
+    pub reconcile_after: Option<Vec<humantime_serde::Serde<std::time::Duration>>>,
+    /// Final states (besides `timed_out`) that the provider documents a later move from
+    /// (a quote's `succeeded` may be `refunded`): payments ending in them stay watched.
+    pub reconcile_states: Option<Vec<String>>,
 }
 
 /// List-endpoint settings of a kind.
@@ -207,6 +213,10 @@ pub fn presets() -> BTreeMap<String, RawKind> {
             ],
         ),
     );
+    // Ninjapay documents a quote's `success` turning `refunded`.
+    if let Some(quote) = m.get_mut("quote") {
+        quote.reconcile_states = Some(vec!["succeeded".into()]);
+    }
     let mut paywall = preset(
         "POST",
         "{api}/webextension/api/v1/fiat/paywall/trx-status",
@@ -288,6 +298,12 @@ pub struct Kind {
     pub list: Option<ListSpec>,
     /// The kind's own key, when it does not use `ninjapay.api_key`.
     pub api_key: Option<Secret>,
+    /// Ages (ms since the start, ascending) at which a payment that the ladder ended in a
+    /// watched state is checked again; empty: no reconciliation. Set by the configuration
+    /// (the kind's `reconcile_after`, else `reconcile.after`).
+    pub reconcile_after: Vec<i64>,
+    /// Final states a payment may still move from, besides `timed_out`.
+    pub reconcile_states: Vec<State>,
 }
 
 /// A kind the configuration got wrong; the message names the key.
@@ -422,6 +438,22 @@ impl Kind {
                 })
             }
         };
+        let mut reconcile_states = Vec::new();
+        for v in raw.reconcile_states.iter().flatten() {
+            let state = State::parse(v)
+                .filter(|s| s.is_final() && *s != State::TimedOut && *s != State::Cancelled)
+                .ok_or_else(|| {
+                    err(
+                        "reconcile_states",
+                        format!(
+                            "{v:?} is not one of succeeded, failed, expired, refunded (timed_out is always watched)"
+                        ),
+                    )
+                })?;
+            if !reconcile_states.contains(&state) {
+                reconcile_states.push(state);
+            }
+        }
         let api_key = match (&raw.api_key, &raw.api_key_file) {
             (Some(k), _) => Some(Secret::new(k.clone())),
             (None, Some(path)) => {
@@ -439,6 +471,8 @@ impl Kind {
             status_pointer,
             ok_pointer: raw.ok_pointer.clone(),
             status_map,
+            reconcile_after: Vec::new(),
+            reconcile_states,
             query: raw
                 .query
                 .iter()
@@ -452,6 +486,19 @@ impl Kind {
     /// Whether one request answers many payments.
     pub fn is_list(&self) -> bool {
         self.list.is_some()
+    }
+
+    /// Whether a payment of this kind in `state` is still watched after its ladder:
+    /// `timed_out` always (when the kind has a schedule), else the kind's own states.
+    pub fn watches(&self, state: State) -> bool {
+        !self.reconcile_after.is_empty()
+            && (state == State::TimedOut || self.reconcile_states.contains(&state))
+    }
+
+    /// Whether a payment of this kind in `state` may still move, so a merchant's recheck
+    /// is taken: pending, timed out, or a state the kind documents a move from.
+    pub fn may_move(&self, state: State) -> bool {
+        matches!(state, State::Pending | State::TimedOut) || self.reconcile_states.contains(&state)
     }
 
     /// Maps a raw status, case-insensitively; `None` for a status the map doesn't know.

@@ -12,6 +12,7 @@ mod kinds;
 mod ladder;
 mod payment;
 mod policy;
+mod reconcile;
 mod secret;
 mod status;
 /// The socket API's request and answer bodies and the webhook body, for clients and tests.

@@ -104,7 +104,9 @@ impl fmt::Display for EventKey {
 ///
 /// Stored as its snake_case name (the `CHECK` constraint in `0001_payments.sql` lists the
 /// same names), so rows decode straight into the enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum State {

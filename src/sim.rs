@@ -11,6 +11,8 @@ use crate::config::{self, Config};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentKey, State, UnixMs};
 use crate::policy::{bound, delay_at, FlipDist, Grid, Plans};
+pub use crate::reconcile::LateBound;
+pub use crate::scheduler::LatePolicy;
 use crate::scheduler::{core_config, Action, Completion, Core};
 use crate::store::PendingRow;
 use anyhow::Result;
@@ -255,6 +257,64 @@ pub struct Scenario {
     /// `p2p`), at `(rate, mix)` for as long as the phases last: a merchant taking several
     /// kinds of payment.
     pub others: Vec<(f64, Mix)>,
+    /// Late moves and reconciliation (off by default).
+    pub late: LateScenario,
+}
+
+/// Late moves after the ladder, and the reconciliation that looks for them.
+#[derive(Debug, Clone, Default)]
+pub struct LateScenario {
+    /// How the payments that do not flip before their deadline move later, if at all.
+    pub mix: Option<LateMix>,
+    /// The reconciliation schedule: ages (ms, at the documented scale) since the start;
+    /// `None` or empty: no reconciliation.
+    pub schedule: Option<Vec<i64>>,
+    /// Which due check goes first when the spare budget is short.
+    pub policy: LatePolicy,
+}
+
+/// Of the payments that never flip before their deadline, a share approved later, at an
+/// age drawn log-uniformly between two ages (seconds, at the documented scale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LateMix {
+    pub share: f64,
+    pub lo_s: f64,
+    pub hi_s: f64,
+}
+
+impl LateMix {
+    /// The published late-flip workload: one in six of the payments that never flip in
+    /// 10 minutes (5% of mix A's) approved late, log-uniformly between 15 minutes and 24
+    /// hours.
+    pub fn published() -> Self {
+        Self {
+            share: 1.0 / 6.0,
+            lo_s: 900.0,
+            hi_s: 86_400.0,
+        }
+    }
+
+    /// A late move's age (ms, scaled), if this payment moves.
+    fn draw(&self, rng: &mut fastrand::Rng, scale: f64) -> Option<i64> {
+        if rng.f64() >= self.share {
+            return None;
+        }
+        let s = self.lo_s * (self.hi_s / self.lo_s.max(1e-9)).powf(rng.f64());
+        Some((s * 1000.0 * scale) as i64)
+    }
+
+    /// The share moving at an age in `(a, b]` (ms, scaled) and their mean age there.
+    pub fn moves(&self, scale: f64, a: i64, b: i64) -> (f64, f64) {
+        let (lo, hi) = (self.lo_s * 1000.0 * scale, self.hi_s * 1000.0 * scale);
+        let (a, b) = ((a as f64).clamp(lo, hi), (b as f64).clamp(lo, hi));
+        if b <= a || hi <= lo {
+            return (0.0, a);
+        }
+        (
+            self.share * (b / a).ln() / (hi / lo).ln(),
+            (b - a) / (b / a).ln(),
+        )
+    }
 }
 
 impl Scenario {
@@ -277,6 +337,7 @@ impl Scenario {
             backlog_share: BacklogShare::DEFAULT,
             judge_plans: false,
             others: Vec::new(),
+            late: LateScenario::default(),
         }
     }
 }
@@ -301,6 +362,10 @@ pub struct Fate {
     pub burst: bool,
     /// Its stream: 0 for the phases' and bursts', `i` for `Scenario::others[i - 1]`.
     pub stream: usize,
+    /// When it moved after its deadline (see [`LateMix`]), and when the check that saw the
+    /// move was sent.
+    pub late_flip: Option<UnixMs>,
+    pub late_seen: Option<UnixMs>,
 }
 
 /// The figures of a run.
@@ -344,7 +409,29 @@ pub struct Report {
     /// half window. The limiter, the arrivals' randomness and the price's steering play no
     /// part, so it varies far less from seed to seed than the ratio.
     pub learnt_plans: Option<f64>,
+    /// Reconciliation's figures over the measured payments.
+    pub late: LateReport,
     pub fates: Vec<Fate>,
+}
+
+/// What reconciliation found of the late moves of the measured payments.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LateReport {
+    /// Measured payments that timed out.
+    pub timed_out: usize,
+    /// Late moves within the schedule (before its last age).
+    pub moves: usize,
+    /// Of those, seen at all, seen within 24 hours of the move (scaled), and seen by the
+    /// schedule's first check after the move (one tick of slack).
+    pub seen: usize,
+    pub seen_24h: usize,
+    pub seen_on_schedule: usize,
+    /// Mean delay (ms) from a move to the check that saw it, over those seen.
+    pub mean_ms: f64,
+    /// Requests for watched payments over the whole run, and per timed-out payment of the
+    /// run.
+    pub requests: usize,
+    pub requests_per_timed_out: f64,
 }
 
 impl Report {
@@ -403,7 +490,21 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     }
     let mut cfg = Config::from_raw(raw)?;
     cfg.ladder = sc.ladder.clone();
-    let (core_cfg, _) = core_config(&cfg, sc.seed);
+    let scale = sc.scale();
+    // The schedule on the scenario's scale; the configuration's own would not fit a
+    // compressed ladder.
+    let schedule: Vec<i64> = sc
+        .late
+        .schedule
+        .iter()
+        .flatten()
+        .map(|a| (*a as f64 * scale) as i64)
+        .collect();
+    for kind in cfg.kinds.values_mut() {
+        std::sync::Arc::make_mut(kind).reconcile_after = schedule.clone();
+    }
+    let (mut core_cfg, _) = core_config(&cfg, sc.seed);
+    core_cfg.late_policy = sc.late.policy;
     let kinds = stream_kinds
         .iter()
         .map(|name| {
@@ -414,7 +515,9 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut rng = fastrand::Rng::with_seed(sc.seed ^ 0x5eed);
-    let scale = sc.scale();
+    // Late moves draw from their own stream, so the live payments are the same with or
+    // without them.
+    let mut late_rng = fastrand::Rng::with_seed(sc.seed ^ 0x1a7e);
     let mut now: UnixMs = 0;
     let mut core = Core::new(core_cfg, now);
     if sc.oracle {
@@ -475,6 +578,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let judge = judged(sc);
     let mut judged_at = sc.warmup_ms;
     let mut plan_losses = Vec::new();
+    let mut late_requests = 0usize;
 
     loop {
         // Perform what the core asked for.
@@ -483,6 +587,11 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             match a {
                 Action::Send(req) => {
                     let lat = rng.i64(sc.latency_ms.0..=sc.latency_ms.1.max(sc.latency_ms.0));
+                    let watched = req
+                        .pks
+                        .iter()
+                        .all(|pk| fates.get(pk.0 as usize).is_some_and(|f| f.ended.is_some()));
+                    late_requests += usize::from(watched);
                     let observations = req
                         .pks
                         .iter()
@@ -531,7 +640,11 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 Action::Record(_) => {}
             }
         }
-        if next_arrival >= arrivals.len() && active == 0 && in_flight.is_empty() {
+        if next_arrival >= arrivals.len()
+            && active == 0
+            && in_flight.is_empty()
+            && core.watched() == 0
+        {
             break;
         }
         // The next event.
@@ -555,6 +668,16 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             if let Some((age, state)) = flip {
                 flip_of.insert(pk, (at + age, state));
             }
+            let late_flip = match (&sc.late.mix, flip) {
+                (Some(mix), None) => mix
+                    .draw(&mut late_rng, scale)
+                    .filter(|age| at + age >= deadline_of(at))
+                    .map(|age| at + age),
+                _ => None,
+            };
+            if let Some(t) = late_flip {
+                flip_of.insert(pk, (t, State::Succeeded));
+            }
             fates.push(Fate {
                 arrived: at,
                 flip: flip.map(|(age, _)| at + age),
@@ -564,6 +687,8 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                 checks: 0,
                 burst,
                 stream,
+                late_flip,
+                late_seen: None,
             });
             core.track(
                 PendingRow {
@@ -589,6 +714,11 @@ pub fn run(sc: &Scenario) -> Result<Report> {
             completions.pop();
             if let Some(done) = in_flight.remove(&id) {
                 let out = core.complete(&done);
+                for (pk, _, sent_at) in &out.moved {
+                    if let Some(f) = fates.get_mut(pk.0 as usize) {
+                        f.late_seen.get_or_insert(*sent_at);
+                    }
+                }
                 for (pk, state, sent_at) in out.finished {
                     if let Some(f) = fates.get_mut(pk.0 as usize) {
                         f.state = state;
@@ -694,7 +824,12 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .map(|ph| ph.mix.dist(&grid, scale))
         .unwrap_or_else(|| grid.ladder_prior());
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let all_timed_out = fates.iter().filter(|f| f.state == State::TimedOut).count();
+    let mut reconciled = late_report(&measured, &schedule, scale, tick_ms + sc.latency_ms.1);
+    reconciled.requests = late_requests;
+    reconciled.requests_per_timed_out = late_requests as f64 / all_timed_out.max(1) as f64;
     Ok(Report {
+        late: reconciled,
         late_mean_ms: late.iter().sum::<i64>() as f64 / late.len().max(1) as f64,
         late_p95_ms: late.get(late.len() * 95 / 100).copied().unwrap_or(0) as f64,
         level_mean: avg(&levels),
@@ -724,6 +859,55 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         requests: request_times.len(),
         fates,
     })
+}
+
+/// Reconciliation's figures over the measured payments: `schedule` on the run's scale,
+/// `slack` the time a check due at a scheduled age may take to go out and still count as
+/// on schedule (a tick and the provider's latency).
+fn late_report(measured: &[&Fate], schedule: &[i64], scale: f64, slack: i64) -> LateReport {
+    let timed_out = measured
+        .iter()
+        .filter(|f| f.state == State::TimedOut)
+        .count();
+    let last = schedule.last().copied().unwrap_or(0);
+    let day = (86_400_000.0 * scale) as i64;
+    let moves: Vec<(&&Fate, UnixMs)> = measured
+        .iter()
+        .filter(|f| f.state == State::TimedOut)
+        .filter_map(|f| Some((f, f.late_flip?)))
+        .filter(|(f, t)| *t - f.arrived < last)
+        .collect();
+    let delays: Vec<i64> = moves
+        .iter()
+        .filter_map(|(f, t)| Some(f.late_seen? - t))
+        .collect();
+    let on_schedule = moves
+        .iter()
+        .filter(|(f, t)| {
+            let Some(seen) = f.late_seen else {
+                return false;
+            };
+            crate::reconcile::next_age(schedule, t - f.arrived - 1)
+                .is_some_and(|i| seen <= f.arrived + schedule[i] + slack)
+        })
+        .count();
+    LateReport {
+        timed_out,
+        moves: moves.len(),
+        seen: delays.len(),
+        seen_24h: delays.iter().filter(|d| **d <= day).count(),
+        seen_on_schedule: on_schedule,
+        mean_ms: delays.iter().sum::<i64>() as f64 / delays.len().max(1) as f64,
+        requests: 0,
+        requests_per_timed_out: 0.0,
+    }
+}
+
+/// The bound on late moves for `mix` (see [`crate::reconcile::late_bound`]): the least
+/// mean delay, and the share seen, that any choice of checks on `schedule` (ms since the
+/// start, documented scale) achieves with `checks` requests per timed-out payment.
+pub fn late_bound(schedule: &[i64], timeout_ms: i64, mix: &LateMix, checks: f64) -> LateBound {
+    crate::reconcile::late_bound(schedule, timeout_ms, &|a, b| mix.moves(1.0, a, b), checks)
 }
 
 impl Scenario {
@@ -841,6 +1025,7 @@ mod tests {
             backlog_share: BacklogShare::DEFAULT,
             judge_plans: false,
             others: Vec::new(),
+            late: LateScenario::default(),
         };
         let light = run(&scenario(0.02)).unwrap();
         assert_eq!(light.over_budget, 0);

@@ -20,6 +20,22 @@ pub struct KindPolicy {
     pub expected_delay_ms: i64,
     /// Pending payments of the kind the scheduler holds.
     pub pending: usize,
+    /// Reconciliation after the ladder (see [`crate::reconcile`]).
+    pub late: LateStatus,
+}
+
+/// A kind's reconciliation: payments watched now, what was done since start, and the
+/// late moves learnt for its timed-out payments.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LateStatus {
+    pub watched: usize,
+    pub moves: u64,
+    pub checks: u64,
+    pub skipped: u64,
+    /// Learnt share of timed-out payments moving within the watch.
+    pub move_share: f64,
+    /// Learnt age (ms since the start) by which half of those moved.
+    pub move_age_p50_ms: i64,
 }
 
 /// A key's state, for health and metrics.

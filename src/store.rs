@@ -120,6 +120,46 @@ pub struct CheckRecord {
     /// Whether Ninjapay answered that the payment is still pending (evidence for the
     /// learnt flip ages: `pending_seen_at`).
     pub saw_pending: bool,
+    /// A check of a payment under reconciliation (its state was already final), or
+    /// `None` for one of the ladder's.
+    pub watch: Option<WatchCheck>,
+}
+
+/// What a check under reconciliation adds to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchCheck {
+    /// A request was made (`false`: the watch ended without one, nothing was seen).
+    pub asked: bool,
+    /// Ninjapay answered and the payment had not moved (evidence: `watch_seen_at`).
+    pub unchanged: bool,
+}
+
+/// A payment under reconciliation, as the scheduler resumes it.
+#[derive(Debug, Clone, FromRow)]
+pub struct WatchedRow {
+    pub pk: PaymentKey,
+    pub kind: KindName,
+    pub id: String,
+    pub state: State,
+    pub upstream_status: Option<String>,
+    pub started_at: i64,
+    pub next_check_at: i64,
+    /// The last check under watch that saw no move (else when the ladder ended it).
+    pub seen_at: Option<i64>,
+    /// How the ladder ended it.
+    pub ended_state: State,
+}
+
+/// A payment the ladder ended in a watched state, as evidence of when late moves happen.
+#[derive(Debug, Clone, FromRow)]
+pub struct WatchEvidenceRow {
+    pub kind: KindName,
+    pub ended_state: State,
+    pub started_at: i64,
+    /// The last check that saw it unmoved: under watch, else the one that ended it.
+    pub seen_at: Option<i64>,
+    /// The check that saw its first move.
+    pub moved_at: Option<i64>,
 }
 
 /// What committing a check changed, for the scheduler and telemetry.
@@ -314,7 +354,8 @@ macro_rules! finished_query {
     ($since:expr, $most:expr) => {
         sqlx::query_as!(
             FinishedRow,
-            r#"SELECT kind AS "kind: KindName", started_at, pending_seen_at, last_checked_at, state AS "state: State"
+            r#"SELECT kind AS "kind: KindName", started_at, pending_seen_at,
+               finished_at AS last_checked_at, COALESCE(ended_state, state) AS "state!: State"
                FROM payments WHERE started_at >= ? AND state != 'pending'
                ORDER BY started_at DESC LIMIT ?"#,
             $since,
@@ -537,6 +578,41 @@ impl Store {
         .await?)
     }
 
+    /// Every payment under reconciliation (final, with a check still planned), for the
+    /// scheduler at start-up.
+    pub async fn watched(&self) -> Result<Vec<WatchedRow>> {
+        Ok(sqlx::query_as!(
+            WatchedRow,
+            r#"SELECT pk AS "pk!: PaymentKey", kind AS "kind: KindName", id, state AS "state: State",
+               upstream_status, started_at, next_check_at AS "next_check_at!",
+               COALESCE(watch_seen_at, finished_at) AS "seen_at: i64",
+               COALESCE(ended_state, state) AS "ended_state!: State"
+               FROM payments WHERE state != 'pending' AND next_check_at IS NOT NULL ORDER BY pk"#
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Payments started since `since` that the ladder ended in one of `states` (the
+    /// watched ones): when they were last seen unmoved and first seen moved. At most
+    /// `most`, the latest started, oldest first.
+    pub async fn watch_evidence(&self, since: UnixMs, most: i64) -> Result<Vec<WatchEvidenceRow>> {
+        let mut rows = sqlx::query_as!(
+            WatchEvidenceRow,
+            r#"SELECT kind AS "kind: KindName", COALESCE(ended_state, state) AS "ended_state!: State",
+               started_at, COALESCE(watch_seen_at, finished_at) AS "seen_at: i64", moved_at
+               FROM payments WHERE started_at >= ? AND state != 'pending' AND state != 'cancelled'
+               AND (watch_seen_at IS NOT NULL OR moved_at IS NOT NULL OR next_check_at IS NOT NULL)
+               ORDER BY started_at DESC LIMIT ?"#,
+            since,
+            most
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     /// Payments started since `since` that finished: `(kind, started_at, pending_seen_at,
     /// last_checked_at, state)`, the evidence the scheduler learns flip ages from.
     /// At most `most`, the latest started, oldest first.
@@ -617,47 +693,70 @@ impl Store {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            let before = payment_query!(
-                "SELECT ",
-                " FROM payments WHERE pk = ? AND state = 'pending'",
-                r.pk,
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
+            let before = if r.watch.is_some() {
+                payment_query!(
+                    "SELECT ",
+                    " FROM payments WHERE pk = ? AND state != 'pending' AND next_check_at IS NOT NULL",
+                    r.pk,
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+            } else {
+                payment_query!(
+                    "SELECT ",
+                    " FROM payments WHERE pk = ? AND state = 'pending'",
+                    r.pk,
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+            };
             let Some(before) = before else {
                 out.push(Applied::Skipped);
                 continue;
             };
-            let finished_at = r.state.is_final().then_some(r.checked_at);
             let upstream_status = r
                 .upstream_status
                 .clone()
                 .or_else(|| before.upstream_status.clone());
             let response = r.response.clone().or_else(|| before.response.clone());
-            let next_check_at = if r.state.is_final() {
-                None
+            let now = now_ms();
+            if let Some(w) = r.watch {
+                let seen_at = w.unchanged.then_some(r.checked_at);
+                let moved_at = (r.state != before.state).then_some(r.checked_at);
+                let (asked, error) = (
+                    w.asked,
+                    if w.asked {
+                        r.error.clone()
+                    } else {
+                        before.last_error.clone()
+                    },
+                );
+                sqlx::query!(
+                    "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
+                     last_error = ?, next_check_at = ?, updated_at = ?, \
+                     last_checked_at = CASE WHEN ? THEN ? ELSE last_checked_at END, \
+                     checks_done = checks_done + CASE WHEN ? THEN 1 ELSE 0 END, \
+                     watch_seen_at = COALESCE(?, watch_seen_at), \
+                     moved_at = COALESCE(moved_at, ?) WHERE pk = ?",
+                    r.state,
+                    upstream_status,
+                    response,
+                    error,
+                    r.next_check_at,
+                    now,
+                    asked,
+                    r.checked_at,
+                    asked,
+                    seen_at,
+                    moved_at,
+                    r.pk,
+                )
+                .execute(&mut *tx)
+                .await?;
             } else {
-                r.next_check_at
-            };
-            let (now, pending_seen_at) = (now_ms(), r.saw_pending.then_some(r.checked_at));
-            sqlx::query!(
-                "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
-                 last_error = ?, last_checked_at = ?, checks_done = checks_done + 1, \
-                 next_check_at = ?, finished_at = ?, updated_at = ?, \
-                 pending_seen_at = COALESCE(?, pending_seen_at) WHERE pk = ?",
-                r.state,
-                upstream_status,
-                response,
-                r.error,
-                r.checked_at,
-                next_check_at,
-                finished_at,
-                now,
-                pending_seen_at,
-                r.pk,
-            )
-            .execute(&mut *tx)
-            .await?;
+                self.record_live(&mut tx, r, &upstream_status, &response, now)
+                    .await?;
+            }
             if r.changed {
                 sqlx::query!(
                     "INSERT INTO status_history (payment_pk, at, previous_state, state, \
@@ -672,48 +771,15 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let mut event_queued = false;
-            if let Some(ev) = &r.event {
-                let url = before
-                    .callback_url
-                    .clone()
-                    .or_else(|| self.default_webhook_url.as_deref().map(String::from));
-                if let Some(url) = url {
-                    let sequence = before.event_seq + 1;
-                    let after = Subject {
-                        kind: &before.kind,
-                        id: &before.id,
-                        state: r.state,
-                        upstream_status: upstream_status.as_deref(),
-                        started_at: before.started_at,
-                        response: response.as_deref(),
-                        metadata: before.metadata.as_deref(),
-                    };
-                    let (event_id, body) = event_body(ev, &after, sequence, r.checked_at);
-                    sqlx::query!(
-                        "INSERT INTO webhook_events (event_id, payment_pk, sequence, type, url, \
-                         body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        event_id,
-                        r.pk,
-                        sequence,
-                        ev.event_type,
-                        url,
-                        body,
-                        r.checked_at,
-                        r.checked_at,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query!(
-                        "UPDATE payments SET event_seq = ? WHERE pk = ?",
-                        sequence,
-                        r.pk
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                    event_queued = true;
-                }
-            }
+            let event_queued = self
+                .queue_event(
+                    &mut tx,
+                    r,
+                    &before,
+                    upstream_status.as_deref(),
+                    response.as_deref(),
+                )
+                .await?;
             out.push(Applied::Updated { event_queued });
         }
         for (pk, at) in ledger_done {
@@ -727,6 +793,96 @@ impl Store {
         }
         tx.commit().await.context("committing check outcomes")?;
         Ok(out)
+    }
+
+    /// A check of the ladder's: a final state ends the ladder (`finished_at`, and how it
+    /// ended in `ended_state`); the next planned check is the core's (reconciliation's,
+    /// when the payment stays watched).
+    async fn record_live(
+        &self,
+        tx: &mut WriteTx,
+        r: &CheckRecord,
+        upstream_status: &Option<String>,
+        response: &Option<String>,
+        now: UnixMs,
+    ) -> Result<()> {
+        let finished_at = r.state.is_final().then_some(r.checked_at);
+        let ended_state = r.state.is_final().then_some(r.state);
+        let pending_seen_at = r.saw_pending.then_some(r.checked_at);
+        sqlx::query!(
+            "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
+                 last_error = ?, last_checked_at = ?, checks_done = checks_done + 1, \
+                 next_check_at = ?, finished_at = ?, updated_at = ?, \
+                 pending_seen_at = COALESCE(?, pending_seen_at), ended_state = ? WHERE pk = ?",
+            r.state,
+            upstream_status,
+            response,
+            r.error,
+            r.checked_at,
+            r.next_check_at,
+            finished_at,
+            now,
+            pending_seen_at,
+            ended_state,
+            r.pk,
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts the webhook event a check causes in the outbox; whether one was queued.
+    async fn queue_event(
+        &self,
+        tx: &mut WriteTx,
+        r: &CheckRecord,
+        before: &PaymentRow,
+        upstream_status: Option<&str>,
+        response: Option<&str>,
+    ) -> Result<bool> {
+        let Some(ev) = &r.event else {
+            return Ok(false);
+        };
+        let url = before
+            .callback_url
+            .clone()
+            .or_else(|| self.default_webhook_url.as_deref().map(String::from));
+        let Some(url) = url else {
+            return Ok(false);
+        };
+        let sequence = before.event_seq + 1;
+        let after = Subject {
+            kind: &before.kind,
+            id: &before.id,
+            state: r.state,
+            upstream_status,
+            started_at: before.started_at,
+            response,
+            metadata: before.metadata.as_deref(),
+        };
+        let (event_id, body) = event_body(ev, &after, sequence, r.checked_at);
+        sqlx::query!(
+            "INSERT INTO webhook_events (event_id, payment_pk, sequence, type, url, \
+             body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            event_id,
+            r.pk,
+            sequence,
+            ev.event_type,
+            url,
+            body,
+            r.checked_at,
+            r.checked_at,
+        )
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE payments SET event_seq = ? WHERE pk = ?",
+            sequence,
+            r.pk
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(true)
     }
 
     /// Cancels a pending payment. `Ok(None)`: no such payment; `Err` of the row: already final.
@@ -780,6 +936,43 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some(Ok(updated)))
+    }
+
+    /// Plans a check of a final payment that may still move (a merchant's recheck after
+    /// the ladder ended it): its next check is `at` at the latest, whatever its watch
+    /// planned. `None`: no such payment in `state`.
+    pub async fn rewatch(
+        &self,
+        kind: &str,
+        id: &str,
+        state: State,
+        at: UnixMs,
+    ) -> Result<Option<PaymentRow>> {
+        let result = self.rewatch_tx(kind, id, state, at).await;
+        self.note(result)
+    }
+
+    async fn rewatch_tx(
+        &self,
+        kind: &str,
+        id: &str,
+        state: State,
+        at: UnixMs,
+    ) -> Result<Option<PaymentRow>> {
+        let mut tx = self.begin().await?;
+        let row = payment_query!(
+            "UPDATE payments SET next_check_at = MIN(COALESCE(next_check_at, ?1), ?1), \
+             updated_at = ?1 WHERE kind = ?2 AND id = ?3 AND state = ?4 RETURNING ",
+            "",
+            at,
+            kind,
+            id,
+            state,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     /// Moves a pending payment's next check to `at` (a manual recheck). `None`: no such
@@ -1026,7 +1219,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let pks = sqlx::query_scalar!(
             r#"SELECT pk AS "pk!: PaymentKey" FROM payments p
-               WHERE state != 'pending' AND finished_at < ?1
+               WHERE state != 'pending' AND finished_at < ?1 AND next_check_at IS NULL
                AND NOT EXISTS (SELECT 1 FROM webhook_events e
                                WHERE e.payment_pk = p.pk AND e.state = 'pending')
                ORDER BY finished_at LIMIT ?2"#,
@@ -1413,6 +1606,7 @@ mod outbox_tests {
         let (a, b) = (rows[0].0.pk, rows[1].0.pk);
         let flip = |pk: PaymentKey, raw: &str, at: i64| CheckRecord {
             saw_pending: false,
+            watch: None,
             pk,
             checked_at: at,
             upstream_status: Some(raw.into()),
@@ -1423,6 +1617,8 @@ mod outbox_tests {
             event: Some(EventSpec {
                 event_type: STATUS_CHANGED,
                 previous_upstream_status: None,
+                previous_state: State::Pending,
+                late: false,
             }),
             changed: true,
         };
@@ -1573,16 +1769,19 @@ mod retention_tests {
             .record_checks(
                 &[CheckRecord {
                     saw_pending: false,
+                    watch: None,
                     pk,
                     checked_at: at,
                     upstream_status: Some(format!("raw-{id}")),
                     state,
                     response: None,
                     error: None,
-                    next_check_at: Some(at + 1),
+                    next_check_at: (state == State::Pending).then_some(at + 1),
                     event: Some(EventSpec {
                         event_type: STATUS_CHANGED,
                         previous_upstream_status: None,
+                        previous_state: State::Pending,
+                        late: false,
                     }),
                     changed: true,
                 }],
@@ -1634,6 +1833,7 @@ mod retention_tests {
             };
             let check = CheckRecord {
                 saw_pending: false,
+                watch: None,
                 pk,
                 checked_at: started_at + 5,
                 upstream_status: Some("raw".into()),
@@ -1754,6 +1954,7 @@ mod retention_tests {
             .iter()
             .map(|(r, _)| CheckRecord {
                 saw_pending: true,
+                watch: None,
                 pk: r.pk,
                 checked_at: 100,
                 upstream_status: Some("approved".into()),
@@ -1764,6 +1965,8 @@ mod retention_tests {
                 event: Some(EventSpec {
                     event_type: STATUS_CHANGED,
                     previous_upstream_status: None,
+                    previous_state: State::Pending,
+                    late: false,
                 }),
                 changed: true,
             })
@@ -1854,6 +2057,7 @@ mod retention_tests {
         // A's next event is number 2, not a reused 1.
         let flip = CheckRecord {
             saw_pending: false,
+            watch: None,
             pk: a,
             checked_at: 200,
             upstream_status: Some("approved".into()),
@@ -1864,6 +2068,8 @@ mod retention_tests {
             event: Some(EventSpec {
                 event_type: STATUS_CHANGED,
                 previous_upstream_status: None,
+                previous_state: State::Pending,
+                late: false,
             }),
             changed: true,
         };

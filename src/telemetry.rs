@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::ops::Deref;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,6 +62,22 @@ struct PoolLabel {
 struct PoolKindLabels {
     pool: String,
     kind: KindName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LateCheckLabels {
+    pool: String,
+    kind: KindName,
+    outcome: &'static str,
+}
+
+/// Brings a counter up to a total the scheduler keeps (it only ever grows while the
+/// process runs, as the counter does).
+fn catch_up(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,6 +144,9 @@ pub struct Telemetry {
     flip_age: Family<QuantileLabels, FloatGauge>,
     flip_share: Family<PoolKindLabels, FloatGauge>,
     expected_delay: Family<PoolKindLabels, FloatGauge>,
+    watched: Family<PoolKindLabels, Gauge>,
+    late_moves: Family<PoolKindLabels, Counter>,
+    late_checks: Family<LateCheckLabels, Counter>,
 }
 
 impl Default for Telemetry {
@@ -159,6 +179,9 @@ impl Default for Telemetry {
             flip_age: Family::default(),
             flip_share: Family::default(),
             expected_delay: Family::default(),
+            watched: Family::default(),
+            late_moves: Family::default(),
+            late_checks: Family::default(),
         };
         // Series that should read 0 rather than be absent before their first event.
         for operation in DATABASE_OPERATIONS {
@@ -265,6 +288,21 @@ impl Default for Telemetry {
                 "Mean flip-to-detection delay the policy expects for a kind at the current load",
                 Unit::Seconds,
                 t.expected_delay.clone(),
+            );
+            r.register(
+                "watched_payments",
+                "Payments under reconciliation after their ladder (timed out, or in a state that may still move), per kind",
+                t.watched.clone(),
+            );
+            r.register(
+                "late_moves",
+                "Moves seen after the ladder ended a payment (a late approval, a refund), per kind",
+                t.late_moves.clone(),
+            );
+            r.register(
+                "late_checks",
+                "Scheduled checks of watched payments, per kind: made (from the spare budget) or skipped (none was spare)",
+                t.late_checks.clone(),
             );
             r.register(
                 "webhook_events",
@@ -478,6 +516,18 @@ impl Telemetry {
                     kind: k.kind.clone(),
                 };
                 self.pending.get_or_create(&labels).set(k.pending as i64);
+                self.watched
+                    .get_or_create(&labels)
+                    .set(i64::try_from(k.late.watched).unwrap_or(i64::MAX));
+                catch_up(self.late_moves.get_or_create(&labels).deref(), k.late.moves);
+                for (outcome, n) in [("made", k.late.checks), ("skipped", k.late.skipped)] {
+                    let labels = LateCheckLabels {
+                        pool: p.name.clone(),
+                        kind: k.kind.clone(),
+                        outcome,
+                    };
+                    catch_up(self.late_checks.get_or_create(&labels).deref(), n);
+                }
                 self.flip_share.get_or_create(&labels).set(k.flip_share);
                 self.expected_delay
                     .get_or_create(&labels)

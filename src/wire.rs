@@ -91,7 +91,11 @@ impl PaymentFacts {
 pub struct PaymentView {
     #[serde(flatten)]
     pub facts: PaymentFacts,
+    /// The next planned check: the ladder's while pending, reconciliation's after.
     pub next_check_at: Option<Timestamp>,
+    /// No check is planned any more (final, and not or no longer watched).
+    #[serde(default)]
+    pub settled: bool,
     pub checks_done: i64,
     pub last_checked_at: Option<Timestamp>,
     pub last_error: Option<String>,
@@ -250,6 +254,9 @@ pub struct EventData {
     pub previous_state: State,
     pub previous_upstream_status: Option<String>,
     pub checked_at: Timestamp,
+    /// Seen by reconciliation, after the ladder had ended the payment.
+    #[serde(default)]
+    pub late: bool,
 }
 
 /// `{"code", "message"}`: an error, and each failed batch item's. The code is text here:
@@ -349,6 +356,23 @@ pub struct KindPolicyView {
     pub flip_age_p90_ms: i64,
     pub flip_age_p99_ms: i64,
     pub expected_delay_ms: i64,
+    /// Payments under reconciliation after their ladder.
+    #[serde(default)]
+    pub watched: usize,
+    /// Since start: moves seen after the ladder, checks made for watched payments, and
+    /// scheduled checks skipped for lack of spare budget.
+    #[serde(default)]
+    pub late_moves: u64,
+    #[serde(default)]
+    pub late_checks: u64,
+    #[serde(default)]
+    pub late_skipped: u64,
+    /// Learnt share of timed-out payments that move within the watch, and the age by
+    /// which half of those moved.
+    #[serde(default)]
+    pub late_move_share: f64,
+    #[serde(default)]
+    pub late_move_p50_ms: i64,
 }
 
 /// Whether the database takes writes.
@@ -375,6 +399,7 @@ mod tests {
                 Some(r#"{"order":7}"#),
             ),
             next_check_at: None,
+            settled: true,
             checks_done: 3,
             last_checked_at: Some(Timestamp(1_769_860_830_456)),
             last_error: None,
@@ -395,7 +420,7 @@ mod tests {
                 "kind": "p2p", "id": "A198660213997", "state": "succeeded",
                 "upstream_status": "approved", "final": true,
                 "started_at": "2026-01-31T12:00:00.123Z",
-                "next_check_at": null, "checks_done": 3,
+                "next_check_at": null, "settled": true, "checks_done": 3,
                 "last_checked_at": "2026-01-31T12:00:30.456Z", "last_error": null,
                 "finished_at": "2026-01-31T12:00:30.456Z",
                 "response": {"status": "approved", "amount": 10},

@@ -8,7 +8,7 @@ use crate::config::CallbackRefusal;
 use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
 use crate::scheduler::Command;
-use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow};
+use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow, WatchedRow};
 use crate::wire::{
     BatchAnswer, BatchRequest, BatchResult, EnqueueRequest, HistoryEntry, PaymentDetail,
     PaymentFacts, PaymentPage, PaymentView, RecheckAnswer, Timestamp,
@@ -41,6 +41,7 @@ pub fn payment_view(r: &PaymentRow) -> PaymentView {
             r.metadata.as_deref(),
         ),
         next_check_at: r.next_check_at.map(Timestamp),
+        settled: r.state.is_final() && r.next_check_at.is_none(),
         checks_done: r.checks_done,
         last_checked_at: r.last_checked_at.map(Timestamp),
         last_error: r.last_error.clone(),
@@ -178,6 +179,22 @@ fn pending_row(r: &PaymentRow) -> PendingRow {
         jitter_ms: r.jitter_ms,
         next_check_at: r.next_check_at,
         last_checked_at: r.last_checked_at,
+    }
+}
+
+/// A final payment to check again, as the scheduler holds a watched one. Its evidence of
+/// late moves is the database's; this only places the check.
+fn watched_row(r: &PaymentRow) -> WatchedRow {
+    WatchedRow {
+        pk: r.pk,
+        kind: r.kind.clone(),
+        id: r.id.clone(),
+        state: r.state,
+        upstream_status: r.upstream_status.clone(),
+        started_at: r.started_at,
+        next_check_at: r.next_check_at.unwrap_or(r.updated_at),
+        seen_at: r.last_checked_at.or(r.finished_at),
+        ended_state: r.state,
     }
 }
 
@@ -443,38 +460,57 @@ pub async fn recheck(
     PaymentPath(kind, id): PaymentPath,
 ) -> Result<Response, ApiError> {
     check_path(&st, &kind, &id)?;
-    match st.store.reschedule(&kind, &id, now_ms()).await? {
+    let now = now_ms();
+    let (row, cmd_at) = match st.store.reschedule(&kind, &id, now).await? {
         Some(row) => {
             // Tracking first makes sure the scheduler holds the payment (a duplicate is
             // ignored); the recheck is a hint it coalesces, and it says when it will run.
             let _ = st.scheduler.send(Command::Track(pending_row(&row)));
             let (tx, rx) = tokio::sync::oneshot::channel();
             let _ = st.scheduler.send(Command::Recheck(row.pk, Some(tx)));
-            let at = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .flatten();
-            let mut payment = payment_view(&row);
-            let check_at = at.map(Timestamp);
-            if check_at.is_some() {
-                payment.next_check_at = check_at;
-            }
-            let body = RecheckAnswer { payment, check_at };
-            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+            (row, rx)
         }
-        None => match st.store.get(&kind, &id).await? {
-            None => Err(not_tracked(&kind, &id)),
-            Some(row) => {
+        None => {
+            let Some(row) = st.store.get(&kind, &id).await? else {
+                return Err(not_tracked(&kind, &id));
+            };
+            // After its ladder a payment that may still move (timed out, or a state its
+            // kind documents a move from) is checked again on the merchant's word.
+            let movable = configured_kind(&st, &kind)
+                .and_then(|k| st.config.kinds.get(&k).cloned())
+                .is_some_and(|k| k.may_move(row.state));
+            let rewatched = if movable {
+                st.store.rewatch(&kind, &id, row.state, now).await?
+            } else {
+                None
+            };
+            let Some(row) = rewatched else {
                 let e = ApiError::new(
                     ErrorCode::AlreadyFinal,
                     format!(
-                        "{kind} {id} is already {}; it is no longer checked",
+                        "{kind} {id} is already {}, which does not move any more; it is no longer checked",
                         row.state
                     ),
                 );
-                Err(e.with_payment(payment_view(&row)))
-            }
-        },
+                return Err(e.with_payment(payment_view(&row)));
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = st
+                .scheduler
+                .send(Command::Rewatch(watched_row(&row), Some(tx)));
+            (row, rx)
+        }
+    };
+    let at = tokio::time::timeout(std::time::Duration::from_secs(5), cmd_at)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
+    let mut payment = payment_view(&row);
+    let check_at = at.map(Timestamp);
+    if check_at.is_some() {
+        payment.next_check_at = check_at;
     }
+    let body = RecheckAnswer { payment, check_at };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

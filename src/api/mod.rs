@@ -404,6 +404,12 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
                     flip_age_p90_ms: k.flip_age_ms[1],
                     flip_age_p99_ms: k.flip_age_ms[2],
                     expected_delay_ms: k.expected_delay_ms,
+                    watched: k.late.watched,
+                    late_moves: k.late.moves,
+                    late_checks: k.late.checks,
+                    late_skipped: k.late.skipped,
+                    late_move_share: (k.late.move_share * 1000.0).round() / 1000.0,
+                    late_move_p50_ms: k.late.move_age_p50_ms,
                 })
                 .collect(),
             paused_for_ms: p.paused_until.map(|t| t - now),

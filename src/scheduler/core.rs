@@ -15,13 +15,14 @@
 //! the plans of the other payments are priced for the rest and keep running.
 
 use super::decide::decide;
+use super::late::{LatePolicy, Watch, WatchStart};
 use crate::budget::{BacklogShare, Budget};
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
 use crate::policy::{arrival_rate, burst_cap, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
-use crate::status::{drain_eta, KindPolicy, PoolStatus};
-use crate::store::{CheckRecord, EventSpec, PendingRow};
+use crate::status::{drain_eta, KindPolicy, LateStatus, PoolStatus};
+use crate::store::{CheckRecord, EventSpec, PendingRow, WatchedRow};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -101,6 +102,8 @@ pub struct CoreConfig {
     pub max_in_flight: usize,
     /// Seeds the core's randomness (back-off jitter, mixing draws): the simulator repeats.
     pub seed: u64,
+    /// Which watched payment's check goes first when the spare budget is short.
+    pub late_policy: LatePolicy,
 }
 
 /// A request for the driver to send.
@@ -142,6 +145,8 @@ pub struct Completed {
     pub checked: Vec<(usize, Arc<Kind>, State)>,
     /// Final outcomes, for whoever watches (the simulator): `(pk, state, sent_at)`.
     pub finished: Vec<(PaymentKey, State, UnixMs)>,
+    /// Moves seen under reconciliation, after the ladder: `(pk, new state, sent_at)`.
+    pub moved: Vec<(PaymentKey, State, UnixMs)>,
 }
 
 /// The core's actions, besides the ones methods return directly.
@@ -273,6 +278,11 @@ pub struct Core {
     last_fit: UnixMs,
     /// When the core started (arrival rates count from there).
     started: UnixMs,
+    /// Payments under reconciliation after their ladder.
+    watch: Watch,
+    last_watch_fit: UnixMs,
+    /// Outcomes to commit that no request produced (a watch that ended unchecked).
+    unsent: Vec<CheckRecord>,
 }
 
 impl Core {
@@ -298,6 +308,19 @@ impl Core {
                 fixed: false,
             });
         }
+        let longest = cfg
+            .kinds
+            .values()
+            .filter_map(|k| k.reconcile_after.last().copied())
+            .max()
+            .unwrap_or(0);
+        let watch = Watch::new(
+            cfg.pools.len(),
+            cfg.ladder.timeout_ms(),
+            longest,
+            cfg.budget_window_ms,
+            cfg.late_policy,
+        );
         let pools = cfg
             .pools
             .into_iter()
@@ -345,6 +368,9 @@ impl Core {
             backlog_share: cfg.backlog_share.get(),
             last_fit: now,
             started: now,
+            watch,
+            last_watch_fit: now,
+            unsent: Vec::new(),
         }
     }
 
@@ -489,6 +515,9 @@ impl Core {
     /// take at most a tenth of the budget. Returns when the check is due, or `None` when
     /// the payment is not held.
     pub fn recheck(&mut self, pk: PaymentKey, now: UnixMs) -> Option<UnixMs> {
+        if self.watch.holds(&pk) {
+            return self.watch.recheck(pk, now, now);
+        }
         let window = self.window;
         let gen = self.next_gen();
         let e = self.entries.get_mut(&pk)?;
@@ -572,10 +601,21 @@ impl Core {
 
     /// Starts the checks that are due, within the in-flight bound and the budget.
     pub fn poll(&mut self, now: UnixMs, out: &mut Vec<Action>) {
+        if !self.unsent.is_empty() {
+            out.push(Action::Record(std::mem::take(&mut self.unsent)));
+        }
         for p in 0..self.pools.len() {
             self.ensure_reserve(p, out);
             while self.in_flight < self.max_in_flight {
+                if self.send_watched(p, now, false, out) {
+                    continue;
+                }
                 let Some((from, pk)) = self.peek_due(p, now) else {
+                    // Nothing of the ladder's is due: what it leaves of the budget may go
+                    // to the payments under reconciliation.
+                    if self.send_watched(p, now, true, out) {
+                        continue;
+                    }
                     break;
                 };
                 let recheck = from == Queue::Recheck;
@@ -635,6 +675,81 @@ impl Core {
                 self.ensure_reserve(p, out);
             }
         }
+    }
+
+    /// Sends one check of a payment under reconciliation of pool `p`, if one is due: with
+    /// `spare` false, a merchant's recheck (within the rechecks' share, as for live ones);
+    /// with `spare` true, the scheduled check most worth it, and only from what the live
+    /// payments leave of the budget: room beyond a fiftieth of it (their spurts) and every
+    /// live check due within the time a check may go late and stay on plan.
+    fn send_watched(&mut self, p: usize, now: UnixMs, spare: bool, out: &mut Vec<Action>) -> bool {
+        if !self.pools[p].spec.has_key {
+            return false;
+        }
+        let pk = if spare {
+            if !self.watch.any_due(p, now) {
+                return false;
+            }
+            let soon = now + self.on_time(p);
+            let live_soon = self
+                .entries
+                .values()
+                .filter(|e| e.pool == p && !e.in_flight && e.due <= soon)
+                .count();
+            let keep = (self.pools[p].budget.effective_limit() / BACKLOG_LEAVES_DIVISOR)
+                .saturating_add(u32::try_from(live_soon).unwrap_or(u32::MAX));
+            if !self.pools[p].budget.has_room_beyond(now, keep) {
+                return false;
+            }
+            let refused = &self.pools[p].auth_failing;
+            let Some(pk) = self.watch.pick(p, now, |k| refused.contains_key(k)) else {
+                return false;
+            };
+            pk
+        } else {
+            let Some(pk) = self.watch.due_recheck(p, now) else {
+                return false;
+            };
+            let cap =
+                (self.pools[p].budget.effective_limit() as f64 * RECHECK_SHARE).max(1.0) as usize;
+            forget_older(&mut self.pools[p].recheck_sent, self.window, now);
+            if self.pools[p].recheck_sent.len() >= cap {
+                return false;
+            }
+            pk
+        };
+        if self.pools[p].ledger_keys.is_empty() {
+            self.ensure_reserve(p, out);
+            return false;
+        }
+        if !self.pools[p].budget.try_acquire(now) {
+            return false;
+        }
+        let pks = self.watch.members(pk);
+        let (ids, started, kind) = self.watch.launch(&pks);
+        let Some(kind) = kind else {
+            self.pools[p].budget.release(now);
+            return false;
+        };
+        if !spare {
+            self.pools[p].recheck_sent.push_back(now);
+        }
+        self.in_flight += 1;
+        // A listing under reconciliation reaches back hours: the largest page at once.
+        let list_limit = kind.list.as_ref().map_or(0, |l| l.max_limit);
+        let ledger = self.pools[p].ledger_keys.pop_front();
+        out.push(Action::Send(Request {
+            pool: p,
+            kind,
+            pks,
+            ids,
+            started,
+            list_limit,
+            sent_at: now,
+            ledger,
+        }));
+        self.ensure_reserve(p, out);
+        true
     }
 
     /// The head of a pool's recheck or plan heap (`(due, pk)`), dropping stale entries
@@ -924,6 +1039,7 @@ impl Core {
                 event: None,
                 changed: false,
                 saw_pending: false,
+                watch: None,
             }]));
         }
         self.defer(p, pk, from, retry);
@@ -1000,7 +1116,29 @@ impl Core {
         let mut truncated = false;
         for (i, (pk, obs)) in done.pks.iter().zip(&done.observations).enumerate() {
             let Some(mut e) = self.entries.remove(pk) else {
-                continue; // cancelled meanwhile
+                // Watched after its ladder, or cancelled meanwhile.
+                let retry = (self.window / 10).max(1);
+                let Some((rec, kind)) = self.watch.complete(*pk, obs, done.sent_at, now, retry)
+                else {
+                    continue;
+                };
+                match obs {
+                    Observation::Error { class, .. } => match class {
+                        ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
+                        ErrorClass::Auth => auth_failed = Some(kind.name.clone()),
+                        _ => {}
+                    },
+                    Observation::Status { .. } => {
+                        any_answer = true;
+                        answered_kinds.insert(kind.name.clone());
+                    }
+                }
+                if rec.event.is_some() {
+                    out.moved.push((*pk, rec.state, done.sent_at));
+                }
+                out.checked.push((i, kind, rec.state));
+                out.records.push(rec);
+                continue;
             };
             e.in_flight = false;
             if e.kind.is_list() {
@@ -1091,6 +1229,28 @@ impl Core {
                 answered_kinds.insert(e.kind.name.clone());
             }
             min_every = min_every.min(self.ladder.every_at(e.jitter, now - e.t0));
+            // A payment that ended in a state that may still move stays watched.
+            let next_check_at = if !d.state.is_final() {
+                Some(e.due)
+            } else if e.kind.watches(d.state) {
+                let start = WatchStart {
+                    pk: e.pk,
+                    kind: e.kind.clone(),
+                    id: e.id.clone(),
+                    pool: e.pool,
+                    started: e.t0,
+                    state: d.state,
+                    ended: d.state,
+                    upstream_status: d
+                        .upstream_status
+                        .clone()
+                        .or_else(|| e.upstream_status.clone()),
+                    seen: done.sent_at,
+                };
+                self.watch.start(start, None, now)
+            } else {
+                None
+            };
             out.records.push(CheckRecord {
                 pk: *pk,
                 checked_at: now,
@@ -1098,13 +1258,16 @@ impl Core {
                 state: d.state,
                 response: d.response.clone(),
                 error: d.error.clone(),
-                next_check_at: (!d.state.is_final()).then_some(e.due),
+                next_check_at,
                 event: d.event.map(|t| EventSpec {
                     event_type: t,
+                    previous_state: State::Pending,
                     previous_upstream_status: previous_raw.clone(),
+                    late: false,
                 }),
                 changed: d.changed,
                 saw_pending: d.answered && !d.state.is_final(),
+                watch: None,
             });
             if d.state.is_final() {
                 // A timeout's own check saw the payment still pending at the deadline.
@@ -1246,6 +1409,13 @@ impl Core {
                 }
             }
         }
+        // Checks of watched payments as they come due; one due already waits for spare
+        // room (or the rechecks' share), which the tick looks at.
+        for p in 0..self.pools.len() {
+            if let Some(due) = self.watch.next_due(p).filter(|d| *d > now) {
+                wake = Some(wake.map_or(due, |w| w.min(due)));
+            }
+        }
         wake.filter(|w| *w != UnixMs::MAX)
     }
 
@@ -1265,6 +1435,61 @@ impl Core {
             self.pools[p].budget.recover(now);
             self.set_level(p, now, &arrivals);
         }
+        self.unsent.extend(self.watch.tick(now));
+        // Late moves come over hours: the models move slowly, and a refit a window is plenty.
+        if now - self.last_watch_fit >= self.window {
+            self.last_watch_fit = now;
+            self.watch.refit(now);
+        }
+    }
+
+    /// Resumes watching a payment under reconciliation at start-up (or after a merchant's
+    /// recheck of one whose watch had ended): `next_check_at` is its stored next check.
+    /// Times are on the core's clock.
+    pub fn watch(&mut self, row: WatchedRow, now: UnixMs) -> Option<UnixMs> {
+        if self.entries.contains_key(&row.pk) {
+            return None;
+        }
+        let kind = self.kinds.get(&row.kind).cloned()?;
+        let Ok(id) = PaymentId::parse(&row.id) else {
+            tracing::warn!(pk = %row.pk, "payment with an invalid id in the database is not watched");
+            return None;
+        };
+        let pool = self.kind_pool.get(&row.kind).copied().unwrap_or(0);
+        let start = WatchStart {
+            pk: row.pk,
+            kind,
+            id,
+            pool,
+            started: row.started_at,
+            state: row.state,
+            ended: row.ended_state,
+            upstream_status: row.upstream_status,
+            seen: row.seen_at.unwrap_or(row.started_at),
+        };
+        self.watch.start(start, Some(row.next_check_at), now)
+    }
+
+    /// Learns from a payment watched before a restart (see [`Watch::learn`]).
+    pub fn learn_late(
+        &mut self,
+        kind: &KindName,
+        ended: State,
+        started: UnixMs,
+        seen: Option<UnixMs>,
+        moved: Option<UnixMs>,
+    ) {
+        self.watch.learn(kind, ended, started, seen, moved);
+    }
+
+    /// How far back a restart reads the evidence of late moves.
+    pub fn late_memory_ms(&self) -> i64 {
+        self.watch.memory_ms()
+    }
+
+    /// Payments under reconciliation now.
+    pub fn watched(&self) -> usize {
+        self.watch.len()
     }
 
     /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
@@ -1551,6 +1776,19 @@ impl Core {
                     flip_age_ms: [0.5, 0.9, 0.99].map(|q| dist.quantile(q) as i64 * unit),
                     expected_delay_ms: (delay * unit as f64) as i64,
                     pending: held.get(name.as_str()).copied().unwrap_or(0),
+                    late: {
+                        let s = self.watch.stats().get(name).copied().unwrap_or_default();
+                        let (move_share, move_age_p50_ms) =
+                            self.watch.learnt(name).unwrap_or((0.0, 0));
+                        LateStatus {
+                            watched: s.watched,
+                            moves: s.late_moves,
+                            checks: s.checks,
+                            skipped: s.skipped,
+                            move_share,
+                            move_age_p50_ms,
+                        }
+                    },
                 });
             }
             kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
@@ -1654,6 +1892,8 @@ mod tests {
         raw.ninjapay.api_key = Some("k".into());
         raw.ninjapay.budget_requests = Some(budget);
         raw.ninjapay.backlog_share = Some(share.get());
+        // The live policy alone; reconciliation's own tests turn it on.
+        raw.reconcile.after = Some(Vec::new());
         let cfg = Config::from_raw(raw).unwrap();
         let kind = cfg.kinds["p2p"].clone();
         let (cc, _) = crate::scheduler::core_config(&cfg, 1);

@@ -21,7 +21,7 @@ pub const MAX_STORED_RESPONSE: usize = 64 * 1024;
 
 /// The answer as stored: itself, or a note of its size when it is larger than
 /// [`MAX_STORED_RESPONSE`] (a payment row is not the place for a huge page).
-fn bounded(response: &serde_json::Value) -> String {
+pub(crate) fn bounded(response: &serde_json::Value) -> String {
     let text = response.to_string();
     if text.len() <= MAX_STORED_RESPONSE {
         text

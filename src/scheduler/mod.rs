@@ -9,16 +9,18 @@
 
 mod core;
 mod decide;
+mod late;
 mod recorder;
 
 pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
+pub use self::late::LatePolicy;
 pub use crate::status::PoolStatus;
 
 use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
 use crate::config::Config;
 use crate::payment::{now_ms, PaymentKey, UnixMs};
 use crate::secret::Secret;
-use crate::store::{PendingRow, Store};
+use crate::store::{PendingRow, Store, WatchedRow};
 use crate::systemd::{Notifier, Watchdog};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
@@ -40,6 +42,9 @@ pub enum Command {
     /// Check soon: a hint, coalesced (see [`Core::recheck`]). The reply carries when the
     /// check is due (wall clock), or `None` when the payment is not held.
     Recheck(PaymentKey, Option<oneshot::Sender<Option<UnixMs>>>),
+    /// Check a final payment that may still move, at its stored next check (a merchant's
+    /// recheck after the ladder ended it); held already, it is a [`Command::Recheck`].
+    Rewatch(WatchedRow, Option<oneshot::Sender<Option<UnixMs>>>),
 }
 
 /// What the scheduler last published (every tick) for health and metrics.
@@ -122,6 +127,14 @@ impl Clock {
         row.last_checked_at = row.last_checked_at.map(|t| t - off);
         row
     }
+
+    fn watched_to_core(&self, mut row: WatchedRow) -> WatchedRow {
+        let off = self.offset();
+        row.started_at -= off;
+        row.next_check_at -= off;
+        row.seen_at = row.seen_at.map(|t| t - off);
+        row
+    }
 }
 
 /// Names a key's rows in the budget ledger: a short hash of the key, so that moving a key
@@ -175,6 +188,7 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
         budget_window_ms: config.ninjapay.budget_window.as_millis() as i64,
         max_in_flight: config.ninjapay.max_in_flight,
         seed,
+        late_policy: LatePolicy::default(),
     };
     (cfg, keys)
 }
@@ -226,8 +240,31 @@ pub async fn spawn(
     for row in pending {
         core.track(clock.row_to_core(row), clock.now(), true);
     }
+    // Reconciliation: what was learnt of late moves, and the payments still watched.
+    let late = store
+        .watch_evidence(wall - core.late_memory_ms(), crate::store::EVIDENCE_ROWS)
+        .await?;
+    for row in late {
+        core.learn_late(
+            &row.kind,
+            row.ended_state,
+            row.started_at - off,
+            row.seen_at.map(|t| t - off),
+            row.moved_at.map(|t| t - off),
+        );
+    }
+    let watched = store.watched().await?;
+    let watching = watched.len();
+    for row in watched {
+        core.watch(clock.watched_to_core(row), clock.now());
+    }
     core.tick(clock.now());
-    tracing::info!(resumed, learnt, "scheduler resuming pending payments");
+    tracing::info!(
+        resumed,
+        watching,
+        learnt,
+        "scheduler resuming pending payments"
+    );
     // Published before the API serves, so health never shows an empty scheduler.
     let (status_tx, status_rx) = watch::channel(Published::default());
 
@@ -467,6 +504,16 @@ impl Driver {
             Command::Untrack(pk) => self.core.untrack(pk),
             Command::Recheck(pk, reply) => {
                 let at = self.core.recheck(pk, now);
+                if let Some(reply) = reply {
+                    let _ = reply.send(at.map(|t| t + self.clock.offset()));
+                }
+            }
+            Command::Rewatch(row, reply) => {
+                let pk = row.pk;
+                let at = match self.core.recheck(pk, now) {
+                    Some(at) => Some(at),
+                    None => self.core.watch(self.clock.watched_to_core(row), now),
+                };
                 if let Some(reply) = reply {
                     let _ = reply.send(at.map(|t| t + self.clock.offset()));
                 }

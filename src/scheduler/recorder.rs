@@ -236,10 +236,13 @@ mod tests {
             next_check_at: Some(20),
             event: Some(EventSpec {
                 event_type: crate::event::STATUS_CHANGED,
+                previous_state: State::Pending,
                 previous_upstream_status: None,
+                late: false,
             }),
             changed: true,
             saw_pending: true,
+            watch: None,
         };
         tx.send(RecordBatch {
             records: vec![record],

@@ -87,6 +87,8 @@ fn compressed(
                 keep_delivered.into(),
             ),
         ],
+        // Retention of watched payments has its own test (tests/it/reconcile.rs).
+        extra_toml: "[reconcile]\nafter = []\n".into(),
         ..DaemonConfig::default()
     }
 }
