@@ -77,6 +77,16 @@ enum Command {
     Cancel { kind: String, id: String },
     /// Check a payment as soon as possible.
     Recheck { kind: String, id: String },
+    /// The daemon's health for a person, every problem first; exit status 0 when healthy,
+    /// 1 when not, 2 when the daemon cannot be asked.
+    Health {
+        /// Redraw every --interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws (e.g. `2s`, `500ms`).
+        #[arg(long, default_value = "2s")]
+        interval: String,
+    },
     /// List or replay webhook events.
     Webhooks {
         #[command(subcommand)]
@@ -207,6 +217,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo { payments } => {
             crate::demo::run(*payments).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { watch, interval } => {
+            let every = humantime::parse_duration(interval)
+                .ok()
+                .filter(|d| *d >= std::time::Duration::from_millis(100))
+                .with_context(|| {
+                    format!(
+                        "--interval {interval:?}: expected a duration of 100ms or more, like 2s"
+                    )
+                })?;
+            let socket = client_socket(&cli);
+            Ok(ExitCode::from(
+                health(&socket, cli.json, (*watch).then_some(every)).await,
+            ))
         }
         _ => client(&cli).await,
     }
@@ -442,7 +466,8 @@ async fn simulate(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn client(cli: &Cli) -> Result<ExitCode> {
+/// The socket a client command speaks to: `--socket`, else the configuration's.
+fn client_socket(cli: &Cli) -> PathBuf {
     // A client needs only the socket path; a broken config must not stop `status`.
     let cfg = if cli.socket.is_none() {
         match load_config(cli.config.as_deref()) {
@@ -456,7 +481,80 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
     } else {
         None
     };
-    let socket = client::client_socket(cli.socket.as_deref(), cfg.as_ref());
+    client::client_socket(cli.socket.as_deref(), cfg.as_ref())
+}
+
+/// `ninjapoll health`: one screen (or the API's JSON), redrawn every `watch` until
+/// interrupted; the exit status says whether the last answer was healthy.
+async fn health(socket: &Path, json_out: bool, watch: Option<std::time::Duration>) -> u8 {
+    use crate::health_view::{self, Style, UNREACHABLE};
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let style = Style::for_output(terminal, std::env::var_os("NO_COLOR").as_deref());
+    loop {
+        // What to show, on stdout (`Ok`) or as an error, and the exit status it means.
+        let (code, shown) = match fetch_health(socket).await {
+            Err(e) => (UNREACHABLE, Err(format!("error: {e:#}"))),
+            Ok((value, health)) => {
+                let code = health
+                    .as_ref()
+                    .map_or(UNREACHABLE, health_view::exit_status);
+                let shown = match (json_out, health) {
+                    (true, _) => {
+                        Ok(serde_json::to_string_pretty(&value)
+                            .unwrap_or_else(|_| value.to_string()))
+                    }
+                    (false, Ok(h)) => Ok(health_view::render(&h, style, crate::payment::now_ms())),
+                    (false, Err(e)) => Err(format!("error: {e:#}")),
+                };
+                (code, shown)
+            }
+        };
+        let Some(every) = watch else {
+            match shown {
+                Ok(text) => println!("{}", text.trim_end()),
+                Err(text) => eprintln!("{text}"),
+            }
+            return code;
+        };
+        if terminal {
+            // Home and clear, then the screen: a redraw in place.
+            print!("\x1b[H\x1b[2J");
+        }
+        // While watching, an unreachable daemon is part of the picture, not the end of it.
+        let text = shown.unwrap_or_else(|e| e);
+        println!(
+            "{}\n\n(every {}; Ctrl-C to stop)",
+            text.trim_end(),
+            humantime::format_duration(every)
+        );
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return code,
+        }
+    }
+}
+
+/// `GET /v1/health`: the answer as sent, and as read (an error when it is no health
+/// answer of this version).
+async fn fetch_health(socket: &Path) -> Result<(Value, Result<crate::wire::Health>)> {
+    let (status, value) = request(socket, "GET", "/v1/health", None).await?;
+    if status != 200 {
+        match serde_json::from_value::<ErrorAnswer>(value.clone()) {
+            Ok(ErrorAnswer { error, .. }) => {
+                bail!("{} ({}, HTTP {status})", error.message, error.code)
+            }
+            Err(_) => bail!("request failed (HTTP {status}): {value}"),
+        }
+    }
+    let health = serde_json::from_value(value.clone())
+        .context("the daemon's answer is not what this ninjapoll expects (pass --json to see it)");
+    Ok((value, health))
+}
+
+async fn client(cli: &Cli) -> Result<ExitCode> {
+    let socket = client_socket(cli);
     // Ids may hold any printable character (see `PaymentId`): everything but RFC 3986's
     // unreserved characters is escaped so that a `/` or `?` stays inside its segment.
     let enc = |s: &str| utf8_percent_encode(s, PATH_SEGMENT).to_string();
@@ -549,7 +647,7 @@ async fn client(cli: &Cli) -> Result<ExitCode> {
         },
         #[cfg(feature = "demo")]
         Command::Demo { .. } => unreachable!("handled by dispatch"),
-        Command::Run | Command::CheckConfig | Command::Simulate { .. } => {
+        Command::Run | Command::CheckConfig | Command::Simulate { .. } | Command::Health { .. } => {
             unreachable!("handled by dispatch")
         }
     };
