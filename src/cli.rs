@@ -219,18 +219,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { watch, interval } => {
-            let every = humantime::parse_duration(interval)
-                .ok()
-                .filter(|d| *d >= std::time::Duration::from_millis(100))
-                .with_context(|| {
-                    format!(
-                        "--interval {interval:?}: expected a duration of 100ms or more, like 2s"
-                    )
-                })?;
-            let socket = client_socket(&cli);
-            Ok(ExitCode::from(
-                health(&socket, cli.json, (*watch).then_some(every)).await,
-            ))
+            // Anything but a verdict (a wrong --interval, no daemon) is status 2, so that
+            // 1 always means "not healthy".
+            let code = match health(&cli, *watch, interval).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    crate::health_view::UNREACHABLE
+                }
+            };
+            Ok(ExitCode::from(code))
         }
         _ => client(&cli).await,
     }
@@ -484,38 +482,64 @@ fn client_socket(cli: &Cli) -> PathBuf {
     client::client_socket(cli.socket.as_deref(), cfg.as_ref())
 }
 
-/// `ninjapoll health`: one screen (or the API's JSON), redrawn every `watch` until
-/// interrupted; the exit status says whether the last answer was healthy.
-async fn health(socket: &Path, json_out: bool, watch: Option<std::time::Duration>) -> u8 {
+/// `ninjapoll health`: one screen (or the API's JSON), redrawn every `--interval` with
+/// `--watch` until interrupted; the exit status says whether the last answer was healthy.
+async fn health(cli: &Cli, watch: bool, interval: &str) -> Result<u8> {
     use crate::health_view::{self, Style, UNREACHABLE};
     use std::io::{IsTerminal, Write};
+    let every = humantime::parse_duration(interval)
+        .ok()
+        .filter(|d| *d >= std::time::Duration::from_millis(100))
+        .with_context(|| {
+            format!("--interval {interval:?}: expected a duration of 100ms or more, like 2s")
+        })?;
+    let socket = client_socket(cli);
     let terminal = std::io::stdout().is_terminal();
     let style = Style::for_output(terminal, std::env::var_os("NO_COLOR").as_deref());
+    // Listening before the first request, so that a Ctrl-C while one waits is not lost.
+    let mut interrupt = if watch {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("listening for Ctrl-C")?,
+        )
+    } else {
+        None
+    };
+    let mut code = UNREACHABLE;
     loop {
-        // What to show, on stdout (`Ok`) or as an error, and the exit status it means.
-        let (code, shown) = match fetch_health(socket).await {
-            Err(e) => (UNREACHABLE, Err(format!("error: {e:#}"))),
+        let fetched = match &mut interrupt {
+            Some(ctrl_c) => tokio::select! {
+                fetched = fetch_health(&socket) => fetched,
+                _ = ctrl_c.recv() => return Ok(code),
+            },
+            None => fetch_health(&socket).await,
+        };
+        // What to show, on stdout (`Ok`) or as an error.
+        let shown = match fetched {
+            Err(e) => {
+                code = UNREACHABLE;
+                Err(format!("error: {e:#}"))
+            }
             Ok((value, health)) => {
-                let code = health
+                code = health
                     .as_ref()
                     .map_or(UNREACHABLE, health_view::exit_status);
-                let shown = match (json_out, health) {
+                match (cli.json, health) {
                     (true, _) => {
                         Ok(serde_json::to_string_pretty(&value)
                             .unwrap_or_else(|_| value.to_string()))
                     }
                     (false, Ok(h)) => Ok(health_view::render(&h, style, crate::payment::now_ms())),
                     (false, Err(e)) => Err(format!("error: {e:#}")),
-                };
-                (code, shown)
+                }
             }
         };
-        let Some(every) = watch else {
+        let Some(ctrl_c) = &mut interrupt else {
             match shown {
                 Ok(text) => println!("{}", text.trim_end()),
                 Err(text) => eprintln!("{text}"),
             }
-            return code;
+            return Ok(code);
         };
         if terminal {
             // Home and clear, then the screen: a redraw in place.
@@ -531,7 +555,7 @@ async fn health(socket: &Path, json_out: bool, watch: Option<std::time::Duration
         let _ = std::io::stdout().flush();
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => return code,
+            _ = ctrl_c.recv() => return Ok(code),
         }
     }
 }

@@ -91,7 +91,7 @@ pub fn render(h: &Health, style: Style, now: i64) -> String {
         let _ = writeln!(
             out,
             "\n{}",
-            style.dim("no API key in use: nothing is being checked")
+            style.dim("no key reported by the scheduler yet")
         );
     }
     out.push('\n');
@@ -248,7 +248,8 @@ fn render_kind(out: &mut String, k: &KindPolicyView) {
     let learnt = if k.evidence == 0 {
         "the ladder (no payments yet)".to_string()
     } else {
-        format!("{} payments", thousands(k.evidence))
+        let s = if k.evidence == 1 { "" } else { "s" };
+        format!("{} payment{s}", thousands(k.evidence))
     };
     let _ = writeln!(
         out,

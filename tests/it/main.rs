@@ -8,6 +8,7 @@ mod core;
 mod deploy;
 mod hardening;
 mod health;
+mod health_cli;
 mod metrics;
 mod operations;
 mod retention;
