@@ -5,6 +5,7 @@
 mod api;
 mod budget;
 mod core;
+mod dashboards;
 mod deploy;
 mod hardening;
 mod health;
