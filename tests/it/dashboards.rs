@@ -88,8 +88,11 @@ impl Exported {
     }
 }
 
+/// A label matcher: `(label, op, value)`.
+type Matcher = (String, String, String);
+
 /// `label="value", label=~"re"` → `(label, op, value)`, values unescaped.
-fn parse_matchers(text: &str) -> Vec<(String, String, String)> {
+fn parse_matchers(text: &str) -> Vec<Matcher> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -130,7 +133,7 @@ fn parse_matchers(text: &str) -> Vec<(String, String, String)> {
 #[derive(Debug, Default)]
 struct Named {
     /// Metric names with their matchers.
-    metrics: Vec<(String, Vec<(String, String, String)>)>,
+    metrics: Vec<(String, Vec<Matcher>)>,
     /// Labels of `by (…)`, `on (…)` and the like.
     grouping: Vec<String>,
 }
@@ -456,6 +459,20 @@ async fn the_dashboard_and_the_alert_rules_name_only_what_the_daemon_exports() {
     };
     let exported = Exported::parse(&text);
     assert!(exported.types.len() > 20, "{text}");
+    // The figures only the alert rules read are real: the process started during this
+    // test, and the scheduler reported within its tick.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name}:\n{text}"))
+    };
+    let started = value("ninjapoll_start_time_seconds");
+    let now = now_ms() as f64 / 1000.0;
+    assert!(started <= now && started > now - 60.0, "{started} vs {now}");
+    assert!(
+        value("ninjapoll_scheduler_report_age_seconds") < 5.0,
+        "{text}"
+    );
 
     // Every query names what is exported.
     let mut on_dashboard = BTreeSet::new();
