@@ -83,6 +83,27 @@ async fn health_draws_the_daemon_for_a_person_and_its_exit_status_says_healthy()
     assert!(out.contains("database  "), "{out}");
     assert!(out.contains(" KiB · writes ok · finished payments kept 90d, delivered webhook events as long as their payment\n"), "{out}");
     assert!(!out.contains('\x1b'), "no colour into a pipe: {out:?}");
+    // On a terminal (util-linux `script` gives it one), colour, unless NO_COLOR says not.
+    let on_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "{} --socket {} health",
+            env!("CARGO_BIN_EXE_ninjapoll"),
+            d.socket_path().display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().expect("util-linux script");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tty = on_terminal(None);
+    assert!(tty.contains("\x1b[32mhealthy\x1b[0m"), "{tty:?}");
+    let tty = on_terminal(Some("1"));
+    assert!(tty.contains("healthy") && !tty.contains('\x1b'), "{tty:?}");
 
     // --json: the API's answer as it is, with the same verdict.
     let (code, out, _) = run(d.socket_path(), &["health", "--json"]);
