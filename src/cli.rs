@@ -545,13 +545,18 @@ async fn health(cli: &Cli, watch: bool, interval: &str) -> Result<u8> {
             // Home and clear, then the screen: a redraw in place.
             print!("\x1b[H\x1b[2J");
         }
-        // While watching, an unreachable daemon is part of the picture, not the end of it.
-        let text = shown.unwrap_or_else(|e| e);
-        println!(
-            "{}\n\n(every {}; Ctrl-C to stop)",
-            text.trim_end(),
-            humantime::format_duration(every)
-        );
+        match (cli.json, shown) {
+            // One document per answer, for a program to read as they come.
+            (true, Ok(json)) => println!("{}", json.trim_end()),
+            (true, Err(e)) => eprintln!("{e}"),
+            // While watching, an unreachable daemon is part of the picture, not the end
+            // of it.
+            (false, text) => println!(
+                "{}\n\n(every {}; Ctrl-C to stop)",
+                text.unwrap_or_else(|e| e).trim_end(),
+                humantime::format_duration(every)
+            ),
+        }
         let _ = std::io::stdout().flush();
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
