@@ -31,6 +31,7 @@ mod client;
 mod daemon;
 #[cfg(feature = "demo")]
 mod demo;
+mod health_view;
 mod logging;
 mod retention;
 mod scheduler;

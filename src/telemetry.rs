@@ -141,6 +141,11 @@ pub struct Telemetry {
     price_level: Family<PoolLabel, FloatGauge>,
     backlog: Family<PoolLabel, Gauge>,
     behind: Family<PoolLabel, FloatGauge>,
+    budget_window: Family<PoolLabel, FloatGauge>,
+    keeps_up: Family<PoolLabel, Gauge>,
+    key_refused: Family<PoolKindLabels, Gauge>,
+    scheduler_report_age: FloatGauge,
+    start_time: FloatGauge,
     flip_age: Family<QuantileLabels, FloatGauge>,
     flip_share: Family<PoolKindLabels, FloatGauge>,
     expected_delay: Family<PoolKindLabels, FloatGauge>,
@@ -176,6 +181,11 @@ impl Default for Telemetry {
             price_level: Family::default(),
             backlog: Family::default(),
             behind: Family::default(),
+            budget_window: Family::default(),
+            keeps_up: Family::default(),
+            key_refused: Family::default(),
+            scheduler_report_age: FloatGauge::default(),
+            start_time: FloatGauge::default(),
             flip_age: Family::default(),
             flip_share: Family::default(),
             expected_delay: Family::default(),
@@ -192,6 +202,8 @@ impl Default for Telemetry {
         for outcome in ["delivered", "failed", "dead"] {
             let _ = t.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
         }
+        // A restart shows as a change of this value (the watchdog's kill included).
+        t.start_time.set(crate::payment::now_ms() as f64 / 1000.0);
         {
             let mut r = lock(&t.registry);
             r.register(
@@ -271,6 +283,34 @@ impl Default for Telemetry {
                 "How late the earliest due check waiting to be sent is, per key",
                 Unit::Seconds,
                 t.behind.clone(),
+            );
+            r.register_with_unit(
+                "budget_window",
+                "The budget window per key",
+                Unit::Seconds,
+                t.budget_window.clone(),
+            );
+            r.register(
+                "keeps_up",
+                "1 while the key can keep up (fewer payments arrive per window than its requests in force), else 0",
+                t.keeps_up.clone(),
+            );
+            r.register(
+                "key_refused",
+                "1 while Ninjapay refuses the key (401/403) for a kind, else 0",
+                t.key_refused.clone(),
+            );
+            r.register_with_unit(
+                "scheduler_report_age",
+                "How long ago the scheduler last reported (every tick, at most a second apart): it grows while its loop is stuck",
+                Unit::Seconds,
+                t.scheduler_report_age.clone(),
+            );
+            r.register_with_unit(
+                "start_time",
+                "When this daemon process started, unix time",
+                Unit::Seconds,
+                t.start_time.clone(),
             );
             r.register_with_unit(
                 "flip_age",
@@ -455,6 +495,12 @@ impl Telemetry {
         }
     }
 
+    /// When the scheduler last published its status (`at`, 0: not yet), seen at `now`.
+    pub fn scheduler_reported(&self, at: crate::payment::UnixMs, now: crate::payment::UnixMs) {
+        let age_ms = if at > 0 { (now - at).max(0) } else { 0 };
+        self.scheduler_report_age.set(age_ms as f64 / 1000.0);
+    }
+
     /// The Prometheus text: `states` and `webhook_states` are the database's counts, `pools`
     /// the scheduler's latest status.
     pub fn render(
@@ -510,6 +556,20 @@ impl Telemetry {
             self.behind
                 .get_or_create(&name)
                 .set(p.behind_ms as f64 / 1000.0);
+            self.budget_window
+                .get_or_create(&name)
+                .set(p.window_ms as f64 / 1000.0);
+            self.keeps_up
+                .get_or_create(&name)
+                .set(i64::from(p.keeps_up()));
+            for k in p.kinds.iter().map(|k| &k.kind).chain(&p.auth_failing) {
+                self.key_refused
+                    .get_or_create(&PoolKindLabels {
+                        pool: p.name.clone(),
+                        kind: k.clone(),
+                    })
+                    .set(i64::from(p.auth_failing.contains(k)));
+            }
             for k in &p.kinds {
                 let labels = PoolKindLabels {
                     pool: p.name.clone(),

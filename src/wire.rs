@@ -375,11 +375,21 @@ pub struct KindPolicyView {
     pub late_move_p50_ms: i64,
 }
 
-/// Whether the database takes writes.
+/// Whether the database takes writes, how large it is and how long it keeps rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseHealth {
     pub writes_failing: bool,
     pub write_errors: u64,
+    /// The database file with its write-ahead log, in bytes (`null` if it cannot be read;
+    /// absent from older daemons).
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// `database.keep_finished` in ms (`null`: finished payments are kept forever).
+    #[serde(default)]
+    pub keep_finished_ms: Option<i64>,
+    /// `webhooks.keep_delivered` in force, in ms (`null`: as long as their payment).
+    #[serde(default)]
+    pub keep_delivered_ms: Option<i64>,
 }
 
 #[cfg(test)]

@@ -417,6 +417,7 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
         })
         .collect();
     let healthy = problems.is_empty();
+    let retention = crate::retention::Retention::of(&st.config);
     Ok(Json(Health {
         status: if healthy {
             HealthStatus::Ok
@@ -437,8 +438,25 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
         database: DatabaseHealth {
             writes_failing: db.failing_since.is_some(),
             write_errors: db.failures_total,
+            size_bytes: database_size(&st.config.database_path).await,
+            keep_finished_ms: retention.keep_finished.map(duration_ms),
+            keep_delivered_ms: retention.keep_delivered.map(duration_ms),
         },
     }))
+}
+
+/// The database file and its write-ahead log, in bytes; `None` when the file cannot be
+/// read (a log missing between checkpoints counts as empty).
+async fn database_size(path: &std::path::Path) -> Option<u64> {
+    let main = tokio::fs::metadata(path).await.ok()?.len();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = tokio::fs::metadata(&wal).await.map_or(0, |m| m.len());
+    Some(main.saturating_add(wal))
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How old the scheduler's last report may be before health calls it stuck: it reports
@@ -529,12 +547,12 @@ pub fn health_problems(
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let counts = st.store.state_counts().await?;
     let hooks = st.store.webhook_state_counts().await?;
-    let text = st.telemetry.render(
-        &counts,
-        &hooks,
-        &st.scheduler.status().pools,
-        &st.store.write_status(),
-    );
+    let published = st.scheduler.status();
+    st.telemetry
+        .scheduler_reported(published.at, crate::payment::now_ms());
+    let text = st
+        .telemetry
+        .render(&counts, &hooks, &published.pools, &st.store.write_status());
     Ok((
         [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
         text,

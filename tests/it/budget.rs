@@ -401,6 +401,13 @@ async fn auth_failures_mark_the_kind_unhealthy_and_recover() {
     let h = seen.last().unwrap();
     assert_eq!(h["budget"][0]["unhealthy_kinds"], json!(["p2p"]), "{h:#}");
     assert_eq!(h["healthy"], false);
+    // The alert rule NinjapayRefusesKey reads the same from /metrics.
+    let refused_metric = |text: &str, v: &str| {
+        text.lines()
+            .any(|l| l == format!("ninjapoll_key_refused{{pool=\"default\",kind=\"p2p\"}} {v}"))
+    };
+    let (_, text) = d.request("GET", "/metrics", None).await;
+    assert!(refused_metric(text.as_str().unwrap(), "1"), "{text}");
     d.wait_for(
         "p2p",
         "K0",
@@ -426,6 +433,8 @@ async fn auth_failures_mark_the_kind_unhealthy_and_recover() {
     }
     let (_, h) = d.request("GET", "/v1/health", None).await;
     assert_eq!(h["budget"][0]["unhealthy_kinds"], json!([]), "{h:#}");
+    let (_, text) = d.request("GET", "/metrics", None).await;
+    assert!(refused_metric(text.as_str().unwrap(), "0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,15 +746,29 @@ async fn health_says_when_one_key_cannot_keep_up_and_when_it_can_again() {
     // About 40 payments a second, 20 a window, against 10 requests a window: each needs a
     // request at least, so no schedule keeps up.
     let mut seen = Vec::new();
+    let mut scrapes = Vec::new();
     for i in 0..100 {
         let id = format!("K{i}");
         fake.script("p2p", &id, pending_forever());
         assert_eq!(d.enqueue("p2p", &id, None).await.0, 201);
         if i % 10 == 0 {
             seen.push(d.request("GET", "/v1/health", None).await.1);
+            scrapes.push(d.request("GET", "/metrics", None).await.1);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // The alert rule NinjapollKeyCannotKeepUp reads the same from /metrics.
+    let keeps_up_metric = |text: &Value, v: &str| {
+        text.as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == format!("ninjapoll_keeps_up{{pool=\"default\"}} {v}"))
+    };
+    assert!(
+        scrapes.iter().any(|t| keeps_up_metric(t, "0")),
+        "{}",
+        scrapes.last().unwrap()
+    );
     let down = seen
         .iter()
         .find(|h| keeps_up(h) == Some(false))
@@ -764,6 +787,8 @@ async fn health_says_when_one_key_cannot_keep_up_and_when_it_can_again() {
         !last["problems"].to_string().contains("keeps up"),
         "{last:#}"
     );
+    let text = d.request("GET", "/metrics", None).await.1;
+    assert!(keeps_up_metric(&text, "1"), "{text}");
     assert_eq!(fake.violations(), 0);
 }
 

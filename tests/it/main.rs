@@ -5,9 +5,11 @@
 mod api;
 mod budget;
 mod core;
+mod dashboards;
 mod deploy;
 mod hardening;
 mod health;
+mod health_cli;
 mod metrics;
 mod operations;
 mod reconcile;
