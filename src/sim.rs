@@ -271,6 +271,9 @@ pub struct LateScenario {
     pub schedule: Option<Vec<i64>>,
     /// Which due check goes first when the spare budget is short.
     pub policy: LatePolicy,
+    /// The late figures count the payments arriving after the warm-up and before this
+    /// (`None`: all of them), so that arrivals may go on while their watch does.
+    pub measured_until_ms: Option<i64>,
 }
 
 /// Of the payments that never flip before their deadline, a share approved later, at an
@@ -825,7 +828,13 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .unwrap_or_else(|| grid.ladder_prior());
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let all_timed_out = fates.iter().filter(|f| f.state == State::TimedOut).count();
-    let mut reconciled = late_report(&measured, &schedule, scale, tick_ms + sc.latency_ms.1);
+    let until = sc.late.measured_until_ms.unwrap_or(i64::MAX);
+    let watched: Vec<&Fate> = measured
+        .iter()
+        .copied()
+        .filter(|f| f.arrived < until)
+        .collect();
+    let mut reconciled = late_report(&watched, &schedule, scale, tick_ms + sc.latency_ms.1);
     reconciled.requests = late_requests;
     reconciled.requests_per_timed_out = late_requests as f64 / all_timed_out.max(1) as f64;
     Ok(Report {
