@@ -136,6 +136,32 @@ impl Budget {
         self.next_room_beyond(now, 0)
     }
 
+    /// Whether one more request now leaves room, at every moment until the last of `due`
+    /// (the sorted due times of requests that must not wait), for each of those as it comes
+    /// due and `keep` more, counting the window's requests as they expire.
+    pub fn room_ahead(&mut self, now: UnixMs, due: &[UnixMs], keep: u32) -> bool {
+        if self.paused_until > now {
+            return false;
+        }
+        let used = u64::from(self.used(now)) + 1 + u64::from(keep);
+        let limit = u64::from(self.effective);
+        if used > limit {
+            return false;
+        }
+        let mut expiries: Vec<UnixMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
+        expiries.sort_unstable();
+        let mut expired = 0usize;
+        for (i, &at) in due.iter().enumerate() {
+            while expiries.get(expired).is_some_and(|t| *t <= at) {
+                expired += 1;
+            }
+            if used + i as u64 + 1 > limit + expired as u64 {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Whether a request fits with `keep` requests of room left after it.
     pub fn has_room_beyond(&mut self, now: UnixMs, keep: u32) -> bool {
         self.paused_until <= now && self.used(now) + keep < self.effective

@@ -435,6 +435,8 @@ pub struct LateReport {
     /// run.
     pub requests: usize,
     pub requests_per_timed_out: f64,
+    /// Of those, the ones made while payments still arrived (from what a live stream left).
+    pub requests_while_arriving: usize,
 }
 
 impl Report {
@@ -582,6 +584,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     let mut judged_at = sc.warmup_ms;
     let mut plan_losses = Vec::new();
     let mut late_requests = 0usize;
+    let mut late_while_arriving = 0usize;
 
     loop {
         // Perform what the core asked for.
@@ -595,6 +598,8 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                         .iter()
                         .all(|pk| fates.get(pk.0 as usize).is_some_and(|f| f.ended.is_some()));
                     late_requests += usize::from(watched);
+                    late_while_arriving +=
+                        usize::from(watched && next_arrival < arrivals.len());
                     let observations = req
                         .pks
                         .iter()
@@ -836,6 +841,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .collect();
     let mut reconciled = late_report(&watched, &schedule, scale, tick_ms + sc.latency_ms.1);
     reconciled.requests = late_requests;
+    reconciled.requests_while_arriving = late_while_arriving;
     reconciled.requests_per_timed_out = late_requests as f64 / all_timed_out.max(1) as f64;
     Ok(Report {
         late: reconciled,
@@ -909,6 +915,7 @@ fn late_report(measured: &[&Fate], schedule: &[i64], scale: f64, slack: i64) -> 
         mean_ms: delays.iter().sum::<i64>() as f64 / delays.len().max(1) as f64,
         requests: 0,
         requests_per_timed_out: 0.0,
+        requests_while_arriving: 0,
     }
 }
 
@@ -1060,6 +1067,52 @@ mod tests {
             "heavy: {:?}",
             (heavy.mean_ms, heavy.bound_ms)
         );
+    }
+
+    #[test]
+    fn late_moves_are_all_seen_on_schedule_when_the_spare_budget_affords_it() {
+        // Compressed 100×: a light stream whose watched payments' whole schedule fits in
+        // what the live payments leave.
+        let run_with = |schedule: Option<Vec<i64>>| {
+            let mut sc = Scenario::steady(Mix::a(), 0.05, 6_000, 36_000, 11);
+            sc.ladder = compressed_ladder();
+            sc.window_ms = 6_000;
+            sc.latency_ms = (1, 3);
+            sc.late = LateScenario {
+                mix: Some(LateMix {
+                    share: 0.5,
+                    ..LateMix::published()
+                }),
+                schedule,
+                policy: LatePolicy::Worth,
+                measured_until_ms: None,
+            };
+            run(&sc).unwrap()
+        };
+        let schedule: Vec<i64> = [900, 1800, 3600, 7200, 21_600, 43_200, 86_400]
+            .iter()
+            .map(|s| s * 1000)
+            .collect();
+        let on = run_with(Some(schedule));
+        let off = run_with(None);
+        let l = on.late;
+        assert!(l.moves >= 5, "{l:?}");
+        assert_eq!((l.seen, l.seen_on_schedule), (l.moves, l.moves), "{l:?}");
+        assert_eq!(l.seen_24h, l.moves, "{l:?}");
+        assert_eq!(off.late.seen, 0, "nothing watches without a schedule");
+        for r in [&on, &off] {
+            assert_eq!(r.over_budget, 0);
+            assert_eq!(r.missed_deadlines, 0);
+        }
+        // The live payments are not delayed by the watch.
+        assert!(
+            on.mean_ms <= off.mean_ms * 1.03,
+            "live {} with reconciliation, {} without",
+            on.mean_ms,
+            off.mean_ms
+        );
+        // Every late check spent was a scheduled one: at most the schedule's length each.
+        assert!(l.requests_per_timed_out <= 7.0 + 1e-9, "{l:?}");
     }
 
     #[test]

@@ -690,15 +690,18 @@ impl Core {
             if !self.watch.any_due(p, now) {
                 return false;
             }
+            // The live checks due within the on-plan lateness must each still find room
+            // as it comes due, as the window's requests expire, with a fiftieth to spare.
             let soon = now + self.on_time(p);
-            let live_soon = self
+            let mut live_soon: Vec<UnixMs> = self
                 .entries
                 .values()
                 .filter(|e| e.pool == p && !e.in_flight && e.due <= soon)
-                .count();
-            let keep = (self.pools[p].budget.effective_limit() / BACKLOG_LEAVES_DIVISOR)
-                .saturating_add(u32::try_from(live_soon).unwrap_or(u32::MAX));
-            if !self.pools[p].budget.has_room_beyond(now, keep) {
+                .map(|e| e.due.max(now))
+                .collect();
+            live_soon.sort_unstable();
+            let keep = self.pools[p].budget.effective_limit() / BACKLOG_LEAVES_DIVISOR;
+            if !self.pools[p].budget.room_ahead(now, &live_soon, keep) {
                 return false;
             }
             let refused = &self.pools[p].auth_failing;
