@@ -150,11 +150,7 @@ impl Extra {
 
     /// SIGTERM and wait.
     async fn stop(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.as_ref().expect("running").id();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        sigterm(self.child.as_ref().expect("running").id());
         self.exited(Duration::from_secs(10)).await.0
     }
 }
