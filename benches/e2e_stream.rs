@@ -8,8 +8,9 @@
 //! an hour measured (compressed: 12 s and 36 s), 1,000 requests per 10 minutes (6 s). The
 //! simulator's figure is the median of five seeds.
 //!
-//! Run: `cargo bench --bench e2e_stream` (`NINJAPOLL_BENCH_RATE=0.2` for another rate).
+//! Run: `cargo bench --bench e2e_stream` (`-- --rate 0.2` for another rate).
 
+use anyhow::Context;
 use ninjapoll::request;
 use ninjapoll::sim::{self, BacklogShare, Mix, Phase, Scenario};
 use ninjapoll::{defaults, Config, RawStep};
@@ -26,12 +27,37 @@ fn scaled(secs: u64) -> Duration {
     Duration::from_millis(secs * 1000 / SCALE as u64)
 }
 
+const USAGE: &str =
+    "usage: cargo bench --bench e2e_stream -- [--rate PAYMENTS_PER_S] (default 0.5)";
+
+/// The stream's rate from the command line (`cargo bench` also passes `--bench`).
+fn rate_arg() -> anyhow::Result<f64> {
+    let mut rate = 0.5;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--rate" => {
+                let value = args.next().context(USAGE)?;
+                rate = value
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| *r > 0.0)
+                    .with_context(|| format!("--rate {value:?}: not a rate above 0; {USAGE}"))?;
+            }
+            other => anyhow::bail!("unknown argument {other:?}; {USAGE}"),
+        }
+    }
+    Ok(rate)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let rate: f64 = std::env::var("NINJAPOLL_BENCH_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.5);
+    let rate = rate_arg()?;
     let warmup_ms = 1_200_000 / SCALE;
     let measure_ms = 3_600_000 / SCALE;
     let window = Duration::from_millis(600_000 / SCALE as u64);

@@ -23,9 +23,9 @@ impl BacklogShare {
     pub const MIN: f64 = 0.05;
     /// The largest share allowed.
     pub const MAX: f64 = 0.9;
-    /// The default: after a burst of 2,000 payments on top of 0.2/s on 1,000 requests a
-    /// window, the stream's delay is back at 10–15 s (9 s before) from five minutes on, and
-    /// the burst drains in about two hours (README, "Bursts").
+    /// The default: the payments that keep coming after a burst are back near their usual
+    /// delay within minutes, while the burst still drains within hours (the figures are in
+    /// benches/README.md, "A burst").
     pub const DEFAULT: Self = Self(0.2);
 
     /// The share, if within bounds.

@@ -266,6 +266,17 @@ fn render_kind(out: &mut String, k: &KindPolicyView) {
             HISTOGRAM
         ),
     );
+    if k.watched > 0 || k.late_checks > 0 || k.late_skipped > 0 {
+        let _ = writeln!(
+            out,
+            "    {:<10} after the ladder: {} watched · {} late moves · checks {} made, {} skipped",
+            "",
+            thousands(k.watched),
+            thousands(k.late_moves),
+            thousands(k.late_checks),
+            thousands(k.late_skipped),
+        );
+    }
 }
 
 /// `used` of a budget as a bar of `width` cells.
@@ -418,6 +429,12 @@ mod tests {
             flip_age_p90_ms: 150_000,
             flip_age_p99_ms: 480_000,
             expected_delay_ms: 12_400,
+            watched: 0,
+            late_moves: 0,
+            late_checks: 0,
+            late_skipped: 0,
+            late_move_share: 0.0,
+            late_move_p50_ms: 0,
         }
     }
 

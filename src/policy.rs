@@ -423,11 +423,9 @@ pub fn keeps_up(least_per_window: f64, budget: u32) -> bool {
 
 /// A dearer price whose schedules' expected flip delay is within this fraction of the
 /// fitted price's is taken instead: the requests it saves would see (next to) no flip, and
-/// would only queue at the limiter ahead of checks that do. Measured (`benches/policy.rs`,
-/// 6 seeds): on mix E (flips before the first check allowed, the rest never) 1.17 → 1.00 of
-/// the bound at 0.5 and 1.0/s with 51% and 89% of the budget; on F (late flips) at 0.1 and
-/// 0.2/s 0.99 with 55% and 94%; A and B alike within the seeds' spread (sum of the eight
-/// ratios 9.05 without, 9.06 with). 1% also skipped prices that bought A and B something.
+/// would only queue at the limiter ahead of checks that do (mix E: every flip before the
+/// first check allowed, the rest never). Small, because a wider margin also skips prices
+/// whose extra checks do buy delay on the published mixes.
 pub const NEGLIGIBLE_GAIN: f64 = 0.001;
 
 /// The dearest whole price level above `level` (up to `top`) whose expected flip delay,
@@ -537,18 +535,16 @@ pub fn burst_cap(typical: f64) -> f64 {
 ///
 /// The rate prices every new payment's schedule, so its noise becomes noise in the price:
 /// one window at 0.1/s holds about 60 arrivals (±13%), and a price that follows that noise
-/// costs delay for nothing (measured: the expected delay of the plans actually used was
-/// 1.2× that of the mean price's). So the estimate is the mean over the longest span of
+/// costs delay for nothing: the plans actually used expect more delay than those of the
+/// mean price. So the estimate is the mean over the longest span of
 /// whole windows (up to [`RATE_WINDOWS`]) with which the newest window agrees (its count
 /// within 3 standard deviations of a Poisson count at the span's rate): a real change of
 /// rate is followed within a window, noise is averaged over an hour. A slice far above the
 /// typical one (a burst) counts as the most a Poisson slice at the typical rate holds
 /// ([`burst_cap`]), so one burst does not read as a lasting rate; a window mostly above it
 /// is a new rate, if at most `servable` per slice. (Counting a burst's slice as a typical
-/// one instead was measured: a burst spread over five minutes on 1.0/s no longer priced
-/// the payments after it as if it went on (their flips seen 463 s late instead of 2,564 s),
-/// but the burst drained slower (2,206 s instead of 1,640 s) and the sum of all delays grew,
-/// on that burst and on one minute's burst on 0.2/s.)
+/// one instead would spare the payments after a burst on a busy stream, but drain the
+/// burst slower and grow the sum of all delays: docs/DESIGN.md, alternatives.)
 pub fn arrival_rate(counts: &[u32], per_window: usize, servable: f64) -> f64 {
     let per_window = per_window.max(1);
     let counts = &counts[..counts.len().min(RATE_WINDOWS * per_window)];
@@ -617,11 +613,9 @@ const TREND_WINDOWS: usize = 3;
 ///   mean since the step is the rate, and a line through the step would overshoot it
 ///   (a third past it, 20 minutes after the rate halved).
 ///
-/// Measured (`NINJAPOLL_BENCH_ONLY=day`, 12 seeds): on a rate falling from 1.0/s to 0.1/s
-/// over two hours, mix A's mean delay per 10 minutes was 1.09–1.37× the bound at that rate
-/// instead of 1.21–1.46× (1.21 on average instead of 1.32); the rate steps, steady streams,
-/// bursts and mixes of kinds the same within the seeds' spread. With the slope test alone,
-/// the 10 minutes after a step from 0.1/s to 0.5/s went from 1.07 to 1.32.
+/// A mean reads a steady fall half its span late, so the price stays set for more payments
+/// than are coming and the budget goes unspent; the line reads it as it is now. The step
+/// test is what keeps the line from overshooting after a step of the rate.
 fn trend(counts: &[u32]) -> Option<f64> {
     let n = counts.len();
     let y = |x: usize| f64::from(counts[x]);
@@ -671,9 +665,9 @@ fn trend(counts: &[u32]) -> Option<f64> {
 
 /// How much better (in chi-square) a single step must fit the counts than a line for
 /// [`trend`] to read them as a step: the step has the freer shape (it also picks where to
-/// step), so on a steady rise it often fits as well by chance. Measured on the day's fall
-/// (12 seeds): a step preferred at any margin gave back half of the line's gain (1.25 on
-/// average instead of 1.21), at 4 a third, at 8 none; every rate step unchanged at 4 and 8.
+/// step), so on a steady rise it often fits as well by chance: preferred at a smaller
+/// margin, the step takes a steady fall for one and the line's gain is lost, while a step
+/// of the rate is read as a step at this margin too.
 const STEP_PREFERRED: f64 = 8.0;
 
 /// One payment's evidence about its flip age, in cells: the flip happened in `(lo, hi]`;
@@ -757,8 +751,8 @@ fn smooth(p: &mut [f64]) {
 
 /// Weight of the ladder's prior, in payments. It only has to carry the estimate until
 /// evidence comes: its flips sit where the ladder is dense, so a heavy prior keeps the
-/// schedules checking early ages too often. Measured (`benches/policy.rs`, learnt mix,
-/// 0.1/s): 20 payments gave mix A 1.30× the bound and B 1.08×; 2 gave 1.25× and 1.02×.
+/// schedules checking early ages too often, most visibly on a slow stream, where the
+/// evidence takes longest to outweigh it.
 const PRIOR_WEIGHT: f64 = 2.0;
 
 /// EM passes per fit: the estimate moves little between fits, and each starts from the

@@ -1191,8 +1191,8 @@ mod tests {
         };
         let before = mean(45 * min, 60 * min);
         // The payments that arrive in the ten minutes after the burst are seen about as
-        // soon as before it. Priced in, the burst had them at 11–15× (seeds 9–11): a window
-        // later the room it left unused was missing, and their checks went late into the
+        // soon as before it. A burst priced in would leave the room it saved unused, that
+        // room would be missing a window later, and their checks would go late into the
         // backlog.
         let after = mean(65 * min, 75 * min);
         assert!(

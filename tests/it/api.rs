@@ -150,11 +150,7 @@ impl Extra {
 
     /// SIGTERM and wait.
     async fn stop(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.as_ref().expect("running").id();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        sigterm(self.child.as_ref().expect("running").id());
         self.exited(Duration::from_secs(10)).await.0
     }
 }
@@ -180,10 +176,11 @@ async fn raw_request(socket: &Path, method: &str, path: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn curl_drives_every_request() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: curl is not installed; this test drives the API with `curl --unix-socket` (CI installs it)");
-        return;
-    }
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl is not installed: this test drives the API with `curl --unix-socket`, as a \
+         shell user would; install it (apt-get install curl)"
+    );
     let (_fake, daemon) = setup(quiet()).await;
     let socket = daemon.socket_path().to_string_lossy().into_owned();
     // status code on the last line, body before it

@@ -212,8 +212,8 @@ async fn a_missing_key_and_a_world_readable_key_file_are_logged_at_start() {
     assert!(!last.contains("readable by every user"), "{last}");
 }
 
-/// A payment stored while the scheduler did not hear of it (what a hand-over cut by a
-/// dropped request used to leave): a re-enqueue makes sure the scheduler holds it.
+/// A payment stored while the scheduler did not hear of it (as a hand-over cut by a
+/// dropped request could leave): a re-enqueue makes sure the scheduler holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_enqueue_of_a_stored_pending_payment_gets_it_polled() {
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
@@ -225,17 +225,22 @@ async fn a_re_enqueue_of_a_stored_pending_payment_gets_it_polled() {
     );
     // Written behind the daemon's back, as another process may: SQLite lets it in.
     let now = now_ms();
-    let out = std::process::Command::new("sqlite3")
-        .args(["-bail", "-cmd", ".timeout 5000"])
-        .arg(d.db_path())
-        .arg(format!(
-            "INSERT INTO payments (kind, id, started_at, jitter_ms, created_at, \
-             updated_at, next_check_at) VALUES ('p2p', 'LOST', {now}, 100, {now}, {now}, {});",
-            now + 100
-        ))
-        .output()
-        .expect("sqlite3");
-    assert!(out.status.success(), "{out:?}");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(d.db_path())
+        .busy_timeout(Duration::from_secs(5));
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("open the database");
+    sqlx::query(
+        "INSERT INTO payments (kind, id, started_at, jitter_ms, created_at, updated_at, \
+         next_check_at) VALUES ('p2p', 'LOST', ?1, 100, ?1, ?1, ?2)",
+    )
+    .bind(now)
+    .bind(now + 100)
+    .execute(&mut conn)
+    .await
+    .expect("insert behind the daemon's back");
+    sqlx::Connection::close(conn).await.expect("close");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(fake.requests_for("p2p", "LOST").is_empty());
     let (code, p) = d.enqueue("p2p", "LOST", None).await;
@@ -455,8 +460,8 @@ async fn stuck_clients_neither_starve_real_ones_nor_hold_up_sigterm() {
         "{fds} fds with 300 stuck clients; SIGTERM with 350 stuck: exit in {:?}",
         t.elapsed()
     );
-    // Waiting on the stuck clients would take their 60-s header timeout (measured before
-    // the fix: not out after 60 s); the daemon exits in milliseconds when idle.
+    // Waiting on the stuck clients would take their 60-s header timeout; the daemon exits
+    // in milliseconds when idle.
     assert!(
         t.elapsed() < Duration::from_secs(15),
         "exit took {:?}",

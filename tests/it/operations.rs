@@ -5,6 +5,8 @@
 use ninjapoll::State;
 use ninjapoll_test_support::*;
 use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection, Row};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,11 +25,7 @@ fn cpu_ms(pid: u32) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_merchant_reading_with_sqlite3_never_sees_an_error_or_a_half_state() {
-    if Command::new("sqlite3").arg("-version").output().is_err() {
-        eprintln!("SKIPPED: sqlite3 is not installed (CI installs it)");
-        return;
-    }
+async fn a_merchant_reading_the_database_never_sees_an_error_or_a_half_state() {
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
     let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
     let t0 = now_ms();
@@ -42,32 +40,37 @@ async fn a_merchant_reading_with_sqlite3_never_sees_an_error_or_a_half_state() {
         .request("POST", "/v1/checks/batch", Some(json!({ "checks": batch })))
         .await;
     assert_eq!(code, 200);
-    // A separate process, the merchant app, reads the view while the daemon commits.
+    // The merchant app, another process than the daemon, reads the view while the daemon
+    // commits: a fresh read-only connection per read, as a client script opens one, through
+    // the SQLite library (no `sqlite3` tool needed).
     let db = d.db_path();
-    let query = "SELECT state, final, finished_at IS NOT NULL, checks_done FROM payment_states;";
+    let query = "SELECT state, final, finished_at IS NOT NULL, checks_done FROM payment_states";
     let mut reads = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = Command::new("sqlite3")
-            .args(["-readonly", "-bail", "-cmd", ".timeout 5000"])
-            .arg(&db)
-            .arg(query)
-            .output()
-            .expect("run sqlite3");
-        assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "sqlite3 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let options = SqliteConnectOptions::new()
+            .filename(&db)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .unwrap_or_else(|e| panic!("the merchant app could not open the database: {e}"));
+        let rows = sqlx::query(query)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("the merchant app's read failed: {e}"));
+        conn.close().await.expect("close");
         let mut finals = 0;
-        for line in text.lines() {
-            let f: Vec<&str> = line.split('|').collect();
-            assert_eq!(f.len(), 4, "{line}");
-            let final_ = f[1] == "1";
+        for row in &rows {
+            let state: String = row.get(0);
+            let final_: bool = row.get::<i64, _>(1) == 1;
+            let finished: bool = row.get::<i64, _>(2) == 1;
             // Never half-written: final iff not pending, final iff finished_at is set.
-            assert_eq!(final_, f[0] != "pending", "{line}");
-            assert_eq!(final_, f[2] == "1", "{line}");
+            assert_eq!(final_, state != "pending", "{state} final={final_}");
+            assert_eq!(
+                final_, finished,
+                "{state} final={final_} finished={finished}"
+            );
             finals += usize::from(final_);
         }
         reads += 1;

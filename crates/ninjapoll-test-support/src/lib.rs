@@ -373,10 +373,7 @@ impl Daemon {
     /// SIGTERM, then waits for the exit (SIGKILL after 10 s). Returns the exit status.
     pub async fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        sigterm(child.id());
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -520,6 +517,22 @@ impl Daemon {
             .await;
         serde_json::from_value(v.clone())
             .unwrap_or_else(|e| panic!("{kind}/{id}: not a payment ({e}): {v:#}"))
+    }
+}
+
+/// Sends SIGTERM to `pid` (a child of this process), as systemd stops a service. Through
+/// libc, not the `kill` tool, which a minimal machine may not have. A child that is already
+/// gone (ESRCH) is not an error: the caller waits for its exit either way.
+pub fn sigterm(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: kill(2) only sends a signal, to our own child.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ESRCH),
+            "SIGTERM to {pid}: {err}"
+        );
     }
 }
 
