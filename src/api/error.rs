@@ -73,7 +73,7 @@ error_codes! {
     UnknownEndpoint = ("unknown_endpoint", NOT_FOUND, "No such endpoint."),
     MethodNotAllowed = ("method_not_allowed", METHOD_NOT_ALLOWED, "The endpoint does not take that method."),
     Conflict = ("conflict", CONFLICT, "The payment is already tracked with a different `started_at`, `metadata` or `callback_url`; `payment` is the stored one."),
-    AlreadyFinal = ("already_final", CONFLICT, "The payment is already final, so it cannot be cancelled or rechecked; `payment` shows it."),
+    AlreadyFinal = ("already_final", CONFLICT, "The payment is already final, so it cannot be cancelled, or rechecked because its state can no longer move (section 2, \"After the ladder\"); `payment` shows it."),
     BodyTooLarge = ("body_too_large", PAYLOAD_TOO_LARGE, "The body is larger than the endpoint's limit (1 MiB; 16 MiB for a batch)."),
     BatchTooLarge = ("batch_too_large", PAYLOAD_TOO_LARGE, "A batch holds more than 10,000 checks."),
     RequestTimeout = ("request_timeout", REQUEST_TIMEOUT, "The request took longer than `socket.request_timeout`."),
