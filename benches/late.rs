@@ -70,9 +70,15 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--rate: {e}"))?,
             ),
-            "--seeds" => a.seeds = value("--seeds")?.parse().map_err(|e| format!("--seeds: {e}"))?,
+            "--seeds" => {
+                a.seeds = value("--seeds")?
+                    .parse()
+                    .map_err(|e| format!("--seeds: {e}"))?
+            }
             "--warmup" => {
-                a.warmup_h = value("--warmup")?.parse().map_err(|e| format!("--warmup: {e}"))?
+                a.warmup_h = value("--warmup")?
+                    .parse()
+                    .map_err(|e| format!("--warmup: {e}"))?
             }
             "--measure" => {
                 a.measure_h = value("--measure")?
@@ -89,13 +95,22 @@ fn parse() -> Result<Args, String> {
     if a.seeds == 0 || a.measure_h <= 0 || a.warmup_h < 0 {
         return Err("--seeds and --measure must be positive".into());
     }
-    if a.rates.iter().any(|r| !(0.0..=5.0).contains(r) || *r == 0.0) {
+    if a.rates
+        .iter()
+        .any(|r| !(0.0..=5.0).contains(r) || *r == 0.0)
+    {
         return Err("--rate must be in (0, 5]".into());
     }
     Ok(a)
 }
 
-fn scenario(rate: f64, seed: u64, args: &Args, schedule: Option<Vec<i64>>, policy: LatePolicy) -> Scenario {
+fn scenario(
+    rate: f64,
+    seed: u64,
+    args: &Args,
+    schedule: Option<Vec<i64>>,
+    policy: LatePolicy,
+) -> Scenario {
     let mut sc = Scenario::steady(
         Mix::a(),
         rate,
@@ -146,7 +161,15 @@ fn spread(seeds: &[Seed], decimals: usize, f: impl Fn(&Seed) -> f64) -> String {
     let v: Vec<f64> = seeds.iter().map(&f).collect();
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.*} ({:.*}–{:.*})", decimals, median(v), decimals, lo, decimals, hi)
+    format!(
+        "{:.*} ({:.*}–{:.*})",
+        decimals,
+        median(v),
+        decimals,
+        lo,
+        decimals,
+        hi
+    )
 }
 
 fn share(seen: usize, of: usize) -> f64 {
@@ -231,14 +254,26 @@ fn main() -> ExitCode {
         );
         println!(
             "  late moves seen        learnt {}  in turn {}  bound {}",
-            spread(&seeds, 3, |s| share(s.learnt.late.seen, s.learnt.late.moves)),
-            spread(&seeds, 3, |s| share(s.in_turn.late.seen, s.in_turn.late.moves)),
+            spread(&seeds, 3, |s| share(
+                s.learnt.late.seen,
+                s.learnt.late.moves
+            )),
+            spread(&seeds, 3, |s| share(
+                s.in_turn.late.seen,
+                s.in_turn.late.moves
+            )),
             spread(&seeds, 3, |s| bound(s).seen),
         );
         println!(
             "  seen within 24 h       learnt {}  in turn {}",
-            spread(&seeds, 3, |s| share(s.learnt.late.seen_24h, s.learnt.late.moves)),
-            spread(&seeds, 3, |s| share(s.in_turn.late.seen_24h, s.in_turn.late.moves)),
+            spread(&seeds, 3, |s| share(
+                s.learnt.late.seen_24h,
+                s.learnt.late.moves
+            )),
+            spread(&seeds, 3, |s| share(
+                s.in_turn.late.seen_24h,
+                s.in_turn.late.moves
+            )),
         );
         println!(
             "  mean delay (min)       learnt {}  in turn {}  bound {}",
@@ -248,8 +283,14 @@ fn main() -> ExitCode {
         );
         println!(
             "  on the schedule's next check after the move  learnt {}  in turn {}",
-            spread(&seeds, 3, |s| share(s.learnt.late.seen_on_schedule, s.learnt.late.moves)),
-            spread(&seeds, 3, |s| share(s.in_turn.late.seen_on_schedule, s.in_turn.late.moves)),
+            spread(&seeds, 3, |s| share(
+                s.learnt.late.seen_on_schedule,
+                s.learnt.late.moves
+            )),
+            spread(&seeds, 3, |s| share(
+                s.in_turn.late.seen_on_schedule,
+                s.in_turn.late.moves
+            )),
         );
         println!(
             "  live mean delay, reconciliation on / off  learnt {}  in turn {}   live ratio to its bound: off {}  learnt {}",
@@ -264,7 +305,9 @@ fn main() -> ExitCode {
             .sum();
         let missed: u32 = seeds
             .iter()
-            .map(|s| s.off.missed_deadlines + s.learnt.missed_deadlines + s.in_turn.missed_deadlines)
+            .map(|s| {
+                s.off.missed_deadlines + s.learnt.missed_deadlines + s.in_turn.missed_deadlines
+            })
             .sum();
         println!("  requests over budget {over}, deadline checks missed {missed} (all runs)");
         failed |= over > 0 || missed > 0;

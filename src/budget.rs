@@ -136,10 +136,11 @@ impl Budget {
         self.next_room_beyond(now, 0)
     }
 
-    /// Whether one more request now leaves room, at every moment until the last of `due`
-    /// (the sorted due times of requests that must not wait), for each of those as it comes
-    /// due and `keep` more, counting the window's requests as they expire.
-    pub fn room_ahead(&mut self, now: UnixMs, due: &[UnixMs], keep: u32) -> bool {
+    /// Whether one more request now leaves room, at every moment of the next window, for
+    /// the requests that must not wait and `keep` more, counting the window's requests as
+    /// they expire. Those requests: by any moment `t`, the more of the sorted due times
+    /// `due` up to `t` and a steady `per_window` requests a window since `now`.
+    pub fn room_ahead(&mut self, now: UnixMs, due: &[UnixMs], per_window: f64, keep: u32) -> bool {
         if self.paused_until > now {
             return false;
         }
@@ -150,14 +151,29 @@ impl Budget {
         }
         let mut expiries: Vec<UnixMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
         expiries.sort_unstable();
-        let mut expired = 0usize;
-        for (i, &at) in due.iter().enumerate() {
-            while expiries.get(expired).is_some_and(|t| *t <= at) {
-                expired += 1;
-            }
-            if used + i as u64 + 1 > limit + expired as u64 {
+        let window = self.window.max(1);
+        let end = now.saturating_add(window);
+        let steady = |t: UnixMs| -> u64 {
+            (per_window.max(0.0) * (t - now).clamp(0, window) as f64 / window as f64).ceil() as u64
+        };
+        // The demand only grows between expiries: the moments to look at are just before
+        // each expiry, at each due time, and at the window's end.
+        // 0: an expiry (it still counts just before), 1: a due request, 2: the end.
+        let mut moments: Vec<(UnixMs, u8)> = expiries
+            .iter()
+            .filter(|t| **t <= end)
+            .map(|t| (*t, 0))
+            .chain(due.iter().filter(|t| **t <= end).map(|t| (*t, 1)))
+            .chain(std::iter::once((end, 2)))
+            .collect();
+        moments.sort_unstable();
+        let (mut expired, mut came_due) = (0u64, 0u64);
+        for (at, what) in moments {
+            came_due += u64::from(what == 1);
+            if used + came_due.max(steady(at)) > limit + expired {
                 return false;
             }
+            expired += u64::from(what == 0);
         }
         true
     }

@@ -772,8 +772,12 @@ fn intervals<'a>(n: usize, evidence: impl Iterator<Item = &'a Evidence>) -> Vec<
     let mut obs: Vec<(usize, usize)> = evidence
         .filter_map(|e| {
             let lo = e.lo.min(n);
-            let hi = e.hi.map_or(n + 1, |h| h.clamp(lo + 1, n));
-            let hi = if lo >= n { n + 1 } else { hi };
+            // Seen unchanged at the grid's end: whatever came after lies beyond it.
+            let hi = if lo >= n {
+                n + 1
+            } else {
+                e.hi.map_or(n + 1, |h| h.clamp(lo + 1, n))
+            };
             (!(lo == 0 && hi == n + 1)).then_some((lo, hi))
         })
         .collect();
@@ -1260,6 +1264,28 @@ mod tests {
                 b.cdf[q]
             );
         }
+    }
+
+    #[test]
+    fn evidence_past_the_grid_s_end_is_taken_as_after_it() {
+        // A check at or past the last cell that saw a change: no cell of the grid holds it.
+        assert_eq!(
+            intervals(
+                10,
+                [
+                    Evidence {
+                        lo: 10,
+                        hi: Some(11)
+                    },
+                    Evidence {
+                        lo: 12,
+                        hi: Some(13)
+                    }
+                ]
+                .iter()
+            ),
+            vec![(10, 11), (10, 11)]
+        );
     }
 
     #[test]

@@ -271,8 +271,8 @@ pub struct LateScenario {
     pub schedule: Option<Vec<i64>>,
     /// Which due check goes first when the spare budget is short.
     pub policy: LatePolicy,
-    /// The late figures count the payments arriving after the warm-up and before this
-    /// (`None`: all of them), so that arrivals may go on while their watch does.
+    /// The figures count the payments arriving after the warm-up and before this (`None`:
+    /// all of them), so that arrivals may go on while their watch does.
     pub measured_until_ms: Option<i64>,
 }
 
@@ -598,8 +598,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
                         .iter()
                         .all(|pk| fates.get(pk.0 as usize).is_some_and(|f| f.ended.is_some()));
                     late_requests += usize::from(watched);
-                    late_while_arriving +=
-                        usize::from(watched && next_arrival < arrivals.len());
+                    late_while_arriving += usize::from(watched && next_arrival < arrivals.len());
                     let observations = req
                         .pks
                         .iter()
@@ -742,7 +741,12 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         if now >= next_tick {
             core.tick(now);
             next_tick = now + tick_ms;
-            let st = core.status(now);
+            // Past the arrivals nothing reads it (the watch's tail can be days long).
+            let st = if now < arrivals_end {
+                core.status(now)
+            } else {
+                Vec::new()
+            };
             if now >= sc.warmup_ms && now < arrivals_end {
                 if let Some((truth, own, checks)) = &judge {
                     if now >= judged_at {
@@ -775,9 +779,10 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     }
 
     // Figures over the measured payments.
+    let until = sc.late.measured_until_ms.unwrap_or(i64::MAX);
     let measured: Vec<&Fate> = fates
         .iter()
-        .filter(|f| !f.burst && f.arrived >= sc.warmup_ms)
+        .filter(|f| !f.burst && f.arrived >= sc.warmup_ms && f.arrived < until)
         .collect();
     let mut delays: Vec<f64> = measured
         .iter()
@@ -833,13 +838,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
         .unwrap_or_else(|| grid.ladder_prior());
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let all_timed_out = fates.iter().filter(|f| f.state == State::TimedOut).count();
-    let until = sc.late.measured_until_ms.unwrap_or(i64::MAX);
-    let watched: Vec<&Fate> = measured
-        .iter()
-        .copied()
-        .filter(|f| f.arrived < until)
-        .collect();
-    let mut reconciled = late_report(&watched, &schedule, scale, tick_ms + sc.latency_ms.1);
+    let mut reconciled = late_report(&measured, &schedule, scale, tick_ms + sc.latency_ms.1);
     reconciled.requests = late_requests;
     reconciled.requests_while_arriving = late_while_arriving;
     reconciled.requests_per_timed_out = late_requests as f64 / all_timed_out.max(1) as f64;

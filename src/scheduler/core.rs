@@ -231,6 +231,9 @@ struct Pool {
     recent_sent: VecDeque<(UnixMs, bool)>,
     /// The backlog's requests of the last window, and since when it has had one: its pace.
     backlog_sent: VecDeque<UnixMs>,
+    /// The live payments' requests of the last window: the pace reconciliation leaves room
+    /// for.
+    live_sent: VecDeque<UnixMs>,
     backlog_since: Option<UnixMs>,
     /// More checks are due than the budget sends in half a window, and the budget is
     /// spent (set every tick).
@@ -333,6 +336,7 @@ impl Core {
                 recheck_sent: VecDeque::new(),
                 recent_sent: VecDeque::new(),
                 backlog_sent: VecDeque::new(),
+                live_sent: VecDeque::new(),
                 backlog_since: None,
                 piled: false,
                 on_plan: false,
@@ -654,6 +658,7 @@ impl Core {
                 if recheck {
                     self.pools[p].recheck_sent.push_back(now);
                 }
+                self.pools[p].live_sent.push_back(now);
                 if from == Queue::Backlog {
                     let sent = &mut self.pools[p].backlog_sent;
                     sent.push_back(now);
@@ -690,8 +695,13 @@ impl Core {
             if !self.watch.any_due(p, now) {
                 return false;
             }
-            // The live checks due within the on-plan lateness must each still find room
-            // as it comes due, as the window's requests expire, with a fiftieth to spare.
+            // Over the next window the live payments must still find room as the window's
+            // requests expire: for their checks due within the on-plan lateness, each as it
+            // comes due, and for their pace of the last window all along, with a fiftieth
+            // of the budget to spare.
+            let window = self.window;
+            forget_older(&mut self.pools[p].live_sent, window, now);
+            let pace = self.pools[p].live_sent.len() as f64;
             let soon = now + self.on_time(p);
             let mut live_soon: Vec<UnixMs> = self
                 .entries
@@ -701,7 +711,7 @@ impl Core {
                 .collect();
             live_soon.sort_unstable();
             let keep = self.pools[p].budget.effective_limit() / BACKLOG_LEAVES_DIVISOR;
-            if !self.pools[p].budget.room_ahead(now, &live_soon, keep) {
+            if !self.pools[p].budget.room_ahead(now, &live_soon, pace, keep) {
                 return false;
             }
             let refused = &self.pools[p].auth_failing;
