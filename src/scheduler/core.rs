@@ -40,6 +40,13 @@ const PLAN_SHARE: f64 = 0.98;
 const LONG_MEMORY_PAYMENTS: f64 = 6000.0;
 const LONG_MEMORY_LIVES: i64 = 12;
 
+/// How far back the learner may remember payments, for a ladder's timeout and a budget
+/// window: its long memory at most, what a restart rebuilds it from, and so the least
+/// `database.keep_finished` (the one source of that horizon).
+pub fn memory_horizon_ms(timeout_ms: i64, window_ms: i64) -> i64 {
+    LONG_MEMORY_LIVES.saturating_mul(timeout_ms.max(window_ms))
+}
+
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
 
@@ -280,9 +287,9 @@ impl Core {
     pub fn new(cfg: CoreConfig, now: UnixMs) -> Self {
         let grid = Grid::new(&cfg.ladder);
         let window_cells = (cfg.budget_window_ms / grid.unit_ms()).max(1) as usize;
-        // Evidence of payments started within two lifetimes (or windows): recent enough
-        // to follow a change of traffic within half an hour, long enough to be many.
-        let horizon = 2 * cfg.ladder.timeout_ms().max(cfg.budget_window_ms);
+        // The whole long memory until the first refit sets it from the arrival rate: a
+        // restart rebuilds that much, and a shorter horizon would drop it at the first fit.
+        let horizon = memory_horizon_ms(cfg.ladder.timeout_ms(), cfg.budget_window_ms);
         let mut models = Vec::new();
         let mut model_of = HashMap::new();
         for (name, kind) in &cfg.kinds {
@@ -392,7 +399,7 @@ impl Core {
     /// How far back the learner may remember payments (its long memory at most): what a
     /// restart rebuilds it from.
     pub fn memory_ms(&self) -> i64 {
-        LONG_MEMORY_LIVES * self.life_ms()
+        memory_horizon_ms(self.ladder.timeout_ms(), self.window)
     }
 
     /// The learner's unit of memory: a payment's lifetime (the ladder's timeout), or the
@@ -1277,11 +1284,13 @@ impl Core {
             // an hour. Long memory: about 6,000 payments, up to twelve lifetimes, used
             // while the recent evidence agrees with it (see `Learner`).
             let per_ms = rate / self.grid.unit_ms() as f64;
+            // No arrivals (a lull) is the limit of a falling rate: the longest span, never
+            // the shortest, which would make the learner drop what it knows for good.
             let span = |payments: f64, most: i64| {
                 if per_ms > 0.0 {
                     ((payments / per_ms) as i64).clamp(2 * life, most * life)
                 } else {
-                    2 * life
+                    most * life
                 }
             };
             let recent = span(400.0, 3);
@@ -2114,5 +2123,30 @@ mod tests {
             &sent[before..]
         );
         assert_eq!(core.recheck(PaymentKey(99), 40_000), None, "not held");
+    }
+
+    /// A restart during a lull: the evidence rebuilt from the long memory outlives the
+    /// first refits although nothing arrives (rate 0 used to shrink it to two lifetimes).
+    #[test]
+    fn a_lull_does_not_shorten_the_learners_memory() {
+        let (mut core, _) = core(1000);
+        let life = core.life_ms();
+        let memory = core.memory_ms();
+        let mut n = 0;
+        let mut started = -memory + 1000;
+        while started < -1000 {
+            core.learn("p2p", started, Some(started + 5_000), Some(started + 40_000));
+            started += 997;
+            n += 1;
+        }
+        assert!(n > 1000, "{n}");
+        let m = core.model_of["p2p"];
+        for now in (1..20).map(|i| i * (life / 4)) {
+            core.tick(now);
+        }
+        // Some of it aged past the horizon during the lull (almost five lifetimes): not more.
+        let kept = core.models[m].learner.len();
+        let aged = (n as i64 * (5 * life) / memory) as usize + 2;
+        assert!(kept + aged >= n, "kept {kept} of {n}");
     }
 }
