@@ -405,8 +405,9 @@ async fn maintain(
         // A restart reads the ledger of the last two windows; a tenth of a window more
         // covers the budget's 2% skew margin. Proportional, not a fixed minute, so that
         // the ledger stays flat on compressed time as on real time.
-        let keep = 2 * window.as_millis() as i64 + window.as_millis() as i64 / 10;
-        if let Err(e) = store.maintain(now_ms() - keep).await {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let keep = window_ms.saturating_mul(2).saturating_add(window_ms / 10);
+        if let Err(e) = store.maintain(now_ms().saturating_sub(keep)).await {
             telemetry.database_error("maintenance");
             tracing::warn!(error = format!("{e:#}"), "database maintenance failed");
         }

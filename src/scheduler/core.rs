@@ -2135,7 +2135,12 @@ mod tests {
         let mut n = 0;
         let mut started = -memory + 1000;
         while started < -1000 {
-            core.learn("p2p", started, Some(started + 5_000), Some(started + 40_000));
+            core.learn(
+                "p2p",
+                started,
+                Some(started + 5_000),
+                Some(started + 40_000),
+            );
             started += 997;
             n += 1;
         }

@@ -11,6 +11,7 @@ mod core;
 mod decide;
 mod recorder;
 
+pub use self::core::memory_horizon_ms;
 pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
 pub use crate::status::PoolStatus;
 
@@ -172,7 +173,8 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
         kind_pool,
         budget_requests: config.ninjapay.budget_requests,
         backlog_share: config.ninjapay.backlog_share,
-        budget_window_ms: config.ninjapay.budget_window.as_millis() as i64,
+        budget_window_ms: i64::try_from(config.ninjapay.budget_window.as_millis())
+            .unwrap_or(i64::MAX),
         max_in_flight: config.ninjapay.max_in_flight,
         seed,
     };
