@@ -89,6 +89,10 @@ pub struct RawNinjapay {
     pub budget_window: Option<Duration>,
     pub backlog_share: Option<f64>,
     pub max_in_flight: Option<usize>,
+    /// Longest pause a `Retry-After` may impose on a key (Ninjapay documents a one-hour
+    /// lockout).
+    #[serde(default, with = "humantime_serde")]
+    pub max_pause: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -312,6 +316,8 @@ pub struct NinjapayConfig {
     /// The share of each key's budget a burst's backlog may take.
     pub backlog_share: BacklogShare,
     pub max_in_flight: usize,
+    /// Longest pause a `Retry-After` may impose.
+    pub max_pause: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -492,6 +498,7 @@ const SOCKET_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const BUDGET_REQUESTS: u32 = 1000;
 const BUDGET_WINDOW: Duration = Duration::from_secs(600);
 const MAX_IN_FLIGHT: usize = 16;
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -524,6 +531,7 @@ pub fn defaults() -> Raw {
             budget_window: Some(BUDGET_WINDOW),
             backlog_share: Some(BacklogShare::DEFAULT.get()),
             max_in_flight: Some(MAX_IN_FLIGHT),
+            max_pause: Some(MAX_PAUSE),
             connect_timeout: Some(CONNECT_TIMEOUT),
             request_timeout: Some(REQUEST_TIMEOUT),
             ..Default::default()
@@ -709,6 +717,7 @@ impl Config {
             budget_window: positive("ninjapay.budget_window", n.budget_window, BUDGET_WINDOW)?,
             backlog_share,
             max_in_flight,
+            max_pause: positive("ninjapay.max_pause", n.max_pause, MAX_PAUSE)?,
             connect_timeout: positive(
                 "ninjapay.connect_timeout",
                 n.connect_timeout,
@@ -982,6 +991,7 @@ fn sane(raw: &Raw, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
             n.connect_timeout,
             MAX_TIMEOUT,
         ),
+        ("ninjapay.max_pause".into(), n.max_pause, MAX_TIMEOUT),
         (
             "ninjapay.request_timeout".into(),
             n.request_timeout,

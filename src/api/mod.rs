@@ -439,6 +439,9 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
 /// every tick (at most a second apart), so this is many missed ticks.
 const SCHEDULER_STALE_MS: i64 = 10_000;
 
+/// A key paused longer than this is a health problem at once.
+const PAUSE_PROBLEM_MS: i64 = 5_000;
+
 /// Every reason the daemon is not healthy, each a line a person can act on, and the
 /// pending payments nobody polls. `healthy` is exactly "no problems", so a reason can
 /// never hide.
@@ -463,6 +466,24 @@ pub fn health_problems(
     for p in &published.pools {
         for k in &p.auth_failing {
             problems.push(format!("Ninjapay refuses the API key for kind {k}"));
+        }
+        for (k, error) in &p.outage {
+            problems.push(format!(
+                "Ninjapay gives no usable answer for kind {k} ({error}); its payments stay pending and back off until it does"
+            ));
+        }
+        if let Some(ms) = p
+            .paused_until
+            .map(|t| t - now)
+            .filter(|ms| *ms > PAUSE_PROBLEM_MS)
+        {
+            problems.push(format!(
+                "key {}: Ninjapay asked to pause its checks for {} more (Retry-After or 503; at most ninjapay.max_pause)",
+                p.name,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from(ms).unwrap_or(0).div_ceil(1000)
+                ))
+            ));
         }
         if !p.keeps_up() {
             problems.push(format!(

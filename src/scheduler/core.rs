@@ -47,6 +47,9 @@ pub fn memory_horizon_ms(timeout_ms: i64, window_ms: i64) -> i64 {
     LONG_MEMORY_LIVES.saturating_mul(timeout_ms.max(window_ms))
 }
 
+/// Most distinct unknown statuses remembered (each logged once).
+const MAX_UNKNOWN_LOGGED: usize = 256;
+
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
 
@@ -242,6 +245,9 @@ struct Pool {
     throttled: u32,
     /// Kinds answering 401/403 since when, and when it was last logged.
     auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
+    /// Kinds whose last check got no usable answer (see [`ErrorClass::is_outage`]), with
+    /// its error, until one is answered.
+    outage: HashMap<KindName, String>,
     /// Earliest next request of each list kind (its cadence).
     list_not_before: HashMap<KindName, UnixMs>,
     last_probe: UnixMs,
@@ -322,6 +328,7 @@ impl Core {
                 on_plan: false,
                 throttled: 0,
                 auth_failing: HashMap::new(),
+                outage: HashMap::new(),
                 list_not_before: HashMap::new(),
                 last_probe: 0,
                 lateness_ms: Vec::new(),
@@ -1005,6 +1012,7 @@ impl Core {
         let mut min_every = i64::MAX;
         let mut answered_kinds: HashSet<KindName> = HashSet::new();
         let mut truncated = false;
+        let mut outage: HashMap<KindName, String> = HashMap::new();
         for (i, (pk, obs)) in done.pks.iter().zip(&done.observations).enumerate() {
             let Some(mut e) = self.entries.remove(pk) else {
                 continue; // cancelled meanwhile
@@ -1022,14 +1030,21 @@ impl Core {
             );
             truncated |= cut_short;
             match obs {
-                Observation::Error { class, .. } => match class {
-                    ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
-                    ErrorClass::Auth => auth_failed = Some(e.kind.name.clone()),
-                    _ => {}
-                },
+                Observation::Error { class, message, .. } => {
+                    if class.is_outage() {
+                        outage.insert(e.kind.name.clone(), message.clone());
+                    }
+                    match class {
+                        ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
+                        ErrorClass::Auth => auth_failed = Some(e.kind.name.clone()),
+                        _ => {}
+                    }
+                }
                 Observation::Status { raw, state, .. } => {
                     any_answer = true;
+                    // Bounded: past that many distinct unknown statuses, no more are logged.
                     if state.is_none()
+                        && self.unknown_logged.len() < MAX_UNKNOWN_LOGGED
                         && self
                             .unknown_logged
                             .insert((e.kind.name.clone(), raw.to_lowercase()))
@@ -1157,6 +1172,10 @@ impl Core {
         }
         let window = self.window;
         let pool = &mut self.pools[p];
+        for name in &answered_kinds {
+            pool.outage.remove(name);
+        }
+        pool.outage.extend(outage);
         if throttled {
             pool.throttled += 1;
             let pause = done
@@ -1591,6 +1610,11 @@ impl Core {
                 backlog_drains_in_ms: drains_in,
                 paused_until: pool.budget.paused_until(now),
                 auth_failing: pool.auth_failing.keys().cloned().collect(),
+                outage: pool
+                    .outage
+                    .iter()
+                    .map(|(k, m)| (k.clone(), m.clone()))
+                    .collect(),
                 lateness_ms: std::mem::take(&mut pool.lateness_ms),
                 kinds,
             });
@@ -2153,5 +2177,28 @@ mod tests {
         let kept = core.models[m].learner.len();
         let aged = (n as i64 * (5 * life) / memory) as usize + 2;
         assert!(kept + aged >= n, "kept {kept} of {n}");
+    }
+
+    /// The set of unknown statuses remembered (each logged once) is bounded.
+    #[test]
+    fn unknown_statuses_remembered_are_bounded() {
+        let (mut core, _) = core(1000);
+        core.track(row(1, 0, 20_000), 0, false);
+        for i in 0..(MAX_UNKNOWN_LOGGED as i64 + 50) {
+            core.complete(&Completion {
+                pool: 0,
+                pks: vec![PaymentKey(1)],
+                observations: vec![Observation::Status {
+                    raw: format!("odd{i}"),
+                    state: None,
+                    response: json!({}),
+                }],
+                retry_after_ms: None,
+                sent_at: 1_000 + i,
+                done_at: 1_000 + i,
+                ledger: None,
+            });
+        }
+        assert_eq!(core.unknown_logged.len(), MAX_UNKNOWN_LOGGED);
     }
 }

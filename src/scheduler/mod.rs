@@ -618,6 +618,7 @@ mod tests {
             backlog_drains_in_ms: None,
             paused_until: None,
             auth_failing: Vec::new(),
+            outage: Vec::new(),
             lateness_ms: Vec::new(),
             kinds: Vec::new(),
         }

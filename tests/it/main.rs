@@ -10,6 +10,7 @@ mod hardening;
 mod health;
 mod metrics;
 mod operations;
+mod provider;
 mod retention;
 mod systemd;
 mod upgrades;
