@@ -202,9 +202,15 @@ pub async fn spawn(
     let horizon = core.memory_ms();
     let wall = now_ms();
     let off = clock.offset();
-    // What was spent before a restart still counts.
-    for (ledger, _sent, done) in store.ledger_since(wall - 2 * window).await? {
-        core.restore_spent(&ledger, done.map(|d| d - off), clock.now());
+    // What was spent before a restart still counts: the newest rows by insertion order
+    // (no window holds more than the limit, so twice that covers reserved rows too), each
+    // dated by the boot clock where it can be, whatever the wall clock did.
+    let boot = crate::boot::now();
+    let newest = 2 * config.ninjapay.budget_requests;
+    for row in store.ledger_newest(newest).await? {
+        let boot_now = boot.as_ref().map(|(id, ms)| (id.as_str(), *ms));
+        let done = crate::budget::restored_done_at(&row, wall, boot_now);
+        core.restore_spent(&row.pool, Some(done - off), clock.now());
     }
     // What was learnt before a restart is rebuilt from the payments themselves.
     let finished = store
