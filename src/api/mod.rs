@@ -75,7 +75,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, st, LIMIT, None).await?;
+        // The body's permits are held until it is parsed: parsing is where memory grows.
+        let (bytes, _held) = read_body(req, st, LIMIT, None).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -137,13 +138,14 @@ impl ItemCounter {
 }
 
 /// Reads a JSON request body of at most `limit` bytes (and, for a batch, `max_items`
-/// items) against the shared body budget.
+/// items) against the shared body budget; the permits returned hold that budget until the
+/// caller drops them (after parsing).
 pub(crate) async fn read_body(
     req: Request,
     st: &AppState,
     limit: usize,
     max_items: Option<usize>,
-) -> Result<Bytes, ApiError> {
+) -> Result<(Bytes, Vec<tokio::sync::OwnedSemaphorePermit>), ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -215,7 +217,7 @@ pub(crate) async fn read_body(
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), permits))
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {

@@ -896,3 +896,63 @@ async fn half_open_metrics_connections_neither_break_the_api_nor_stay() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+/// The daemon's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(d: &Daemon) -> u64 {
+    let pid = d.pid().expect("daemon running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// A 16 MiB batch whose one item carries a huge `metadata` array of small numbers: refused
+/// as `metadata_too_large` with memory a small multiple of the body (parsed into `Value`s
+/// first, it peaked at 565 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_metadata_array_is_refused_in_bounded_memory() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    let before = peak_rss(&d);
+    let mut metadata = String::from("[0");
+    while metadata.len() < 16 * 1024 * 1024 - 200 {
+        metadata.push_str(",0");
+    }
+    metadata.push(']');
+    let body = format!(
+        "{{\"checks\": [{{\"kind\": \"p2p\", \"id\": \"M1\", \"metadata\": {metadata}}}]}}"
+    );
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let (code, answer) = d.request("POST", "/v1/checks/batch", Some(body)).await;
+    assert_eq!(code, 200, "{answer:#}");
+    assert_eq!(
+        answer["results"][0]["error"]["code"], "metadata_too_large",
+        "{answer:#}"
+    );
+    let peak = peak_rss(&d);
+    eprintln!(
+        "peak RSS {} MB before, {} MB after",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(peak < before + 120 * 1024 * 1024, "peak {} MB", peak >> 20);
+    // The single enqueue too.
+    let mut one = String::from("[0");
+    while one.len() < 1000 * 1024 {
+        one.push_str(",0");
+    }
+    one.push(']');
+    let item: Value = serde_json::from_str(&format!(
+        "{{\"kind\": \"p2p\", \"id\": \"M2\", \"metadata\": {one}}}"
+    ))
+    .unwrap();
+    let (code, answer) = d.request("POST", "/v1/checks", Some(item)).await;
+    assert_eq!(
+        (code, &answer["error"]["code"]),
+        (400, &json!("metadata_too_large")),
+        "{answer:#}"
+    );
+}
