@@ -1283,8 +1283,10 @@ mod tests {
     fn defaults_shown_are_the_defaults_applied() {
         let shown = Config::from_raw(defaults()).unwrap();
         // The base URLs and kinds have no fallback: they are required, given by defaults().
-        let mut bare = Raw::default();
-        bare.kinds = kinds::presets();
+        let mut bare = Raw {
+            kinds: kinds::presets(),
+            ..Default::default()
+        };
         bare.ninjapay.prod_base_url = defaults().ninjapay.prod_base_url;
         bare.ninjapay.api_base_url = defaults().ninjapay.api_base_url;
         let applied = Config::from_raw(bare).unwrap();
