@@ -229,9 +229,83 @@ impl Budget {
     }
 }
 
+/// When a request of a previous run is taken to have been answered, on the wall clock at
+/// `now`, so that no step of the wall clock lets a restart overspend: within the same boot
+/// (`boot_now`: this boot's id and ms since it began), its send is dated by the boot clock,
+/// which never jumps; sent in an earlier boot, it was answered before this boot began, and
+/// is taken as answered then, the latest it can have been; without a boot clock, its wall
+/// time, never later than `now` (the row's time after a backward step).
+pub fn restored_done_at(
+    row: &crate::store::LedgerRow,
+    now: UnixMs,
+    boot_now: Option<(&str, i64)>,
+) -> UnixMs {
+    let wall = row.done_at.unwrap_or(now).min(now);
+    let (Some((id, sent_ms)), Some((now_id, now_ms))) = (&row.boot, boot_now) else {
+        return wall;
+    };
+    if id != now_id {
+        return now.saturating_sub(now_ms).min(now);
+    }
+    let sent = now.saturating_sub(now_ms.saturating_sub(*sent_ms).max(0));
+    match row.done_at {
+        None => now,
+        Some(done) => sent
+            .saturating_add(done.saturating_sub(row.sent_at).max(0))
+            .min(now),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(
+        sent_at: i64,
+        done_at: Option<i64>,
+        boot: Option<(&str, i64)>,
+    ) -> crate::store::LedgerRow {
+        crate::store::LedgerRow {
+            pool: "key:x".into(),
+            sent_at,
+            done_at,
+            boot: boot.map(|(id, ms)| (id.to_string(), ms)),
+        }
+    }
+
+    /// A restart dates the ledger's rows by the boot clock: a step of the wall clock either
+    /// way between runs changes nothing; an earlier boot's rows count until this boot's
+    /// start; without a boot clock, no row is later than now.
+    #[test]
+    fn restored_rows_ignore_wall_clock_steps() {
+        let now = 10_000_000;
+        let boot_now = Some(("b", 500_000));
+        // Sent 3 s ago by the boot clock (497 s after boot), answered 200 ms later: its
+        // wall times an hour behind or ahead do not matter.
+        for shift in [-3_600_000, 0, 3_600_000] {
+            let r = row(
+                now - 3_000 + shift,
+                Some(now - 2_800 + shift),
+                Some(("b", 497_000)),
+            );
+            assert_eq!(restored_done_at(&r, now, boot_now), now - 2_800, "{shift}");
+        }
+        // Never answered: counted as answered now.
+        let r = row(now - 3_600_000, None, Some(("b", 497_000)));
+        assert_eq!(restored_done_at(&r, now, boot_now), now);
+        // An earlier boot: answered before this boot began (500 s ago), at the latest.
+        let r = row(
+            now - 3_600_000,
+            Some(now - 3_600_000),
+            Some(("a", 9_000_000)),
+        );
+        assert_eq!(restored_done_at(&r, now, boot_now), now - 500_000);
+        // No boot clock: the wall time, never later than now.
+        let r = row(now + 60_000, Some(now + 60_100), None);
+        assert_eq!(restored_done_at(&r, now, boot_now), now);
+        let r = row(now - 1_000, Some(now - 900), Some(("b", 1)));
+        assert_eq!(restored_done_at(&r, now, None), now - 900);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -253,6 +253,22 @@ fn parse_rate(s: &str) -> Result<f64> {
     Ok(n / secs)
 }
 
+/// Most payments one simulation may hold: each is kept to the end of the run.
+const MAX_SIMULATED_PAYMENTS: f64 = 2_000_000.0;
+
+/// Refuses a simulation of more payments than memory sensibly holds (`--rate 1e7` asked
+/// for gigabytes), before anything is allocated.
+fn simulated_payments(rate_per_s: f64, secs: f64) -> Result<f64> {
+    let n = rate_per_s * secs;
+    if !(n.is_finite() && n <= MAX_SIMULATED_PAYMENTS) {
+        bail!(
+            "--rate and --hours ask for about {n:.0} payments; at most {MAX_SIMULATED_PAYMENTS} \
+             are simulated: lower the rate or the hours"
+        );
+    }
+    Ok(n)
+}
+
 /// `ninjapoll simulate`: `streams` are `(kind, payments per second)` on the one key, the
 /// first the main one.
 async fn simulate(
@@ -373,6 +389,15 @@ async fn simulate(
             mix: mix.clone(),
         });
     }
+    let tail_s = if late.is_some() {
+        day as f64 / 1000.0
+    } else {
+        0.0
+    };
+    simulated_payments(
+        total_rate,
+        warmup_ms as f64 / 1000.0 + hours * 3600.0 + tail_s,
+    )?;
     let sc = Scenario {
         ladder: cfg.ladder.clone(),
         budget: cfg.ninjapay.budget_requests,
@@ -852,5 +877,19 @@ fn print_webhooks(events: &[WebhookView], more: Option<&str>) {
     }
     if let Some(c) = more {
         println!("(more: --cursor {c})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enormous_simulation_is_refused_before_it_allocates() {
+        let rate = parse_rate("1e7").unwrap();
+        let e = simulated_payments(rate, 2.0 * 3600.0).unwrap_err();
+        assert!(e.to_string().contains("--rate"), "{e}");
+        assert!(simulated_payments(parse_rate("inf").unwrap_or(1e300), 1.0).is_err());
+        assert!(simulated_payments(0.5, 48.0 * 3600.0).is_ok());
     }
 }

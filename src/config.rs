@@ -101,6 +101,10 @@ pub struct RawNinjapay {
     pub budget_window: Option<Duration>,
     pub backlog_share: Option<f64>,
     pub max_in_flight: Option<usize>,
+    /// Longest pause a `Retry-After` may impose on a key (Ninjapay documents a one-hour
+    /// lockout).
+    #[serde(default, with = "humantime_serde")]
+    pub max_pause: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -324,6 +328,8 @@ pub struct NinjapayConfig {
     /// The share of each key's budget a burst's backlog may take.
     pub backlog_share: BacklogShare,
     pub max_in_flight: usize,
+    /// Longest pause a `Retry-After` may impose.
+    pub max_pause: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -495,45 +501,62 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+// The defaults that validation falls back on, each written once: `defaults()` shows them
+// (check-config) and `from_raw` falls back on the same constants.
+const KEEP_FINISHED: Duration = Duration::from_secs(90 * 86_400);
+const SOCKET_MAX_CONNECTIONS: usize = 256;
+const SOCKET_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const SOCKET_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const BUDGET_REQUESTS: u32 = 1000;
+const BUDGET_WINDOW: Duration = Duration::from_secs(600);
+const MAX_IN_FLIGHT: usize = 16;
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+const WEBHOOK_MAX_IN_FLIGHT: usize = 8;
+const LOG_LEVEL: &str = "info";
+
 /// The built-in defaults, as a provider the file and environment merge over.
 pub fn defaults() -> Raw {
     let secs = Duration::from_secs;
-    let step = |every: u64, span: Option<u64>| RawStep {
+    let step = |&(every, span): &(u64, Option<u64>)| RawStep {
         every: secs(every),
         span: span.map(secs),
     };
+    let (first_lo, first_hi) = crate::ladder::DOCUMENTED_FIRST_CHECK_SECS;
     Raw {
         database: RawDatabase {
-            keep_finished: Some(secs(90 * 86_400)),
+            keep_finished: Some(KEEP_FINISHED),
             ..Default::default()
         },
         socket: RawSocket {
-            max_connections: Some(256),
-            header_timeout: Some(secs(10)),
-            request_timeout: Some(secs(60)),
+            max_connections: Some(SOCKET_MAX_CONNECTIONS),
+            header_timeout: Some(SOCKET_HEADER_TIMEOUT),
+            request_timeout: Some(SOCKET_REQUEST_TIMEOUT),
             ..Default::default()
         },
         ninjapay: RawNinjapay {
             prod_base_url: Some("https://prod.ninjapay.me".into()),
             api_base_url: Some("https://api.ninjapay.me".into()),
-            budget_requests: Some(1000),
-            budget_window: Some(secs(600)),
+            budget_requests: Some(BUDGET_REQUESTS),
+            budget_window: Some(BUDGET_WINDOW),
             backlog_share: Some(BacklogShare::DEFAULT.get()),
-            max_in_flight: Some(16),
-            connect_timeout: Some(secs(5)),
-            request_timeout: Some(secs(15)),
+            max_in_flight: Some(MAX_IN_FLIGHT),
+            max_pause: Some(MAX_PAUSE),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            request_timeout: Some(REQUEST_TIMEOUT),
             ..Default::default()
         },
         schedule: RawSchedule {
-            first_check: Some(vec![secs(20), secs(25)]),
-            steps: Some(vec![
-                step(3, Some(30)),
-                step(6, Some(60)),
-                step(10, Some(60)),
-                step(30, Some(60)),
-                step(60, None),
-            ]),
-            timeout: Some(secs(600)),
+            first_check: Some(vec![secs(first_lo), secs(first_hi)]),
+            steps: Some(
+                crate::ladder::DOCUMENTED_STEPS_SECS
+                    .iter()
+                    .map(step)
+                    .collect(),
+            ),
+            timeout: Some(secs(crate::ladder::DOCUMENTED_TIMEOUT_SECS)),
         },
         webhooks: RawWebhooks {
             // 5s, 30s, 2m, 10m, 30m, 1h, 2h, 4h, 8h, 8h
@@ -543,13 +566,13 @@ pub fn defaults() -> Raw {
                     .map(secs)
                     .collect(),
             ),
-            timeout: Some(secs(10)),
-            max_in_flight: Some(8),
+            timeout: Some(WEBHOOK_TIMEOUT),
+            max_in_flight: Some(WEBHOOK_MAX_IN_FLIGHT),
             ..Default::default()
         },
         log: RawLog {
             format: Some("text".into()),
-            level: Some("info".into()),
+            level: Some(LOG_LEVEL.into()),
         },
         reconcile: RawReconcile {
             after: Some(
@@ -660,15 +683,24 @@ impl Config {
             mode,
             allowed_uids: raw.socket.allowed_uids.clone(),
             allowed_gids: raw.socket.allowed_gids.clone(),
-            max_connections: match raw.socket.max_connections.unwrap_or(256) {
+            max_connections: match raw.socket.max_connections.unwrap_or(SOCKET_MAX_CONNECTIONS) {
                 0 => return Err(invalid("socket.max_connections", "must be at least 1")),
                 n => n,
             },
-            header_timeout: positive("socket.header_timeout", raw.socket.header_timeout, 10)?,
-            request_timeout: positive("socket.request_timeout", raw.socket.request_timeout, 60)?,
+            header_timeout: positive(
+                "socket.header_timeout",
+                raw.socket.header_timeout,
+                SOCKET_HEADER_TIMEOUT,
+            )?,
+            request_timeout: positive(
+                "socket.request_timeout",
+                raw.socket.request_timeout,
+                SOCKET_REQUEST_TIMEOUT,
+            )?,
         };
 
         let mut warnings = Vec::new();
+        sane(&raw, &mut warnings)?;
         let n = &raw.ninjapay;
         let api_key = match (&n.api_key, &n.api_key_file) {
             (Some(k), _) if !k.trim().is_empty() => Some(Secret::new(k.clone())),
@@ -680,7 +712,7 @@ impl Config {
         };
         let prod = key_url("ninjapay.prod_base_url", n.prod_base_url.as_deref())?;
         let api = key_url("ninjapay.api_base_url", n.api_base_url.as_deref())?;
-        let budget_requests = n.budget_requests.unwrap_or(1000);
+        let budget_requests = n.budget_requests.unwrap_or(BUDGET_REQUESTS);
         if budget_requests == 0 {
             return Err(invalid("ninjapay.budget_requests", "must be at least 1"));
         }
@@ -697,33 +729,42 @@ impl Config {
                 )
             })?,
         };
-        let max_in_flight = n.max_in_flight.unwrap_or(16);
+        let max_in_flight = n.max_in_flight.unwrap_or(MAX_IN_FLIGHT);
         if max_in_flight == 0 {
             return Err(invalid("ninjapay.max_in_flight", "must be at least 1"));
         }
         let ninjapay = NinjapayConfig {
             api_key,
             budget_requests,
-            budget_window: positive("ninjapay.budget_window", n.budget_window, 600)?,
+            budget_window: positive("ninjapay.budget_window", n.budget_window, BUDGET_WINDOW)?,
             backlog_share,
             max_in_flight,
-            connect_timeout: positive("ninjapay.connect_timeout", n.connect_timeout, 5)?,
-            request_timeout: positive("ninjapay.request_timeout", n.request_timeout, 15)?,
+            max_pause: positive("ninjapay.max_pause", n.max_pause, MAX_PAUSE)?,
+            connect_timeout: positive(
+                "ninjapay.connect_timeout",
+                n.connect_timeout,
+                CONNECT_TIMEOUT,
+            )?,
+            request_timeout: positive(
+                "ninjapay.request_timeout",
+                n.request_timeout,
+                REQUEST_TIMEOUT,
+            )?,
             prod_base_url: prod,
             api_base_url: api,
         };
 
         let ladder = ladder(&raw.schedule)?;
-        // A restart relearns flip ages from the payments started in the last two
-        // lifetimes (scheduler::spawn); retention must not delete them sooner.
-        let lifetime =
-            Duration::from_millis(ladder.timeout_ms() as u64).max(ninjapay.budget_window);
+        // A restart relearns flip ages from the payments of the learner's memory
+        // (scheduler::spawn); retention must not delete them sooner.
+        let window_ms = i64::try_from(ninjapay.budget_window.as_millis()).unwrap_or(i64::MAX);
+        let memory = crate::scheduler::memory_horizon_ms(ladder.timeout_ms(), window_ms);
         let keep_finished = keep(
             "database.keep_finished",
-            raw.database
-                .keep_finished
-                .unwrap_or(Duration::from_secs(90 * 86_400)),
-            Some(2 * lifetime),
+            raw.database.keep_finished.unwrap_or(KEEP_FINISHED),
+            Some(Duration::from_millis(
+                u64::try_from(memory).unwrap_or(u64::MAX),
+            )),
         )?;
 
         let reconcile_after = reconcile_schedule(
@@ -782,8 +823,15 @@ impl Config {
             (None, None) => Vec::new(),
         };
         for s in &secrets {
-            crate::secret::decode_secret(s)
+            let key = crate::secret::decode_secret(s)
                 .map_err(|e| invalid("webhooks.secret", e.to_string()))?;
+            if key.len() < MIN_SECRET_BYTES {
+                warnings.push(format!(
+                    "webhooks.secret: a key of {} bytes is easy to guess; use at least \
+                     {MIN_SECRET_BYTES} random bytes (e.g. whsec_ and 32 bytes in base64)",
+                    key.len()
+                ));
+            }
         }
         let url_ = match w.url.as_deref().filter(|u| !u.is_empty()) {
             Some(u) => Some(url("webhooks.url", Some(u))?),
@@ -806,8 +854,8 @@ impl Config {
             url: url_,
             secrets,
             retry,
-            timeout: positive("webhooks.timeout", w.timeout, 10)?,
-            max_in_flight: w.max_in_flight.unwrap_or(8).max(1),
+            timeout: positive("webhooks.timeout", w.timeout, WEBHOOK_TIMEOUT)?,
+            max_in_flight: w.max_in_flight.unwrap_or(WEBHOOK_MAX_IN_FLIGHT).max(1),
             allowed_callback_prefixes: w
                 .allowed_callback_prefixes
                 .iter()
@@ -838,7 +886,7 @@ impl Config {
                     ))
                 }
             },
-            level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+            level: raw.log.level.clone().unwrap_or_else(|| LOG_LEVEL.into()),
         };
 
         let mut effective = raw;
@@ -966,8 +1014,8 @@ fn keep(key: &str, d: Duration, min: Option<Duration>) -> Result<Option<Duration
         return Err(invalid(
             key,
             format!(
-                "\"{}\" is shorter than two payment lifetimes ({}), from which a restart relearns \
-                 flip ages; use 0 to keep forever or at least that",
+                "\"{}\" is shorter than the learner's memory ({}: twelve payment lifetimes), \
+                 from which a restart relearns flip ages; use 0 to keep forever or at least that",
                 humantime::format_duration(d),
                 humantime::format_duration(min)
             ),
@@ -996,9 +1044,98 @@ fn loopback(key: &str, s: &str) -> Result<std::net::SocketAddr, ConfigError> {
     Ok(addr)
 }
 
-/// A duration that must not be zero; `default_secs` when not configured.
-fn positive(key: &str, d: Option<Duration>, default_secs: u64) -> Result<Duration, ConfigError> {
-    let d = d.unwrap_or(Duration::from_secs(default_secs));
+/// Shortest webhook key not warned about.
+const MIN_SECRET_BYTES: usize = 16;
+/// Longest retention period: a century, far inside what milliseconds since 1970 hold.
+const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Longest timeout, budget window or pause.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// Longest interval of the schedule or of the webhook retries.
+const MAX_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Refuses durations beyond a sane range, naming the key, before any of them becomes an
+/// integer; warns about values that are legal but likely a typo.
+fn sane(raw: &Raw, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    let (n, w, s) = (&raw.ninjapay, &raw.webhooks, &raw.schedule);
+    let mut checks: Vec<(String, Option<Duration>, Duration)> = vec![
+        (
+            "database.keep_finished".into(),
+            raw.database.keep_finished,
+            MAX_PERIOD,
+        ),
+        (
+            "webhooks.keep_delivered".into(),
+            w.keep_delivered,
+            MAX_PERIOD,
+        ),
+        (
+            "socket.header_timeout".into(),
+            raw.socket.header_timeout,
+            MAX_TIMEOUT,
+        ),
+        (
+            "socket.request_timeout".into(),
+            raw.socket.request_timeout,
+            MAX_TIMEOUT,
+        ),
+        (
+            "ninjapay.budget_window".into(),
+            n.budget_window,
+            MAX_TIMEOUT,
+        ),
+        (
+            "ninjapay.connect_timeout".into(),
+            n.connect_timeout,
+            MAX_TIMEOUT,
+        ),
+        ("ninjapay.max_pause".into(), n.max_pause, MAX_TIMEOUT),
+        (
+            "ninjapay.request_timeout".into(),
+            n.request_timeout,
+            MAX_TIMEOUT,
+        ),
+        ("webhooks.timeout".into(), w.timeout, MAX_TIMEOUT),
+        ("schedule.timeout".into(), s.timeout, MAX_INTERVAL),
+    ];
+    for (i, d) in s.first_check.iter().flatten().enumerate() {
+        checks.push((format!("schedule.first_check[{i}]"), Some(*d), MAX_INTERVAL));
+    }
+    for (i, st) in s.steps.iter().flatten().enumerate() {
+        checks.push((
+            format!("schedule.steps[{i}].every"),
+            Some(st.every),
+            MAX_INTERVAL,
+        ));
+        checks.push((format!("schedule.steps[{i}].for"), st.span, MAX_INTERVAL));
+    }
+    for (i, d) in w.retry.iter().flatten().enumerate() {
+        checks.push((format!("webhooks.retry[{i}]"), Some(*d), MAX_INTERVAL));
+    }
+    for (key, d, max) in checks {
+        if let Some(d) = d.filter(|d| *d > max) {
+            return Err(invalid(
+                key,
+                format!(
+                    "\"{}\" is longer than the most allowed here ({})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+    }
+    if let Some(d) = n.budget_window.filter(|d| *d < Duration::from_secs(60)) {
+        warnings.push(format!(
+            "ninjapay.budget_window: \"{}\" is unusually short (Ninjapay's window is 10m); \
+             the budget counts requests over this window",
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(())
+}
+
+/// A duration that must not be zero; `default` when not configured.
+fn positive(key: &str, d: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = d.unwrap_or(default);
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
     }
@@ -1006,10 +1143,13 @@ fn positive(key: &str, d: Option<Duration>, default_secs: u64) -> Result<Duratio
 }
 
 fn ladder(s: &RawSchedule) -> Result<Ladder, ConfigError> {
-    let first = s
-        .first_check
-        .clone()
-        .unwrap_or_else(|| vec![Duration::from_secs(20), Duration::from_secs(25)]);
+    let documented = Ladder::documented();
+    let first = s.first_check.clone().unwrap_or_else(|| {
+        let (lo, hi) = documented.first_window();
+        [lo, hi]
+            .map(|ms| Duration::from_millis(ms.unsigned_abs()))
+            .to_vec()
+    });
     let (lo, hi) = match first.as_slice() {
         [one] => (*one, *one),
         [lo, hi] => (*lo, *hi),
@@ -1020,13 +1160,16 @@ fn ladder(s: &RawSchedule) -> Result<Ladder, ConfigError> {
             ))
         }
     };
-    let steps: Vec<(Duration, Option<Duration>)> = s
-        .steps
-        .iter()
-        .flatten()
-        .map(|st| (st.every, st.span))
-        .collect();
-    let timeout = s.timeout.unwrap_or(Duration::from_secs(600));
+    let steps: Vec<(Duration, Option<Duration>)> = match &s.steps {
+        Some(steps) => steps.iter().map(|st| (st.every, st.span)).collect(),
+        None => crate::ladder::DOCUMENTED_STEPS_SECS
+            .iter()
+            .map(|&(every, span)| (Duration::from_secs(every), span.map(Duration::from_secs)))
+            .collect(),
+    };
+    let timeout = s.timeout.unwrap_or(Duration::from_millis(
+        documented.timeout_ms().unsigned_abs(),
+    ));
     Ok(Ladder::new((lo, hi), &steps, timeout)?)
 }
 
@@ -1199,7 +1342,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_is_a_period_or_zero_and_not_shorter_than_two_lifetimes() {
+    fn retention_is_a_period_or_zero_and_not_shorter_than_the_learners_memory() {
         let c = Config::from_raw(defaults()).unwrap();
         assert_eq!(c.keep_finished, Some(Duration::from_secs(90 * 86_400)));
         assert_eq!(c.webhooks.keep_delivered, None);
@@ -1210,11 +1353,18 @@ mod tests {
             c.webhooks.keep_delivered,
             Some(Duration::from_secs(7 * 86_400))
         );
-        // Two lifetimes of 10 minutes (the timeout and the budget window).
-        let e = load_str("[database]\nkeep_finished = \"19m\"").unwrap_err();
+        // The learner's memory, from the one function the scheduler uses: twelve lifetimes
+        // of 10 minutes (the timeout and the budget window).
+        let memory = crate::scheduler::memory_horizon_ms(600_000, 600_000);
+        assert_eq!(memory, 2 * 3_600_000);
+        let e = load_str("[database]\nkeep_finished = \"119m\"").unwrap_err();
         assert!(e.to_string().starts_with("database.keep_finished"), "{e}");
-        assert!(e.to_string().contains("20m"), "{e}");
-        assert!(load_str("[database]\nkeep_finished = \"20m\"\n[reconcile]\nafter = []").is_ok());
+        assert!(e.to_string().contains("2h"), "{e}");
+        assert!(load_str("[database]\nkeep_finished = \"2h\"\n[reconcile]\nafter = []").is_ok());
+        // It follows the lifetime: a 20-minute timeout needs four hours.
+        let e = load_str("[schedule]\ntimeout = \"20m\"\n[database]\nkeep_finished = \"3h\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("4h"), "{e}");
         // Nor shorter than the longest reconciliation schedule (72 h by default).
         let e = load_str("[database]\nkeep_finished = \"2d\"").unwrap_err();
         assert!(e.to_string().starts_with("database.keep_finished"), "{e}");
@@ -1227,6 +1377,115 @@ mod tests {
                 .keep_finished,
             None
         );
+    }
+
+    /// Defaults are written once: what `defaults()` shows is what an empty `Raw` (every
+    /// key unset) validates to, and the ladder is the documented one.
+    #[test]
+    fn defaults_shown_are_the_defaults_applied() {
+        let shown = Config::from_raw(defaults()).unwrap();
+        // The base URLs and kinds have no fallback: they are required, given by defaults().
+        let mut bare = Raw {
+            kinds: kinds::presets(),
+            ..Default::default()
+        };
+        bare.ninjapay.prod_base_url = defaults().ninjapay.prod_base_url;
+        bare.ninjapay.api_base_url = defaults().ninjapay.api_base_url;
+        let applied = Config::from_raw(bare).unwrap();
+        assert_eq!(shown.ladder, Ladder::documented());
+        assert_eq!(applied.ladder, Ladder::documented());
+        assert_eq!(shown.keep_finished, applied.keep_finished);
+        assert_eq!(
+            format!("{:?}", shown.socket),
+            format!("{:?}", applied.socket)
+        );
+        assert_eq!(
+            format!("{:?}", shown.ninjapay),
+            format!("{:?}", applied.ninjapay)
+        );
+        assert_eq!(shown.webhooks.timeout, applied.webhooks.timeout);
+        assert_eq!(shown.webhooks.max_in_flight, applied.webhooks.max_in_flight);
+        assert_eq!(shown.log.level, applied.log.level);
+    }
+
+    /// Extreme durations are refused naming the key, never wrapped or panicking; a
+    /// likely typo is a warning.
+    #[test]
+    fn extreme_values_are_refused_with_the_key() {
+        for (toml, key) in [
+            (
+                "[database]\nkeep_finished = \"300000000years\"",
+                "database.keep_finished",
+            ),
+            (
+                "[webhooks]\nkeep_delivered = \"300000000years\"",
+                "webhooks.keep_delivered",
+            ),
+            (
+                "[ninjapay]\nbudget_window = \"584000000000years\"",
+                "ninjapay.budget_window",
+            ),
+            (
+                "[ninjapay]\nbudget_window = \"2d\"",
+                "ninjapay.budget_window",
+            ),
+            (
+                "[ninjapay]\nrequest_timeout = \"1000years\"",
+                "ninjapay.request_timeout",
+            ),
+            (
+                "[schedule]\ntimeout = \"584000000000years\"",
+                "schedule.timeout",
+            ),
+            (
+                "[webhooks]\nretry = [\"5s\", \"584000000000years\"]",
+                "webhooks.retry[1]",
+            ),
+        ] {
+            let e = load_str(toml).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{toml}: {e}");
+        }
+        let c = load_str("[ninjapay]\nbudget_window = \"1s\"").unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.starts_with("ninjapay.budget_window")),
+            "{:?}",
+            c.warnings
+        );
+        // A 1-byte webhook key: accepted, with a warning.
+        let c = load_str("[webhooks]\nsecret = \"whsec_QQ==\"").unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.starts_with("webhooks.secret")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    /// No magnitude of any duration key panics: each is accepted or refused.
+    #[test]
+    fn no_duration_magnitude_panics() {
+        let keys = [
+            ("database", "keep_finished"),
+            ("webhooks", "keep_delivered"),
+            ("ninjapay", "budget_window"),
+            ("ninjapay", "request_timeout"),
+            ("socket", "header_timeout"),
+            ("schedule", "timeout"),
+            ("webhooks", "timeout"),
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..300 {
+            let (section, key) = keys[rng.usize(..keys.len())];
+            let secs = match rng.u8(..4) {
+                0 => rng.u64(..100),
+                1 => rng.u64(..1 << 40),
+                2 => u64::MAX - rng.u64(..1000),
+                _ => 1u64 << rng.u32(..64),
+            };
+            let toml = format!("[{section}]\n{key} = \"{secs}s\"");
+            let _ = load_str(&toml);
+        }
     }
 
     #[test]

@@ -224,16 +224,31 @@ pub async fn run_managed(
         webhook_wake,
         bodies: Default::default(),
     };
+    let nofile = server::open_files_limit();
+    let bound = server::effective_max_connections(config.socket.max_connections, nofile);
+    // The metrics listener's connections come out of the same bound, so that together
+    // they leave the descriptor reserve free.
+    let metrics_max = match config.metrics_listen {
+        Some(_) => server::METRICS_MAX_CONNECTIONS.min(bound / 4).max(1),
+        None => 0,
+    };
+    let max_connections = bound.saturating_sub(metrics_max).max(1);
     let metrics_server = match config.metrics_listen {
         Some(addr) => {
-            Some(serve_metrics(addr, api::metrics_router(state.clone()), cancel.clone()).await?)
+            let limits = server::Limits {
+                max_connections: metrics_max,
+                header_timeout: config.socket.header_timeout,
+                request_timeout: config.socket.request_timeout,
+                allowed_uids: Vec::new(),
+                allowed_gids: Vec::new(),
+            };
+            let app = api::metrics_router(state.clone());
+            Some(serve_metrics(addr, app, limits, cancel.clone()).await?)
         }
         None => None,
     };
     let app = api::router(state);
-    let nofile = server::open_files_limit();
-    let max_connections = server::effective_max_connections(config.socket.max_connections, nofile);
-    if max_connections < config.socket.max_connections {
+    if bound < config.socket.max_connections {
         tracing::warn!(
             configured = config.socket.max_connections,
             max_connections,
@@ -370,6 +385,7 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
 async fn serve_metrics(
     addr: std::net::SocketAddr,
     app: axum::Router,
+    limits: server::Limits,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -379,14 +395,9 @@ async fn serve_metrics(
         .local_addr()
         .context("reading the metrics address")?;
     tracing::info!(address = %bound, "serving /metrics over TCP");
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the metrics listener failed");
-        }
-    }))
+    // The socket server's bounds (header and request timeouts, a connection bound), so
+    // that idle or half-sent connections cannot exhaust the descriptors the API needs.
+    Ok(tokio::spawn(server::serve(listener, app, limits, cancel)))
 }
 
 /// Prunes the budget ledger and checkpoints the WAL, now and then.
@@ -405,8 +416,9 @@ async fn maintain(
         // A restart reads the ledger of the last two windows; a tenth of a window more
         // covers the budget's 2% skew margin. Proportional, not a fixed minute, so that
         // the ledger stays flat on compressed time as on real time.
-        let keep = 2 * window.as_millis() as i64 + window.as_millis() as i64 / 10;
-        if let Err(e) = store.maintain(now_ms() - keep).await {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let keep = window_ms.saturating_mul(2).saturating_add(window_ms / 10);
+        if let Err(e) = store.maintain(now_ms().saturating_sub(keep)).await {
             telemetry.database_error("maintenance");
             tracing::warn!(error = format!("{e:#}"), "database maintenance failed");
         }

@@ -568,6 +568,17 @@ impl Kind {
 
     fn read_status(&self, item: &Value, response: Value) -> Observation {
         match item.pointer(&self.status_pointer) {
+            // No status is that long: what is kept of an answer stays bounded (history,
+            // logs, webhooks, the set of unknown statuses remembered).
+            Some(Value::String(raw)) if raw.len() > MAX_STATUS_BYTES => Observation::error(
+                ErrorClass::BadBody,
+                format!(
+                    "status at {} is longer than {MAX_STATUS_BYTES} bytes: {}",
+                    self.status_pointer,
+                    truncate(raw, 40)
+                ),
+                None,
+            ),
             Some(Value::String(raw)) => Observation::Status {
                 state: self.map_status(raw),
                 raw: raw.clone(),
@@ -687,6 +698,9 @@ impl Kind {
 /// absence to count: the provider's clock and the merchant's may differ.
 const LISTING_MARGIN_MS: i64 = 5 * 60 * 1000;
 
+/// Longest raw status taken as one (the provider's are a few characters).
+pub const MAX_STATUS_BYTES: usize = 64;
+
 /// Largest answer kept with an error (stored in the payment's `response`): an 8 MiB error
 /// page is not copied into every payment a listing covers.
 pub const MAX_KEPT_ERROR_BODY: usize = 16 * 1024;
@@ -743,7 +757,8 @@ pub enum ErrorClass {
     Truncated,
     /// Other 4xx/5xx.
     Http,
-    /// Not JSON, no status, wrong shape.
+    /// Not JSON, no status, wrong shape: an answer carrying no usable status, an outage
+    /// like a 5xx (it settles nothing).
     BadBody,
     /// The provider said no (`status: false` envelope).
     Rejected,
@@ -761,7 +776,20 @@ impl ErrorClass {
                 | ErrorClass::Unavailable
                 | ErrorClass::Auth
                 | ErrorClass::Http
+                | ErrorClass::BadBody
                 | ErrorClass::Truncated
+        )
+    }
+
+    /// Whether this failure means the provider gives no usable answer (down, 5xx, an
+    /// answer without a status): shown by health until the kind is answered again.
+    pub fn is_outage(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Transport
+                | ErrorClass::Unavailable
+                | ErrorClass::Http
+                | ErrorClass::BadBody
         )
     }
 }
@@ -889,6 +917,35 @@ mod tests {
             btc.query_params(&[&id("1"), &id("2")], None),
             vec![("limit".into(), "50".into())]
         );
+    }
+
+    /// An over-long status is no status: nothing of it beyond a short excerpt is kept, and
+    /// an answer without a usable status is an outage, not an answer.
+    #[test]
+    fn an_answer_without_a_usable_status_is_an_outage() {
+        let p2p = kind("p2p");
+        let body = serde_json::json!({"tid": "A1", "status": "x".repeat(2_000_000)}).to_string();
+        match p2p.interpret(200, body.as_bytes()) {
+            Observation::Error {
+                class,
+                message,
+                response,
+            } => {
+                assert_eq!(class, ErrorClass::BadBody);
+                assert!(message.len() < 200, "{}", message.len());
+                assert!(response.is_none());
+            }
+            other => panic!("{:?}", other),
+        }
+        assert!(!ErrorClass::BadBody.is_answer());
+        assert!(ErrorClass::BadBody.is_outage() && ErrorClass::Http.is_outage());
+        assert!(!ErrorClass::NotFound.is_outage() && !ErrorClass::Auth.is_outage());
+        let status = "y".repeat(MAX_STATUS_BYTES);
+        let body = serde_json::json!({"tid": "A1", "status": status}).to_string();
+        assert!(matches!(
+            p2p.interpret(200, body.as_bytes()),
+            Observation::Status { state: None, .. }
+        ));
     }
 
     #[test]

@@ -42,6 +42,19 @@ pub enum LadderError {
     TimeoutBeforeFirstCheck { timeout: Duration, first: Duration },
 }
 
+/// The documented ladder, in seconds: the one source of it (`Ladder::documented`, the
+/// configuration's defaults). First check's window, then `(every, for)` steps, then the
+/// timeout.
+pub const DOCUMENTED_FIRST_CHECK_SECS: (u64, u64) = (20, 25);
+pub const DOCUMENTED_STEPS_SECS: [(u64, Option<u64>); 5] = [
+    (3, Some(30)),
+    (6, Some(60)),
+    (10, Some(60)),
+    (30, Some(60)),
+    (60, None),
+];
+pub const DOCUMENTED_TIMEOUT_SECS: u64 = 600;
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
@@ -91,18 +104,13 @@ impl Ladder {
     /// 60 s, 10 s for 60 s, 30 s for 60 s, then every minute until 10 minutes.
     pub fn documented() -> Self {
         let s = Duration::from_secs;
-        Self::new(
-            (s(20), s(25)),
-            &[
-                (s(3), Some(s(30))),
-                (s(6), Some(s(60))),
-                (s(10), Some(s(60))),
-                (s(30), Some(s(60))),
-                (s(60), None),
-            ],
-            s(600),
-        )
-        .expect("the documented ladder is valid")
+        let (lo, hi) = DOCUMENTED_FIRST_CHECK_SECS;
+        let steps: Vec<_> = DOCUMENTED_STEPS_SECS
+            .iter()
+            .map(|&(every, span)| (s(every), span.map(s)))
+            .collect();
+        Self::new((s(lo), s(hi)), &steps, s(DOCUMENTED_TIMEOUT_SECS))
+            .expect("the documented ladder is valid")
     }
 
     /// The same ladder with the first check's offset drawn from `first` instead.

@@ -6,6 +6,7 @@
 
 // Domain: pure types and decisions, nothing async.
 mod backoff;
+mod boot;
 mod budget;
 mod event;
 mod kinds;

@@ -72,7 +72,13 @@ impl Retention {
 
     /// What to delete at `now`: each target with the time before which its rows go.
     pub fn cutoffs(&self, now: UnixMs) -> Vec<(Target, UnixMs)> {
-        let before = |d: Duration| now - d.as_millis() as i64;
+        // Checked: a period longer than the clock's range keeps everything.
+        let before = |d: Duration| {
+            i64::try_from(d.as_millis())
+                .ok()
+                .and_then(|ms| now.checked_sub(ms))
+                .unwrap_or(i64::MIN)
+        };
         let mut out = Vec::new();
         if let Some(d) = self.keep_delivered {
             out.push((Target::Delivered, before(d)));
@@ -171,6 +177,16 @@ mod tests {
             Some(Duration::from_secs(10))
         );
         assert_eq!(r(Some(0), None).every(), Some(Duration::from_millis(100)));
+    }
+
+    /// A period beyond milliseconds' range deletes nothing (an `as i64` cast wrapped it
+    /// negative, a cutoff in the future: everything went).
+    #[test]
+    fn an_enormous_period_deletes_nothing() {
+        let now = 1_700_000_000_000;
+        for (_, before) in r(Some(u64::MAX / 2), Some(u64::MAX / 2)).cutoffs(now) {
+            assert!(before <= 0, "{before}");
+        }
     }
 
     #[test]

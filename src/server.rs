@@ -10,6 +10,8 @@
 //!   checks and webhooks always have descriptors). When full, the connection idle the
 //!   longest (between requests, or still sending its headers) is closed for the new one: a
 //!   real client, which sends its request at once, is served however many others hang.
+//! - The same bounds hold on the metrics' loopback TCP listener (no peer credentials
+//!   there), with its own share of the connection bound, inside the same descriptor reserve.
 //! - Accept errors (e.g. too many open files) are logged, at most every few seconds, and
 //!   back off.
 //! - On shutdown, idle connections and those still sending headers are closed at once;
@@ -52,6 +54,43 @@ pub struct Limits {
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
 }
+
+/// What a server listens on: the API's Unix socket (peers checked at accept), or the
+/// metrics' loopback TCP port.
+pub enum Listener {
+    Unix(UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Self {
+        Listener::Unix(l)
+    }
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(l: tokio::net::TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+        }
+    }
+}
+
+/// Most connections to the metrics listener at once (a scraper needs one), taken out of
+/// the socket's bound so that both stay inside the descriptor reserve.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// The soft limit on open files of this process, from `/proc/self/limits`.
 pub fn open_files_limit() -> Option<usize> {
@@ -167,7 +206,13 @@ impl Throttled {
 
 /// Serves `app` on `listener` until `cancel` fires, then stops within [`SHUTDOWN_GRACE`]
 /// (plus a moment to tear down).
-pub async fn serve(listener: UnixListener, app: Router, limits: Limits, cancel: CancellationToken) {
+pub async fn serve(
+    listener: impl Into<Listener>,
+    app: Router,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let listener = listener.into();
     let registry = Arc::new(Mutex::new(Registry::default()));
     let limits = Arc::new(limits);
     let mut tasks = JoinSet::new();
@@ -182,7 +227,7 @@ pub async fn serve(listener: UnixListener, app: Router, limits: Limits, cancel: 
             a = listener.accept() => a,
         };
         let stream = match accepted {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 accept_backoff.reset();
                 stream
             }
@@ -223,6 +268,21 @@ pub async fn serve(listener: UnixListener, app: Router, limits: Limits, cancel: 
                 },
             );
             (id, evict)
+        };
+        let stream = match stream {
+            Stream::Unix(s) => s,
+            Stream::Tcp(s) => {
+                tasks.spawn(connection(
+                    s,
+                    app.clone(),
+                    limits.clone(),
+                    registry.clone(),
+                    id,
+                    evict,
+                    cancel.clone(),
+                ));
+                continue;
+            }
         };
         let cred = stream.peer_cred().ok();
         let peer = Peer {
@@ -266,15 +326,17 @@ pub async fn serve(listener: UnixListener, app: Router, limits: Limits, cancel: 
 }
 
 /// Serves one connection until it ends, is evicted, or the grace after shutdown ends.
-async fn connection(
-    stream: UnixStream,
+async fn connection<S>(
+    stream: S,
     app: Router,
     limits: Arc<Limits>,
     registry: Arc<Mutex<Registry>>,
     id: u64,
     evict: CancellationToken,
     shutdown: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let hyper_app = TowerToHyperService::new(app);
     let reg = registry.clone();
     let request_timeout = limits.request_timeout;

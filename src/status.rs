@@ -63,6 +63,8 @@ pub struct PoolStatus {
     pub backlog_drains_in_ms: Option<i64>,
     pub paused_until: Option<UnixMs>,
     pub auth_failing: Vec<KindName>,
+    /// Kinds the provider gives no usable answer for, with the last error.
+    pub outage: Vec<(KindName, String)>,
     pub lateness_ms: Vec<i64>,
     pub kinds: Vec<KindPolicy>,
 }

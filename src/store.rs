@@ -56,6 +56,16 @@ pub fn schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
+/// One budget-ledger row as a restart reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub pool: String,
+    pub sent_at: UnixMs,
+    pub done_at: Option<UnixMs>,
+    /// The boot it was sent in and ms since that boot began (see [`crate::boot`]).
+    pub boot: Option<(String, i64)>,
+}
+
 /// A payment row, as stored.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct PaymentRow {
@@ -1027,12 +1037,16 @@ impl Store {
     async fn ledger_send_tx(&self, entries: &[(String, UnixMs)]) -> Result<Vec<LedgerKey>> {
         let mut tx = self.begin().await?;
         let mut keys = Vec::with_capacity(entries.len());
+        let (boot_id, boot_ms) = crate::boot::now().unzip();
         for (pool, at) in entries {
             let pk = sqlx::query_scalar!(
-                r#"INSERT INTO upstream_requests (pool, sent_at) VALUES (?, ?)
+                r#"INSERT INTO upstream_requests (pool, sent_at, boot_id, boot_ms)
+                   VALUES (?, ?, ?, ?)
                    RETURNING pk AS "pk!: LedgerKey""#,
                 pool,
-                at
+                at,
+                boot_id,
+                boot_ms
             )
             .fetch_one(&mut *tx)
             .await?;
@@ -1083,18 +1097,29 @@ impl Store {
         Ok(())
     }
 
-    /// Ledger entries sent since `since`: (pool, sent_at, done_at).
-    pub async fn ledger_since(&self, since: UnixMs) -> Result<Vec<(String, i64, Option<i64>)>> {
+    /// The newest `per_pool` ledger rows of each pool by insertion order, never by their
+    /// wall times (which a clock step makes lie): `(pool, sent_at, done_at, boot)`.
+    pub async fn ledger_newest(&self, per_pool: u32) -> Result<Vec<LedgerRow>> {
         let rows = sqlx::query!(
-            "SELECT pool, sent_at, done_at FROM upstream_requests WHERE sent_at >= ?1 \
-             OR done_at >= ?1 OR done_at IS NULL ORDER BY sent_at",
-            since
+            r#"SELECT pool AS "pool!: String", sent_at AS "sent_at!: i64",
+                      done_at AS "done_at?: i64", boot_id AS "boot_id?: String",
+                      boot_ms AS "boot_ms?: i64"
+               FROM (SELECT pool, sent_at, done_at, boot_id, boot_ms,
+                            ROW_NUMBER() OVER (PARTITION BY pool ORDER BY pk DESC) AS n
+                     FROM upstream_requests)
+               WHERE n <= ?1 ORDER BY pool, n DESC"#,
+            per_pool
         )
         .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.pool, r.sent_at, r.done_at))
+            .map(|r| LedgerRow {
+                pool: r.pool,
+                sent_at: r.sent_at,
+                done_at: r.done_at,
+                boot: r.boot_id.zip(r.boot_ms),
+            })
             .collect())
     }
 

@@ -140,6 +140,7 @@ pub struct Telemetry {
     budget_configured: Family<PoolLabel, Gauge>,
     price_level: Family<PoolLabel, FloatGauge>,
     backlog: Family<PoolLabel, Gauge>,
+    paused: Family<PoolLabel, FloatGauge>,
     behind: Family<PoolLabel, FloatGauge>,
     budget_window: Family<PoolLabel, FloatGauge>,
     keeps_up: Family<PoolLabel, Gauge>,
@@ -186,6 +187,7 @@ impl Default for Telemetry {
             key_refused: Family::default(),
             scheduler_report_age: FloatGauge::default(),
             start_time: FloatGauge::default(),
+            paused: Family::default(),
             flip_age: Family::default(),
             flip_share: Family::default(),
             expected_delay: Family::default(),
@@ -277,6 +279,12 @@ impl Default for Telemetry {
                 "backlog_payments",
                 "Payments in the key's backlog (a burst past the budget), per key",
                 t.backlog.clone(),
+            );
+            r.register_with_unit(
+                "key_paused",
+                "How much longer the key's checks are paused (Retry-After, 503), per key",
+                Unit::Seconds,
+                t.paused.clone(),
             );
             r.register_with_unit(
                 "behind",
@@ -511,6 +519,7 @@ impl Telemetry {
         db: &crate::store::WriteStatus,
     ) -> String {
         let registry = lock(&self.registry);
+        let now = crate::payment::now_ms();
         // The store counts since start; the counter follows it (never backwards).
         let seen = self.write_errors.get();
         self.write_errors
@@ -553,6 +562,10 @@ impl Telemetry {
                 .set(i64::from(p.budget_limit));
             self.price_level.get_or_create(&name).set(p.price_level);
             self.backlog.get_or_create(&name).set(p.backlog as i64);
+            let paused_ms = p.paused_until.map_or(0, |t| (t - now).max(0));
+            self.paused
+                .get_or_create(&name)
+                .set(paused_ms as f64 / 1000.0);
             self.behind
                 .get_or_create(&name)
                 .set(p.behind_ms as f64 / 1000.0);

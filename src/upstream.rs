@@ -15,6 +15,12 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
+    /// For plain-http URLs (allowed to the local machine only): never through a proxy,
+    /// which would see the key in clear. https goes through a proxy only by a CONNECT
+    /// tunnel (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`), which sees nothing of it.
+    direct: reqwest::Client,
+    /// Longest pause a `Retry-After` may impose, ms.
+    max_pause_ms: i64,
 }
 
 /// What one request answered.
@@ -30,15 +36,26 @@ impl Upstream {
     /// Builds the client: keep-alive pooling, connect and request timeouts, no redirects
     /// (the API key must never follow one to another host).
     pub fn new(cfg: &NinjapayConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ninjapoll/", env!("CARGO_PKG_VERSION")))
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(cfg.connect_timeout)
+                .timeout(cfg.request_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("ninjapoll/", env!("CARGO_PKG_VERSION")))
+        };
+        let client = builder()
             .build()
             .context("building the Ninjapay HTTP client")?;
-        Ok(Self { client })
+        let direct = builder()
+            .no_proxy()
+            .build()
+            .context("building the Ninjapay HTTP client")?;
+        Ok(Self {
+            client,
+            direct,
+            max_pause_ms: i64::try_from(cfg.max_pause.as_millis()).unwrap_or(i64::MAX),
+        })
     }
 
     /// Asks about `ids` (one, unless the kind is a list endpoint). For a list kind,
@@ -64,9 +81,14 @@ impl Upstream {
         let Some(first) = ids.first() else {
             return fail(ErrorClass::BadBody, "nothing to check".into(), None);
         };
+        let client = if kind.url.starts_with("https://") {
+            &self.client
+        } else {
+            &self.direct
+        };
         let mut req = match kind.method {
-            Method::Get => self.client.get(&kind.url),
-            Method::Post => self.client.post(&kind.url),
+            Method::Get => client.get(&kind.url),
+            Method::Post => client.post(&kind.url),
         };
         req = req
             .query(&kind.query_params(ids, listing.map(|(limit, _)| limit)))
@@ -84,7 +106,8 @@ impl Upstream {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            .map(|ms| ms.min(self.max_pause_ms));
         let body = match read_bounded(resp).await {
             Ok(b) => b,
             Err(e) => return fail(ErrorClass::Transport, e, retry_after_ms),

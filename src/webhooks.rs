@@ -94,7 +94,9 @@ pub fn outcome_of(
         return AttemptOutcome::Delivered;
     }
     match retry_delay(schedule, attempts_in_schedule, unit, sent.retry_after) {
-        Some(d) => AttemptOutcome::Retry(now + d.as_millis() as i64),
+        Some(d) => AttemptOutcome::Retry(
+            now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        ),
         None => AttemptOutcome::Dead,
     }
 }

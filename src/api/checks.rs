@@ -10,8 +10,8 @@ use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow, WatchedRow};
 use crate::wire::{
-    BatchAnswer, BatchRequest, BatchResult, EnqueueRequest, HistoryEntry, PaymentDetail,
-    PaymentFacts, PaymentPage, PaymentView, RecheckAnswer, Timestamp,
+    BatchAnswer, BatchResult, EnqueueRequest, HistoryEntry, PaymentDetail, PaymentFacts,
+    PaymentPage, PaymentView, RecheckAnswer, Timestamp,
 };
 use axum::extract::{FromRequest, Request};
 use axum::extract::{Query, State};
@@ -223,8 +223,9 @@ fn outcome(
 /// `POST /v1/checks`.
 pub async fn enqueue(
     State(st): State<AppState>,
-    JsonBody(req): JsonBody<EnqueueRequest>,
+    JsonBody(raw): JsonBody<RawEnqueue>,
 ) -> Result<Response, ApiError> {
+    let req = raw.parse()?;
     let explicit = req.started_at.as_ref().is_some_and(|v| !v.is_null());
     let new = validate(&st, req, now_ms())?;
     let mut rows = st.store.insert_payments(std::slice::from_ref(&new)).await?;
@@ -245,13 +246,77 @@ pub async fn enqueue(
 }
 
 /// A batch's body: bounded in bytes and, while it streams in, in items.
-pub struct BatchBody(BatchRequest);
+pub struct BatchBody(RawBatch);
+
+/// A batch as read: each item kept as its JSON text (about its size in memory, where a
+/// parsed `Value` of small numbers takes tens of times more), parsed one at a time.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    checks: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// An enqueue as read: `started_at` and `metadata` kept as JSON text until their size is
+/// checked, so that a huge one is refused before it is parsed into a `Value`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnqueue {
+    kind: String,
+    id: String,
+    #[serde(default)]
+    started_at: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    callback_url: Option<String>,
+    #[serde(default)]
+    metadata: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Longest `started_at` as JSON text (a number, or an RFC 3339 string, with room to spare).
+const MAX_STARTED_AT_TEXT: usize = 256;
+
+impl RawEnqueue {
+    /// The request, its parts parsed once their size is known to be bounded. Metadata is
+    /// limited as compact JSON; text with over 4 times that (whitespace) is not parsed.
+    fn parse(self) -> Result<EnqueueRequest, ApiError> {
+        let started_at = match self.started_at {
+            None => None,
+            Some(raw) if raw.get().len() > MAX_STARTED_AT_TEXT => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidStartedAt,
+                    "started_at must be unix seconds or an RFC 3339 time",
+                ))
+            }
+            Some(raw) => {
+                Some(serde_json::from_str(raw.get()).map_err(|e| json_error(&e, "started_at"))?)
+            }
+        };
+        let metadata = match self.metadata {
+            None => None,
+            Some(raw) if raw.get().len() > 4 * MAX_METADATA => {
+                return Err(ApiError::new(
+                    ErrorCode::MetadataTooLarge,
+                    format!("metadata is larger than {MAX_METADATA} bytes"),
+                ))
+            }
+            Some(raw) => {
+                Some(serde_json::from_str(raw.get()).map_err(|e| json_error(&e, "metadata"))?)
+            }
+        };
+        Ok(EnqueueRequest {
+            kind: self.kind,
+            id: self.id,
+            started_at,
+            callback_url: self.callback_url,
+            metadata,
+        })
+    }
+}
 
 impl FromRequest<AppState> for BatchBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, st, MAX_BATCH_BODY, Some(MAX_BATCH)).await?;
+        let (bytes, _held) = read_body(req, st, MAX_BATCH_BODY, Some(MAX_BATCH)).await?;
         parse_json(&bytes).map(BatchBody)
     }
 }
@@ -273,8 +338,9 @@ pub async fn enqueue_batch(
     let now = now_ms();
     let mut slots: Vec<Result<(NewPayment, bool), ApiError>> = Vec::with_capacity(req.checks.len());
     for (i, item) in req.checks.into_iter().enumerate() {
-        let parsed = serde_json::from_value::<EnqueueRequest>(item)
+        let parsed = serde_json::from_str::<RawEnqueue>(item.get())
             .map_err(|e| json_error(&e, &format!("checks[{i}]")))
+            .and_then(RawEnqueue::parse)
             .and_then(|r| {
                 let explicit = r.started_at.as_ref().is_some_and(|v| !v.is_null());
                 validate(&st, r, now).map(|n| (n, explicit))

@@ -75,7 +75,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, st, LIMIT, None).await?;
+        // The body's permits are held until it is parsed: parsing is where memory grows.
+        let (bytes, _held) = read_body(req, st, LIMIT, None).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -137,13 +138,14 @@ impl ItemCounter {
 }
 
 /// Reads a JSON request body of at most `limit` bytes (and, for a batch, `max_items`
-/// items) against the shared body budget.
+/// items) against the shared body budget; the permits returned hold that budget until the
+/// caller drops them (after parsing).
 pub(crate) async fn read_body(
     req: Request,
     st: &AppState,
     limit: usize,
     max_items: Option<usize>,
-) -> Result<Bytes, ApiError> {
+) -> Result<(Bytes, Vec<tokio::sync::OwnedSemaphorePermit>), ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -215,7 +217,7 @@ pub(crate) async fn read_body(
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), permits))
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
@@ -463,6 +465,9 @@ fn duration_ms(d: std::time::Duration) -> i64 {
 /// every tick (at most a second apart), so this is many missed ticks.
 const SCHEDULER_STALE_MS: i64 = 10_000;
 
+/// A key paused longer than this is a health problem at once.
+const PAUSE_PROBLEM_MS: i64 = 5_000;
+
 /// Every reason the daemon is not healthy, each a line a person can act on, and the
 /// pending payments nobody polls. `healthy` is exactly "no problems", so a reason can
 /// never hide.
@@ -487,6 +492,24 @@ pub fn health_problems(
     for p in &published.pools {
         for k in &p.auth_failing {
             problems.push(format!("Ninjapay refuses the API key for kind {k}"));
+        }
+        for (k, error) in &p.outage {
+            problems.push(format!(
+                "Ninjapay gives no usable answer for kind {k} ({error}); its payments stay pending and back off until it does"
+            ));
+        }
+        if let Some(ms) = p
+            .paused_until
+            .map(|t| t - now)
+            .filter(|ms| *ms > PAUSE_PROBLEM_MS)
+        {
+            problems.push(format!(
+                "key {}: Ninjapay asked to pause its checks for {} more (Retry-After or 503; at most ninjapay.max_pause)",
+                p.name,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from(ms).unwrap_or(0).div_ceil(1000)
+                ))
+            ));
         }
         if !p.keeps_up() {
             problems.push(format!(

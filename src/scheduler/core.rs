@@ -41,6 +41,16 @@ const PLAN_SHARE: f64 = 0.98;
 const LONG_MEMORY_PAYMENTS: f64 = 6000.0;
 const LONG_MEMORY_LIVES: i64 = 12;
 
+/// How far back the learner may remember payments, for a ladder's timeout and a budget
+/// window: its long memory at most, what a restart rebuilds it from, and so the least
+/// `database.keep_finished` (the one source of that horizon).
+pub fn memory_horizon_ms(timeout_ms: i64, window_ms: i64) -> i64 {
+    LONG_MEMORY_LIVES.saturating_mul(timeout_ms.max(window_ms))
+}
+
+/// Most distinct unknown statuses remembered (each logged once).
+const MAX_UNKNOWN_LOGGED: usize = 256;
+
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
 
@@ -243,6 +253,9 @@ struct Pool {
     throttled: u32,
     /// Kinds answering 401/403 since when, and when it was last logged.
     auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
+    /// Kinds whose last check got no usable answer (see [`ErrorClass::is_outage`]), with
+    /// its error, until one is answered.
+    outage: HashMap<KindName, String>,
     /// Earliest next request of each list kind (its cadence).
     list_not_before: HashMap<KindName, UnixMs>,
     last_probe: UnixMs,
@@ -293,9 +306,9 @@ impl Core {
     pub fn new(cfg: CoreConfig, now: UnixMs) -> Self {
         let grid = Grid::new(&cfg.ladder);
         let window_cells = (cfg.budget_window_ms / grid.unit_ms()).max(1) as usize;
-        // Evidence of payments started within two lifetimes (or windows): recent enough
-        // to follow a change of traffic within half an hour, long enough to be many.
-        let horizon = 2 * cfg.ladder.timeout_ms().max(cfg.budget_window_ms);
+        // The whole long memory until the first refit sets it from the arrival rate: a
+        // restart rebuilds that much, and a shorter horizon would drop it at the first fit.
+        let horizon = memory_horizon_ms(cfg.ladder.timeout_ms(), cfg.budget_window_ms);
         let mut models = Vec::new();
         let mut model_of = HashMap::new();
         for (name, kind) in &cfg.kinds {
@@ -342,6 +355,7 @@ impl Core {
                 on_plan: false,
                 throttled: 0,
                 auth_failing: HashMap::new(),
+                outage: HashMap::new(),
                 list_not_before: HashMap::new(),
                 last_probe: 0,
                 lateness_ms: Vec::new(),
@@ -422,7 +436,7 @@ impl Core {
     /// How far back the learner may remember payments (its long memory at most): what a
     /// restart rebuilds it from.
     pub fn memory_ms(&self) -> i64 {
-        LONG_MEMORY_LIVES * self.life_ms()
+        memory_horizon_ms(self.ladder.timeout_ms(), self.window)
     }
 
     /// The learner's unit of memory: a payment's lifetime (the ladder's timeout), or the
@@ -1127,6 +1141,7 @@ impl Core {
         let mut min_every = i64::MAX;
         let mut answered_kinds: HashSet<KindName> = HashSet::new();
         let mut truncated = false;
+        let mut outage: HashMap<KindName, String> = HashMap::new();
         for (i, (pk, obs)) in done.pks.iter().zip(&done.observations).enumerate() {
             let Some(mut e) = self.entries.remove(pk) else {
                 // Watched after its ladder, or cancelled meanwhile.
@@ -1166,14 +1181,21 @@ impl Core {
             );
             truncated |= cut_short;
             match obs {
-                Observation::Error { class, .. } => match class {
-                    ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
-                    ErrorClass::Auth => auth_failed = Some(e.kind.name.clone()),
-                    _ => {}
-                },
+                Observation::Error { class, message, .. } => {
+                    if class.is_outage() {
+                        outage.insert(e.kind.name.clone(), message.clone());
+                    }
+                    match class {
+                        ErrorClass::RateLimited | ErrorClass::Unavailable => throttled = true,
+                        ErrorClass::Auth => auth_failed = Some(e.kind.name.clone()),
+                        _ => {}
+                    }
+                }
                 Observation::Status { raw, state, .. } => {
                     any_answer = true;
+                    // Bounded: past that many distinct unknown statuses, no more are logged.
                     if state.is_none()
+                        && self.unknown_logged.len() < MAX_UNKNOWN_LOGGED
                         && self
                             .unknown_logged
                             .insert((e.kind.name.clone(), raw.to_lowercase()))
@@ -1326,6 +1348,10 @@ impl Core {
         }
         let window = self.window;
         let pool = &mut self.pools[p];
+        for name in &answered_kinds {
+            pool.outage.remove(name);
+        }
+        pool.outage.extend(outage);
         if throttled {
             pool.throttled += 1;
             let pause = done
@@ -1515,11 +1541,13 @@ impl Core {
             // an hour. Long memory: about 6,000 payments, up to twelve lifetimes, used
             // while the recent evidence agrees with it (see `Learner`).
             let per_ms = rate / self.grid.unit_ms() as f64;
+            // No arrivals (a lull) is the limit of a falling rate: the longest span, never
+            // the shortest, which would make the learner drop what it knows for good.
             let span = |payments: f64, most: i64| {
                 if per_ms > 0.0 {
                     ((payments / per_ms) as i64).clamp(2 * life, most * life)
                 } else {
-                    2 * life
+                    most * life
                 }
             };
             let recent = span(400.0, 3);
@@ -1833,6 +1861,11 @@ impl Core {
                 backlog_drains_in_ms: drains_in,
                 paused_until: pool.budget.paused_until(now),
                 auth_failing: pool.auth_failing.keys().cloned().collect(),
+                outage: pool
+                    .outage
+                    .iter()
+                    .map(|(k, m)| (k.clone(), m.clone()))
+                    .collect(),
                 lateness_ms: std::mem::take(&mut pool.lateness_ms),
                 kinds,
             });
@@ -2367,5 +2400,58 @@ mod tests {
             &sent[before..]
         );
         assert_eq!(core.recheck(PaymentKey(99), 40_000), None, "not held");
+    }
+
+    /// A restart during a lull: the evidence rebuilt from the long memory outlives the
+    /// first refits although nothing arrives (rate 0 used to shrink it to two lifetimes).
+    #[test]
+    fn a_lull_does_not_shorten_the_learners_memory() {
+        let (mut core, _) = core(1000);
+        let life = core.life_ms();
+        let memory = core.memory_ms();
+        let mut n = 0;
+        let mut started = -memory + 1000;
+        while started < -1000 {
+            core.learn(
+                "p2p",
+                started,
+                Some(started + 5_000),
+                Some(started + 40_000),
+            );
+            started += 997;
+            n += 1;
+        }
+        assert!(n > 1000, "{n}");
+        let m = core.model_of["p2p"];
+        for now in (1..20).map(|i| i * (life / 4)) {
+            core.tick(now);
+        }
+        // Some of it aged past the horizon during the lull (almost five lifetimes): not more.
+        let kept = core.models[m].learner.len();
+        let aged = (n as i64 * (5 * life) / memory) as usize + 2;
+        assert!(kept + aged >= n, "kept {kept} of {n}");
+    }
+
+    /// The set of unknown statuses remembered (each logged once) is bounded.
+    #[test]
+    fn unknown_statuses_remembered_are_bounded() {
+        let (mut core, _) = core(1000);
+        core.track(row(1, 0, 20_000), 0, false);
+        for i in 0..(MAX_UNKNOWN_LOGGED as i64 + 50) {
+            core.complete(&Completion {
+                pool: 0,
+                pks: vec![PaymentKey(1)],
+                observations: vec![Observation::Status {
+                    raw: format!("odd{i}"),
+                    state: None,
+                    response: json!({}),
+                }],
+                retry_after_ms: None,
+                sent_at: 1_000 + i,
+                done_at: 1_000 + i,
+                ledger: None,
+            });
+        }
+        assert_eq!(core.unknown_logged.len(), MAX_UNKNOWN_LOGGED);
     }
 }

@@ -141,6 +141,11 @@ mod tests {
             decide(None, &err(ErrorClass::Transport), 200, 100, 200).state,
             State::TimedOut
         );
+        // An answer without a usable status (an HTML page with 200) is an outage.
+        assert_eq!(
+            decide(None, &err(ErrorClass::BadBody), 150, 100, 200).state,
+            State::Pending
+        );
         // 404 at the deadline: the payment never appeared.
         let d = decide(None, &err(ErrorClass::NotFound), 100, 100, 200);
         assert_eq!(d.state, State::TimedOut);

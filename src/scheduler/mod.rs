@@ -12,6 +12,7 @@ mod decide;
 mod late;
 mod recorder;
 
+pub use self::core::memory_horizon_ms;
 pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
 pub use self::late::LatePolicy;
 pub use crate::status::PoolStatus;
@@ -185,7 +186,8 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
         kind_pool,
         budget_requests: config.ninjapay.budget_requests,
         backlog_share: config.ninjapay.backlog_share,
-        budget_window_ms: config.ninjapay.budget_window.as_millis() as i64,
+        budget_window_ms: i64::try_from(config.ninjapay.budget_window.as_millis())
+            .unwrap_or(i64::MAX),
         max_in_flight: config.ninjapay.max_in_flight,
         seed,
         late_policy: LatePolicy::default(),
@@ -214,9 +216,15 @@ pub async fn spawn(
     let horizon = core.memory_ms();
     let wall = now_ms();
     let off = clock.offset();
-    // What was spent before a restart still counts.
-    for (ledger, _sent, done) in store.ledger_since(wall - 2 * window).await? {
-        core.restore_spent(&ledger, done.map(|d| d - off), clock.now());
+    // What was spent before a restart still counts: the newest rows by insertion order
+    // (no window holds more than the limit, so twice that covers reserved rows too), each
+    // dated by the boot clock where it can be, whatever the wall clock did.
+    let boot = crate::boot::now();
+    let newest = 2 * config.ninjapay.budget_requests;
+    for row in store.ledger_newest(newest).await? {
+        let boot_now = boot.as_ref().map(|(id, ms)| (id.as_str(), *ms));
+        let done = crate::budget::restored_done_at(&row, wall, boot_now);
+        core.restore_spent(&row.pool, Some(done - off), clock.now());
     }
     // What was learnt before a restart is rebuilt from the payments themselves.
     let finished = store
@@ -663,6 +671,7 @@ mod tests {
             backlog_drains_in_ms: None,
             paused_until: None,
             auth_failing: Vec::new(),
+            outage: Vec::new(),
             lateness_ms: Vec::new(),
             kinds: Vec::new(),
         }

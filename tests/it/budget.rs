@@ -939,3 +939,55 @@ async fn a_burst_forms_a_backlog_that_health_shows_while_later_payments_keep_the
         "{caught_up:#}"
     );
 }
+
+/// The wall clock moved between two runs (run 1's an hour behind, then an hour ahead, as
+/// an NTP step after boot or a restored VM snapshot would leave it): a restart straight
+/// after spending most of the budget still never exceeds it. The ledger rows' stored times
+/// are moved by the hour, as run 1's wrong clock would have written them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_wall_clock_moved_never_overspends() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::ConnectOptions;
+    for shift_ms in [-3_600_000i64, 3_600_000] {
+        let window = Duration::from_secs(2);
+        let budget = 15;
+        let (fake, cfg) = budgeted(budget, window, FakeOptions::default()).await;
+        let mut d = spawn_daemon(&fake.base_url(), cfg).await;
+        let t0 = now_ms();
+        let ids: Vec<String> = (0..10).map(|i| format!("W{i}")).collect();
+        for id in &ids {
+            fake.script("p2p", id, pending_forever());
+            d.enqueue("p2p", id, Some(started(t0))).await;
+        }
+        let spent_by = Instant::now() + Duration::from_secs(2);
+        while fake.requests().len() < 12 && Instant::now() < spent_by {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            fake.requests().len() >= 10,
+            "spent {}",
+            fake.requests().len()
+        );
+        // A clean stop: it releases the ledger rows reserved but unused, which a restart
+        // would otherwise count as spent just now whatever their times.
+        d.stop().await;
+        let mut db = SqliteConnectOptions::new()
+            .filename(d.db_path())
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("UPDATE upstream_requests SET sent_at = sent_at + ?1, done_at = done_at + ?1")
+            .bind(shift_ms)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        drop(db);
+        d.restart().await;
+        all_final(&d, "p2p", &ids, Duration::from_secs(30)).await;
+        assert!(
+            fake.max_in_window(window) <= budget,
+            "clock moved {shift_ms} ms: max {} in a window across the restart",
+            fake.max_in_window(window)
+        );
+    }
+}

@@ -839,3 +839,125 @@ async fn accept_errors_are_logged_and_the_server_recovers() {
     assert_eq!(code, 200, "served again once descriptors are free");
     assert!(d.stop().await.is_some_and(|s| s.success()));
 }
+
+/// 420 idle connections with half a header on the metrics port, under an open-files limit
+/// of 400: the socket API still answers (the metrics listener has the socket server's
+/// connection bound, inside the same descriptor reserve), and the half-open connections
+/// are closed after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_metrics_connections_neither_break_the_api_nor_stay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(
+        &fake.base_url(),
+        DaemonConfig {
+            open_files: Some(400),
+            extra_toml: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+            env: vec![("NINJAPOLL_SOCKET__HEADER_TIMEOUT".into(), "1s".into())],
+            ..DaemonConfig::default()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..420 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            continue;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHo").await;
+        held.push(s);
+    }
+    let (code, _) = d.request("GET", "/v1/health", None).await;
+    assert_eq!(code, 200);
+    fake.script("p2p", "M", Script::pending_then(Kind::P2p, 1, "approved"));
+    d.enqueue("p2p", "M", None).await;
+    let p = d.wait_final("p2p", "M", WAIT).await;
+    assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
+    assert!(d.open_fds() <= 400, "{} descriptors open", d.open_fds());
+    assert!(!d.log().contains("Too many open files"), "{}", d.log());
+    // Every half-open connection is closed by the daemon: by the bound or the timeout.
+    let mut buf = Vec::new();
+    for s in &mut held {
+        buf.clear();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "a half-open metrics connection stayed open");
+    }
+    // A whole request is still served.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    buf.clear();
+    s.read_to_end(&mut buf).await.unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+/// The daemon's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(d: &Daemon) -> u64 {
+    let pid = d.pid().expect("daemon running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// A 16 MiB batch whose one item carries a huge `metadata` array of small numbers: refused
+/// as `metadata_too_large` with memory a small multiple of the body (parsed into `Value`s
+/// first, it peaked at 565 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_metadata_array_is_refused_in_bounded_memory() {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let d = spawn_daemon(&fake.base_url(), DaemonConfig::default()).await;
+    let before = peak_rss(&d);
+    let mut metadata = String::from("[0");
+    while metadata.len() < 16 * 1024 * 1024 - 200 {
+        metadata.push_str(",0");
+    }
+    metadata.push(']');
+    let body = format!(
+        "{{\"checks\": [{{\"kind\": \"p2p\", \"id\": \"M1\", \"metadata\": {metadata}}}]}}"
+    );
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let (code, answer) = d.request("POST", "/v1/checks/batch", Some(body)).await;
+    assert_eq!(code, 200, "{answer:#}");
+    assert_eq!(
+        answer["results"][0]["error"]["code"], "metadata_too_large",
+        "{answer:#}"
+    );
+    let peak = peak_rss(&d);
+    eprintln!(
+        "peak RSS {} MB before, {} MB after",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(peak < before + 120 * 1024 * 1024, "peak {} MB", peak >> 20);
+    // The single enqueue too.
+    let mut one = String::from("[0");
+    while one.len() < 1000 * 1024 {
+        one.push_str(",0");
+    }
+    one.push(']');
+    let item: Value = serde_json::from_str(&format!(
+        "{{\"kind\": \"p2p\", \"id\": \"M2\", \"metadata\": {one}}}"
+    ))
+    .unwrap();
+    let (code, answer) = d.request("POST", "/v1/checks", Some(item)).await;
+    assert_eq!(
+        (code, &answer["error"]["code"]),
+        (400, &json!("metadata_too_large")),
+        "{answer:#}"
+    );
+}

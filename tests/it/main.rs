@@ -12,6 +12,7 @@ mod health;
 mod health_cli;
 mod metrics;
 mod operations;
+mod provider;
 mod reconcile;
 mod retention;
 mod systemd;

@@ -67,15 +67,16 @@ async fn wait_rows(db: &SqlitePool, id: &str, want: [i64; 4], timeout: Duration)
     }
 }
 
-/// Compressed: two lifetimes are 3 s (the 1.5 s ladder and budget window), the least
-/// `keep_finished` the configuration accepts.
+/// Compressed: the learner's memory, twelve lifetimes of 250 ms (the ladder's timeout and
+/// the budget window), is 3 s, the least `keep_finished` the configuration accepts.
 fn compressed(
     receiver: &WebhookReceiver,
     keep_finished: &str,
     keep_delivered: &str,
 ) -> DaemonConfig {
     DaemonConfig {
-        budget_window: "1500ms".into(),
+        budget_window: "250ms".into(),
+        timeout: "250ms".into(),
         webhooks: Some((receiver.url().to_string(), WEBHOOK_SECRET.to_string())),
         env: vec![
             (
