@@ -16,10 +16,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LatePolicy {
     /// The one likeliest to see a move since the payment's last check, by the kind's
-    /// learnt late-move ages.
-    #[default]
+    /// learnt late-move ages. It favours the payments longest unchecked, whose moves are
+    /// old news by then: `benches/late.rs` measures it against [`LatePolicy::InTurn`].
     Worth,
-    /// The earliest due first, as the fixed schedule has them (the benchmark's yardstick).
+    /// The earliest due first, as the fixed schedule has them.
+    #[default]
     InTurn,
 }
 
