@@ -4,12 +4,18 @@
 
 use std::time::{Duration, Instant};
 
-use ninjapoll::State;
-use ninjapoll_fake::{Script, Step};
 use ninjapoll_test_support::*;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
+
+/// The fake Ninjapay, a verifying receiver and a daemon watching on the schedule `after`.
+async fn setup(after: &[&str]) -> (FakeNinjapay, WebhookReceiver, Daemon) {
+    let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
+    let d = spawn_daemon(&fake.base_url(), watching(&receiver, after)).await;
+    (fake, receiver, d)
+}
 
 fn watching(receiver: &WebhookReceiver, after: &[&str]) -> DaemonConfig {
     let ages: Vec<String> = after.iter().map(|a| format!("{a:?}")).collect();
@@ -62,11 +68,7 @@ async fn wait_events(receiver: &WebhookReceiver, id: &str, n: usize) -> Vec<Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_approved_after_its_timeout_moves_with_a_late_event() {
-    let fake = ninjapoll_fake::FakeNinjapay::start(ninjapoll_fake::FakeOptions::default())
-        .await
-        .unwrap();
-    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
-    let d = spawn_daemon(&fake.base_url(), watching(&receiver, &["2s", "3s", "4s"])).await;
+    let (fake, receiver, d) = setup(&["2s", "3s", "4s"]).await;
     // Approved 2.5 s after the start: a second after the ladder gave up.
     fake.script(
         "p2p",
@@ -157,11 +159,7 @@ async fn a_payment_approved_after_its_timeout_moves_with_a_late_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_that_never_moves_is_watched_to_the_last_age_then_settled() {
-    let fake = ninjapoll_fake::FakeNinjapay::start(ninjapoll_fake::FakeOptions::default())
-        .await
-        .unwrap();
-    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
-    let d = spawn_daemon(&fake.base_url(), watching(&receiver, &["2s", "2500ms"])).await;
+    let (fake, receiver, d) = setup(&["2s", "2500ms"]).await;
     let t0 = Instant::now();
     fake.script("p2p", "N1", Script::Sequence(Vec::new()));
     d.enqueue("p2p", "N1", None).await;
@@ -193,11 +191,7 @@ async fn a_payment_that_never_moves_is_watched_to_the_last_age_then_settled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_the_watch_resumes_it_from_the_database() {
-    let fake = ninjapoll_fake::FakeNinjapay::start(ninjapoll_fake::FakeOptions::default())
-        .await
-        .unwrap();
-    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
-    let mut d = spawn_daemon(&fake.base_url(), watching(&receiver, &["3s", "4s", "5s"])).await;
+    let (fake, receiver, mut d) = setup(&["3s", "4s", "5s"]).await;
     fake.script(
         "p2p",
         "K1",
@@ -221,12 +215,8 @@ async fn a_kill_during_the_watch_resumes_it_from_the_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_may_recheck_a_timed_out_payment_but_not_a_settled_one() {
-    let fake = ninjapoll_fake::FakeNinjapay::start(ninjapoll_fake::FakeOptions::default())
-        .await
-        .unwrap();
-    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
     // A watch far in the future: only the merchant's word brings a check soon.
-    let d = spawn_daemon(&fake.base_url(), watching(&receiver, &["1h"])).await;
+    let (fake, _receiver, d) = setup(&["1h"]).await;
     d.enqueue("p2p", "R1", None).await;
     d.wait_for("p2p", "R1", |p| p["state"] == "timed_out", WAIT)
         .await;
@@ -253,16 +243,11 @@ async fn a_merchant_may_recheck_a_timed_out_payment_but_not_a_settled_one() {
     d.request("DELETE", "/v1/checks/p2p/C1", None).await;
     let (code, _) = d.request("POST", "/v1/checks/p2p/C1/recheck", None).await;
     assert_eq!(code, 409);
-    let _ = State::TimedOut;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quote_s_success_stays_watched_and_its_refund_fires_an_event() {
-    let fake = ninjapoll_fake::FakeNinjapay::start(ninjapoll_fake::FakeOptions::default())
-        .await
-        .unwrap();
-    let receiver = WebhookReceiver::start(WEBHOOK_SECRET).await;
-    let d = spawn_daemon(&fake.base_url(), watching(&receiver, &["2s", "3s", "4s"])).await;
+    let (fake, receiver, d) = setup(&["2s", "3s", "4s"]).await;
     // Succeeds at its first check, refunded 2.5 s after the start.
     let t0 = Instant::now();
     fake.script(
@@ -289,23 +274,7 @@ async fn a_quote_s_success_stays_watched_and_its_refund_fires_an_event() {
         .wait_for("quote", "Q1", |p| p["state"] == "refunded", WAIT)
         .await;
     assert_eq!(refunded["settled"], true, "{refunded:#}");
-    let ev: Vec<Value> = receiver
-        .deliveries()
-        .into_iter()
-        .filter(|x| x.body["data"]["id"] == "Q1")
-        .map(|x| x.body)
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    let mut ev = ev;
-    while ev.len() < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        ev = receiver
-            .deliveries()
-            .into_iter()
-            .filter(|x| x.body["data"]["id"] == "Q1")
-            .map(|x| x.body)
-            .collect();
-    }
+    let ev = wait_events(&receiver, "Q1", 2).await;
     let last = ev
         .iter()
         .find(|b| b["data"]["state"] == "refunded")
