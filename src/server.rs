@@ -120,6 +120,8 @@ struct Conn {
     idle_since: Instant,
     /// Closes it at once.
     evict: CancellationToken,
+    /// Told to close; it still holds its descriptor until its task ends.
+    evicted: bool,
 }
 
 #[derive(Default)]
@@ -129,25 +131,37 @@ struct Registry {
 }
 
 impl Registry {
-    /// Makes room for one more connection under `max`: closes the connection idle the
-    /// longest if need be. `false`: every connection is busy with a request.
+    /// Makes room for one more connection under `max`: tells the connection idle the
+    /// longest to close if need be. `false`: every connection is busy with a request.
     fn make_room(&mut self, max: usize) -> bool {
-        if self.conns.len() < max {
+        if self.open() < max {
             return true;
         }
         let victim = self
             .conns
-            .iter()
-            .filter(|(_, c)| c.requests == 0)
-            .min_by_key(|(_, c)| c.idle_since)
-            .map(|(id, _)| *id);
-        match victim.and_then(|id| self.conns.remove(&id)) {
+            .values_mut()
+            .filter(|c| c.requests == 0 && !c.evicted)
+            .min_by_key(|c| c.idle_since);
+        match victim {
             Some(c) => {
+                c.evicted = true;
                 c.evict.cancel();
                 true
             }
             None => false,
         }
+    }
+
+    /// Connections not told to close.
+    fn open(&self) -> usize {
+        self.conns.values().filter(|c| !c.evicted).count()
+    }
+
+    /// Whether descriptors are still held beyond `max`: a connection told to close keeps
+    /// its descriptor until its task runs, and a burst of accepts would outrun those tasks
+    /// into the open-files limit.
+    fn over(&self, max: usize) -> bool {
+        self.conns.len() > max
     }
 }
 
@@ -220,7 +234,13 @@ pub async fn serve(
     let mut accept_log = Throttled::new();
     let mut full_log = Throttled::new();
     let mut refused_log = Throttled::new();
-    loop {
+    'serve: loop {
+        while lock(&registry).over(limits.max_connections) && !tasks.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => break 'serve,
+                _ = tasks.join_next() => {}
+            }
+        }
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -265,6 +285,7 @@ pub async fn serve(
                     requests: 0,
                     idle_since: Instant::now(),
                     evict: evict.clone(),
+                    evicted: false,
                 },
             );
             (id, evict)
@@ -438,6 +459,7 @@ mod tests {
             requests,
             idle_since: Instant::now() - Duration::from_millis(idle_ms_ago),
             evict: CancellationToken::new(),
+            evicted: false,
         }
     }
 
@@ -452,8 +474,20 @@ mod tests {
         let three = reg.conns[&3].evict.clone();
         assert!(reg.make_room(3));
         assert!(three.is_cancelled(), "the longest idle goes");
-        assert!(!reg.conns.contains_key(&3) && reg.conns.contains_key(&1));
-        reg.conns.get_mut(&2).unwrap().requests = 1;
+        reg.conns.insert(4, conn(0, 0));
+        assert!(
+            reg.over(3),
+            "the evicted one holds its descriptor until its task ends"
+        );
+        assert!(
+            reg.make_room(3),
+            "the next idle one goes, not the evicted one again"
+        );
+        assert!(reg.conns[&2].evicted && !reg.conns[&4].evicted && !reg.conns[&1].evicted);
+        reg.conns.remove(&3);
+        reg.conns.remove(&2);
+        assert!(!reg.over(3));
+        reg.conns.get_mut(&4).unwrap().requests = 1;
         assert!(!reg.make_room(2), "every connection is busy");
         assert_eq!(reg.conns.len(), 2);
     }
