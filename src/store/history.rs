@@ -1,0 +1,297 @@
+//! Recording checks: a payment's new state, its status history and the webhook event a
+//! change causes, committed together.
+
+use super::{PaymentRow, Store};
+use crate::event::{event_body, EventSpec, Subject};
+use crate::kinds::KindName;
+use crate::payment::{now_ms, LedgerKey, PaymentKey, State, UnixMs};
+use anyhow::Result;
+use sqlx::SqliteConnection;
+
+/// The result of one check, to commit.
+#[derive(Debug, Clone)]
+pub struct CheckRecord {
+    pub pk: PaymentKey,
+    pub checked_at: UnixMs,
+    /// The raw status seen, if the check got one.
+    pub upstream_status: Option<String>,
+    /// The payment's state after the check.
+    pub state: State,
+    /// The body of the answer (JSON text), kept when there is one.
+    pub response: Option<String>,
+    /// The error, if the check failed; `None` clears the previous one.
+    pub error: Option<String>,
+    /// When the next check is planned; `None` once final.
+    pub next_check_at: Option<UnixMs>,
+    /// A webhook event this check causes, if any.
+    pub event: Option<EventSpec>,
+    /// Whether the payment's state or raw status changed (kept in history).
+    pub changed: bool,
+    /// Whether Ninjapay answered that the payment is still pending (evidence for the
+    /// learnt flip ages: `pending_seen_at`).
+    pub saw_pending: bool,
+    /// A check of a payment under reconciliation (its state was already final), or
+    /// `None` for one of the ladder's.
+    pub watch: Option<WatchCheck>,
+}
+
+/// What a check under reconciliation adds to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchCheck {
+    /// A request was made (`false`: the watch ended without one, nothing was seen).
+    pub asked: bool,
+    /// Ninjapay answered and the payment had not moved (evidence: `watch_seen_at`).
+    pub unchanged: bool,
+}
+/// What committing a check changed, for the scheduler and telemetry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Recorded.
+    Updated { event_queued: bool },
+    /// The payment was no longer pending (cancelled meanwhile): nothing written.
+    Skipped,
+}
+
+impl Store {
+    /// Commits the outcomes of several checks in one transaction (one fsync for many
+    /// checks), with the budget ledger rows of the requests that produced them marked
+    /// answered (`(key, answered_at)`). Each outcome's status change and webhook event land
+    /// together or not at all, and a retry after a failure cannot record a change twice.
+    pub async fn record_checks(
+        &self,
+        records: &[CheckRecord],
+        ledger_done: &[(LedgerKey, UnixMs)],
+    ) -> Result<Vec<Applied>> {
+        self.write("check outcomes", async |tx| {
+            let mut out = Vec::with_capacity(records.len());
+            for r in records {
+                out.push(self.record_check(tx, r).await?);
+            }
+            for (pk, at) in ledger_done {
+                sqlx::query!(
+                    "UPDATE upstream_requests SET done_at = ? WHERE pk = ?",
+                    at,
+                    pk
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One check's outcome: the payment's new state, its history row and webhook event.
+    /// Skipped when the payment is no longer in the state the check was made for.
+    async fn record_check(&self, tx: &mut SqliteConnection, r: &CheckRecord) -> Result<Applied> {
+        let before = if r.watch.is_some() {
+            payment_query!(
+                "SELECT ",
+                " FROM payments WHERE pk = ? AND state != 'pending' AND next_check_at IS NOT NULL",
+                r.pk,
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            payment_query!(
+                "SELECT ",
+                " FROM payments WHERE pk = ? AND state = 'pending'",
+                r.pk,
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let Some(before) = before else {
+            return Ok(Applied::Skipped);
+        };
+        let upstream_status = r
+            .upstream_status
+            .clone()
+            .or_else(|| before.upstream_status.clone());
+        let response = r.response.clone().or_else(|| before.response.clone());
+        let now = now_ms();
+        if let Some(w) = r.watch {
+            record_watched(tx, r, w, &before, &upstream_status, &response, now).await?;
+        } else {
+            record_live(tx, r, &upstream_status, &response, now).await?;
+        }
+        if r.changed {
+            sqlx::query!(
+                "INSERT INTO status_history (payment_pk, at, previous_state, state, \
+                 previous_upstream_status, upstream_status) VALUES (?, ?, ?, ?, ?, ?)",
+                r.pk,
+                r.checked_at,
+                before.state,
+                r.state,
+                before.upstream_status,
+                upstream_status,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        let event_queued = self
+            .queue_event(
+                tx,
+                r,
+                &before,
+                upstream_status.as_deref(),
+                response.as_deref(),
+            )
+            .await?;
+        Ok(Applied::Updated { event_queued })
+    }
+
+    /// Puts the webhook event a check causes in the outbox; whether one was queued.
+    async fn queue_event(
+        &self,
+        tx: &mut SqliteConnection,
+        r: &CheckRecord,
+        before: &PaymentRow,
+        upstream_status: Option<&str>,
+        response: Option<&str>,
+    ) -> Result<bool> {
+        let Some(ev) = &r.event else {
+            return Ok(false);
+        };
+        let url = before
+            .callback_url
+            .clone()
+            .or_else(|| self.default_webhook_url.as_deref().map(String::from));
+        let Some(url) = url else {
+            return Ok(false);
+        };
+        let sequence = before.event_seq + 1;
+        let after = Subject {
+            kind: &before.kind,
+            id: &before.id,
+            state: r.state,
+            upstream_status,
+            started_at: before.started_at,
+            response,
+            metadata: before.metadata.as_deref(),
+        };
+        let (event_id, body) = event_body(ev, &after, sequence, r.checked_at);
+        sqlx::query!(
+            "INSERT INTO webhook_events (event_id, payment_pk, sequence, type, url, \
+             body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            event_id,
+            r.pk,
+            sequence,
+            ev.event_type,
+            url,
+            body,
+            r.checked_at,
+            r.checked_at,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE payments SET event_seq = ? WHERE pk = ?",
+            sequence,
+            r.pk
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(true)
+    }
+
+    /// The status history of a payment, oldest first: (at, previous state, state, raw).
+    pub async fn history(
+        &self,
+        pk: PaymentKey,
+    ) -> Result<Vec<(i64, String, String, Option<String>)>> {
+        let rows = sqlx::query!(
+            "SELECT at, previous_state, state, upstream_status FROM status_history \
+             WHERE payment_pk = ? ORDER BY pk",
+            pk
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.at, r.previous_state, r.state, r.upstream_status))
+            .collect())
+    }
+}
+
+/// A check of the ladder's: a final state ends the ladder (`finished_at`, and how it
+/// ended in `ended_state`); the next planned check is the core's (reconciliation's,
+/// when the payment stays watched).
+async fn record_live(
+    tx: &mut SqliteConnection,
+    r: &CheckRecord,
+    upstream_status: &Option<String>,
+    response: &Option<String>,
+    now: UnixMs,
+) -> Result<()> {
+    let finished_at = r.state.is_final().then_some(r.checked_at);
+    let ended_state = r.state.is_final().then_some(r.state);
+    let pending_seen_at = r.saw_pending.then_some(r.checked_at);
+    sqlx::query!(
+        "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
+             last_error = ?, last_checked_at = ?, checks_done = checks_done + 1, \
+             next_check_at = ?, finished_at = ?, updated_at = ?, \
+             pending_seen_at = COALESCE(?, pending_seen_at), ended_state = ? WHERE pk = ?",
+        r.state,
+        upstream_status,
+        response,
+        r.error,
+        r.checked_at,
+        r.next_check_at,
+        finished_at,
+        now,
+        pending_seen_at,
+        ended_state,
+        r.pk,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A check of a watched payment's (after the ladder): `watch_seen_at` when it saw no
+/// move, `moved_at` at the first move; a check that did not ask Ninjapay (a watch that
+/// ends unchecked) counts no check and keeps the last error.
+async fn record_watched(
+    tx: &mut SqliteConnection,
+    r: &CheckRecord,
+    w: WatchCheck,
+    before: &PaymentRow,
+    upstream_status: &Option<String>,
+    response: &Option<String>,
+    now: UnixMs,
+) -> Result<()> {
+    let seen_at = w.unchanged.then_some(r.checked_at);
+    let moved_at = (r.state != before.state).then_some(r.checked_at);
+    let (asked, error) = (
+        w.asked,
+        if w.asked {
+            r.error.clone()
+        } else {
+            before.last_error.clone()
+        },
+    );
+    sqlx::query!(
+        "UPDATE payments SET state = ?, upstream_status = ?, response = ?, \
+         last_error = ?, next_check_at = ?, updated_at = ?, \
+         last_checked_at = CASE WHEN ? THEN ? ELSE last_checked_at END, \
+         checks_done = checks_done + CASE WHEN ? THEN 1 ELSE 0 END, \
+         watch_seen_at = COALESCE(?, watch_seen_at), \
+         moved_at = COALESCE(moved_at, ?) WHERE pk = ?",
+        r.state,
+        upstream_status,
+        response,
+        error,
+        r.next_check_at,
+        now,
+        asked,
+        r.checked_at,
+        asked,
+        seen_at,
+        moved_at,
+        r.pk,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
