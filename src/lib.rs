@@ -8,6 +8,7 @@
 mod backoff;
 mod boot;
 mod budget;
+mod callback;
 mod event;
 mod kinds;
 mod ladder;

@@ -10,7 +10,8 @@
 //! shutdown; there is no periodic scan.
 
 use crate::backoff::Backoff;
-use crate::config::{CallbackPrefix, WebhooksConfig};
+use crate::callback::CallbackPrefix;
+use crate::config::WebhooksConfig;
 use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs};
 use crate::secret::decode_secret;
 use crate::store::{AttemptOutcome, Store, WebhookAttempt, WebhookEvent};
@@ -119,7 +120,7 @@ pub fn refusal(allowed: &[CallbackPrefix], ev: &WebhookEvent) -> Option<String> 
     if !ev.callback {
         return None;
     }
-    crate::config::check_callback(allowed, &ev.url)
+    crate::callback::check_callback(allowed, &ev.url)
         .err()
         .map(|e| format!("not sent: the callback URL is no longer allowed ({e})"))
 }

@@ -4,7 +4,7 @@ use super::{
     json_error, parse_json, read_body, ApiError, AppState, ErrorCode, JsonBody, PaymentPath,
     MAX_BATCH_BODY,
 };
-use crate::config::CallbackRefusal;
+use crate::callback::CallbackRefusal;
 use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
 use crate::scheduler::Command;
@@ -114,14 +114,13 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
         Some(v) => parse_started_at(v, now)?,
     };
     if let Some(url) = &req.callback_url {
-        crate::config::check_callback(&st.config.webhooks.allowed_callback_prefixes, url).map_err(
-            |e| match e {
+        crate::callback::check_callback(&st.config.webhooks.allowed_callback_prefixes, url)
+            .map_err(|e| match e {
                 CallbackRefusal::Invalid(m) => ApiError::new(ErrorCode::InvalidCallbackUrl, m),
                 CallbackRefusal::NotAllowed(m) => {
                     ApiError::new(ErrorCode::CallbackUrlNotAllowed, m)
                 }
-            },
-        )?;
+            })?;
     }
     let metadata = match req.metadata {
         None | Some(Value::Null) => None,
