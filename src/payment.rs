@@ -161,6 +161,35 @@ impl fmt::Display for State {
     }
 }
 
+/// What one webhook delivery attempt came to, as metrics count it (the
+/// `ninjapoll_webhook_attempts_total` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookOutcome {
+    Delivered,
+    /// Failed; the event is retried.
+    Failed,
+    /// Failed, and it was the last try (or the callback is no longer allowed).
+    Dead,
+}
+
+impl WebhookOutcome {
+    /// All outcomes, for series that read 0 before their first attempt.
+    pub const ALL: [WebhookOutcome; 3] = [
+        WebhookOutcome::Delivered,
+        WebhookOutcome::Failed,
+        WebhookOutcome::Dead,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Failed => "failed",
+            WebhookOutcome::Dead => "dead",
+        }
+    }
+}
+
 /// Where a webhook event stands in the outbox. Stored as its snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]

@@ -3,7 +3,7 @@
 //! database's counts, the scheduler's published status) are set when a scrape renders.
 
 use crate::kinds::{KindName, Observation};
-use crate::payment::State;
+use crate::payment::{State, WebhookOutcome, WebhookState};
 use crate::status::PoolStatus;
 use crate::store::Pruned;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -201,8 +201,10 @@ impl Default for Telemetry {
                 .database_errors
                 .get_or_create(&OperationLabel { operation });
         }
-        for outcome in ["delivered", "failed", "dead"] {
-            let _ = t.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
+        for outcome in WebhookOutcome::ALL {
+            let _ = t.webhook_attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
         }
         // A restart shows as a change of this value (the watchdog's kill included).
         t.start_time.set(crate::payment::now_ms() as f64 / 1000.0);
@@ -470,10 +472,12 @@ impl Telemetry {
         self.unexpected_429.inc();
     }
 
-    /// A webhook delivery attempt's result (`delivered`, `failed`, `dead`).
-    pub fn webhook(&self, outcome: &'static str) {
+    /// A webhook delivery attempt's result.
+    pub fn webhook(&self, outcome: WebhookOutcome) {
         self.webhook_attempts
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
@@ -534,12 +538,12 @@ impl Telemetry {
         set_states(
             &self.webhook_events,
             webhook_states,
-            &["pending", "delivered", "dead"],
+            WebhookState::ALL.map(WebhookState::as_str).as_slice(),
         );
         self.webhook_queue.set(
             webhook_states
                 .iter()
-                .find(|(s, _)| s == "pending")
+                .find(|(s, _)| s == WebhookState::Pending.as_str())
                 .map_or(0, |(_, n)| *n),
         );
         for p in pools {
@@ -670,7 +674,7 @@ mod tests {
         let t = Telemetry::default();
         t.latency(&KindName::parse("p2p").unwrap(), 1_500);
         t.lateness("default", &[20]);
-        t.webhook("delivered");
+        t.webhook(WebhookOutcome::Delivered);
         t.database_error("record_checks");
         let text = t.render(&[("pending".into(), 3)], &[], &[], &Default::default());
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {

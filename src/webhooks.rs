@@ -392,13 +392,12 @@ async fn attempt(
         latency_ms,
     };
     let attempts = ev.attempts + unlogged_before as i64 + 1;
+    telemetry.webhook(outcome.outcome());
     match outcome {
         AttemptOutcome::Delivered => {
-            telemetry.webhook("delivered");
             tracing::debug!(event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence, latency_ms, "webhook delivered");
         }
         AttemptOutcome::Retry(next) => {
-            telemetry.webhook("failed");
             tracing::info!(
                 event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence,
                 error = sent.error.as_deref().unwrap_or(""),
@@ -407,7 +406,6 @@ async fn attempt(
             );
         }
         AttemptOutcome::Dead if was_refused => {
-            telemetry.webhook("dead");
             tracing::warn!(
                 event = %ev.event_id, payment = %ev.id, sequence = ev.sequence,
                 error = sent.error.as_deref().unwrap_or(""),
@@ -415,7 +413,6 @@ async fn attempt(
             );
         }
         AttemptOutcome::Dead => {
-            telemetry.webhook("dead");
             tracing::warn!(
                 event = %ev.event_id, kind = %ev.kind, id = %ev.id, sequence = ev.sequence,
                 error = sent.error.as_deref().unwrap_or(""),

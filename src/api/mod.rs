@@ -557,7 +557,10 @@ pub fn health_problems(
             ));
         }
     }
-    if let Some((_, dead)) = webhook_states.iter().find(|(s, _)| s == "dead") {
+    if let Some((_, dead)) = webhook_states
+        .iter()
+        .find(|(s, _)| s == crate::payment::WebhookState::Dead.as_str())
+    {
         if *dead > 0 {
             problems.push(format!(
                 "{dead} webhook events are dead (the merchant app missed them): see `ninjapoll webhooks list --state dead`, then replay"

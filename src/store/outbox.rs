@@ -3,7 +3,7 @@
 
 use super::Store;
 use crate::kinds::KindName;
-use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs, WebhookState};
+use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs, WebhookOutcome, WebhookState};
 use anyhow::{Context, Result};
 use sqlx::FromRow;
 
@@ -53,6 +53,35 @@ pub enum AttemptOutcome {
     Retry(UnixMs),
     /// Failed, and it was the last try of the schedule.
     Dead,
+}
+
+impl AttemptOutcome {
+    /// The attempt's outcome as metrics count it.
+    pub fn outcome(self) -> WebhookOutcome {
+        match self {
+            AttemptOutcome::Delivered => WebhookOutcome::Delivered,
+            AttemptOutcome::Retry(_) => WebhookOutcome::Failed,
+            AttemptOutcome::Dead => WebhookOutcome::Dead,
+        }
+    }
+
+    /// The event's state after the attempt (while its retry schedule is still the one
+    /// the attempt was made under).
+    pub fn state(self) -> WebhookState {
+        match self {
+            AttemptOutcome::Delivered => WebhookState::Delivered,
+            AttemptOutcome::Retry(_) => WebhookState::Pending,
+            AttemptOutcome::Dead => WebhookState::Dead,
+        }
+    }
+
+    /// When to try again, if the event is retried.
+    fn next_attempt(self) -> Option<UnixMs> {
+        match self {
+            AttemptOutcome::Retry(at) => Some(at),
+            AttemptOutcome::Delivered | AttemptOutcome::Dead => None,
+        }
+    }
 }
 
 /// A webhook list query.
@@ -110,11 +139,8 @@ impl Store {
         outcome: AttemptOutcome,
     ) -> Result<()> {
         self.write("webhook attempt", async |tx| {
-            let (delivered, new_state, next) = match outcome {
-                AttemptOutcome::Delivered => (true, "delivered", None),
-                AttemptOutcome::Retry(at) => (false, "pending", Some(at)),
-                AttemptOutcome::Dead => (false, "dead", None),
-            };
+            let delivered = outcome == AttemptOutcome::Delivered;
+            let (new_state, next) = (outcome.state(), outcome.next_attempt());
             sqlx::query!(
                 "INSERT INTO webhook_attempts (event_pk, at, status_code, error, latency_ms) \
              VALUES (?, ?, ?, ?, ?)",
