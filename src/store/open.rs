@@ -209,7 +209,9 @@ impl Store {
 
     /// Runs `body` in one write transaction on the writer connection and commits it;
     /// the outcome, a failed BEGIN or COMMIT included, is kept for health. Every write of
-    /// the store goes through here (`what` names it in a failed commit's error).
+    /// the store goes through here (`what` names it in a failed commit's error). A body
+    /// that fails, or a write cancelled midway, leaves the transaction unfinished: the
+    /// connection is closed and SQLite rolls it back (see [`WriteTx`]).
     pub(super) async fn write<T>(
         &self,
         what: &'static str,
