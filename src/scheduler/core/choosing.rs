@@ -207,7 +207,7 @@ impl Core {
         }
         // Keeping up, the plans fit the budget, so they run as planned, earliest due
         // first, in O(log n). That needs no model: right after the traffic changes the
-        // learnt flip ages are wrong, and ranking by them was measured to cost 3× the delay.
+        // learnt flip ages are wrong, and ranking by them would put the wrong checks first.
         let lag = self.window / BEHIND_DIVISOR;
         let on_time = self.on_time(p);
         let piled = self.pools[p].piled;
@@ -313,8 +313,7 @@ impl Core {
         }
         let of_backlog = recent.iter().filter(|(_, b)| *b).count() as f64;
         // Half its share first, so the checks on plan, priced for the rest, have
-        // room to spare and are not made late by chance (measured: at a share of
-        // 0.5, firsts of 0.25 and 0.35 alike).
+        // room to spare and are not made late by chance.
         let backlog_turn = of_backlog < self.backlog_share / 2.0 * recent.len() as f64;
         match (on_plan, backlog) {
             (Some(_), Some((_, pk))) if backlog_turn => Some((Queue::Backlog, pk)),

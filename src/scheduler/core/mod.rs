@@ -44,12 +44,9 @@ use std::sync::Arc;
 const PLAN_SHARE: f64 = 0.98;
 
 /// The learner's long memory (see `Learner`): about this many payments, at most this many
-/// lifetimes. Past 0.2 payments a second the payments are checked sparsely, each flip's
-/// interval is wide, and a shape learnt from fewer of them costs delay. Measured seed by
-/// seed against 1,500 (12 seeds): steady B at 1.0/s 0.043 nearer the bound (better on every
-/// seed), A and B at 0.5/s 0.010 and 0.016, A at 1.0/s 0.009; a day's rise and fall 0.02–0.04
-/// on each side for A and B; the 20 minutes after a step from 0.1/s to 0.5/s 0.06 further
-/// from it. 3,000 gave half the day's gain.
+/// lifetimes. On a busy key payments are checked sparsely, so each flip's interval is
+/// wide and the shape of the flip ages needs many of them to be learnt well; a long
+/// memory costs little, because the recent one takes over when the traffic changes.
 const LONG_MEMORY_PAYMENTS: f64 = 6000.0;
 const LONG_MEMORY_LIVES: i64 = 12;
 
@@ -69,10 +66,8 @@ const RECHECK_SHARE: f64 = 0.1;
 /// The backlog leaves this fraction of the budget (1/50: 20 of 1,000) free when it takes
 /// what the checks on plan leave: their load comes in spurts (payments that start together
 /// have their dense early checks together), and a spurt that finds the window full goes
-/// late and joins the backlog. Measured on a burst of 2,000 payments on top of 0.2/s
-/// (`benches/policy.rs`, seeds 9–14, share 0.3): the stream's mean delay per 5 minutes of
-/// arrivals after the burst was 11–33 s without it, 12–15 s with it (pre-burst 10 s). At
-/// share 0.2, 1/25 measured alike and drained the burst slower.
+/// late and joins the backlog. A fiftieth absorbs those spurts; more would only drain
+/// the backlog slower.
 const BACKLOG_LEAVES_DIVISOR: u32 = 50;
 
 /// A due check this many windows late outranks every other in the backlog (earliest due
@@ -81,8 +76,9 @@ const PATIENCE_WINDOWS: i64 = 2;
 
 /// A key is behind once its earliest due check is late by more than this fraction of a
 /// window (1/2), or more checks are due than the budget sends in that time: then due checks
-/// go by worth, not by due time. Measured: 1/10 or 1/30 let a change of mix (a transient
-/// backlog while the model is wrong) rank by a wrong model.
+/// go by worth, not by due time. The lag is long because ranking by worth trusts the
+/// learnt flip ages: after a change of mix they are wrong for a while, and a shorter lag
+/// would let that transient backlog be ranked by a wrong model.
 const BEHIND_DIVISOR: i64 = 2;
 
 /// When more checks are due than the budget sends in half a window, with the budget spent

@@ -100,9 +100,8 @@ impl Core {
         // brings, and at the stream's price they would need more than the budget sends in
         // half a window beyond it). Raising the price for them all would send every
         // payment, the stream's too, deadline-only, and leave the budget unused until the
-        // deadlines pile up (a burst spread over five minutes, priced in, spent 20% less
-        // while it came, and a window later that room was missing: the stream's checks
-        // went late and joined the backlog, 400–600 s for 15 minutes after it). So the
+        // deadlines pile up; a window later that room is missing, and the stream's checks
+        // go late and join the backlog. So the
         // price is never dearer than the one at which a steady stream at the recent
         // arrival rate (which ignores a burst) fits: the held checks that do not fit go
         // late and join the backlog.

@@ -478,7 +478,7 @@ fn rechecks_are_coalesced_to_one_per_ladder_step() {
 }
 
 /// A restart during a lull: the evidence rebuilt from the long memory outlives the
-/// first refits although nothing arrives (rate 0 used to shrink it to two lifetimes).
+/// first refits although nothing arrives (a rate of 0 must not shrink it to two lifetimes).
 #[test]
 fn a_lull_does_not_shorten_the_learners_memory() {
     let (mut core, _) = core(1000);

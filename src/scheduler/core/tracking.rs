@@ -135,8 +135,8 @@ impl Core {
         // The documented ladder, first check jittered over its 20–25 s, while the budget
         // is not scarce. Once it is, a payment mixed onto the ladder's table keeps its steps
         // but not the jitter: the price and the limiter spread the load, and a first check
-        // later than it may be only delays the flips it sees (measured on a mix flipping
-        // before the first check: 1.36× the bound with the jitter).
+        // later than it may be only delays the flips it sees (most, on a mix that flips
+        // before the first check).
         let due = if table.mu == 0.0 && level == 0.0 {
             match self
                 .ladder
