@@ -101,10 +101,9 @@ impl Core {
         // half a window beyond it). Raising the price for them all would send every
         // payment, the stream's too, deadline-only, and leave the budget unused until the
         // deadlines pile up; a window later that room is missing, and the stream's checks
-        // go late and join the backlog. So the
-        // price is never dearer than the one at which a steady stream at the recent
-        // arrival rate (which ignores a burst) fits: the held checks that do not fit go
-        // late and join the backlog.
+        // go late and join the backlog. So the price is never dearer than the one at which
+        // a steady stream at the recent arrival rate (which ignores a burst) fits: the held
+        // checks that do not fit go late and join the backlog.
         let (arrived, expected) = demand.arrived(&last_window);
         // Far more arrivals than a Poisson stream at the rate brings, and too many to price
         // in.
