@@ -99,7 +99,7 @@ impl Core {
             out.moved.push((pk, rec.state, done.sent_at));
         }
         out.checked.push((i, kind, rec.state));
-        out.records.push(rec);
+        out.records.push(Outcome::from(rec));
     }
 
     /// The answer for a payment on its ladder: decides it, plans its next check (or starts
@@ -157,7 +157,7 @@ impl Core {
         let every = self.ladder.every_at(e.jitter, now - e.t0);
         seen.min_every = Some(seen.min_every.map_or(every, |m| m.min(every)));
         let next_check_at = self.next_check_at(&e, &d, done);
-        out.records.push(CheckRecord {
+        out.records.push(Outcome {
             pk: e.pk,
             checked_at: now,
             upstream_status: d.upstream_status.clone(),
@@ -259,7 +259,7 @@ impl Core {
             pk: e.pk,
             kind: e.kind.clone(),
             id: e.id.clone(),
-            pool: e.pool,
+            pool: e.pool.index(),
             started: e.t0,
             state: d.state,
             ended: d.state,
@@ -306,7 +306,7 @@ impl Core {
     /// 429 although the budget had room also lowers the limit in force.
     fn pause_if_throttled(
         &mut self,
-        p: usize,
+        p: PoolId,
         done: &Completion,
         seen: &Answers,
         used_before: u32,
@@ -336,7 +336,7 @@ impl Core {
     }
 
     /// A kind answering 401/403 is probed one request at a time until it works again.
-    fn note_refused(&mut self, p: usize, now: UnixMs, seen: Answers) {
+    fn note_refused(&mut self, p: PoolId, now: UnixMs, seen: Answers) {
         let window = self.window;
         let pool = &mut self.pools[p];
         match seen.auth_failed {

@@ -10,7 +10,7 @@ impl Core {
         if !self.unsent.is_empty() {
             out.push(Action::Record(std::mem::take(&mut self.unsent)));
         }
-        for p in 0..self.pools.len() {
+        for p in self.pools.ids() {
             self.ensure_reserve(p, out);
             while self.in_flight < self.max_in_flight {
                 if self.send_watched(p, now, false, out) {
@@ -91,7 +91,7 @@ impl Core {
     /// live check due within the time a check may go late and stay on plan.
     pub(super) fn send_watched(
         &mut self,
-        p: usize,
+        p: PoolId,
         now: UnixMs,
         spare: bool,
         out: &mut Vec<Action>,
@@ -100,7 +100,7 @@ impl Core {
             return false;
         }
         let pk = if spare {
-            if !self.watch.any_due(p, now) {
+            if !self.watch.any_due(p.index(), now) {
                 return false;
             }
             // Over the next window the live payments must still find room as the window's
@@ -123,12 +123,12 @@ impl Core {
                 return false;
             }
             let refused = &self.pools[p].auth_failing;
-            let Some(pk) = self.watch.pick(p, now, |k| refused.contains_key(k)) else {
+            let Some(pk) = self.watch.pick(p.index(), now, |k| refused.contains_key(k)) else {
                 return false;
             };
             pk
         } else {
-            let Some(pk) = self.watch.due_recheck(p, now) else {
+            let Some(pk) = self.watch.due_recheck(p.index(), now) else {
                 return false;
             };
             let cap =
@@ -175,7 +175,7 @@ impl Core {
 
     /// The head of a pool's recheck or plan heap (`(due, pk)`), dropping stale entries
     /// (superseded plans, payments gone or in flight) on the way.
-    pub(super) fn live_head(&mut self, p: usize, recheck: bool) -> Option<(UnixMs, PaymentKey)> {
+    pub(super) fn live_head(&mut self, p: PoolId, recheck: bool) -> Option<(UnixMs, PaymentKey)> {
         loop {
             let pool = &mut self.pools[p];
             let heap = if recheck {
@@ -199,7 +199,7 @@ impl Core {
     /// first; else, while the key keeps up, the earliest due planned check; once it is
     /// behind (a burst), the due checks split into those on plan (earliest due first) and
     /// the backlog (the one most worth a request), the backlog within its share.
-    pub(super) fn peek_due(&mut self, p: usize, now: UnixMs) -> Option<(Queue, PaymentKey)> {
+    pub(super) fn peek_due(&mut self, p: PoolId, now: UnixMs) -> Option<(Queue, PaymentKey)> {
         if let Some((due, pk)) = self.live_head(p, true) {
             if due <= now {
                 return Some((Queue::Recheck, pk));
@@ -254,7 +254,7 @@ impl Core {
     /// earliest due first and the backlog by worth within its share.
     fn behind(
         &mut self,
-        p: usize,
+        p: PoolId,
         now: UnixMs,
         ready: Vec<(UnixMs, u64, PaymentKey)>,
         on_time: i64,
@@ -332,7 +332,7 @@ impl Core {
     /// How late a check may go and still be on plan: a twentieth of a window, or the time
     /// the budget takes to send [`ON_PLAN_REQUESTS`] requests if longer (checks due
     /// together wait their turn), at most the lag that makes a key behind.
-    pub(super) fn on_time(&self, p: usize) -> i64 {
+    pub(super) fn on_time(&self, p: PoolId) -> i64 {
         let limit = i64::from(self.pools[p].budget.effective_limit().max(1));
         (self.window / ON_PLAN_DIVISOR)
             .max(ON_PLAN_REQUESTS * self.window / limit)
@@ -341,7 +341,7 @@ impl Core {
 
     /// The room the backlog leaves free for the checks on plan (see
     /// [`BACKLOG_LEAVES_DIVISOR`]).
-    pub(super) fn backlog_leaves(&self, p: usize) -> u32 {
+    pub(super) fn backlog_leaves(&self, p: PoolId) -> u32 {
         let pool = &self.pools[p];
         if pool.on_plan {
             pool.budget.effective_limit() / BACKLOG_LEAVES_DIVISOR
@@ -383,7 +383,7 @@ impl Core {
     }
 
     /// Removes a payment's due item (the one `peek_due` gave) from its queue.
-    pub(super) fn take(&mut self, p: usize, pk: PaymentKey, from: Queue) {
+    pub(super) fn take(&mut self, p: PoolId, pk: PaymentKey, from: Queue) {
         match from {
             Queue::Recheck => {
                 self.pools[p].rechecks.pop();
@@ -400,7 +400,7 @@ impl Core {
         }
     }
 
-    pub(super) fn defer(&mut self, p: usize, pk: PaymentKey, from: Queue, until: UnixMs) {
+    pub(super) fn defer(&mut self, p: PoolId, pk: PaymentKey, from: Queue, until: UnixMs) {
         self.take(p, pk, from);
         let gen = self.next_gen();
         if let Some(e) = self.entries.get_mut(&pk) {
@@ -419,7 +419,7 @@ impl Core {
     /// Without a key no request is made: the payment stays due and the error says why.
     pub(super) fn no_key(
         &mut self,
-        p: usize,
+        p: PoolId,
         pk: PaymentKey,
         from: Queue,
         now: UnixMs,
@@ -427,7 +427,7 @@ impl Core {
     ) {
         let retry = now + (self.window / 10).max(1000);
         if let Some(e) = self.entries.get(&pk) {
-            out.push(Action::Record(vec![CheckRecord {
+            out.push(Action::Record(vec![Outcome {
                 pk,
                 checked_at: now,
                 upstream_status: None,
@@ -448,7 +448,7 @@ impl Core {
 
     pub(super) fn launch(
         &mut self,
-        p: usize,
+        p: PoolId,
         kind: Arc<Kind>,
         pks: Vec<PaymentKey>,
         now: UnixMs,
@@ -488,7 +488,7 @@ impl Core {
             return None; // an answer wakes us
         }
         let mut wake: Option<UnixMs> = None;
-        for p in 0..self.pools.len() {
+        for p in self.pools.ids() {
             let mut ready = std::mem::take(&mut self.pools[p].ready);
             ready.retain(|&item| self.live_ready(item));
             if !ready.is_empty() {
@@ -520,8 +520,8 @@ impl Core {
         }
         // Checks of watched payments as they come due; one due already waits for spare
         // room (or the rechecks' share), which the tick looks at.
-        for p in 0..self.pools.len() {
-            if let Some(due) = self.watch.next_due(p).filter(|d| *d > now) {
+        for p in self.pools.ids() {
+            if let Some(due) = self.watch.next_due(p.index()).filter(|d| *d > now) {
                 wake = Some(wake.map_or(due, |w| w.min(due)));
             }
         }

@@ -9,7 +9,7 @@ impl Core {
     /// timed out or was cancelled, so no flip was seen).
     pub fn learn(
         &mut self,
-        kind: &str,
+        kind: &KindName,
         started: UnixMs,
         pending_seen: Option<UnixMs>,
         final_at: Option<UnixMs>,
@@ -22,7 +22,8 @@ impl Core {
         self.models[m].learner.observe(started, Evidence { lo, hi });
     }
 
-    /// Fixes a kind's flip distribution instead of learning it (the simulator's oracle).
+    /// Fixes a kind's flip distribution instead of learning it (the simulator's oracle,
+    /// which names kinds as text).
     pub fn assume(&mut self, kind: &str, dist: crate::policy::FlipDist) {
         if let Some(&m) = self.model_of.get(kind) {
             let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
@@ -32,6 +33,7 @@ impl Core {
     }
 
     /// A kind's current plans (its learnt or assumed flip ages and their schedules).
+    /// For the simulator, which names kinds as text.
     pub fn plans(&self, kind: &str) -> Option<&Plans> {
         self.model_of.get(kind).map(|&m| &self.models[m].plans)
     }

@@ -6,7 +6,7 @@ use super::*;
 impl Core {
     /// Counts a request made before a restart (see [`Budget::restore`]).
     pub fn restore_spent(&mut self, ledger_id: &str, done_at: Option<UnixMs>, now: UnixMs) {
-        for p in &mut self.pools {
+        for p in self.pools.iter_mut() {
             if p.spec.ledger_id == ledger_id {
                 p.budget.restore(done_at, now);
             }
@@ -14,7 +14,7 @@ impl Core {
     }
 
     /// Keeps a reserve of pre-committed ledger rows of at least the in-flight bound.
-    pub(super) fn ensure_reserve(&mut self, p: usize, out: &mut Vec<Action>) {
+    pub(super) fn ensure_reserve(&mut self, p: PoolId, out: &mut Vec<Action>) {
         let want = self.max_in_flight.max(4);
         let pool = &mut self.pools[p];
         if pool.spec.has_key && !pool.refilling && pool.ledger_keys.len() < want {
@@ -28,7 +28,7 @@ impl Core {
     }
 
     /// Ledger rows committed for pool `p` (or `None`: the refill failed; ask again).
-    pub fn refilled(&mut self, p: usize, keys: Option<Vec<LedgerKey>>) {
+    pub fn refilled(&mut self, p: PoolId, keys: Option<Vec<LedgerKey>>) {
         if let Some(pool) = self.pools.get_mut(p) {
             pool.ledger_keys.extend(keys.into_iter().flatten());
             pool.refilling = false;

@@ -8,7 +8,7 @@ impl Core {
     /// check is due by now or that was checked before, and the one that is due.
     pub(super) fn list_members(
         &self,
-        p: usize,
+        p: PoolId,
         kind: &Kind,
         due: PaymentKey,
         now: UnixMs,
@@ -34,7 +34,7 @@ impl Core {
     /// came back cut short; then the next, twice as large, goes now.
     pub(super) fn listing_answered(
         &mut self,
-        p: usize,
+        p: PoolId,
         kind: &Kind,
         done: &Completion,
         seen: &answers::Answers,

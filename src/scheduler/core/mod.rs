@@ -16,6 +16,7 @@
 
 mod answers;
 mod choosing;
+mod io;
 mod learning;
 mod ledger;
 mod lists;
@@ -29,15 +30,20 @@ mod tests;
 use super::decide::{decide, Decision};
 use super::late::{LatePolicy, Watch, WatchStart};
 use crate::budget::{BacklogShare, Budget};
+use crate::event::EventSpec;
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
 use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
 use crate::policy::{arrival_rate, burst_cap, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
 use crate::status::{drain_eta, KindPolicy, LateStatus, PoolStatus};
-use crate::store::{CheckRecord, EventSpec, PendingRow, WatchedRow};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+
+pub use io::{
+    Action, Completed, Completion, CoreConfig, InvalidId, LateCheck, Outcome, PoolId, PoolSpec,
+    Request, Tracked, Watched,
+};
 
 /// Share of the budget the policy plans to spend; the limiter absorbs the rest of the
 /// projection's error.
@@ -94,93 +100,6 @@ const ON_PLAN_DIVISOR: i64 = 20;
 /// to send this many requests (see [`Core::on_time`]).
 const ON_PLAN_REQUESTS: i64 = 20;
 
-/// One API key, as the core knows it.
-#[derive(Debug, Clone)]
-pub struct PoolSpec {
-    /// Shown in health and logs.
-    pub name: String,
-    /// Names the key's rows in the budget ledger (a hash of the key, never the key).
-    pub ledger_id: String,
-    /// Whether a key is configured at all.
-    pub has_key: bool,
-}
-
-/// What the core is built from.
-#[derive(Debug, Clone)]
-pub struct CoreConfig {
-    pub ladder: Ladder,
-    pub kinds: BTreeMap<KindName, Arc<Kind>>,
-    pub pools: Vec<PoolSpec>,
-    /// Pool of each kind (absent: pool 0).
-    pub kind_pool: HashMap<KindName, usize>,
-    pub budget_requests: u32,
-    pub budget_window_ms: i64,
-    /// The share of a key's budget its backlog may take after a burst.
-    pub backlog_share: BacklogShare,
-    pub max_in_flight: usize,
-    /// Seeds the core's randomness (back-off jitter, mixing draws): the simulator repeats.
-    pub seed: u64,
-    /// Which watched payment's check goes first when the spare budget is short.
-    pub late_policy: LatePolicy,
-}
-
-/// A request for the driver to send.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub pool: usize,
-    pub kind: Arc<Kind>,
-    pub pks: Vec<PaymentKey>,
-    pub ids: Vec<PaymentId>,
-    /// Each payment's start (scheduler time): a listing's coverage is judged by it.
-    pub started: Vec<UnixMs>,
-    /// A listing's page size (0 for a single-payment kind).
-    pub list_limit: u32,
-    pub sent_at: UnixMs,
-    /// The pre-committed ledger row it uses.
-    pub ledger: Option<LedgerKey>,
-}
-
-/// A finished request, for [`Core::complete`].
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub pool: usize,
-    pub pks: Vec<PaymentKey>,
-    pub observations: Vec<Observation>,
-    pub retry_after_ms: Option<i64>,
-    pub sent_at: UnixMs,
-    pub done_at: UnixMs,
-    pub ledger: Option<LedgerKey>,
-}
-
-/// What a completion produced.
-#[derive(Debug, Default)]
-pub struct Completed {
-    /// Outcomes to commit.
-    pub records: Vec<CheckRecord>,
-    /// The ledger row to close (`(row, answered_at)`).
-    pub ledger: Option<(LedgerKey, UnixMs)>,
-    /// For telemetry: `(index into the observations, kind, state after)`.
-    pub checked: Vec<(usize, Arc<Kind>, State)>,
-    /// Final outcomes, for whoever watches (the simulator): `(pk, state, sent_at)`.
-    pub finished: Vec<(PaymentKey, State, UnixMs)>,
-    /// Moves seen under reconciliation, after the ladder: `(pk, new state, sent_at)`.
-    pub moved: Vec<(PaymentKey, State, UnixMs)>,
-}
-
-/// The core's actions, besides the ones methods return directly.
-#[derive(Debug)]
-pub enum Action {
-    Send(Request),
-    /// Outcomes to commit without a request (no API key configured).
-    Record(Vec<CheckRecord>),
-    /// Pre-commit `count` ledger rows for a pool.
-    Refill {
-        pool: usize,
-        ledger_id: String,
-        count: usize,
-    },
-}
-
 /// Where a due check waits: see [`Core::peek_due`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -198,7 +117,7 @@ struct Entry {
     /// Index of the kind's model.
     model: usize,
     id: PaymentId,
-    pool: usize,
+    pool: PoolId,
     jitter: i64,
     t0: UnixMs,
     deadline: UnixMs,
@@ -223,7 +142,7 @@ struct Entry {
 
 struct Model {
     /// The pool its kind's requests go to, and whether it is a list kind.
-    pool: usize,
+    pool: PoolId,
     list: bool,
     learner: Learner,
     plans: Plans,
@@ -309,15 +228,51 @@ impl Pool {
     }
 }
 
+/// The keys, indexed by [`PoolId`] only.
+struct Pools(Vec<Pool>);
+
+impl Pools {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every key's id, in order.
+    fn ids(&self) -> impl Iterator<Item = PoolId> + use<> {
+        (0..self.0.len()).map(PoolId::new)
+    }
+
+    fn get_mut(&mut self, p: PoolId) -> Option<&mut Pool> {
+        self.0.get_mut(p.index())
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Pool> {
+        self.0.iter_mut()
+    }
+}
+
+impl std::ops::Index<PoolId> for Pools {
+    type Output = Pool;
+
+    fn index(&self, p: PoolId) -> &Pool {
+        &self.0[p.index()]
+    }
+}
+
+impl std::ops::IndexMut<PoolId> for Pools {
+    fn index_mut(&mut self, p: PoolId) -> &mut Pool {
+        &mut self.0[p.index()]
+    }
+}
+
 /// The scheduling state of every pending payment and every key.
 pub struct Core {
     ladder: Ladder,
     grid: Grid,
     kinds: BTreeMap<KindName, Arc<Kind>>,
-    kind_pool: HashMap<KindName, usize>,
+    kind_pool: HashMap<KindName, PoolId>,
     models: Vec<Model>,
     model_of: HashMap<KindName, usize>,
-    pools: Vec<Pool>,
+    pools: Pools,
     entries: HashMap<PaymentKey, Entry>,
     max_in_flight: usize,
     in_flight: usize,
@@ -337,7 +292,7 @@ pub struct Core {
     watch: Watch,
     last_watch_fit: UnixMs,
     /// Outcomes to commit that no request produced (a watch that ended unchecked).
-    unsent: Vec<CheckRecord>,
+    unsent: Vec<Outcome>,
 }
 
 impl Core {
@@ -354,7 +309,7 @@ impl Core {
             model_of.insert(name.clone(), models.len());
             let prior = grid.ladder_prior();
             models.push(Model {
-                pool: cfg.kind_pool.get(name).copied().unwrap_or(0),
+                pool: cfg.kind_pool.get(name).copied().unwrap_or(PoolId::DEFAULT),
                 list: kind.is_list(),
                 learner: Learner::new(prior.clone(), horizon),
                 plans: Plans::new(&grid, prior, window_cells),
@@ -381,6 +336,7 @@ impl Core {
             .into_iter()
             .map(|spec| Pool::new(spec, cfg.budget_requests, cfg.budget_window_ms))
             .collect();
+        let pools = Pools(pools);
         Self {
             ladder: cfg.ladder,
             grid,

@@ -16,11 +16,12 @@ impl Core {
             self.last_fit = now;
             self.refit(now, &arrivals);
         }
-        for p in 0..self.pools.len() {
+        for p in self.pools.ids() {
             self.pools[p].budget.recover(now);
             self.set_level(p, now, &arrivals);
         }
-        self.unsent.extend(self.watch.tick(now));
+        self.unsent
+            .extend(self.watch.tick(now).into_iter().map(Outcome::from));
         // Late moves come over hours: the models move slowly, and a refit a window is plenty.
         if now - self.last_watch_fit >= self.window {
             self.last_watch_fit = now;
@@ -30,7 +31,7 @@ impl Core {
 
     /// Sets pool `p`'s price level from the demand it projects over the next window;
     /// `arrivals` as for [`Core::refit`].
-    pub(super) fn set_level(&mut self, p: usize, now: UnixMs, arrivals: &[(f64, usize)]) {
+    pub(super) fn set_level(&mut self, p: PoolId, now: UnixMs, arrivals: &[(f64, usize)]) {
         let pool = &mut self.pools[p];
         forget_older(&mut pool.recheck_sent, self.window, now);
         let limit = pool.budget.effective_limit() as f64;
@@ -61,7 +62,7 @@ impl Core {
     /// what it was judged by.
     fn price(
         &self,
-        p: usize,
+        p: PoolId,
         now: UnixMs,
         arrivals: &[(f64, usize)],
         limit: f64,
@@ -137,7 +138,7 @@ impl Core {
         }
     }
 
-    pub(super) fn replan_pool(&mut self, p: usize, now: UnixMs) {
+    pub(super) fn replan_pool(&mut self, p: PoolId, now: UnixMs) {
         let pks: Vec<PaymentKey> = self
             .entries
             .values()
@@ -191,7 +192,7 @@ struct Priced {
 /// What a key's demand at a price level is projected from: its payments held and its
 /// kinds' arrival rates (per grid cell).
 struct Demand<'a> {
-    p: usize,
+    p: PoolId,
     now: UnixMs,
     /// The budget's window, in grid cells.
     horizon: usize,

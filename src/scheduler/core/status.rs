@@ -8,7 +8,7 @@ impl Core {
     pub fn status(&mut self, now: UnixMs) -> Vec<PoolStatus> {
         let unit = self.grid.unit_ms();
         let mut out = Vec::with_capacity(self.pools.len());
-        for p in 0..self.pools.len() {
+        for p in self.pools.ids() {
             let mut held: HashMap<&str, usize> = HashMap::new();
             let (mut backlog, mut earliest_due) = (0, now);
             for e in self.entries.values().filter(|e| e.pool == p) {

@@ -21,11 +21,11 @@ fn core_sharing(budget: u32, share: BacklogShare) -> (Core, Arc<Kind>) {
     (Core::new(cc, 0), kind)
 }
 
-fn row(pk: i64, started_at: i64, jitter_ms: i64) -> PendingRow {
-    PendingRow {
+fn row(pk: i64, started_at: i64, jitter_ms: i64) -> Tracked {
+    Tracked {
         pk: PaymentKey(pk),
         kind: KindName::parse("p2p").unwrap(),
-        id: format!("T{pk}"),
+        id: PaymentId::parse(&format!("T{pk}")).unwrap(),
         upstream_status: None,
         started_at,
         jitter_ms,
@@ -56,7 +56,7 @@ impl Driver {
         kind: &Kind,
         from: i64,
         end: i64,
-        arrivals: &mut VecDeque<(i64, PendingRow)>,
+        arrivals: &mut VecDeque<(i64, Tracked)>,
     ) -> Vec<(i64, Vec<i64>)> {
         let mut now = from;
         let mut sent = Vec::new();
@@ -142,7 +142,7 @@ fn once_scarce_the_ladders_table_keeps_its_steps_but_not_the_jitter() {
     assert_eq!(core.entries[&pk].due, 24_000);
     // Scarce, with this payment mixed onto the ladder's table (level 0.5, draw 0.9):
     // the first check at the earliest the ladder allows.
-    core.pools[0].level = 0.5;
+    core.pools[PoolId::DEFAULT].level = 0.5;
     let mut e = core.entries.remove(&pk).unwrap();
     e.phi = 0.9;
     core.plan(&mut e);
@@ -168,12 +168,12 @@ fn requests_that_would_see_no_flip_are_not_spent_to_fill_the_budget() {
     }]);
     let dist = early.dist(&core.grid, 1.0);
     core.assume("p2p", dist);
-    let mut arrivals: VecDeque<(i64, PendingRow)> = (0..1200)
+    let mut arrivals: VecDeque<(i64, Tracked)> = (0..1200)
         .map(|i| (i * 2_000, row(i, i * 2_000, 20_000 + i % 6 * 1000)))
         .collect();
     let sent = Driver::default().run(&mut core, &kind, 0, 40 * MIN, &mut arrivals);
     assert!(
-        core.pools[0].level > 1.0,
+        core.pools[PoolId::DEFAULT].level > 1.0,
         "scarce, above the ladder's table"
     );
     // The first check of each payment at 20 s, then (answered pending) its deadline.
@@ -236,7 +236,7 @@ fn when_the_key_is_short_the_check_likeliest_to_see_a_flip_goes_first() {
     core.track(row(2, now - 30_000, 20_000), now, false);
     let mut out = Vec::new();
     core.poll(now, &mut out);
-    core.refilled(0, Some((0..8).map(LedgerKey).collect()));
+    core.refilled(PoolId::DEFAULT, Some((0..8).map(LedgerKey).collect()));
     out.clear();
     core.poll(now, &mut out);
     let sent: Vec<Vec<i64>> = out
@@ -259,7 +259,7 @@ fn when_the_key_is_short_the_check_likeliest_to_see_a_flip_goes_first() {
 /// (`(pk, in the backlog)` of the payments held then).
 /// A stream of `stream` payments, one every `every` ms, and [`BURST`] more at once at
 /// [`BURST_AT`] (keys from [`BURST_PK`]); first checks jittered over 20–29 s.
-fn burst_arrivals(every: i64, stream: i64) -> VecDeque<(i64, PendingRow)> {
+fn burst_arrivals(every: i64, stream: i64) -> VecDeque<(i64, Tracked)> {
     let mut arrivals = VecDeque::new();
     for i in 0..stream {
         let at = i * every;
@@ -368,16 +368,19 @@ fn a_backlog_leaves_room_for_the_payments_on_plan_and_none_without_them() {
     }
     core.track(row(9, now - 1_000, 20_000), now, false);
     for _ in 0..97 {
-        assert!(core.pools[0].budget.try_acquire(now));
-        core.pools[0].budget.release(now);
+        assert!(core.pools[PoolId::DEFAULT].budget.try_acquire(now));
+        core.pools[PoolId::DEFAULT].budget.release(now);
     }
     core.tick(now);
     // 97 used: one more leaves 2.
-    assert_eq!(core.peek_due(0, now).map(|(q, _)| q), Some(Queue::Backlog));
-    assert!(core.pools[0].budget.try_acquire(now));
-    core.pools[0].budget.release(now);
+    assert_eq!(
+        core.peek_due(PoolId::DEFAULT, now).map(|(q, _)| q),
+        Some(Queue::Backlog)
+    );
+    assert!(core.pools[PoolId::DEFAULT].budget.try_acquire(now));
+    core.pools[PoolId::DEFAULT].budget.release(now);
     // 98 used: the last 2 wait for the payment on plan.
-    assert_eq!(core.peek_due(0, now), None);
+    assert_eq!(core.peek_due(PoolId::DEFAULT, now), None);
     assert_eq!(
         core.next_wake(now).map(|w| w > now),
         Some(true),
@@ -386,7 +389,10 @@ fn a_backlog_leaves_room_for_the_payments_on_plan_and_none_without_them() {
     // Without a payment on plan, the backlog takes them.
     core.untrack(PaymentKey(9));
     core.tick(now);
-    assert_eq!(core.peek_due(0, now).map(|(q, _)| q), Some(Queue::Backlog));
+    assert_eq!(
+        core.peek_due(PoolId::DEFAULT, now).map(|(q, _)| q),
+        Some(Queue::Backlog)
+    );
 }
 
 #[test]
@@ -488,7 +494,7 @@ fn a_lull_does_not_shorten_the_learners_memory() {
     let mut started = -memory + 1000;
     while started < -1000 {
         core.learn(
-            "p2p",
+            &KindName::parse("p2p").unwrap(),
             started,
             Some(started + 5_000),
             Some(started + 40_000),
@@ -514,7 +520,7 @@ fn unknown_statuses_remembered_are_bounded() {
     core.track(row(1, 0, 20_000), 0, false);
     for i in 0..(MAX_UNKNOWN_LOGGED as i64 + 50) {
         core.complete(&Completion {
-            pool: 0,
+            pool: PoolId::DEFAULT,
             pks: vec![PaymentKey(1)],
             observations: vec![Observation::Status {
                 raw: format!("odd{i}"),

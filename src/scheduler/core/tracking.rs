@@ -6,8 +6,20 @@ use super::*;
 impl Core {
     /// Starts tracking a pending payment (a duplicate is ignored). `resumed`: read back at
     /// start-up, where a stored next check earlier than the plan is a manual recheck that
-    /// must survive the restart. Times are on the core's clock.
-    pub fn track(&mut self, row: PendingRow, now: UnixMs, resumed: bool) {
+    /// must survive the restart. Times are on the core's clock. `payment` is a [`Tracked`],
+    /// or what converts into one (a payment whose id does not parse is not polled).
+    pub fn track<T>(&mut self, payment: T, now: UnixMs, resumed: bool)
+    where
+        T: TryInto<Tracked>,
+        T::Error: std::fmt::Display,
+    {
+        let row = match payment.try_into() {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(error = %e, "payment with an invalid id in the database is not polled");
+                return;
+            }
+        };
         if self.entries.contains_key(&row.pk) {
             return;
         }
@@ -15,18 +27,16 @@ impl Core {
             tracing::warn!(kind = %row.kind, id = %row.id, "payment of a kind no longer configured stays pending, unpolled");
             return;
         };
-        let Ok(id) = PaymentId::parse(&row.id) else {
-            tracing::warn!(
-                pk = %row.pk,
-                "payment with an invalid id in the database is not polled"
-            );
-            return;
-        };
+        let id = row.id;
         let model = self.model_of[&row.kind];
         if !resumed {
             self.models[model].arrivals.push_back(now);
         }
-        let pool = self.kind_pool.get(&row.kind).copied().unwrap_or(0);
+        let pool = self
+            .kind_pool
+            .get(&row.kind)
+            .copied()
+            .unwrap_or(PoolId::DEFAULT);
         let gen = self.next_gen();
         let mut e = Entry {
             pk: row.pk,
@@ -163,21 +173,21 @@ impl Core {
     /// Resumes watching a payment under reconciliation at start-up (or after a merchant's
     /// recheck of one whose watch had ended): `next_check_at` is its stored next check.
     /// Times are on the core's clock.
-    pub fn watch(&mut self, row: WatchedRow, now: UnixMs) -> Option<UnixMs> {
+    pub fn watch(&mut self, row: Watched, now: UnixMs) -> Option<UnixMs> {
         if self.entries.contains_key(&row.pk) {
             return None;
         }
         let kind = self.kinds.get(&row.kind).cloned()?;
-        let Ok(id) = PaymentId::parse(&row.id) else {
-            tracing::warn!(pk = %row.pk, "payment with an invalid id in the database is not watched");
-            return None;
-        };
-        let pool = self.kind_pool.get(&row.kind).copied().unwrap_or(0);
+        let pool = self
+            .kind_pool
+            .get(&row.kind)
+            .copied()
+            .unwrap_or(PoolId::DEFAULT);
         let start = WatchStart {
             pk: row.pk,
             kind,
-            id,
-            pool,
+            id: row.id,
+            pool: pool.index(),
             started: row.started_at,
             state: row.state,
             ended: row.ended_state,
