@@ -1,5 +1,8 @@
 //! Tests of the core on simulated time: a driver answers its requests.
 
+mod errors;
+mod property;
+
 use super::*;
 use crate::config::{self, Config};
 use serde_json::json;
