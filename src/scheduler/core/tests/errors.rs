@@ -153,6 +153,9 @@ fn a_503_pauses_the_key_for_its_retry_after_and_keeps_its_limit() {
 fn an_unexpected_429_pauses_the_key_and_lowers_the_limit_in_force() {
     let mut rig = Rig::new(1000);
     rig.track(1, 0);
+    let mut second = row(2, 0, 21_000);
+    second.kind = rig.kind.name.clone();
+    rig.core.track(second, 0, false);
     let sent = rig.poll(20_000);
     let done = answer(
         &sent[0],
@@ -164,6 +167,10 @@ fn an_unexpected_429_pauses_the_key_and_lowers_the_limit_in_force() {
     rig.core.complete(&done);
     let st = rig.core.status(20_100).remove(0);
     assert_eq!(st.paused_until, Some(22_100));
+    // No request while paused, though payment 2 is due at 21 s.
+    assert!(rig.poll(21_000).is_empty());
+    assert!(rig.poll(22_099).is_empty());
+    assert_eq!(pks(&rig.poll(22_100)), vec![vec![2]]);
     assert_eq!(st.budget_limit, 1000);
     assert_eq!(st.budget_effective, 750, "a quarter lower");
     // Each further surprise lowers it again.
