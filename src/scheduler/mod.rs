@@ -13,13 +13,16 @@ mod late;
 mod recorder;
 
 pub use self::core::memory_horizon_ms;
-pub use self::core::{Action, Completion, Core, CoreConfig, PoolSpec, Request};
+pub use self::core::{
+    Action, Completion, Core, CoreConfig, InvalidId, LateCheck, Outcome, PoolId, PoolSpec, Request,
+    Tracked, Watched,
+};
 pub use self::late::LatePolicy;
 pub use crate::status::PoolStatus;
 
 use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
 use crate::config::Config;
-use crate::payment::{now_ms, PaymentKey, UnixMs};
+use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
 use crate::secret::Secret;
 use crate::store::{PendingRow, Store, WatchedRow};
 use crate::systemd::{Notifier, Watchdog};
@@ -121,20 +124,84 @@ impl Clock {
         (us as f64 / 1000.0).round() as i64
     }
 
-    fn row_to_core(&self, mut row: PendingRow) -> PendingRow {
+    /// A stored pending payment as the core tracks it: its times on the core's clock.
+    fn tracked(&self, row: PendingRow) -> Result<Tracked, InvalidId> {
         let off = self.offset();
-        row.started_at -= off;
-        row.next_check_at = row.next_check_at.map(|t| t - off);
-        row.last_checked_at = row.last_checked_at.map(|t| t - off);
-        row
+        let mut t = Tracked::try_from(row)?;
+        t.started_at -= off;
+        t.next_check_at = t.next_check_at.map(|t| t - off);
+        t.last_checked_at = t.last_checked_at.map(|t| t - off);
+        Ok(t)
     }
 
-    fn watched_to_core(&self, mut row: WatchedRow) -> WatchedRow {
+    /// A stored watched payment as the core watches it: its times on the core's clock.
+    fn watched(&self, row: WatchedRow) -> Result<Watched, InvalidId> {
         let off = self.offset();
-        row.started_at -= off;
-        row.next_check_at -= off;
-        row.seen_at = row.seen_at.map(|t| t - off);
-        row
+        let mut w = Watched::try_from(row)?;
+        w.started_at -= off;
+        w.next_check_at -= off;
+        w.seen_at = w.seen_at.map(|t| t - off);
+        Ok(w)
+    }
+}
+
+/// A stored payment's times as they are (the simulator's rows are on the core's clock
+/// already; the driver converts through [`Clock`]).
+impl TryFrom<PendingRow> for Tracked {
+    type Error = InvalidId;
+
+    fn try_from(row: PendingRow) -> Result<Self, InvalidId> {
+        let id = PaymentId::parse(&row.id).map_err(|_| InvalidId { pk: row.pk })?;
+        Ok(Tracked {
+            pk: row.pk,
+            kind: row.kind,
+            id,
+            upstream_status: row.upstream_status,
+            started_at: row.started_at,
+            jitter_ms: row.jitter_ms,
+            next_check_at: row.next_check_at,
+            last_checked_at: row.last_checked_at,
+        })
+    }
+}
+
+impl TryFrom<WatchedRow> for Watched {
+    type Error = InvalidId;
+
+    fn try_from(row: WatchedRow) -> Result<Self, InvalidId> {
+        let id = PaymentId::parse(&row.id).map_err(|_| InvalidId { pk: row.pk })?;
+        Ok(Watched {
+            pk: row.pk,
+            kind: row.kind,
+            id,
+            state: row.state,
+            upstream_status: row.upstream_status,
+            started_at: row.started_at,
+            next_check_at: row.next_check_at,
+            seen_at: row.seen_at,
+            ended_state: row.ended_state,
+        })
+    }
+}
+
+/// Hands a stored pending payment to the core (one whose id does not parse is not polled).
+fn track(core: &mut Core, clock: &Clock, row: PendingRow, now: UnixMs, resumed: bool) {
+    match clock.tracked(row) {
+        Ok(t) => core.track(t, now, resumed),
+        Err(e) => {
+            tracing::warn!(error = %e, "payment with an invalid id in the database is not polled")
+        }
+    }
+}
+
+/// Hands a stored watched payment to the core; when its next check is due.
+fn watch(core: &mut Core, clock: &Clock, row: WatchedRow, now: UnixMs) -> Option<UnixMs> {
+    match clock.watched(row) {
+        Ok(w) => core.watch(w, now),
+        Err(e) => {
+            tracing::warn!(error = %e, "payment with an invalid id in the database is not watched");
+            None
+        }
     }
 }
 
@@ -177,7 +244,7 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
                 }
             },
         };
-        kind_pool.insert(name.clone(), idx);
+        kind_pool.insert(name.clone(), PoolId::new(idx));
     }
     let cfg = CoreConfig {
         ladder: config.ladder.clone(),
@@ -246,7 +313,7 @@ pub async fn spawn(
     let pending = store.pending().await?;
     let resumed = pending.len();
     for row in pending {
-        core.track(clock.row_to_core(row), clock.now(), true);
+        track(&mut core, &clock, row, clock.now(), true);
     }
     // Reconciliation: what was learnt of late moves, and the payments still watched.
     let late = store
@@ -264,7 +331,7 @@ pub async fn spawn(
     let watched = store.watched().await?;
     let watching = watched.len();
     for row in watched {
-        core.watch(clock.watched_to_core(row), clock.now());
+        watch(&mut core, &clock, row, clock.now());
     }
     core.tick(clock.now());
     tracing::info!(
@@ -508,7 +575,7 @@ impl Driver {
     fn command(&mut self, cmd: Command) {
         let now = self.clock.now();
         match cmd {
-            Command::Track(row) => self.core.track(self.clock.row_to_core(row), now, false),
+            Command::Track(row) => track(&mut self.core, &self.clock, row, now, false),
             Command::Untrack(pk) => self.core.untrack(pk),
             Command::Recheck(pk, reply) => {
                 let at = self.core.recheck(pk, now);
@@ -520,7 +587,7 @@ impl Driver {
                 let pk = row.pk;
                 let at = match self.core.recheck(pk, now) {
                     Some(at) => Some(at),
-                    None => self.core.watch(self.clock.watched_to_core(row), now),
+                    None => watch(&mut self.core, &self.clock, row, now),
                 };
                 if let Some(reply) = reply {
                     let _ = reply.send(at.map(|t| t + self.clock.offset()));
@@ -565,7 +632,7 @@ impl Driver {
 
     fn send(&mut self, req: Request, done_tx: &mpsc::Sender<Completion>) {
         self.telemetry.request(&req.kind.name);
-        let Some(Some(key)) = self.keys.get(req.pool).cloned() else {
+        let Some(Some(key)) = self.keys.get(req.pool.index()).cloned() else {
             return;
         };
         let upstream = self.upstream.clone();
@@ -594,16 +661,18 @@ impl Driver {
         });
     }
 
-    fn to_wall(
-        &self,
-        mut records: Vec<crate::store::CheckRecord>,
-    ) -> Vec<crate::store::CheckRecord> {
+    /// The core's outcomes as the store records them: their times on the wall clock.
+    fn to_wall(&self, outcomes: Vec<Outcome>) -> Vec<crate::store::CheckRecord> {
         let off = self.clock.offset();
-        for r in &mut records {
-            r.checked_at += off;
-            r.next_check_at = r.next_check_at.map(|t| t + off);
-        }
-        records
+        outcomes
+            .into_iter()
+            .map(|o| {
+                let mut r = crate::store::CheckRecord::from(o);
+                r.checked_at += off;
+                r.next_check_at = r.next_check_at.map(|t| t + off);
+                r
+            })
+            .collect()
     }
 
     fn complete(&mut self, done: Completion) {

@@ -6,10 +6,10 @@
 //! shutdown they give it a short grace and then stop, whatever the disk does: what was not
 //! written is still pending in the database and is checked again after a restart.
 
-use super::Command;
+use super::{Command, LateCheck, Outcome, PoolId};
 use crate::backoff::Backoff;
 use crate::payment::{now_ms, LedgerKey, UnixMs};
-use crate::store::{Applied, CheckRecord, Store};
+use crate::store::{Applied, CheckRecord, Store, WatchCheck};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +29,8 @@ pub(crate) struct RecordBatch {
 /// A request from the scheduler to the ledger writer for fresh ledger rows.
 #[derive(Debug)]
 pub(crate) struct Refill {
-    /// The pool (key) index the rows are for.
-    pub pool: usize,
+    /// The pool (key) the rows are for.
+    pub pool: PoolId,
     /// The pool's name in the ledger (see `ledger_id`).
     pub ledger_id: String,
     pub count: usize,
@@ -39,8 +39,53 @@ pub(crate) struct Refill {
 /// The ledger writer's answer to a [`Refill`]: the keys of the rows it committed.
 #[derive(Debug)]
 pub(crate) struct Refilled {
-    pub pool: usize,
+    pub pool: PoolId,
     pub keys: Vec<LedgerKey>,
+}
+
+/// The core's outcome as the store records it (times unchanged: the driver moves them to
+/// the wall clock).
+impl From<Outcome> for CheckRecord {
+    fn from(o: Outcome) -> Self {
+        CheckRecord {
+            pk: o.pk,
+            checked_at: o.checked_at,
+            upstream_status: o.upstream_status,
+            state: o.state,
+            response: o.response,
+            error: o.error,
+            next_check_at: o.next_check_at,
+            event: o.event,
+            changed: o.changed,
+            saw_pending: o.saw_pending,
+            watch: o.watch.map(|w| WatchCheck {
+                asked: w.asked,
+                unchanged: w.unchanged,
+            }),
+        }
+    }
+}
+
+/// The record `scheduler::late` builds for a watched payment, as the core's outcome.
+impl From<CheckRecord> for Outcome {
+    fn from(r: CheckRecord) -> Self {
+        Outcome {
+            pk: r.pk,
+            checked_at: r.checked_at,
+            upstream_status: r.upstream_status,
+            state: r.state,
+            response: r.response,
+            error: r.error,
+            next_check_at: r.next_check_at,
+            event: r.event,
+            changed: r.changed,
+            saw_pending: r.saw_pending,
+            watch: r.watch.map(|w| LateCheck {
+                asked: w.asked,
+                unchanged: w.unchanged,
+            }),
+        }
+    }
 }
 
 /// How long writes are still retried once shutdown has begun.

@@ -293,7 +293,7 @@ max_limit = 100
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_pause_the_key_and_shrink_the_budget() {
+async fn an_unexpected_429_shows_in_health_metrics_and_the_log() {
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
     let d = spawn_daemon(
         &fake.base_url(),
@@ -316,24 +316,15 @@ async fn rate_limits_pause_the_key_and_shrink_the_budget() {
         fake.script("p2p", id, Script::pending_then(Kind::P2p, 0, "approved"));
         d.enqueue("p2p", id, Some(started(t0))).await;
     }
-    // Wait for the first 429, then count what follows during the pause.
-    let until = Instant::now() + Duration::from_secs(3);
-    while fake.requests().is_empty() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let first = fake.requests()[0].at;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let during: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.at < first + Duration::from_millis(800))
-        .collect();
-    assert!(
-        during.len() <= 5,
-        "Retry-After: 1 paused the key; {} requests in its first 800 ms",
-        during.len()
-    );
-    let (_, h) = d.request("GET", "/v1/health", None).await;
+    // The pause itself and the lowered limit are the core's (its unit tests, on simulated
+    // time); here, that a real 429 reaches health, metrics and the log.
+    let seen = watch_health(&d, Duration::from_secs(5), |h| {
+        h["budget"][0]["budget_limit"]
+            .as_u64()
+            .is_some_and(|l| l < 1000)
+    })
+    .await;
+    let h = seen.last().unwrap();
     assert!(
         h["budget"][0]["budget_limit"].as_u64().unwrap() < 1000,
         "an unexpected 429 lowers the limit in force: {h:#}"
@@ -355,22 +346,6 @@ async fn rate_limits_pause_the_key_and_shrink_the_budget() {
     for p in all_final(&d, "p2p", &ids, Duration::from_secs(20)).await {
         assert_eq!(p.payment.facts.state, State::Succeeded, "{p:#?}");
     }
-
-    // 503 without Retry-After: exponential pause, not a hammering.
-    fake.set_fault(Some(Fault::Status {
-        code: 503,
-        retry_after: None,
-    }));
-    let before = fake.requests().len();
-    let t1 = now_ms();
-    for i in 0..5 {
-        let id = format!("U{i}");
-        fake.script("p2p", &id, pending_forever());
-        d.enqueue("p2p", &id, Some(started(t1))).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let n = fake.requests().len() - before;
-    assert!((1..=8).contains(&n), "{n} requests in 1.2 s of 503s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

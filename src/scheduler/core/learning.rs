@@ -1,0 +1,155 @@
+//! Learning: the flip ages of each kind from interval-censored evidence, over a recent and
+//! a long memory, and each kind's arrival rate.
+
+use super::*;
+
+impl Core {
+    /// Learns from a payment that finished before a restart: `pending_seen`: the last
+    /// check that saw it pending; `final_at`: the check that saw it final (`None`: it
+    /// timed out or was cancelled, so no flip was seen).
+    pub fn learn(
+        &mut self,
+        kind: &KindName,
+        started: UnixMs,
+        pending_seen: Option<UnixMs>,
+        final_at: Option<UnixMs>,
+    ) {
+        let Some(&m) = self.model_of.get(kind) else {
+            return;
+        };
+        let lo = pending_seen.map_or(0, |t| self.grid.cell(t - started));
+        let hi = final_at.map(|t| self.grid.cell_ceil(t - started).max(lo + 1));
+        self.models[m].learner.observe(started, Evidence { lo, hi });
+    }
+
+    /// Fixes a kind's flip distribution instead of learning it (the simulator's oracle,
+    /// which names kinds as text).
+    pub fn assume(&mut self, kind: &str, dist: crate::policy::FlipDist) {
+        if let Some(&m) = self.model_of.get(kind) {
+            let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
+            self.models[m].plans = Plans::new(&self.grid, dist, window_cells);
+            self.models[m].fixed = true;
+        }
+    }
+
+    /// A kind's current plans (its learnt or assumed flip ages and their schedules).
+    /// For the simulator, which names kinds as text.
+    pub fn plans(&self, kind: &str) -> Option<&Plans> {
+        self.model_of.get(kind).map(|&m| &self.models[m].plans)
+    }
+
+    /// How far back the learner may remember payments (its long memory at most): what a
+    /// restart rebuilds it from.
+    pub fn memory_ms(&self) -> i64 {
+        memory_horizon_ms(self.ladder.timeout_ms(), self.window)
+    }
+
+    /// The learner's unit of memory: a payment's lifetime (the ladder's timeout), or the
+    /// budget's window if that is longer.
+    pub(super) fn life_ms(&self) -> i64 {
+        self.ladder.timeout_ms().max(self.window)
+    }
+
+    /// Learns from a payment watched before a restart (see [`Watch::learn`]).
+    pub fn learn_late(
+        &mut self,
+        kind: &KindName,
+        ended: State,
+        started: UnixMs,
+        seen: Option<UnixMs>,
+        moved: Option<UnixMs>,
+    ) {
+        self.watch.learn(kind, ended, started, seen, moved);
+    }
+
+    /// How far back a restart reads the evidence of late moves.
+    pub fn late_memory_ms(&self) -> i64 {
+        self.watch.memory_ms()
+    }
+
+    /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
+    pub(super) fn refit(&mut self, now: UnixMs, arrivals: &[(f64, usize)]) {
+        let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
+        let life = self.life_ms();
+        for (m, &(rate, _)) in arrivals.iter().enumerate() {
+            // Recent memory: enough payments to learn from (about 400), over at least two
+            // lifetimes and at most three, so a change of traffic is followed within half
+            // an hour. Long memory: about 6,000 payments, up to twelve lifetimes, used
+            // while the recent evidence agrees with it (see `Learner`).
+            let per_ms = rate / self.grid.unit_ms() as f64;
+            // No arrivals (a lull) is the limit of a falling rate: the longest span, never
+            // the shortest, which would make the learner drop what it knows for good.
+            let span = |payments: f64, most: i64| {
+                if per_ms > 0.0 {
+                    ((payments / per_ms) as i64).clamp(2 * life, most * life)
+                } else {
+                    most * life
+                }
+            };
+            let recent = span(400.0, 3);
+            let horizon = span(LONG_MEMORY_PAYMENTS, LONG_MEMORY_LIVES).max(recent);
+            self.models[m].learner.set_recent(recent);
+            self.models[m].learner.set_horizon(horizon);
+            let pending: Vec<Evidence> = self
+                .entries
+                .values()
+                .filter(|e| e.model == m)
+                .filter_map(|e| {
+                    e.last.map(|l| Evidence {
+                        lo: self.grid.cell(l - e.t0),
+                        hi: None,
+                    })
+                })
+                .collect();
+            let model = &mut self.models[m];
+            if model.fixed {
+                continue;
+            }
+            let before = model.plans.dist.clone();
+            let dist = model.learner.fit(now, pending.into_iter()).clone();
+            let moved = (0..=self.grid.cells())
+                .map(|a| (dist.survival(a) - before.survival(a)).abs())
+                .fold(0.0, f64::max);
+            // Solving the tables is the costly part: only when the estimate moved.
+            if moved > 0.005 || model.fresh > 200 {
+                model.plans = Plans::new(&self.grid, dist, window_cells);
+                model.fresh = 0;
+            }
+        }
+    }
+
+    /// Arrivals per grid cell of a kind (see [`crate::policy::arrival_rate`]), and how many
+    /// arrived in the last window.
+    pub(super) fn arrival_rate(&mut self, m: usize, now: UnixMs) -> (f64, usize) {
+        let window = self.window;
+        let arrivals = &mut self.models[m].arrivals;
+        forget_older(arrivals, window * RATE_WINDOWS as i64, now);
+        let last_window = arrivals
+            .iter()
+            .rev()
+            .take_while(|t| **t > now - window)
+            .count();
+        let slice = (window / 10).max(1);
+        // Only the slices the core has lived through: before its start nothing was
+        // counted, which is not the same as nothing arriving.
+        let lived = ((now - self.started) / slice).clamp(0, 10 * RATE_WINDOWS as i64) as usize;
+        if lived == 0 {
+            let elapsed = (now - self.started).max(1) as f64;
+            let rate = arrivals.len() as f64 / elapsed.max(slice as f64 / 10.0)
+                * self.grid.unit_ms() as f64;
+            return (rate, last_window);
+        }
+        let mut counts = vec![0u32; lived];
+        for t in arrivals.iter() {
+            let i = ((now - t) / slice).max(0) as usize;
+            if let Some(c) = counts.get_mut(i) {
+                *c += 1;
+            }
+        }
+        // One key serves at most its budget's payments a window, one request each.
+        let pool = self.models[m].pool;
+        let servable = f64::from(self.pools[pool].budget.limit()) / 10.0;
+        let rate = arrival_rate(&counts, 10, servable) / slice as f64 * self.grid.unit_ms() as f64;
+        (rate, last_window)
+    }
+}

@@ -1,0 +1,429 @@
+//! The scheduler's pure core: every scheduling decision, as synchronous code. State plus an
+//! event plus `now` gives actions; the driver (tokio) only waits and does the I/O, and the
+//! simulator ([`crate::sim`]) runs this same core on simulated time.
+//!
+//! Times here are on the scheduler's clock (milliseconds, monotonic while the daemon
+//! runs); the driver converts the wall-clock times of the database at the boundary.
+//!
+//! Policy. Each API key has a *price level*: 0 runs the documented ladder exactly; higher
+//! levels follow the schedules of [`crate::policy`], which spend ever fewer requests where
+//! they buy the least delay, by each payment's real age and its kind's learnt flip-age
+//! distribution. Every tick the level is set to the lowest one whose projected demand over
+//! the next window fits the budget; the budget limiter stays the hard guarantee. Due
+//! checks go earliest-due-first; manual rechecks go first, within a bounded share. After a
+//! burst, the checks that went late form a backlog with a bounded share of the budget, and
+//! the plans of the other payments are priced for the rest and keep running.
+
+mod answers;
+mod choosing;
+mod io;
+mod learning;
+mod ledger;
+mod lists;
+mod pricing;
+mod status;
+mod tracking;
+
+#[cfg(test)]
+mod tests;
+
+use super::decide::{decide, Decision};
+use super::late::{LatePolicy, Watch, WatchStart};
+use crate::budget::{BacklogShare, Budget};
+use crate::event::EventSpec;
+use crate::kinds::{ErrorClass, Kind, KindName, Observation};
+use crate::ladder::Ladder;
+use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
+use crate::policy::{arrival_rate, burst_cap, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
+use crate::status::{drain_eta, KindPolicy, LateStatus, PoolStatus};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+pub use io::{
+    Action, Completed, Completion, CoreConfig, InvalidId, LateCheck, Outcome, PoolId, PoolSpec,
+    Request, Tracked, Watched,
+};
+
+/// Share of the budget the policy plans to spend; the limiter absorbs the rest of the
+/// projection's error.
+const PLAN_SHARE: f64 = 0.98;
+
+/// The learner's long memory (see `Learner`): about this many payments, at most this many
+/// lifetimes. On a busy key payments are checked sparsely, so each flip's interval is
+/// wide and the shape of the flip ages needs many of them to be learnt well; a long
+/// memory costs little, because the recent one takes over when the traffic changes.
+const LONG_MEMORY_PAYMENTS: f64 = 6000.0;
+const LONG_MEMORY_LIVES: i64 = 12;
+
+/// How far back the learner may remember payments, for a ladder's timeout and a budget
+/// window: its long memory at most, what a restart rebuilds it from, and so the least
+/// `database.keep_finished` (the one source of that horizon).
+pub fn memory_horizon_ms(timeout_ms: i64, window_ms: i64) -> i64 {
+    LONG_MEMORY_LIVES.saturating_mul(timeout_ms.max(window_ms))
+}
+
+/// Most distinct unknown statuses remembered (each logged once).
+const MAX_UNKNOWN_LOGGED: usize = 256;
+
+/// Share of the budget manual rechecks may take in a window, all together.
+const RECHECK_SHARE: f64 = 0.1;
+
+/// The backlog leaves this fraction of the budget (1/50: 20 of 1,000) free when it takes
+/// what the checks on plan leave: their load comes in spurts (payments that start together
+/// have their dense early checks together), and a spurt that finds the window full goes
+/// late and joins the backlog. A fiftieth absorbs those spurts; more would only drain
+/// the backlog slower.
+const BACKLOG_LEAVES_DIVISOR: u32 = 50;
+
+/// A due check this many windows late outranks every other in the backlog (earliest due
+/// first), so none waits for ever behind worthier ones.
+const PATIENCE_WINDOWS: i64 = 2;
+
+/// A key is behind once its earliest due check is late by more than this fraction of a
+/// window (1/2), or more checks are due than the budget sends in that time: then due checks
+/// go by worth, not by due time. The lag is long because ranking by worth trusts the
+/// learnt flip ages: after a change of mix they are wrong for a while, and a shorter lag
+/// would let that transient backlog be ranked by a wrong model.
+const BEHIND_DIVISOR: i64 = 2;
+
+/// When more checks are due than the budget sends in half a window, with the budget spent
+/// (a burst), a due check late by more than this fraction of a window (1/20: 30 s) puts its
+/// payment in the backlog for the rest of its life: its checks go by worth within the
+/// backlog's share ([`CoreConfig::backlog_share`]), and after the first only the deadline
+/// check is left. The checks still on time keep their plan, earliest due first, so the
+/// payments that come after the burst are checked as planned. No payment is favoured by
+/// its arrival: only by how late its check is.
+const ON_PLAN_DIVISOR: i64 = 20;
+
+/// On a small budget, a check is on plan while late by less than the time the budget takes
+/// to send this many requests (see [`Core::on_time`]).
+const ON_PLAN_REQUESTS: i64 = 20;
+
+/// Where a due check waits: see [`Core::peek_due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Recheck,
+    Planned,
+    /// Due, waiting in `ready`, still on plan.
+    Ready,
+    /// Due, waiting in `ready`, in the backlog.
+    Backlog,
+}
+
+struct Entry {
+    pk: PaymentKey,
+    kind: Arc<Kind>,
+    /// Index of the kind's model.
+    model: usize,
+    id: PaymentId,
+    pool: PoolId,
+    jitter: i64,
+    t0: UnixMs,
+    deadline: UnixMs,
+    /// When the last answered check was sent.
+    last: Option<UnixMs>,
+    upstream_status: Option<String>,
+    due: UnixMs,
+    gen: u64,
+    in_flight: bool,
+    /// Consecutive unanswered checks, for back-off.
+    failures: u32,
+    /// A manual recheck is wanted (at `due` when it is queued).
+    recheck: bool,
+    /// The payment's draw for mixing two neighbouring price levels.
+    phi: f64,
+    /// In its key's backlog (see [`ON_PLAN_DIVISOR`]).
+    backlog: bool,
+    /// Since when its check is due, for telling whether it is late: a replan to a cheaper
+    /// level may move `due` into the past, but the check was not due before then.
+    due_from: UnixMs,
+}
+
+struct Model {
+    /// The pool its kind's requests go to, and whether it is a list kind.
+    pool: PoolId,
+    list: bool,
+    learner: Learner,
+    plans: Plans,
+    /// Arrival times of new payments, for the arrival rate.
+    arrivals: VecDeque<UnixMs>,
+    /// Payments of this kind that finished, since the plans were solved.
+    fresh: usize,
+    /// The distribution is given, not learnt.
+    fixed: bool,
+}
+
+struct Pool {
+    spec: PoolSpec,
+    budget: Budget,
+    heap: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
+    /// Planned checks that came due and wait for budget (`(due, gen, pk)`): when the key
+    /// is short, the one most likely to see a flip goes first (see [`Core::worth`]).
+    ready: Vec<(UnixMs, u64, PaymentKey)>,
+    rechecks: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
+    /// When recent manual rechecks were sent.
+    recheck_sent: VecDeque<UnixMs>,
+    /// The requests of the last [`Core::on_time`]: when, and whether for the backlog.
+    recent_sent: VecDeque<(UnixMs, bool)>,
+    /// The backlog's requests of the last window, and since when it has had one: its pace.
+    backlog_sent: VecDeque<UnixMs>,
+    /// The live payments' requests of the last window: the pace reconciliation leaves room
+    /// for.
+    live_sent: VecDeque<UnixMs>,
+    backlog_since: Option<UnixMs>,
+    /// More checks are due than the budget sends in half a window, and the budget is
+    /// spent (set every tick).
+    piled: bool,
+    /// Whether any of its payments is on plan, out of the backlog (as of the last tick).
+    on_plan: bool,
+    throttled: u32,
+    /// Kinds answering 401/403 since when, and when it was last logged.
+    auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
+    /// Kinds whose last check got no usable answer (see [`ErrorClass::is_outage`]), with
+    /// its error, until one is answered.
+    outage: HashMap<KindName, String>,
+    /// Earliest next request of each list kind (its cadence).
+    list_not_before: HashMap<KindName, UnixMs>,
+    last_probe: UnixMs,
+    lateness_ms: Vec<i64>,
+    ledger_keys: VecDeque<LedgerKey>,
+    refilling: bool,
+    level: f64,
+    projected: f64,
+    target: f64,
+    /// Payments arriving per window (kinds checked one by one) at the rates the price was
+    /// last set for.
+    arrivals: f64,
+}
+
+impl Pool {
+    fn new(spec: PoolSpec, requests: u32, window_ms: i64) -> Self {
+        Self {
+            spec,
+            budget: Budget::new(requests, window_ms),
+            heap: BinaryHeap::new(),
+            ready: Vec::new(),
+            rechecks: BinaryHeap::new(),
+            recheck_sent: VecDeque::new(),
+            recent_sent: VecDeque::new(),
+            backlog_sent: VecDeque::new(),
+            live_sent: VecDeque::new(),
+            backlog_since: None,
+            piled: false,
+            on_plan: false,
+            throttled: 0,
+            auth_failing: HashMap::new(),
+            outage: HashMap::new(),
+            list_not_before: HashMap::new(),
+            last_probe: 0,
+            lateness_ms: Vec::new(),
+            ledger_keys: VecDeque::new(),
+            refilling: false,
+            level: 0.0,
+            projected: 0.0,
+            arrivals: 0.0,
+            target: 0.0,
+        }
+    }
+}
+
+/// The keys, indexed by [`PoolId`] only.
+struct Pools(Vec<Pool>);
+
+impl Pools {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every key's id, in order.
+    fn ids(&self) -> impl Iterator<Item = PoolId> + use<> {
+        (0..self.0.len()).map(PoolId::new)
+    }
+
+    fn get_mut(&mut self, p: PoolId) -> Option<&mut Pool> {
+        self.0.get_mut(p.index())
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Pool> {
+        self.0.iter_mut()
+    }
+}
+
+impl std::ops::Index<PoolId> for Pools {
+    type Output = Pool;
+
+    fn index(&self, p: PoolId) -> &Pool {
+        &self.0[p.index()]
+    }
+}
+
+impl std::ops::IndexMut<PoolId> for Pools {
+    fn index_mut(&mut self, p: PoolId) -> &mut Pool {
+        &mut self.0[p.index()]
+    }
+}
+
+/// The scheduling state of every pending payment and every key.
+pub struct Core {
+    ladder: Ladder,
+    grid: Grid,
+    kinds: BTreeMap<KindName, Arc<Kind>>,
+    kind_pool: HashMap<KindName, PoolId>,
+    models: Vec<Model>,
+    model_of: HashMap<KindName, usize>,
+    pools: Pools,
+    entries: HashMap<PaymentKey, Entry>,
+    max_in_flight: usize,
+    in_flight: usize,
+    gen: u64,
+    rng: fastrand::Rng,
+    unknown_logged: HashSet<(KindName, String)>,
+    /// Per list kind, the page size its listings grew to after coming back cut short
+    /// (the provider pages by size only, newest first).
+    list_limit: HashMap<KindName, u32>,
+    window: i64,
+    /// See [`CoreConfig::backlog_share`].
+    backlog_share: f64,
+    last_fit: UnixMs,
+    /// When the core started (arrival rates count from there).
+    started: UnixMs,
+    /// Payments under reconciliation after their ladder.
+    watch: Watch,
+    last_watch_fit: UnixMs,
+    /// Outcomes to commit that no request produced (a watch that ended unchecked).
+    unsent: Vec<Outcome>,
+}
+
+impl Core {
+    /// A core with no payments, at `now`.
+    pub fn new(cfg: CoreConfig, now: UnixMs) -> Self {
+        let grid = Grid::new(&cfg.ladder);
+        let window_cells = (cfg.budget_window_ms / grid.unit_ms()).max(1) as usize;
+        // The whole long memory until the first refit sets it from the arrival rate: a
+        // restart rebuilds that much, and a shorter horizon would drop it at the first fit.
+        let horizon = memory_horizon_ms(cfg.ladder.timeout_ms(), cfg.budget_window_ms);
+        let mut models = Vec::new();
+        let mut model_of = HashMap::new();
+        for (name, kind) in &cfg.kinds {
+            model_of.insert(name.clone(), models.len());
+            let prior = grid.ladder_prior();
+            models.push(Model {
+                pool: cfg.kind_pool.get(name).copied().unwrap_or(PoolId::DEFAULT),
+                list: kind.is_list(),
+                learner: Learner::new(prior.clone(), horizon),
+                plans: Plans::new(&grid, prior, window_cells),
+                arrivals: VecDeque::new(),
+                fresh: 0,
+                fixed: false,
+            });
+        }
+        let longest = cfg
+            .kinds
+            .values()
+            .filter_map(|k| k.reconcile_after.last().copied())
+            .max()
+            .unwrap_or(0);
+        let watch = Watch::new(
+            cfg.pools.len(),
+            cfg.ladder.timeout_ms(),
+            longest,
+            cfg.budget_window_ms,
+            cfg.late_policy,
+        );
+        let pools = cfg
+            .pools
+            .into_iter()
+            .map(|spec| Pool::new(spec, cfg.budget_requests, cfg.budget_window_ms))
+            .collect();
+        let pools = Pools(pools);
+        Self {
+            ladder: cfg.ladder,
+            grid,
+            kinds: cfg.kinds,
+            kind_pool: cfg.kind_pool,
+            models,
+            model_of,
+            pools,
+            entries: HashMap::new(),
+            max_in_flight: cfg.max_in_flight.max(1),
+            in_flight: 0,
+            gen: 0,
+            rng: fastrand::Rng::with_seed(cfg.seed),
+            unknown_logged: HashSet::new(),
+            list_limit: HashMap::new(),
+            window: cfg.budget_window_ms,
+            backlog_share: cfg.backlog_share.get(),
+            last_fit: now,
+            started: now,
+            watch,
+            last_watch_fit: now,
+            unsent: Vec::new(),
+        }
+    }
+
+    /// Payments held.
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub(super) fn next_gen(&mut self) -> u64 {
+        self.gen += 1;
+        self.gen
+    }
+}
+
+/// The lowest price level at which `demand` (falling as the level rises) fits `target`,
+/// mixed with the one below so the budget is spent, not left over; `(level, projected
+/// demand)`. The top level when none fits.
+fn fit(demand: &dyn Fn(usize) -> f64, top: usize, target: f64) -> (f64, f64) {
+    let d0 = demand(0);
+    if d0 <= target || top == 0 {
+        return (0.0, d0);
+    }
+    let d_top = demand(top);
+    if d_top > target {
+        return (top as f64, d_top);
+    }
+    let (mut lo, mut hi) = (0usize, top);
+    let (mut d_lo, mut d_hi) = (d0, d_top);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        let d = demand(mid);
+        if d > target {
+            lo = mid;
+            d_lo = d;
+        } else {
+            hi = mid;
+            d_hi = d;
+        }
+    }
+    let frac = if d_lo > d_hi {
+        ((d_lo - target) / (d_lo - d_hi)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    (lo as f64 + frac, target)
+}
+
+/// Drops the times of `q` (oldest first) that are `span` or more before `now`.
+fn forget_older(q: &mut VecDeque<UnixMs>, span: i64, now: UnixMs) {
+    while q.front().is_some_and(|t| *t + span <= now) {
+        q.pop_front();
+    }
+}
+
+/// Exponential back-off with jitter: `base`, doubling per failure, up to 5 minutes.
+fn backoff_ms(rng: &mut fastrand::Rng, failures: u32, base: i64) -> i64 {
+    let exp = base
+        .max(1)
+        .saturating_mul(1 << failures.min(16).saturating_sub(1));
+    let capped = exp.min(300_000);
+    capped / 2 + rng.i64(0..=capped / 2)
+}

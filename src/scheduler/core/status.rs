@@ -1,0 +1,92 @@
+//! Status: what each key publishes for health and metrics.
+
+use super::*;
+
+impl Core {
+    /// Every key's state, for health and metrics. Takes the lateness gathered since the
+    /// last call.
+    pub fn status(&mut self, now: UnixMs) -> Vec<PoolStatus> {
+        let unit = self.grid.unit_ms();
+        let mut out = Vec::with_capacity(self.pools.len());
+        for p in self.pools.ids() {
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            let (mut backlog, mut earliest_due) = (0, now);
+            for e in self.entries.values().filter(|e| e.pool == p) {
+                *held.entry(e.kind.name.as_str()).or_default() += 1;
+                backlog += usize::from(e.backlog);
+                if !e.in_flight {
+                    earliest_due = earliest_due.min(e.due);
+                }
+            }
+            let pending = held.values().sum();
+            let mut kinds = Vec::new();
+            for (name, &m) in &self.model_of {
+                let model = &self.models[m];
+                if model.pool != p {
+                    continue;
+                }
+                let dist = &model.plans.dist;
+                let delay = model.plans.delay(self.pools[p].level);
+                kinds.push(KindPolicy {
+                    kind: name.clone(),
+                    evidence: model.learner.len(),
+                    flip_share: dist.flips(),
+                    flip_age_ms: [0.5, 0.9, 0.99].map(|q| dist.quantile(q) as i64 * unit),
+                    expected_delay_ms: (delay * unit as f64) as i64,
+                    pending: held.get(name.as_str()).copied().unwrap_or(0),
+                    late: {
+                        let s = self.watch.stats().get(name).copied().unwrap_or_default();
+                        let (move_share, move_age_p50_ms) =
+                            self.watch.learnt(name).unwrap_or((0.0, 0));
+                        LateStatus {
+                            watched: s.watched,
+                            moves: s.late_moves,
+                            checks: s.checks,
+                            skipped: s.skipped,
+                            move_share,
+                            move_age_p50_ms,
+                        }
+                    },
+                });
+            }
+            kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
+            let watched = now - self.started >= self.window;
+            let window = self.window;
+            let pool = &mut self.pools[p];
+            forget_older(&mut pool.backlog_sent, window, now);
+            if backlog == 0 {
+                pool.backlog_since = None;
+                pool.backlog_sent.clear();
+            }
+            let paced = pool
+                .backlog_since
+                .map_or(0, |since| (now - since).min(window));
+            let drains_in = drain_eta(backlog, pool.backlog_sent.len(), paced, window);
+            out.push(PoolStatus {
+                name: pool.spec.name.clone(),
+                budget_limit: pool.budget.limit(),
+                budget_effective: pool.budget.effective_limit(),
+                budget_used: pool.budget.used(now),
+                window_ms: self.window,
+                price_level: pool.level,
+                projected: pool.projected,
+                target: pool.target,
+                pending,
+                arrivals_per_window: watched.then_some(pool.arrivals),
+                backlog,
+                behind_ms: now - earliest_due,
+                backlog_drains_in_ms: drains_in,
+                paused_until: pool.budget.paused_until(now),
+                auth_failing: pool.auth_failing.keys().cloned().collect(),
+                outage: pool
+                    .outage
+                    .iter()
+                    .map(|(k, m)| (k.clone(), m.clone()))
+                    .collect(),
+                lateness_ms: std::mem::take(&mut pool.lateness_ms),
+                kinds,
+            });
+        }
+        out
+    }
+}
