@@ -15,6 +15,7 @@
 //! `outbox` (webhook events and attempts). Every write goes through [`Store::write`]: one
 //! `BEGIN IMMEDIATE` transaction, committed, its outcome kept for health.
 
+#[cfg(test)]
 pub use crate::event::EventSpec;
 use open::WriteHealth;
 use sqlx::sqlite::SqlitePool;
