@@ -38,17 +38,19 @@ struct Args {
     seeds: u64,
     warmup_h: i64,
     measure_h: i64,
+    tail_h: i64,
     detail: bool,
 }
 
 const HELP: &str = "late: reconciliation on the published late-flip workload
 
-  cargo bench --bench late -- [--rate R]... [--seeds N] [--warmup H] [--measure H] [--detail]
+  cargo bench --bench late -- [--rate R]... [--seeds N] [--warmup H] [--measure H] [--tail H] [--detail]
 
   --rate R     payments per second on one key (repeatable; default 0.05 0.1 0.2 0.5 1.0)
   --seeds N    seeds per rate (default 3)
   --warmup H   hours of arrivals before the measured ones (default 6)
-  --measure H  hours of measured arrivals (default 2), followed by two days of arrivals not measured
+  --measure H  hours of measured arrivals (default 2)
+  --tail H     hours of arrivals after the measured ones, not measured (default 48)
   --detail     a line per seed as well";
 
 fn parse() -> Result<Args, String> {
@@ -57,6 +59,7 @@ fn parse() -> Result<Args, String> {
         seeds: 3,
         warmup_h: 6,
         measure_h: 2,
+        tail_h: 48,
         detail: false,
     };
     let mut it = std::env::args().skip(1);
@@ -85,6 +88,11 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--measure: {e}"))?
             }
+            "--tail" => {
+                a.tail_h = value("--tail")?
+                    .parse()
+                    .map_err(|e| format!("--tail: {e}"))?
+            }
             "--detail" => a.detail = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -92,8 +100,10 @@ fn parse() -> Result<Args, String> {
     if a.rates.is_empty() {
         a.rates = vec![0.05, 0.1, 0.2, 0.5, 1.0];
     }
-    if a.seeds == 0 || a.measure_h <= 0 || a.warmup_h < 0 {
-        return Err("--seeds and --measure must be positive".into());
+    if a.seeds == 0 || a.measure_h <= 0 || a.warmup_h < 0 || a.tail_h < 0 {
+        return Err(
+            "--seeds and --measure must be positive, --warmup and --tail not negative".into(),
+        );
     }
     if a.rates
         .iter()
@@ -118,12 +128,12 @@ fn scenario(
         args.measure_h * HOUR,
         seed,
     );
-    // Arrivals go on for two days after the measured ones, so that their late moves (within
-    // 24 h of the start) and the day after each compete with a live stream for the spare
-    // budget, as they would.
+    // Arrivals go on after the measured ones (two days by default), so that their late
+    // moves (within 24 h of the start) and the day after each compete with a live stream
+    // for the spare budget, as they would.
     let measured_until = (args.warmup_h + args.measure_h) * HOUR;
     sc.phases.push(Phase {
-        duration_ms: 48 * HOUR,
+        duration_ms: args.tail_h * HOUR,
         rate,
         mix: Mix::a(),
     });
@@ -195,11 +205,12 @@ fn main() -> ExitCode {
     let schedule: Vec<i64> = SCHEDULE_S.iter().map(|s| s * 1000).collect();
     let mix = LateMix::published();
     println!(
-        "late moves: mix A, {:.1}% of the unflipped approved late (log-uniform 15 min–24 h), schedule 15m…72h, budget 1000/10 min, {} seeds, {} h warm-up + {} h measured",
+        "late moves: mix A, {:.1}% of the unflipped approved late (log-uniform 15 min–24 h), schedule 15m…72h, budget 1000/10 min, {} seeds, {} h warm-up + {} h measured + {} h more arrivals",
         mix.share * 100.0,
         args.seeds,
         args.warmup_h,
-        args.measure_h
+        args.measure_h,
+        args.tail_h
     );
     println!("figures: median over the seeds (min–max); delays in minutes; 'seen' = within the schedule, '24h' = within 24 h of the move");
     let mut failed = false;
@@ -211,8 +222,8 @@ fn main() -> ExitCode {
             };
             let r = (|| -> anyhow::Result<Seed> {
                 Ok(Seed {
-                    off: run(None, LatePolicy::Worth)?,
-                    learnt: run(Some(schedule.clone()), LatePolicy::Worth)?,
+                    off: run(None, LatePolicy::Learnt)?,
+                    learnt: run(Some(schedule.clone()), LatePolicy::Learnt)?,
                     in_turn: run(Some(schedule.clone()), LatePolicy::InTurn)?,
                 })
             })();

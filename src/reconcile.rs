@@ -5,9 +5,10 @@
 //! a sparse schedule of ages since its start (`reconcile.after`). Those ages are the
 //! densest checks allowed, as the ladder is for live payments; the checks are paid from
 //! what the live payments leave of the key's budget, so on a busy key only some are made.
-//! Which ones: the check most likely to see a move since the payment's last check, by the
-//! kind's learnt distribution of late-move ages ([`LateGrid`], a [`crate::policy::Learner`]
-//! on it), whatever the payment's arrival order.
+//! Which ones: those that see a move soonest for the requests there are, by the kind's
+//! learnt distribution of late-move ages ([`LateGrid`], a [`crate::policy::Learner`] on it)
+//! and the dynamic program over the schedule's ages ([`LateProblem`]), whatever the
+//! payment's arrival order.
 //!
 //! Late moves spread over hours to days, so ages are on a logarithmic grid from the
 //! ladder's timeout to the end of the longest schedule: a cell is a fixed fraction of the
@@ -95,6 +96,36 @@ impl LateGrid {
         FlipDist::new(pmf)
     }
 
+    /// `moves(a, b)` of [`LateProblem`] for moves distributed as `dist`: each cell's share
+    /// spread evenly over its log-age span.
+    pub fn moves<'a>(&'a self, dist: &'a FlipDist) -> impl Fn(i64, i64) -> (f64, f64) + 'a {
+        move |a: i64, b: i64| {
+            let (pa, pb) = (self.position(a), self.position(b));
+            if pb <= pa {
+                return (0.0, a as f64);
+            }
+            let (mut share, mut weighted) = (0.0, 0.0);
+            let first = pa.floor() as usize;
+            let last = (pb.ceil() as usize).min(self.n);
+            for i in (first + 1)..=last {
+                let (lo, hi) = ((i - 1) as f64, i as f64);
+                let (x, y) = (lo.max(pa), hi.min(pb));
+                if y <= x {
+                    continue;
+                }
+                let mass = (dist.survival(i - 1) - dist.survival(i)).max(0.0) * (y - x);
+                let mid = self.start_ms as f64 * (self.log_ratio * (x + y) / 2.0).exp();
+                share += mass;
+                weighted += mass * mid;
+            }
+            if share > 0.0 {
+                (share, weighted / share)
+            } else {
+                (0.0, a as f64)
+            }
+        }
+    }
+
     /// A watched payment's evidence: last seen unmoved at `seen_ms` (since its start),
     /// seen moved at `moved_ms` (`None`: not seen to move).
     pub fn evidence(&self, seen_ms: i64, moved_ms: Option<i64>) -> Evidence {
@@ -104,22 +135,152 @@ impl LateGrid {
     }
 }
 
-/// How much a check of a watched payment is worth now: the chance that it moved since
-/// it was last seen unmoved, by the late-move distribution `dist` (`P(move in (seen, now]
-/// | no move by seen)`).
-pub fn worth(grid: &LateGrid, dist: &FlipDist, seen_age_ms: i64, now_age_ms: i64) -> f64 {
-    let t = grid.cell(seen_age_ms);
-    let a = grid.cell(now_age_ms);
-    let alive = dist.survival(t);
-    if alive <= 0.0 || a <= t {
-        return 0.0;
-    }
-    ((alive - dist.survival(a)) / alive).clamp(0.0, 1.0)
-}
-
 /// The schedule's next age strictly after `age_ms`: its index, or `None` past the last.
 pub fn next_age(schedule: &[i64], age_ms: i64) -> Option<usize> {
     schedule.iter().position(|&a| a > age_ms)
+}
+
+/// One late-move model's choice of checks over a schedule: for a price `μ` per request,
+/// the subset of the schedule's ages minimising `E[cost] + μ·E[checks]`, where a move seen
+/// by a check costs its delay and a move no check sees costs the whole watch after it (as
+/// if seen at the schedule's last age plus the last gap). Positions: 0 is the watch's
+/// start (the ladder's timeout), `i + 1` the schedule's age `i`.
+pub struct LateProblem<'a> {
+    ages: Vec<i64>,
+    miss_at: f64,
+    moves: &'a dyn Fn(i64, i64) -> (f64, f64),
+}
+
+/// The checks of one price: after a check at position `t`, the next at `next[t]` (past
+/// the schedule's end: none); per watched payment, the requests it spends, the delay of
+/// the moves it sees (ms, summed over their share) and the share it sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatePlan {
+    pub next: Vec<usize>,
+    pub checks: f64,
+    pub delay: f64,
+    pub seen: f64,
+}
+
+impl<'a> LateProblem<'a> {
+    /// `moves(a, b)`: the share of watched payments moving at an age in `(a, b]` and their
+    /// mean age there (ms).
+    pub fn new(schedule: &[i64], start_ms: i64, moves: &'a dyn Fn(i64, i64) -> (f64, f64)) -> Self {
+        let k = schedule.len();
+        let last_gap = match schedule {
+            [.., a, b] => b - a,
+            [a] => a - start_ms,
+            [] => 0,
+        };
+        let miss_at = schedule
+            .last()
+            .map_or(0.0, |l| (l + last_gap.max(1)) as f64);
+        let ages = std::iter::once(start_ms)
+            .chain(schedule.iter().copied())
+            .collect::<Vec<_>>();
+        debug_assert_eq!(ages.len(), k + 1);
+        Self {
+            ages,
+            miss_at,
+            moves,
+        }
+    }
+
+    /// The plan at price `mu` (requests are made only while a payment is seen unmoved).
+    pub fn solve(&self, mu: f64) -> LatePlan {
+        let ages = &self.ages;
+        let k = ages.len() - 1;
+        let (start, last) = (ages[0], ages[k]);
+        let unmoved = |i: usize| -> f64 { 1.0 - (self.moves)(start, ages[i]).0 };
+        let seen_cost = |t: usize, u: usize| -> (f64, f64) {
+            let (share, mean) = (self.moves)(ages[t], ages[u]);
+            (share * (ages[u] as f64 - mean), share)
+        };
+        let miss_cost = |t: usize| -> f64 {
+            let (share, mean) = (self.moves)(ages[t], last);
+            share * (self.miss_at - mean)
+        };
+        // value[t]: least cost after a check at position t.
+        let mut value = vec![0.0f64; k + 1];
+        let mut next = vec![k + 1; k + 1];
+        for t in (0..=k).rev() {
+            let mut best = (miss_cost(t), k + 1);
+            for (u, v) in value.iter().enumerate().skip(t + 1) {
+                let c = mu * unmoved(t) + seen_cost(t, u).0 + v;
+                if c < best.0 {
+                    best = (c, u);
+                }
+            }
+            value[t] = best.0;
+            next[t] = best.1;
+        }
+        let (mut t, mut checks, mut delay, mut seen) = (0usize, 0.0, 0.0, 0.0);
+        while next[t] <= k {
+            let u = next[t];
+            checks += unmoved(t);
+            let (d, s) = seen_cost(t, u);
+            delay += d;
+            seen += s;
+            t = u;
+        }
+        LatePlan {
+            next,
+            checks,
+            delay,
+            seen,
+        }
+    }
+}
+
+/// Price levels of the late plans: level 0 checks every age of the schedule, each level
+/// up a quarter decade dearer, the top checks none.
+pub const LATE_PRICES: usize = 48;
+
+/// The price of a level, in ms of delay per request.
+fn late_price(level: usize) -> f64 {
+    match level {
+        0 => 0.0,
+        l if l >= LATE_PRICES => f64::INFINITY,
+        l => 10f64.powf(l as f64 / 4.0),
+    }
+}
+
+/// One late-move model's plans at every price level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatePlans {
+    plans: Vec<LatePlan>,
+}
+
+impl LatePlans {
+    /// The plans over `schedule` for moves distributed as `dist` on `grid`.
+    pub fn new(grid: &LateGrid, dist: &FlipDist, schedule: &[i64]) -> Self {
+        let moves = grid.moves(dist);
+        let problem = LateProblem::new(schedule, grid.start_ms, &moves);
+        let plans = (0..=LATE_PRICES)
+            .map(|l| match late_price(l) {
+                mu if mu.is_finite() => problem.solve(mu),
+                _ => LatePlan {
+                    next: vec![schedule.len() + 1; schedule.len() + 1],
+                    checks: 0.0,
+                    delay: 0.0,
+                    seen: 0.0,
+                },
+            })
+            .collect();
+        Self { plans }
+    }
+
+    /// Requests per watched payment at a whole level.
+    pub fn checks(&self, level: usize) -> f64 {
+        self.plans[level.min(LATE_PRICES)].checks
+    }
+
+    /// The position to check after position `t`, at a whole level (past the schedule's
+    /// end: none).
+    pub fn next(&self, level: usize, t: usize) -> usize {
+        let plan = &self.plans[level.min(LATE_PRICES)];
+        plan.next.get(t).copied().unwrap_or(plan.next.len())
+    }
 }
 
 /// What the best policy that knows the late-move distribution achieves with `checks`
@@ -148,62 +309,18 @@ pub fn late_bound(
     moves: &dyn Fn(i64, i64) -> (f64, f64),
     checks: f64,
 ) -> LateBound {
-    let k = schedule.len();
-    if k == 0 {
+    if schedule.is_empty() {
         return LateBound {
             delay_ms: 0.0,
             seen: 0.0,
             checks: 0.0,
         };
     }
-    let ages: Vec<i64> = std::iter::once(start_ms)
-        .chain(schedule.iter().copied())
-        .collect();
-    let last_gap = if k >= 2 {
-        schedule[k - 1] - schedule[k - 2]
-    } else {
-        schedule[0] - start_ms
-    };
-    let miss_at = (schedule[k - 1] + last_gap.max(1)) as f64;
-    let total_moves = moves(start_ms, schedule[k - 1]).0;
-    // Survival (not yet moved) at each age: checks are made only while unmoved.
-    let unmoved = |i: usize| -> f64 { 1.0 - moves(start_ms, ages[i]).0 };
-    // Delay of the moves in (ages[t], ages[u]] seen at ages[u]; the cost of those after
-    // ages[t] that no later check sees.
-    let seen_cost = |t: usize, u: usize| -> (f64, f64) {
-        let (share, mean) = moves(ages[t], ages[u]);
-        (share * (ages[u] as f64 - mean), share)
-    };
-    let miss_cost = |t: usize| -> f64 {
-        let (share, mean) = moves(ages[t], schedule[k - 1]);
-        share * (miss_at - mean)
-    };
-    // value[t]: least cost after a check at ages[t]; next[t]: the next check (k+1: none).
+    let problem = LateProblem::new(schedule, start_ms, moves);
+    let total_moves = moves(start_ms, schedule[schedule.len() - 1]).0;
     let solve = |mu: f64| -> (f64, f64, f64) {
-        let mut value = vec![0.0f64; k + 1];
-        let mut next = vec![k + 1; k + 1];
-        for t in (0..=k).rev() {
-            let mut best = (miss_cost(t), k + 1);
-            for (u, v) in value.iter().enumerate().skip(t + 1) {
-                let c = mu * unmoved(t) + seen_cost(t, u).0 + v;
-                if c < best.0 {
-                    best = (c, u);
-                }
-            }
-            value[t] = best.0;
-            next[t] = best.1;
-        }
-        // Walk the schedule from the start: requests, delay of the moves seen, their share.
-        let (mut t, mut req, mut delay, mut share) = (0usize, 0.0, 0.0, 0.0);
-        while next[t] <= k {
-            let u = next[t];
-            req += unmoved(t);
-            let (d, s) = seen_cost(t, u);
-            delay += d;
-            share += s;
-            t = u;
-        }
-        (req, delay, share)
+        let plan = problem.solve(mu);
+        (plan.checks, plan.delay, plan.seen)
     };
     let figures = |(req, delay, share): (f64, f64, f64)| LateBound {
         delay_ms: if share > 0.0 { delay / share } else { 0.0 },
@@ -280,17 +397,6 @@ mod tests {
     }
 
     #[test]
-    fn worth_is_the_chance_of_a_move_since_the_last_check() {
-        let g = LateGrid::new(10 * MIN, 72 * 60 * MIN);
-        let prior = g.prior();
-        let w1 = worth(&g, &prior, 10 * MIN, 60 * MIN);
-        let w2 = worth(&g, &prior, 10 * MIN, 24 * 60 * MIN);
-        assert!(w1 > 0.0 && w2 > w1 && w2 < 0.1 + 1e-9, "{w1} {w2}");
-        assert_eq!(worth(&g, &prior, 60 * MIN, 60 * MIN), 0.0);
-        assert_eq!(worth(&g, &prior, 60 * MIN, 30 * MIN), 0.0);
-    }
-
-    #[test]
     fn the_schedule_s_next_age_comes_strictly_after() {
         let s = [15 * MIN, 30 * MIN, 60 * MIN];
         assert_eq!(next_age(&s, 10 * MIN), Some(0));
@@ -329,5 +435,43 @@ mod tests {
         assert!(poor.delay_ms >= rich.delay_ms, "{poor:?} {rich:?}");
         let none = late_bound(&s, 10 * MIN, &moves, 0.0);
         assert!(none.seen < 1e-9, "{none:?}");
+    }
+
+    #[test]
+    fn the_plans_check_every_age_when_cheap_and_the_day_s_age_alone_when_dear() {
+        let s: Vec<i64> = [15, 30, 60, 120, 360, 720, 1440, 2880, 4320]
+            .iter()
+            .map(|m| m * MIN)
+            .collect();
+        let g = LateGrid::new(10 * MIN, 4320 * MIN);
+        // A sixth of the watched payments move, log-uniformly between 15 minutes and a day.
+        let mut pmf = vec![0.0; LATE_CELLS + 2];
+        let (lo, hi) = (g.cell(15 * MIN), g.cell(1440 * MIN));
+        for p in pmf.iter_mut().take(hi + 1).skip(lo + 1) {
+            *p = (1.0 / 6.0) / (hi - lo) as f64;
+        }
+        pmf[LATE_CELLS + 1] = 5.0 / 6.0;
+        let plans = LatePlans::new(&g, &FlipDist::new(pmf), &s);
+        let ages = |level: usize| -> Vec<i64> {
+            let (mut t, mut out) = (0, Vec::new());
+            while (1..=s.len()).contains(&plans.next(level, t)) {
+                t = plans.next(level, t);
+                out.push(s[t - 1] / MIN);
+            }
+            out
+        };
+        // Nothing moves after a day: the ages past it are never worth a request.
+        assert_eq!(ages(0), [15, 30, 60, 120, 360, 720, 1440]);
+        assert!(ages(LATE_PRICES).is_empty());
+        // Dearer, fewer checks; the last one kept is the day's, which sees every move.
+        let mut last = f64::INFINITY;
+        for level in 0..=LATE_PRICES {
+            assert!(plans.checks(level) <= last + 1e-9, "level {level}");
+            last = plans.checks(level);
+        }
+        let one = (0..=LATE_PRICES)
+            .find(|&l| ages(l).len() == 1)
+            .expect("a price with one check");
+        assert_eq!(ages(one), [1440]);
     }
 }

@@ -1,28 +1,38 @@
-//! The core's payments under reconciliation (see [`crate::reconcile`]): each one's next
-//! scheduled age, which of them are due, which due check is worth a spare request most,
-//! what a check of one decided, and the late-move ages learnt per kind. Pure: the core
+//! The core's payments under reconciliation (see [`crate::reconcile`]): each one's planned
+//! check at its key's late price, which of them are due, what a check of one decided, the
+//! late-move ages learnt per kind, and the late price itself. Pure: the core
 //! ([`super::Core`]) decides when a request may be spent on them and sends it.
 
 use crate::event::{event_for, EventSpec};
 use crate::kinds::{Kind, KindName, Observation};
 use crate::payment::{PaymentId, PaymentKey, State, UnixMs};
 use crate::policy::{Evidence, FlipDist, Learner};
-use crate::reconcile::{next_age, worth, LateGrid};
+use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_PRICES};
 use crate::store::{CheckRecord, WatchCheck};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-/// Which due check goes first when the spare budget cannot make them all.
+/// Which of the schedule's ages a watched payment is checked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LatePolicy {
-    /// The one likeliest to see a move since the payment's last check, by the kind's
-    /// learnt late-move ages. It favours the payments longest unchecked, whose moves are
-    /// old news by then: `benches/late.rs` measures it against [`LatePolicy::InTurn`].
-    Worth,
-    /// The earliest due first, as the fixed schedule has them.
+    /// The ages the kind's learnt late-move distribution makes worth the spare budget: at
+    /// the price where the plans' requests meet what the live payments leave, each payment
+    /// follows the dynamic program's choice of ages ([`crate::reconcile::LatePlans`]).
     #[default]
+    Learnt,
+    /// Every age of the schedule, the earliest due first: the spare budget spread evenly
+    /// (what `benches/late.rs` measures the learnt choice against).
     InTurn,
 }
+
+/// Windows of watch starts the arrival rate of watched payments is read over.
+const START_WINDOWS: i64 = 6;
+
+/// How far the price of late checks moves in a window.
+const PRICE_STEP: f64 = 1.0;
+
+/// Weight of the newest window in the smoothed supply of spare requests.
+const SMOOTHING: f64 = 0.2;
 
 /// A watched payment, as the core resumes it or starts watching it (times on the core's
 /// clock).
@@ -61,13 +71,20 @@ struct Watched {
     failures: u32,
     /// Already seen to move once (its evidence is in).
     moved: bool,
+    /// Position of its last check on the schedule: ages at or before it.
+    pos: usize,
+    /// Its draw between two neighbouring price levels.
+    draw: f64,
+    /// No check planned at the pool's price: it waits for the price to fall, or the end.
+    parked: bool,
+    /// Its place in [`Queues::ahead`].
+    ahead: Option<UnixMs>,
     /// Where it waits (see [`Queues`]).
     slot: Slot,
 }
 
-/// The group of due payments whose checks are worth alike but for their age: one
-/// late-move model, last seen unmoved in the same cell. Within one, the oldest payment is
-/// the worthiest (the longer since its last check, the likelier a move).
+/// A group of due payments: one late-move model, last seen unmoved in the same cell (a list
+/// kind's all in one, so one listing finds them).
 type Bucket = (KindName, State, usize);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +107,10 @@ struct Queues {
     in_turn: BTreeSet<(UnixMs, PaymentKey)>,
     /// A merchant's rechecks, by due time.
     rechecks: BTreeSet<(UnixMs, PaymentKey)>,
+    /// Payments with ages of the schedule before their planned check (or none planned),
+    /// by the first of those ages: checks the spare budget makes when no planned one is
+    /// due, as the plans' checks are still to come.
+    ahead: BTreeSet<(UnixMs, PaymentKey)>,
 }
 
 /// Per kind, what reconciliation did since start (for health and metrics).
@@ -109,6 +130,21 @@ pub struct WatchStats {
 struct Model {
     learner: Learner,
     dist: FlipDist,
+    /// The kind's schedule, once a payment of it is watched, and the plans over it.
+    schedule: Vec<i64>,
+    plans: Option<LatePlans>,
+}
+
+/// A pool's price of late checks and what sets it.
+#[derive(Default)]
+struct Pricing {
+    level: f64,
+    /// Watch starts: when, and which model.
+    starts: VecDeque<(UnixMs, (KindName, State))>,
+    /// When the spare budget's late requests went, over the last window.
+    spent: VecDeque<UnixMs>,
+    /// Late requests the spare budget makes per window, smoothed.
+    capacity: Option<f64>,
 }
 
 /// Every watched payment and the late-move models.
@@ -120,6 +156,7 @@ pub struct Watch {
     /// When each watch ends at the latest (its last age plus the last gap).
     ends: BTreeSet<(UnixMs, PaymentKey)>,
     models: HashMap<(KindName, State), Model>,
+    pricing: Vec<Pricing>,
     stats: BTreeMap<KindName, WatchStats>,
     /// How long the evidence of a watched payment is remembered.
     memory_ms: i64,
@@ -154,6 +191,7 @@ impl Watch {
             queues: (0..pools).map(|_| Queues::default()).collect(),
             ends: BTreeSet::new(),
             models: HashMap::new(),
+            pricing: (0..pools).map(|_| Pricing::default()).collect(),
             stats: BTreeMap::new(),
             // Four whole watches: enough payments to learn from on a slow key, recent
             // enough to follow a change of the provider's habits within days.
@@ -182,7 +220,72 @@ impl Watch {
             .or_insert_with(|| Model {
                 learner: Learner::new(grid.prior(), memory),
                 dist: grid.prior(),
+                schedule: Vec::new(),
+                plans: None,
             })
+    }
+
+    /// The model of a watched kind's payments, with its plans.
+    fn model_of(&mut self, kind: &Kind, ended: State) -> &mut Model {
+        let grid = self.grid.clone();
+        let m = self.model(&kind.name, ended);
+        if m.plans.is_none() || m.schedule != kind.reconcile_after {
+            m.schedule = kind.reconcile_after.clone();
+            m.plans = Some(LatePlans::new(&grid, &m.dist, &m.schedule));
+        }
+        m
+    }
+
+    /// The schedule index of `e`'s next check after its last (`None`: none planned at the
+    /// pool's price, or the schedule is over).
+    fn planned(&self, e: &Watched, now: UnixMs) -> Option<usize> {
+        let k = e.kind.reconcile_after.len();
+        if e.pos >= k {
+            return None;
+        }
+        // A listing sees every due payment of its kind at once: the whole schedule.
+        if self.policy == LatePolicy::InTurn || e.kind.is_list() {
+            return Some(e.pos);
+        }
+        let Some(plans) = self
+            .models
+            .get(&(e.kind.name.clone(), e.ended))
+            .and_then(|m| m.plans.as_ref())
+        else {
+            return Some(e.pos);
+        };
+        let level = self.pricing.get(e.pool).map_or(0.0, |p| p.level);
+        let lo = level.floor() as usize;
+        let l = if e.draw < level - lo as f64 {
+            lo + 1
+        } else {
+            lo
+        };
+        // An age the plan wanted that has passed unchecked (the price fell since) is not
+        // made up: the plan goes on from the first of its ages still to come.
+        let age = now - e.t0;
+        let mut u = plans.next(l, e.pos);
+        while u >= 1 && u <= k && e.kind.reconcile_after[u - 1] < age {
+            u = plans.next(l, u);
+        }
+        (u >= 1 && u <= k).then(|| u - 1)
+    }
+
+    /// Sets `e`'s next check by [`Watch::planned`], or parks it.
+    fn plan(&self, e: &mut Watched, now: UnixMs) {
+        match self.planned(e, now) {
+            Some(i) => {
+                e.next = i;
+                e.due = e.t0.saturating_add(e.kind.reconcile_after[i]);
+                e.parked = false;
+            }
+            None => {
+                e.next = e.kind.reconcile_after.len();
+                e.due =
+                    e.t0.saturating_add(e.kind.reconcile_after.last().copied().unwrap_or(0));
+                e.parked = true;
+            }
+        }
     }
 
     /// Learns from a payment watched before a restart: last seen unmoved at `seen`, seen
@@ -210,7 +313,7 @@ impl Watch {
         let Some(q) = self.queues.get_mut(e.pool) else {
             return;
         };
-        e.slot = if e.in_flight {
+        e.slot = if e.in_flight || (e.parked && !e.recheck) {
             Slot::None
         } else if e.recheck {
             q.rechecks.insert((e.due, pk));
@@ -229,6 +332,14 @@ impl Watch {
             q.in_turn.insert((e.due, pk));
             Slot::Due(bucket, e.due)
         };
+        let k = e.kind.reconcile_after.len();
+        if !e.in_flight && !e.recheck && !e.kind.is_list() && e.pos < k {
+            let first = e.t0.saturating_add(e.kind.reconcile_after[e.pos]);
+            if e.parked || first < e.due {
+                q.ahead.insert((first, pk));
+                e.ahead = Some(first);
+            }
+        }
     }
 
     /// Takes a held payment out of its queue.
@@ -239,6 +350,9 @@ impl Watch {
         let Some(q) = self.queues.get_mut(e.pool) else {
             return;
         };
+        if let Some(first) = e.ahead.take() {
+            q.ahead.remove(&(first, pk));
+        }
         match std::mem::replace(&mut e.slot, Slot::None) {
             Slot::None => {}
             Slot::Future(d) => {
@@ -279,17 +393,18 @@ impl Watch {
         let schedule = &w.kind.reconcile_after;
         let last = schedule.last().copied().unwrap_or(0);
         let age = now - w.started;
-        // Resumed: the stored due time stands (a merchant's recheck may have moved it
-        // earlier, even past the end of the schedule); its age tells which scheduled check
-        // it is.
-        let (next, due, recheck) = match due {
+        // Resumed: a stored due time before its age's scheduled check is a merchant's
+        // recheck (it may even lie past the end of the schedule) and stands; any other is
+        // planned again.
+        let asked = match due {
             Some(d) => match next_age(schedule, d - w.started - 1) {
-                Some(i) => (i, d, d < w.started + schedule[i]),
-                None => (schedule.len(), d, true),
+                Some(i) if d < w.started + schedule[i] => Some((i, d)),
+                Some(_) => None,
+                None => Some((schedule.len(), d)),
             },
             None => {
-                let i = next_age(schedule, age)?;
-                (i, w.started + schedule[i], false)
+                next_age(schedule, age)?;
+                None
             }
         };
         if self.entries.contains_key(&w.pk) {
@@ -302,27 +417,41 @@ impl Watch {
             .saturating_add(last)
             .saturating_add(grace(schedule));
         self.ends.insert((end, w.pk));
-        self.entries.insert(
-            w.pk,
-            Watched {
-                pk: w.pk,
-                kind: w.kind,
-                id: w.id,
-                pool: w.pool,
-                t0: w.started,
-                state: w.state,
-                ended: w.ended,
-                upstream_status: w.upstream_status,
-                seen: w.seen,
-                next,
-                due,
-                in_flight: false,
-                recheck,
-                failures: 0,
-                moved: false,
-                slot: Slot::None,
-            },
-        );
+        self.model_of(&w.kind, w.ended);
+        if due.is_none() {
+            if let Some(p) = self.pricing.get_mut(w.pool) {
+                p.starts.push_back((now, (w.kind.name.clone(), w.ended)));
+            }
+        }
+        let pos = next_age(schedule, w.seen - w.started).unwrap_or(schedule.len());
+        let mut e = Watched {
+            pk: w.pk,
+            kind: w.kind,
+            id: w.id,
+            pool: w.pool,
+            t0: w.started,
+            state: w.state,
+            ended: w.ended,
+            upstream_status: w.upstream_status,
+            seen: w.seen,
+            next: 0,
+            due: 0,
+            in_flight: false,
+            recheck: asked.is_some(),
+            failures: 0,
+            moved: false,
+            pos,
+            draw: draw(w.pk),
+            parked: false,
+            ahead: None,
+            slot: Slot::None,
+        };
+        match asked {
+            Some((i, d)) => (e.next, e.due) = (i, d),
+            None => self.plan(&mut e, now),
+        }
+        let due = e.due;
+        self.entries.insert(w.pk, e);
         self.enqueue(w.pk, now);
         Some(due)
     }
@@ -353,11 +482,14 @@ impl Watch {
     /// make (a quick look, before the core works out whether there is spare budget).
     pub fn any_due(&mut self, p: usize, now: UnixMs) -> bool {
         self.promote(p, now);
-        self.queues.get(p).is_some_and(|q| !q.in_turn.is_empty())
+        self.queues.get(p).is_some_and(|q| {
+            !q.in_turn.is_empty() || q.ahead.first().is_some_and(|(t, _)| *t <= now)
+        })
     }
 
-    /// The due check of pool `p` most worth a spare request, by [`LatePolicy`]; kinds for
-    /// which `blocked` holds are passed over.
+    /// The earliest due planned check of pool `p`; with none due, the payment whose
+    /// unplanned age came most recently (its check sees a move soonest after it happens).
+    /// Kinds for which `blocked` holds are passed over.
     pub fn pick(
         &mut self,
         p: usize,
@@ -366,36 +498,14 @@ impl Watch {
     ) -> Option<PaymentKey> {
         self.promote(p, now);
         let q = self.queues.get(p)?;
-        match self.policy {
-            LatePolicy::InTurn => q
-                .in_turn
-                .iter()
-                .find(|(_, pk)| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name)))
-                .map(|&(_, pk)| pk),
-            LatePolicy::Worth => {
-                let prior = self.grid.prior();
-                q.due
-                    .iter()
-                    .filter(|((kind, _, _), _)| !blocked(kind))
-                    .filter_map(|((kind, ended, cell), set)| {
-                        let &(t0, pk) = set.first()?;
-                        let w = if *cell == usize::MAX {
-                            1.0 // one listing sees every watched payment of the kind
-                        } else {
-                            let dist = self
-                                .models
-                                .get(&(kind.clone(), *ended))
-                                .map_or(&prior, |m| &m.dist);
-                            let seen = self.entries.get(&pk).map_or(t0, |e| e.seen);
-                            worth(&self.grid, dist, seen - t0, now - t0)
-                        };
-                        // Ties (nothing learnt tells them apart yet) go to the oldest.
-                        Some((w, -t0, pk))
-                    })
-                    .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
-                    .map(|(_, _, pk)| pk)
-            }
-        }
+        let open = |pk: &PaymentKey| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name));
+        q.in_turn.iter().map(|&(_, pk)| pk).find(open).or_else(|| {
+            q.ahead
+                .range(..=(now, PaymentKey(i64::MAX)))
+                .rev()
+                .map(|&(_, pk)| pk)
+                .find(open)
+        })
     }
 
     /// The payments one request for `pk` covers: itself, and for a list kind every due
@@ -525,21 +635,26 @@ impl Watch {
         if new_raw.is_some() {
             e.upstream_status = new_raw.clone();
         }
-        // The next check: the schedule's next age after this one; a failure tries the same
+        // The next check: the planned one after this one; a failure tries the same
         // scheduled check again later (a later age, once come, stands for it).
         let schedule = &e.kind.reconcile_after;
-        let asked_past_schedule = e.next >= schedule.len();
+        let asked_past_schedule = e.recheck && e.next >= schedule.len();
         let planned: Option<(usize, UnixMs)> = if answered {
             e.failures = 0;
-            let i = next_age(schedule, sent_at - e.t0);
-            let passed = i.unwrap_or(schedule.len()).saturating_sub(e.next + 1);
+            let pos = next_age(schedule, sent_at - e.t0).unwrap_or(schedule.len());
+            let passed = pos.saturating_sub(e.pos + 1);
             self.stats.entry(e.kind.name.clone()).or_default().skipped += passed as u64;
-            i.filter(|_| e.kind.watches(e.state))
-                .map(|i| (i, e.t0 + schedule[i]))
+            e.pos = e.pos.max(pos);
+            if e.kind.watches(e.state) {
+                self.plan(&mut e, now);
+                Some((e.next, e.due))
+            } else {
+                None
+            }
         } else {
             e.failures = e.failures.saturating_add(1);
             let age = now - e.t0;
-            let mut i = e.next;
+            let mut i = e.next.min(schedule.len().saturating_sub(1));
             while i + 1 < schedule.len() && schedule[i + 1] <= age {
                 i += 1;
             }
@@ -574,6 +689,7 @@ impl Watch {
             (Some(i), Some(d)) => {
                 e.next = i;
                 e.due = if e.recheck { e.due.min(d) } else { d };
+                e.parked = e.parked && answered && !e.recheck;
                 self.entries.insert(pk, e);
                 self.enqueue(pk, now);
             }
@@ -621,7 +737,7 @@ impl Watch {
             let Some(e) = self.entries.remove(&pk) else {
                 continue;
             };
-            let left = e.kind.reconcile_after.len().saturating_sub(e.next);
+            let left = e.kind.reconcile_after.len().saturating_sub(e.pos);
             self.stats.entry(e.kind.name.clone()).or_default().skipped += left as u64;
             records.push(CheckRecord {
                 pk,
@@ -659,6 +775,101 @@ impl Watch {
         for (key, model) in &mut self.models {
             let evidence = pending.remove(key).unwrap_or_default();
             model.dist = model.learner.fit(now, evidence.into_iter()).clone();
+            if !model.schedule.is_empty() {
+                model.plans = Some(LatePlans::new(&self.grid, &model.dist, &model.schedule));
+            }
+        }
+    }
+
+    /// A late request of pool `p` went out of the spare budget.
+    pub fn spent(&mut self, p: usize, now: UnixMs) {
+        if let Some(pricing) = self.pricing.get_mut(p) {
+            pricing.spent.push_back(now);
+        }
+    }
+
+    /// Sets pool `p`'s price of late checks, once a window: where the plans' requests
+    /// per window meet the spare budget's. That is read, on average over windows, as what
+    /// the late requests made while planned checks were left waiting (all of the spare
+    /// budget went), and otherwise as `supply`, what the live payments' pace leaves. The
+    /// price moves a step at a time: a jump would plan a wave of checks for the same ages.
+    /// Replans the pool's payments whose checks are not due yet when it changes.
+    pub fn price(&mut self, p: usize, supply: f64, now: UnixMs) {
+        if self.policy != LatePolicy::Learnt {
+            return;
+        }
+        let span = self.window_ms.saturating_mul(START_WINDOWS);
+        let window = self.window_ms;
+        let waiting = self.queues.get(p).map_or(0, |q| q.in_turn.len());
+        let Some(pricing) = self.pricing.get_mut(p) else {
+            return;
+        };
+        while pricing
+            .starts
+            .front()
+            .is_some_and(|(t, _)| *t + span <= now)
+        {
+            pricing.starts.pop_front();
+        }
+        while pricing.spent.front().is_some_and(|t| *t + window <= now) {
+            pricing.spent.pop_front();
+        }
+        let made = pricing.spent.len() as f64;
+        let first = pricing.capacity.is_none();
+        let seen = if waiting > 0 { made } else { supply.max(made) };
+        let capacity = pricing
+            .capacity
+            .map_or(supply, |c| c + SMOOTHING * (seen - c))
+            .max(0.0);
+        pricing.capacity = Some(capacity);
+        let old = pricing.level;
+        let mut rates: HashMap<&(KindName, State), f64> = HashMap::new();
+        for (_, key) in &pricing.starts {
+            *rates.entry(key).or_default() += 1.0 / START_WINDOWS as f64;
+        }
+        let demand = |level: usize| -> f64 {
+            rates
+                .iter()
+                .filter_map(|(key, rate)| {
+                    let plans = self.models.get(*key)?.plans.as_ref()?;
+                    Some(rate * plans.checks(level))
+                })
+                .sum()
+        };
+        let fitted = fit_level(&demand, capacity);
+        // The first price plans no wave: nothing was planned at another.
+        let level = if first {
+            fitted
+        } else {
+            fitted.clamp(old - PRICE_STEP, old + PRICE_STEP)
+        };
+        if (level - old).abs() > 1e-3 {
+            self.pricing[p].level = level;
+            self.replan(p, now);
+        }
+    }
+
+    /// Plans pool `p`'s waiting payments again at its price.
+    fn replan(&mut self, p: usize, now: UnixMs) {
+        let pks: Vec<PaymentKey> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.pool == p
+                    && !e.in_flight
+                    && !e.recheck
+                    && e.failures == 0
+                    && !matches!(e.slot, Slot::Due(..))
+            })
+            .map(|e| e.pk)
+            .collect();
+        for pk in pks {
+            self.dequeue(pk);
+            if let Some(mut e) = self.entries.remove(&pk) {
+                self.plan(&mut e, now);
+                self.entries.insert(pk, e);
+            }
+            self.enqueue(pk, now);
         }
     }
 
@@ -681,6 +892,37 @@ impl Watch {
         let scheduled = q.future.first().map(|&(d, _)| d);
         recheck.into_iter().chain(scheduled).min()
     }
+}
+
+/// The lowest price level at which `demand` (falling as the level rises) fits `target`,
+/// mixed with the one below so the spare budget is spent, not left over.
+fn fit_level(demand: &dyn Fn(usize) -> f64, target: f64) -> f64 {
+    if demand(0) <= target {
+        return 0.0;
+    }
+    let (mut lo, mut hi) = (0usize, LATE_PRICES);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if demand(mid) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (d_lo, d_hi) = (demand(lo), demand(hi));
+    let frac = if d_lo > d_hi {
+        ((d_lo - target) / (d_lo - d_hi)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    lo as f64 + frac
+}
+
+/// A payment's fixed draw in `[0, 1)` between two price levels: from its key, so it is
+/// the same after a restart and owes nothing to arrival order.
+fn draw(pk: PaymentKey) -> f64 {
+    let h = (pk.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// An answer as stored: see [`super::decide::bounded`].
@@ -766,10 +1008,57 @@ mod tests {
         assert_eq!((s.checks, s.skipped), (1, 1));
     }
 
+    const MIN: i64 = 60_000;
+
+    /// The default schedule (15 m … 72 h) after a 10-minute ladder, 10-minute windows.
+    fn learnt_watch(pks: i64) -> Watch {
+        let cfg = Config::from_raw(config::defaults()).unwrap();
+        let p2p = cfg.kinds["p2p"].clone();
+        assert_eq!(p2p.reconcile_after.last(), Some(&(72 * 60 * MIN)));
+        let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+        for pk in 1..=pks {
+            start(&mut w, &p2p, pk, 10 * MIN);
+        }
+        w
+    }
+
+    #[test]
+    fn with_spare_budget_for_the_whole_schedule_every_age_is_planned() {
+        let mut w = learnt_watch(30);
+        w.price(0, 10_000.0, 20 * MIN);
+        assert_eq!(
+            w.next_due(0),
+            Some(15 * MIN),
+            "the first age of the schedule"
+        );
+    }
+
+    #[test]
+    fn without_spare_budget_no_age_is_planned_and_a_spare_request_takes_the_newest_come() {
+        let mut w = learnt_watch(30);
+        w.price(0, 0.0, 12 * MIN);
+        assert_eq!(w.next_due(0), None, "nothing planned");
+        assert!(!w.any_due(0, 14 * MIN));
+        // Past an age, a request the spare budget does make goes to a payment whose
+        // unplanned age has come.
+        assert!(w.any_due(0, 16 * MIN));
+        let pk = w.pick(0, 16 * MIN, |_| false).unwrap();
+        assert!((1..=30).contains(&pk.0));
+        // A spare budget that makes some requests prices between the two: fewer planned
+        // checks than the schedule's, more than none.
+        let mut some = learnt_watch(30);
+        some.price(0, 30.0, 12 * MIN);
+        let planned = some.next_due(0).expect("some planned");
+        assert!(
+            planned > 15 * MIN,
+            "the first ages are not worth it: {planned}"
+        );
+    }
+
     #[test]
     fn one_listing_covers_every_due_watched_payment_of_a_list_kind() {
         let (_, btc) = kinds();
-        let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::Worth);
+        let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::Learnt);
         for pk in 1..=3 {
             start(&mut w, &btc, pk, 10_000);
         }

@@ -39,6 +39,7 @@ pub(super) struct Run<'a> {
     /// Late moves draw from their own stream, so the live payments are the same with or
     /// without them.
     late_rng: fastrand::Rng,
+    late_latency_rng: fastrand::Rng,
     pub(super) now: UnixMs,
     /// Every payment to come, in order of arrival, and when the arrivals end.
     arrivals: Vec<Arrival>,
@@ -130,6 +131,7 @@ impl<'a> Run<'a> {
             schedule,
             rng,
             late_rng,
+            late_latency_rng: fastrand::Rng::with_seed(sc.seed ^ 0x01a7_e1a7),
             now: 0,
             fates: Vec::with_capacity(arrivals.len()),
             arrivals,
@@ -195,14 +197,19 @@ impl<'a> Run<'a> {
     /// One request: what the simulated provider will answer, and when.
     fn send(&mut self, req: crate::scheduler::Request) {
         let sc = self.sc;
-        let lat = self
-            .rng
-            .i64(sc.latency_ms.0..=sc.latency_ms.1.max(sc.latency_ms.0));
         let watched = req.pks.iter().all(|pk| {
             self.fates
                 .get(pk.0 as usize)
                 .is_some_and(|f| f.ended.is_some())
         });
+        // Late requests draw their latencies from a stream of their own, so the live
+        // payments see the same provider with reconciliation on or off.
+        let rng = if watched {
+            &mut self.late_latency_rng
+        } else {
+            &mut self.rng
+        };
+        let lat = rng.i64(sc.latency_ms.0..=sc.latency_ms.1.max(sc.latency_ms.0));
         self.late_requests += usize::from(watched);
         self.late_while_arriving += usize::from(watched && self.next_arrival < self.arrivals.len());
         let observations = req

@@ -105,7 +105,7 @@ fn late_moves_are_all_seen_on_schedule_when_the_spare_budget_affords_it() {
                 ..LateMix::published()
             }),
             schedule,
-            policy: LatePolicy::Worth,
+            policy: LatePolicy::Learnt,
             measured_until_ms: None,
         };
         run(&sc).unwrap()

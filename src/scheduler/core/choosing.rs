@@ -86,7 +86,7 @@ impl Core {
 
     /// Sends one check of a payment under reconciliation of pool `p`, if one is due: with
     /// `spare` false, a merchant's recheck (within the rechecks' share, as for live ones);
-    /// with `spare` true, the scheduled check most worth it, and only from what the live
+    /// with `spare` true, the earliest due planned check, and only from what the live
     /// payments leave of the budget: room beyond a fiftieth of it (their spurts) and every
     /// live check due within the time a check may go late and stay on plan.
     pub(super) fn send_watched(
@@ -152,7 +152,9 @@ impl Core {
             self.pools[p].budget.release(now);
             return false;
         };
-        if !spare {
+        if spare {
+            self.watch.spent(p.index(), now);
+        } else {
             self.pools[p].recheck_sent.push_back(now);
         }
         self.in_flight += 1;

@@ -26,7 +26,23 @@ impl Core {
         if now - self.last_watch_fit >= self.window {
             self.last_watch_fit = now;
             self.watch.refit(now);
+            for p in self.pools.ids() {
+                let supply = self.late_supply(p, now);
+                self.watch.price(p.index(), supply, now);
+            }
         }
+    }
+
+    /// Requests per window the live payments of pool `p` leave for late checks: the
+    /// budget less their pace over the last window and the share kept for their spurts
+    /// (what [`Core::send_watched`]'s rule lets through in a steady state).
+    fn late_supply(&mut self, p: PoolId, now: UnixMs) -> f64 {
+        let window = self.window;
+        let pool = &mut self.pools[p];
+        forget_older(&mut pool.live_sent, window, now);
+        let limit = pool.budget.effective_limit();
+        let keep = limit / BACKLOG_LEAVES_DIVISOR;
+        f64::from(limit) - f64::from(keep) - pool.live_sent.len() as f64
     }
 
     /// Sets pool `p`'s price level from the demand it projects over the next window;
