@@ -1,0 +1,571 @@
+//! The core's payments under reconciliation (see [`crate::reconcile`]): each one's planned
+//! check at its key's late price, which of them are due, what a check of one decided, the
+//! late-move ages learnt per kind, and the late price itself. Pure: the core
+//! ([`super::Core`]) decides when a request may be spent on them and sends it.
+
+use crate::event::{event_for, EventSpec};
+use crate::kinds::{Kind, KindName, Observation};
+use crate::payment::{PaymentId, PaymentKey, State, UnixMs};
+use crate::policy::{Evidence, FlipDist, Learner};
+use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_PRICES};
+use crate::store::{CheckRecord, WatchCheck};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+mod answers;
+mod pricing;
+
+use self::pricing::{draw, Pricing};
+
+/// Which of the schedule's ages a watched payment is checked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatePolicy {
+    /// The ages the kind's learnt late-move distribution makes worth the spare budget: at
+    /// the price where the plans' requests meet what the live payments leave, each payment
+    /// follows the dynamic program's choice of ages ([`crate::reconcile::LatePlans`]).
+    #[default]
+    Learnt,
+    /// Every age of the schedule, the earliest due first: the spare budget spread evenly
+    /// (what `benches/late.rs` measures the learnt choice against).
+    InTurn,
+}
+
+/// A watched payment, as the core resumes it or starts watching it (times on the core's
+/// clock).
+#[derive(Debug, Clone)]
+pub struct WatchStart {
+    pub pk: PaymentKey,
+    pub kind: Arc<Kind>,
+    pub id: PaymentId,
+    pub pool: usize,
+    pub started: UnixMs,
+    pub state: State,
+    pub ended: State,
+    pub upstream_status: Option<String>,
+    /// Last seen unmoved.
+    pub seen: UnixMs,
+}
+
+struct Watched {
+    pk: PaymentKey,
+    kind: Arc<Kind>,
+    id: PaymentId,
+    pool: usize,
+    t0: UnixMs,
+    state: State,
+    /// How the ladder ended it: the late-move model it belongs to.
+    ended: State,
+    upstream_status: Option<String>,
+    seen: UnixMs,
+    /// Index of the scheduled age its due check stands for.
+    next: usize,
+    due: UnixMs,
+    in_flight: bool,
+    /// A merchant asked (a coalesced hint): due at `due`, before the spare budget's turn.
+    recheck: bool,
+    /// Unanswered checks in a row.
+    failures: u32,
+    /// Already seen to move once (its evidence is in).
+    moved: bool,
+    /// Position of its last check on the schedule: ages at or before it.
+    pos: usize,
+    /// Its draw between two neighbouring price levels.
+    draw: f64,
+    /// No check planned at the pool's price: it waits for the price to fall, or the end.
+    parked: bool,
+    /// Its place in [`Queues::ahead`].
+    ahead: Option<UnixMs>,
+    /// Where it waits (see [`Queues`]).
+    slot: Slot,
+}
+
+/// A group of due payments: one late-move model, last seen unmoved in the same cell (a list
+/// kind's all in one, so one listing finds them).
+type Bucket = (KindName, State, usize);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    None,
+    Future(UnixMs),
+    Due(Bucket, UnixMs),
+    Recheck(UnixMs),
+}
+
+/// A pool's watched payments by where they wait, so that finding the next one costs a
+/// logarithm, not a scan, however many are watched.
+#[derive(Default)]
+struct Queues {
+    /// Scheduled, not due yet, by due time.
+    future: BTreeSet<(UnixMs, PaymentKey)>,
+    /// Due, by bucket, oldest start first.
+    due: BTreeMap<Bucket, BTreeSet<(UnixMs, PaymentKey)>>,
+    /// The same due payments by due time.
+    in_turn: BTreeSet<(UnixMs, PaymentKey)>,
+    /// A merchant's rechecks, by due time.
+    rechecks: BTreeSet<(UnixMs, PaymentKey)>,
+    /// Payments with ages of the schedule before their planned check (or none planned),
+    /// by the first of those ages: checks the spare budget makes when no planned one is
+    /// due, as the plans' checks are still to come.
+    ahead: BTreeSet<(UnixMs, PaymentKey)>,
+}
+
+/// Per kind, what reconciliation did since start (for health and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Payments watched now.
+    pub watched: usize,
+    /// Moves seen after the ladder ended.
+    pub late_moves: u64,
+    /// Requests made for watched payments (one listing counts once).
+    pub checks: u64,
+    /// Scheduled checks that passed without a request (no spare budget).
+    pub skipped: u64,
+}
+
+/// One late-move model: a kind's payments the ladder ended in one state.
+struct Model {
+    learner: Learner,
+    dist: FlipDist,
+    /// The kind's schedule, once a payment of it is watched, and the plans over it.
+    schedule: Vec<i64>,
+    plans: Option<LatePlans>,
+}
+
+/// Every watched payment and the late-move models.
+pub struct Watch {
+    grid: LateGrid,
+    policy: LatePolicy,
+    entries: HashMap<PaymentKey, Watched>,
+    queues: Vec<Queues>,
+    /// When each watch ends at the latest (its last age plus the last gap).
+    ends: BTreeSet<(UnixMs, PaymentKey)>,
+    models: HashMap<(KindName, State), Model>,
+    pricing: Vec<Pricing>,
+    stats: BTreeMap<KindName, WatchStats>,
+    /// How long the evidence of a watched payment is remembered.
+    memory_ms: i64,
+    window_ms: i64,
+}
+
+/// Requests a due watched payment may wait past its schedule's last age before its watch
+/// ends without one: the schedule's last gap.
+fn grace(schedule: &[i64]) -> i64 {
+    match schedule {
+        [.., a, b] => b - a,
+        [a] => *a,
+        [] => 0,
+    }
+}
+
+impl Watch {
+    /// `timeout_ms`: the ladder's (the watch starts there); `longest_ms`: the end of the
+    /// longest schedule of any kind.
+    pub fn new(
+        pools: usize,
+        timeout_ms: i64,
+        longest_ms: i64,
+        window_ms: i64,
+        policy: LatePolicy,
+    ) -> Self {
+        let grid = LateGrid::new(timeout_ms, longest_ms);
+        Self {
+            grid,
+            policy,
+            entries: HashMap::new(),
+            queues: (0..pools).map(|_| Queues::default()).collect(),
+            ends: BTreeSet::new(),
+            models: HashMap::new(),
+            pricing: (0..pools).map(|_| Pricing::default()).collect(),
+            stats: BTreeMap::new(),
+            // Four whole watches: enough payments to learn from on a slow key, recent
+            // enough to follow a change of the provider's habits within days.
+            memory_ms: longest_ms.saturating_mul(4).max(window_ms),
+            window_ms: window_ms.max(1),
+        }
+    }
+
+    /// How far back a restart reads evidence of late moves.
+    pub fn memory_ms(&self) -> i64 {
+        self.memory_ms
+    }
+
+    pub fn holds(&self, pk: &PaymentKey) -> bool {
+        self.entries.contains_key(pk)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn model(&mut self, kind: &KindName, ended: State) -> &mut Model {
+        let (grid, memory) = (&self.grid, self.memory_ms);
+        self.models
+            .entry((kind.clone(), ended))
+            .or_insert_with(|| Model {
+                learner: Learner::new(grid.prior(), memory),
+                dist: grid.prior(),
+                schedule: Vec::new(),
+                plans: None,
+            })
+    }
+
+    /// Learns from a payment watched before a restart: last seen unmoved at `seen`, seen
+    /// moved at `moved` (`None`: not seen to move).
+    pub fn learn(
+        &mut self,
+        kind: &KindName,
+        ended: State,
+        started: UnixMs,
+        seen: Option<UnixMs>,
+        moved: Option<UnixMs>,
+    ) {
+        let e = self
+            .grid
+            .evidence(seen.map_or(0, |s| s - started), moved.map(|m| m - started));
+        self.model(kind, ended).learner.observe(started, e);
+    }
+
+    /// Puts a held payment in the queue its fields say (it must be in none).
+    fn enqueue(&mut self, pk: PaymentKey, now: UnixMs) {
+        let grid = &self.grid;
+        let Some(e) = self.entries.get_mut(&pk) else {
+            return;
+        };
+        let Some(q) = self.queues.get_mut(e.pool) else {
+            return;
+        };
+        e.slot = if e.in_flight || (e.parked && !e.recheck) {
+            Slot::None
+        } else if e.recheck {
+            q.rechecks.insert((e.due, pk));
+            Slot::Recheck(e.due)
+        } else if e.due > now {
+            q.future.insert((e.due, pk));
+            Slot::Future(e.due)
+        } else {
+            let cell = if e.kind.is_list() {
+                usize::MAX
+            } else {
+                grid.cell(e.seen - e.t0)
+            };
+            let bucket = (e.kind.name.clone(), e.ended, cell);
+            q.due.entry(bucket.clone()).or_default().insert((e.t0, pk));
+            q.in_turn.insert((e.due, pk));
+            Slot::Due(bucket, e.due)
+        };
+        let k = e.kind.reconcile_after.len();
+        if !e.in_flight && !e.recheck && !e.kind.is_list() && e.pos < k {
+            let first = e.t0.saturating_add(e.kind.reconcile_after[e.pos]);
+            if e.parked || first < e.due {
+                q.ahead.insert((first, pk));
+                e.ahead = Some(first);
+            }
+        }
+    }
+
+    /// Takes a held payment out of its queue.
+    fn dequeue(&mut self, pk: PaymentKey) {
+        let Some(e) = self.entries.get_mut(&pk) else {
+            return;
+        };
+        let Some(q) = self.queues.get_mut(e.pool) else {
+            return;
+        };
+        if let Some(first) = e.ahead.take() {
+            q.ahead.remove(&(first, pk));
+        }
+        match std::mem::replace(&mut e.slot, Slot::None) {
+            Slot::None => {}
+            Slot::Future(d) => {
+                q.future.remove(&(d, pk));
+            }
+            Slot::Recheck(d) => {
+                q.rechecks.remove(&(d, pk));
+            }
+            Slot::Due(bucket, d) => {
+                q.in_turn.remove(&(d, pk));
+                if let Some(set) = q.due.get_mut(&bucket) {
+                    set.remove(&(e.t0, pk));
+                    if set.is_empty() {
+                        q.due.remove(&bucket);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the scheduled checks of pool `p` that came due by `now` to the due queues.
+    fn promote(&mut self, p: usize, now: UnixMs) {
+        loop {
+            let Some(&(due, pk)) = self.queues.get(p).and_then(|q| q.future.first()) else {
+                return;
+            };
+            if due > now {
+                return;
+            }
+            self.dequeue(pk);
+            self.enqueue(pk, now);
+        }
+    }
+
+    /// Starts watching (or resumes, `due`: the stored next check). Returns the next check's
+    /// time, `None` when the schedule has nothing left (then nothing is held).
+    pub fn start(&mut self, w: WatchStart, due: Option<UnixMs>, now: UnixMs) -> Option<UnixMs> {
+        let schedule = &w.kind.reconcile_after;
+        let last = schedule.last().copied().unwrap_or(0);
+        let age = now - w.started;
+        // Resumed: a stored due time before its age's scheduled check is a merchant's
+        // recheck (it may even lie past the end of the schedule) and stands; any other is
+        // planned again.
+        let asked = match due {
+            Some(d) => match next_age(schedule, d - w.started - 1) {
+                Some(i) if d < w.started + schedule[i] => Some((i, d)),
+                Some(_) => None,
+                None => Some((schedule.len(), d)),
+            },
+            None => {
+                next_age(schedule, age)?;
+                None
+            }
+        };
+        if self.entries.contains_key(&w.pk) {
+            self.dequeue(w.pk);
+        } else {
+            self.stats.entry(w.kind.name.clone()).or_default().watched += 1;
+        }
+        let end = w
+            .started
+            .saturating_add(last)
+            .saturating_add(grace(schedule));
+        self.ends.insert((end, w.pk));
+        self.model_of(&w.kind, w.ended);
+        if due.is_none() {
+            if let Some(p) = self.pricing.get_mut(w.pool) {
+                p.starts.push_back((now, (w.kind.name.clone(), w.ended)));
+            }
+        }
+        let pos = next_age(schedule, w.seen - w.started).unwrap_or(schedule.len());
+        let mut e = Watched {
+            pk: w.pk,
+            kind: w.kind,
+            id: w.id,
+            pool: w.pool,
+            t0: w.started,
+            state: w.state,
+            ended: w.ended,
+            upstream_status: w.upstream_status,
+            seen: w.seen,
+            next: 0,
+            due: 0,
+            in_flight: false,
+            recheck: asked.is_some(),
+            failures: 0,
+            moved: false,
+            pos,
+            draw: draw(w.pk),
+            parked: false,
+            ahead: None,
+            slot: Slot::None,
+        };
+        match asked {
+            Some((i, d)) => (e.next, e.due) = (i, d),
+            None => self.plan(&mut e, now),
+        }
+        let due = e.due;
+        self.entries.insert(w.pk, e);
+        self.enqueue(w.pk, now);
+        Some(due)
+    }
+
+    /// A merchant's recheck of a watched payment: due at `at` unless one is due sooner.
+    /// `None` when it is not watched.
+    pub fn recheck(&mut self, pk: PaymentKey, at: UnixMs, now: UnixMs) -> Option<UnixMs> {
+        let e = self.entries.get(&pk)?;
+        if e.in_flight || (e.recheck && e.due <= at) {
+            return Some(e.due.max(at));
+        }
+        self.dequeue(pk);
+        let e = self.entries.get_mut(&pk)?;
+        e.recheck = true;
+        e.due = e.due.min(at);
+        let due = e.due;
+        self.enqueue(pk, now);
+        Some(due)
+    }
+
+    /// The earliest due merchant's recheck of pool `p`, if one is due by `now`.
+    pub fn due_recheck(&self, p: usize, now: UnixMs) -> Option<PaymentKey> {
+        let &(due, pk) = self.queues.get(p)?.rechecks.first()?;
+        (due <= now).then_some(pk)
+    }
+
+    /// Whether pool `p` has a scheduled check due by `now` that the spare budget could
+    /// make (a quick look, before the core works out whether there is spare budget).
+    pub fn any_due(&mut self, p: usize, now: UnixMs) -> bool {
+        self.promote(p, now);
+        self.queues.get(p).is_some_and(|q| {
+            !q.in_turn.is_empty() || q.ahead.first().is_some_and(|(t, _)| *t <= now)
+        })
+    }
+
+    /// The earliest due planned check of pool `p`; with none due, the payment whose
+    /// unplanned age came most recently (its check sees a move soonest after it happens).
+    /// Kinds for which `blocked` holds are passed over.
+    pub fn pick(
+        &mut self,
+        p: usize,
+        now: UnixMs,
+        blocked: impl Fn(&KindName) -> bool,
+    ) -> Option<PaymentKey> {
+        self.promote(p, now);
+        let q = self.queues.get(p)?;
+        let open = |pk: &PaymentKey| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name));
+        q.in_turn.iter().map(|&(_, pk)| pk).find(open).or_else(|| {
+            q.ahead
+                .range(..=(now, PaymentKey(i64::MAX)))
+                .rev()
+                .map(|&(_, pk)| pk)
+                .find(open)
+        })
+    }
+
+    /// The payments one request for `pk` covers: itself, and for a list kind every due
+    /// watched payment of the kind in the pool, up to a page.
+    pub fn members(&self, pk: PaymentKey) -> Vec<PaymentKey> {
+        let Some(e) = self.entries.get(&pk) else {
+            return Vec::new();
+        };
+        let Some(list) = &e.kind.list else {
+            return vec![pk];
+        };
+        let bucket = (e.kind.name.clone(), e.ended, usize::MAX);
+        let more = self
+            .queues
+            .get(e.pool)
+            .and_then(|q| q.due.get(&bucket))
+            .into_iter()
+            .flatten()
+            .map(|&(_, k)| k)
+            .filter(|k| *k != pk);
+        std::iter::once(pk)
+            .chain(more)
+            .take(list.max_limit.max(1) as usize)
+            .collect()
+    }
+
+    /// Marks the request's payments in flight: `(ids, starts)` for the request.
+    pub fn launch(
+        &mut self,
+        pks: &[PaymentKey],
+    ) -> (Vec<PaymentId>, Vec<UnixMs>, Option<Arc<Kind>>) {
+        let (mut ids, mut started, mut kind) = (Vec::new(), Vec::new(), None);
+        for pk in pks {
+            self.dequeue(*pk);
+            if let Some(e) = self.entries.get_mut(pk) {
+                e.in_flight = true;
+                ids.push(e.id.clone());
+                started.push(e.t0);
+                kind.get_or_insert_with(|| e.kind.clone());
+            }
+        }
+        if let Some(k) = &kind {
+            self.stats.entry(k.name.clone()).or_default().checks += 1;
+        }
+        (ids, started, kind)
+    }
+
+    /// Periodic upkeep: a watch whose due check waited past the schedule's last age plus
+    /// its last gap ends without a request (the records to commit; the checks it never
+    /// got count as skipped).
+    pub fn tick(&mut self, now: UnixMs) -> Vec<CheckRecord> {
+        let mut records = Vec::new();
+        while let Some(&(end, pk)) = self.ends.first() {
+            if end > now {
+                break;
+            }
+            self.ends.remove(&(end, pk));
+            let busy = self
+                .entries
+                .get(&pk)
+                .is_some_and(|e| e.in_flight || e.recheck);
+            if busy {
+                // Its answer (or the merchant's check) decides; look again a gap later.
+                self.ends.insert((end.saturating_add(self.window_ms), pk));
+                continue;
+            }
+            self.dequeue(pk);
+            let Some(e) = self.entries.remove(&pk) else {
+                continue;
+            };
+            let left = e.kind.reconcile_after.len().saturating_sub(e.pos);
+            self.stats.entry(e.kind.name.clone()).or_default().skipped += left as u64;
+            records.push(CheckRecord {
+                pk,
+                checked_at: now,
+                upstream_status: None,
+                state: e.state,
+                response: None,
+                error: None,
+                next_check_at: None,
+                event: None,
+                changed: false,
+                saw_pending: false,
+                watch: Some(WatchCheck {
+                    asked: false,
+                    unchanged: false,
+                }),
+            });
+            self.ended(e);
+        }
+        records
+    }
+
+    /// Re-estimates each late-move model from its evidence and the watched payments'.
+    pub fn refit(&mut self, now: UnixMs) {
+        let mut pending: HashMap<(KindName, State), Vec<Evidence>> = HashMap::new();
+        for e in self.entries.values().filter(|e| !e.moved) {
+            pending
+                .entry((e.kind.name.clone(), e.ended))
+                .or_default()
+                .push(self.grid.evidence(e.seen - e.t0, None));
+        }
+        for key in pending.keys() {
+            self.model(&key.0, key.1);
+        }
+        for (key, model) in &mut self.models {
+            let evidence = pending.remove(key).unwrap_or_default();
+            model.dist = model.learner.fit(now, evidence.into_iter()).clone();
+            if !model.schedule.is_empty() {
+                model.plans = Some(LatePlans::new(&self.grid, &model.dist, &model.schedule));
+            }
+        }
+    }
+
+    /// What reconciliation did per kind.
+    pub fn stats(&self) -> &BTreeMap<KindName, WatchStats> {
+        &self.stats
+    }
+
+    /// A kind's learnt late moves after a timeout: the share moving within the watch
+    /// and the age (ms) by which half of those moved.
+    pub fn learnt(&self, kind: &KindName) -> Option<(f64, i64)> {
+        let m = self.models.get(&(kind.clone(), State::TimedOut))?;
+        Some((m.dist.flips(), self.grid.age_ms(m.dist.quantile(0.5))))
+    }
+
+    /// When pool `p`'s next merchant's recheck or scheduled check comes due.
+    pub fn next_due(&self, p: usize) -> Option<UnixMs> {
+        let q = self.queues.get(p)?;
+        let recheck = q.rechecks.first().map(|&(d, _)| d);
+        let scheduled = q.future.first().map(|&(d, _)| d);
+        recheck.into_iter().chain(scheduled).min()
+    }
+}
+
+/// An answer as stored: see [`super::decide::bounded`].
+fn bounded(v: &serde_json::Value) -> String {
+    super::decide::bounded(v)
+}
+
+#[cfg(test)]
+mod tests;
