@@ -5,8 +5,10 @@
 //! The published late-flip workload: mix A, where one in six of the payments that never
 //! flip in 10 minutes (5% of all) is approved late, at an age drawn log-uniformly between
 //! 15 minutes and 24 hours; the default schedule (15m … 72h); one key with the real budget.
-//! Arrivals go on for two days after the measured ones, so the late checks of the measured
-//! payments compete with a live stream all the while their moves come and are looked for.
+//! The measured arrivals come after a warm-up longer than a watch (100 h), so they meet the
+//! watches of days of earlier payments as a running daemon does, and arrivals go on after
+//! them (30 h), so their late checks compete with a live stream all the while their moves
+//! come and are looked for.
 //! Per rate and seed, three runs on the same arrivals and flips: reconciliation off (the
 //! live yardstick), on with the learnt choice of checks, and on with the checks in turn on
 //! the fixed schedule (the same spare budget spread evenly). It prints, per rate, medians
@@ -48,18 +50,18 @@ const HELP: &str = "late: reconciliation on the published late-flip workload
 
   --rate R     payments per second on one key (repeatable; default 0.05 0.1 0.2 0.5 1.0)
   --seeds N    seeds per rate (default 3)
-  --warmup H   hours of arrivals before the measured ones (default 6)
+  --warmup H   hours of arrivals before the measured ones (default 100: longer than a watch, the steady state)
   --measure H  hours of measured arrivals (default 2)
-  --tail H     hours of arrivals after the measured ones, not measured (default 48)
+  --tail H     hours of arrivals after the measured ones, not measured (default 30: the measured payments' moves and a day's checks after each)
   --detail     a line per seed as well";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         rates: Vec::new(),
         seeds: 3,
-        warmup_h: 6,
+        warmup_h: 100,
         measure_h: 2,
-        tail_h: 48,
+        tail_h: 30,
         detail: false,
     };
     let mut it = std::env::args().skip(1);
