@@ -152,14 +152,7 @@ impl Core {
                 .ladder
                 .next_slot_after(e.jitter, e.last.map(|l| l - e.t0))
             {
-                // A step after the last check at least: one made off the ladder (priced,
-                // or late) is not followed by its jittered slot a moment later.
-                Some(slot) if slot < self.ladder.timeout_ms() => {
-                    let due = e.t0 + slot;
-                    e.last
-                        .map_or(due, |l| due.max(l + self.grid.step_ms(l - e.t0)))
-                        .min(e.deadline)
-                }
+                Some(slot) if slot < self.ladder.timeout_ms() => e.t0 + slot,
                 _ => e.deadline,
             }
         } else {
