@@ -47,5 +47,3 @@ pub use daemon::run_until;
 pub use kinds::KindName;
 pub use ladder::Ladder;
 pub use payment::{now_ms, PaymentId, State};
-pub use scheduler::{spawn as spawn_scheduler, Command, SchedulerHandle};
-pub use store::{NewPayment, PendingRow, Store};

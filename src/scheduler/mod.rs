@@ -723,6 +723,84 @@ impl Driver {
 mod tests {
     use super::*;
 
+    /// A cancel that races an enqueue can leave the scheduler told to track a payment after
+    /// it was told to forget it (the enqueue's hand-over arriving last). The database
+    /// decides: the first outcome finds the payment cancelled, and the scheduler forgets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_that_raced_an_enqueue_leaves_nothing_polled() {
+        use crate::store::{NewPayment, Store};
+        use ninjapoll_fake::{FakeNinjapay, FakeOptions, Script};
+        let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
+        fake.script("p2p", "RACE", Script::Sequence(vec![]));
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = crate::config::defaults();
+        raw.database.path = Some(dir.path().join("t.db"));
+        raw.ninjapay.api_key = Some(FakeOptions::default().api_key);
+        raw.ninjapay.prod_base_url = Some(fake.base_url());
+        raw.ninjapay.api_base_url = Some(fake.base_url());
+        let ms = Duration::from_millis;
+        raw.schedule.first_check = Some(vec![ms(100), ms(120)]);
+        raw.schedule.steps = Some(vec![
+            crate::config::RawStep {
+                every: ms(20),
+                span: Some(ms(200)),
+            },
+            crate::config::RawStep {
+                every: ms(100),
+                span: None,
+            },
+        ]);
+        raw.schedule.timeout = Some(ms(1500));
+        let config = Config::from_raw(raw).unwrap();
+        let store = Store::open(&config.database_path, None).await.unwrap();
+        let cancel = CancellationToken::new();
+        let (handle, task) = spawn(
+            &config,
+            store.clone(),
+            Default::default(),
+            Default::default(),
+            cancel.clone(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let now = crate::payment::now_ms();
+        let rows = store
+            .insert_payments(&[NewPayment {
+                kind: crate::kinds::KindName::parse("p2p").unwrap(),
+                id: crate::payment::PaymentId::parse("RACE").unwrap(),
+                started_at: now,
+                jitter_ms: 100,
+                next_check_at: now + 100,
+                callback_url: None,
+                metadata: None,
+            }])
+            .await
+            .unwrap();
+        let r = &rows[0].0;
+        let stale = PendingRow {
+            pk: r.pk,
+            kind: r.kind.clone(),
+            id: r.id.clone(),
+            upstream_status: None,
+            started_at: r.started_at,
+            jitter_ms: r.jitter_ms,
+            next_check_at: r.next_check_at,
+            last_checked_at: None,
+        };
+        // The cancel commits and hands over first; the enqueue's hand-over comes last.
+        assert!(matches!(store.cancel("p2p", "RACE").await, Ok(Some(Ok(_)))));
+        handle.send(Command::Untrack(r.pk)).unwrap();
+        handle.send(Command::Track(stale)).unwrap();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let asked = fake.requests_for("p2p", "RACE").len();
+        assert!(asked <= 1, "a cancelled payment was polled {asked} times");
+        let p = store.get("p2p", "RACE").await.unwrap().unwrap();
+        assert_eq!(p.state, crate::payment::State::Cancelled);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
     fn pool(name: &str, pending: usize, used: u32, level: f64) -> PoolStatus {
         PoolStatus {
             name: name.into(),
