@@ -382,7 +382,7 @@ impl Core {
 /// The lowest price level at which `demand` (falling as the level rises) fits `target`,
 /// mixed with the one below so the budget is spent, not left over; `(level, projected
 /// demand)`. The top level when none fits.
-fn fit(demand: &dyn Fn(usize) -> f64, top: usize, target: f64) -> (f64, f64) {
+pub(super) fn fit(demand: &dyn Fn(usize) -> f64, top: usize, target: f64) -> (f64, f64) {
     let d0 = demand(0);
     if d0 <= target || top == 0 {
         return (0.0, d0);

@@ -79,15 +79,14 @@ struct Watched {
     slot: Slot,
 }
 
-/// A group of due payments: one late-move model, last seen unmoved in the same cell (a list
-/// kind's all in one, so one listing finds them).
-type Bucket = (KindName, State, usize);
+/// A list kind's due payments of one late-move model: one listing finds them all.
+type Listed = (KindName, State);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
     None,
     Future(UnixMs),
-    Due(Bucket, UnixMs),
+    Due(Option<Listed>, UnixMs),
     Recheck(UnixMs),
 }
 
@@ -97,10 +96,10 @@ enum Slot {
 struct Queues {
     /// Scheduled, not due yet, by due time.
     future: BTreeSet<(UnixMs, PaymentKey)>,
-    /// Due, by bucket, oldest start first.
-    due: BTreeMap<Bucket, BTreeSet<(UnixMs, PaymentKey)>>,
-    /// The same due payments by due time.
+    /// Due, by due time.
     in_turn: BTreeSet<(UnixMs, PaymentKey)>,
+    /// The due payments of list kinds, by kind and model, oldest start first.
+    lists: BTreeMap<Listed, BTreeSet<(UnixMs, PaymentKey)>>,
     /// A merchant's rechecks, by due time.
     rechecks: BTreeSet<(UnixMs, PaymentKey)>,
     /// Payments with ages of the schedule before their planned check (or none planned),
@@ -227,7 +226,6 @@ impl Watch {
 
     /// Puts a held payment in the queue its fields say (it must be in none).
     fn enqueue(&mut self, pk: PaymentKey, now: UnixMs) {
-        let grid = &self.grid;
         let Some(e) = self.entries.get_mut(&pk) else {
             return;
         };
@@ -243,15 +241,12 @@ impl Watch {
             q.future.insert((e.due, pk));
             Slot::Future(e.due)
         } else {
-            let cell = if e.kind.is_list() {
-                usize::MAX
-            } else {
-                grid.cell(e.seen - e.t0)
-            };
-            let bucket = (e.kind.name.clone(), e.ended, cell);
-            q.due.entry(bucket.clone()).or_default().insert((e.t0, pk));
+            let listed = e.kind.is_list().then(|| (e.kind.name.clone(), e.ended));
+            if let Some(l) = &listed {
+                q.lists.entry(l.clone()).or_default().insert((e.t0, pk));
+            }
             q.in_turn.insert((e.due, pk));
-            Slot::Due(bucket, e.due)
+            Slot::Due(listed, e.due)
         };
         let k = e.kind.reconcile_after.len();
         if !e.in_flight && !e.recheck && !e.kind.is_list() && e.pos < k {
@@ -282,12 +277,14 @@ impl Watch {
             Slot::Recheck(d) => {
                 q.rechecks.remove(&(d, pk));
             }
-            Slot::Due(bucket, d) => {
+            Slot::Due(listed, d) => {
                 q.in_turn.remove(&(d, pk));
-                if let Some(set) = q.due.get_mut(&bucket) {
-                    set.remove(&(e.t0, pk));
-                    if set.is_empty() {
-                        q.due.remove(&bucket);
+                if let Some(l) = listed {
+                    if let Some(set) = q.lists.get_mut(&l) {
+                        set.remove(&(e.t0, pk));
+                        if set.is_empty() {
+                            q.lists.remove(&l);
+                        }
                     }
                 }
             }
@@ -438,11 +435,11 @@ impl Watch {
         let Some(list) = &e.kind.list else {
             return vec![pk];
         };
-        let bucket = (e.kind.name.clone(), e.ended, usize::MAX);
+        let listed = (e.kind.name.clone(), e.ended);
         let more = self
             .queues
             .get(e.pool)
-            .and_then(|q| q.due.get(&bucket))
+            .and_then(|q| q.lists.get(&listed))
             .into_iter()
             .flatten()
             .map(|&(_, k)| k)

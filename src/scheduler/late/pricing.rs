@@ -12,30 +12,6 @@ const PRICE_STEP: f64 = 1.0;
 /// Weight of the newest window in the smoothed supply of spare requests.
 const SMOOTHING: f64 = 0.2;
 
-/// The lowest price level at which `demand` (falling as the level rises) fits `target`,
-/// mixed with the one below so the spare budget is spent, not left over.
-fn fit_level(demand: &dyn Fn(usize) -> f64, target: f64) -> f64 {
-    if demand(0) <= target {
-        return 0.0;
-    }
-    let (mut lo, mut hi) = (0usize, LATE_PRICES);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if demand(mid) > target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    let (d_lo, d_hi) = (demand(lo), demand(hi));
-    let frac = if d_lo > d_hi {
-        ((d_lo - target) / (d_lo - d_hi)).clamp(0.0, 1.0)
-    } else {
-        1.0
-    };
-    lo as f64 + frac
-}
-
 /// A payment's fixed draw in `[0, 1)` between two price levels: from its key, so it is
 /// the same after a restart and owes nothing to arrival order.
 pub(super) fn draw(pk: PaymentKey) -> f64 {
@@ -174,7 +150,7 @@ impl Watch {
                 })
                 .sum()
         };
-        let fitted = fit_level(&demand, capacity);
+        let fitted = crate::scheduler::core::fit(&demand, LATE_PRICES, capacity).0;
         // The first price plans no wave: nothing was planned at another.
         let level = if first {
             fitted
