@@ -5,6 +5,7 @@
 //! crate and the integration tests use. Everything else may change without notice.
 
 // Domain: pure types and decisions, nothing async.
+mod account;
 mod backoff;
 mod boot;
 mod budget;

@@ -7,6 +7,7 @@
 //! shared value checks, `secrets` the keys and key files, `schedule` the ladder and the
 //! reconciliation schedules; `from_raw` validates one section at a time.
 
+use crate::account::{Account, AccountName};
 use crate::budget::BacklogShare;
 use crate::callback::CallbackPrefix;
 use crate::kinds::{Kind, KindName};
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod accounts;
 mod raw;
 mod sane;
 mod schedule;
@@ -159,6 +161,8 @@ pub struct Config {
     pub ladder: Ladder,
     pub kinds: BTreeMap<KindName, Arc<Kind>>,
     pub webhooks: WebhooksConfig,
+    /// Every account, `default` (`[ninjapay]`, `[webhooks]`) included.
+    pub accounts: BTreeMap<AccountName, Arc<Account>>,
     pub log: LogConfig,
     /// What was loaded, secrets replaced, for `check-config`.
     pub effective: Raw,
@@ -213,6 +217,10 @@ impl Config {
             "webhooks.secret".to_string(),
         ];
         inline.extend(raw.kinds.keys().map(|k| format!("kinds.{k}.api_key")));
+        for a in raw.accounts.keys() {
+            inline.push(format!("accounts.{a}.api_key"));
+            inline.push(format!("accounts.{a}.webhooks.secret"));
+        }
         let mut config = Self::from_raw(raw)?;
         for key in inline {
             let from_file = fig
@@ -237,9 +245,15 @@ impl Config {
         sane::sane(&raw, &mut warnings)?;
         let ninjapay = sections::ninjapay(&raw.ninjapay, &mut warnings)?;
         let ladder = schedule::ladder(&raw.schedule)?;
-        let keep_finished = sections::keep_finished(&raw, &ninjapay, &ladder)?;
+        let longest_window = raw
+            .accounts
+            .values()
+            .filter_map(|a| a.budget_window)
+            .fold(ninjapay.budget_window, Duration::max);
+        let keep_finished = sections::keep_finished(&raw, longest_window, &ladder)?;
         let kinds = sections::kinds(&raw, &ninjapay, &ladder, keep_finished, &mut warnings)?;
         let webhooks = sections::webhooks(&raw.webhooks, &mut warnings)?;
+        let accounts = accounts::accounts(&raw, &ninjapay, &webhooks, &kinds, &mut warnings)?;
         let metrics_listen = sections::metrics_listen(&raw)?;
         let log = sections::log(&raw.log)?;
         let mut effective = raw;
@@ -253,6 +267,7 @@ impl Config {
             ladder,
             kinds,
             webhooks,
+            accounts,
             log,
             effective,
             warnings,
@@ -276,5 +291,9 @@ fn redact(raw: &mut Raw) {
     hide(&mut raw.webhooks.secret);
     for k in raw.kinds.values_mut() {
         hide(&mut k.api_key);
+    }
+    for a in raw.accounts.values_mut() {
+        hide(&mut a.api_key);
+        hide(&mut a.webhooks.secret);
     }
 }

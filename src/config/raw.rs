@@ -32,6 +32,35 @@ pub struct Raw {
     pub reconcile: RawReconcile,
     #[serde(default)]
     pub kinds: BTreeMap<String, RawKind>,
+    /// Accounts besides `default` (`[ninjapay]`), by name.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, RawAccount>,
+}
+
+/// `[accounts.NAME]`: another Ninjapay account, with its own key and budget; what it does
+/// not set comes from `[ninjapay]` and `[webhooks]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    #[serde(default, deserialize_with = "secret_text")]
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub budget_requests: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub budget_window: Option<Duration>,
+    #[serde(default)]
+    pub webhooks: RawAccountWebhooks,
+}
+
+/// `[accounts.NAME.webhooks]`: where this account's events go and the secret that signs
+/// them; each falls back on `[webhooks]`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccountWebhooks {
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
 }
 
 /// `[reconcile]`: how long a payment stays watched after its ladder ends.

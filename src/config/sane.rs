@@ -56,6 +56,13 @@ pub(super) fn sane(raw: &Raw, warnings: &mut Vec<String>) -> Result<(), ConfigEr
         ("webhooks.timeout".into(), w.timeout, MAX_TIMEOUT),
         ("schedule.timeout".into(), s.timeout, MAX_INTERVAL),
     ];
+    for (name, a) in &raw.accounts {
+        checks.push((
+            format!("accounts.{name}.budget_window"),
+            a.budget_window,
+            MAX_TIMEOUT,
+        ));
+    }
     for (i, d) in s.first_check.iter().flatten().enumerate() {
         checks.push((format!("schedule.first_check[{i}]"), Some(*d), MAX_INTERVAL));
     }

@@ -32,11 +32,27 @@ pub(super) fn api_key(
     n: &RawNinjapay,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Secret>, ConfigError> {
-    Ok(match (&n.api_key, &n.api_key_file) {
+    key_of(
+        "ninjapay",
+        n.api_key.as_ref(),
+        n.api_key_file.as_deref(),
+        warnings,
+    )
+}
+
+/// `{section}.api_key`, or the key in `{section}.api_key_file`; none without either.
+pub(super) fn key_of(
+    section: &str,
+    key: Option<&String>,
+    file: Option<&Path>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    Ok(match (key, file) {
         (Some(k), _) if !k.trim().is_empty() => Some(Secret::new(k.clone())),
         (_, Some(path)) => {
-            warnings.extend(world_readable("ninjapay.api_key_file", path));
-            Some(Secret::from_file(path).map_err(|e| invalid("ninjapay.api_key_file", e))?)
+            let name = format!("{section}.api_key_file");
+            warnings.extend(world_readable(&name, path));
+            Some(Secret::from_file(path).map_err(|e| invalid(name, e))?)
         }
         _ => None,
     })
@@ -48,15 +64,31 @@ pub(super) fn webhook_secrets(
     w: &RawWebhooks,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Secret>, ConfigError> {
-    let secrets: Vec<Secret> = match (&w.secret, &w.secret_file) {
+    signing_keys(
+        "webhooks",
+        w.secret.as_ref(),
+        w.secret_file.as_deref(),
+        warnings,
+    )
+}
+
+/// `{section}.secret` or the keys in `{section}.secret_file`, each decoded once.
+pub(super) fn signing_keys(
+    section: &str,
+    secret: Option<&String>,
+    secret_file: Option<&Path>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let secrets: Vec<Secret> = match (secret, secret_file) {
         (Some(s), _) => s
             .split_whitespace()
             .map(|s| Secret::new(s.into()))
             .collect(),
         (None, Some(path)) => {
-            warnings.extend(world_readable("webhooks.secret_file", path));
+            let name = format!("{section}.secret_file");
+            warnings.extend(world_readable(&name, path));
             Secret::from_file(path)
-                .map_err(|e| invalid("webhooks.secret_file", e))?
+                .map_err(|e| invalid(name, e))?
                 .expose()
                 .split_whitespace()
                 .map(|s| Secret::new(s.into()))
@@ -66,10 +98,10 @@ pub(super) fn webhook_secrets(
     };
     for s in &secrets {
         let key = crate::secret::decode_secret(s)
-            .map_err(|e| invalid("webhooks.secret", e.to_string()))?;
+            .map_err(|e| invalid(format!("{section}.secret"), e.to_string()))?;
         if key.len() < MIN_SECRET_BYTES {
             warnings.push(format!(
-                "webhooks.secret: a key of {} bytes is easy to guess; use at least \
+                "{section}.secret: a key of {} bytes is easy to guess; use at least \
                  {MIN_SECRET_BYTES} random bytes (e.g. whsec_ and 32 bytes in base64)",
                 key.len()
             ));

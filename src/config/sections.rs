@@ -137,13 +137,13 @@ pub(super) fn learner_memory(ladder: &Ladder, budget_window: Duration) -> Durati
 /// `database.keep_finished`: `0` (forever) or at least the learner's memory.
 pub(super) fn keep_finished(
     raw: &Raw,
-    ninjapay: &NinjapayConfig,
+    longest_window: Duration,
     ladder: &Ladder,
 ) -> Result<Option<Duration>, ConfigError> {
     keep(
         "database.keep_finished",
         raw.database.keep_finished.unwrap_or(KEEP_FINISHED),
-        Some(learner_memory(ladder, ninjapay.budget_window)),
+        Some(learner_memory(ladder, longest_window)),
     )
 }
 

@@ -351,3 +351,86 @@ fn refusals_name_the_key() {
     let e = load_str("[webhooks]\nurl = \"http://127.0.0.1:1/x\"").unwrap_err();
     assert!(e.to_string().starts_with("webhooks.secret"), "{e}");
 }
+
+const SHOP2: &str = r#"
+    [ninjapay]
+    api_key = "key-default"
+    [webhooks]
+    url = "https://shop.example/hooks"
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    [accounts.shop2]
+    api_key = "key-shop2"
+    budget_requests = 500
+    [accounts.shop2.webhooks]
+    url = "https://shop2.example/hooks"
+    secret = "whsec_c2hvcDItc2VjcmV0LXNoYXJlZC1ub3doZXJlLi4u"
+    [accounts.shop3]
+    api_key = "key-shop3"
+    budget_window = "5m"
+"#;
+
+#[test]
+fn accounts_default_to_ninjapay_and_webhooks_and_keep_their_own_settings() {
+    let c = load_str(SHOP2).unwrap();
+    let names: Vec<&str> = c.accounts.keys().map(|a| a.as_str()).collect();
+    assert_eq!(names, ["default", "shop2", "shop3"]);
+    let d = &c.accounts["default"];
+    assert_eq!(d.api_key.as_ref().unwrap().expose(), "key-default");
+    assert_eq!(d.budget_requests, 1000);
+    let s2 = &c.accounts["shop2"];
+    assert_eq!(s2.api_key.as_ref().unwrap().expose(), "key-shop2");
+    assert_eq!(s2.budget_requests, 500);
+    assert_eq!(s2.budget_window, Duration::from_secs(600));
+    assert_eq!(
+        s2.webhooks.url.as_deref(),
+        Some("https://shop2.example/hooks")
+    );
+    assert_ne!(s2.webhooks.secrets, d.webhooks.secrets);
+    let s3 = &c.accounts["shop3"];
+    assert_eq!(s3.budget_requests, 1000);
+    assert_eq!(s3.budget_window, Duration::from_secs(300));
+    assert_eq!(s3.webhooks.url, d.webhooks.url);
+    assert_eq!(s3.webhooks.secrets, d.webhooks.secrets);
+    let shown = c.to_redacted_toml().unwrap();
+    assert!(!shown.contains("key-shop2"), "{shown}");
+    assert!(!shown.contains("c2hvcDI"), "{shown}");
+}
+
+#[test]
+fn an_existing_config_is_the_default_account_alone() {
+    let c = Config::from_raw(defaults()).unwrap();
+    assert_eq!(c.accounts.len(), 1);
+    assert!(c.accounts["default"].api_key.is_none());
+}
+
+#[test]
+fn an_account_without_a_key_a_shared_key_or_an_unknown_setting_is_refused_by_name() {
+    let e = load_str("[accounts.shop2]\nbudget_requests = 10").unwrap_err();
+    assert!(e.to_string().starts_with("accounts.shop2.api_key:"), "{e}");
+    let e =
+        load_str("[ninjapay]\napi_key = \"k1\"\n[accounts.shop2]\napi_key = \"k1\"").unwrap_err();
+    assert!(e.to_string().starts_with("accounts.shop2.api_key:"), "{e}");
+    assert!(e.to_string().contains("ninjapay.api_key"), "{e}");
+    let e = load_str("[accounts.a]\napi_key = \"k1\"\n[accounts.b]\napi_key = \"k1\"").unwrap_err();
+    assert!(e.to_string().starts_with("accounts.b.api_key:"), "{e}");
+    assert!(e.to_string().contains("accounts.a.api_key"), "{e}");
+    let e = load_str("[accounts.shop2]\napi_key = \"k2\"\nbudget = 5").unwrap_err();
+    assert!(e.to_string().contains("budget"), "{e}");
+    assert!(e.to_string().contains("accounts.shop2"), "{e}");
+    let e = load_str("[accounts.shop2]\napi_key = \"k2\"\n[accounts.shop2.webhooks]\nurl = \"https://x.example\"\nsecrett = \"x\"").unwrap_err();
+    assert!(e.to_string().contains("secrett"), "{e}");
+    let e = load_str("[accounts.Shop2]\napi_key = \"k2\"").unwrap_err();
+    assert!(e.to_string().starts_with("accounts.Shop2:"), "{e}");
+    let e = load_str("[accounts.default]\napi_key = \"k2\"").unwrap_err();
+    assert!(e.to_string().starts_with("accounts.default:"), "{e}");
+    let e = load_str("[accounts.shop2]\napi_key = \"k2\"\nbudget_window = \"400d\"").unwrap_err();
+    assert!(
+        e.to_string().starts_with("accounts.shop2.budget_window"),
+        "{e}"
+    );
+    let e = load_str("[accounts.shop2]\napi_key = \"k2\"\nbudget_requests = 0").unwrap_err();
+    assert!(
+        e.to_string().starts_with("accounts.shop2.budget_requests"),
+        "{e}"
+    );
+}
