@@ -162,6 +162,7 @@ pub async fn run_managed(
         }
         Err(StoreError::Other(e)) => return Err(e),
     };
+    store.set_webhook_urls(webhook_urls(&config));
     let (listener, address, _socket_file) = match manager.listener {
         Some(passed) => {
             let address = passed
@@ -190,6 +191,7 @@ pub async fn run_managed(
     // Delivers what the outbox holds, events left by a previous run included.
     let webhook_worker = crate::webhooks::spawn(
         &config.webhooks,
+        &config.accounts,
         store.clone(),
         telemetry.clone(),
         webhook_wake.clone(),
@@ -490,4 +492,13 @@ mod tests {
         let mode = std::fs::metadata(&cfg.path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
+}
+
+/// Each account's event URL, for the store's outbox.
+pub fn webhook_urls(config: &Config) -> crate::store::WebhookUrls {
+    config
+        .accounts
+        .iter()
+        .filter_map(|(name, a)| a.webhooks.url.clone().map(|u| (name.clone(), u)))
+        .collect()
 }

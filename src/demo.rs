@@ -97,6 +97,7 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
             fake.script_random("btc", &id);
         }
         let body = serde_json::to_value(EnqueueRequest {
+            account: None,
             kind: kind.to_owned(),
             id: id.clone(),
             started_at: None,

@@ -2,6 +2,7 @@
 //! body it carries. Pure: `store` writes the body into the outbox in the transaction of the
 //! change, `webhooks` delivers it; neither needs the other for this.
 
+use crate::account::AccountName;
 use crate::kinds::KindName;
 use crate::payment::{State, UnixMs};
 use crate::wire::{EventBody, EventData, PaymentFacts, Timestamp};
@@ -26,6 +27,7 @@ pub struct EventSpec {
 /// The payment an event is about, as it is after the change.
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
+    pub account: &'a AccountName,
     pub kind: &'a KindName,
     pub id: &'a str,
     pub state: State,
@@ -70,6 +72,7 @@ pub fn event_body(
         timestamp: Timestamp(checked_at),
         data: EventData {
             payment: PaymentFacts::new(
+                after.account,
                 after.kind,
                 after.id,
                 after.state,

@@ -2,7 +2,7 @@
 //! every problem first. Pure: a [`Health`] and a [`Style`] in, text out; the CLI fetches,
 //! decides on colour and prints.
 
-use crate::wire::{Health, KindPolicyView, PoolHealth};
+use crate::wire::{AccountHealth, Health, KindPolicyView, PoolHealth};
 use std::fmt::Write as _;
 
 /// How the screen is drawn.
@@ -83,6 +83,10 @@ pub fn render(h: &Health, style: Style, now: i64) -> String {
             let _ = writeln!(out, "  {mark} {line}");
         }
     }
+    if h.accounts.len() > 1 {
+        out.push('\n');
+        render_accounts(&mut out, &h.accounts, style);
+    }
     for pool in &h.budget {
         out.push('\n');
         render_pool(&mut out, pool, style);
@@ -154,6 +158,32 @@ pub fn render(h: &Health, style: Style, now: i64) -> String {
         thousands(h.scheduler.pending)
     );
     out
+}
+
+/// One line per account: its pending payments, budget, whether it keeps up, the delay.
+pub fn render_accounts(out: &mut String, accounts: &[AccountHealth], style: Style) {
+    let _ = writeln!(out, "{}", style.bold("accounts"));
+    for a in accounts {
+        let keeps = if a.keeps_up {
+            style.green("keeps up")
+        } else {
+            style.red("cannot keep up")
+        };
+        let backlog = if a.backlog > 0 {
+            format!(", backlog {}", thousands(a.backlog))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>7} pending  budget {}/{}  {keeps}  delay ~{}{backlog}",
+            a.account.as_str(),
+            thousands(a.pending),
+            thousands(a.budget_used),
+            thousands(a.budget_limit),
+            duration(a.expected_delay_ms),
+        );
+    }
 }
 
 fn render_pool(out: &mut String, p: &PoolHealth, style: Style) {
@@ -463,6 +493,7 @@ mod tests {
 
     fn health() -> Health {
         Health {
+            accounts: Vec::new(),
             status: HealthStatus::Ok,
             version: "1.2.3".into(),
             healthy: true,

@@ -41,6 +41,7 @@ mod scheduler;
 mod server;
 pub mod sim;
 
+pub use account::AccountName;
 pub use cli::main;
 pub use client::request;
 pub use config::{defaults, Config, ConfigError, Raw, RawStep};

@@ -2,6 +2,7 @@
 //! plain data: the scheduler publishes it, health and metrics read it, so telemetry needs
 //! nothing of the scheduler.
 
+use crate::account::AccountName;
 use crate::kinds::KindName;
 use crate::payment::UnixMs;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct LateStatus {
 #[derive(Debug, Clone, Default)]
 pub struct PoolStatus {
     pub name: String,
+    /// The account whose key it is.
+    pub account: AccountName,
     pub budget_limit: u32,
     pub budget_effective: u32,
     pub budget_used: u32,
@@ -178,4 +181,53 @@ mod tests {
         assert!(!at(600_000).far_behind());
         assert!(at(600_001).far_behind());
     }
+}
+
+/// One account, over its keys (the account `default` may have kinds with keys of their
+/// own): what health and metrics show per account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountStatus {
+    pub account: AccountName,
+    pub pending: usize,
+    pub budget_used: u32,
+    /// Requests in force per window, over its keys.
+    pub budget_limit: u32,
+    /// Every key of it keeps up.
+    pub keeps_up: bool,
+    /// The mean flip-to-detection delay to expect, over its pending payments (over its
+    /// kinds while none is pending), in ms.
+    pub expected_delay_ms: i64,
+    pub backlog: usize,
+}
+
+/// Each account's status from its keys', in the order of the accounts' names.
+pub fn accounts(pools: &[PoolStatus]) -> Vec<AccountStatus> {
+    let mut by: std::collections::BTreeMap<&AccountName, Vec<&PoolStatus>> = Default::default();
+    for p in pools {
+        by.entry(&p.account).or_default().push(p);
+    }
+    by.into_iter()
+        .map(|(account, ps)| {
+            let kinds = || ps.iter().flat_map(|p| p.kinds.iter());
+            let pending: usize = kinds().map(|k| k.pending).sum();
+            let weight = |k: &KindPolicy| if pending > 0 { k.pending as f64 } else { 1.0 };
+            let total: f64 = kinds().map(weight).sum();
+            let delay: f64 = kinds()
+                .map(|k| weight(k) * k.expected_delay_ms as f64)
+                .sum();
+            AccountStatus {
+                account: account.clone(),
+                pending: ps.iter().map(|p| p.pending).sum(),
+                budget_used: ps.iter().map(|p| p.budget_used).sum(),
+                budget_limit: ps.iter().map(|p| p.budget_effective).sum(),
+                keeps_up: ps.iter().all(|p| p.keeps_up()),
+                expected_delay_ms: if total > 0.0 {
+                    (delay / total) as i64
+                } else {
+                    0
+                },
+                backlog: ps.iter().map(|p| p.backlog).sum(),
+            }
+        })
+        .collect()
 }

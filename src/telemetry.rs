@@ -153,12 +153,14 @@ pub struct Telemetry {
     watched: Family<PoolKindLabels, Gauge>,
     late_moves: Family<PoolKindLabels, Counter>,
     late_checks: Family<LateCheckLabels, Counter>,
+    accounts: AccountMetrics,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
         let t = Telemetry {
             registry: Mutex::new(Registry::with_prefix("ninjapoll")),
+            accounts: AccountMetrics::default(),
             requests: Family::default(),
             checks: Family::default(),
             latency: histograms(|| Histogram::new(LATENCY_BUCKETS)),
@@ -395,8 +397,86 @@ impl Default for Telemetry {
                 Unit::Seconds,
                 t.retention_batch.clone(),
             );
+            t.accounts.register(&mut r);
         }
         t
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
+}
+
+/// Per account, over its keys (see [`crate::status::accounts`]).
+#[derive(Default)]
+struct AccountMetrics {
+    pending: Family<AccountLabel, Gauge>,
+    budget_used: Family<AccountLabel, Gauge>,
+    budget_limit: Family<AccountLabel, Gauge>,
+    keeps_up: Family<AccountLabel, Gauge>,
+    expected_delay: Family<AccountLabel, Gauge<f64, AtomicU64>>,
+    backlog: Family<AccountLabel, Gauge>,
+}
+
+impl AccountMetrics {
+    fn register(&self, r: &mut Registry) {
+        let gauges = [
+            (
+                "account_pending",
+                "Pending payments the scheduler holds, per account",
+                &self.pending,
+            ),
+            (
+                "account_budget_used",
+                "Requests in the current window, per account (over its keys)",
+                &self.budget_used,
+            ),
+            (
+                "account_budget_limit",
+                "Requests in force per window, per account (over its keys)",
+                &self.budget_limit,
+            ),
+            (
+                "account_keeps_up",
+                "1 while every key of the account keeps up, else 0",
+                &self.keeps_up,
+            ),
+            (
+                "account_backlog_payments",
+                "Payments in the account's backlog",
+                &self.backlog,
+            ),
+        ];
+        for (name, help, family) in gauges {
+            r.register(name, help, family.clone());
+        }
+        r.register_with_unit(
+            "account_expected_delay",
+            "The mean flip-to-detection delay to expect for the account's payments now",
+            Unit::Seconds,
+            self.expected_delay.clone(),
+        );
+    }
+
+    fn set(&self, accounts: &[crate::status::AccountStatus]) {
+        for a in accounts {
+            let l = AccountLabel {
+                account: a.account.to_string(),
+            };
+            self.pending.get_or_create(&l).set(a.pending as i64);
+            self.budget_used
+                .get_or_create(&l)
+                .set(i64::from(a.budget_used));
+            self.budget_limit
+                .get_or_create(&l)
+                .set(i64::from(a.budget_limit));
+            self.keeps_up.get_or_create(&l).set(i64::from(a.keeps_up));
+            self.expected_delay
+                .get_or_create(&l)
+                .set(a.expected_delay_ms as f64 / 1000.0);
+            self.backlog.get_or_create(&l).set(a.backlog as i64);
+        }
     }
 }
 
@@ -546,6 +626,7 @@ impl Telemetry {
                 .find(|(s, _)| s == WebhookState::Pending.as_str())
                 .map_or(0, |(_, n)| *n),
         );
+        self.accounts.set(&crate::status::accounts(pools));
         for p in pools {
             let name = pool(&p.name);
             // Every key and kind has its series from the start, zero until something

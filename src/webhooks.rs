@@ -9,6 +9,7 @@
 //! once. It sleeps until the earliest due time, a wake-up (a new event, a replay) or
 //! shutdown; there is no periodic scan.
 
+use crate::account::{Account, AccountName};
 use crate::backoff::Backoff;
 use crate::callback::CallbackPrefix;
 use crate::config::WebhooksConfig;
@@ -21,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -47,6 +48,9 @@ pub fn signature_header(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &str) 
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Most webhook attempts in flight across all accounts.
+const MAX_TOTAL_IN_FLIGHT: usize = 256;
 
 /// Relative jitter on retry delays (±20%), so that events which failed together during a
 /// receiver's outage do not all come back in the same instant when it recovers.
@@ -105,10 +109,14 @@ pub fn outcome_of(
 /// The delivery side: a client without redirects and the signing keys.
 struct Deliverer {
     client: reqwest::Client,
-    keys: Vec<Vec<u8>>,
+    /// Each account's signing keys; an account without any has its events kept unsent.
+    keys: HashMap<AccountName, Vec<Vec<u8>>>,
     retry: Vec<Duration>,
     timeout: Duration,
+    /// Attempts in flight per account: a receiver that hangs holds only its own account's.
     max_in_flight: usize,
+    /// Attempts in flight in all.
+    max_total: usize,
     /// Re-checked before each send of a callback: the list may have shrunk since the
     /// payment was enqueued.
     allowed_callbacks: Vec<CallbackPrefix>,
@@ -130,17 +138,26 @@ pub fn refusal(allowed: &[CallbackPrefix], ev: &WebhookEvent) -> Option<String> 
 /// restart, with the same `webhook-id`).
 pub fn spawn(
     cfg: &WebhooksConfig,
+    accounts: &BTreeMap<AccountName, Arc<Account>>,
     store: Store,
     telemetry: Arc<Telemetry>,
     webhook_wake: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let keys = cfg
-        .secrets
-        .iter()
-        .map(decode_secret)
-        .collect::<Result<Vec<_>, _>>()
-        .context("webhooks.secret")?;
+    let mut keys = HashMap::new();
+    for (name, account) in accounts {
+        let decoded = account
+            .webhooks
+            .secrets
+            .iter()
+            .map(decode_secret)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("the webhook secret of account {name}"))?;
+        if !decoded.is_empty() {
+            keys.insert(name.clone(), decoded);
+        }
+    }
+    let max_in_flight = cfg.max_in_flight.max(1);
     let client = reqwest::Client::builder()
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout)
@@ -153,10 +170,13 @@ pub fn spawn(
         .context("building the webhook HTTP client")?;
     let d = Arc::new(Deliverer {
         client,
+        max_total: max_in_flight
+            .saturating_mul(keys.len().max(1))
+            .min(MAX_TOTAL_IN_FLIGHT),
         keys,
         retry: cfg.retry.clone(),
         timeout: cfg.timeout,
-        max_in_flight: cfg.max_in_flight.max(1),
+        max_in_flight,
         allowed_callbacks: cfg.allowed_callback_prefixes.clone(),
     });
     Ok(tokio::spawn(run(d, store, telemetry, webhook_wake, cancel)))
@@ -202,8 +222,8 @@ async fn run(
         return;
     }
     let mut in_flight: JoinSet<Option<Unlogged>> = JoinSet::new();
-    // Task id -> payment, so a finished (or panicked) attempt frees its payment.
-    let mut busy: HashMap<tokio::task::Id, PaymentKey> = HashMap::new();
+    // Task id -> payment and its account, so a finished (or panicked) attempt frees both.
+    let mut busy: HashMap<tokio::task::Id, (PaymentKey, AccountName)> = HashMap::new();
     // Attempts waiting to be logged, oldest first.
     let mut unlogged: Vec<Unlogged> = Vec::new();
     let mut read_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -244,9 +264,18 @@ async fn run(
         for u in &unlogged {
             held.insert(u.payment_pk, u.due());
         }
-        let free = d.max_in_flight.saturating_sub(busy.len());
-        if free > 0 {
-            let mut skip: Vec<PaymentKey> = busy.values().copied().collect();
+        let free = d.max_total.saturating_sub(busy.len());
+        let mut per_account: HashMap<AccountName, usize> = HashMap::new();
+        for (_, a) in busy.values() {
+            *per_account.entry(a.clone()).or_default() += 1;
+        }
+        let open: Vec<&AccountName> = d
+            .keys
+            .keys()
+            .filter(|a| per_account.get(*a).copied().unwrap_or(0) < d.max_in_flight)
+            .collect();
+        if free > 0 && !open.is_empty() {
+            let mut skip: Vec<PaymentKey> = busy.values().map(|(p, _)| *p).collect();
             for (payment, due) in &held {
                 match due {
                     Some(at) if *at <= now => {}
@@ -259,18 +288,28 @@ async fn run(
             }
             // One more than there is room for: if it is not due yet, its due time is when
             // to look again.
-            match store.webhook_heads(&skip, free as u32 + 1).await {
+            let want = u32::try_from(free).unwrap_or(u32::MAX).saturating_add(1);
+            let mut taken: HashMap<AccountName, usize> = HashMap::new();
+            match store.webhook_heads(&skip, &open, want).await {
                 Ok(rows) => {
                     read_backoff.reset();
                     for ev in rows {
-                        if busy.len() >= d.max_in_flight {
+                        if busy.len() >= d.max_total {
                             break;
+                        }
+                        let of_account = per_account.get(&ev.account).copied().unwrap_or(0)
+                            + taken.get(&ev.account).copied().unwrap_or(0);
+                        if of_account >= d.max_in_flight {
+                            // Its account is full now; the next read leaves it out.
+                            wake_in = Some(Duration::ZERO);
+                            continue;
                         }
                         if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk) {
                             later(ev.next_attempt_at, &mut wake_in);
                             break;
                         }
-                        let payment = ev.payment_pk;
+                        let payment = (ev.payment_pk, ev.account.clone());
+                        *taken.entry(ev.account.clone()).or_default() += 1;
                         let before = unlogged.iter().filter(|u| u.event_pk == ev.pk).count();
                         let handle = in_flight.spawn(attempt(
                             d.clone(),
@@ -451,7 +490,9 @@ async fn send(d: &Deliverer, ev: &WebhookEvent) -> Sent {
         .duration_since(UNIX_EPOCH)
         .map(|t| t.as_secs() as i64)
         .unwrap_or(0);
-    let signature = signature_header(&d.keys, &ev.event_id, timestamp, &ev.body);
+    // Only accounts with keys are read from the outbox, so there always are some.
+    let keys = d.keys.get(&ev.account).map_or(&[][..], Vec::as_slice);
+    let signature = signature_header(keys, &ev.event_id, timestamp, &ev.body);
     let result = d
         .client
         .post(&ev.url)

@@ -6,6 +6,7 @@
 //! Pure data: no I/O, no HTTP status codes (the API sets those). Stored JSON text (a
 //! payment's `response` and `metadata`) is parsed here, once.
 
+use crate::account::AccountName;
 use crate::kinds::KindName;
 use crate::payment::{rfc3339, State, UnixMs, WebhookState};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -47,6 +48,9 @@ pub fn stored_json(text: Option<&str>) -> Value {
 /// agree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentFacts {
+    /// The Ninjapay account that created it (`default` from a daemon before accounts).
+    #[serde(default)]
+    pub account: AccountName,
     pub kind: KindName,
     pub id: String,
     pub state: State,
@@ -65,6 +69,7 @@ impl PaymentFacts {
     /// The facts of a payment from its stored fields (`response` and `metadata` as the
     /// JSON text the database holds).
     pub fn new(
+        account: &AccountName,
         kind: &KindName,
         id: &str,
         state: State,
@@ -74,6 +79,7 @@ impl PaymentFacts {
         metadata: Option<&str>,
     ) -> Self {
         Self {
+            account: account.clone(),
             kind: kind.clone(),
             id: id.to_owned(),
             state,
@@ -134,6 +140,9 @@ pub struct RecheckAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
+    /// The Ninjapay account that created the payment (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     pub kind: String,
     pub id: String,
     /// Unix seconds (a number or a string of digits) or RFC 3339: kept as JSON, because
@@ -291,6 +300,9 @@ pub struct Health {
     pub scheduler: SchedulerHealth,
     /// One entry per API key.
     pub budget: Vec<PoolHealth>,
+    /// One entry per account, over its keys.
+    #[serde(default)]
+    pub accounts: Vec<AccountHealth>,
     /// Webhook events by state.
     pub webhooks: BTreeMap<String, i64>,
     pub database: DatabaseHealth,
@@ -311,6 +323,22 @@ pub struct SchedulerHealth {
     /// Pending payments of kinds no longer configured: nobody polls them.
     pub unpolled: i64,
     pub reported_at: Option<Timestamp>,
+}
+
+/// One account: its payments, its budget and whether it keeps up (over its keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountHealth {
+    pub account: AccountName,
+    /// Pending payments the scheduler holds for it.
+    pub pending: usize,
+    pub budget_used: u32,
+    /// Requests in force per window.
+    pub budget_limit: u32,
+    pub keeps_up: bool,
+    /// The mean flip-to-detection delay to expect for its payments now.
+    pub expected_delay_ms: i64,
+    /// Payments in its backlog (more came than its budget checks on time).
+    pub backlog: usize,
 }
 
 /// One API key's budget and policy.
@@ -400,6 +428,7 @@ mod tests {
     fn view() -> PaymentView {
         PaymentView {
             facts: PaymentFacts::new(
+                &AccountName::default(),
                 &KindName::parse("p2p").unwrap(),
                 "A198660213997",
                 State::Succeeded,
@@ -427,7 +456,7 @@ mod tests {
         assert_eq!(
             json,
             json!({
-                "kind": "p2p", "id": "A198660213997", "state": "succeeded",
+                "account": "default", "kind": "p2p", "id": "A198660213997", "state": "succeeded",
                 "upstream_status": "approved", "final": true,
                 "started_at": "2026-01-31T12:00:00.123Z",
                 "next_check_at": null, "settled": true, "checks_done": 3,

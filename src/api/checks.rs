@@ -4,6 +4,7 @@ use super::{
     json_error, parse_json, read_body, ApiError, AppState, ErrorCode, JsonBody, PaymentPath,
     MAX_BATCH_BODY,
 };
+use crate::account::AccountName;
 use crate::callback::CallbackRefusal;
 use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
@@ -32,6 +33,7 @@ const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 pub fn payment_view(r: &PaymentRow) -> PaymentView {
     PaymentView {
         facts: PaymentFacts::new(
+            &r.account,
             &r.kind,
             &r.id,
             r.state,
@@ -96,6 +98,7 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
 
 /// Validates one enqueue request into a payment to insert.
 fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPayment, ApiError> {
+    let account = configured_account(st, req.account.as_deref())?;
     let kind = configured_kind(st, &req.kind).ok_or_else(|| {
         let known: Vec<&str> = st.config.kinds.keys().map(|k| k.as_str()).collect();
         ApiError::new(
@@ -136,6 +139,7 @@ fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPaymen
     };
     let (jitter_ms, next_check_at) = st.config.ladder.first_check(started_at);
     Ok(NewPayment {
+        account,
         kind,
         id,
         started_at,
@@ -171,6 +175,7 @@ fn conflict(existing: &PaymentRow, new: &NewPayment, explicit_start: bool) -> Op
 fn pending_row(r: &PaymentRow) -> PendingRow {
     PendingRow {
         pk: r.pk,
+        account: r.account.clone(),
         kind: r.kind.clone(),
         id: r.id.clone(),
         upstream_status: r.upstream_status.clone(),
@@ -186,6 +191,7 @@ fn pending_row(r: &PaymentRow) -> PendingRow {
 fn watched_row(r: &PaymentRow) -> WatchedRow {
     WatchedRow {
         pk: r.pk,
+        account: r.account.clone(),
         kind: r.kind.clone(),
         id: r.id.clone(),
         state: r.state,
@@ -260,6 +266,8 @@ pub struct RawBatch {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEnqueue {
+    #[serde(default)]
+    account: Option<String>,
     kind: String,
     id: String,
     #[serde(default)]
@@ -302,6 +310,7 @@ impl RawEnqueue {
             }
         };
         Ok(EnqueueRequest {
+            account: self.account,
             kind: self.kind,
             id: self.id,
             started_at,
@@ -386,30 +395,54 @@ fn configured_kind(st: &AppState, kind: &str) -> Option<KindName> {
         .filter(|k| st.config.kinds.contains_key(k))
 }
 
+/// The account a request names (`default` when it names none), if it is configured.
+fn configured_account(st: &AppState, account: Option<&str>) -> Result<AccountName, ApiError> {
+    let name = account.unwrap_or(AccountName::DEFAULT);
+    AccountName::parse(name)
+        .ok()
+        .filter(|a| st.config.accounts.contains_key(a))
+        .ok_or_else(|| {
+            let known: Vec<&str> = st.config.accounts.keys().map(|a| a.as_str()).collect();
+            ApiError::new(
+                ErrorCode::UnknownAccount,
+                format!(
+                    "unknown account {name:?}; configured accounts: {}",
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
 fn unknown_kind(kind: &str) -> ApiError {
     ApiError::new(ErrorCode::UnknownKind, format!("unknown kind {kind:?}"))
 }
 
-fn check_path(st: &AppState, kind: &str, id: &str) -> Result<(), ApiError> {
+fn check_path(st: &AppState, account: &str, kind: &str, id: &str) -> Result<(), ApiError> {
+    configured_account(st, Some(account))?;
     configured_kind(st, kind).ok_or_else(|| unknown_kind(kind))?;
     PaymentId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     Ok(())
 }
 
-fn not_tracked(kind: &str, id: &str) -> ApiError {
+fn not_tracked(account: &str, kind: &str, id: &str) -> ApiError {
+    let whose = if account == AccountName::DEFAULT {
+        String::new()
+    } else {
+        format!(" in account {account}")
+    };
     ApiError::new(
         ErrorCode::NotFound,
-        format!("no payment {kind} {id} is tracked"),
+        format!("no payment {kind} {id} is tracked{whose}"),
     )
 }
 
 /// `GET /v1/checks/{kind}/{id}`.
 pub async fn get_one(
     State(st): State<AppState>,
-    PaymentPath(kind, id): PaymentPath,
+    PaymentPath(account, kind, id): PaymentPath,
 ) -> Result<Json<PaymentDetail>, ApiError> {
-    check_path(&st, &kind, &id)?;
-    match st.store.get(&kind, &id).await? {
+    check_path(&st, &account, &kind, &id)?;
+    match st.store.get(&account, &kind, &id).await? {
         Some(row) => {
             let state = |s: &str| {
                 crate::payment::State::parse(s)
@@ -434,7 +467,7 @@ pub async fn get_one(
                 history,
             }))
         }
-        None => Err(not_tracked(&kind, &id)),
+        None => Err(not_tracked(&account, &kind, &id)),
     }
 }
 
@@ -443,6 +476,7 @@ pub async fn get_one(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     state: Option<String>,
+    account: Option<String>,
     kind: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
@@ -469,12 +503,17 @@ pub async fn list(
         None => None,
         Some(k) => Some(configured_kind(&st, k).ok_or_else(|| unknown_kind(k))?),
     };
+    let account = match q.account.as_deref() {
+        None => None,
+        Some(a) => Some(configured_account(&st, Some(a))?),
+    };
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
     // One more than asked tells whether another page exists without a second query.
     let mut rows = st
         .store
         .list(&ListFilter {
             state,
+            account,
             kind,
             after_pk: after_pk.map(PaymentKey),
             limit: limit + 1,
@@ -495,13 +534,13 @@ pub async fn list(
 /// `DELETE /v1/checks/{kind}/{id}`.
 pub async fn cancel(
     State(st): State<AppState>,
-    PaymentPath(kind, id): PaymentPath,
+    PaymentPath(account, kind, id): PaymentPath,
 ) -> Result<Json<PaymentView>, ApiError> {
     // A payment of a kind no longer configured can still be cancelled: health lists it as
     // unpolled and says to, and nothing but the database is needed.
-    let unconfigured = check_path(&st, &kind, &id).err();
-    match st.store.cancel(&kind, &id).await? {
-        None => Err(unconfigured.unwrap_or_else(|| not_tracked(&kind, &id))),
+    let unconfigured = check_path(&st, &account, &kind, &id).err();
+    match st.store.cancel(&account, &kind, &id).await? {
+        None => Err(unconfigured.unwrap_or_else(|| not_tracked(&account, &kind, &id))),
         Some(Err(row)) => {
             let e = ApiError::new(
                 ErrorCode::AlreadyFinal,
@@ -522,11 +561,11 @@ pub async fn cancel(
 /// `POST /v1/checks/{kind}/{id}/recheck`.
 pub async fn recheck(
     State(st): State<AppState>,
-    PaymentPath(kind, id): PaymentPath,
+    PaymentPath(account, kind, id): PaymentPath,
 ) -> Result<Response, ApiError> {
-    check_path(&st, &kind, &id)?;
+    check_path(&st, &account, &kind, &id)?;
     let now = now_ms();
-    let (row, cmd_at) = match st.store.reschedule(&kind, &id, now).await? {
+    let (row, cmd_at) = match st.store.reschedule(&account, &kind, &id, now).await? {
         Some(row) => {
             // Tracking first makes sure the scheduler holds the payment (a duplicate is
             // ignored); the recheck is a hint it coalesces, and it says when it will run.
@@ -536,8 +575,8 @@ pub async fn recheck(
             (row, rx)
         }
         None => {
-            let Some(row) = st.store.get(&kind, &id).await? else {
-                return Err(not_tracked(&kind, &id));
+            let Some(row) = st.store.get(&account, &kind, &id).await? else {
+                return Err(not_tracked(&account, &kind, &id));
             };
             // After its ladder a payment that may still move (timed out, or a state its
             // kind documents a move from) is checked again on the merchant's word.
@@ -545,7 +584,9 @@ pub async fn recheck(
                 .and_then(|k| st.config.kinds.get(&k).cloned())
                 .is_some_and(|k| k.may_move(row.state));
             let rewatched = if movable {
-                st.store.rewatch(&kind, &id, row.state, now).await?
+                st.store
+                    .rewatch(&account, &kind, &id, row.state, now)
+                    .await?
             } else {
                 None
             };

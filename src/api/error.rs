@@ -61,6 +61,7 @@ error_codes! {
     InvalidCursor = ("invalid_cursor", BAD_REQUEST, "`cursor` is not one this API handed out."),
     InvalidState = ("invalid_state", BAD_REQUEST, "`state` is not a payment state (or, for webhooks, pending, delivered or dead)."),
     UnknownKind = ("unknown_kind", BAD_REQUEST, "The kind is not configured (a preset or `[kinds.NAME]`)."),
+    UnknownAccount = ("unknown_account", BAD_REQUEST, "The account is not configured (`default`, or an `[accounts.NAME]`)."),
     InvalidId = ("invalid_id", BAD_REQUEST, "The payment id is empty, too long or has a character that is not allowed."),
     InvalidStartedAt = ("invalid_started_at", BAD_REQUEST, "`started_at` is neither unix seconds nor RFC 3339, or is more than 5 minutes ahead."),
     InvalidCallbackUrl = ("invalid_callback_url", BAD_REQUEST, "`callback_url` is not an http(s) URL of at most 2048 bytes."),

@@ -14,10 +14,11 @@ use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::wire::{
-    DatabaseHealth, Health, HealthStatus, KindPolicyView, PoolHealth, SchedulerHealth, Timestamp,
+    AccountHealth, DatabaseHealth, Health, HealthStatus, KindPolicyView, PoolHealth,
+    SchedulerHealth, Timestamp,
 };
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// Largest request body, except a batch.
@@ -242,16 +244,29 @@ pub(crate) fn json_error(e: &serde_json::Error, context: &str) -> ApiError {
     ApiError::new(code, format!("{context}: {text}"))
 }
 
-/// The `{kind}/{id}` of a payment's URL, percent-decoded. A segment that does not decode
-/// to UTF-8 is refused in our error format rather than axum's plain-text one.
-pub struct PaymentPath(pub String, pub String);
+/// The `{kind}/{id}` of a payment's URL, percent-decoded, and its `?account=` (the
+/// account `default` when absent). A segment that does not decode to UTF-8 is refused in
+/// our error format rather than axum's plain-text one.
+pub struct PaymentPath(pub String, pub String, pub String);
+
+/// The `?account=` of a payment's URL; other parameters are ignored, as before accounts.
+#[derive(Deserialize)]
+struct AccountQuery {
+    account: Option<String>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for PaymentPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let account = match Query::<AccountQuery>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => q
+                .account
+                .unwrap_or_else(|| crate::account::AccountName::DEFAULT.into()),
+            Err(e) => return Err(ApiError::new(ErrorCode::InvalidQuery, e.body_text())),
+        };
         match Path::<(String, String)>::from_request_parts(parts, state).await {
-            Ok(Path((kind, id))) => Ok(Self(kind, id)),
+            Ok(Path((kind, id))) => Ok(Self(account, kind, id)),
             Err(e) => Err(ApiError::new(
                 ErrorCode::InvalidPath,
                 format!(
@@ -436,6 +451,18 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
             reported_at: (published.at > 0).then_some(Timestamp(published.at)),
         },
         budget,
+        accounts: crate::status::accounts(&published.pools)
+            .into_iter()
+            .map(|a| AccountHealth {
+                account: a.account,
+                pending: a.pending,
+                budget_used: a.budget_used,
+                budget_limit: a.budget_limit,
+                keeps_up: a.keeps_up,
+                expected_delay_ms: a.expected_delay_ms,
+                backlog: a.backlog,
+            })
+            .collect(),
         webhooks: webhooks.into_iter().collect(),
         database: DatabaseHealth {
             writes_failing: db.failing_since.is_some(),
@@ -474,7 +501,7 @@ const PAUSE_PROBLEM_MS: i64 = 5_000;
 pub fn health_problems(
     config: &Config,
     published: &crate::scheduler::Published,
-    pending_by_kind: &[(String, i64)],
+    pending_by_kind: &[(String, String, i64)],
     webhook_states: &[(String, i64)],
     db: &crate::store::WriteStatus,
     now: crate::payment::UnixMs,
@@ -549,8 +576,13 @@ pub fn health_problems(
         ));
     }
     let mut unpolled = 0;
-    for (kind, n) in pending_by_kind {
-        if !config.kinds.contains_key(kind.as_str()) {
+    for (account, kind, n) in pending_by_kind {
+        if !config.accounts.contains_key(account.as_str()) {
+            unpolled += n;
+            problems.push(format!(
+                "{n} pending payments of account {account} (kind {kind}) are not polled: the account is no longer configured (add [accounts.{account}] back, or cancel them)"
+            ));
+        } else if !config.kinds.contains_key(kind.as_str()) {
             unpolled += n;
             problems.push(format!(
                 "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"

@@ -41,6 +41,7 @@ fn event_view(e: &WebhookEvent) -> WebhookView {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     state: Option<String>,
+    account: Option<String>,
     kind: Option<String>,
     id: Option<String>,
     limit: Option<u32>,
@@ -73,6 +74,7 @@ pub async fn list(
         .store
         .list_webhooks(&WebhookFilter {
             state,
+            account: q.account.filter(|a| !a.is_empty()),
             kind: q.kind.filter(|k| !k.is_empty()),
             id: q.id.filter(|i| !i.is_empty()),
             after_pk: after_pk.map(EventKey),

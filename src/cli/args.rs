@@ -14,6 +14,10 @@ pub struct Cli {
     /// Socket of the daemon (client commands); default: the configuration's.
     #[arg(long, global = true)]
     pub(super) socket: Option<PathBuf>,
+    /// The Ninjapay account of the payments a client command names, and whose learnt
+    /// ages and budget `simulate` uses (default: `default`, the account of `[ninjapay]`).
+    #[arg(long, global = true)]
+    pub(super) account: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub(super) json: bool,
@@ -58,6 +62,8 @@ pub(super) enum Command {
     Cancel { kind: String, id: String },
     /// Check a payment as soon as possible.
     Recheck { kind: String, id: String },
+    /// List the accounts the daemon checks payments for: pending, budget, keeps up, delay.
+    Accounts,
     /// The daemon's health for a person, every problem first; exit status 0 when healthy,
     /// 1 when not, 2 when the daemon cannot be asked.
     Health {

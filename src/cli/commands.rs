@@ -42,7 +42,7 @@ pub(super) fn client_socket(cli: &Cli) -> PathBuf {
 /// A client command: sends its request and prints the answer (or the daemon's error).
 pub(super) async fn client(cli: &Cli) -> Result<ExitCode> {
     let socket = client_socket(cli);
-    let (method, path, body, answer) = request_of(&cli.command)?;
+    let (method, path, body, answer) = request_of(&cli.command, cli.account.as_deref())?;
     let (status, value) = request(&socket, method, &path, body.as_ref()).await?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -65,10 +65,23 @@ pub(super) async fn client(cli: &Cli) -> Result<ExitCode> {
 }
 
 /// What a client command asks: the method, the path, the body and the kind of answer.
-fn request_of(command: &Command) -> Result<(&'static str, String, Option<Value>, Answer)> {
+fn request_of(
+    command: &Command,
+    account: Option<&str>,
+) -> Result<(&'static str, String, Option<Value>, Answer)> {
     // Ids may hold any printable character (see `PaymentId`): everything but RFC 3986's
     // unreserved characters is escaped so that a `/` or `?` stays inside its segment.
     let enc = |s: &str| utf8_percent_encode(s, PATH_SEGMENT).to_string();
+    // A payment's URL names its account when one is given (the daemon's default otherwise).
+    let of = |path: String| match account {
+        None => path,
+        Some(a) => {
+            let q: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("account", a)
+                .finish();
+            format!("{path}?{q}")
+        }
+    };
     let request = match command {
         Command::Enqueue {
             kind,
@@ -79,24 +92,31 @@ fn request_of(command: &Command) -> Result<(&'static str, String, Option<Value>,
         } => (
             "POST",
             "/v1/checks".to_string(),
-            Some(enqueue_body(kind, id, started_at, metadata, callback_url)?),
+            Some(enqueue_body(
+                account,
+                kind,
+                id,
+                started_at,
+                metadata,
+                callback_url,
+            )?),
             Answer::Payment,
         ),
         Command::Status { kind, id } => (
             "GET",
-            format!("/v1/checks/{}/{}", enc(kind), enc(id)),
+            of(format!("/v1/checks/{}/{}", enc(kind), enc(id))),
             None,
             Answer::PaymentDetail,
         ),
         Command::Cancel { kind, id } => (
             "DELETE",
-            format!("/v1/checks/{}/{}", enc(kind), enc(id)),
+            of(format!("/v1/checks/{}/{}", enc(kind), enc(id))),
             None,
             Answer::Payment,
         ),
         Command::Recheck { kind, id } => (
             "POST",
-            format!("/v1/checks/{}/{}/recheck", enc(kind), enc(id)),
+            of(format!("/v1/checks/{}/{}/recheck", enc(kind), enc(id))),
             None,
             Answer::Recheck,
         ),
@@ -109,6 +129,7 @@ fn request_of(command: &Command) -> Result<(&'static str, String, Option<Value>,
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("limit", &limit.to_string());
             q.extend_pairs(state.iter().map(|s| ("state", s)));
+            q.extend_pairs(account.iter().map(|a| ("account", a)));
             q.extend_pairs(kind.iter().map(|k| ("kind", k)));
             q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
             (
@@ -127,6 +148,7 @@ fn request_of(command: &Command) -> Result<(&'static str, String, Option<Value>,
                 let mut q = form_urlencoded::Serializer::new(String::new());
                 q.append_pair("limit", &limit.to_string());
                 q.extend_pairs(state.iter().map(|s| ("state", s)));
+                q.extend_pairs(account.iter().map(|a| ("account", a)));
                 q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
                 (
                     "GET",
@@ -144,7 +166,11 @@ fn request_of(command: &Command) -> Result<(&'static str, String, Option<Value>,
         },
         #[cfg(feature = "demo")]
         Command::Demo { .. } => unreachable!("handled by dispatch"),
-        Command::Run | Command::CheckConfig | Command::Simulate { .. } | Command::Health { .. } => {
+        Command::Run
+        | Command::CheckConfig
+        | Command::Simulate { .. }
+        | Command::Health { .. }
+        | Command::Accounts => {
             unreachable!("handled by dispatch")
         }
     };
@@ -153,6 +179,7 @@ fn request_of(command: &Command) -> Result<(&'static str, String, Option<Value>,
 
 /// `ninjapoll enqueue`'s request body.
 fn enqueue_body(
+    account: Option<&str>,
     kind: &str,
     id: &str,
     started_at: &Option<String>,
@@ -160,6 +187,7 @@ fn enqueue_body(
     callback_url: &Option<String>,
 ) -> Result<Value> {
     let b = EnqueueRequest {
+        account: account.map(str::to_string),
         kind: kind.to_string(),
         id: id.to_string(),
         // A number stays a number: the API takes unix seconds either way, and

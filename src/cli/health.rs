@@ -7,6 +7,7 @@ use crate::wire::ErrorAnswer;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
+use std::process::ExitCode;
 
 /// `ninjapoll health`: one screen (or the API's JSON), redrawn every `--interval` with
 /// `--watch` until interrupted; the exit status says whether the last answer was healthy.
@@ -93,7 +94,7 @@ pub(super) async fn health(cli: &Cli, watch: bool, interval: &str) -> Result<u8>
 
 /// `GET /v1/health`: the answer as sent, and as read (an error when it is no health
 /// answer of this version).
-async fn fetch_health(socket: &Path) -> Result<(Value, Result<crate::wire::Health>)> {
+pub(super) async fn fetch_health(socket: &Path) -> Result<(Value, Result<crate::wire::Health>)> {
     let (status, value) = request(socket, "GET", "/v1/health", None).await?;
     if status != 200 {
         match serde_json::from_value::<ErrorAnswer>(value.clone()) {
@@ -106,4 +107,25 @@ async fn fetch_health(socket: &Path) -> Result<(Value, Result<crate::wire::Healt
     let health = serde_json::from_value(value.clone())
         .context("the daemon's answer is not what this ninjapoll expects (pass --json to see it)");
     Ok((value, health))
+}
+
+/// `ninjapoll accounts`: each account the daemon checks for, with its pending payments,
+/// its budget, whether it keeps up and the delay to expect (or, with `--json`, the
+/// `accounts` of `/v1/health`).
+pub(super) async fn accounts(cli: &Cli) -> Result<ExitCode> {
+    let socket = client_socket(cli);
+    let (value, health) = fetch_health(&socket).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&value["accounts"])?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let health = health?;
+    let mut out = String::new();
+    crate::health_view::render_accounts(
+        &mut out,
+        &health.accounts,
+        crate::health_view::Style { color: false },
+    );
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
 }

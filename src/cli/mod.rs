@@ -76,17 +76,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             hours,
             warmup,
         } => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let loaded = load_config(cli.config.as_deref())?;
+            let account = cli
+                .account
+                .as_deref()
+                .unwrap_or(crate::account::AccountName::DEFAULT);
+            let cfg = loaded.as_account(account)?;
             let warmup = humantime::parse_duration(warmup)
                 .with_context(|| format!("--warmup {warmup:?}: expected a duration like 1h"))?;
             let streams = simulate::streams(kind, rate, also)?;
-            simulate::simulate(&cfg, &streams, mix, (*hours, warmup), cli.json).await
+            simulate::simulate(&cfg, account, &streams, mix, (*hours, warmup), cli.json).await
         }
         #[cfg(feature = "demo")]
         Command::Demo { payments } => {
             crate::demo::run(*payments).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Accounts => health::accounts(&cli).await,
         Command::Health { watch, interval } => {
             // Anything but a verdict (a wrong --interval, no daemon) is status 2, so that
             // 1 always means "not healthy".

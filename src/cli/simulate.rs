@@ -62,6 +62,7 @@ fn simulated_payments(rate_per_s: f64, secs: f64) -> Result<f64> {
 /// first the main one.
 pub(super) async fn simulate(
     cfg: &Config,
+    account: &str,
     streams: &[(String, f64)],
     mix: &str,
     (hours, warmup): (f64, Duration),
@@ -71,7 +72,7 @@ pub(super) async fn simulate(
         bail!("--hours must be in (0, 48]");
     }
     let grid = Grid::new(&cfg.ladder);
-    let mixes = stream_mixes(cfg, &grid, streams, mix).await?;
+    let mixes = stream_mixes(cfg, account, &grid, streams, mix).await?;
     let setup = Setup::new(cfg, streams, hours, warmup);
     let sc = setup.scenario(cfg, streams, &mixes, hours)?;
     let scale = sc.scale();
@@ -98,6 +99,7 @@ pub(super) async fn simulate(
 /// learnt from the database's finished payments of its kind.
 async fn stream_mixes(
     cfg: &Config,
+    account: &str,
     grid: &Grid,
     streams: &[(String, f64)],
     mix: &str,
@@ -131,7 +133,10 @@ async fn stream_mixes(
                 format!("published mix {}", mix.to_ascii_uppercase()),
             ),
             None => {
-                let evidence = rows.iter().filter(|r| r.kind == kind.as_str()).map(|r| {
+                let ours = |r: &&crate::store::FinishedRow| {
+                    r.kind == kind.as_str() && r.account.as_str() == account
+                };
+                let evidence = rows.iter().filter(ours).map(|r| {
                     let (pending_seen, final_seen) = r.evidence_times();
                     (
                         r.started_at,

@@ -274,6 +274,24 @@ impl Config {
         })
     }
 
+    /// This configuration as the account `name` alone sees it: its key and budget in
+    /// `[ninjapay]`'s place (what `simulate --account` runs on).
+    pub fn as_account(&self, name: &str) -> Result<Config, ConfigError> {
+        let account = self.accounts.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.accounts.keys().map(|a| a.as_str()).collect();
+            invalid(
+                "--account",
+                format!("unknown account {name:?}; configured: {}", known.join(", ")),
+            )
+        })?;
+        let mut cfg = self.clone();
+        cfg.ninjapay.api_key = account.api_key.clone();
+        cfg.ninjapay.budget_requests = account.budget_requests;
+        cfg.ninjapay.budget_window = account.budget_window;
+        cfg.accounts.retain(|a, _| a.is_default());
+        Ok(cfg)
+    }
+
     /// The effective configuration as TOML (the format it is written in, so it can be
     /// pasted back into a file), secrets redacted.
     pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {

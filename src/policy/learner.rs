@@ -151,6 +151,21 @@ impl Learner {
         }
     }
 
+    /// Estimates towards `prior` while evidence is scarce (a new account starts from what
+    /// the daemon learnt of the kind across accounts); with no evidence yet, that is the
+    /// estimate.
+    pub fn set_prior(&mut self, prior: FlipDist) {
+        if prior.pmf.len() != self.prior.pmf.len() {
+            return;
+        }
+        if self.finished.is_empty() {
+            self.current = prior.clone();
+            self.recent = prior.clone();
+            self.long = prior.clone();
+        }
+        self.prior = prior;
+    }
+
     /// Remember evidence of payments started within `ms` from now on (the long memory).
     pub fn set_horizon(&mut self, ms: i64) {
         self.horizon_ms = ms.max(1);

@@ -21,6 +21,7 @@ pub use self::late::LatePolicy;
 pub use crate::status::PoolStatus;
 
 use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
+use crate::account::AccountName;
 use crate::config::Config;
 use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
 use crate::secret::Secret;
@@ -154,6 +155,7 @@ impl TryFrom<PendingRow> for Tracked {
         let id = PaymentId::parse(&row.id).map_err(|_| InvalidId { pk: row.pk })?;
         Ok(Tracked {
             pk: row.pk,
+            account: row.account,
             kind: row.kind,
             id,
             upstream_status: row.upstream_status,
@@ -172,6 +174,7 @@ impl TryFrom<WatchedRow> for Watched {
         let id = PaymentId::parse(&row.id).map_err(|_| InvalidId { pk: row.pk })?;
         Ok(Watched {
             pk: row.pk,
+            account: row.account,
             kind: row.kind,
             id,
             state: row.state,
@@ -219,14 +222,30 @@ pub fn ledger_id(key: Option<&Secret>) -> String {
     }
 }
 
-/// The core's configuration and each pool's key, from the daemon's configuration.
+/// The core's configuration and each pool's key, from the daemon's configuration: the
+/// account `default`'s key (and each kind's own key, if any) and every other account's.
 pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret>>) {
-    let mut keys: Vec<Option<Secret>> = vec![config.ninjapay.api_key.clone()];
-    let mut pools = vec![PoolSpec {
-        name: "default".into(),
-        ledger_id: ledger_id(config.ninjapay.api_key.as_ref()),
-        has_key: config.ninjapay.api_key.is_some(),
-    }];
+    let window_ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let default = &config.ninjapay;
+    let spec =
+        |account: &AccountName, name: String, key: Option<&Secret>, requests, window| PoolSpec {
+            account: account.clone(),
+            name,
+            ledger_id: ledger_id(key),
+            has_key: key.is_some(),
+            budget_requests: requests,
+            budget_window_ms: window,
+        };
+    let (requests, window) = (default.budget_requests, window_ms(default.budget_window));
+    let mut keys: Vec<Option<Secret>> = vec![default.api_key.clone()];
+    let ours = AccountName::default();
+    let mut pools = vec![spec(
+        &ours,
+        "default".into(),
+        default.api_key.as_ref(),
+        requests,
+        window,
+    )];
     let mut kind_pool = HashMap::new();
     for (name, kind) in &config.kinds {
         let idx = match &kind.api_key {
@@ -235,26 +254,40 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
                 Some(i) => i,
                 None => {
                     keys.push(Some(key.clone()));
-                    pools.push(PoolSpec {
-                        name: format!("kind:{name}"),
-                        ledger_id: ledger_id(Some(key)),
-                        has_key: true,
-                    });
+                    pools.push(spec(
+                        &ours,
+                        format!("kind:{name}"),
+                        Some(key),
+                        requests,
+                        window,
+                    ));
                     pools.len() - 1
                 }
             },
         };
         kind_pool.insert(name.clone(), PoolId::new(idx));
     }
+    // Config refuses one key in two accounts, so each account is a key of its own.
+    let mut account_pool = HashMap::new();
+    for (name, account) in config.accounts.iter().filter(|(n, _)| !n.is_default()) {
+        keys.push(account.api_key.clone());
+        pools.push(spec(
+            name,
+            format!("account:{name}"),
+            account.api_key.as_ref(),
+            account.budget_requests,
+            window_ms(account.budget_window),
+        ));
+        account_pool.insert(name.clone(), PoolId::new(pools.len() - 1));
+    }
     let cfg = CoreConfig {
         ladder: config.ladder.clone(),
         kinds: config.kinds.clone(),
         pools,
         kind_pool,
-        budget_requests: config.ninjapay.budget_requests,
+        account_pool,
         backlog_share: config.ninjapay.backlog_share,
-        budget_window_ms: i64::try_from(config.ninjapay.budget_window.as_millis())
-            .unwrap_or(i64::MAX),
+        budget_window_ms: window,
         max_in_flight: config.ninjapay.max_in_flight,
         seed,
         late_policy: LatePolicy::default(),
@@ -301,6 +334,7 @@ pub async fn spawn(
     for row in finished {
         let (pending_seen, final_seen) = row.evidence_times();
         core.learn(
+            &row.account,
             &row.kind,
             row.started_at - off,
             pending_seen.map(|t| t - off),
@@ -767,6 +801,7 @@ mod tests {
         let now = crate::payment::now_ms();
         let rows = store
             .insert_payments(&[NewPayment {
+                account: crate::account::AccountName::default(),
                 kind: crate::kinds::KindName::parse("p2p").unwrap(),
                 id: crate::payment::PaymentId::parse("RACE").unwrap(),
                 started_at: now,
@@ -779,6 +814,7 @@ mod tests {
             .unwrap();
         let r = &rows[0].0;
         let stale = PendingRow {
+            account: crate::account::AccountName::default(),
             pk: r.pk,
             kind: r.kind.clone(),
             id: r.id.clone(),
@@ -789,13 +825,16 @@ mod tests {
             last_checked_at: None,
         };
         // The cancel commits and hands over first; the enqueue's hand-over comes last.
-        assert!(matches!(store.cancel("p2p", "RACE").await, Ok(Some(Ok(_)))));
+        assert!(matches!(
+            store.cancel("default", "p2p", "RACE").await,
+            Ok(Some(Ok(_)))
+        ));
         handle.send(Command::Untrack(r.pk)).unwrap();
         handle.send(Command::Track(stale)).unwrap();
         tokio::time::sleep(Duration::from_millis(900)).await;
         let asked = fake.requests_for("p2p", "RACE").len();
         assert!(asked <= 1, "a cancelled payment was polled {asked} times");
-        let p = store.get("p2p", "RACE").await.unwrap().unwrap();
+        let p = store.get("default", "p2p", "RACE").await.unwrap().unwrap();
         assert_eq!(p.state, crate::payment::State::Cancelled);
         cancel.cancel();
         task.await.unwrap();
@@ -804,6 +843,7 @@ mod tests {
     fn pool(name: &str, pending: usize, used: u32, level: f64) -> PoolStatus {
         PoolStatus {
             name: name.into(),
+            account: AccountName::default(),
             budget_limit: 1000,
             budget_effective: 1000,
             budget_used: used,

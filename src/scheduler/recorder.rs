@@ -241,6 +241,7 @@ mod tests {
         .unwrap();
         let rows = store
             .insert_payments(&[NewPayment {
+                account: crate::account::AccountName::default(),
                 kind: KindName::parse("p2p").unwrap(),
                 id: PaymentId::parse("A").unwrap(),
                 started_at: 0,

@@ -314,6 +314,7 @@ impl<'a> Run<'a> {
             self.core.track(
                 PendingRow {
                     pk: PaymentKey(pk),
+                    account: crate::account::AccountName::default(),
                     kind: self.kinds[stream].name.clone(),
                     id: format!("S{pk}"),
                     upstream_status: None,

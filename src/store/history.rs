@@ -2,6 +2,7 @@
 //! change causes, committed together.
 
 use super::{PaymentRow, Store};
+use crate::account::AccountName;
 use crate::event::{event_body, EventSpec, Subject};
 use crate::kinds::KindName;
 use crate::payment::{now_ms, LedgerKey, PaymentKey, State, UnixMs};
@@ -156,12 +157,13 @@ impl Store {
         let url = before
             .callback_url
             .clone()
-            .or_else(|| self.default_webhook_url.as_deref().map(String::from));
+            .or_else(|| self.webhook_urls().get(&before.account).cloned());
         let Some(url) = url else {
             return Ok(false);
         };
         let sequence = before.event_seq + 1;
         let after = Subject {
+            account: &before.account,
             kind: &before.kind,
             id: &before.id,
             state: r.state,

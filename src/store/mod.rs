@@ -22,7 +22,9 @@ use sqlx::sqlite::SqlitePool;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use crate::account::AccountName;
 
 /// Errors a caller may want to tell apart.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +55,7 @@ macro_rules! payment_query {
         sqlx::query_as!(
             PaymentRow,
             $before
-                + r#"pk AS "pk!: PaymentKey", kind AS "kind: KindName", id, state AS "state: State", upstream_status,
+                + r#"pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, state AS "state: State", upstream_status,
                 started_at, jitter_ms, created_at, updated_at, next_check_at, checks_done,
                 last_checked_at, last_error, finished_at, response, metadata, callback_url,
                 event_seq"#
@@ -71,7 +73,7 @@ macro_rules! event_query {
         sqlx::query_as!(
             WebhookEvent,
             r#"SELECT e.pk AS "pk!: EventKey", e.event_id, e.payment_pk AS "payment_pk: PaymentKey",
-                p.kind AS "kind: KindName", p.id, e.sequence, e.type AS event_type, "#
+                p.account AS "account: AccountName", p.kind AS "kind: KindName", p.id, e.sequence, e.type AS event_type, "#
                 + $url
                 + r#" AS "url!", e.body, e.created_at, e.state AS "state: WebhookState",
                 e.attempts, e.retry_from, e.next_attempt_at, e.delivered_at, e.last_error,
@@ -111,12 +113,32 @@ pub use retention::Pruned;
 pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
-    /// Event URL when a payment has no `callback_url`.
-    default_webhook_url: Option<Arc<str>>,
+    /// Each account's event URL, for a payment without a `callback_url` (a reload may
+    /// change them).
+    webhook_urls: Arc<RwLock<Arc<WebhookUrls>>>,
     health: Arc<WriteHealth>,
     /// The WAL file, whose size decides when a checkpoint truncates it.
     wal_path: PathBuf,
     /// The WAL's size at the last housekeeping, to tell an idle database.
     wal_seen: Arc<AtomicU64>,
     _lock: Arc<File>,
+}
+
+/// Each account's event URL (`[webhooks] url`, `[accounts.NAME.webhooks] url`).
+pub type WebhookUrls = std::collections::BTreeMap<AccountName, String>;
+
+impl Store {
+    /// Sets each account's event URL: events queued from now on, and pending ones without
+    /// a callback, go there.
+    pub fn set_webhook_urls(&self, urls: WebhookUrls) {
+        *self.webhook_urls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(urls);
+    }
+
+    /// Each account's event URL, as set now.
+    pub(crate) fn webhook_urls(&self) -> Arc<WebhookUrls> {
+        self.webhook_urls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }

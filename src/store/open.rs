@@ -2,6 +2,7 @@
 //! writer's transactions with the health of its writes.
 
 use super::{Store, StoreError};
+use crate::account::AccountName;
 use crate::payment::{now_ms, UnixMs};
 use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
@@ -12,7 +13,7 @@ use sqlx::Sqlite;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// The schema, as the files in `migrations/` make it.
@@ -116,6 +117,57 @@ pub(super) fn options(path: &Path) -> SqliteConnectOptions {
         .pragma("journal_size_limit", WAL_KEEP.to_string())
 }
 
+/// Brings the schema up to date, on a connection of its own with foreign keys off: a
+/// migration that rebuilds a table (SQLite's way to change a constraint) drops the table
+/// other rows refer to before the rebuilt one takes its name. The references are checked
+/// once every migration has run, and a violation refuses the start.
+async fn migrate(path: &Path) -> Result<(), StoreError> {
+    let conn = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options(path).foreign_keys(false))
+        .await
+        .with_context(|| format!("opening database {}", path.display()))?;
+    // Forward only: an older schema is migrated up; a newer one is refused before
+    // anything is written (sqlx would refuse too, naming only its version).
+    let migrated = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations')
+               AS "migrated!: bool""#
+    )
+    .fetch_one(&conn)
+    .await
+    .context("reading the database's schema")?;
+    let found: Option<i64> = if migrated {
+        sqlx::query_scalar!(r#"SELECT MAX(version) AS "version?: i64" FROM _sqlx_migrations"#)
+            .fetch_one(&conn)
+            .await
+            .context("reading the database's schema version")?
+    } else {
+        None
+    };
+    if let Some(found) = found.filter(|v| *v > schema_version()) {
+        conn.close().await;
+        return Err(StoreError::TooNew {
+            found,
+            ours: schema_version(),
+            ours_release: env!("CARGO_PKG_VERSION"),
+        });
+    }
+    MIGRATOR.run(&conn).await.context("applying migrations")?;
+    let broken = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&conn)
+        .await
+        .context("checking the database's references")?;
+    conn.close().await;
+    if !broken.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{} row(s) refer to rows that do not exist after migrating; the database needs repair",
+            broken.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database, takes the daemon lock, and migrates.
     pub async fn open(
@@ -136,37 +188,12 @@ impl Store {
         if lock.try_lock().is_err() {
             return Err(StoreError::Locked(lock_path));
         }
+        migrate(path).await?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options(path))
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
-        // Forward only: an older schema is migrated up; a newer one is refused before
-        // anything is written (sqlx would refuse too, naming only its version).
-        let migrated = sqlx::query_scalar!(
-            r#"SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_sqlx_migrations')
-               AS "migrated!: bool""#
-        )
-        .fetch_one(&write)
-        .await
-        .context("reading the database's schema")?;
-        let found: Option<i64> = if migrated {
-            sqlx::query_scalar!(r#"SELECT MAX(version) AS "version?: i64" FROM _sqlx_migrations"#)
-                .fetch_one(&write)
-                .await
-                .context("reading the database's schema version")?
-        } else {
-            None
-        };
-        if let Some(found) = found.filter(|v| *v > schema_version()) {
-            write.close().await;
-            return Err(StoreError::TooNew {
-                found,
-                ours: schema_version(),
-                ours_release: env!("CARGO_PKG_VERSION"),
-            });
-        }
-        MIGRATOR.run(&write).await.context("applying migrations")?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path).read_only(true))
@@ -177,7 +204,12 @@ impl Store {
         Ok(Self {
             write,
             read,
-            default_webhook_url: default_webhook_url.map(Into::into),
+            webhook_urls: Arc::new(RwLock::new(Arc::new(
+                default_webhook_url
+                    .map(|u| (AccountName::default_account(), u))
+                    .into_iter()
+                    .collect(),
+            ))),
             health: Arc::default(),
             wal_path: PathBuf::from(wal),
             wal_seen: Arc::default(),

@@ -2,6 +2,7 @@
 //! attempts, listings and replays.
 
 use super::Store;
+use crate::account::AccountName;
 use crate::kinds::KindName;
 use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs, WebhookOutcome, WebhookState};
 use anyhow::{Context, Result};
@@ -13,6 +14,7 @@ pub struct WebhookEvent {
     pub pk: EventKey,
     pub event_id: String,
     pub payment_pk: PaymentKey,
+    pub account: AccountName,
     pub kind: KindName,
     pub id: String,
     pub sequence: i64,
@@ -88,6 +90,7 @@ impl AttemptOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct WebhookFilter {
     pub state: Option<WebhookState>,
+    pub account: Option<String>,
     pub kind: Option<String>,
     pub id: Option<String>,
     /// Only rows with a larger `pk` (the cursor).
@@ -99,29 +102,36 @@ impl Store {
     /// The pending events that head their payment's queue (no earlier pending event of the
     /// same payment), earliest due first, leaving out the payments in `busy` (an attempt
     /// is in flight). Order per payment comes from the head rule; other payments are never
-    /// held up by one that is retrying.
+    /// held up by one that is retrying, and no account by another: only the accounts in
+    /// `open` are read (those with a signing key and room for another attempt in flight).
     pub async fn webhook_heads(
         &self,
         busy: &[PaymentKey],
+        open: &[&AccountName],
         limit: u32,
     ) -> Result<Vec<WebhookEvent>> {
         let busy: Vec<i64> = busy.iter().map(|k| k.0).collect();
         let busy = serde_json::to_string(&busy).context("encoding busy payments")?;
-        let default_url = self.default_webhook_url.as_deref();
+        let open = serde_json::to_string(open).context("encoding open accounts")?;
+        let urls = serde_json::to_string(&*self.webhook_urls()).context("encoding URLs")?;
         // An event without a callback goes to the URL configured now, not the one in force
         // when it was queued: a merchant who moves the receiver gets pending and replayed
         // events at the new address.
         event_query!(
-            "CASE WHEN p.callback_url IS NULL THEN COALESCE(?3, e.url) ELSE e.url END",
+            "CASE WHEN p.callback_url IS NULL \
+             THEN COALESCE(json_extract(?3, '$.\"' || p.account || '\"'), e.url) \
+             ELSE e.url END",
             "FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
              WHERE e.state = 'pending' \
              AND e.payment_pk NOT IN (SELECT value FROM json_each(?1)) \
+             AND p.account IN (SELECT value FROM json_each(?4)) \
              AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.payment_pk = e.payment_pk \
                              AND b.state = 'pending' AND b.sequence < e.sequence) \
              ORDER BY e.next_attempt_at, e.pk LIMIT ?2",
             busy,
             limit,
-            default_url,
+            urls,
+            open,
         )
         .fetch_all(&self.read)
         .await
@@ -184,12 +194,14 @@ impl Store {
             "e.url",
             "FROM webhook_events e JOIN payments p ON p.pk = e.payment_pk \
              WHERE e.pk > ?1 AND (?2 IS NULL OR e.state = ?2) AND (?3 IS NULL OR p.kind = ?3) \
-             AND (?4 IS NULL OR p.id = ?4) ORDER BY e.pk LIMIT ?5",
+             AND (?4 IS NULL OR p.id = ?4) AND (?6 IS NULL OR p.account = ?6) \
+             ORDER BY e.pk LIMIT ?5",
             after_pk,
             f.state,
             f.kind,
             f.id,
             f.limit,
+            f.account,
         )
         .fetch_all(&self.read)
         .await?)

@@ -1,6 +1,7 @@
 //! Payments: enqueue, the reads of the API, cancel and rechecks.
 
 use super::Store;
+use crate::account::AccountName;
 use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs};
 use anyhow::{Context, Result};
@@ -11,6 +12,7 @@ use sqlx::FromRow;
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct PaymentRow {
     pub pk: PaymentKey,
+    pub account: AccountName,
     pub kind: KindName,
     pub id: String,
     pub state: State,
@@ -33,6 +35,7 @@ pub struct PaymentRow {
 /// A payment to start tracking.
 #[derive(Debug, Clone)]
 pub struct NewPayment {
+    pub account: AccountName,
     pub kind: KindName,
     pub id: PaymentId,
     pub started_at: UnixMs,
@@ -53,6 +56,7 @@ pub enum Inserted {
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub state: Option<State>,
+    pub account: Option<AccountName>,
     pub kind: Option<KindName>,
     /// Only rows with a larger `pk` (the cursor).
     pub after_pk: Option<PaymentKey>,
@@ -61,12 +65,13 @@ pub struct ListFilter {
 
 /// The columns of a [`PaymentRow`], for the one query that is built at run time
 /// ([`list_sql`]); [`payment_query!`] spells the same list for the compile-checked ones.
-const PAYMENT_COLUMNS: &str = "pk, kind, id, state, upstream_status, started_at, jitter_ms, \
+const PAYMENT_COLUMNS: &str =
+    "pk, account, kind, id, state, upstream_status, started_at, jitter_ms, \
     created_at, updated_at, next_check_at, checks_done, last_checked_at, last_error, \
     finished_at, response, metadata, callback_url, event_seq";
 
 impl Store {
-    /// Inserts payments in one transaction; an existing kind+id is left untouched and
+    /// Inserts payments in one transaction; an existing account+kind+id is left untouched and
     /// returned as it is.
     pub async fn insert_payments(&self, new: &[NewPayment]) -> Result<Vec<(PaymentRow, Inserted)>> {
         self.write("enqueue", async |tx| {
@@ -76,20 +81,22 @@ impl Store {
                 let metadata = p.metadata.as_ref().map(Value::to_string);
                 let id = p.id.as_str();
                 let inserted = payment_query!(
-                "INSERT INTO payments (kind, id, started_at, jitter_ms, created_at, updated_at, \
-                 next_check_at, callback_url, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (kind, id) DO NOTHING RETURNING ",
-                "",
-                p.kind,
-                id,
-                p.started_at,
-                p.jitter_ms,
-                now,
-                now,
-                p.next_check_at,
-                p.callback_url,
-                metadata,
-            )
+                    "INSERT INTO payments (account, kind, id, started_at, jitter_ms, created_at, \
+                 updated_at, next_check_at, callback_url, metadata) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (account, kind, id) DO NOTHING RETURNING ",
+                    "",
+                    p.account,
+                    p.kind,
+                    id,
+                    p.started_at,
+                    p.jitter_ms,
+                    now,
+                    now,
+                    p.next_check_at,
+                    p.callback_url,
+                    metadata,
+                )
                 .fetch_optional(&mut *tx)
                 .await
                 .context("inserting payment")?;
@@ -98,7 +105,8 @@ impl Store {
                     None => {
                         let row = payment_query!(
                             "SELECT ",
-                            " FROM payments WHERE kind = ? AND id = ?",
+                            " FROM payments WHERE account = ? AND kind = ? AND id = ?",
+                            p.account,
                             p.kind,
                             id,
                         )
@@ -114,11 +122,12 @@ impl Store {
         .await
     }
 
-    /// One payment by kind and id.
-    pub async fn get(&self, kind: &str, id: &str) -> Result<Option<PaymentRow>> {
+    /// One payment by account, kind and id.
+    pub async fn get(&self, account: &str, kind: &str, id: &str) -> Result<Option<PaymentRow>> {
         Ok(payment_query!(
             "SELECT ",
-            " FROM payments WHERE kind = ? AND id = ?",
+            " FROM payments WHERE account = ? AND kind = ? AND id = ?",
+            account,
             kind,
             id
         )
@@ -136,6 +145,9 @@ impl Store {
         if let Some(state) = f.state {
             q = q.bind(state);
         }
+        if let Some(account) = &f.account {
+            q = q.bind(account);
+        }
         if let Some(kind) = &f.kind {
             q = q.bind(kind);
         }
@@ -152,20 +164,22 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
     }
 
-    /// Pending payments per kind, for health (a kind no longer configured is not polled).
-    pub async fn pending_by_kind(&self) -> Result<Vec<(String, i64)>> {
+    /// Pending payments per account and kind, for health (a kind or an account no longer
+    /// configured is not polled).
+    pub async fn pending_by_kind(&self) -> Result<Vec<(String, String, i64)>> {
         let rows = sqlx::query!(
-            r#"SELECT kind, COUNT(*) AS "n!: i64" FROM payments WHERE state = 'pending'
-               GROUP BY kind"#
+            r#"SELECT account, kind, COUNT(*) AS "n!: i64" FROM payments
+               WHERE state = 'pending' GROUP BY account, kind"#
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.kind, r.n)).collect())
+        Ok(rows.into_iter().map(|r| (r.account, r.kind, r.n)).collect())
     }
 
     /// Cancels a pending payment. `Ok(None)`: no such payment; `Err` of the row: already final.
     pub async fn cancel(
         &self,
+        account: &str,
         kind: &str,
         id: &str,
     ) -> Result<Option<Result<PaymentRow, PaymentRow>>> {
@@ -173,7 +187,8 @@ impl Store {
             let now = now_ms();
             let row = payment_query!(
                 "SELECT ",
-                " FROM payments WHERE kind = ? AND id = ?",
+                " FROM payments WHERE account = ? AND kind = ? AND id = ?",
+                account,
                 kind,
                 id
             )
@@ -213,6 +228,7 @@ impl Store {
     /// planned. `None`: no such payment in `state`.
     pub async fn rewatch(
         &self,
+        account: &str,
         kind: &str,
         id: &str,
         state: State,
@@ -221,9 +237,11 @@ impl Store {
         self.write("rewatch", async |tx| {
             let row = payment_query!(
                 "UPDATE payments SET next_check_at = MIN(COALESCE(next_check_at, ?1), ?1), \
-             updated_at = ?1 WHERE kind = ?2 AND id = ?3 AND state = ?4 RETURNING ",
+             updated_at = ?1 WHERE account = ?2 AND kind = ?3 AND id = ?4 AND state = ?5 \
+             RETURNING ",
                 "",
                 at,
+                account,
                 kind,
                 id,
                 state,
@@ -237,16 +255,23 @@ impl Store {
 
     /// Moves a pending payment's next check to `at` (a manual recheck). `None`: no such
     /// pending payment.
-    pub async fn reschedule(&self, kind: &str, id: &str, at: UnixMs) -> Result<Option<PaymentRow>> {
+    pub async fn reschedule(
+        &self,
+        account: &str,
+        kind: &str,
+        id: &str,
+        at: UnixMs,
+    ) -> Result<Option<PaymentRow>> {
         self.write("reschedule", async |tx| {
             let row = payment_query!(
-            "UPDATE payments SET next_check_at = ?1, updated_at = ?1 WHERE kind = ?2 AND id = ?3 \
-             AND state = 'pending' RETURNING ",
-            "",
-            at,
-            kind,
-            id,
-        )
+                "UPDATE payments SET next_check_at = ?1, updated_at = ?1 WHERE account = ?2 \
+             AND kind = ?3 AND id = ?4 AND state = 'pending' RETURNING ",
+                "",
+                at,
+                account,
+                kind,
+                id,
+            )
             .fetch_optional(&mut *tx)
             .await?;
             Ok(row)
@@ -256,11 +281,14 @@ impl Store {
 }
 
 /// The query of [`Store::list`] for the filters `f` gives (parameters in order: cursor,
-/// state, kind, limit; absent filters take no parameter).
+/// state, account, kind, limit; absent filters take no parameter).
 pub(super) fn list_sql(f: &ListFilter) -> String {
     let mut sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE pk > ?");
     if f.state.is_some() {
         sql.push_str(" AND state = ?");
+    }
+    if f.account.is_some() {
+        sql.push_str(" AND account = ?");
     }
     if f.kind.is_some() {
         sql.push_str(" AND kind = ?");

@@ -3,6 +3,7 @@
 
 use super::open::options;
 use super::Store;
+use crate::account::AccountName;
 use crate::kinds::KindName;
 use crate::payment::{PaymentKey, State, UnixMs};
 use anyhow::{Context, Result};
@@ -14,6 +15,7 @@ use std::path::Path;
 #[derive(Debug, Clone, FromRow)]
 pub struct WatchedRow {
     pub pk: PaymentKey,
+    pub account: AccountName,
     pub kind: KindName,
     pub id: String,
     pub state: State,
@@ -41,6 +43,7 @@ pub struct WatchEvidenceRow {
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingRow {
     pub pk: PaymentKey,
+    pub account: AccountName,
     pub kind: KindName,
     pub id: String,
     pub upstream_status: Option<String>,
@@ -53,6 +56,7 @@ pub struct PendingRow {
 /// A finished payment, as evidence of when payments flip.
 #[derive(Debug, Clone, FromRow)]
 pub struct FinishedRow {
+    pub account: AccountName,
     pub kind: KindName,
     pub started_at: i64,
     pub pending_seen_at: Option<i64>,
@@ -78,7 +82,8 @@ macro_rules! finished_query {
     ($since:expr, $most:expr) => {
         sqlx::query_as!(
             FinishedRow,
-            r#"SELECT kind AS "kind: KindName", started_at, pending_seen_at,
+            r#"SELECT account AS "account: AccountName", kind AS "kind: KindName", started_at,
+               pending_seen_at,
                finished_at AS last_checked_at, COALESCE(ended_state, state) AS "state!: State"
                FROM payments WHERE started_at >= ? AND state != 'pending'
                ORDER BY started_at DESC LIMIT ?"#,
@@ -98,7 +103,7 @@ impl Store {
     pub async fn pending(&self) -> Result<Vec<PendingRow>> {
         Ok(sqlx::query_as!(
             PendingRow,
-            r#"SELECT pk AS "pk!: PaymentKey", kind AS "kind: KindName", id, upstream_status, started_at, jitter_ms,
+            r#"SELECT pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, upstream_status, started_at, jitter_ms,
                next_check_at, last_checked_at FROM payments WHERE state = 'pending' ORDER BY pk"#
         )
         .fetch_all(&self.read)
@@ -110,7 +115,7 @@ impl Store {
     pub async fn watched(&self) -> Result<Vec<WatchedRow>> {
         Ok(sqlx::query_as!(
             WatchedRow,
-            r#"SELECT pk AS "pk!: PaymentKey", kind AS "kind: KindName", id, state AS "state: State",
+            r#"SELECT pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, state AS "state: State",
                upstream_status, started_at, next_check_at AS "next_check_at!",
                COALESCE(watch_seen_at, finished_at) AS "seen_at: i64",
                COALESCE(ended_state, state) AS "ended_state!: State"

@@ -287,9 +287,8 @@ impl Core {
         } else {
             Evidence::of(&self.grid, e.t0, previous_last, Some(done.sent_at))
         };
-        let model = &mut self.models[e.model];
-        model.learner.observe(e.t0, evidence);
-        model.fresh += 1;
+        self.observe(e.model, e.t0, evidence);
+        self.models[e.model].fresh += 1;
         out.finished.push((e.pk, d.state, done.sent_at));
         if d.state == State::TimedOut {
             tracing::info!(kind = %e.kind.name, id = %e.id, "payment timed out");

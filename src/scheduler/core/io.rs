@@ -33,6 +33,7 @@ impl std::fmt::Display for PoolId {
 #[derive(Debug, Clone)]
 pub struct Tracked {
     pub pk: PaymentKey,
+    pub account: AccountName,
     pub kind: KindName,
     pub id: PaymentId,
     /// The raw status last seen, if any.
@@ -51,6 +52,7 @@ pub struct Tracked {
 #[derive(Debug, Clone)]
 pub struct Watched {
     pub pk: PaymentKey,
+    pub account: AccountName,
     pub kind: KindName,
     pub id: PaymentId,
     pub state: State,
@@ -110,10 +112,16 @@ pub struct LateCheck {
 pub struct PoolSpec {
     /// Shown in health and logs.
     pub name: String,
+    /// The account whose key it is.
+    pub account: AccountName,
     /// Names the key's rows in the budget ledger (a hash of the key, never the key).
     pub ledger_id: String,
     /// Whether a key is configured at all.
     pub has_key: bool,
+    /// Its budget: requests per window (the window is [`CoreConfig::budget_window_ms`]
+    /// unless the account has its own).
+    pub budget_requests: u32,
+    pub budget_window_ms: i64,
 }
 
 /// What the core is built from.
@@ -122,9 +130,12 @@ pub struct CoreConfig {
     pub ladder: Ladder,
     pub kinds: BTreeMap<KindName, Arc<Kind>>,
     pub pools: Vec<PoolSpec>,
-    /// Pool of each kind (absent: [`PoolId::DEFAULT`]).
+    /// Pool of each kind of the account `default` (absent: [`PoolId::DEFAULT`]).
     pub kind_pool: HashMap<KindName, PoolId>,
-    pub budget_requests: u32,
+    /// Pool of every other account (absent: the account is not configured, its payments
+    /// are not polled).
+    pub account_pool: HashMap<AccountName, PoolId>,
+    /// The window the schedule plans in (`[ninjapay]`'s).
     pub budget_window_ms: i64,
     /// The share of a key's budget its backlog may take after a burst.
     pub backlog_share: BacklogShare,

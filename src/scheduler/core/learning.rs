@@ -9,23 +9,37 @@ impl Core {
     /// timed out or was cancelled, so no flip was seen).
     pub fn learn(
         &mut self,
+        account: &AccountName,
         kind: &KindName,
         started: UnixMs,
         pending_seen: Option<UnixMs>,
         final_at: Option<UnixMs>,
     ) {
-        let Some(&m) = self.model_of.get(kind) else {
+        let Some(k) = self.kinds.get(kind).cloned() else {
             return;
         };
+        let Some(pool) = self.pool_of(account, kind) else {
+            return;
+        };
+        let m = self.model_for(account, &k, pool);
         let lo = pending_seen.map_or(0, |t| self.grid.cell(t - started));
         let hi = final_at.map(|t| self.grid.cell_ceil(t - started).max(lo + 1));
-        self.models[m].learner.observe(started, Evidence { lo, hi });
+        self.observe(m, started, Evidence { lo, hi });
+    }
+
+    /// Evidence of a model's payment: its own, and its kind's across accounts.
+    pub(super) fn observe(&mut self, m: usize, started: UnixMs, e: Evidence) {
+        let model = &mut self.models[m];
+        model.learner.observe(started, e);
+        if let Some(pooled) = self.pooled.get_mut(&model.kind) {
+            pooled.observe(started, e);
+        }
     }
 
     /// Fixes a kind's flip distribution instead of learning it (the simulator's oracle,
     /// which names kinds as text).
     pub fn assume(&mut self, kind: &str, dist: crate::policy::FlipDist) {
-        if let Some(&m) = self.model_of.get(kind) {
+        if let Some(m) = self.default_model(kind) {
             let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
             self.models[m].plans = Plans::new(&self.grid, dist, window_cells);
             self.models[m].fixed = true;
@@ -35,7 +49,39 @@ impl Core {
     /// A kind's current plans (its learnt or assumed flip ages and their schedules).
     /// For the simulator, which names kinds as text.
     pub fn plans(&self, kind: &str) -> Option<&Plans> {
-        self.model_of.get(kind).map(|&m| &self.models[m].plans)
+        self.default_model(kind).map(|m| &self.models[m].plans)
+    }
+
+    /// The account `default`'s model of `kind`.
+    fn default_model(&self, kind: &str) -> Option<usize> {
+        self.model_of
+            .iter()
+            .find(|((a, k), _)| a.is_default() && k.as_str() == kind)
+            .map(|(_, &m)| m)
+    }
+
+    /// Each kind learnt across accounts, as the prior of every account's own estimate of
+    /// it: an account with little evidence stays near it, one with much follows its own.
+    /// A kind only one account uses keeps the ladder's prior.
+    fn pool_priors(&mut self, now: UnixMs) {
+        let mut users: HashMap<&KindName, usize> = HashMap::new();
+        for m in &self.models {
+            *users.entry(&m.kind).or_default() += 1;
+        }
+        let shared: Vec<KindName> = users
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for kind in shared {
+            let Some(pooled) = self.pooled.get_mut(&kind) else {
+                continue;
+            };
+            let dist = pooled.fit(now, std::iter::empty()).clone();
+            for m in self.models.iter_mut().filter(|m| m.kind == kind) {
+                m.learner.set_prior(dist.clone());
+            }
+        }
     }
 
     /// How far back the learner may remember payments (its long memory at most): what a
@@ -71,6 +117,7 @@ impl Core {
     pub(super) fn refit(&mut self, now: UnixMs, arrivals: &[(f64, usize)]) {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.life_ms();
+        self.pool_priors(now);
         for (m, &(rate, _)) in arrivals.iter().enumerate() {
             // Recent memory: enough payments to learn from (about 400), over at least two
             // lifetimes and at most three, so a change of traffic is followed within half

@@ -29,6 +29,7 @@ mod tests;
 
 use super::decide::{decide, Decision};
 use super::late::{LatePolicy, Watch, WatchStart};
+use crate::account::AccountName;
 use crate::budget::{BacklogShare, Budget};
 use crate::event::EventSpec;
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
@@ -141,7 +142,9 @@ struct Entry {
 }
 
 struct Model {
-    /// The pool its kind's requests go to, and whether it is a list kind.
+    /// Its kind; the pool its requests go to (its account's key), and whether it is a
+    /// list kind.
+    kind: KindName,
     pool: PoolId,
     list: bool,
     learner: Learner,
@@ -198,10 +201,10 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(spec: PoolSpec, requests: u32, window_ms: i64) -> Self {
+    fn new(spec: PoolSpec) -> Self {
         Self {
+            budget: Budget::new(spec.budget_requests, spec.budget_window_ms),
             spec,
-            budget: Budget::new(requests, window_ms),
             heap: BinaryHeap::new(),
             ready: Vec::new(),
             rechecks: BinaryHeap::new(),
@@ -270,8 +273,13 @@ pub struct Core {
     grid: Grid,
     kinds: BTreeMap<KindName, Arc<Kind>>,
     kind_pool: HashMap<KindName, PoolId>,
+    account_pool: HashMap<AccountName, PoolId>,
+    /// One model per account and kind, made when its first payment comes (the account
+    /// `default`'s at once).
     models: Vec<Model>,
-    model_of: HashMap<KindName, usize>,
+    model_of: HashMap<(AccountName, KindName), usize>,
+    /// Per kind, what every account's payments of it teach: a new account's prior.
+    pooled: HashMap<KindName, Learner>,
     pools: Pools,
     entries: HashMap<PaymentKey, Entry>,
     max_in_flight: usize,
@@ -305,10 +313,13 @@ impl Core {
         let horizon = memory_horizon_ms(cfg.ladder.timeout_ms(), cfg.budget_window_ms);
         let mut models = Vec::new();
         let mut model_of = HashMap::new();
+        let mut pooled = HashMap::new();
         for (name, kind) in &cfg.kinds {
-            model_of.insert(name.clone(), models.len());
+            model_of.insert((AccountName::default(), name.clone()), models.len());
             let prior = grid.ladder_prior();
+            pooled.insert(name.clone(), Learner::new(prior.clone(), horizon));
             models.push(Model {
+                kind: name.clone(),
                 pool: cfg.kind_pool.get(name).copied().unwrap_or(PoolId::DEFAULT),
                 list: kind.is_list(),
                 learner: Learner::new(prior.clone(), horizon),
@@ -331,19 +342,17 @@ impl Core {
             cfg.budget_window_ms,
             cfg.late_policy,
         );
-        let pools = cfg
-            .pools
-            .into_iter()
-            .map(|spec| Pool::new(spec, cfg.budget_requests, cfg.budget_window_ms))
-            .collect();
+        let pools = cfg.pools.into_iter().map(Pool::new).collect();
         let pools = Pools(pools);
         Self {
             ladder: cfg.ladder,
             grid,
             kinds: cfg.kinds,
             kind_pool: cfg.kind_pool,
+            account_pool: cfg.account_pool,
             models,
             model_of,
+            pooled,
             pools,
             entries: HashMap::new(),
             max_in_flight: cfg.max_in_flight.max(1),
@@ -371,6 +380,51 @@ impl Core {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// The key an account's payments of `kind` are checked with; `None`: the account is
+    /// not configured (its payments stay pending, unpolled).
+    pub(super) fn pool_of(&self, account: &AccountName, kind: &KindName) -> Option<PoolId> {
+        if account.is_default() {
+            Some(self.kind_pool.get(kind).copied().unwrap_or(PoolId::DEFAULT))
+        } else {
+            self.account_pool.get(account).copied()
+        }
+    }
+
+    /// The model of an account's payments of `kind`, made on its first payment: it starts
+    /// from what every account taught of the kind, not from the ladder's prior.
+    pub(super) fn model_for(
+        &mut self,
+        account: &AccountName,
+        kind: &Arc<Kind>,
+        pool: PoolId,
+    ) -> usize {
+        let key = (account.clone(), kind.name.clone());
+        if let Some(&m) = self.model_of.get(&key) {
+            return m;
+        }
+        let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
+        let horizon = memory_horizon_ms(self.ladder.timeout_ms(), self.window);
+        let prior = self
+            .pooled
+            .get(&kind.name)
+            .map_or_else(|| self.grid.ladder_prior(), |l| l.current().clone());
+        let mut learner = Learner::new(self.grid.ladder_prior(), horizon);
+        learner.set_prior(prior.clone());
+        let m = self.models.len();
+        self.models.push(Model {
+            kind: kind.name.clone(),
+            pool,
+            list: kind.is_list(),
+            learner,
+            plans: Plans::new(&self.grid, prior, window_cells),
+            arrivals: VecDeque::new(),
+            fresh: 0,
+            fixed: false,
+        });
+        self.model_of.insert(key, m);
+        m
     }
 
     pub(super) fn next_gen(&mut self) -> u64 {

@@ -20,11 +20,11 @@ impl Core {
             }
             let pending = held.values().sum();
             let mut kinds = Vec::new();
-            for (name, &m) in &self.model_of {
-                let model = &self.models[m];
+            for model in &self.models {
                 if model.pool != p {
                     continue;
                 }
+                let name = &model.kind;
                 let dist = &model.plans.dist;
                 let delay = model.plans.delay(self.pools[p].level);
                 kinds.push(KindPolicy {
@@ -64,6 +64,7 @@ impl Core {
             let drains_in = drain_eta(backlog, pool.backlog_sent.len(), paced, window);
             out.push(PoolStatus {
                 name: pool.spec.name.clone(),
+                account: pool.spec.account.clone(),
                 budget_limit: pool.budget.limit(),
                 budget_effective: pool.budget.effective_limit(),
                 budget_used: pool.budget.used(now),

@@ -27,16 +27,15 @@ impl Core {
             tracing::warn!(kind = %row.kind, id = %row.id, "payment of a kind no longer configured stays pending, unpolled");
             return;
         };
+        let Some(pool) = self.pool_of(&row.account, &row.kind) else {
+            tracing::warn!(account = %row.account, kind = %row.kind, id = %row.id, "payment of an account no longer configured stays pending, unpolled");
+            return;
+        };
         let id = row.id;
-        let model = self.model_of[&row.kind];
+        let model = self.model_for(&row.account, &kind, pool);
         if !resumed {
             self.models[model].arrivals.push_back(now);
         }
-        let pool = self
-            .kind_pool
-            .get(&row.kind)
-            .copied()
-            .unwrap_or(PoolId::DEFAULT);
         let gen = self.next_gen();
         let mut e = Entry {
             pk: row.pk,
@@ -178,11 +177,7 @@ impl Core {
             return None;
         }
         let kind = self.kinds.get(&row.kind).cloned()?;
-        let pool = self
-            .kind_pool
-            .get(&row.kind)
-            .copied()
-            .unwrap_or(PoolId::DEFAULT);
+        let pool = self.pool_of(&row.account, &row.kind)?;
         let start = WatchStart {
             pk: row.pk,
             kind,

@@ -9,6 +9,7 @@ async fn store_with_events(dir: &Path, events_a: usize) -> (Store, PaymentKey, P
         .await
         .unwrap();
     let new = |id: &str| NewPayment {
+        account: crate::account::AccountName::default(),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(id).unwrap(),
         started_at: 0,
@@ -63,20 +64,33 @@ fn failed(at: i64) -> WebhookAttempt {
 async fn heads_are_one_per_payment_and_skip_busy_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (store, a, b) = store_with_events(dir.path(), 2).await;
-    let heads = store.webhook_heads(&[], 10).await.unwrap();
+    let heads = store
+        .webhook_heads(&[], &[&crate::account::AccountName::default()], 10)
+        .await
+        .unwrap();
     let got: Vec<(PaymentKey, i64)> = heads.iter().map(|e| (e.payment_pk, e.sequence)).collect();
     assert_eq!(got, vec![(a, 1), (b, 1)]);
-    let heads = store.webhook_heads(&[a], 10).await.unwrap();
+    let heads = store
+        .webhook_heads(&[a], &[&crate::account::AccountName::default()], 10)
+        .await
+        .unwrap();
     assert_eq!(heads.len(), 1);
     assert_eq!(heads[0].payment_pk, b);
 
     // A's first event retrying later: its second still waits behind it.
-    let first = store.webhook_heads(&[], 1).await.unwrap().remove(0);
+    let first = store
+        .webhook_heads(&[], &[&crate::account::AccountName::default()], 1)
+        .await
+        .unwrap()
+        .remove(0);
     store
         .record_webhook_attempt(first.pk, 0, &failed(20), AttemptOutcome::Retry(5_000))
         .await
         .unwrap();
-    let heads = store.webhook_heads(&[], 10).await.unwrap();
+    let heads = store
+        .webhook_heads(&[], &[&crate::account::AccountName::default()], 10)
+        .await
+        .unwrap();
     let got: Vec<(PaymentKey, i64, i64)> = heads
         .iter()
         .map(|e| (e.payment_pk, e.sequence, e.next_attempt_at))
@@ -90,7 +104,10 @@ async fn heads_are_one_per_payment_and_skip_busy_ones() {
         .record_webhook_attempt(first.pk, 0, &failed(30), AttemptOutcome::Dead)
         .await
         .unwrap();
-    let heads = store.webhook_heads(&[b], 10).await.unwrap();
+    let heads = store
+        .webhook_heads(&[b], &[&crate::account::AccountName::default()], 10)
+        .await
+        .unwrap();
     assert_eq!((heads[0].payment_pk, heads[0].sequence), (a, 2));
     assert_eq!(store.webhook_attempts(first.pk).await.unwrap().len(), 2);
 }
@@ -99,7 +116,11 @@ async fn heads_are_one_per_payment_and_skip_busy_ones() {
 async fn a_replay_starts_a_fresh_schedule_and_survives_a_late_failure() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _, _) = store_with_events(dir.path(), 1).await;
-    let ev = store.webhook_heads(&[], 1).await.unwrap().remove(0);
+    let ev = store
+        .webhook_heads(&[], &[&crate::account::AccountName::default()], 1)
+        .await
+        .unwrap()
+        .remove(0);
     store
         .record_webhook_attempt(ev.pk, 0, &failed(20), AttemptOutcome::Dead)
         .await

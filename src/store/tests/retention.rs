@@ -14,6 +14,7 @@ async fn count(store: &Store, sql: &str) -> i64 {
 /// pending with `final_state` None.
 async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -> PaymentKey {
     let new = NewPayment {
+        account: crate::account::AccountName::default(),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(id).unwrap(),
         started_at: 0,
@@ -76,6 +77,7 @@ async fn the_evidence_read_back_is_the_latest_started_oldest_first() {
     // Five finished payments started at 10..50 and one still pending at 60.
     for (i, started_at) in [30, 10, 50, 20, 40, 60].into_iter().enumerate() {
         let new = NewPayment {
+            account: crate::account::AccountName::default(),
             kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(&format!("E{i}")).unwrap(),
             started_at,
@@ -148,8 +150,8 @@ async fn finished_payments_go_with_their_rows_oldest_first_in_batches() {
             attempts: 1
         }
     );
-    assert!(store.get("p2p", "OLD1").await.unwrap().is_none());
-    assert!(store.get("p2p", "OLD2").await.unwrap().is_some());
+    assert!(store.get("default", "p2p", "OLD1").await.unwrap().is_none());
+    assert!(store.get("default", "p2p", "OLD2").await.unwrap().is_some());
     let p = store.prune_finished(1_000, 10).await.unwrap();
     assert_eq!(p.payments, 1);
     assert_eq!(
@@ -157,7 +159,10 @@ async fn finished_payments_go_with_their_rows_oldest_first_in_batches() {
         Pruned::default()
     );
     for id in ["YOUNG", "PEND", "UNDEL"] {
-        assert!(store.get("p2p", id).await.unwrap().is_some(), "{id} kept");
+        assert!(
+            store.get("default", "p2p", id).await.unwrap().is_some(),
+            "{id} kept"
+        );
     }
     // Nothing of the deleted payments is left behind.
     for table in ["status_history", "webhook_events"] {
@@ -198,6 +203,7 @@ async fn a_full_batch_holds_the_writer_briefly() {
     let n = 2 * crate::retention::BATCH as usize + 100;
     let news: Vec<NewPayment> = (0..n)
         .map(|i| NewPayment {
+            account: crate::account::AccountName::default(),
             kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(&format!("P{i}")).unwrap(),
             started_at: 0,
@@ -311,7 +317,7 @@ async fn delivered_events_go_sooner_and_the_sequence_goes_on() {
         count(&store, "SELECT COUNT(*) FROM webhook_events").await,
         1
     );
-    assert!(store.get("p2p", "A").await.unwrap().is_some());
+    assert!(store.get("default", "p2p", "A").await.unwrap().is_some());
     // A's next event is number 2, not a reused 1.
     let flip = CheckRecord {
         saw_pending: false,

@@ -8,6 +8,7 @@ use sqlx::Row;
 
 fn payment(id: &str, metadata: Option<Value>) -> NewPayment {
     NewPayment {
+        account: crate::account::AccountName::default(),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(id).unwrap(),
         started_at: 0,
@@ -57,6 +58,7 @@ async fn a_state_listing_walks_the_state_index() {
     let pending = store
         .list(&ListFilter {
             state: Some(State::Pending),
+            account: Some(crate::account::AccountName::default()),
             kind: Some(KindName::parse("p2p").unwrap()),
             after_pk: Some(all[0].pk),
             limit: 10,

@@ -26,6 +26,7 @@ fn core_sharing(budget: u32, share: BacklogShare) -> (Core, Arc<Kind>) {
 
 fn row(pk: i64, started_at: i64, jitter_ms: i64) -> Tracked {
     Tracked {
+        account: crate::account::AccountName::default(),
         pk: PaymentKey(pk),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(&format!("T{pk}")).unwrap(),
@@ -497,6 +498,7 @@ fn a_lull_does_not_shorten_the_learners_memory() {
     let mut started = -memory + 1000;
     while started < -1000 {
         core.learn(
+            &AccountName::default(),
             &KindName::parse("p2p").unwrap(),
             started,
             Some(started + 5_000),
@@ -506,7 +508,7 @@ fn a_lull_does_not_shorten_the_learners_memory() {
         n += 1;
     }
     assert!(n > 1000, "{n}");
-    let m = core.model_of["p2p"];
+    let m = core.model_of[&(AccountName::default(), KindName::parse("p2p").unwrap())];
     for now in (1..20).map(|i| i * (life / 4)) {
         core.tick(now);
     }
