@@ -10,9 +10,9 @@ impl Core {
     pub fn learn(
         &mut self,
         kind: &KindName,
-        started: UnixMs,
-        pending_seen: Option<UnixMs>,
-        final_at: Option<UnixMs>,
+        started: SchedMs,
+        pending_seen: Option<SchedMs>,
+        final_at: Option<SchedMs>,
     ) {
         let Some(&m) = self.model_of.get(kind) else {
             return;
@@ -55,9 +55,9 @@ impl Core {
         &mut self,
         kind: &KindName,
         ended: State,
-        started: UnixMs,
-        seen: Option<UnixMs>,
-        moved: Option<UnixMs>,
+        started: SchedMs,
+        seen: Option<SchedMs>,
+        moved: Option<SchedMs>,
     ) {
         self.watch.learn(kind, ended, started, seen, moved);
     }
@@ -68,7 +68,7 @@ impl Core {
     }
 
     /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
-    pub(super) fn refit(&mut self, now: UnixMs, arrivals: &[(f64, usize)]) {
+    pub(super) fn refit(&mut self, now: SchedMs, arrivals: &[(f64, usize)]) {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.life_ms();
         for (m, &(rate, _)) in arrivals.iter().enumerate() {
@@ -120,7 +120,7 @@ impl Core {
 
     /// Arrivals per grid cell of a kind (see [`crate::policy::arrival_rate`]), and how many
     /// arrived in the last window.
-    pub(super) fn arrival_rate(&mut self, m: usize, now: UnixMs) -> (f64, usize) {
+    pub(super) fn arrival_rate(&mut self, m: usize, now: SchedMs) -> (f64, usize) {
         let window = self.window;
         let arrivals = &mut self.models[m].arrivals;
         forget_older(arrivals, window * RATE_WINDOWS as i64, now);
@@ -141,7 +141,7 @@ impl Core {
         }
         let mut counts = vec![0u32; lived];
         for t in arrivals.iter() {
-            let i = ((now - t) / slice).max(0) as usize;
+            let i = ((now - *t) / slice).max(0) as usize;
             if let Some(c) = counts.get_mut(i) {
                 *c += 1;
             }
