@@ -55,28 +55,18 @@ fn rate_arg() -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let rate = rate_arg()?;
-    let warmup_ms = 1_200_000 / SCALE;
-    let measure_ms = 3_600_000 / SCALE;
-    let window = Duration::from_millis(600_000 / SCALE as u64);
-    let latency = (Duration::from_millis(1), Duration::from_millis(4));
-
-    let dir = tempfile::tempdir()?;
-    let fake = FakeNinjapay::start(FakeOptions {
-        api_key: "bench-key".into(),
-        budget: Some((BUDGET, window)),
-        latency: Some(latency),
-        ..FakeOptions::default()
-    })
-    .await?;
+/// The daemon's configuration: the documented ladder compressed, the fake's budget.
+fn daemon_config(
+    dir: &std::path::Path,
+    fake_url: String,
+    window: Duration,
+) -> anyhow::Result<Config> {
     let mut raw = defaults();
-    raw.database.path = Some(dir.path().join("ninjapoll.db"));
-    raw.socket.path = Some(dir.path().join("ninjapoll.sock"));
+    raw.database.path = Some(dir.join("ninjapoll.db"));
+    raw.socket.path = Some(dir.join("ninjapoll.sock"));
     raw.ninjapay.api_key = Some("bench-key".into());
-    raw.ninjapay.prod_base_url = Some(fake.base_url());
-    raw.ninjapay.api_base_url = Some(fake.base_url());
+    raw.ninjapay.prod_base_url = Some(fake_url.clone());
+    raw.ninjapay.api_base_url = Some(fake_url);
     raw.ninjapay.budget_requests = Some(BUDGET);
     raw.ninjapay.budget_window = Some(window);
     raw.log.level = Some("error".into());
@@ -93,21 +83,17 @@ async fn main() -> anyhow::Result<()> {
         step(60, None),
     ]);
     raw.schedule.timeout = Some(scaled(600));
-    let cfg = Config::from_raw(raw)?;
-    let ladder = cfg.ladder.clone();
-    let socket = cfg.socket.path.clone();
-    let cancel = CancellationToken::new();
-    let daemon = tokio::spawn(ninjapoll::run_until(cfg, cancel.clone()));
-    while request(&socket, "GET", "/v1/health", None).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    Ok(Config::from_raw(raw)?)
+}
 
-    // The stream: Poisson arrivals, flips drawn from mix A, each payment handed over as it
-    // starts.
+/// One payment of the stream: when it starts (ms into the run) and its flip, if any.
+type Arrival = (i64, Option<(i64, State)>);
+
+/// The stream: Poisson arrivals over `total_ms`, flips drawn from mix A.
+fn arrivals(rate: f64, total_ms: i64) -> Vec<Arrival> {
     let scale = 1.0 / SCALE as f64;
     let mix = Mix::a();
     let mut rng = fastrand::Rng::with_seed(21);
-    let total_ms = warmup_ms + measure_ms;
     let mut arrivals = Vec::new();
     let mut t = 0.0;
     loop {
@@ -117,12 +103,28 @@ async fn main() -> anyhow::Result<()> {
         }
         arrivals.push((t as i64, mix.draw(&mut rng, scale)));
     }
-    let t0 = now_ms();
+    arrivals
+}
+
+/// A flip scripted on the fake: the payment's id, its start (ms into the run) and when it
+/// flips (unix ms).
+type Flip = (String, i64, i64);
+
+/// Hands each payment to the daemon as it starts, its answers scripted on the fake; the
+/// flips scripted.
+async fn feed(
+    fake: &FakeNinjapay,
+    socket: &std::path::Path,
+    ladder: &ninjapoll::Ladder,
+    arrivals: &[Arrival],
+) -> anyhow::Result<Vec<Flip>> {
+    // Unix ms: what the fake's request log and the enqueue's `started_at` speak.
+    let t0 = now_ms().as_ms();
     let start = Instant::now();
     let mut flips = Vec::new();
     let mut queue = arrivals.iter().enumerate().peekable();
     while queue.peek().is_some() {
-        let due = (now_ms() - t0).max(0);
+        let due = (now_ms().as_ms() - t0).max(0);
         let mut batch = Vec::new();
         while let Some((i, (at, flip))) = queue.next_if(|(_, (at, _))| *at <= due) {
             let id = format!("E{i:06}");
@@ -150,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         }
         if !batch.is_empty() {
             let (status, _) = request(
-                &socket,
+                socket,
                 "POST",
                 "/v1/checks/batch",
                 Some(&json!({ "checks": batch })),
@@ -160,21 +162,27 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Drain: every payment ends within one lifetime (plus the budget's catch-up).
+    Ok(flips)
+}
+
+/// Waits until no payment is pending: every payment ends within one lifetime (plus the
+/// budget's catch-up).
+async fn drain(socket: &std::path::Path, ladder: &ninjapoll::Ladder) -> anyhow::Result<()> {
     let limit = Instant::now() + Duration::from_millis(ladder.timeout_ms() as u64 * 4);
     loop {
-        let (_, h) = request(&socket, "GET", "/v1/health", None).await?;
+        let (_, h) = request(socket, "GET", "/v1/health", None).await?;
         if h["payments"]["pending"].as_i64().unwrap_or(0) == 0 || Instant::now() > limit {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    cancel.cancel();
-    let _ = daemon.await;
+}
 
-    // Delay as the provider saw it: from the flip to the first request after it.
+/// Delay as the provider saw it: from the flip to the first request after it, for the
+/// flips of payments started after the warm-up.
+fn measured_delays(fake: &FakeNinjapay, flips: &[Flip], warmup_ms: i64) -> Vec<f64> {
     let mut delays = Vec::new();
-    for (id, at, flip_ms) in &flips {
+    for (id, at, flip_ms) in flips {
         if *at < warmup_ms {
             continue;
         }
@@ -188,8 +196,18 @@ async fn main() -> anyhow::Result<()> {
             delays.push((seen - flip_ms) as f64);
         }
     }
-    let e2e = delays.iter().sum::<f64>() / delays.len().max(1) as f64;
+    delays
+}
 
+/// The simulator on the same scenario: the median of five seeds' mean delay, and the bound.
+fn simulated(
+    ladder: &ninjapoll::Ladder,
+    rate: f64,
+    window: Duration,
+    latency: (Duration, Duration),
+    warmup_ms: i64,
+    total_ms: i64,
+) -> anyhow::Result<(f64, f64)> {
     let mut means = Vec::new();
     let mut bound = 0.0;
     for seed in 0..5 {
@@ -217,7 +235,44 @@ async fn main() -> anyhow::Result<()> {
         bound = r.bound_ms;
     }
     means.sort_by(f64::total_cmp);
-    let simulated = means[means.len() / 2];
+    Ok((means[means.len() / 2], bound))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rate = rate_arg()?;
+    let warmup_ms = 1_200_000 / SCALE;
+    let measure_ms = 3_600_000 / SCALE;
+    let window = Duration::from_millis(600_000 / SCALE as u64);
+    let latency = (Duration::from_millis(1), Duration::from_millis(4));
+
+    let dir = tempfile::tempdir()?;
+    let fake = FakeNinjapay::start(FakeOptions {
+        api_key: "bench-key".into(),
+        budget: Some((BUDGET, window)),
+        latency: Some(latency),
+        ..FakeOptions::default()
+    })
+    .await?;
+    let cfg = daemon_config(dir.path(), fake.base_url(), window)?;
+    let ladder = cfg.ladder.clone();
+    let socket = cfg.socket.path.clone();
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(ninjapoll::run_until(cfg, cancel.clone()));
+    while request(&socket, "GET", "/v1/health", None).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let total_ms = warmup_ms + measure_ms;
+    let arrivals = arrivals(rate, total_ms);
+    let flips = feed(&fake, &socket, &ladder, &arrivals).await?;
+    drain(&socket, &ladder).await?;
+    cancel.cancel();
+    let _ = daemon.await;
+
+    let delays = measured_delays(&fake, &flips, warmup_ms);
+    let e2e = delays.iter().sum::<f64>() / delays.len().max(1) as f64;
+    let (simulated, bound) = simulated(&ladder, rate, window, latency, warmup_ms, total_ms)?;
     println!(
         "mix A at {rate}/s, 100x compressed ({} measured flips): daemon mean {:.1} s, simulator mean {:.1} s ({:+.1}%), bound {:.1} s; fake counted {} requests over budget",
         delays.len(),

@@ -16,7 +16,7 @@
 
 use clap::{Parser, ValueEnum};
 use ninjapoll::sim::{run, BacklogShare, Component, Mix, Phase, Report, Scenario};
-use ninjapoll::{Ladder, State};
+use ninjapoll::{Ladder, SchedMs, State};
 use std::time::{Duration, Instant};
 
 const HOUR: i64 = 3_600_000;
@@ -283,7 +283,7 @@ fn two_kinds(opts: &Opts, seeds: u64) -> anyhow::Result<()> {
             sc.others = vec![(rb, mb.clone())];
             let r = run(&sc)?;
             let mean_of = |stream: usize| {
-                r.mean_delay_ms(|f| f.stream == stream && f.arrived >= HOUR)
+                r.mean_delay_ms(|f| f.stream == stream && f.arrived >= SchedMs(HOUR))
                     .0
                     / 1000.0
             };
@@ -583,7 +583,9 @@ fn timeline(r: &Report, from: i64, to: i64, slice: i64) -> Vec<(i64, f64, usize)
     let mut out = Vec::new();
     let mut t = from;
     while t < to {
-        let (mean_ms, n) = r.mean_delay_ms(|f| !f.burst && f.arrived >= t && f.arrived < t + slice);
+        let (mean_ms, n) = r.mean_delay_ms(|f| {
+            !f.burst && f.arrived >= SchedMs(t) && f.arrived < SchedMs(t + slice)
+        });
         out.push((t, mean_ms / 1000.0, n));
         t += slice;
     }

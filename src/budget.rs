@@ -7,7 +7,7 @@
 //! `limit` requests are in flight or answered within that span. That bound holds for
 //! every rolling window the provider could draw, whatever the latency.
 
-use crate::payment::UnixMs;
+use crate::payment::{SchedMs, WallMs};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -59,9 +59,9 @@ pub struct Budget {
     margin: i64,
     in_flight: u32,
     /// When each answered request stops counting.
-    expiries: BinaryHeap<Reverse<i64>>,
-    paused_until: UnixMs,
-    last_shrink: UnixMs,
+    expiries: BinaryHeap<Reverse<SchedMs>>,
+    paused_until: SchedMs,
+    last_shrink: SchedMs,
 }
 
 impl Budget {
@@ -75,8 +75,8 @@ impl Budget {
             margin: window_ms / 50 + 1,
             in_flight: 0,
             expiries: BinaryHeap::new(),
-            paused_until: 0,
-            last_shrink: 0,
+            paused_until: SchedMs(0),
+            last_shrink: SchedMs(0),
         }
     }
 
@@ -90,25 +90,25 @@ impl Budget {
         self.effective
     }
 
-    fn prune(&mut self, now: UnixMs) {
+    fn prune(&mut self, now: SchedMs) {
         while self.expiries.peek().is_some_and(|Reverse(t)| *t <= now) {
             self.expiries.pop();
         }
     }
 
     /// Requests that still count against the window at `now`.
-    pub fn used(&mut self, now: UnixMs) -> u32 {
+    pub fn used(&mut self, now: SchedMs) -> u32 {
         self.prune(now);
         self.in_flight + self.expiries.len() as u32
     }
 
     /// Whether the key is paused (429/503 with or without `Retry-After`) at `now`.
-    pub fn paused_until(&self, now: UnixMs) -> Option<UnixMs> {
+    pub fn paused_until(&self, now: SchedMs) -> Option<SchedMs> {
         (self.paused_until > now).then_some(self.paused_until)
     }
 
     /// Takes one request's room if there is some.
-    pub fn try_acquire(&mut self, now: UnixMs) -> bool {
+    pub fn try_acquire(&mut self, now: SchedMs) -> bool {
         if self.paused_until > now || self.used(now) >= self.effective {
             return false;
         }
@@ -117,7 +117,7 @@ impl Budget {
     }
 
     /// Records the answer (or failure) of a request acquired earlier, at `done_at`.
-    pub fn release(&mut self, done_at: UnixMs) {
+    pub fn release(&mut self, done_at: SchedMs) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.expiries
             .push(Reverse(done_at + self.window + self.margin));
@@ -125,14 +125,14 @@ impl Budget {
 
     /// Counts a request made before a restart: answered at `done_at`, or, if its answer was
     /// never recorded, assumed answered at `now` (the latest it can have arrived).
-    pub fn restore(&mut self, done_at: Option<UnixMs>, now: UnixMs) {
+    pub fn restore(&mut self, done_at: Option<SchedMs>, now: SchedMs) {
         let at = done_at.unwrap_or(now).min(now);
         self.expiries.push(Reverse(at + self.window + self.margin));
     }
 
     /// When room may next appear, if none now: the end of a pause or the next expiry.
     /// `None` when only an in-flight request's answer can free room.
-    pub fn next_room_at(&mut self, now: UnixMs) -> Option<UnixMs> {
+    pub fn next_room_at(&mut self, now: SchedMs) -> Option<SchedMs> {
         self.next_room_beyond(now, 0)
     }
 
@@ -140,7 +140,13 @@ impl Budget {
     /// the requests that must not wait and `keep` more, counting the window's requests as
     /// they expire. Those requests: by any moment `t`, the more of the sorted due times
     /// `due` up to `t` and a steady `per_window` requests a window since `now`.
-    pub fn room_ahead(&mut self, now: UnixMs, due: &[UnixMs], per_window: f64, keep: u32) -> bool {
+    pub fn room_ahead(
+        &mut self,
+        now: SchedMs,
+        due: &[SchedMs],
+        per_window: f64,
+        keep: u32,
+    ) -> bool {
         if self.paused_until > now {
             return false;
         }
@@ -149,17 +155,17 @@ impl Budget {
         if used > limit {
             return false;
         }
-        let mut expiries: Vec<UnixMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
+        let mut expiries: Vec<SchedMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
         expiries.sort_unstable();
         let window = self.window.max(1);
         let end = now.saturating_add(window);
-        let steady = |t: UnixMs| -> u64 {
+        let steady = |t: SchedMs| -> u64 {
             (per_window.max(0.0) * (t - now).clamp(0, window) as f64 / window as f64).ceil() as u64
         };
         // The demand only grows between expiries: the moments to look at are just before
         // each expiry, at each due time, and at the window's end.
         // 0: an expiry (it still counts just before), 1: a due request, 2: the end.
-        let mut moments: Vec<(UnixMs, u8)> = expiries
+        let mut moments: Vec<(SchedMs, u8)> = expiries
             .iter()
             .filter(|t| **t <= end)
             .map(|t| (*t, 0))
@@ -179,13 +185,13 @@ impl Budget {
     }
 
     /// Whether a request fits with `keep` requests of room left after it.
-    pub fn has_room_beyond(&mut self, now: UnixMs, keep: u32) -> bool {
+    pub fn has_room_beyond(&mut self, now: SchedMs, keep: u32) -> bool {
         self.paused_until <= now && self.used(now) + keep < self.effective
     }
 
     /// When room for a request with `keep` more left after it may next appear (see
     /// [`Self::next_room_at`]).
-    pub fn next_room_beyond(&mut self, now: UnixMs, keep: u32) -> Option<UnixMs> {
+    pub fn next_room_beyond(&mut self, now: SchedMs, keep: u32) -> Option<SchedMs> {
         if self.paused_until > now {
             return Some(self.paused_until);
         }
@@ -197,13 +203,13 @@ impl Budget {
         if excess > self.expiries.len() {
             return None;
         }
-        let mut sorted: Vec<i64> = self.expiries.iter().map(|Reverse(t)| *t).collect();
+        let mut sorted: Vec<SchedMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
         sorted.sort_unstable();
         sorted.get(excess - 1).copied()
     }
 
     /// Pauses the key until `until`.
-    pub fn pause(&mut self, until: UnixMs) {
+    pub fn pause(&mut self, until: SchedMs) {
         self.paused_until = self.paused_until.max(until);
     }
 
@@ -211,7 +217,7 @@ impl Budget {
     /// client shares the key, or the limit is lower than configured). Lowers the limit in
     /// force by a quarter (never below what we had counted as used, which the provider
     /// accepted); each further surprise lowers it again. Returns the new limit.
-    pub fn shrink(&mut self, now: UnixMs) -> u32 {
+    pub fn shrink(&mut self, now: SchedMs) -> u32 {
         let used = self.used(now).saturating_sub(1);
         self.effective = (self.effective * 3 / 4)
             .max(used.min(self.effective))
@@ -221,7 +227,7 @@ impl Budget {
     }
 
     /// Lets a shrunken limit grow back by 10% per quiet window.
-    pub fn recover(&mut self, now: UnixMs) {
+    pub fn recover(&mut self, now: SchedMs) {
         if self.effective < self.limit && now - self.last_shrink >= self.window {
             self.effective = (self.effective + self.limit.div_ceil(10)).min(self.limit);
             self.last_shrink = now;
@@ -237,9 +243,9 @@ impl Budget {
 /// time, never later than `now` (the row's time after a backward step).
 pub fn restored_done_at(
     row: &crate::store::LedgerRow,
-    now: UnixMs,
+    now: WallMs,
     boot_now: Option<(&str, i64)>,
-) -> UnixMs {
+) -> WallMs {
     let wall = row.done_at.unwrap_or(now).min(now);
     let (Some((id, sent_ms)), Some((now_id, now_ms))) = (&row.boot, boot_now) else {
         return wall;
@@ -251,7 +257,7 @@ pub fn restored_done_at(
     match row.done_at {
         None => now,
         Some(done) => sent
-            .saturating_add(done.saturating_sub(row.sent_at).max(0))
+            .saturating_add(done.saturating_since(row.sent_at).max(0))
             .min(now),
     }
 }
@@ -267,8 +273,8 @@ mod tests {
     ) -> crate::store::LedgerRow {
         crate::store::LedgerRow {
             pool: "key:x".into(),
-            sent_at,
-            done_at,
+            sent_at: WallMs(sent_at),
+            done_at: done_at.map(WallMs),
             boot: boot.map(|(id, ms)| (id.to_string(), ms)),
         }
     }
@@ -278,32 +284,33 @@ mod tests {
     /// start; without a boot clock, no row is later than now.
     #[test]
     fn restored_rows_ignore_wall_clock_steps() {
-        let now = 10_000_000;
+        let wall = 10_000_000;
+        let now = WallMs(wall);
         let boot_now = Some(("b", 500_000));
         // Sent 3 s ago by the boot clock (497 s after boot), answered 200 ms later: its
         // wall times an hour behind or ahead do not matter.
         for shift in [-3_600_000, 0, 3_600_000] {
             let r = row(
-                now - 3_000 + shift,
-                Some(now - 2_800 + shift),
+                wall - 3_000 + shift,
+                Some(wall - 2_800 + shift),
                 Some(("b", 497_000)),
             );
             assert_eq!(restored_done_at(&r, now, boot_now), now - 2_800, "{shift}");
         }
         // Never answered: counted as answered now.
-        let r = row(now - 3_600_000, None, Some(("b", 497_000)));
+        let r = row(wall - 3_600_000, None, Some(("b", 497_000)));
         assert_eq!(restored_done_at(&r, now, boot_now), now);
         // An earlier boot: answered before this boot began (500 s ago), at the latest.
         let r = row(
-            now - 3_600_000,
-            Some(now - 3_600_000),
+            wall - 3_600_000,
+            Some(wall - 3_600_000),
             Some(("a", 9_000_000)),
         );
         assert_eq!(restored_done_at(&r, now, boot_now), now - 500_000);
         // No boot clock: the wall time, never later than now.
-        let r = row(now + 60_000, Some(now + 60_100), None);
+        let r = row(wall + 60_000, Some(wall + 60_100), None);
         assert_eq!(restored_done_at(&r, now, boot_now), now);
-        let r = row(now - 1_000, Some(now - 900), Some(("b", 1)));
+        let r = row(wall - 1_000, Some(wall - 900), Some(("b", 1)));
         assert_eq!(restored_done_at(&r, now, None), now - 900);
     }
     use proptest::prelude::*;
@@ -311,14 +318,14 @@ mod tests {
     #[test]
     fn room_frees_a_window_after_the_answer() {
         let mut b = Budget::new(2, 1000);
-        assert!(b.try_acquire(0));
-        assert!(b.try_acquire(0));
-        assert!(!b.try_acquire(0));
-        assert_eq!(b.next_room_at(0), None, "only answers free room");
-        b.release(100);
-        b.release(300);
-        let at = b.next_room_at(200).unwrap();
-        assert_eq!(at, 100 + 1000 + 21);
+        assert!(b.try_acquire(SchedMs(0)));
+        assert!(b.try_acquire(SchedMs(0)));
+        assert!(!b.try_acquire(SchedMs(0)));
+        assert_eq!(b.next_room_at(SchedMs(0)), None, "only answers free room");
+        b.release(SchedMs(100));
+        b.release(SchedMs(300));
+        let at = b.next_room_at(SchedMs(200)).unwrap();
+        assert_eq!(at, SchedMs(100 + 1000 + 21));
         assert!(!b.try_acquire(at - 1));
         assert!(b.try_acquire(at));
     }
@@ -327,18 +334,26 @@ mod tests {
     fn room_beyond_a_reserve_comes_when_enough_expire() {
         let mut b = Budget::new(4, 1000);
         for _ in 0..2 {
-            assert!(b.try_acquire(0));
-            b.release(0);
+            assert!(b.try_acquire(SchedMs(0)));
+            b.release(SchedMs(0));
         }
         // 2 of 4 used: one more fits with one left after it, not with two.
-        assert!(b.has_room_beyond(0, 1));
-        assert!(!b.has_room_beyond(0, 2));
-        assert_eq!(b.next_room_beyond(0, 1), Some(0));
-        assert_eq!(b.next_room_beyond(0, 2), Some(1021), "when one expires");
-        assert_eq!(b.next_room_beyond(0, 4), None, "more than the budget");
-        b.pause(50);
-        assert!(!b.has_room_beyond(10, 0), "paused");
-        assert_eq!(b.next_room_beyond(10, 0), Some(50));
+        assert!(b.has_room_beyond(SchedMs(0), 1));
+        assert!(!b.has_room_beyond(SchedMs(0), 2));
+        assert_eq!(b.next_room_beyond(SchedMs(0), 1), Some(SchedMs(0)));
+        assert_eq!(
+            b.next_room_beyond(SchedMs(0), 2),
+            Some(SchedMs(1021)),
+            "when one expires"
+        );
+        assert_eq!(
+            b.next_room_beyond(SchedMs(0), 4),
+            None,
+            "more than the budget"
+        );
+        b.pause(SchedMs(50));
+        assert!(!b.has_room_beyond(SchedMs(10), 0), "paused");
+        assert_eq!(b.next_room_beyond(SchedMs(10), 0), Some(SchedMs(50)));
     }
 
     #[test]
@@ -352,26 +367,26 @@ mod tests {
     #[test]
     fn restart_counts_unanswered_requests_as_answered_now() {
         let mut b = Budget::new(1, 1000);
-        b.restore(None, 5000);
-        assert!(!b.try_acquire(5500));
-        assert!(b.try_acquire(6021));
+        b.restore(None, SchedMs(5000));
+        assert!(!b.try_acquire(SchedMs(5500)));
+        assert!(b.try_acquire(SchedMs(6021)));
     }
 
     #[test]
     fn pause_and_shrink() {
         let mut b = Budget::new(10, 1000);
-        b.pause(500);
-        assert!(!b.try_acquire(0));
-        assert_eq!(b.next_room_at(0), Some(500));
+        b.pause(SchedMs(500));
+        assert!(!b.try_acquire(SchedMs(0)));
+        assert_eq!(b.next_room_at(SchedMs(0)), Some(SchedMs(500)));
         for _ in 0..5 {
-            assert!(b.try_acquire(600));
+            assert!(b.try_acquire(SchedMs(600)));
         }
         // 5 counted; the provider disagreed on the 5th: a quarter off the limit.
-        assert_eq!(b.shrink(600), 7);
-        assert_eq!(b.shrink(600), 5);
-        assert_eq!(b.shrink(600), 4);
-        assert!(!b.try_acquire(600));
-        b.recover(1600);
+        assert_eq!(b.shrink(SchedMs(600)), 7);
+        assert_eq!(b.shrink(SchedMs(600)), 5);
+        assert_eq!(b.shrink(SchedMs(600)), 4);
+        assert!(!b.try_acquire(SchedMs(600)));
+        b.recover(SchedMs(1600));
         assert_eq!(b.effective_limit(), 5);
     }
 
@@ -392,9 +407,9 @@ mod tests {
             for (i, lat) in latencies.iter().enumerate() {
                 now += gaps[i % gaps.len()];
                 in_flight.retain(|&(s, d)| {
-                    if d <= now { b.release(d); intervals.push((s, d)); false } else { true }
+                    if d <= now { b.release(SchedMs(d)); intervals.push((s, d)); false } else { true }
                 });
-                if b.try_acquire(now) {
+                if b.try_acquire(SchedMs(now)) {
                     in_flight.push((now, now + lat));
                 }
             }

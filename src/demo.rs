@@ -44,12 +44,51 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
     );
     let receiver = start_receiver(key.to_vec()).await?;
 
+    let cfg = demo_config(dir, &fake.base_url(), receiver, secret)?;
+    let socket = cfg.socket.path.clone();
+    crate::logging::init(&crate::config::LogConfig {
+        json: false,
+        level: "warn".into(),
+    });
+
+    println!("simulated Ninjapay on {}", fake.base_url());
+    println!("webhook receiver on http://{receiver}/ninjapay/events");
+    println!("daemon on {} (ladder: first check 1-1.5 s, then every 0.5 s for 3 s, then every 1 s until 20 s)\n", socket.display());
+
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(crate::daemon::run_until(cfg, cancel.clone()));
+    let started = Instant::now();
+    wait_ready(&socket, &cancel).await?;
+
+    let mut states = enqueue(&fake, &socket, payments).await?;
+    println!();
+
+    follow(&socket, &mut states, started).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, health) = request(&socket, "GET", "/v1/health", None).await?;
+    println!("\nhealth: {}", health);
+    println!(
+        "{} requests reached the simulated Ninjapay",
+        fake.requests().len()
+    );
+    cancel.cancel();
+    daemon.await.context("daemon task")??;
+    Ok(())
+}
+
+/// The daemon's configuration for the demo: a compressed ladder, the fake and the receiver.
+fn demo_config(
+    dir: &std::path::Path,
+    fake_url: &str,
+    receiver: std::net::SocketAddr,
+    secret: String,
+) -> Result<Config> {
     let mut raw = config::defaults();
     raw.database.path = Some(dir.join("ninjapoll.db"));
     raw.socket.path = Some(dir.join("ninjapoll.sock"));
     raw.ninjapay.api_key = Some("demo-key".into());
-    raw.ninjapay.prod_base_url = Some(fake.base_url());
-    raw.ninjapay.api_base_url = Some(fake.base_url());
+    raw.ninjapay.prod_base_url = Some(fake_url.to_owned());
+    raw.ninjapay.api_base_url = Some(fake_url.to_owned());
     let ms = Duration::from_millis;
     raw.schedule.first_check = Some(vec![ms(1000), ms(1500)]);
     raw.schedule.steps = Some(vec![
@@ -66,28 +105,28 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
     raw.webhooks.url = Some(format!("http://{receiver}/ninjapay/events"));
     raw.webhooks.secret = Some(secret);
     raw.webhooks.retry = Some(vec![ms(200), ms(1000)]);
-    let cfg = Config::from_raw(raw)?;
-    let socket = cfg.socket.path.clone();
-    crate::logging::init(&crate::config::LogConfig {
-        json: false,
-        level: "warn".into(),
-    });
+    Ok(Config::from_raw(raw)?)
+}
 
-    println!("simulated Ninjapay on {}", fake.base_url());
-    println!("webhook receiver on http://{receiver}/ninjapay/events");
-    println!("daemon on {} (ladder: first check 1-1.5 s, then every 0.5 s for 3 s, then every 1 s until 20 s)\n", socket.display());
-
-    let cancel = CancellationToken::new();
-    let daemon = tokio::spawn(crate::daemon::run_until(cfg, cancel.clone()));
+/// Waits until the daemon answers on its socket (10 s at most).
+async fn wait_ready(socket: &std::path::Path, cancel: &CancellationToken) -> Result<()> {
     let started = Instant::now();
-    while request(&socket, "GET", "/v1/health", None).await.is_err() {
+    while request(socket, "GET", "/v1/health", None).await.is_err() {
         if started.elapsed() > Duration::from_secs(10) {
             cancel.cancel();
             bail!("the daemon did not start");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
 
+/// Enqueues `payments` payments across the demo's kinds; each one's state, pending.
+async fn enqueue(
+    fake: &FakeNinjapay,
+    socket: &std::path::Path,
+    payments: usize,
+) -> Result<HashMap<(String, String), State>> {
     let mut states: HashMap<(String, String), State> = HashMap::new();
     for i in 0..payments {
         let kind = KINDS[i % KINDS.len()];
@@ -104,7 +143,7 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
             callback_url: None,
             metadata: Some(json!({"order": i})),
         })?;
-        let (status, v) = request(&socket, "POST", "/v1/checks", Some(&body)).await?;
+        let (status, v) = request(socket, "POST", "/v1/checks", Some(&body)).await?;
         let p: PaymentView = serde_json::from_value(v).context("the enqueue's answer")?;
         println!(
             "enqueued {kind:<8} {id:<16} -> HTTP {status}, {}",
@@ -112,13 +151,20 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
         );
         states.insert((kind.to_string(), id), State::Pending);
     }
-    println!();
+    Ok(states)
+}
 
+/// Prints each payment's change of state until all are final (or a minute passes).
+async fn follow(
+    socket: &std::path::Path,
+    states: &mut HashMap<(String, String), State>,
+    started: Instant,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && states.values().any(|s| *s == State::Pending) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         for ((kind, id), state) in states.iter_mut() {
-            let (_, v) = request(&socket, "GET", &format!("/v1/checks/{kind}/{id}"), None).await?;
+            let (_, v) = request(socket, "GET", &format!("/v1/checks/{kind}/{id}"), None).await?;
             let p: PaymentDetail = serde_json::from_value(v).context("a payment's answer")?;
             let now = p.payment.facts.state;
             if now != *state {
@@ -132,15 +178,6 @@ async fn demo(dir: &std::path::Path, payments: usize) -> Result<()> {
             }
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, health) = request(&socket, "GET", "/v1/health", None).await?;
-    println!("\nhealth: {}", health);
-    println!(
-        "{} requests reached the simulated Ninjapay",
-        fake.requests().len()
-    );
-    cancel.cancel();
-    daemon.await.context("daemon task")??;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use crate::account::AccountName;
 use crate::kinds::KindName;
-use crate::payment::{State, UnixMs};
+use crate::payment::{State, WallMs};
 use crate::wire::{EventBody, EventData, PaymentFacts, Timestamp};
 
 /// Event type of a flip of the upstream status.
@@ -32,7 +32,7 @@ pub struct Subject<'a> {
     pub id: &'a str,
     pub state: State,
     pub upstream_status: Option<&'a str>,
-    pub started_at: UnixMs,
+    pub started_at: WallMs,
     /// Ninjapay's last answer, as stored JSON text.
     pub response: Option<&'a str>,
     /// The merchant's metadata, as stored JSON text.
@@ -65,7 +65,7 @@ pub fn event_body(
     ev: &EventSpec,
     after: &Subject<'_>,
     sequence: i64,
-    checked_at: UnixMs,
+    checked_at: WallMs,
 ) -> (String, String) {
     let body = EventBody {
         event_type: ev.event_type.to_owned(),

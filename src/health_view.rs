@@ -2,6 +2,7 @@
 //! every problem first. Pure: a [`Health`] and a [`Style`] in, text out; the CLI fetches,
 //! decides on colour and prints.
 
+use crate::payment::WallMs;
 use crate::wire::{AccountHealth, Health, KindPolicyView, PoolHealth};
 use std::fmt::Write as _;
 
@@ -65,7 +66,7 @@ const HISTOGRAM: usize = 24;
 const WRAP: usize = 100;
 
 /// The whole screen, `now` (unix ms) for how old the scheduler's report is.
-pub fn render(h: &Health, style: Style, now: i64) -> String {
+pub fn render(h: &Health, style: Style, now: WallMs) -> String {
     let mut out = String::new();
     let verdict = if h.healthy {
         style.green("healthy")
@@ -504,7 +505,7 @@ mod tests {
             scheduler: SchedulerHealth {
                 pending: 103,
                 unpolled: 0,
-                reported_at: Some(Timestamp(NOW - 400)),
+                reported_at: Some(Timestamp(WallMs(NOW - 400))),
             },
             budget: vec![pool()],
             webhooks: [("delivered".to_string(), 4500)].into_iter().collect(),
@@ -524,7 +525,7 @@ mod tests {
 
     #[test]
     fn a_healthy_daemon_on_one_screen() {
-        let text = render(&health(), plain(), NOW);
+        let text = render(&health(), plain(), WallMs(NOW));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "ninjapoll 1.2.3  healthy", "{text}");
         assert!(
@@ -603,7 +604,7 @@ mod tests {
         p.behind_ms = 700_000;
         p.paused_for_ms = Some(12_000);
         p.unhealthy_kinds = vec![KindName::parse("upi").unwrap()];
-        let text = render(&h, plain(), NOW);
+        let text = render(&h, plain(), WallMs(NOW));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "ninjapoll 1.2.3  UNHEALTHY: 2 problems");
         assert_eq!(lines[1], "  ! no API key configured (ninjapay.api_key)");
@@ -634,7 +635,7 @@ mod tests {
         assert!(text.contains("delivered webhook events for 7d"), "{text}");
         assert_eq!(exit_status(&h), 1);
 
-        let coloured = render(&h, Style { color: true }, NOW);
+        let coloured = render(&h, Style { color: true }, WallMs(NOW));
         assert!(
             coloured.contains("\x1b[1;31mUNHEALTHY: 2 problems\x1b[0m"),
             "{coloured:?}"

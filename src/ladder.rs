@@ -149,7 +149,7 @@ impl Ladder {
 
     /// A new payment's first check: its drawn offset (stored, so a restart keeps the plan)
     /// and the time it falls due, for a payment started at `started_at` (ms).
-    pub fn first_check(&self, started_at: i64) -> (i64, i64) {
+    pub fn first_check<T: std::ops::Add<i64, Output = T>>(&self, started_at: T) -> (i64, T) {
         let jitter = self.draw_jitter();
         (jitter, started_at + jitter)
     }

@@ -48,4 +48,4 @@ pub use config::{defaults, Config, ConfigError, Raw, RawStep};
 pub use daemon::run_until;
 pub use kinds::KindName;
 pub use ladder::Ladder;
-pub use payment::{now_ms, PaymentId, State};
+pub use payment::{now_ms, PaymentId, SchedMs, State, WallMs};

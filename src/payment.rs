@@ -8,21 +8,125 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// hostile client from filling the database through one field.
 pub const MAX_ID_LEN: usize = 128;
 
-/// Unix time in milliseconds, UTC. The one time representation in the database and on
-/// the scheduler's side; converted to RFC 3339 only at the API edge.
-pub type UnixMs = i64;
+/// Defines an instant in milliseconds on one clock: instants compare; an instant plus or
+/// minus a duration in milliseconds is an instant; two instants differ by a duration.
+macro_rules! instant_ms {
+    ($(#[$doc:meta])* $name:ident $(, $derive:path)* $(; #[$after:meta])*) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default $(, $derive)*)]
+        $(#[$after])*
+        pub struct $name(pub i64);
 
-/// The current wall-clock time.
-pub fn now_ms() -> UnixMs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+        impl $name {
+            /// Before every instant (a sentinel: nothing is that early).
+            pub const MIN: $name = $name(i64::MIN);
+            /// After every instant (a sentinel: nothing is due that late).
+            pub const MAX: $name = $name(i64::MAX);
+
+            /// The instant's milliseconds, where a number is needed (arithmetic in
+            /// floating point, a row, the wire).
+            pub const fn as_ms(self) -> i64 {
+                self.0
+            }
+
+            /// `ms` later, or the last instant there is.
+            pub fn saturating_add(self, ms: i64) -> Self {
+                Self(self.0.saturating_add(ms))
+            }
+
+            /// `ms` earlier, or the first instant there is.
+            pub fn saturating_sub(self, ms: i64) -> Self {
+                Self(self.0.saturating_sub(ms))
+            }
+
+            /// `ms` later, if that is an instant there is.
+            pub fn checked_add(self, ms: i64) -> Option<Self> {
+                self.0.checked_add(ms).map(Self)
+            }
+
+            /// How long after `earlier` this is (negative if before), saturating.
+            pub fn saturating_since(self, earlier: Self) -> i64 {
+                self.0.saturating_sub(earlier.0)
+            }
+        }
+
+        impl std::ops::Add<i64> for $name {
+            type Output = $name;
+            fn add(self, ms: i64) -> $name {
+                $name(self.0 + ms)
+            }
+        }
+
+        impl std::ops::Sub<i64> for $name {
+            type Output = $name;
+            fn sub(self, ms: i64) -> $name {
+                $name(self.0 - ms)
+            }
+        }
+
+        impl std::ops::AddAssign<i64> for $name {
+            fn add_assign(&mut self, ms: i64) {
+                self.0 += ms;
+            }
+        }
+
+        impl std::ops::SubAssign<i64> for $name {
+            fn sub_assign(&mut self, ms: i64) {
+                self.0 -= ms;
+            }
+        }
+
+        impl std::ops::Sub for $name {
+            type Output = i64;
+            fn sub(self, earlier: $name) -> i64 {
+                self.0 - earlier.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} ms", self.0)
+            }
+        }
+    };
 }
 
-/// RFC 3339 (UTC, millisecond precision) for a unix-millisecond timestamp.
-pub fn rfc3339(ms: UnixMs) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+instant_ms!(
+    /// Wall-clock time: unix milliseconds, UTC. What the database stores, the API and the
+    /// webhooks show (as RFC 3339, converted only at the API edge) and retention cuts by.
+    WallMs,
+    sqlx::Type;
+    #[sqlx(transparent)]
+);
+
+instant_ms!(
+    /// The scheduler's own time: milliseconds on its monotonic clock (unix milliseconds at
+    /// its start; the simulator's from 0). What the pure core, the simulator and
+    /// reconciliation compute in; the driver's `Clock` converts from and to [`WallMs`], the
+    /// one place the two meet.
+    SchedMs
+);
+
+impl WallMs {
+    /// The current wall-clock time.
+    pub fn now() -> WallMs {
+        WallMs(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        )
+    }
+}
+
+/// The current wall-clock time.
+pub fn now_ms() -> WallMs {
+    WallMs::now()
+}
+
+/// RFC 3339 (UTC, millisecond precision) for a wall-clock time.
+pub fn rfc3339(ms: WallMs) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.0.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -258,6 +362,9 @@ mod tests {
 
     #[test]
     fn rfc3339_is_utc_millis() {
-        assert_eq!(rfc3339(1_649_367_553_000), "2022-04-07T21:39:13.000Z");
+        assert_eq!(
+            rfc3339(WallMs(1_649_367_553_000)),
+            "2022-04-07T21:39:13.000Z"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! them so that check outcomes waiting for the one writer never wait long.
 
 use crate::config::Config;
-use crate::payment::{now_ms, UnixMs};
+use crate::payment::{now_ms, WallMs};
 use crate::store::{Pruned, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -71,13 +71,13 @@ impl Retention {
     }
 
     /// What to delete at `now`: each target with the time before which its rows go.
-    pub fn cutoffs(&self, now: UnixMs) -> Vec<(Target, UnixMs)> {
+    pub fn cutoffs(&self, now: WallMs) -> Vec<(Target, WallMs)> {
         // Checked: a period longer than the clock's range keeps everything.
         let before = |d: Duration| {
             i64::try_from(d.as_millis())
                 .ok()
-                .and_then(|ms| now.checked_sub(ms))
-                .unwrap_or(i64::MIN)
+                .and_then(|ms| now.as_ms().checked_sub(ms))
+                .map_or(WallMs::MIN, WallMs)
         };
         let mut out = Vec::new();
         if let Some(d) = self.keep_delivered {
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn nothing_to_keep_short_means_no_task() {
         assert_eq!(r(None, None).every(), None);
-        assert!(r(None, None).cutoffs(1_000_000).is_empty());
+        assert!(r(None, None).cutoffs(WallMs(1_000_000)).is_empty());
     }
 
     #[test]
@@ -184,8 +184,8 @@ mod tests {
     #[test]
     fn an_enormous_period_deletes_nothing() {
         let now = 1_700_000_000_000;
-        for (_, before) in r(Some(u64::MAX / 2), Some(u64::MAX / 2)).cutoffs(now) {
-            assert!(before <= 0, "{before}");
+        for (_, before) in r(Some(u64::MAX / 2), Some(u64::MAX / 2)).cutoffs(WallMs(now)) {
+            assert!(before <= WallMs(0), "{before}");
         }
     }
 
@@ -193,10 +193,10 @@ mod tests {
     fn cutoffs_are_now_minus_each_period() {
         let now = 10_000_000;
         assert_eq!(
-            r(Some(3_000), Some(60)).cutoffs(now),
+            r(Some(3_000), Some(60)).cutoffs(WallMs(now)),
             vec![
-                (Target::Delivered, now - 60_000),
-                (Target::Finished, now - 3_000_000)
+                (Target::Delivered, WallMs(now - 60_000)),
+                (Target::Finished, WallMs(now - 3_000_000))
             ]
         );
     }

@@ -218,6 +218,89 @@ impl Throttled {
     }
 }
 
+impl Registry {
+    /// Registers a new connection if there is room (evicting the longest idle one if need
+    /// be): its id and the token that evicts it.
+    fn admit(&mut self, max_connections: usize) -> Option<(u64, CancellationToken)> {
+        if !self.make_room(max_connections) {
+            return None;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let evict = CancellationToken::new();
+        self.conns.insert(
+            id,
+            Conn {
+                requests: 0,
+                idle_since: Instant::now(),
+                evict: evict.clone(),
+                evicted: false,
+            },
+        );
+        Some((id, evict))
+    }
+}
+
+/// An admitted connection, before its task starts.
+struct NewConn<'a> {
+    app: &'a Router,
+    limits: &'a Arc<Limits>,
+    registry: &'a Arc<Mutex<Registry>>,
+    id: u64,
+    evict: CancellationToken,
+    cancel: &'a CancellationToken,
+}
+
+impl NewConn<'_> {
+    /// Starts the connection's task: served, or (a socket peer the rule refuses) refused.
+    fn spawn(self, tasks: &mut JoinSet<()>, stream: Stream, refused_log: &mut Throttled) {
+        let stream = match stream {
+            Stream::Unix(s) => s,
+            Stream::Tcp(s) => {
+                tasks.spawn(connection(
+                    s,
+                    self.app.clone(),
+                    self.limits.clone(),
+                    self.registry.clone(),
+                    self.id,
+                    self.evict,
+                    self.cancel.clone(),
+                ));
+                return;
+            }
+        };
+        let cred = stream.peer_cred().ok();
+        let peer = Peer {
+            uid: cred.map(|c| c.uid()),
+            gid: cred.map(|c| c.gid()),
+        };
+        if !peer_allowed(&self.limits.allowed_uids, &self.limits.allowed_gids, peer) {
+            if let Some(suppressed) = refused_log.due() {
+                tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, suppressed, "refused a peer not in socket.allowed_uids/allowed_gids");
+            }
+            tasks.spawn(refuse(
+                stream,
+                peer,
+                self.limits.header_timeout,
+                self.registry.clone(),
+                self.id,
+                self.evict,
+                self.cancel.clone(),
+            ));
+            return;
+        }
+        tasks.spawn(connection(
+            stream,
+            self.app.clone(),
+            self.limits.clone(),
+            self.registry.clone(),
+            self.id,
+            self.evict,
+            self.cancel.clone(),
+        ));
+    }
+}
+
 /// Serves `app` on `listener` until `cancel` fires, then stops within [`SHUTDOWN_GRACE`]
 /// (plus a moment to tear down).
 pub async fn serve(
@@ -263,77 +346,25 @@ pub async fn serve(
                 continue;
             }
         };
-        let (id, evict) = {
-            let mut reg = lock(&registry);
-            if !reg.make_room(limits.max_connections) {
-                drop(reg);
-                if let Some(suppressed) = full_log.due() {
-                    tracing::warn!(
-                        max = limits.max_connections,
-                        suppressed,
-                        "every socket connection is busy with a request: a new one was closed"
-                    );
-                }
-                continue;
+        let Some((id, evict)) = lock(&registry).admit(limits.max_connections) else {
+            if let Some(suppressed) = full_log.due() {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    suppressed,
+                    "every socket connection is busy with a request: a new one was closed"
+                );
             }
-            reg.next_id += 1;
-            let id = reg.next_id;
-            let evict = CancellationToken::new();
-            reg.conns.insert(
-                id,
-                Conn {
-                    requests: 0,
-                    idle_since: Instant::now(),
-                    evict: evict.clone(),
-                    evicted: false,
-                },
-            );
-            (id, evict)
-        };
-        let stream = match stream {
-            Stream::Unix(s) => s,
-            Stream::Tcp(s) => {
-                tasks.spawn(connection(
-                    s,
-                    app.clone(),
-                    limits.clone(),
-                    registry.clone(),
-                    id,
-                    evict,
-                    cancel.clone(),
-                ));
-                continue;
-            }
-        };
-        let cred = stream.peer_cred().ok();
-        let peer = Peer {
-            uid: cred.map(|c| c.uid()),
-            gid: cred.map(|c| c.gid()),
-        };
-        if !peer_allowed(&limits.allowed_uids, &limits.allowed_gids, peer) {
-            if let Some(suppressed) = refused_log.due() {
-                tracing::warn!(uid = ?peer.uid, gid = ?peer.gid, suppressed, "refused a peer not in socket.allowed_uids/allowed_gids");
-            }
-            tasks.spawn(refuse(
-                stream,
-                peer,
-                limits.header_timeout,
-                registry.clone(),
-                id,
-                evict,
-                cancel.clone(),
-            ));
             continue;
-        }
-        tasks.spawn(connection(
-            stream,
-            app.clone(),
-            limits.clone(),
-            registry.clone(),
+        };
+        let conn = NewConn {
+            app: &app,
+            limits: &limits,
+            registry: &registry,
             id,
             evict,
-            cancel.clone(),
-        ));
+            cancel: &cancel,
+        };
+        conn.spawn(&mut tasks, stream, &mut refused_log);
     }
     drop(listener);
     // Each connection task stops within the grace by itself; the margin is for the rest.

@@ -4,7 +4,7 @@
 
 use crate::account::AccountName;
 use crate::kinds::KindName;
-use crate::payment::UnixMs;
+use crate::payment::WallMs;
 use std::time::Duration;
 
 /// A kind's learnt distribution, as health shows it.
@@ -39,9 +39,10 @@ pub struct LateStatus {
     pub move_age_p50_ms: i64,
 }
 
-/// A key's state, for health and metrics.
+/// A key's state, for health and metrics. Its one instant is on the clock `T`: the core
+/// reports on its own ([`SchedMs`](crate::payment::SchedMs)), the driver publishes on the wall clock.
 #[derive(Debug, Clone, Default)]
-pub struct PoolStatus {
+pub struct PoolStatus<T = WallMs> {
     pub name: String,
     /// The account whose key it is.
     pub account: AccountName,
@@ -64,7 +65,7 @@ pub struct PoolStatus {
     pub behind_ms: i64,
     /// When the backlog would be drained at its pace so far (see [`drain_eta`]).
     pub backlog_drains_in_ms: Option<i64>,
-    pub paused_until: Option<UnixMs>,
+    pub paused_until: Option<T>,
     pub auth_failing: Vec<KindName>,
     /// Kinds the provider gives no usable answer for, with the last error.
     pub outage: Vec<(KindName, String)>,
@@ -72,7 +73,32 @@ pub struct PoolStatus {
     pub kinds: Vec<KindPolicy>,
 }
 
-impl PoolStatus {
+impl<T> PoolStatus<T> {
+    /// The same status with its instant moved to another clock by `to`.
+    pub fn on_clock<U>(self, to: impl Fn(T) -> U) -> PoolStatus<U> {
+        PoolStatus {
+            name: self.name,
+            account: self.account,
+            budget_limit: self.budget_limit,
+            budget_effective: self.budget_effective,
+            budget_used: self.budget_used,
+            window_ms: self.window_ms,
+            price_level: self.price_level,
+            projected: self.projected,
+            target: self.target,
+            pending: self.pending,
+            arrivals_per_window: self.arrivals_per_window,
+            backlog: self.backlog,
+            behind_ms: self.behind_ms,
+            backlog_drains_in_ms: self.backlog_drains_in_ms,
+            paused_until: self.paused_until.map(to),
+            auth_failing: self.auth_failing,
+            outage: self.outage,
+            lateness_ms: self.lateness_ms,
+            kinds: self.kinds,
+        }
+    }
+
     /// Whether the key can keep up at all: every payment costs a request at least (the
     /// check that sees its flip, or its deadline check), so with as many arrivals per window
     /// as requests in force no schedule keeps up. Unknown until a whole window was watched.
@@ -137,7 +163,7 @@ mod tests {
             "too short to tell"
         );
         let said = |ms: Option<i64>| {
-            PoolStatus {
+            PoolStatus::<crate::payment::WallMs> {
                 backlog_drains_in_ms: ms,
                 ..PoolStatus::default()
             }
@@ -159,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_key_keeps_up_below_one_arrival_per_request() {
-        let at = |arrivals: Option<f64>| PoolStatus {
+        let at = |arrivals: Option<f64>| PoolStatus::<crate::payment::WallMs> {
             budget_effective: 1000,
             arrivals_per_window: arrivals,
             ..PoolStatus::default()
@@ -172,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_key_is_far_behind_once_a_due_check_waited_a_window() {
-        let at = |behind_ms: i64| PoolStatus {
+        let at = |behind_ms: i64| PoolStatus::<crate::payment::WallMs> {
             window_ms: 600_000,
             behind_ms,
             ..PoolStatus::default()

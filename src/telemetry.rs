@@ -3,7 +3,7 @@
 //! database's counts, the scheduler's published status) are set when a scrape renders.
 
 use crate::kinds::{KindName, Observation};
-use crate::payment::{State, WebhookOutcome, WebhookState};
+use crate::payment::{State, WallMs, WebhookOutcome, WebhookState};
 use crate::status::PoolStatus;
 use crate::store::Pruned;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -209,194 +209,14 @@ impl Default for Telemetry {
             });
         }
         // A restart shows as a change of this value (the watchdog's kill included).
-        t.start_time.set(crate::payment::now_ms() as f64 / 1000.0);
+        t.start_time
+            .set(crate::payment::now_ms().as_ms() as f64 / 1000.0);
         {
             let mut r = lock(&t.registry);
-            r.register(
-                "payments",
-                "Payments in the database, by state",
-                t.payments.clone(),
-            );
-            r.register(
-                "pending",
-                "Pending payments the scheduler holds, by key (pool) and kind",
-                t.pending.clone(),
-            );
-            r.register(
-                "upstream_requests",
-                "Requests sent to Ninjapay, by kind",
-                t.requests.clone(),
-            );
-            r.register(
-                "checks",
-                "Payment checks, by kind and outcome (the state seen, error or unknown_status)",
-                t.checks.clone(),
-            );
-            r.register_with_unit(
-                "upstream_latency",
-                "Round trip of requests to Ninjapay, by kind",
-                Unit::Seconds,
-                t.latency.clone(),
-            );
-            r.register_with_unit(
-                "check_lateness",
-                "How late checks start against their plan, by key",
-                Unit::Seconds,
-                t.lateness.clone(),
-            );
-            r.register(
-                "commits",
-                "Group commits of check outcomes",
-                t.commits.clone(),
-            );
-            r.register(
-                "committed_checks",
-                "Check outcomes committed",
-                t.committed_checks.clone(),
-            );
-            r.register(
-                "unexpected_429",
-                "429 answers while the budget counted room",
-                t.unexpected_429.clone(),
-            );
-            r.register(
-                "budget_used",
-                "Requests counted in the current window, per key",
-                t.budget_used.clone(),
-            );
-            r.register(
-                "budget_limit",
-                "The request limit in force per window, per key (lowered after an unexpected 429)",
-                t.budget_limit.clone(),
-            );
-            r.register(
-                "budget_configured",
-                "The configured request limit per window, per key",
-                t.budget_configured.clone(),
-            );
-            r.register(
-                "price_level",
-                "The scheduler's price level per key (0 = the documented ladder; higher = fewer checks)",
-                t.price_level.clone(),
-            );
-            r.register(
-                "backlog_payments",
-                "Payments in the key's backlog (a burst past the budget), per key",
-                t.backlog.clone(),
-            );
-            r.register_with_unit(
-                "key_paused",
-                "How much longer the key's checks are paused (Retry-After, 503), per key",
-                Unit::Seconds,
-                t.paused.clone(),
-            );
-            r.register_with_unit(
-                "behind",
-                "How late the earliest due check waiting to be sent is, per key",
-                Unit::Seconds,
-                t.behind.clone(),
-            );
-            r.register_with_unit(
-                "budget_window",
-                "The budget window per key",
-                Unit::Seconds,
-                t.budget_window.clone(),
-            );
-            r.register(
-                "keeps_up",
-                "1 while the key can keep up (fewer payments arrive per window than its requests in force), else 0",
-                t.keeps_up.clone(),
-            );
-            r.register(
-                "key_refused",
-                "1 while Ninjapay refuses the key (401/403) for a kind, else 0",
-                t.key_refused.clone(),
-            );
-            r.register_with_unit(
-                "scheduler_report_age",
-                "How long ago the scheduler last reported (every tick, at most a second apart): it grows while its loop is stuck",
-                Unit::Seconds,
-                t.scheduler_report_age.clone(),
-            );
-            r.register_with_unit(
-                "start_time",
-                "When this daemon process started, unix time",
-                Unit::Seconds,
-                t.start_time.clone(),
-            );
-            r.register_with_unit(
-                "flip_age",
-                "Learnt age by which a share (quantile) of the flipping payments of a kind flipped",
-                Unit::Seconds,
-                t.flip_age.clone(),
-            );
-            r.register(
-                "flip_share",
-                "Learnt share of payments of a kind that flip before the deadline",
-                t.flip_share.clone(),
-            );
-            r.register_with_unit(
-                "expected_delay",
-                "Mean flip-to-detection delay the policy expects for a kind at the current load",
-                Unit::Seconds,
-                t.expected_delay.clone(),
-            );
-            r.register(
-                "watched_payments",
-                "Payments under reconciliation after their ladder (timed out, or in a state that may still move), per kind",
-                t.watched.clone(),
-            );
-            r.register(
-                "late_moves",
-                "Moves seen after the ladder ended a payment (a late approval, a refund), per kind",
-                t.late_moves.clone(),
-            );
-            r.register(
-                "late_checks",
-                "Scheduled checks of watched payments, per kind: made (from the spare budget) or skipped (none was spare)",
-                t.late_checks.clone(),
-            );
-            r.register(
-                "webhook_events",
-                "Webhook events in the outbox, by state",
-                t.webhook_events.clone(),
-            );
-            r.register(
-                "database_write_errors",
-                "Database writes that failed (e.g. disk full); each is retried",
-                t.write_errors.clone(),
-            );
-            r.register(
-                "database_writes_failing",
-                "1 while the latest database write failed, else 0",
-                t.writes_failing.clone(),
-            );
-            r.register(
-                "webhook_queue_depth",
-                "Webhook events waiting for delivery (pending)",
-                t.webhook_queue.clone(),
-            );
-            r.register(
-                "webhook_attempts",
-                "Webhook delivery attempts, by outcome (delivered, failed, dead)",
-                t.webhook_attempts.clone(),
-            );
-            r.register(
-                "database_errors",
-                "Failed database operations, by operation",
-                t.database_errors.clone(),
-            );
-            r.register(
-                "retention_deleted_rows",
-                "Rows deleted by retention, by table",
-                t.retention_deleted.clone(),
-            );
-            r.register_with_unit(
-                "retention_batch",
-                "How long one retention batch held the database writer",
-                Unit::Seconds,
-                t.retention_batch.clone(),
-            );
+            t.register_checks(&mut r);
+            t.register_keys(&mut r);
+            t.register_learning(&mut r);
+            t.register_storage(&mut r);
             t.accounts.register(&mut r);
         }
         t
@@ -477,6 +297,210 @@ impl AccountMetrics {
                 .set(a.expected_delay_ms as f64 / 1000.0);
             self.backlog.get_or_create(&l).set(a.backlog as i64);
         }
+    }
+}
+
+// Registration in families, in the order the exposition lists them.
+impl Telemetry {
+    /// Payments, checks and the requests behind them.
+    fn register_checks(&self, r: &mut Registry) {
+        r.register(
+            "payments",
+            "Payments in the database, by state",
+            self.payments.clone(),
+        );
+        r.register(
+            "pending",
+            "Pending payments the scheduler holds, by key (pool) and kind",
+            self.pending.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to Ninjapay, by kind",
+            self.requests.clone(),
+        );
+        r.register(
+            "checks",
+            "Payment checks, by kind and outcome (the state seen, error or unknown_status)",
+            self.checks.clone(),
+        );
+        r.register_with_unit(
+            "upstream_latency",
+            "Round trip of requests to Ninjapay, by kind",
+            Unit::Seconds,
+            self.latency.clone(),
+        );
+        r.register_with_unit(
+            "check_lateness",
+            "How late checks start against their plan, by key",
+            Unit::Seconds,
+            self.lateness.clone(),
+        );
+        r.register(
+            "commits",
+            "Group commits of check outcomes",
+            self.commits.clone(),
+        );
+        r.register(
+            "committed_checks",
+            "Check outcomes committed",
+            self.committed_checks.clone(),
+        );
+        r.register(
+            "unexpected_429",
+            "429 answers while the budget counted room",
+            self.unexpected_429.clone(),
+        );
+    }
+
+    /// Each key: its budget, price, backlog and pauses; the scheduler and process.
+    fn register_keys(&self, r: &mut Registry) {
+        r.register(
+            "budget_used",
+            "Requests counted in the current window, per key",
+            self.budget_used.clone(),
+        );
+        r.register(
+            "budget_limit",
+            "The request limit in force per window, per key (lowered after an unexpected 429)",
+            self.budget_limit.clone(),
+        );
+        r.register(
+            "budget_configured",
+            "The configured request limit per window, per key",
+            self.budget_configured.clone(),
+        );
+        r.register(
+            "price_level",
+            "The scheduler's price level per key (0 = the documented ladder; higher = fewer checks)",
+            self.price_level.clone(),
+        );
+        r.register(
+            "backlog_payments",
+            "Payments in the key's backlog (a burst past the budget), per key",
+            self.backlog.clone(),
+        );
+        r.register_with_unit(
+            "key_paused",
+            "How much longer the key's checks are paused (Retry-After, 503), per key",
+            Unit::Seconds,
+            self.paused.clone(),
+        );
+        r.register_with_unit(
+            "behind",
+            "How late the earliest due check waiting to be sent is, per key",
+            Unit::Seconds,
+            self.behind.clone(),
+        );
+        r.register_with_unit(
+            "budget_window",
+            "The budget window per key",
+            Unit::Seconds,
+            self.budget_window.clone(),
+        );
+        r.register(
+            "keeps_up",
+            "1 while the key can keep up (fewer payments arrive per window than its requests in force), else 0",
+            self.keeps_up.clone(),
+        );
+        r.register(
+            "key_refused",
+            "1 while Ninjapay refuses the key (401/403) for a kind, else 0",
+            self.key_refused.clone(),
+        );
+        r.register_with_unit(
+            "scheduler_report_age",
+            "How long ago the scheduler last reported (every tick, at most a second apart): it grows while its loop is stuck",
+            Unit::Seconds,
+            self.scheduler_report_age.clone(),
+        );
+        r.register_with_unit(
+            "start_time",
+            "When this daemon process started, unix time",
+            Unit::Seconds,
+            self.start_time.clone(),
+        );
+    }
+
+    /// What the scheduler learnt, and reconciliation.
+    fn register_learning(&self, r: &mut Registry) {
+        r.register_with_unit(
+            "flip_age",
+            "Learnt age by which a share (quantile) of the flipping payments of a kind flipped",
+            Unit::Seconds,
+            self.flip_age.clone(),
+        );
+        r.register(
+            "flip_share",
+            "Learnt share of payments of a kind that flip before the deadline",
+            self.flip_share.clone(),
+        );
+        r.register_with_unit(
+            "expected_delay",
+            "Mean flip-to-detection delay the policy expects for a kind at the current load",
+            Unit::Seconds,
+            self.expected_delay.clone(),
+        );
+        r.register(
+            "watched_payments",
+            "Payments under reconciliation after their ladder (timed out, or in a state that may still move), per kind",
+            self.watched.clone(),
+        );
+        r.register(
+            "late_moves",
+            "Moves seen after the ladder ended a payment (a late approval, a refund), per kind",
+            self.late_moves.clone(),
+        );
+        r.register(
+            "late_checks",
+            "Scheduled checks of watched payments, per kind: made (from the spare budget) or skipped (none was spare)",
+            self.late_checks.clone(),
+        );
+    }
+
+    /// The outbox, the database and retention.
+    fn register_storage(&self, r: &mut Registry) {
+        r.register(
+            "webhook_events",
+            "Webhook events in the outbox, by state",
+            self.webhook_events.clone(),
+        );
+        r.register(
+            "database_write_errors",
+            "Database writes that failed (e.g. disk full); each is retried",
+            self.write_errors.clone(),
+        );
+        r.register(
+            "database_writes_failing",
+            "1 while the latest database write failed, else 0",
+            self.writes_failing.clone(),
+        );
+        r.register(
+            "webhook_queue_depth",
+            "Webhook events waiting for delivery (pending)",
+            self.webhook_queue.clone(),
+        );
+        r.register(
+            "webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, failed, dead)",
+            self.webhook_attempts.clone(),
+        );
+        r.register(
+            "database_errors",
+            "Failed database operations, by operation",
+            self.database_errors.clone(),
+        );
+        r.register(
+            "retention_deleted_rows",
+            "Rows deleted by retention, by table",
+            self.retention_deleted.clone(),
+        );
+        r.register_with_unit(
+            "retention_batch",
+            "How long one retention batch held the database writer",
+            Unit::Seconds,
+            self.retention_batch.clone(),
+        );
     }
 }
 
@@ -588,8 +612,8 @@ impl Telemetry {
     }
 
     /// When the scheduler last published its status (`at`, 0: not yet), seen at `now`.
-    pub fn scheduler_reported(&self, at: crate::payment::UnixMs, now: crate::payment::UnixMs) {
-        let age_ms = if at > 0 { (now - at).max(0) } else { 0 };
+    pub fn scheduler_reported(&self, at: crate::payment::WallMs, now: crate::payment::WallMs) {
+        let age_ms = if at > WallMs(0) { (now - at).max(0) } else { 0 };
         self.scheduler_report_age.set(age_ms as f64 / 1000.0);
     }
 
@@ -604,6 +628,25 @@ impl Telemetry {
     ) -> String {
         let registry = lock(&self.registry);
         let now = crate::payment::now_ms();
+        self.set_database(states, webhook_states, db);
+        self.accounts.set(&crate::status::accounts(pools));
+        for p in pools {
+            self.set_pool(p, now);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// The gauges of the database's own counts and write status.
+    fn set_database(
+        &self,
+        states: &[(String, i64)],
+        webhook_states: &[(String, i64)],
+        db: &crate::store::WriteStatus,
+    ) {
         // The store counts since start; the counter follows it (never backwards).
         let seen = self.write_errors.get();
         self.write_errors
@@ -626,86 +669,87 @@ impl Telemetry {
                 .find(|(s, _)| s == WebhookState::Pending.as_str())
                 .map_or(0, |(_, n)| *n),
         );
-        self.accounts.set(&crate::status::accounts(pools));
-        for p in pools {
-            let name = pool(&p.name);
-            // Every key and kind has its series from the start, zero until something
-            // happens, so that rates and alerts need no "absent" special case.
-            let _ = self.lateness.get_or_create(&name);
-            for k in &p.kinds {
-                let _ = self.requests.get_or_create(&kind(&k.kind));
-                let _ = self.latency.get_or_create(&kind(&k.kind));
-            }
-            self.budget_used
-                .get_or_create(&name)
-                .set(i64::from(p.budget_used));
-            self.budget_limit
-                .get_or_create(&name)
-                .set(i64::from(p.budget_effective));
-            self.budget_configured
-                .get_or_create(&name)
-                .set(i64::from(p.budget_limit));
-            self.price_level.get_or_create(&name).set(p.price_level);
-            self.backlog.get_or_create(&name).set(p.backlog as i64);
-            let paused_ms = p.paused_until.map_or(0, |t| (t - now).max(0));
-            self.paused
-                .get_or_create(&name)
-                .set(paused_ms as f64 / 1000.0);
-            self.behind
-                .get_or_create(&name)
-                .set(p.behind_ms as f64 / 1000.0);
-            self.budget_window
-                .get_or_create(&name)
-                .set(p.window_ms as f64 / 1000.0);
-            self.keeps_up
-                .get_or_create(&name)
-                .set(i64::from(p.keeps_up()));
-            for k in p.kinds.iter().map(|k| &k.kind).chain(&p.auth_failing) {
-                self.key_refused
-                    .get_or_create(&PoolKindLabels {
-                        pool: p.name.clone(),
-                        kind: k.clone(),
-                    })
-                    .set(i64::from(p.auth_failing.contains(k)));
-            }
-            for k in &p.kinds {
-                let labels = PoolKindLabels {
+    }
+
+    /// One key's gauges from the scheduler's status, and its kinds'.
+    fn set_pool(&self, p: &PoolStatus, now: crate::payment::WallMs) {
+        let name = pool(&p.name);
+        // Every key and kind has its series from the start, zero until something
+        // happens, so that rates and alerts need no "absent" special case.
+        let _ = self.lateness.get_or_create(&name);
+        for k in &p.kinds {
+            let _ = self.requests.get_or_create(&kind(&k.kind));
+            let _ = self.latency.get_or_create(&kind(&k.kind));
+        }
+        self.budget_used
+            .get_or_create(&name)
+            .set(i64::from(p.budget_used));
+        self.budget_limit
+            .get_or_create(&name)
+            .set(i64::from(p.budget_effective));
+        self.budget_configured
+            .get_or_create(&name)
+            .set(i64::from(p.budget_limit));
+        self.price_level.get_or_create(&name).set(p.price_level);
+        self.backlog.get_or_create(&name).set(p.backlog as i64);
+        let paused_ms = p.paused_until.map_or(0, |t| (t - now).max(0));
+        self.paused
+            .get_or_create(&name)
+            .set(paused_ms as f64 / 1000.0);
+        self.behind
+            .get_or_create(&name)
+            .set(p.behind_ms as f64 / 1000.0);
+        self.budget_window
+            .get_or_create(&name)
+            .set(p.window_ms as f64 / 1000.0);
+        self.keeps_up
+            .get_or_create(&name)
+            .set(i64::from(p.keeps_up()));
+        for k in p.kinds.iter().map(|k| &k.kind).chain(&p.auth_failing) {
+            self.key_refused
+                .get_or_create(&PoolKindLabels {
+                    pool: p.name.clone(),
+                    kind: k.clone(),
+                })
+                .set(i64::from(p.auth_failing.contains(k)));
+        }
+        for k in &p.kinds {
+            self.set_kind(p, k);
+        }
+    }
+
+    /// One kind's gauges on one key.
+    fn set_kind(&self, p: &PoolStatus, k: &crate::status::KindPolicy) {
+        let labels = PoolKindLabels {
+            pool: p.name.clone(),
+            kind: k.kind.clone(),
+        };
+        self.pending.get_or_create(&labels).set(k.pending as i64);
+        self.watched
+            .get_or_create(&labels)
+            .set(i64::try_from(k.late.watched).unwrap_or(i64::MAX));
+        catch_up(self.late_moves.get_or_create(&labels).deref(), k.late.moves);
+        for (outcome, n) in [("made", k.late.checks), ("skipped", k.late.skipped)] {
+            let labels = LateCheckLabels {
+                pool: p.name.clone(),
+                kind: k.kind.clone(),
+                outcome,
+            };
+            catch_up(self.late_checks.get_or_create(&labels).deref(), n);
+        }
+        self.flip_share.get_or_create(&labels).set(k.flip_share);
+        self.expected_delay
+            .get_or_create(&labels)
+            .set(k.expected_delay_ms as f64 / 1000.0);
+        for (quantile, ms) in ["0.5", "0.9", "0.99"].into_iter().zip(k.flip_age_ms) {
+            self.flip_age
+                .get_or_create(&QuantileLabels {
                     pool: p.name.clone(),
                     kind: k.kind.clone(),
-                };
-                self.pending.get_or_create(&labels).set(k.pending as i64);
-                self.watched
-                    .get_or_create(&labels)
-                    .set(i64::try_from(k.late.watched).unwrap_or(i64::MAX));
-                catch_up(self.late_moves.get_or_create(&labels).deref(), k.late.moves);
-                for (outcome, n) in [("made", k.late.checks), ("skipped", k.late.skipped)] {
-                    let labels = LateCheckLabels {
-                        pool: p.name.clone(),
-                        kind: k.kind.clone(),
-                        outcome,
-                    };
-                    catch_up(self.late_checks.get_or_create(&labels).deref(), n);
-                }
-                self.flip_share.get_or_create(&labels).set(k.flip_share);
-                self.expected_delay
-                    .get_or_create(&labels)
-                    .set(k.expected_delay_ms as f64 / 1000.0);
-                for (quantile, ms) in ["0.5", "0.9", "0.99"].into_iter().zip(k.flip_age_ms) {
-                    self.flip_age
-                        .get_or_create(&QuantileLabels {
-                            pool: p.name.clone(),
-                            kind: k.kind.clone(),
-                            quantile,
-                        })
-                        .set(ms as f64 / 1000.0);
-                }
-            }
+                    quantile,
+                })
+                .set(ms as f64 / 1000.0);
         }
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        out
     }
 }
 

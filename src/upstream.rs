@@ -65,7 +65,7 @@ impl Upstream {
         kind: &Kind,
         key: &Secret,
         ids: &[&PaymentId],
-        listing: Option<(u32, &[i64])>,
+        listing: Option<(u32, &[crate::payment::WallMs])>,
     ) -> Answer {
         let fail = |class: ErrorClass, message: String, retry_after_ms: Option<i64>| Answer {
             observations: ids

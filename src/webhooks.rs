@@ -13,7 +13,7 @@ use crate::account::{Account, AccountName};
 use crate::backoff::Backoff;
 use crate::callback::CallbackPrefix;
 use crate::config::WebhooksConfig;
-use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs};
+use crate::payment::{now_ms, EventKey, PaymentKey, WallMs};
 use crate::secret::decode_secret;
 use crate::store::{AttemptOutcome, Store, WebhookAttempt, WebhookEvent};
 use crate::telemetry::Telemetry;
@@ -92,7 +92,7 @@ pub fn outcome_of(
     sent: &Sent,
     schedule: &[Duration],
     attempts_in_schedule: usize,
-    now: UnixMs,
+    now: WallMs,
     unit: f64,
 ) -> AttemptOutcome {
     if sent.error.is_none() {
@@ -198,7 +198,7 @@ struct Unlogged {
 impl Unlogged {
     /// When the payment's event may be tried again: `None` never (delivered, or dead
     /// until replayed).
-    fn due(&self) -> Option<UnixMs> {
+    fn due(&self) -> Option<WallMs> {
         match self.outcome {
             AttemptOutcome::Retry(at) => Some(at),
             AttemptOutcome::Delivered | AttemptOutcome::Dead => None,
@@ -221,119 +221,21 @@ async fn run(
         cancel.cancelled().await;
         return;
     }
-    let mut in_flight: JoinSet<Option<Unlogged>> = JoinSet::new();
-    // Task id -> payment and its account, so a finished (or panicked) attempt frees both.
-    let mut busy: HashMap<tokio::task::Id, (PaymentKey, AccountName)> = HashMap::new();
-    // Attempts waiting to be logged, oldest first.
-    let mut unlogged: Vec<Unlogged> = Vec::new();
-    let mut read_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut log_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    // When to try logging `unlogged` again.
-    let mut log_at = now_ms();
+    let mut w = Worker::new(d, store, telemetry);
     loop {
         if cancel.is_cancelled() {
             break;
         }
         let now = now_ms();
-        // `None`: nothing to wait for but a wake-up, a finished attempt or shutdown.
-        let mut wake_in: Option<Duration> = None;
-        let later = |at: UnixMs, wake_in: &mut Option<Duration>| {
-            let d = Duration::from_millis((at - now).max(0) as u64);
-            *wake_in = Some(wake_in.map_or(d, |w| w.min(d)));
-        };
-        if !unlogged.is_empty() && now >= log_at {
-            match flush(&store, &mut unlogged).await {
-                Ok(()) => log_backoff.reset(),
-                Err(e) => {
-                    let wait = log_backoff.next_delay();
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        unlogged = unlogged.len(),
-                        retry_in_ms = wait.as_millis() as u64,
-                        "logging webhook attempts failed; their events follow their retry schedule meanwhile"
-                    );
-                    log_at = now + wait.as_millis() as i64;
-                }
-            }
-        }
-        if !unlogged.is_empty() {
-            later(log_at, &mut wake_in);
-        }
+        let mut wake = Wake { now, in_: None };
+        w.log_unlogged(now, &mut wake).await;
         // A payment whose last attempt is unlogged waits for that attempt's outcome.
-        let mut held: HashMap<PaymentKey, Option<UnixMs>> = HashMap::new();
-        for u in &unlogged {
-            held.insert(u.payment_pk, u.due());
-        }
-        let free = d.max_total.saturating_sub(busy.len());
-        let mut per_account: HashMap<AccountName, usize> = HashMap::new();
-        for (_, a) in busy.values() {
-            *per_account.entry(a.clone()).or_default() += 1;
-        }
-        let open: Vec<&AccountName> = d
-            .keys
-            .keys()
-            .filter(|a| per_account.get(*a).copied().unwrap_or(0) < d.max_in_flight)
-            .collect();
-        if free > 0 && !open.is_empty() {
-            let mut skip: Vec<PaymentKey> = busy.values().map(|(p, _)| *p).collect();
-            for (payment, due) in &held {
-                match due {
-                    Some(at) if *at <= now => {}
-                    Some(at) => {
-                        skip.push(*payment);
-                        later(*at, &mut wake_in);
-                    }
-                    None => skip.push(*payment),
-                }
-            }
-            // One more than there is room for: if it is not due yet, its due time is when
-            // to look again.
-            let want = u32::try_from(free).unwrap_or(u32::MAX).saturating_add(1);
-            let mut taken: HashMap<AccountName, usize> = HashMap::new();
-            match store.webhook_heads(&skip, &open, want).await {
-                Ok(rows) => {
-                    read_backoff.reset();
-                    for ev in rows {
-                        if busy.len() >= d.max_total {
-                            break;
-                        }
-                        let of_account = per_account.get(&ev.account).copied().unwrap_or(0)
-                            + taken.get(&ev.account).copied().unwrap_or(0);
-                        if of_account >= d.max_in_flight {
-                            // Its account is full now; the next read leaves it out.
-                            wake_in = Some(Duration::ZERO);
-                            continue;
-                        }
-                        if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk) {
-                            later(ev.next_attempt_at, &mut wake_in);
-                            break;
-                        }
-                        let payment = (ev.payment_pk, ev.account.clone());
-                        *taken.entry(ev.account.clone()).or_default() += 1;
-                        let before = unlogged.iter().filter(|u| u.event_pk == ev.pk).count();
-                        let handle = in_flight.spawn(attempt(
-                            d.clone(),
-                            store.clone(),
-                            telemetry.clone(),
-                            ev,
-                            before,
-                        ));
-                        busy.insert(handle.id(), payment);
-                    }
-                }
-                Err(e) => {
-                    telemetry.database_error("webhooks");
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "reading the webhook outbox failed; retrying"
-                    );
-                    let wait = read_backoff.next_delay();
-                    later(now + wait.as_millis() as i64, &mut wake_in);
-                }
-            }
+        let held = w.held();
+        if w.free() > 0 {
+            w.start_due(now, &held, &mut wake).await;
         }
         let sleep = async {
-            match wake_in {
+            match wake.in_ {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
@@ -341,45 +243,238 @@ async fn run(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = webhook_wake.notified() => {}
-            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                let id = match done {
-                    Ok((id, not_logged)) => {
-                        unlogged.extend(not_logged);
-                        id
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "a webhook attempt failed unexpectedly");
-                        e.id()
-                    }
-                };
-                busy.remove(&id);
+            Some(done) = w.in_flight.join_next_with_id(), if !w.in_flight.is_empty() => {
+                w.landed(done);
             }
             _ = sleep => {}
         }
     }
-    // Let attempts in flight land and be logged; each is bounded by the client's timeout,
-    // the margin covers the database write.
-    let drain = async {
-        while let Some(done) = in_flight.join_next().await {
-            if let Ok(Some(u)) = done {
-                unlogged.push(u);
+    w.drain().await;
+}
+
+/// When the worker's loop should look again: `in_` is `None` when there is nothing to
+/// wait for but a wake-up, a finished attempt or shutdown.
+struct Wake {
+    now: WallMs,
+    in_: Option<Duration>,
+}
+
+impl Wake {
+    /// Look again at `at` at the latest.
+    fn at(&mut self, at: WallMs) {
+        let d = Duration::from_millis((at - self.now).max(0) as u64);
+        self.in_ = Some(self.in_.map_or(d, |w| w.min(d)));
+    }
+}
+
+/// The delivery worker's state between turns of its loop.
+struct Worker {
+    d: Arc<Deliverer>,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    in_flight: JoinSet<Option<Unlogged>>,
+    /// Task id -> payment and its account, so a finished (or panicked) attempt frees both.
+    busy: HashMap<tokio::task::Id, (PaymentKey, AccountName)>,
+    /// Attempts waiting to be logged, oldest first.
+    unlogged: Vec<Unlogged>,
+    read_backoff: Backoff,
+    log_backoff: Backoff,
+    /// When to try logging `unlogged` again.
+    log_at: WallMs,
+}
+
+impl Worker {
+    fn new(d: Arc<Deliverer>, store: Store, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            d,
+            store,
+            telemetry,
+            in_flight: JoinSet::new(),
+            busy: HashMap::new(),
+            unlogged: Vec::new(),
+            read_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            log_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            log_at: now_ms(),
+        }
+    }
+
+    /// Room for more attempts in flight.
+    fn free(&self) -> usize {
+        self.d.max_total.saturating_sub(self.busy.len())
+    }
+
+    /// Attempts in flight per account.
+    fn per_account(&self) -> HashMap<AccountName, usize> {
+        let mut n = HashMap::new();
+        for (_, a) in self.busy.values() {
+            *n.entry(a.clone()).or_default() += 1;
+        }
+        n
+    }
+
+    /// Tries to log the unlogged attempts when it is time to.
+    async fn log_unlogged(&mut self, now: WallMs, wake: &mut Wake) {
+        if !self.unlogged.is_empty() && now >= self.log_at {
+            match flush(&self.store, &mut self.unlogged).await {
+                Ok(()) => self.log_backoff.reset(),
+                Err(e) => {
+                    let wait = self.log_backoff.next_delay();
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        unlogged = self.unlogged.len(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "logging webhook attempts failed; their events follow their retry schedule meanwhile"
+                    );
+                    self.log_at = now + wait.as_millis() as i64;
+                }
             }
         }
-    };
-    if tokio::time::timeout(d.timeout + Duration::from_secs(2), drain)
-        .await
-        .is_err()
-    {
-        in_flight.shutdown().await;
+        if !self.unlogged.is_empty() {
+            wake.at(self.log_at);
+        }
     }
-    if !unlogged.is_empty() {
-        if let Err(e) = flush(&store, &mut unlogged).await {
-            // At-least-once: those events are sent again after a restart (same webhook-id).
-            tracing::warn!(
-                error = format!("{e:#}"),
-                unlogged = unlogged.len(),
-                "shutting down with webhook attempts not logged; their events will be sent again"
-            );
+
+    /// Each payment whose last attempt is unlogged, and when it may be tried again.
+    fn held(&self) -> HashMap<PaymentKey, Option<WallMs>> {
+        let mut held = HashMap::new();
+        for u in &self.unlogged {
+            held.insert(u.payment_pk, u.due());
+        }
+        held
+    }
+
+    /// Starts attempts at the due events of payments neither busy nor held.
+    async fn start_due(
+        &mut self,
+        now: WallMs,
+        held: &HashMap<PaymentKey, Option<WallMs>>,
+        wake: &mut Wake,
+    ) {
+        let mut per_account = self.per_account();
+        // Only accounts with a signing key and room for another attempt are read: one
+        // whose receiver hangs holds its own slots, never another account's.
+        let open: Vec<AccountName> = self
+            .d
+            .keys
+            .keys()
+            .filter(|a| per_account.get(*a).copied().unwrap_or(0) < self.d.max_in_flight)
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let open: Vec<&AccountName> = open.iter().collect();
+        let mut skip: Vec<PaymentKey> = self.busy.values().map(|(p, _)| *p).collect();
+        for (payment, due) in held {
+            match due {
+                Some(at) if *at <= now => {}
+                Some(at) => {
+                    skip.push(*payment);
+                    wake.at(*at);
+                }
+                None => skip.push(*payment),
+            }
+        }
+        // One more than there is room for: if it is not due yet, its due time is when
+        // to look again.
+        match self
+            .store
+            .webhook_heads(
+                &skip,
+                &open,
+                u32::try_from(self.free())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1),
+            )
+            .await
+        {
+            Ok(rows) => {
+                self.read_backoff.reset();
+                for ev in rows {
+                    if self.busy.len() >= self.d.max_total {
+                        break;
+                    }
+                    let n = per_account.entry(ev.account.clone()).or_default();
+                    if *n >= self.d.max_in_flight {
+                        // Its account is full now; the next turn reads without it.
+                        wake.at(now);
+                        continue;
+                    }
+                    if ev.next_attempt_at > now && !held.contains_key(&ev.payment_pk) {
+                        wake.at(ev.next_attempt_at);
+                        break;
+                    }
+                    *n += 1;
+                    let payment = (ev.payment_pk, ev.account.clone());
+                    let before = self.unlogged.iter().filter(|u| u.event_pk == ev.pk).count();
+                    let handle = self.in_flight.spawn(attempt(
+                        self.d.clone(),
+                        self.store.clone(),
+                        self.telemetry.clone(),
+                        ev,
+                        before,
+                    ));
+                    self.busy.insert(handle.id(), payment);
+                }
+            }
+            Err(e) => {
+                self.telemetry.database_error("webhooks");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reading the webhook outbox failed; retrying"
+                );
+                let wait = self.read_backoff.next_delay();
+                wake.at(now + wait.as_millis() as i64);
+            }
+        }
+    }
+
+    /// An attempt finished (or panicked): its payment is free, its record kept if unlogged.
+    fn landed(
+        &mut self,
+        done: Result<(tokio::task::Id, Option<Unlogged>), tokio::task::JoinError>,
+    ) {
+        let id = match done {
+            Ok((id, not_logged)) => {
+                self.unlogged.extend(not_logged);
+                id
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a webhook attempt failed unexpectedly");
+                e.id()
+            }
+        };
+        self.busy.remove(&id);
+    }
+
+    /// At shutdown: lets attempts in flight land and logs what it can.
+    async fn drain(mut self) {
+        // Each attempt is bounded by the client's timeout, the margin covers the database
+        // write.
+        let unlogged = &mut self.unlogged;
+        let in_flight = &mut self.in_flight;
+        let drain = async {
+            while let Some(done) = in_flight.join_next().await {
+                if let Ok(Some(u)) = done {
+                    unlogged.push(u);
+                }
+            }
+        };
+        if tokio::time::timeout(self.d.timeout + Duration::from_secs(2), drain)
+            .await
+            .is_err()
+        {
+            self.in_flight.shutdown().await;
+        }
+        if !self.unlogged.is_empty() {
+            if let Err(e) = flush(&self.store, &mut self.unlogged).await {
+                // At-least-once: those events are sent again after a restart (same webhook-id).
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    unlogged = self.unlogged.len(),
+                    "shutting down with webhook attempts not logged; their events will be sent again"
+                );
+            }
         }
     }
 }
@@ -633,16 +728,22 @@ mod tests {
             error: None,
             retry_after: None,
         };
-        assert_eq!(outcome_of(&ok, &s, 5, 0, 0.5), AttemptOutcome::Delivered);
+        assert_eq!(
+            outcome_of(&ok, &s, 5, WallMs(0), 0.5),
+            AttemptOutcome::Delivered
+        );
         let bad = Sent {
             status: Some(500),
             error: Some("HTTP 500".into()),
             retry_after: None,
         };
         assert_eq!(
-            outcome_of(&bad, &s, 1, 1000, 0.5),
-            AttemptOutcome::Retry(2000)
+            outcome_of(&bad, &s, 1, WallMs(1000), 0.5),
+            AttemptOutcome::Retry(WallMs(2000))
         );
-        assert_eq!(outcome_of(&bad, &s, 2, 1000, 0.5), AttemptOutcome::Dead);
+        assert_eq!(
+            outcome_of(&bad, &s, 2, WallMs(1000), 0.5),
+            AttemptOutcome::Dead
+        );
     }
 }

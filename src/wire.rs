@@ -8,7 +8,7 @@
 
 use crate::account::AccountName;
 use crate::kinds::KindName;
-use crate::payment::{rfc3339, State, UnixMs, WebhookState};
+use crate::payment::{rfc3339, State, WallMs, WebhookState};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 /// A point in time on the wire: RFC 3339, UTC, millisecond precision (unix milliseconds
 /// inside, as everywhere else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub UnixMs);
+pub struct Timestamp(pub WallMs);
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -31,7 +31,7 @@ impl<'de> Deserialize<'de> for Timestamp {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .map(Timestamp)
+            .map(|ms| Timestamp(WallMs(ms)))
             .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not RFC 3339")))
     }
 }
@@ -68,13 +68,15 @@ pub struct PaymentFacts {
 impl PaymentFacts {
     /// The facts of a payment from its stored fields (`response` and `metadata` as the
     /// JSON text the database holds).
+    // One argument per stored field: the two callers hold them in different row types.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         account: &AccountName,
         kind: &KindName,
         id: &str,
         state: State,
         upstream_status: Option<&str>,
-        started_at: UnixMs,
+        started_at: WallMs,
         response: Option<&str>,
         metadata: Option<&str>,
     ) -> Self {
@@ -433,18 +435,18 @@ mod tests {
                 "A198660213997",
                 State::Succeeded,
                 Some("approved"),
-                1_769_860_800_123,
+                WallMs(1_769_860_800_123),
                 Some(r#"{"status":"approved","amount":10}"#),
                 Some(r#"{"order":7}"#),
             ),
             next_check_at: None,
             settled: true,
             checks_done: 3,
-            last_checked_at: Some(Timestamp(1_769_860_830_456)),
+            last_checked_at: Some(Timestamp(WallMs(1_769_860_830_456))),
             last_error: None,
-            finished_at: Some(Timestamp(1_769_860_830_456)),
+            finished_at: Some(Timestamp(WallMs(1_769_860_830_456))),
             callback_url: Some("https://app.example.com/hooks/1".into()),
-            created_at: Timestamp(1_769_860_800_999),
+            created_at: Timestamp(WallMs(1_769_860_800_999)),
         }
     }
 
@@ -473,7 +475,7 @@ mod tests {
         let detail = PaymentDetail {
             payment: v,
             history: vec![HistoryEntry {
-                at: Timestamp(1_769_860_830_456),
+                at: Timestamp(WallMs(1_769_860_830_456)),
                 previous_state: State::Pending,
                 state: State::Succeeded,
                 upstream_status: Some("approved".into()),

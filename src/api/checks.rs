@@ -7,7 +7,7 @@ use super::{
 use crate::account::AccountName;
 use crate::callback::CallbackRefusal;
 use crate::kinds::KindName;
-use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
+use crate::payment::{now_ms, PaymentId, PaymentKey, WallMs};
 use crate::scheduler::Command;
 use crate::store::{Inserted, ListFilter, NewPayment, PaymentRow, PendingRow, WatchedRow};
 use crate::wire::{
@@ -55,7 +55,7 @@ pub fn payment_view(r: &PaymentRow) -> PaymentView {
 
 /// Parses `started_at`: unix seconds (a number, or a string of digits as shells and some
 /// JSON encoders produce) or RFC 3339.
-pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
+pub fn parse_started_at(v: &Value, now: WallMs) -> Result<WallMs, ApiError> {
     let from_seconds = |s: f64| {
         Some(s)
             .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
@@ -87,6 +87,7 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
             ))
         }
     };
+    let ms = WallMs(ms);
     if ms > now + MAX_FUTURE_MS {
         return Err(ApiError::new(
             ErrorCode::InvalidStartedAt,
@@ -97,7 +98,7 @@ pub fn parse_started_at(v: &Value, now: UnixMs) -> Result<UnixMs, ApiError> {
 }
 
 /// Validates one enqueue request into a payment to insert.
-fn validate(st: &AppState, req: EnqueueRequest, now: UnixMs) -> Result<NewPayment, ApiError> {
+fn validate(st: &AppState, req: EnqueueRequest, now: WallMs) -> Result<NewPayment, ApiError> {
     let account = configured_account(st, req.account.as_deref())?;
     let kind = configured_kind(st, &req.kind).ok_or_else(|| {
         let known: Vec<&str> = st.config.kinds.keys().map(|k| k.as_str()).collect();

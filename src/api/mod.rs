@@ -10,6 +10,7 @@ mod webhooks;
 pub use self::error::{ApiError, ErrorCode};
 
 use crate::config::Config;
+use crate::payment::WallMs;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -448,7 +449,7 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
         scheduler: SchedulerHealth {
             pending: published.pools.iter().map(|p| p.pending).sum(),
             unpolled,
-            reported_at: (published.at > 0).then_some(Timestamp(published.at)),
+            reported_at: (published.at > WallMs(0)).then_some(Timestamp(published.at)),
         },
         budget,
         accounts: crate::status::accounts(&published.pools)
@@ -504,7 +505,7 @@ pub fn health_problems(
     pending_by_kind: &[(String, String, i64)],
     webhook_states: &[(String, i64)],
     db: &crate::store::WriteStatus,
-    now: crate::payment::UnixMs,
+    now: WallMs,
 ) -> (Vec<String>, i64) {
     let mut problems = Vec::new();
     if let (Some(since), Some(error)) = (db.failing_since, &db.last_error) {
@@ -569,7 +570,7 @@ pub fn health_problems(
         }
     }
     let age = now - published.at;
-    if published.at > 0 && age > SCHEDULER_STALE_MS {
+    if published.at > WallMs(0) && age > SCHEDULER_STALE_MS {
         problems.push(format!(
             "the scheduler has not reported for {} s: its loop is stuck or overloaded",
             age / 1000

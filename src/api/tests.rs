@@ -171,7 +171,7 @@ async fn enqueue_answers_201_then_200_with_the_same_payment() {
 #[tokio::test]
 async fn a_second_enqueue_never_rewrites_the_first() {
     let h = harness().await;
-    let t0 = crate::payment::now_ms() / 1000 - 5;
+    let t0 = crate::payment::now_ms().as_ms() / 1000 - 5;
     let first = json!({"kind": "quote", "id": "Q1", "started_at": t0,
         "metadata": {"order": 7}, "callback_url": format!("{CALLBACK}/a")});
     let (s, stored) = post(&h.app, "/v1/checks", first.clone()).await;
@@ -181,7 +181,7 @@ async fn a_second_enqueue_never_rewrites_the_first() {
     for same in [
         first.clone(),
         json!({"kind": "quote", "id": "Q1"}),
-        json!({"kind": "quote", "id": "Q1", "started_at": crate::payment::rfc3339(t0 * 1000)}),
+        json!({"kind": "quote", "id": "Q1", "started_at": crate::payment::rfc3339(crate::payment::WallMs(t0 * 1000))}),
         json!({"kind": "quote", "id": "Q1", "started_at": t0.to_string(), "metadata": null}),
     ] {
         let (s, v) = post(&h.app, "/v1/checks", same.clone()).await;
@@ -513,7 +513,7 @@ type BadCase<'a> = (
 async fn bad_input_gets_a_4xx_with_a_stable_code() {
     let h = harness().await;
     post(&h.app, "/v1/checks", json!({"kind": "p2p", "id": "keep"})).await;
-    let now = crate::payment::now_ms() / 1000;
+    let now = crate::payment::now_ms().as_ms() / 1000;
     let big = "x".repeat(super::MAX_BODY + 1);
     let long_id_uri = format!("/v1/checks/p2p/{}", "y".repeat(129));
     let json = Some("application/json");
@@ -912,12 +912,12 @@ fn fingerprint(rows: &[PaymentRow], since: i64) -> Vec<Value> {
                 r.pk.0,
                 r.kind,
                 r.id,
-                r.started_at,
+                r.started_at.as_ms(),
                 r.jitter_ms,
-                r.created_at,
+                r.created_at.as_ms(),
                 r.metadata,
                 r.callback_url,
-                if r.started_at >= since {
+                if r.started_at >= crate::payment::WallMs(since) {
                     r.state.as_str()
                 } else {
                     ""
@@ -1131,7 +1131,7 @@ mod property {
                 return Ok(());
             };
             rt.block_on(async {
-                let before = fingerprint(&all_rows(&h.store).await, since);
+                let before = fingerprint(&all_rows(&h.store).await, since.as_ms());
                 let mut req = Request::builder().method(method.clone()).uri(uri.clone());
                 if let Some(ct) = &ct {
                     if let Ok(v) = axum::http::HeaderValue::from_str(ct) {
@@ -1169,7 +1169,7 @@ mod property {
                     })?;
                     prop_assert!(v["error"]["code"].is_string(), "{v}");
                     prop_assert!(v["error"]["message"].is_string(), "{v}");
-                    let after = fingerprint(&all_rows(&h.store).await, since);
+                    let after = fingerprint(&all_rows(&h.store).await, since.as_ms());
                     prop_assert_eq!(
                         &after,
                         &before,

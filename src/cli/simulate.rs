@@ -2,6 +2,7 @@
 //! on one key, with the flip ages learnt from the database (or a published mix).
 
 use crate::config::Config;
+use crate::payment::{SchedMs, WallMs};
 use crate::policy::{Evidence, Grid, Learner};
 use crate::sim::{LateMix, LatePolicy, LateScenario, Mix, Phase, Report, Scenario};
 use anyhow::{bail, Context, Result};
@@ -114,8 +115,12 @@ async fn stream_mixes(
         }
     };
     let rows = if learned && cfg.database_path.exists() {
-        crate::store::Store::read_finished(&cfg.database_path, 0, crate::store::EVIDENCE_ROWS)
-            .await?
+        crate::store::Store::read_finished(
+            &cfg.database_path,
+            WallMs(0),
+            crate::store::EVIDENCE_ROWS,
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -138,8 +143,10 @@ async fn stream_mixes(
                 };
                 let evidence = rows.iter().filter(ours).map(|r| {
                     let (pending_seen, final_seen) = r.evidence_times();
+                    // The offline learner keeps every row (see `learnt_mix`): its clock
+                    // is the rows' own.
                     (
-                        r.started_at,
+                        SchedMs(r.started_at.as_ms()),
                         Evidence::of(grid, r.started_at, pending_seen, final_seen),
                     )
                 });
@@ -155,7 +162,7 @@ async fn stream_mixes(
 fn learnt_mix(
     cfg: &Config,
     grid: &Grid,
-    evidence: impl Iterator<Item = (i64, Evidence)>,
+    evidence: impl Iterator<Item = (SchedMs, Evidence)>,
     kind: &str,
 ) -> (Mix, String) {
     let mut learner = Learner::new(grid.ladder_prior(), i64::MAX / 4);
@@ -165,7 +172,7 @@ fn learnt_mix(
         n += 1;
     }
     for _ in 0..10 {
-        learner.fit(0, std::iter::empty());
+        learner.fit(SchedMs(0), std::iter::empty());
     }
     let about = if n == 0 {
         format!(
@@ -301,7 +308,9 @@ fn kind_delays(report: &Report, streams: usize, setup: &Setup) -> Vec<f64> {
         .map(|i| {
             report
                 .mean_delay_ms(|f| {
-                    f.stream == i && f.arrived >= setup.warmup_ms && f.arrived < setup.measured_ms
+                    f.stream == i
+                        && f.arrived >= SchedMs(setup.warmup_ms)
+                        && f.arrived < SchedMs(setup.measured_ms)
                 })
                 .0
                 / 1000.0

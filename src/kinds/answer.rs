@@ -1,7 +1,7 @@
 //! Reading an answer (HTTP status and body) into an [`Observation`] per payment.
 
 use super::kind::Kind;
-use crate::payment::{PaymentId, State};
+use crate::payment::{PaymentId, State, WallMs};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -72,7 +72,7 @@ impl Kind {
         code: u16,
         body: &[u8],
         ids: &[&PaymentId],
-        started_ms: &[i64],
+        started_ms: &[WallMs],
         limit: u32,
     ) -> Result<Vec<Observation>, Observation> {
         let Some(list) = &self.list else {
@@ -128,9 +128,9 @@ impl Kind {
             .map(|(i, id)| match by_id.get(id.as_str()) {
                 Some(item) => self.read_status(item, (*item).clone()),
                 None => {
-                    let started = started_ms.get(i).copied().unwrap_or(i64::MIN);
+                    let started = started_ms.get(i).copied().unwrap_or(WallMs::MIN);
                     let covered = !full
-                        || oldest.is_some_and(|o| o < started.saturating_sub(LISTING_MARGIN_MS));
+                        || oldest.is_some_and(|o| o < started.saturating_sub(LISTING_MARGIN_MS).as_ms());
                     if covered {
                         Observation::error(
                             ErrorClass::NotFound,

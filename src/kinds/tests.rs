@@ -1,7 +1,7 @@
 use super::answer::MAX_STATUS_BYTES;
 use super::name::BadKindName;
 use super::*;
-use crate::payment::{PaymentId, State};
+use crate::payment::{PaymentId, State, WallMs};
 
 fn kind(name: &str) -> Kind {
     Kind::from_raw(name, &presets()[name], "https://prod.x", "https://api.x").unwrap()
@@ -150,7 +150,7 @@ fn listings_match_numeric_and_string_ids() {
     let body = br#"[{"tid":210660277897,"status":"paid"},{"tid":"x9","status":"undefined"}]"#;
     let (a, b, c) = (id("210660277897"), id("x9"), id("gone"));
     let obs = btc
-        .interpret_list(200, body, &[&a, &b, &c], &[0, 0, 0], 50)
+        .interpret_list(200, body, &[&a, &b, &c], &[WallMs(0); 3], 50)
         .unwrap();
     assert!(matches!(
         &obs[0],
@@ -174,7 +174,7 @@ fn listings_match_numeric_and_string_ids() {
         }
     ));
     assert!(btc
-        .interpret_list(200, br#"{"a":1}"#, &[&a], &[0], 50)
+        .interpret_list(200, br#"{"a":1}"#, &[&a], &[WallMs(0)], 50)
         .is_err());
 }
 

@@ -1,6 +1,7 @@
 //! The flip-age distribution of one kind, learnt from interval-censored evidence.
 
 use super::grid::{FlipDist, Grid};
+use crate::payment::SchedMs;
 use std::collections::VecDeque;
 
 /// One payment's evidence about its flip age, in cells: the flip happened in `(lo, hi]`;
@@ -15,11 +16,11 @@ impl Evidence {
     /// A finished payment's evidence from its times (ms): `pending_seen`, the last check
     /// that saw it pending; `final_seen`, the check that saw it final (`None`: timed out
     /// or cancelled, no flip seen).
-    pub fn of(
+    pub fn of<T: std::ops::Sub<Output = i64> + Copy>(
         grid: &Grid,
-        started: i64,
-        pending_seen: Option<i64>,
-        final_seen: Option<i64>,
+        started: T,
+        pending_seen: Option<T>,
+        final_seen: Option<T>,
     ) -> Self {
         let lo = pending_seen.map_or(0, |t| grid.cell(t - started));
         let hi = final_seen.map(|t| grid.cell_ceil(t - started).max(lo + 1));
@@ -42,7 +43,7 @@ pub struct Learner {
     /// Weight of the prior, in payments.
     prior_weight: f64,
     /// Evidence of finished payments, with their start (ms, scheduler clock).
-    finished: VecDeque<(i64, Evidence)>,
+    finished: VecDeque<(SchedMs, Evidence)>,
     /// Keep evidence of payments started within this long.
     horizon_ms: i64,
     /// The recent memory: payments started within this long.
@@ -55,7 +56,7 @@ pub struct Learner {
     pub change_stat: f64,
     /// When a change of traffic was last detected: older evidence reaches the estimate
     /// only through the recent memory, which slides past it.
-    floor: i64,
+    floor: SchedMs,
 }
 
 /// Averages each cell with its neighbours within about 5% of its age (at least one
@@ -139,12 +140,12 @@ impl Learner {
             horizon_ms,
             recent_ms: horizon_ms,
             change_stat: 0.0,
-            floor: i64::MIN,
+            floor: SchedMs::MIN,
         }
     }
 
     /// A finished payment's evidence (`started`: its start on the scheduler's clock).
-    pub fn observe(&mut self, started: i64, e: Evidence) {
+    pub fn observe(&mut self, started: SchedMs, e: Evidence) {
         self.finished.push_back((started, e));
         while self.finished.len() > MAX_EVIDENCE {
             self.finished.pop_front();
@@ -219,7 +220,7 @@ impl Learner {
 
     /// Re-estimates the distribution from the finished payments (and the censored
     /// evidence of the pending ones): see [`Learner`] for the two memories.
-    pub fn fit(&mut self, now: i64, pending: impl Iterator<Item = Evidence>) -> &FlipDist {
+    pub fn fit(&mut self, now: SchedMs, pending: impl Iterator<Item = Evidence>) -> &FlipDist {
         // One cohort: the payments started since `since`, finished or not. Evidence
         // arrives in order of finishing, not of starting (a timeout finishes a whole
         // lifetime after its start), so the cut is by start, over the whole queue.
@@ -315,9 +316,9 @@ mod tests {
             for i in 0..720i64 {
                 let started = i * 10_000;
                 let dist = if started < 5_400_000 { &a } else { later };
-                learner.observe(started, checked_every_10(dist, &mut rng));
+                learner.observe(SchedMs(started), checked_every_10(dist, &mut rng));
                 if i % 30 == 29 {
-                    learner.fit(started, std::iter::empty());
+                    learner.fit(SchedMs(started), std::iter::empty());
                 }
             }
             learner
@@ -397,10 +398,10 @@ mod tests {
                 last = at;
                 t += 40;
             };
-            learner.observe(0, e);
+            learner.observe(SchedMs(0), e);
         }
         for _ in 0..5 {
-            learner.fit(0, std::iter::empty());
+            learner.fit(SchedMs(0), std::iter::empty());
         }
         let got = learner.current();
         for q in [60, 120, 300] {

@@ -1,7 +1,7 @@
 //! What one check decided for one payment: pure.
 
 use crate::kinds::Observation;
-use crate::payment::{State, UnixMs};
+use crate::payment::{SchedMs, State};
 
 /// What a check decided for one payment. Pure; see [`decide`].
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +37,9 @@ pub(crate) fn bounded(response: &serde_json::Value) -> String {
 pub fn decide(
     previous_raw: Option<&str>,
     obs: &Observation,
-    checked_at: UnixMs,
-    deadline: UnixMs,
-    give_up_at: UnixMs,
+    checked_at: SchedMs,
+    deadline: SchedMs,
+    give_up_at: SchedMs,
 ) -> Decision {
     let (mut state, raw, error, response, answered) = match obs {
         Observation::Status {
@@ -107,24 +107,36 @@ mod tests {
         let d = decide(
             None,
             &status("approved", Some(State::Succeeded)),
-            10,
-            100,
-            200,
+            SchedMs(10),
+            SchedMs(100),
+            SchedMs(200),
         );
         assert_eq!(d.state, State::Succeeded);
         assert_eq!(d.event, Some(crate::event::STATUS_CHANGED));
-        let d = decide(None, &status("pending", Some(State::Pending)), 10, 100, 200);
+        let d = decide(
+            None,
+            &status("pending", Some(State::Pending)),
+            SchedMs(10),
+            SchedMs(100),
+            SchedMs(200),
+        );
         assert_eq!((d.state, d.event, d.changed), (State::Pending, None, false));
         let d = decide(
             Some("pending"),
             &status("pending", Some(State::Pending)),
-            100,
-            100,
-            200,
+            SchedMs(100),
+            SchedMs(100),
+            SchedMs(200),
         );
         assert_eq!(d.state, State::TimedOut);
         assert_eq!(d.event, Some(crate::event::TIMED_OUT));
-        let d = decide(None, &status("weird", None), 10, 100, 200);
+        let d = decide(
+            None,
+            &status("weird", None),
+            SchedMs(10),
+            SchedMs(100),
+            SchedMs(200),
+        );
         assert_eq!(d.state, State::Pending);
         assert!(d.error.unwrap().contains("weird"));
         assert!(d.changed);
@@ -134,20 +146,47 @@ mod tests {
     fn unanswered_checks_do_not_settle_the_deadline() {
         let err = |class| Observation::error(class, "x".into(), None);
         assert_eq!(
-            decide(None, &err(ErrorClass::Transport), 150, 100, 200).state,
+            decide(
+                None,
+                &err(ErrorClass::Transport),
+                SchedMs(150),
+                SchedMs(100),
+                SchedMs(200)
+            )
+            .state,
             State::Pending
         );
         assert_eq!(
-            decide(None, &err(ErrorClass::Transport), 200, 100, 200).state,
+            decide(
+                None,
+                &err(ErrorClass::Transport),
+                SchedMs(200),
+                SchedMs(100),
+                SchedMs(200)
+            )
+            .state,
             State::TimedOut
         );
         // An answer without a usable status (an HTML page with 200) is an outage.
         assert_eq!(
-            decide(None, &err(ErrorClass::BadBody), 150, 100, 200).state,
+            decide(
+                None,
+                &err(ErrorClass::BadBody),
+                SchedMs(150),
+                SchedMs(100),
+                SchedMs(200)
+            )
+            .state,
             State::Pending
         );
         // 404 at the deadline: the payment never appeared.
-        let d = decide(None, &err(ErrorClass::NotFound), 100, 100, 200);
+        let d = decide(
+            None,
+            &err(ErrorClass::NotFound),
+            SchedMs(100),
+            SchedMs(100),
+            SchedMs(200),
+        );
         assert_eq!(d.state, State::TimedOut);
         assert_eq!(d.error.as_deref(), Some("x"));
     }

@@ -14,8 +14,8 @@ mod recorder;
 
 pub use self::core::memory_horizon_ms;
 pub use self::core::{
-    Action, Completion, Core, CoreConfig, InvalidId, LateCheck, Outcome, PoolId, PoolSpec, Request,
-    Tracked, Watched,
+    Action, Completion, Core, CoreConfig, InvalidId, Outcome, PoolId, PoolSpec, Request, Tracked,
+    Watched,
 };
 pub use self::late::LatePolicy;
 pub use crate::status::PoolStatus;
@@ -23,7 +23,7 @@ pub use crate::status::PoolStatus;
 use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
 use crate::account::AccountName;
 use crate::config::Config;
-use crate::payment::{now_ms, PaymentId, PaymentKey, UnixMs};
+use crate::payment::{now_ms, PaymentId, PaymentKey, SchedMs, WallMs};
 use crate::secret::Secret;
 use crate::store::{PendingRow, Store, WatchedRow};
 use crate::systemd::{Notifier, Watchdog};
@@ -46,10 +46,10 @@ pub enum Command {
     Untrack(PaymentKey),
     /// Check soon: a hint, coalesced (see [`Core::recheck`]). The reply carries when the
     /// check is due (wall clock), or `None` when the payment is not held.
-    Recheck(PaymentKey, Option<oneshot::Sender<Option<UnixMs>>>),
+    Recheck(PaymentKey, Option<oneshot::Sender<Option<WallMs>>>),
     /// Check a final payment that may still move, at its stored next check (a merchant's
     /// recheck after the ladder ended it); held already, it is a [`Command::Recheck`].
-    Rewatch(WatchedRow, Option<oneshot::Sender<Option<UnixMs>>>),
+    Rewatch(WatchedRow, Option<oneshot::Sender<Option<WallMs>>>),
 }
 
 /// What the scheduler last published (every tick) for health and metrics.
@@ -58,7 +58,7 @@ pub struct Published {
     /// Each key's state; paused times on the wall clock.
     pub pools: Vec<PoolStatus>,
     /// When it was published (wall clock): an old one means the scheduler's loop is stuck.
-    pub at: UnixMs,
+    pub at: WallMs,
 }
 
 /// The API's handle on the scheduler.
@@ -114,8 +114,8 @@ impl Clock {
         self.base_us + self.start.elapsed().as_micros() as i64
     }
 
-    fn now(&self) -> UnixMs {
-        self.now_us() / 1000
+    fn now(&self) -> SchedMs {
+        SchedMs(self.now_us() / 1000)
     }
 
     /// Wall time minus scheduler time, now, in whole milliseconds: 0 until the wall
@@ -125,33 +125,20 @@ impl Clock {
         (us as f64 / 1000.0).round() as i64
     }
 
+    /// A wall-clock time (the database's) on the scheduler's clock: the one place wall
+    /// time becomes scheduler time.
+    fn sched(&self, wall: WallMs) -> SchedMs {
+        SchedMs(wall.as_ms().saturating_sub(self.offset()))
+    }
+
+    /// A scheduler time on the wall clock (for the database, health and metrics): the one
+    /// place scheduler time becomes wall time.
+    fn wall(&self, sched: SchedMs) -> WallMs {
+        WallMs(sched.as_ms().saturating_add(self.offset()))
+    }
+
     /// A stored pending payment as the core tracks it: its times on the core's clock.
     fn tracked(&self, row: PendingRow) -> Result<Tracked, InvalidId> {
-        let off = self.offset();
-        let mut t = Tracked::try_from(row)?;
-        t.started_at -= off;
-        t.next_check_at = t.next_check_at.map(|t| t - off);
-        t.last_checked_at = t.last_checked_at.map(|t| t - off);
-        Ok(t)
-    }
-
-    /// A stored watched payment as the core watches it: its times on the core's clock.
-    fn watched(&self, row: WatchedRow) -> Result<Watched, InvalidId> {
-        let off = self.offset();
-        let mut w = Watched::try_from(row)?;
-        w.started_at -= off;
-        w.next_check_at -= off;
-        w.seen_at = w.seen_at.map(|t| t - off);
-        Ok(w)
-    }
-}
-
-/// A stored payment's times as they are (the simulator's rows are on the core's clock
-/// already; the driver converts through [`Clock`]).
-impl TryFrom<PendingRow> for Tracked {
-    type Error = InvalidId;
-
-    fn try_from(row: PendingRow) -> Result<Self, InvalidId> {
         let id = PaymentId::parse(&row.id).map_err(|_| InvalidId { pk: row.pk })?;
         Ok(Tracked {
             pk: row.pk,
@@ -159,18 +146,15 @@ impl TryFrom<PendingRow> for Tracked {
             kind: row.kind,
             id,
             upstream_status: row.upstream_status,
-            started_at: row.started_at,
+            started_at: self.sched(row.started_at),
             jitter_ms: row.jitter_ms,
-            next_check_at: row.next_check_at,
-            last_checked_at: row.last_checked_at,
+            next_check_at: row.next_check_at.map(|t| self.sched(t)),
+            last_checked_at: row.last_checked_at.map(|t| self.sched(t)),
         })
     }
-}
 
-impl TryFrom<WatchedRow> for Watched {
-    type Error = InvalidId;
-
-    fn try_from(row: WatchedRow) -> Result<Self, InvalidId> {
+    /// A stored watched payment as the core watches it: its times on the core's clock.
+    fn watched(&self, row: WatchedRow) -> Result<Watched, InvalidId> {
         let id = PaymentId::parse(&row.id).map_err(|_| InvalidId { pk: row.pk })?;
         Ok(Watched {
             pk: row.pk,
@@ -179,16 +163,36 @@ impl TryFrom<WatchedRow> for Watched {
             id,
             state: row.state,
             upstream_status: row.upstream_status,
-            started_at: row.started_at,
-            next_check_at: row.next_check_at,
-            seen_at: row.seen_at,
+            started_at: self.sched(row.started_at),
+            next_check_at: self.sched(row.next_check_at),
+            seen_at: row.seen_at.map(|t| self.sched(t)),
             ended_state: row.ended_state,
         })
+    }
+
+    /// The core's outcome as the store records it: its times on the wall clock.
+    fn record(&self, o: Outcome) -> crate::store::CheckRecord {
+        crate::store::CheckRecord {
+            pk: o.pk,
+            checked_at: self.wall(o.checked_at),
+            upstream_status: o.upstream_status,
+            state: o.state,
+            response: o.response,
+            error: o.error,
+            next_check_at: o.next_check_at.map(|t| self.wall(t)),
+            event: o.event,
+            changed: o.changed,
+            saw_pending: o.saw_pending,
+            watch: o.watch.map(|w| crate::store::WatchCheck {
+                asked: w.asked,
+                unchanged: w.unchanged,
+            }),
+        }
     }
 }
 
 /// Hands a stored pending payment to the core (one whose id does not parse is not polled).
-fn track(core: &mut Core, clock: &Clock, row: PendingRow, now: UnixMs, resumed: bool) {
+fn track(core: &mut Core, clock: &Clock, row: PendingRow, now: SchedMs, resumed: bool) {
     match clock.tracked(row) {
         Ok(t) => core.track(t, now, resumed),
         Err(e) => {
@@ -198,7 +202,7 @@ fn track(core: &mut Core, clock: &Clock, row: PendingRow, now: UnixMs, resumed: 
 }
 
 /// Hands a stored watched payment to the core; when its next check is due.
-fn watch(core: &mut Core, clock: &Clock, row: WatchedRow, now: UnixMs) -> Option<UnixMs> {
+fn watch(core: &mut Core, clock: &Clock, row: WatchedRow, now: SchedMs) -> Option<SchedMs> {
     match clock.watched(row) {
         Ok(w) => core.watch(w, now),
         Err(e) => {
@@ -295,6 +299,92 @@ pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret
     (cfg, keys)
 }
 
+/// What was spent before a restart still counts: the newest rows by insertion order (no
+/// window holds more than the limit, so twice that covers reserved rows too), each dated
+/// by the boot clock where it can be, whatever the wall clock did.
+async fn restore_ledger(
+    core: &mut Core,
+    clock: &Clock,
+    store: &Store,
+    budget_requests: u32,
+    wall: WallMs,
+) -> Result<()> {
+    let boot = crate::boot::now();
+    let newest = 2 * budget_requests;
+    for row in store.ledger_newest(newest).await? {
+        let boot_now = boot.as_ref().map(|(id, ms)| (id.as_str(), *ms));
+        let done = crate::budget::restored_done_at(&row, wall, boot_now);
+        core.restore_spent(&row.pool, Some(clock.sched(done)), clock.now());
+    }
+    Ok(())
+}
+
+/// What was learnt before a restart, rebuilt from the payments themselves: the flip ages
+/// of the finished ones (how many, returned). The learner's whole long memory, not only
+/// its recent one: a restart would otherwise leave a busy key learning from a fraction of
+/// what it had.
+async fn restore_learning(
+    core: &mut Core,
+    clock: &Clock,
+    store: &Store,
+    wall: WallMs,
+) -> Result<usize> {
+    let horizon = core.memory_ms();
+    let finished = store
+        .finished_since(wall - horizon, crate::store::EVIDENCE_ROWS)
+        .await?;
+    let learnt = finished.len();
+    for row in finished {
+        let (pending_seen, final_seen) = row.evidence_times();
+        core.learn(
+            &row.account,
+            &row.kind,
+            clock.sched(row.started_at),
+            pending_seen.map(|t| clock.sched(t)),
+            final_seen.map(|t| clock.sched(t)),
+        );
+    }
+    Ok(learnt)
+}
+
+/// The pending payments, tracked again; how many.
+async fn resume_pending(core: &mut Core, clock: &Clock, store: &Store) -> Result<usize> {
+    let pending = store.pending().await?;
+    let resumed = pending.len();
+    for row in pending {
+        track(core, clock, row, clock.now(), true);
+    }
+    Ok(resumed)
+}
+
+/// Reconciliation: what was learnt of late moves, and the payments still watched (how
+/// many).
+async fn resume_watched(
+    core: &mut Core,
+    clock: &Clock,
+    store: &Store,
+    wall: WallMs,
+) -> Result<usize> {
+    let late = store
+        .watch_evidence(wall - core.late_memory_ms(), crate::store::EVIDENCE_ROWS)
+        .await?;
+    for row in late {
+        core.learn_late(
+            &row.kind,
+            row.ended_state,
+            clock.sched(row.started_at),
+            row.seen_at.map(|t| clock.sched(t)),
+            row.moved_at.map(|t| clock.sched(t)),
+        );
+    }
+    let watched = store.watched().await?;
+    let watching = watched.len();
+    for row in watched {
+        watch(core, clock, row, clock.now());
+    }
+    Ok(watching)
+}
+
 /// Spawns the scheduler and its recorder. Returns the handle for the API and the join
 /// handle that completes once both have drained. The driver's loop feeds `notifier`'s
 /// watchdog and publishes its `STATUS=` line.
@@ -311,62 +401,20 @@ pub async fn spawn(
     let (core_cfg, keys) = core_config(config, fastrand::u64(..));
     let window = core_cfg.budget_window_ms;
     let mut core = Core::new(core_cfg, clock.now());
-    // The learner's whole long memory, not only its recent one: a restart would otherwise
-    // leave a busy key learning from a fraction of what it had.
-    let horizon = core.memory_ms();
     let wall = now_ms();
-    let off = clock.offset();
-    // What was spent before a restart still counts: the newest rows by insertion order
-    // (no window holds more than the limit, so twice that covers reserved rows too), each
-    // dated by the boot clock where it can be, whatever the wall clock did.
-    let boot = crate::boot::now();
-    let newest = 2 * config.ninjapay.budget_requests;
-    for row in store.ledger_newest(newest).await? {
-        let boot_now = boot.as_ref().map(|(id, ms)| (id.as_str(), *ms));
-        let done = crate::budget::restored_done_at(&row, wall, boot_now);
-        core.restore_spent(&row.pool, Some(done - off), clock.now());
-    }
-    // What was learnt before a restart is rebuilt from the payments themselves.
-    let finished = store
-        .finished_since(wall - horizon, crate::store::EVIDENCE_ROWS)
-        .await?;
-    let learnt = finished.len();
-    for row in finished {
-        let (pending_seen, final_seen) = row.evidence_times();
-        core.learn(
-            &row.account,
-            &row.kind,
-            row.started_at - off,
-            pending_seen.map(|t| t - off),
-            final_seen.map(|t| t - off),
-        );
-    }
+    // Every key's budget: the ledger's newest rows must cover each key's window.
+    let budgets = config
+        .accounts
+        .values()
+        .map(|a| a.budget_requests)
+        .fold(config.ninjapay.budget_requests, u32::saturating_add);
+    restore_ledger(&mut core, &clock, &store, budgets, wall).await?;
+    let learnt = restore_learning(&mut core, &clock, &store, wall).await?;
     // Rows of a previous run that never got an answer were counted above as answered now;
     // record that, so housekeeping can forget them after a window.
     store.ledger_close_open(wall).await?;
-    let pending = store.pending().await?;
-    let resumed = pending.len();
-    for row in pending {
-        track(&mut core, &clock, row, clock.now(), true);
-    }
-    // Reconciliation: what was learnt of late moves, and the payments still watched.
-    let late = store
-        .watch_evidence(wall - core.late_memory_ms(), crate::store::EVIDENCE_ROWS)
-        .await?;
-    for row in late {
-        core.learn_late(
-            &row.kind,
-            row.ended_state,
-            row.started_at - off,
-            row.seen_at.map(|t| t - off),
-            row.moved_at.map(|t| t - off),
-        );
-    }
-    let watched = store.watched().await?;
-    let watching = watched.len();
-    for row in watched {
-        watch(&mut core, &clock, row, clock.now());
-    }
+    let resumed = resume_pending(&mut core, &clock, &store).await?;
+    let watching = resume_watched(&mut core, &clock, &store, wall).await?;
     core.tick(clock.now());
     tracing::info!(
         resumed,
@@ -614,7 +662,7 @@ impl Driver {
             Command::Recheck(pk, reply) => {
                 let at = self.core.recheck(pk, now);
                 if let Some(reply) = reply {
-                    let _ = reply.send(at.map(|t| t + self.clock.offset()));
+                    let _ = reply.send(at.map(|t| self.clock.wall(t)));
                 }
             }
             Command::Rewatch(row, reply) => {
@@ -624,7 +672,7 @@ impl Driver {
                     None => watch(&mut self.core, &self.clock, row, now),
                 };
                 if let Some(reply) = reply {
-                    let _ = reply.send(at.map(|t| t + self.clock.offset()));
+                    let _ = reply.send(at.map(|t| self.clock.wall(t)));
                 }
             }
         }
@@ -636,7 +684,7 @@ impl Driver {
                 Action::Send(req) => self.send(req, done_tx),
                 Action::Record(records) => {
                     let batch = RecordBatch {
-                        records: self.to_wall(records),
+                        records: records.into_iter().map(|o| self.clock.record(o)).collect(),
                         ledger: None,
                     };
                     if let Err(mpsc::error::TrySendError::Full(batch)) =
@@ -673,8 +721,7 @@ impl Driver {
         let done_tx = done_tx.clone();
         let clock = self.clock;
         let telemetry = self.telemetry.clone();
-        let off = clock.offset();
-        let started: Vec<UnixMs> = req.started.iter().map(|t| t + off).collect();
+        let started: Vec<WallMs> = req.started.iter().map(|t| clock.wall(*t)).collect();
         tokio::spawn(async move {
             let refs: Vec<&crate::payment::PaymentId> = req.ids.iter().collect();
             let listing = req.kind.is_list().then_some((req.list_limit, &started[..]));
@@ -695,20 +742,6 @@ impl Driver {
         });
     }
 
-    /// The core's outcomes as the store records them: their times on the wall clock.
-    fn to_wall(&self, outcomes: Vec<Outcome>) -> Vec<crate::store::CheckRecord> {
-        let off = self.clock.offset();
-        outcomes
-            .into_iter()
-            .map(|o| {
-                let mut r = crate::store::CheckRecord::from(o);
-                r.checked_at += off;
-                r.next_check_at = r.next_check_at.map(|t| t + off);
-                r
-            })
-            .collect()
-    }
-
     fn complete(&mut self, done: Completion) {
         if Core::rate_limited(&done) {
             self.telemetry.unexpected_429();
@@ -719,13 +752,16 @@ impl Driver {
                 self.telemetry.check(&kind.name, obs, *state);
             }
         }
-        let off = self.clock.offset();
-        let ledger = out.ledger.map(|(l, at)| (l, at + off));
+        let ledger = out.ledger.map(|(l, at)| (l, self.clock.wall(at)));
         if out.records.is_empty() && ledger.is_none() {
             return;
         }
         let batch = RecordBatch {
-            records: self.to_wall(out.records),
+            records: out
+                .records
+                .into_iter()
+                .map(|o| self.clock.record(o))
+                .collect(),
             ledger,
         };
         // Outcomes are in no other place: never dropped. When the recorder is full they
@@ -737,18 +773,19 @@ impl Driver {
         }
     }
 
-    fn publish(&mut self, now: UnixMs) {
-        let off = self.clock.offset();
-        let mut pools = self.core.status(now);
+    fn publish(&mut self, now: SchedMs) {
+        let clock = self.clock;
+        let mut pools: Vec<PoolStatus> = (self.core.status(now).into_iter())
+            .map(|s| s.on_clock(|t| clock.wall(t)))
+            .collect();
         self.status_line.publish(&pools);
         for s in &mut pools {
-            s.paused_until = s.paused_until.map(|t| t + off);
             self.telemetry
                 .lateness(&s.name, &std::mem::take(&mut s.lateness_ms));
         }
         self.status.send_replace(Published {
             pools,
-            at: now + off,
+            at: clock.wall(now),
         });
     }
 }

@@ -6,10 +6,10 @@
 //! shutdown they give it a short grace and then stop, whatever the disk does: what was not
 //! written is still pending in the database and is checked again after a restart.
 
-use super::{Command, LateCheck, Outcome, PoolId};
+use super::{Command, PoolId};
 use crate::backoff::Backoff;
-use crate::payment::{now_ms, LedgerKey, UnixMs};
-use crate::store::{Applied, CheckRecord, Store, WatchCheck};
+use crate::payment::{now_ms, LedgerKey, WallMs};
+use crate::store::{Applied, CheckRecord, Store};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub(crate) struct RecordBatch {
     pub records: Vec<CheckRecord>,
     /// The budget ledger row of the request that produced them, `(row key, answered_at)`,
     /// released in the same transaction.
-    pub ledger: Option<(LedgerKey, UnixMs)>,
+    pub ledger: Option<(LedgerKey, WallMs)>,
 }
 
 /// A request from the scheduler to the ledger writer for fresh ledger rows.
@@ -41,51 +41,6 @@ pub(crate) struct Refill {
 pub(crate) struct Refilled {
     pub pool: PoolId,
     pub keys: Vec<LedgerKey>,
-}
-
-/// The core's outcome as the store records it (times unchanged: the driver moves them to
-/// the wall clock).
-impl From<Outcome> for CheckRecord {
-    fn from(o: Outcome) -> Self {
-        CheckRecord {
-            pk: o.pk,
-            checked_at: o.checked_at,
-            upstream_status: o.upstream_status,
-            state: o.state,
-            response: o.response,
-            error: o.error,
-            next_check_at: o.next_check_at,
-            event: o.event,
-            changed: o.changed,
-            saw_pending: o.saw_pending,
-            watch: o.watch.map(|w| WatchCheck {
-                asked: w.asked,
-                unchanged: w.unchanged,
-            }),
-        }
-    }
-}
-
-/// The record `scheduler::late` builds for a watched payment, as the core's outcome.
-impl From<CheckRecord> for Outcome {
-    fn from(r: CheckRecord) -> Self {
-        Outcome {
-            pk: r.pk,
-            checked_at: r.checked_at,
-            upstream_status: r.upstream_status,
-            state: r.state,
-            response: r.response,
-            error: r.error,
-            next_check_at: r.next_check_at,
-            event: r.event,
-            changed: r.changed,
-            saw_pending: r.saw_pending,
-            watch: r.watch.map(|w| LateCheck {
-                asked: w.asked,
-                unchanged: w.unchanged,
-            }),
-        }
-    }
 }
 
 /// How long writes are still retried once shutdown has begun.
@@ -110,7 +65,7 @@ pub(crate) async fn ledger_loop(
     }) = rx.recv().await
     {
         let keys = loop {
-            let entries: Vec<(String, UnixMs)> =
+            let entries: Vec<(String, WallMs)> =
                 (0..count).map(|_| (ledger_id.clone(), now_ms())).collect();
             match store.ledger_send(&entries).await {
                 Ok(keys) => {
@@ -156,7 +111,7 @@ pub(crate) async fn record_loop(
     let mut give_up_at: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut records = first.records;
-        let mut ledger: Vec<(LedgerKey, UnixMs)> = first.ledger.into_iter().collect();
+        let mut ledger: Vec<(LedgerKey, WallMs)> = first.ledger.into_iter().collect();
         while records.len() < 2048 {
             match rx.try_recv() {
                 Ok(more) => {
@@ -244,16 +199,19 @@ mod tests {
                 account: crate::account::AccountName::default(),
                 kind: KindName::parse("p2p").unwrap(),
                 id: PaymentId::parse("A").unwrap(),
-                started_at: 0,
+                started_at: WallMs(0),
                 jitter_ms: 0,
-                next_check_at: 0,
+                next_check_at: WallMs(0),
                 callback_url: None,
                 metadata: None,
             }])
             .await
             .unwrap();
         let pk = rows[0].0.pk;
-        let key = store.ledger_send(&[("key:t".into(), 1)]).await.unwrap()[0];
+        let key = store
+            .ledger_send(&[("key:t".into(), WallMs(1))])
+            .await
+            .unwrap()[0];
         store
             .exec_for_test(
                 "CREATE TRIGGER refuse BEFORE UPDATE ON upstream_requests \
@@ -274,12 +232,12 @@ mod tests {
         ));
         let record = CheckRecord {
             pk,
-            checked_at: 10,
+            checked_at: WallMs(10),
             upstream_status: Some("on_hold".into()),
             state: State::Pending,
             response: None,
             error: None,
-            next_check_at: Some(20),
+            next_check_at: Some(WallMs(20)),
             event: Some(EventSpec {
                 event_type: crate::event::STATUS_CHANGED,
                 previous_state: State::Pending,
@@ -292,7 +250,7 @@ mod tests {
         };
         tx.send(RecordBatch {
             records: vec![record],
-            ledger: Some((key, 10)),
+            ledger: Some((key, WallMs(10))),
         })
         .await
         .unwrap();
@@ -315,6 +273,6 @@ mod tests {
             .iter()
             .map(|r| (r.pool.as_str(), r.sent_at, r.done_at))
             .collect();
-        assert_eq!(got, vec![("key:t", 1, Some(10))]);
+        assert_eq!(got, vec![("key:t", WallMs(1), Some(WallMs(10)))]);
     }
 }

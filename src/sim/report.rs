@@ -3,7 +3,7 @@
 
 use super::run::Run;
 use super::{LateBound, LateMix, Scenario};
-use crate::payment::{State, UnixMs};
+use crate::payment::{SchedMs, State};
 use crate::policy::{bound, delay_at, FlipDist, Grid, Plans};
 
 /// What judging the learnt plans needs: the true distribution, its own plans' delay
@@ -13,13 +13,13 @@ pub(super) type Judge = (FlipDist, Option<f64>, f64);
 /// One payment's fate in a run.
 #[derive(Debug, Clone)]
 pub struct Fate {
-    pub arrived: UnixMs,
+    pub arrived: SchedMs,
     /// When it flipped (before its deadline), if it did.
-    pub flip: Option<UnixMs>,
+    pub flip: Option<SchedMs>,
     /// When the check that saw it final was sent.
-    pub seen: Option<UnixMs>,
+    pub seen: Option<SchedMs>,
     /// When the check that ended it (final or timed out) was sent.
-    pub ended: Option<UnixMs>,
+    pub ended: Option<SchedMs>,
     pub state: State,
     pub checks: u32,
     /// Whether it comes from a burst.
@@ -28,8 +28,8 @@ pub struct Fate {
     pub stream: usize,
     /// When it moved after its deadline (see [`LateMix`]), and when the check that saw the
     /// move was sent.
-    pub late_flip: Option<UnixMs>,
-    pub late_seen: Option<UnixMs>,
+    pub late_flip: Option<SchedMs>,
+    pub late_seen: Option<SchedMs>,
 }
 
 /// The figures of a run.
@@ -124,7 +124,7 @@ fn late_report(measured: &[&Fate], schedule: &[i64], scale: f64, slack: i64) -> 
         .count();
     let last = schedule.last().copied().unwrap_or(0);
     let day = (86_400_000.0 * scale) as i64;
-    let moves: Vec<(&&Fate, UnixMs)> = measured
+    let moves: Vec<(&&Fate, SchedMs)> = measured
         .iter()
         .filter(|f| f.state == State::TimedOut)
         .filter_map(|f| Some((f, f.late_flip?)))
@@ -132,7 +132,7 @@ fn late_report(measured: &[&Fate], schedule: &[i64], scale: f64, slack: i64) -> 
         .collect();
     let delays: Vec<i64> = moves
         .iter()
-        .filter_map(|(f, t)| Some(f.late_seen? - t))
+        .filter_map(|(f, t)| Some(f.late_seen? - *t))
         .collect();
     let on_schedule = moves
         .iter()
@@ -140,7 +140,7 @@ fn late_report(measured: &[&Fate], schedule: &[i64], scale: f64, slack: i64) -> 
             let Some(seen) = f.late_seen else {
                 return false;
             };
-            crate::reconcile::next_age(schedule, t - f.arrived - 1)
+            crate::reconcile::next_age(schedule, *t - f.arrived - 1)
                 .is_some_and(|i| seen <= f.arrived + schedule[i] + slack)
         })
         .count();
@@ -202,7 +202,9 @@ impl Run<'_> {
         let measured: Vec<&Fate> = self
             .fates
             .iter()
-            .filter(|f| !f.burst && f.arrived >= sc.warmup_ms && f.arrived < until)
+            .filter(|f| {
+                !f.burst && f.arrived >= SchedMs(sc.warmup_ms) && f.arrived < SchedMs(until)
+            })
             .collect();
         let mut delays: Vec<f64> = measured
             .iter()
@@ -281,11 +283,11 @@ impl Run<'_> {
     /// Requests over the measured span, as a share of the budget over it.
     fn budget_use(&self) -> f64 {
         let sc = self.sc;
-        let span = (self.arrivals_end - sc.warmup_ms).max(1);
+        let span = (self.arrivals_end - SchedMs(sc.warmup_ms)).max(1);
         let in_span = self
             .request_times
             .iter()
-            .filter(|&&t| t >= sc.warmup_ms && t < self.arrivals_end)
+            .filter(|&&t| t >= SchedMs(sc.warmup_ms) && t < self.arrivals_end)
             .count();
         in_span as f64 / (span as f64 / sc.window_ms as f64 * f64::from(sc.budget))
     }
@@ -306,7 +308,7 @@ fn run_bound_ms(sc: &Scenario, grid: &Grid, scale: f64) -> f64 {
 
 /// Provider-side windows that held more requests than the budget: every request's
 /// arrival starts one. Sorts `request_times`.
-fn over_budget(request_times: &mut [UnixMs], window_ms: i64, budget: u32) -> u32 {
+fn over_budget(request_times: &mut [SchedMs], window_ms: i64, budget: u32) -> u32 {
     request_times.sort_unstable();
     let mut over = 0;
     let mut lo = 0;

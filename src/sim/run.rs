@@ -5,10 +5,9 @@ use super::report::{judged, Judge};
 use super::{Fate, Report, Scenario};
 use crate::config::{self, Config};
 use crate::kinds::{Kind, Observation};
-use crate::payment::{LedgerKey, PaymentKey, State, UnixMs};
+use crate::payment::{LedgerKey, PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{delay_at, Grid};
-use crate::scheduler::{core_config, Action, Completion, Core};
-use crate::store::PendingRow;
+use crate::scheduler::{core_config, Action, Completion, Core, Tracked};
 use anyhow::Result;
 use serde_json::json;
 use std::cmp::Reverse;
@@ -24,7 +23,7 @@ pub fn run(sc: &Scenario) -> Result<Report> {
 
 /// A payment to come: when, its flip (age and state) if any, whether from a burst, and
 /// its stream (0: the phases' and bursts', `i`: `others[i - 1]`).
-type Arrival = (UnixMs, Option<(i64, State)>, bool, usize);
+type Arrival = (SchedMs, Option<(i64, State)>, bool, usize);
 
 /// A run in progress: the core, the simulated provider and what is measured.
 pub(super) struct Run<'a> {
@@ -40,22 +39,22 @@ pub(super) struct Run<'a> {
     /// without them.
     late_rng: fastrand::Rng,
     late_latency_rng: fastrand::Rng,
-    pub(super) now: UnixMs,
+    pub(super) now: SchedMs,
     /// Every payment to come, in order of arrival, and when the arrivals end.
     arrivals: Vec<Arrival>,
-    pub(super) arrivals_end: UnixMs,
+    pub(super) arrivals_end: SchedMs,
     next_arrival: usize,
     pub(super) fates: Vec<Fate>,
     /// Each payment's flip (before its deadline, or a late move) and its state.
-    flip_of: HashMap<i64, (UnixMs, State)>,
+    flip_of: HashMap<i64, (SchedMs, State)>,
     /// Requests sent and not yet answered, by the time their answer arrives.
-    completions: BinaryHeap<Reverse<(UnixMs, u64)>>,
+    completions: BinaryHeap<Reverse<(SchedMs, u64)>>,
     in_flight: HashMap<u64, Completion>,
     next_req: u64,
-    pub(super) request_times: Vec<UnixMs>,
+    pub(super) request_times: Vec<SchedMs>,
     ledger_key: i64,
     pub(super) tick_ms: i64,
-    next_tick: UnixMs,
+    next_tick: SchedMs,
     actions: Vec<Action>,
     /// Payments not yet ended.
     active: usize,
@@ -78,7 +77,7 @@ pub(super) struct Samples {
     /// With [`Scenario::judge_plans`]: the truth to judge the learnt plans against, when
     /// next to, and each judgement.
     judge: Option<Judge>,
-    judged_at: UnixMs,
+    judged_at: SchedMs,
     pub(super) plan_losses: Vec<f64>,
 }
 
@@ -112,7 +111,7 @@ impl<'a> Run<'a> {
             .collect::<Result<Vec<_>>>()?;
         let mut rng = fastrand::Rng::with_seed(sc.seed ^ 0x5eed);
         let late_rng = fastrand::Rng::with_seed(sc.seed ^ 0x1a7e);
-        let mut core = Core::new(core_cfg, 0);
+        let mut core = Core::new(core_cfg, SchedMs(0));
         if sc.oracle {
             let grid = Grid::new(&sc.ladder);
             if let Some(ph) = sc.phases.first() {
@@ -132,7 +131,7 @@ impl<'a> Run<'a> {
             rng,
             late_rng,
             late_latency_rng: fastrand::Rng::with_seed(sc.seed ^ 0x01a7_e1a7),
-            now: 0,
+            now: SchedMs(0),
             fates: Vec::with_capacity(arrivals.len()),
             arrivals,
             arrivals_end,
@@ -144,12 +143,12 @@ impl<'a> Run<'a> {
             request_times: Vec::new(),
             ledger_key: 0,
             tick_ms: (sc.window_ms / 600).clamp(20, 1000),
-            next_tick: 0,
+            next_tick: SchedMs(0),
             actions: Vec::new(),
             active: 0,
             samples: Samples {
                 judge: judged(sc),
-                judged_at: sc.warmup_ms,
+                judged_at: SchedMs(sc.warmup_ms),
                 ..Samples::default()
             },
             late_requests: 0,
@@ -261,7 +260,7 @@ impl<'a> Run<'a> {
     }
 
     /// The time of the next event: a tick, an arrival, an answer or the core's wake-up.
-    fn next_event(&mut self) -> UnixMs {
+    fn next_event(&mut self) -> SchedMs {
         let mut next = self.next_tick;
         if let Some(&(at, ..)) = self.arrivals.get(self.next_arrival) {
             next = next.min(at);
@@ -278,21 +277,21 @@ impl<'a> Run<'a> {
     /// The payments arriving by now: their fates drawn, tracked by the core.
     fn arrive(&mut self) {
         let sc = self.sc;
-        let deadline_of = |arrived: UnixMs| arrived + sc.ladder.timeout_ms();
+        let deadline_of = |arrived: SchedMs| arrived + sc.ladder.timeout_ms();
         let (first_lo, first_hi) = sc.ladder.first_window();
         while let Some(&(at, flip, burst, stream)) = self.arrivals.get(self.next_arrival) {
             if at > self.now {
                 break;
             }
             let pk = self.fates.len() as i64;
-            let flip = flip.filter(|(age, _)| at + age < deadline_of(at));
+            let flip = flip.filter(|(age, _)| at + *age < deadline_of(at));
             if let Some((age, state)) = flip {
                 self.flip_of.insert(pk, (at + age, state));
             }
             let late_flip = match (&sc.late.mix, flip) {
                 (Some(mix), None) => mix
                     .draw(&mut self.late_rng, self.scale)
-                    .filter(|age| at + age >= deadline_of(at))
+                    .filter(|age| at + *age >= deadline_of(at))
                     .map(|age| at + age),
                 _ => None,
             };
@@ -311,21 +310,24 @@ impl<'a> Run<'a> {
                 late_flip,
                 late_seen: None,
             });
-            self.core.track(
-                PendingRow {
-                    pk: PaymentKey(pk),
-                    account: crate::account::AccountName::default(),
-                    kind: self.kinds[stream].name.clone(),
-                    id: format!("S{pk}"),
-                    upstream_status: None,
-                    started_at: at,
-                    jitter_ms: self.rng.i64(first_lo..=first_hi),
-                    next_check_at: None,
-                    last_checked_at: None,
-                },
-                self.now,
-                false,
-            );
+            // "S" and a number: an id that parses.
+            if let Ok(id) = PaymentId::parse(&format!("S{pk}")) {
+                self.core.track(
+                    Tracked {
+                        pk: PaymentKey(pk),
+                        account: crate::account::AccountName::default(),
+                        kind: self.kinds[stream].name.clone(),
+                        id,
+                        upstream_status: None,
+                        started_at: at,
+                        jitter_ms: self.rng.i64(first_lo..=first_hi),
+                        next_check_at: None,
+                        last_checked_at: None,
+                    },
+                    self.now,
+                    false,
+                );
+            }
             self.active += 1;
             self.next_arrival += 1;
         }
@@ -371,7 +373,7 @@ impl<'a> Run<'a> {
         } else {
             Vec::new()
         };
-        if now < self.sc.warmup_ms || now >= self.arrivals_end {
+        if now < SchedMs(self.sc.warmup_ms) || now >= self.arrivals_end {
             return;
         }
         let s = &mut self.samples;
@@ -429,29 +431,29 @@ fn configuration(sc: &Scenario) -> Result<(Config, Vec<String>)> {
 }
 
 /// Every arrival of the run, drawn up front and in order, and when the arrivals end.
-fn arrivals(sc: &Scenario, rng: &mut fastrand::Rng, scale: f64) -> (Vec<Arrival>, UnixMs) {
+fn arrivals(sc: &Scenario, rng: &mut fastrand::Rng, scale: f64) -> (Vec<Arrival>, SchedMs) {
     let mut arrivals: Vec<Arrival> = Vec::new();
     let mut t0 = 0;
     for ph in &sc.phases {
         poisson(rng, (t0, t0 + ph.duration_ms), ph.rate, scale, |rng, at| {
-            arrivals.push((at, ph.mix.draw(rng, scale), false, 0));
+            arrivals.push((SchedMs(at), ph.mix.draw(rng, scale), false, 0));
         });
         t0 += ph.duration_ms;
     }
     let arrivals_end = t0;
     for (i, (rate, mix)) in sc.others.iter().enumerate() {
         poisson(rng, (0, arrivals_end), *rate, scale, |rng, at| {
-            arrivals.push((at, mix.draw(rng, scale), false, i + 1));
+            arrivals.push((SchedMs(at), mix.draw(rng, scale), false, i + 1));
         });
     }
     for (at, count, spread, mix) in &sc.bursts {
         for _ in 0..*count {
             let t = at + rng.i64(0..=(*spread).max(0));
-            arrivals.push((t, mix.draw(rng, scale), true, 0));
+            arrivals.push((SchedMs(t), mix.draw(rng, scale), true, 0));
         }
     }
     arrivals.sort_by_key(|a| a.0);
-    (arrivals, arrivals_end)
+    (arrivals, SchedMs(arrivals_end))
 }
 
 /// Poisson arrivals in `[from, to)` at `rate` per (scaled) second: `each(rng, at)` for

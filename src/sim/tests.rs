@@ -1,7 +1,7 @@
 use super::report::bound_ms;
 use super::*;
 use crate::ladder::Ladder;
-use crate::payment::State;
+use crate::payment::{SchedMs, State};
 use crate::policy::Grid;
 
 #[test]
@@ -207,7 +207,7 @@ fn the_stream_recovers_after_a_burst_spread_over_minutes() {
     assert_eq!(r.over_budget, 0);
     assert_eq!(r.missed_deadlines, 0);
     let mean = |from: i64, to: i64| {
-        r.mean_delay_ms(|f| !f.burst && f.arrived >= from && f.arrived < to)
+        r.mean_delay_ms(|f| !f.burst && f.arrived >= SchedMs(from) && f.arrived < SchedMs(to))
             .0
     };
     let before = mean(45 * min, 60 * min);

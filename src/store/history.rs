@@ -5,7 +5,7 @@ use super::{PaymentRow, Store};
 use crate::account::AccountName;
 use crate::event::{event_body, EventSpec, Subject};
 use crate::kinds::KindName;
-use crate::payment::{now_ms, LedgerKey, PaymentKey, State, UnixMs};
+use crate::payment::{now_ms, LedgerKey, PaymentKey, State, WallMs};
 use anyhow::Result;
 use sqlx::SqliteConnection;
 
@@ -13,7 +13,7 @@ use sqlx::SqliteConnection;
 #[derive(Debug, Clone)]
 pub struct CheckRecord {
     pub pk: PaymentKey,
-    pub checked_at: UnixMs,
+    pub checked_at: WallMs,
     /// The raw status seen, if the check got one.
     pub upstream_status: Option<String>,
     /// The payment's state after the check.
@@ -23,7 +23,7 @@ pub struct CheckRecord {
     /// The error, if the check failed; `None` clears the previous one.
     pub error: Option<String>,
     /// When the next check is planned; `None` once final.
-    pub next_check_at: Option<UnixMs>,
+    pub next_check_at: Option<WallMs>,
     /// A webhook event this check causes, if any.
     pub event: Option<EventSpec>,
     /// Whether the payment's state or raw status changed (kept in history).
@@ -61,7 +61,7 @@ impl Store {
     pub async fn record_checks(
         &self,
         records: &[CheckRecord],
-        ledger_done: &[(LedgerKey, UnixMs)],
+        ledger_done: &[(LedgerKey, WallMs)],
     ) -> Result<Vec<Applied>> {
         self.write("check outcomes", async |tx| {
             let mut out = Vec::with_capacity(records.len());
@@ -201,7 +201,7 @@ impl Store {
     pub async fn history(
         &self,
         pk: PaymentKey,
-    ) -> Result<Vec<(i64, String, String, Option<String>)>> {
+    ) -> Result<Vec<(WallMs, String, String, Option<String>)>> {
         let rows = sqlx::query!(
             "SELECT at, previous_state, state, upstream_status FROM status_history \
              WHERE payment_pk = ? ORDER BY pk",
@@ -211,7 +211,7 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.at, r.previous_state, r.state, r.upstream_status))
+            .map(|r| (WallMs(r.at), r.previous_state, r.state, r.upstream_status))
             .collect())
     }
 }
@@ -224,7 +224,7 @@ async fn record_live(
     r: &CheckRecord,
     upstream_status: &Option<String>,
     response: &Option<String>,
-    now: UnixMs,
+    now: WallMs,
 ) -> Result<()> {
     let finished_at = r.state.is_final().then_some(r.checked_at);
     let ended_state = r.state.is_final().then_some(r.state);
@@ -261,7 +261,7 @@ async fn record_watched(
     before: &PaymentRow,
     upstream_status: &Option<String>,
     response: &Option<String>,
-    now: UnixMs,
+    now: WallMs,
 ) -> Result<()> {
     let seen_at = w.unchanged.then_some(r.checked_at);
     let moved_at = (r.state != before.state).then_some(r.checked_at);

@@ -1,15 +1,15 @@
 //! The budget ledger: one row per request, committed before it is sent.
 
 use super::Store;
-use crate::payment::{LedgerKey, UnixMs};
+use crate::payment::{LedgerKey, WallMs};
 use anyhow::Result;
 
 /// One budget-ledger row as a restart reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerRow {
     pub pool: String,
-    pub sent_at: UnixMs,
-    pub done_at: Option<UnixMs>,
+    pub sent_at: WallMs,
+    pub done_at: Option<WallMs>,
     /// The boot it was sent in and ms since that boot began (see [`crate::boot`]).
     pub boot: Option<(String, i64)>,
 }
@@ -18,7 +18,7 @@ impl Store {
     /// Writes the budget ledger's entries `(pool, sent_at)` for requests about to be sent;
     /// returns their keys, in order. Committed before the requests go out, so a crash can
     /// never hide spent budget.
-    pub async fn ledger_send(&self, entries: &[(String, UnixMs)]) -> Result<Vec<LedgerKey>> {
+    pub async fn ledger_send(&self, entries: &[(String, WallMs)]) -> Result<Vec<LedgerKey>> {
         self.write("budget ledger", async |tx| {
             let mut keys = Vec::with_capacity(entries.len());
             let (boot_id, boot_ms) = crate::boot::now().unzip();
@@ -43,7 +43,7 @@ impl Store {
 
     /// Marks every ledger row still open (sent by a previous run that never recorded the
     /// answer) as answered at `at`; the budget has already counted them so.
-    pub async fn ledger_close_open(&self, at: UnixMs) -> Result<()> {
+    pub async fn ledger_close_open(&self, at: WallMs) -> Result<()> {
         self.write("closing open ledger rows", async |tx| {
             sqlx::query!(
                 "UPDATE upstream_requests SET done_at = ? WHERE done_at IS NULL",
@@ -94,15 +94,15 @@ impl Store {
             .into_iter()
             .map(|r| LedgerRow {
                 pool: r.pool,
-                sent_at: r.sent_at,
-                done_at: r.done_at,
+                sent_at: WallMs(r.sent_at),
+                done_at: r.done_at.map(WallMs),
                 boot: r.boot_id.zip(r.boot_ms),
             })
             .collect())
     }
 
     /// Forgets ledger rows answered before `before`: no window can count them any more.
-    pub(super) async fn prune_ledger(&self, before: UnixMs) -> Result<()> {
+    pub(super) async fn prune_ledger(&self, before: WallMs) -> Result<()> {
         self.write("ledger housekeeping", async |tx| {
             // Open rows are this run's reserve: kept until used.
             sqlx::query!(

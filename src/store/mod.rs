@@ -56,9 +56,10 @@ macro_rules! payment_query {
             PaymentRow,
             $before
                 + r#"pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, state AS "state: State", upstream_status,
-                started_at, jitter_ms, created_at, updated_at, next_check_at, checks_done,
-                last_checked_at, last_error, finished_at, response, metadata, callback_url,
-                event_seq"#
+                started_at AS "started_at: WallMs", jitter_ms, created_at AS "created_at: WallMs",
+                updated_at AS "updated_at: WallMs", next_check_at AS "next_check_at: WallMs",
+                checks_done, last_checked_at AS "last_checked_at: WallMs", last_error,
+                finished_at AS "finished_at: WallMs", response, metadata, callback_url, event_seq"#
                 + $after
             $(, $arg)*
         )
@@ -75,10 +76,11 @@ macro_rules! event_query {
             r#"SELECT e.pk AS "pk!: EventKey", e.event_id, e.payment_pk AS "payment_pk: PaymentKey",
                 p.account AS "account: AccountName", p.kind AS "kind: KindName", p.id, e.sequence, e.type AS event_type, "#
                 + $url
-                + r#" AS "url!", e.body, e.created_at, e.state AS "state: WebhookState",
-                e.attempts, e.retry_from, e.next_attempt_at, e.delivered_at, e.last_error,
+                + r#" AS "url!", e.body, e.created_at AS "created_at: WallMs", e.state AS "state: WebhookState",
+                e.attempts, e.retry_from, e.next_attempt_at AS "next_attempt_at: WallMs",
+                e.delivered_at AS "delivered_at: WallMs", e.last_error,
                 (SELECT a.at FROM webhook_attempts a WHERE a.event_pk = e.pk
-                 ORDER BY a.pk DESC LIMIT 1) AS last_attempt_at,
+                 ORDER BY a.pk DESC LIMIT 1) AS "last_attempt_at: WallMs",
                 (SELECT a.status_code FROM webhook_attempts a WHERE a.event_pk = e.pk
                  ORDER BY a.pk DESC LIMIT 1) AS last_status_code,
                 (p.callback_url IS NOT NULL) AS "callback!: bool" "#

@@ -3,7 +3,7 @@
 
 use super::{Store, StoreError};
 use crate::account::AccountName;
-use crate::payment::{now_ms, UnixMs};
+use crate::payment::{now_ms, WallMs};
 use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
@@ -30,7 +30,7 @@ pub struct WriteStatus {
     /// Failed write operations since start.
     pub failures_total: u64,
     /// When the current run of failures began; `None` while writes succeed.
-    pub failing_since: Option<UnixMs>,
+    pub failing_since: Option<WallMs>,
     /// The latest failure, in words.
     pub last_error: Option<String>,
 }
@@ -38,7 +38,7 @@ pub struct WriteStatus {
 #[derive(Default)]
 pub(super) struct WriteHealth {
     failures: AtomicU64,
-    failing: Mutex<Option<(UnixMs, String)>>,
+    failing: Mutex<Option<(WallMs, String)>>,
 }
 
 impl WriteHealth {

@@ -4,7 +4,7 @@
 use super::Store;
 use crate::account::AccountName;
 use crate::kinds::KindName;
-use crate::payment::{now_ms, EventKey, PaymentKey, UnixMs, WebhookOutcome, WebhookState};
+use crate::payment::{now_ms, EventKey, PaymentKey, WallMs, WebhookOutcome, WebhookState};
 use anyhow::{Context, Result};
 use sqlx::FromRow;
 
@@ -22,16 +22,16 @@ pub struct WebhookEvent {
     pub event_type: String,
     pub url: String,
     pub body: String,
-    pub created_at: i64,
+    pub created_at: WallMs,
     pub state: WebhookState,
     /// Every attempt ever made, replays included.
     pub attempts: i64,
     /// `attempts` when the current retry schedule began (0, or the count at a replay).
     pub retry_from: i64,
-    pub next_attempt_at: i64,
-    pub delivered_at: Option<i64>,
+    pub next_attempt_at: WallMs,
+    pub delivered_at: Option<WallMs>,
     pub last_error: Option<String>,
-    pub last_attempt_at: Option<i64>,
+    pub last_attempt_at: Option<WallMs>,
     pub last_status_code: Option<i64>,
     /// Whether `url` is the payment's own `callback_url` (else the configured
     /// `webhooks.url`): a callback is checked against the allow-list before each send.
@@ -41,7 +41,7 @@ pub struct WebhookEvent {
 /// One delivery attempt, as logged.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct WebhookAttempt {
-    pub at: i64,
+    pub at: WallMs,
     pub status_code: Option<i64>,
     pub error: Option<String>,
     pub latency_ms: i64,
@@ -52,7 +52,7 @@ pub struct WebhookAttempt {
 pub enum AttemptOutcome {
     Delivered,
     /// Failed; try again at this time.
-    Retry(UnixMs),
+    Retry(WallMs),
     /// Failed, and it was the last try of the schedule.
     Dead,
 }
@@ -78,7 +78,7 @@ impl AttemptOutcome {
     }
 
     /// When to try again, if the event is retried.
-    fn next_attempt(self) -> Option<UnixMs> {
+    fn next_attempt(self) -> Option<WallMs> {
         match self {
             AttemptOutcome::Retry(at) => Some(at),
             AttemptOutcome::Delivered | AttemptOutcome::Dead => None,
@@ -222,8 +222,8 @@ impl Store {
     pub async fn webhook_attempts(&self, event_pk: EventKey) -> Result<Vec<WebhookAttempt>> {
         Ok(sqlx::query_as!(
             WebhookAttempt,
-            "SELECT at, status_code, error, latency_ms FROM webhook_attempts \
-             WHERE event_pk = ? ORDER BY pk",
+            r#"SELECT at AS "at: WallMs", status_code, error, latency_ms FROM webhook_attempts
+             WHERE event_pk = ? ORDER BY pk"#,
             event_pk
         )
         .fetch_all(&self.read)
@@ -232,7 +232,7 @@ impl Store {
 
     /// Makes an event due at `at` with a fresh retry schedule (a delivered or dead one goes
     /// back to pending; a pending one is simply tried sooner). `None`: no such event.
-    pub async fn replay_webhook(&self, event_id: &str, at: UnixMs) -> Result<Option<WebhookEvent>> {
+    pub async fn replay_webhook(&self, event_id: &str, at: WallMs) -> Result<Option<WebhookEvent>> {
         self.write("webhook replay", async |tx| {
             let done = sqlx::query!(
                 "UPDATE webhook_events SET state = 'pending', next_attempt_at = ?1, \

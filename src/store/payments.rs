@@ -3,7 +3,7 @@
 use super::Store;
 use crate::account::AccountName;
 use crate::kinds::KindName;
-use crate::payment::{now_ms, PaymentId, PaymentKey, State, UnixMs};
+use crate::payment::{now_ms, PaymentId, PaymentKey, State, WallMs};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sqlx::FromRow;
@@ -17,15 +17,15 @@ pub struct PaymentRow {
     pub id: String,
     pub state: State,
     pub upstream_status: Option<String>,
-    pub started_at: i64,
+    pub started_at: WallMs,
     pub jitter_ms: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub next_check_at: Option<i64>,
+    pub created_at: WallMs,
+    pub updated_at: WallMs,
+    pub next_check_at: Option<WallMs>,
     pub checks_done: i64,
-    pub last_checked_at: Option<i64>,
+    pub last_checked_at: Option<WallMs>,
     pub last_error: Option<String>,
-    pub finished_at: Option<i64>,
+    pub finished_at: Option<WallMs>,
     pub response: Option<String>,
     pub metadata: Option<String>,
     pub callback_url: Option<String>,
@@ -38,9 +38,9 @@ pub struct NewPayment {
     pub account: AccountName,
     pub kind: KindName,
     pub id: PaymentId,
-    pub started_at: UnixMs,
+    pub started_at: WallMs,
     pub jitter_ms: i64,
-    pub next_check_at: UnixMs,
+    pub next_check_at: WallMs,
     pub callback_url: Option<String>,
     pub metadata: Option<Value>,
 }
@@ -232,7 +232,7 @@ impl Store {
         kind: &str,
         id: &str,
         state: State,
-        at: UnixMs,
+        at: WallMs,
     ) -> Result<Option<PaymentRow>> {
         self.write("rewatch", async |tx| {
             let row = payment_query!(
@@ -260,7 +260,7 @@ impl Store {
         account: &str,
         kind: &str,
         id: &str,
-        at: UnixMs,
+        at: WallMs,
     ) -> Result<Option<PaymentRow>> {
         self.write("reschedule", async |tx| {
             let row = payment_query!(

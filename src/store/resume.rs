@@ -5,7 +5,7 @@ use super::open::options;
 use super::Store;
 use crate::account::AccountName;
 use crate::kinds::KindName;
-use crate::payment::{PaymentKey, State, UnixMs};
+use crate::payment::{PaymentKey, State, WallMs};
 use anyhow::{Context, Result};
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::FromRow;
@@ -20,10 +20,10 @@ pub struct WatchedRow {
     pub id: String,
     pub state: State,
     pub upstream_status: Option<String>,
-    pub started_at: i64,
-    pub next_check_at: i64,
+    pub started_at: WallMs,
+    pub next_check_at: WallMs,
     /// The last check under watch that saw no move (else when the ladder ended it).
-    pub seen_at: Option<i64>,
+    pub seen_at: Option<WallMs>,
     /// How the ladder ended it.
     pub ended_state: State,
 }
@@ -33,11 +33,11 @@ pub struct WatchedRow {
 pub struct WatchEvidenceRow {
     pub kind: KindName,
     pub ended_state: State,
-    pub started_at: i64,
+    pub started_at: WallMs,
     /// The last check that saw it unmoved: under watch, else the one that ended it.
-    pub seen_at: Option<i64>,
+    pub seen_at: Option<WallMs>,
     /// The check that saw its first move.
-    pub moved_at: Option<i64>,
+    pub moved_at: Option<WallMs>,
 }
 /// A pending payment, as the scheduler resumes it.
 #[derive(Debug, Clone, FromRow)]
@@ -47,10 +47,10 @@ pub struct PendingRow {
     pub kind: KindName,
     pub id: String,
     pub upstream_status: Option<String>,
-    pub started_at: i64,
+    pub started_at: WallMs,
     pub jitter_ms: i64,
-    pub next_check_at: Option<i64>,
-    pub last_checked_at: Option<i64>,
+    pub next_check_at: Option<WallMs>,
+    pub last_checked_at: Option<WallMs>,
 }
 
 /// A finished payment, as evidence of when payments flip.
@@ -58,16 +58,16 @@ pub struct PendingRow {
 pub struct FinishedRow {
     pub account: AccountName,
     pub kind: KindName,
-    pub started_at: i64,
-    pub pending_seen_at: Option<i64>,
-    pub last_checked_at: Option<i64>,
+    pub started_at: WallMs,
+    pub pending_seen_at: Option<WallMs>,
+    pub last_checked_at: Option<WallMs>,
     pub state: State,
 }
 
 impl FinishedRow {
     /// When it was last seen pending and when it was seen final (`None`: no flip was seen:
     /// it timed out, its last check seeing it still pending, or was cancelled).
-    pub fn evidence_times(&self) -> (Option<i64>, Option<i64>) {
+    pub fn evidence_times(&self) -> (Option<WallMs>, Option<WallMs>) {
         match self.state {
             State::TimedOut => (self.last_checked_at, None),
             State::Cancelled => (self.pending_seen_at, None),
@@ -82,9 +82,9 @@ macro_rules! finished_query {
     ($since:expr, $most:expr) => {
         sqlx::query_as!(
             FinishedRow,
-            r#"SELECT account AS "account: AccountName", kind AS "kind: KindName", started_at,
-               pending_seen_at,
-               finished_at AS last_checked_at, COALESCE(ended_state, state) AS "state!: State"
+            r#"SELECT account AS "account: AccountName", kind AS "kind: KindName", started_at AS "started_at: WallMs",
+               pending_seen_at AS "pending_seen_at: WallMs",
+               finished_at AS "last_checked_at: WallMs", COALESCE(ended_state, state) AS "state!: State"
                FROM payments WHERE started_at >= ? AND state != 'pending'
                ORDER BY started_at DESC LIMIT ?"#,
             $since,
@@ -103,8 +103,9 @@ impl Store {
     pub async fn pending(&self) -> Result<Vec<PendingRow>> {
         Ok(sqlx::query_as!(
             PendingRow,
-            r#"SELECT pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, upstream_status, started_at, jitter_ms,
-               next_check_at, last_checked_at FROM payments WHERE state = 'pending' ORDER BY pk"#
+            r#"SELECT pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, upstream_status,
+               started_at AS "started_at: WallMs", jitter_ms, next_check_at AS "next_check_at: WallMs",
+               last_checked_at AS "last_checked_at: WallMs" FROM payments WHERE state = 'pending' ORDER BY pk"#
         )
         .fetch_all(&self.read)
         .await?)
@@ -116,8 +117,9 @@ impl Store {
         Ok(sqlx::query_as!(
             WatchedRow,
             r#"SELECT pk AS "pk!: PaymentKey", account AS "account: AccountName", kind AS "kind: KindName", id, state AS "state: State",
-               upstream_status, started_at, next_check_at AS "next_check_at!",
-               COALESCE(watch_seen_at, finished_at) AS "seen_at: i64",
+               upstream_status, started_at AS "started_at: WallMs",
+               next_check_at AS "next_check_at!: WallMs",
+               COALESCE(watch_seen_at, finished_at) AS "seen_at: WallMs",
                COALESCE(ended_state, state) AS "ended_state!: State"
                FROM payments WHERE state != 'pending' AND next_check_at IS NOT NULL ORDER BY pk"#
         )
@@ -128,11 +130,12 @@ impl Store {
     /// Payments started since `since` that the ladder ended in one of `states` (the
     /// watched ones): when they were last seen unmoved and first seen moved. At most
     /// `most`, the latest started, oldest first.
-    pub async fn watch_evidence(&self, since: UnixMs, most: i64) -> Result<Vec<WatchEvidenceRow>> {
+    pub async fn watch_evidence(&self, since: WallMs, most: i64) -> Result<Vec<WatchEvidenceRow>> {
         let mut rows = sqlx::query_as!(
             WatchEvidenceRow,
             r#"SELECT kind AS "kind: KindName", COALESCE(ended_state, state) AS "ended_state!: State",
-               started_at, COALESCE(watch_seen_at, finished_at) AS "seen_at: i64", moved_at
+               started_at AS "started_at: WallMs",
+               COALESCE(watch_seen_at, finished_at) AS "seen_at: WallMs", moved_at AS "moved_at: WallMs"
                FROM payments WHERE started_at >= ? AND state != 'pending' AND state != 'cancelled'
                AND (watch_seen_at IS NOT NULL OR moved_at IS NOT NULL OR next_check_at IS NOT NULL)
                ORDER BY started_at DESC LIMIT ?"#,
@@ -148,7 +151,7 @@ impl Store {
     /// Payments started since `since` that finished: `(kind, started_at, pending_seen_at,
     /// last_checked_at, state)`, the evidence the scheduler learns flip ages from.
     /// At most `most`, the latest started, oldest first.
-    pub async fn finished_since(&self, since: UnixMs, most: i64) -> Result<Vec<FinishedRow>> {
+    pub async fn finished_since(&self, since: WallMs, most: i64) -> Result<Vec<FinishedRow>> {
         let mut rows = finished_query!(since, most).fetch_all(&self.read).await?;
         rows.reverse();
         Ok(rows)
@@ -156,7 +159,7 @@ impl Store {
 
     /// The same evidence, read from a database file another process (the daemon) may be
     /// writing: a read-only connection, no lock, no migration. For `ninjapoll simulate`.
-    pub async fn read_finished(path: &Path, since: UnixMs, most: i64) -> Result<Vec<FinishedRow>> {
+    pub async fn read_finished(path: &Path, since: WallMs, most: i64) -> Result<Vec<FinishedRow>> {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options(path).read_only(true).create_if_missing(false))

@@ -1,7 +1,7 @@
 //! Retention: deleting finished payments and delivered events in short batches.
 
 use super::Store;
-use crate::payment::{PaymentKey, UnixMs};
+use crate::payment::{PaymentKey, WallMs};
 use anyhow::{Context, Result};
 
 /// What one retention batch deleted.
@@ -28,7 +28,7 @@ impl Store {
     /// their history, webhook events and attempts, in one short transaction. A payment
     /// with an event still being delivered (pending) stays until the event is delivered
     /// or dead.
-    pub async fn prune_finished(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
+    pub async fn prune_finished(&self, before: WallMs, limit: u32) -> Result<Pruned> {
         self.write("retention batch", async |tx| {
             let pks = sqlx::query_scalar!(
                 r#"SELECT pk AS "pk!: PaymentKey" FROM payments p
@@ -93,7 +93,7 @@ impl Store {
 
     /// Deletes up to `limit` events delivered before `before`, oldest first, with their
     /// attempts. The payment keeps its `event_seq`, so later events go on counting.
-    pub async fn prune_delivered(&self, before: UnixMs, limit: u32) -> Result<Pruned> {
+    pub async fn prune_delivered(&self, before: WallMs, limit: u32) -> Result<Pruned> {
         self.write("retention batch", async |tx| {
             let pks = sqlx::query_scalar!(
                 r#"SELECT pk AS "pk!" FROM webhook_events WHERE state = 'delivered'

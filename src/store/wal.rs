@@ -2,7 +2,7 @@
 
 use super::open::WAL_KEEP;
 use super::Store;
-use crate::payment::UnixMs;
+use crate::payment::WallMs;
 use anyhow::{Context, Result};
 use std::sync::atomic::Ordering;
 
@@ -13,7 +13,7 @@ impl Store {
     /// or a burst left it larger than [`WAL_KEEP`]; else it is a passive one that never
     /// waits. A truncating checkpoint waits for readers only briefly (a merchant's long read
     /// must not hold the writer): if one is in the way it simply happens next time.
-    pub async fn maintain(&self, ledger_before: UnixMs) -> Result<()> {
+    pub async fn maintain(&self, ledger_before: WallMs) -> Result<()> {
         self.prune_ledger(ledger_before).await?;
         self.checkpoint().await
     }

@@ -157,7 +157,7 @@ async fn quote_that_stays_pending_times_out_after_the_deadline_check() {
         1,
         "{seen:?}"
     );
-    let finished = p.payment.finished_at.unwrap().0 - t0;
+    let finished = p.payment.finished_at.unwrap().0.as_ms() - t0;
     assert!(
         finished >= last,
         "timed out at {finished} ms before the last check {last} ms"
@@ -483,7 +483,7 @@ async fn sigkill_mid_ladder_then_restart_keeps_the_plan() {
         "killed at {killed_at} ms, restarted at {restarted_at} ms\nbefore {before:?}\nafter {after:?}\npayment {p:#?}"
     );
     assert_eq!(p.payment.facts.state, State::Succeeded, "{context}");
-    assert_eq!(p.payment.facts.started_at.0, t0, "{context}");
+    assert_eq!(p.payment.facts.started_at.0.as_ms(), t0, "{context}");
     // Nothing lost: every check the fake answered is counted (one in flight at the kill
     // may have been answered but not recorded).
     let done = p.payment.checks_done as usize;
@@ -563,7 +563,7 @@ async fn down_over_the_deadline_checks_once_before_timing_out() {
         "one check after the restart, no burst: {all:?}"
     );
     assert!(*all.last().unwrap() >= restarted_at, "{all:?}");
-    let last_checked = p.payment.last_checked_at.unwrap().0 - t0;
+    let last_checked = p.payment.last_checked_at.unwrap().0.as_ms() - t0;
     assert!(last_checked >= restarted_at, "{p:#?}");
     let done = p.payment.checks_done as usize;
     assert!(

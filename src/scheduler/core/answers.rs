@@ -99,7 +99,7 @@ impl Core {
             out.moved.push((pk, rec.state, done.sent_at));
         }
         out.checked.push((i, kind, rec.state));
-        out.records.push(Outcome::from(rec));
+        out.records.push(rec);
     }
 
     /// The answer for a payment on its ladder: decides it, plans its next check (or starts
@@ -248,7 +248,7 @@ impl Core {
 
     /// The next check to record: the plan's while pending; a watch's first when it ended in
     /// a state that may still move; none when it is settled.
-    fn next_check_at(&mut self, e: &Entry, d: &Decision, done: &Completion) -> Option<UnixMs> {
+    fn next_check_at(&mut self, e: &Entry, d: &Decision, done: &Completion) -> Option<SchedMs> {
         if !d.state.is_final() {
             return Some(e.due);
         }
@@ -277,7 +277,7 @@ impl Core {
         &mut self,
         e: &Entry,
         d: &Decision,
-        previous_last: Option<UnixMs>,
+        previous_last: Option<SchedMs>,
         done: &Completion,
         out: &mut Completed,
     ) {
@@ -335,12 +335,15 @@ impl Core {
     }
 
     /// A kind answering 401/403 is probed one request at a time until it works again.
-    fn note_refused(&mut self, p: PoolId, now: UnixMs, seen: Answers) {
+    fn note_refused(&mut self, p: PoolId, now: SchedMs, seen: Answers) {
         let window = self.window;
         let pool = &mut self.pools[p];
         match seen.auth_failed {
             Some(kind) => {
-                let entry = pool.auth_failing.entry(kind.clone()).or_insert((now, 0));
+                let entry = pool
+                    .auth_failing
+                    .entry(kind.clone())
+                    .or_insert((now, SchedMs(0)));
                 let report_every = 60_000.min(window);
                 if now - entry.1 >= report_every {
                     entry.1 = now;

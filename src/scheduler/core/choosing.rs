@@ -6,7 +6,7 @@ use super::*;
 
 impl Core {
     /// Starts the checks that are due, within the in-flight bound and the budget.
-    pub fn poll(&mut self, now: UnixMs, out: &mut Vec<Action>) {
+    pub fn poll(&mut self, now: SchedMs, out: &mut Vec<Action>) {
         if !self.unsent.is_empty() {
             out.push(Action::Record(std::mem::take(&mut self.unsent)));
         }
@@ -92,7 +92,7 @@ impl Core {
     pub(super) fn send_watched(
         &mut self,
         p: PoolId,
-        now: UnixMs,
+        now: SchedMs,
         spare: bool,
         out: &mut Vec<Action>,
     ) -> bool {
@@ -111,7 +111,7 @@ impl Core {
             forget_older(&mut self.pools[p].live_sent, window, now);
             let pace = self.pools[p].live_sent.len() as f64;
             let soon = now + self.on_time(p);
-            let mut live_soon: Vec<UnixMs> = self
+            let mut live_soon: Vec<SchedMs> = self
                 .entries
                 .values()
                 .filter(|e| e.pool == p && !e.in_flight && e.due <= soon)
@@ -177,7 +177,7 @@ impl Core {
 
     /// The head of a pool's recheck or plan heap (`(due, pk)`), dropping stale entries
     /// (superseded plans, payments gone or in flight) on the way.
-    pub(super) fn live_head(&mut self, p: PoolId, recheck: bool) -> Option<(UnixMs, PaymentKey)> {
+    pub(super) fn live_head(&mut self, p: PoolId, recheck: bool) -> Option<(SchedMs, PaymentKey)> {
         loop {
             let pool = &mut self.pools[p];
             let heap = if recheck {
@@ -201,7 +201,7 @@ impl Core {
     /// first; else, while the key keeps up, the earliest due planned check; once it is
     /// behind (a burst), the due checks split into those on plan (earliest due first) and
     /// the backlog (the one most worth a request), the backlog within its share.
-    pub(super) fn peek_due(&mut self, p: PoolId, now: UnixMs) -> Option<(Queue, PaymentKey)> {
+    pub(super) fn peek_due(&mut self, p: PoolId, now: SchedMs) -> Option<(Queue, PaymentKey)> {
         if let Some((due, pk)) = self.live_head(p, true) {
             if due <= now {
                 return Some((Queue::Recheck, pk));
@@ -257,8 +257,8 @@ impl Core {
     fn behind(
         &mut self,
         p: PoolId,
-        now: UnixMs,
-        ready: Vec<(UnixMs, u64, PaymentKey)>,
+        now: SchedMs,
+        ready: Vec<(SchedMs, u64, PaymentKey)>,
         on_time: i64,
         piled: bool,
     ) -> Option<(Queue, PaymentKey)> {
@@ -290,7 +290,7 @@ impl Core {
         // On plan, deadline checks go after the others: those of payments started
         // together come due together, and would hold up the checks that can still
         // see a flip early.
-        let mut on_plan: Option<(bool, UnixMs, u64, PaymentKey)> = None;
+        let mut on_plan: Option<(bool, SchedMs, u64, PaymentKey)> = None;
         let mut backlog: Option<(f64, PaymentKey)> = None;
         for &(due, gen, pk) in &ready {
             let e = &self.entries[&pk];
@@ -353,7 +353,7 @@ impl Core {
     }
 
     /// Whether a `ready` item still stands for its payment's current plan.
-    pub(super) fn live_ready(&self, (_, gen, pk): (UnixMs, u64, PaymentKey)) -> bool {
+    pub(super) fn live_ready(&self, (_, gen, pk): (SchedMs, u64, PaymentKey)) -> bool {
         self.entries
             .get(&pk)
             .is_some_and(|e| e.gen == gen && !e.in_flight && !e.recheck)
@@ -365,7 +365,7 @@ impl Core {
     /// learnt flip ages. The same rule for every payment (its age, kind and last check),
     /// whenever it arrived. A check late by more than [`PATIENCE_WINDOWS`] outranks them
     /// all, earliest due first, so none waits for ever (deadline checks included).
-    pub(super) fn worth(&self, e: &Entry, due: UnixMs, now: UnixMs) -> f64 {
+    pub(super) fn worth(&self, e: &Entry, due: SchedMs, now: SchedMs) -> f64 {
         let late = now - due;
         let patience = PATIENCE_WINDOWS * self.window;
         if late > patience {
@@ -402,7 +402,7 @@ impl Core {
         }
     }
 
-    pub(super) fn defer(&mut self, p: PoolId, pk: PaymentKey, from: Queue, until: UnixMs) {
+    pub(super) fn defer(&mut self, p: PoolId, pk: PaymentKey, from: Queue, until: SchedMs) {
         self.take(p, pk, from);
         let gen = self.next_gen();
         if let Some(e) = self.entries.get_mut(&pk) {
@@ -424,7 +424,7 @@ impl Core {
         p: PoolId,
         pk: PaymentKey,
         from: Queue,
-        now: UnixMs,
+        now: SchedMs,
         out: &mut Vec<Action>,
     ) {
         let retry = now + (self.window / 10).max(1000);
@@ -453,7 +453,7 @@ impl Core {
         p: PoolId,
         kind: Arc<Kind>,
         pks: Vec<PaymentKey>,
-        now: UnixMs,
+        now: SchedMs,
     ) -> Request {
         let mut ids = Vec::with_capacity(pks.len());
         let mut started = Vec::with_capacity(pks.len());
@@ -485,11 +485,11 @@ impl Core {
     }
 
     /// Earliest time anything can happen without an outside event.
-    pub fn next_wake(&mut self, now: UnixMs) -> Option<UnixMs> {
+    pub fn next_wake(&mut self, now: SchedMs) -> Option<SchedMs> {
         if self.in_flight >= self.max_in_flight {
             return None; // an answer wakes us
         }
-        let mut wake: Option<UnixMs> = None;
+        let mut wake: Option<SchedMs> = None;
         for p in self.pools.ids() {
             let mut ready = std::mem::take(&mut self.pools[p].ready);
             ready.retain(|&item| self.live_ready(item));
@@ -502,7 +502,7 @@ impl Core {
                 let at = self.pools[p]
                     .budget
                     .next_room_beyond(now, keep)
-                    .unwrap_or(UnixMs::MAX);
+                    .unwrap_or(SchedMs::MAX);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
             self.pools[p].ready = ready;
@@ -512,7 +512,7 @@ impl Core {
                         self.pools[p]
                             .budget
                             .next_room_at(now)
-                            .unwrap_or(UnixMs::MAX)
+                            .unwrap_or(SchedMs::MAX)
                     } else {
                         due
                     };
@@ -527,6 +527,6 @@ impl Core {
                 wake = Some(wake.map_or(due, |w| w.min(due)));
             }
         }
-        wake.filter(|w| *w != UnixMs::MAX)
+        wake.filter(|w| *w != SchedMs::MAX)
     }
 }

@@ -38,13 +38,13 @@ pub struct Tracked {
     pub id: PaymentId,
     /// The raw status last seen, if any.
     pub upstream_status: Option<String>,
-    pub started_at: UnixMs,
+    pub started_at: SchedMs,
     /// Its first check's jitter (see [`Ladder::clamp_jitter`]).
     pub jitter_ms: i64,
     /// The next check planned (a manual recheck earlier than the plan survives a restart).
-    pub next_check_at: Option<UnixMs>,
+    pub next_check_at: Option<SchedMs>,
     /// When the last answered check was sent.
-    pub last_checked_at: Option<UnixMs>,
+    pub last_checked_at: Option<SchedMs>,
 }
 
 /// A final payment the core keeps checking after its ladder (its state may still move).
@@ -57,10 +57,10 @@ pub struct Watched {
     pub id: PaymentId,
     pub state: State,
     pub upstream_status: Option<String>,
-    pub started_at: UnixMs,
-    pub next_check_at: UnixMs,
+    pub started_at: SchedMs,
+    pub next_check_at: SchedMs,
     /// The last check under watch that saw no move (else when the ladder ended it).
-    pub seen_at: Option<UnixMs>,
+    pub seen_at: Option<SchedMs>,
     /// How the ladder ended it.
     pub ended_state: State,
 }
@@ -76,7 +76,7 @@ pub struct InvalidId {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub pk: PaymentKey,
-    pub checked_at: UnixMs,
+    pub checked_at: SchedMs,
     /// The raw status seen, if the check got one.
     pub upstream_status: Option<String>,
     /// The payment's state after the check.
@@ -86,7 +86,7 @@ pub struct Outcome {
     /// The error, if the check failed; `None` clears the previous one.
     pub error: Option<String>,
     /// When the next check is planned; `None` once final (and not watched).
-    pub next_check_at: Option<UnixMs>,
+    pub next_check_at: Option<SchedMs>,
     /// A webhook event this check causes, if any.
     pub event: Option<EventSpec>,
     /// Whether the payment's state or raw status changed (kept in history).
@@ -154,10 +154,10 @@ pub struct Request {
     pub pks: Vec<PaymentKey>,
     pub ids: Vec<PaymentId>,
     /// Each payment's start (scheduler time): a listing's coverage is judged by it.
-    pub started: Vec<UnixMs>,
+    pub started: Vec<SchedMs>,
     /// A listing's page size (0 for a single-payment kind).
     pub list_limit: u32,
-    pub sent_at: UnixMs,
+    pub sent_at: SchedMs,
     /// The pre-committed ledger row it uses.
     pub ledger: Option<LedgerKey>,
 }
@@ -169,8 +169,8 @@ pub struct Completion {
     pub pks: Vec<PaymentKey>,
     pub observations: Vec<Observation>,
     pub retry_after_ms: Option<i64>,
-    pub sent_at: UnixMs,
-    pub done_at: UnixMs,
+    pub sent_at: SchedMs,
+    pub done_at: SchedMs,
     pub ledger: Option<LedgerKey>,
 }
 
@@ -180,13 +180,13 @@ pub struct Completed {
     /// Outcomes to commit.
     pub records: Vec<Outcome>,
     /// The ledger row to close (`(row, answered_at)`).
-    pub ledger: Option<(LedgerKey, UnixMs)>,
+    pub ledger: Option<(LedgerKey, SchedMs)>,
     /// For telemetry: `(index into the observations, kind, state after)`.
     pub checked: Vec<(usize, Arc<Kind>, State)>,
     /// Final outcomes, for whoever watches (the simulator): `(pk, state, sent_at)`.
-    pub finished: Vec<(PaymentKey, State, UnixMs)>,
+    pub finished: Vec<(PaymentKey, State, SchedMs)>,
     /// Moves seen under reconciliation, after the ladder: `(pk, new state, sent_at)`.
-    pub moved: Vec<(PaymentKey, State, UnixMs)>,
+    pub moved: Vec<(PaymentKey, State, SchedMs)>,
 }
 
 /// The core's actions, besides the ones methods return directly.

@@ -11,9 +11,9 @@ impl Core {
         &mut self,
         account: &AccountName,
         kind: &KindName,
-        started: UnixMs,
-        pending_seen: Option<UnixMs>,
-        final_at: Option<UnixMs>,
+        started: SchedMs,
+        pending_seen: Option<SchedMs>,
+        final_at: Option<SchedMs>,
     ) {
         let Some(k) = self.kinds.get(kind).cloned() else {
             return;
@@ -28,7 +28,7 @@ impl Core {
     }
 
     /// Evidence of a model's payment: its own, and its kind's across accounts.
-    pub(super) fn observe(&mut self, m: usize, started: UnixMs, e: Evidence) {
+    pub(super) fn observe(&mut self, m: usize, started: SchedMs, e: Evidence) {
         let model = &mut self.models[m];
         model.learner.observe(started, e);
         if let Some(pooled) = self.pooled.get_mut(&model.kind) {
@@ -63,7 +63,7 @@ impl Core {
     /// Each kind learnt across accounts, as the prior of every account's own estimate of
     /// it: an account with little evidence stays near it, one with much follows its own.
     /// A kind only one account uses keeps the ladder's prior.
-    fn pool_priors(&mut self, now: UnixMs) {
+    fn pool_priors(&mut self, now: SchedMs) {
         let mut users: HashMap<&KindName, usize> = HashMap::new();
         for m in &self.models {
             *users.entry(&m.kind).or_default() += 1;
@@ -101,9 +101,9 @@ impl Core {
         &mut self,
         kind: &KindName,
         ended: State,
-        started: UnixMs,
-        seen: Option<UnixMs>,
-        moved: Option<UnixMs>,
+        started: SchedMs,
+        seen: Option<SchedMs>,
+        moved: Option<SchedMs>,
     ) {
         self.watch.learn(kind, ended, started, seen, moved);
     }
@@ -114,7 +114,7 @@ impl Core {
     }
 
     /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
-    pub(super) fn refit(&mut self, now: UnixMs, arrivals: &[(f64, usize)]) {
+    pub(super) fn refit(&mut self, now: SchedMs, arrivals: &[(f64, usize)]) {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.life_ms();
         self.pool_priors(now);
@@ -167,7 +167,7 @@ impl Core {
 
     /// Arrivals per grid cell of a kind (see [`crate::policy::arrival_rate`]), and how many
     /// arrived in the last window.
-    pub(super) fn arrival_rate(&mut self, m: usize, now: UnixMs) -> (f64, usize) {
+    pub(super) fn arrival_rate(&mut self, m: usize, now: SchedMs) -> (f64, usize) {
         let window = self.window;
         let arrivals = &mut self.models[m].arrivals;
         forget_older(arrivals, window * RATE_WINDOWS as i64, now);
@@ -188,7 +188,7 @@ impl Core {
         }
         let mut counts = vec![0u32; lived];
         for t in arrivals.iter() {
-            let i = ((now - t) / slice).max(0) as usize;
+            let i = ((now - *t) / slice).max(0) as usize;
             if let Some(c) = counts.get_mut(i) {
                 *c += 1;
             }

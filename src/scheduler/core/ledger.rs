@@ -5,7 +5,7 @@ use super::*;
 
 impl Core {
     /// Counts a request made before a restart (see [`Budget::restore`]).
-    pub fn restore_spent(&mut self, ledger_id: &str, done_at: Option<UnixMs>, now: UnixMs) {
+    pub fn restore_spent(&mut self, ledger_id: &str, done_at: Option<SchedMs>, now: SchedMs) {
         for p in self.pools.iter_mut() {
             if p.spec.ledger_id == ledger_id {
                 p.budget.restore(done_at, now);

@@ -11,9 +11,9 @@ impl Core {
         p: PoolId,
         kind: &Kind,
         due: PaymentKey,
-        now: UnixMs,
+        now: SchedMs,
     ) -> Vec<PaymentKey> {
-        let mut members: Vec<(UnixMs, PaymentKey)> = self
+        let mut members: Vec<(SchedMs, PaymentKey)> = self
             .entries
             .values()
             .filter(|e| {
@@ -22,7 +22,7 @@ impl Core {
                     && !e.in_flight
                     && (e.pk == due || e.due <= now || e.last.is_some())
             })
-            .map(|e| (if e.pk == due { UnixMs::MIN } else { e.due }, e.pk))
+            .map(|e| (if e.pk == due { SchedMs::MIN } else { e.due }, e.pk))
             .collect();
         members.sort_unstable();
         let max = kind.list.as_ref().map_or(1, |l| l.max_limit as usize);

@@ -34,7 +34,7 @@ use crate::budget::{BacklogShare, Budget};
 use crate::event::EventSpec;
 use crate::kinds::{ErrorClass, Kind, KindName, Observation};
 use crate::ladder::Ladder;
-use crate::payment::{LedgerKey, PaymentId, PaymentKey, State, UnixMs};
+use crate::payment::{LedgerKey, PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{arrival_rate, burst_cap, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
 use crate::status::{drain_eta, KindPolicy, LateStatus, PoolStatus};
 use std::cmp::Reverse;
@@ -120,12 +120,12 @@ struct Entry {
     id: PaymentId,
     pool: PoolId,
     jitter: i64,
-    t0: UnixMs,
-    deadline: UnixMs,
+    t0: SchedMs,
+    deadline: SchedMs,
     /// When the last answered check was sent.
-    last: Option<UnixMs>,
+    last: Option<SchedMs>,
     upstream_status: Option<String>,
-    due: UnixMs,
+    due: SchedMs,
     gen: u64,
     in_flight: bool,
     /// Consecutive unanswered checks, for back-off.
@@ -138,7 +138,7 @@ struct Entry {
     backlog: bool,
     /// Since when its check is due, for telling whether it is late: a replan to a cheaper
     /// level may move `due` into the past, but the check was not due before then.
-    due_from: UnixMs,
+    due_from: SchedMs,
 }
 
 struct Model {
@@ -150,7 +150,7 @@ struct Model {
     learner: Learner,
     plans: Plans,
     /// Arrival times of new payments, for the arrival rate.
-    arrivals: VecDeque<UnixMs>,
+    arrivals: VecDeque<SchedMs>,
     /// Payments of this kind that finished, since the plans were solved.
     fresh: usize,
     /// The distribution is given, not learnt.
@@ -160,21 +160,21 @@ struct Model {
 struct Pool {
     spec: PoolSpec,
     budget: Budget,
-    heap: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
+    heap: BinaryHeap<Reverse<(SchedMs, u64, PaymentKey)>>,
     /// Planned checks that came due and wait for budget (`(due, gen, pk)`): when the key
     /// is short, the one most likely to see a flip goes first (see [`Core::worth`]).
-    ready: Vec<(UnixMs, u64, PaymentKey)>,
-    rechecks: BinaryHeap<Reverse<(UnixMs, u64, PaymentKey)>>,
+    ready: Vec<(SchedMs, u64, PaymentKey)>,
+    rechecks: BinaryHeap<Reverse<(SchedMs, u64, PaymentKey)>>,
     /// When recent manual rechecks were sent.
-    recheck_sent: VecDeque<UnixMs>,
+    recheck_sent: VecDeque<SchedMs>,
     /// The requests of the last [`Core::on_time`]: when, and whether for the backlog.
-    recent_sent: VecDeque<(UnixMs, bool)>,
+    recent_sent: VecDeque<(SchedMs, bool)>,
     /// The backlog's requests of the last window, and since when it has had one: its pace.
-    backlog_sent: VecDeque<UnixMs>,
+    backlog_sent: VecDeque<SchedMs>,
     /// The live payments' requests of the last window: the pace reconciliation leaves room
     /// for.
-    live_sent: VecDeque<UnixMs>,
-    backlog_since: Option<UnixMs>,
+    live_sent: VecDeque<SchedMs>,
+    backlog_since: Option<SchedMs>,
     /// More checks are due than the budget sends in half a window, and the budget is
     /// spent (set every tick).
     piled: bool,
@@ -182,13 +182,13 @@ struct Pool {
     on_plan: bool,
     throttled: u32,
     /// Kinds answering 401/403 since when, and when it was last logged.
-    auth_failing: HashMap<KindName, (UnixMs, UnixMs)>,
+    auth_failing: HashMap<KindName, (SchedMs, SchedMs)>,
     /// Kinds whose last check got no usable answer (see [`ErrorClass::is_outage`]), with
     /// its error, until one is answered.
     outage: HashMap<KindName, String>,
     /// Earliest next request of each list kind (its cadence).
-    list_not_before: HashMap<KindName, UnixMs>,
-    last_probe: UnixMs,
+    list_not_before: HashMap<KindName, SchedMs>,
+    last_probe: SchedMs,
     lateness_ms: Vec<i64>,
     ledger_keys: VecDeque<LedgerKey>,
     refilling: bool,
@@ -219,7 +219,7 @@ impl Pool {
             auth_failing: HashMap::new(),
             outage: HashMap::new(),
             list_not_before: HashMap::new(),
-            last_probe: 0,
+            last_probe: SchedMs(0),
             lateness_ms: Vec::new(),
             ledger_keys: VecDeque::new(),
             refilling: false,
@@ -293,19 +293,19 @@ pub struct Core {
     window: i64,
     /// See [`CoreConfig::backlog_share`].
     backlog_share: f64,
-    last_fit: UnixMs,
+    last_fit: SchedMs,
     /// When the core started (arrival rates count from there).
-    started: UnixMs,
+    started: SchedMs,
     /// Payments under reconciliation after their ladder.
     watch: Watch,
-    last_watch_fit: UnixMs,
+    last_watch_fit: SchedMs,
     /// Outcomes to commit that no request produced (a watch that ended unchecked).
     unsent: Vec<Outcome>,
 }
 
 impl Core {
     /// A core with no payments, at `now`.
-    pub fn new(cfg: CoreConfig, now: UnixMs) -> Self {
+    pub fn new(cfg: CoreConfig, now: SchedMs) -> Self {
         let grid = Grid::new(&cfg.ladder);
         let window_cells = (cfg.budget_window_ms / grid.unit_ms()).max(1) as usize;
         // The whole long memory until the first refit sets it from the arrival rate: a
@@ -467,7 +467,7 @@ pub(super) fn fit(demand: &dyn Fn(usize) -> f64, top: usize, target: f64) -> (f6
 }
 
 /// Drops the times of `q` (oldest first) that are `span` or more before `now`.
-fn forget_older(q: &mut VecDeque<UnixMs>, span: i64, now: UnixMs) {
+fn forget_older(q: &mut VecDeque<SchedMs>, span: i64, now: SchedMs) {
     while q.front().is_some_and(|t| *t + span <= now) {
         q.pop_front();
     }

@@ -6,7 +6,7 @@ use super::*;
 impl Core {
     /// Periodic work: re-learns the flip distributions now and then, and sets each key's
     /// price level from the demand it projects over the next window.
-    pub fn tick(&mut self, now: UnixMs) {
+    pub fn tick(&mut self, now: SchedMs) {
         // Each kind's arrival rate, once a tick: the refit and every key's level read it.
         let arrivals: Vec<(f64, usize)> = (0..self.models.len())
             .map(|m| self.arrival_rate(m, now))
@@ -20,8 +20,7 @@ impl Core {
             self.pools[p].budget.recover(now);
             self.set_level(p, now, &arrivals);
         }
-        self.unsent
-            .extend(self.watch.tick(now).into_iter().map(Outcome::from));
+        self.unsent.extend(self.watch.tick(now));
         // Late moves come over hours: the models move slowly, and a refit a window is plenty.
         if now - self.last_watch_fit >= self.window {
             self.last_watch_fit = now;
@@ -36,7 +35,7 @@ impl Core {
     /// Requests per window the live payments of pool `p` leave for late checks: the
     /// budget less their pace over the last window and the share kept for their spurts
     /// (what [`Core::send_watched`]'s rule lets through in a steady state).
-    fn late_supply(&mut self, p: PoolId, now: UnixMs) -> f64 {
+    fn late_supply(&mut self, p: PoolId, now: SchedMs) -> f64 {
         let window = self.window;
         let pool = &mut self.pools[p];
         forget_older(&mut pool.live_sent, window, now);
@@ -47,7 +46,7 @@ impl Core {
 
     /// Sets pool `p`'s price level from the demand it projects over the next window;
     /// `arrivals` as for [`Core::refit`].
-    pub(super) fn set_level(&mut self, p: PoolId, now: UnixMs, arrivals: &[(f64, usize)]) {
+    pub(super) fn set_level(&mut self, p: PoolId, now: SchedMs, arrivals: &[(f64, usize)]) {
         let pool = &mut self.pools[p];
         forget_older(&mut pool.recheck_sent, self.window, now);
         let limit = pool.budget.effective_limit() as f64;
@@ -79,7 +78,7 @@ impl Core {
     fn price(
         &self,
         p: PoolId,
-        now: UnixMs,
+        now: SchedMs,
         arrivals: &[(f64, usize)],
         limit: f64,
         target: f64,
@@ -154,7 +153,7 @@ impl Core {
         }
     }
 
-    pub(super) fn replan_pool(&mut self, p: PoolId, now: UnixMs) {
+    pub(super) fn replan_pool(&mut self, p: PoolId, now: SchedMs) {
         let pks: Vec<PaymentKey> = self
             .entries
             .values()
@@ -209,7 +208,7 @@ struct Priced {
 /// kinds' arrival rates (per grid cell).
 struct Demand<'a> {
     p: PoolId,
-    now: UnixMs,
+    now: SchedMs,
     /// The budget's window, in grid cells.
     horizon: usize,
     grid: &'a Grid,

@@ -5,7 +5,7 @@ use super::*;
 impl Core {
     /// Every key's state, for health and metrics. Takes the lateness gathered since the
     /// last call.
-    pub fn status(&mut self, now: UnixMs) -> Vec<PoolStatus> {
+    pub fn status(&mut self, now: SchedMs) -> Vec<PoolStatus<SchedMs>> {
         let unit = self.grid.unit_ms();
         let mut out = Vec::with_capacity(self.pools.len());
         for p in self.pools.ids() {

@@ -8,7 +8,7 @@ impl Core {
     /// start-up, where a stored next check earlier than the plan is a manual recheck that
     /// must survive the restart. Times are on the core's clock. `payment` is a [`Tracked`],
     /// or what converts into one (a payment whose id does not parse is not polled).
-    pub fn track<T>(&mut self, payment: T, now: UnixMs, resumed: bool)
+    pub fn track<T>(&mut self, payment: T, now: SchedMs, resumed: bool)
     where
         T: TryInto<Tracked>,
         T::Error: std::fmt::Display,
@@ -84,7 +84,7 @@ impl Core {
     /// coalesced: at most one check per payment per ladder step, and rechecks as a whole
     /// take at most a tenth of the budget. Returns when the check is due, or `None` when
     /// the payment is not held.
-    pub fn recheck(&mut self, pk: PaymentKey, now: UnixMs) -> Option<UnixMs> {
+    pub fn recheck(&mut self, pk: PaymentKey, now: SchedMs) -> Option<SchedMs> {
         if self.watch.holds(&pk) {
             return self.watch.recheck(pk, now, now);
         }
@@ -172,7 +172,7 @@ impl Core {
     /// Resumes watching a payment under reconciliation at start-up (or after a merchant's
     /// recheck of one whose watch had ended): `next_check_at` is its stored next check.
     /// Times are on the core's clock.
-    pub fn watch(&mut self, row: Watched, now: UnixMs) -> Option<UnixMs> {
+    pub fn watch(&mut self, row: Watched, now: SchedMs) -> Option<SchedMs> {
         if self.entries.contains_key(&row.pk) {
             return None;
         }

@@ -11,10 +11,10 @@ impl Watch {
         &mut self,
         pk: PaymentKey,
         obs: &Observation,
-        sent_at: UnixMs,
-        now: UnixMs,
+        sent_at: SchedMs,
+        now: SchedMs,
         retry_ms: i64,
-    ) -> Option<(CheckRecord, Arc<Kind>)> {
+    ) -> Option<(Outcome, Arc<Kind>)> {
         self.dequeue(pk);
         let mut e = self.entries.remove(&pk)?;
         e.in_flight = false;
@@ -55,7 +55,7 @@ impl Watch {
         let planned = self.next_after(&mut e, answered, sent_at, now, retry_ms);
         e.recheck = e.recheck && !was_recheck;
         let (keep, due) = (planned.map(|(i, _)| i), planned.map(|(_, at)| at));
-        let record = CheckRecord {
+        let record = Outcome {
             pk,
             checked_at: now,
             upstream_status: new_raw,
@@ -66,7 +66,7 @@ impl Watch {
             event,
             changed: moved_to.is_some() || raw_changed,
             saw_pending: false,
-            watch: Some(WatchCheck {
+            watch: Some(LateCheck {
                 asked: true,
                 unchanged,
             }),
@@ -87,7 +87,7 @@ impl Watch {
 
     /// Moves `e` to `to`, seen by a check sent at `sent_at` (its first move is evidence
     /// for its late-move model).
-    fn moved(&mut self, e: &mut Watched, to: State, sent_at: UnixMs) {
+    fn moved(&mut self, e: &mut Watched, to: State, sent_at: SchedMs) {
         if !e.moved {
             let ev = self.grid.evidence(e.seen - e.t0, Some(sent_at - e.t0));
             self.model(&e.kind.name, e.ended).learner.observe(e.t0, ev);
@@ -110,10 +110,10 @@ impl Watch {
         &mut self,
         e: &mut Watched,
         answered: bool,
-        sent_at: UnixMs,
-        now: UnixMs,
+        sent_at: SchedMs,
+        now: SchedMs,
         retry_ms: i64,
-    ) -> Option<(usize, UnixMs)> {
+    ) -> Option<(usize, SchedMs)> {
         // The next check: the planned one after this one; a failure tries the same
         // scheduled check again later (a later age, once come, stands for it).
         let schedule = &e.kind.reconcile_after;
@@ -140,7 +140,7 @@ impl Watch {
             let backoff = retry_ms.saturating_mul(1 << e.failures.min(6));
             let at = schedule
                 .get(i)
-                .map_or(now, |a| e.t0 + a)
+                .map_or(now, |a| e.t0 + *a)
                 .max(now.saturating_add(backoff));
             // A merchant's recheck past the schedule is tried again until it is answered.
             (e.kind.watches(e.state) || asked_past_schedule).then_some((i, at))

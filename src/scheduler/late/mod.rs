@@ -3,12 +3,12 @@
 //! late-move ages learnt per kind, and the late price itself. Pure: the core
 //! ([`super::Core`]) decides when a request may be spent on them and sends it.
 
+use super::core::{LateCheck, Outcome};
 use crate::event::{event_for, EventSpec};
 use crate::kinds::{Kind, KindName, Observation};
-use crate::payment::{PaymentId, PaymentKey, State, UnixMs};
+use crate::payment::{PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{Evidence, FlipDist, Learner};
 use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_PRICES};
-use crate::store::{CheckRecord, WatchCheck};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -38,12 +38,12 @@ pub struct WatchStart {
     pub kind: Arc<Kind>,
     pub id: PaymentId,
     pub pool: usize,
-    pub started: UnixMs,
+    pub started: SchedMs,
     pub state: State,
     pub ended: State,
     pub upstream_status: Option<String>,
     /// Last seen unmoved.
-    pub seen: UnixMs,
+    pub seen: SchedMs,
 }
 
 struct Watched {
@@ -51,15 +51,15 @@ struct Watched {
     kind: Arc<Kind>,
     id: PaymentId,
     pool: usize,
-    t0: UnixMs,
+    t0: SchedMs,
     state: State,
     /// How the ladder ended it: the late-move model it belongs to.
     ended: State,
     upstream_status: Option<String>,
-    seen: UnixMs,
+    seen: SchedMs,
     /// Index of the scheduled age its due check stands for.
     next: usize,
-    due: UnixMs,
+    due: SchedMs,
     in_flight: bool,
     /// A merchant asked (a coalesced hint): due at `due`, before the spare budget's turn.
     recheck: bool,
@@ -74,7 +74,7 @@ struct Watched {
     /// No check planned at the pool's price: it waits for the price to fall, or the end.
     parked: bool,
     /// Its place in [`Queues::ahead`].
-    ahead: Option<UnixMs>,
+    ahead: Option<SchedMs>,
     /// Where it waits (see [`Queues`]).
     slot: Slot,
 }
@@ -85,9 +85,9 @@ type Listed = (KindName, State);
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
     None,
-    Future(UnixMs),
-    Due(Option<Listed>, UnixMs),
-    Recheck(UnixMs),
+    Future(SchedMs),
+    Due(Option<Listed>, SchedMs),
+    Recheck(SchedMs),
 }
 
 /// A pool's watched payments by where they wait, so that finding the next one costs a
@@ -95,17 +95,17 @@ enum Slot {
 #[derive(Default)]
 struct Queues {
     /// Scheduled, not due yet, by due time.
-    future: BTreeSet<(UnixMs, PaymentKey)>,
+    future: BTreeSet<(SchedMs, PaymentKey)>,
     /// Due, by due time.
-    in_turn: BTreeSet<(UnixMs, PaymentKey)>,
+    in_turn: BTreeSet<(SchedMs, PaymentKey)>,
     /// The due payments of list kinds, by kind and model, oldest start first.
-    lists: BTreeMap<Listed, BTreeSet<(UnixMs, PaymentKey)>>,
+    lists: BTreeMap<Listed, BTreeSet<(SchedMs, PaymentKey)>>,
     /// A merchant's rechecks, by due time.
-    rechecks: BTreeSet<(UnixMs, PaymentKey)>,
+    rechecks: BTreeSet<(SchedMs, PaymentKey)>,
     /// Payments with ages of the schedule before their planned check (or none planned),
     /// by the first of those ages: checks the spare budget makes when no planned one is
     /// due, as the plans' checks are still to come.
-    ahead: BTreeSet<(UnixMs, PaymentKey)>,
+    ahead: BTreeSet<(SchedMs, PaymentKey)>,
 }
 
 /// Per kind, what reconciliation did since start (for health and metrics).
@@ -137,7 +137,7 @@ pub struct Watch {
     entries: HashMap<PaymentKey, Watched>,
     queues: Vec<Queues>,
     /// When each watch ends at the latest (its last age plus the last gap).
-    ends: BTreeSet<(UnixMs, PaymentKey)>,
+    ends: BTreeSet<(SchedMs, PaymentKey)>,
     models: HashMap<(KindName, State), Model>,
     pricing: Vec<Pricing>,
     stats: BTreeMap<KindName, WatchStats>,
@@ -214,9 +214,9 @@ impl Watch {
         &mut self,
         kind: &KindName,
         ended: State,
-        started: UnixMs,
-        seen: Option<UnixMs>,
-        moved: Option<UnixMs>,
+        started: SchedMs,
+        seen: Option<SchedMs>,
+        moved: Option<SchedMs>,
     ) {
         let e = self
             .grid
@@ -225,7 +225,7 @@ impl Watch {
     }
 
     /// Puts a held payment in the queue its fields say (it must be in none).
-    fn enqueue(&mut self, pk: PaymentKey, now: UnixMs) {
+    fn enqueue(&mut self, pk: PaymentKey, now: SchedMs) {
         let Some(e) = self.entries.get_mut(&pk) else {
             return;
         };
@@ -292,7 +292,7 @@ impl Watch {
     }
 
     /// Moves the scheduled checks of pool `p` that came due by `now` to the due queues.
-    fn promote(&mut self, p: usize, now: UnixMs) {
+    fn promote(&mut self, p: usize, now: SchedMs) {
         loop {
             let Some(&(due, pk)) = self.queues.get(p).and_then(|q| q.future.first()) else {
                 return;
@@ -307,7 +307,7 @@ impl Watch {
 
     /// Starts watching (or resumes, `due`: the stored next check). Returns the next check's
     /// time, `None` when the schedule has nothing left (then nothing is held).
-    pub fn start(&mut self, w: WatchStart, due: Option<UnixMs>, now: UnixMs) -> Option<UnixMs> {
+    pub fn start(&mut self, w: WatchStart, due: Option<SchedMs>, now: SchedMs) -> Option<SchedMs> {
         let schedule = &w.kind.reconcile_after;
         let last = schedule.last().copied().unwrap_or(0);
         let age = now - w.started;
@@ -353,7 +353,7 @@ impl Watch {
             upstream_status: w.upstream_status,
             seen: w.seen,
             next: 0,
-            due: 0,
+            due: SchedMs(0),
             in_flight: false,
             recheck: asked.is_some(),
             failures: 0,
@@ -376,7 +376,7 @@ impl Watch {
 
     /// A merchant's recheck of a watched payment: due at `at` unless one is due sooner.
     /// `None` when it is not watched.
-    pub fn recheck(&mut self, pk: PaymentKey, at: UnixMs, now: UnixMs) -> Option<UnixMs> {
+    pub fn recheck(&mut self, pk: PaymentKey, at: SchedMs, now: SchedMs) -> Option<SchedMs> {
         let e = self.entries.get(&pk)?;
         if e.in_flight || (e.recheck && e.due <= at) {
             return Some(e.due.max(at));
@@ -391,14 +391,14 @@ impl Watch {
     }
 
     /// The earliest due merchant's recheck of pool `p`, if one is due by `now`.
-    pub fn due_recheck(&self, p: usize, now: UnixMs) -> Option<PaymentKey> {
+    pub fn due_recheck(&self, p: usize, now: SchedMs) -> Option<PaymentKey> {
         let &(due, pk) = self.queues.get(p)?.rechecks.first()?;
         (due <= now).then_some(pk)
     }
 
     /// Whether pool `p` has a scheduled check due by `now` that the spare budget could
     /// make (a quick look, before the core works out whether there is spare budget).
-    pub fn any_due(&mut self, p: usize, now: UnixMs) -> bool {
+    pub fn any_due(&mut self, p: usize, now: SchedMs) -> bool {
         self.promote(p, now);
         self.queues.get(p).is_some_and(|q| {
             !q.in_turn.is_empty() || q.ahead.first().is_some_and(|(t, _)| *t <= now)
@@ -411,7 +411,7 @@ impl Watch {
     pub fn pick(
         &mut self,
         p: usize,
-        now: UnixMs,
+        now: SchedMs,
         blocked: impl Fn(&KindName) -> bool,
     ) -> Option<PaymentKey> {
         self.promote(p, now);
@@ -454,7 +454,7 @@ impl Watch {
     pub fn launch(
         &mut self,
         pks: &[PaymentKey],
-    ) -> (Vec<PaymentId>, Vec<UnixMs>, Option<Arc<Kind>>) {
+    ) -> (Vec<PaymentId>, Vec<SchedMs>, Option<Arc<Kind>>) {
         let (mut ids, mut started, mut kind) = (Vec::new(), Vec::new(), None);
         for pk in pks {
             self.dequeue(*pk);
@@ -474,7 +474,7 @@ impl Watch {
     /// Periodic upkeep: a watch whose due check waited past the schedule's last age plus
     /// its last gap ends without a request (the records to commit; the checks it never
     /// got count as skipped).
-    pub fn tick(&mut self, now: UnixMs) -> Vec<CheckRecord> {
+    pub fn tick(&mut self, now: SchedMs) -> Vec<Outcome> {
         let mut records = Vec::new();
         while let Some(&(end, pk)) = self.ends.first() {
             if end > now {
@@ -496,7 +496,7 @@ impl Watch {
             };
             let left = e.kind.reconcile_after.len().saturating_sub(e.pos);
             self.stats.entry(e.kind.name.clone()).or_default().skipped += left as u64;
-            records.push(CheckRecord {
+            records.push(Outcome {
                 pk,
                 checked_at: now,
                 upstream_status: None,
@@ -507,7 +507,7 @@ impl Watch {
                 event: None,
                 changed: false,
                 saw_pending: false,
-                watch: Some(WatchCheck {
+                watch: Some(LateCheck {
                     asked: false,
                     unchanged: false,
                 }),
@@ -518,7 +518,7 @@ impl Watch {
     }
 
     /// Re-estimates each late-move model from its evidence and the watched payments'.
-    pub fn refit(&mut self, now: UnixMs) {
+    pub fn refit(&mut self, now: SchedMs) {
         let mut pending: HashMap<(KindName, State), Vec<Evidence>> = HashMap::new();
         for e in self.entries.values().filter(|e| !e.moved) {
             pending
@@ -551,7 +551,7 @@ impl Watch {
     }
 
     /// When pool `p`'s next merchant's recheck or scheduled check comes due.
-    pub fn next_due(&self, p: usize) -> Option<UnixMs> {
+    pub fn next_due(&self, p: usize) -> Option<SchedMs> {
         let q = self.queues.get(p)?;
         let recheck = q.rechecks.first().map(|&(d, _)| d);
         let scheduled = q.future.first().map(|&(d, _)| d);

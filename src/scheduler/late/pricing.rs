@@ -24,9 +24,9 @@ pub(super) fn draw(pk: PaymentKey) -> f64 {
 pub(super) struct Pricing {
     pub(super) level: f64,
     /// Watch starts: when, and which model.
-    pub(super) starts: VecDeque<(UnixMs, (KindName, State))>,
+    pub(super) starts: VecDeque<(SchedMs, (KindName, State))>,
     /// When the spare budget's late requests went, over the last window.
-    pub(super) spent: VecDeque<UnixMs>,
+    pub(super) spent: VecDeque<SchedMs>,
     /// Late requests the spare budget makes per window, smoothed.
     pub(super) capacity: Option<f64>,
 }
@@ -45,7 +45,7 @@ impl Watch {
 
     /// The schedule index of `e`'s next check after its last (`None`: none planned at the
     /// pool's price, or the schedule is over).
-    pub(super) fn planned(&self, e: &Watched, now: UnixMs) -> Option<usize> {
+    pub(super) fn planned(&self, e: &Watched, now: SchedMs) -> Option<usize> {
         let k = e.kind.reconcile_after.len();
         if e.pos >= k {
             return None;
@@ -79,7 +79,7 @@ impl Watch {
     }
 
     /// Sets `e`'s next check by [`Watch::planned`], or parks it.
-    pub(super) fn plan(&self, e: &mut Watched, now: UnixMs) {
+    pub(super) fn plan(&self, e: &mut Watched, now: SchedMs) {
         match self.planned(e, now) {
             Some(i) => {
                 e.next = i;
@@ -96,7 +96,7 @@ impl Watch {
     }
 
     /// A late request of pool `p` went out of the spare budget.
-    pub fn spent(&mut self, p: usize, now: UnixMs) {
+    pub fn spent(&mut self, p: usize, now: SchedMs) {
         if let Some(pricing) = self.pricing.get_mut(p) {
             pricing.spent.push_back(now);
         }
@@ -108,7 +108,7 @@ impl Watch {
     /// budget went), and otherwise as `supply`, what the live payments' pace leaves. The
     /// price moves a step at a time: a jump would plan a wave of checks for the same ages.
     /// Replans the pool's payments whose checks are not due yet when it changes.
-    pub fn price(&mut self, p: usize, supply: f64, now: UnixMs) {
+    pub fn price(&mut self, p: usize, supply: f64, now: SchedMs) {
         if self.policy != LatePolicy::Learnt {
             return;
         }
@@ -164,7 +164,7 @@ impl Watch {
     }
 
     /// Plans pool `p`'s waiting payments again at its price.
-    fn replan(&mut self, p: usize, now: UnixMs) {
+    fn replan(&mut self, p: usize, now: SchedMs) {
         let pks: Vec<PaymentKey> = self
             .entries
             .values()

@@ -12,18 +12,18 @@ fn kinds() -> (Arc<Kind>, Arc<Kind>) {
     (with("p2p"), with("btc"))
 }
 
-fn start(w: &mut Watch, kind: &Arc<Kind>, pk: i64, now: UnixMs) -> Option<UnixMs> {
+fn start(w: &mut Watch, kind: &Arc<Kind>, pk: i64, now: SchedMs) -> Option<SchedMs> {
     w.start(
         WatchStart {
             pk: PaymentKey(pk),
             kind: kind.clone(),
             id: PaymentId::parse(&format!("T{pk}")).unwrap(),
             pool: 0,
-            started: 0,
+            started: SchedMs(0),
             state: State::TimedOut,
             ended: State::TimedOut,
             upstream_status: Some("pending".into()),
-            seen: 10_000,
+            seen: SchedMs(10_000),
         },
         None,
         now,
@@ -34,17 +34,20 @@ fn start(w: &mut Watch, kind: &Arc<Kind>, pk: i64, now: UnixMs) -> Option<UnixMs
 fn a_watch_no_spare_budget_serves_ends_unchecked_after_its_last_gap() {
     let (p2p, _) = kinds();
     let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::InTurn);
-    assert_eq!(start(&mut w, &p2p, 1, 10_000), Some(20_000));
-    assert!(w.any_due(0, 20_000));
+    assert_eq!(
+        start(&mut w, &p2p, 1, SchedMs(10_000)),
+        Some(SchedMs(20_000))
+    );
+    assert!(w.any_due(0, SchedMs(20_000)));
     // Never checked: nothing ends before the last age plus the last gap (80 s).
-    assert!(w.tick(79_999).is_empty());
-    let ended = w.tick(80_000);
+    assert!(w.tick(SchedMs(79_999)).is_empty());
+    let ended = w.tick(SchedMs(80_000));
     assert_eq!(ended.len(), 1);
     let r = &ended[0];
     assert_eq!((r.state, r.next_check_at), (State::TimedOut, None));
     assert_eq!(
         r.watch,
-        Some(WatchCheck {
+        Some(LateCheck {
             asked: false,
             unchanged: false
         })
@@ -58,17 +61,19 @@ fn a_watch_no_spare_budget_serves_ends_unchecked_after_its_last_gap() {
 fn a_check_overtaken_by_later_ages_counts_them_skipped_and_plans_the_next() {
     let (p2p, _) = kinds();
     let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::InTurn);
-    start(&mut w, &p2p, 1, 10_000);
-    let pk = w.pick(0, 45_000, |_| false).unwrap();
+    start(&mut w, &p2p, 1, SchedMs(10_000));
+    let pk = w.pick(0, SchedMs(45_000), |_| false).unwrap();
     w.launch(&[pk]);
     let pending = Observation::Status {
         raw: "pending".into(),
         state: Some(State::Pending),
         response: serde_json::json!({"status": "pending"}),
     };
-    let (r, _) = w.complete(pk, &pending, 45_000, 45_100, 1_000).unwrap();
+    let (r, _) = w
+        .complete(pk, &pending, SchedMs(45_000), SchedMs(45_100), 1_000)
+        .unwrap();
     // The 20 s check went at 45 s: the 40 s one is skipped, the next is at 60 s.
-    assert_eq!(r.next_check_at, Some(60_000));
+    assert_eq!(r.next_check_at, Some(SchedMs(60_000)));
     assert!(r.event.is_none());
     let s = w.stats()[&p2p.name];
     assert_eq!((s.checks, s.skipped), (1, 1));
@@ -83,7 +88,7 @@ fn learnt_watch(pks: i64) -> Watch {
     assert_eq!(p2p.reconcile_after.last(), Some(&(72 * 60 * MIN)));
     let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
     for pk in 1..=pks {
-        start(&mut w, &p2p, pk, 10 * MIN);
+        start(&mut w, &p2p, pk, SchedMs(10 * MIN));
     }
     w
 }
@@ -91,10 +96,10 @@ fn learnt_watch(pks: i64) -> Watch {
 #[test]
 fn with_spare_budget_for_the_whole_schedule_every_age_is_planned() {
     let mut w = learnt_watch(30);
-    w.price(0, 10_000.0, 20 * MIN);
+    w.price(0, 10_000.0, SchedMs(20 * MIN));
     assert_eq!(
         w.next_due(0),
-        Some(15 * MIN),
+        Some(SchedMs(15 * MIN)),
         "the first age of the schedule"
     );
 }
@@ -102,21 +107,21 @@ fn with_spare_budget_for_the_whole_schedule_every_age_is_planned() {
 #[test]
 fn without_spare_budget_no_age_is_planned_and_a_spare_request_takes_the_newest_come() {
     let mut w = learnt_watch(30);
-    w.price(0, 0.0, 12 * MIN);
+    w.price(0, 0.0, SchedMs(12 * MIN));
     assert_eq!(w.next_due(0), None, "nothing planned");
-    assert!(!w.any_due(0, 14 * MIN));
+    assert!(!w.any_due(0, SchedMs(14 * MIN)));
     // Past an age, a request the spare budget does make goes to a payment whose
     // unplanned age has come.
-    assert!(w.any_due(0, 16 * MIN));
-    let pk = w.pick(0, 16 * MIN, |_| false).unwrap();
+    assert!(w.any_due(0, SchedMs(16 * MIN)));
+    let pk = w.pick(0, SchedMs(16 * MIN), |_| false).unwrap();
     assert!((1..=30).contains(&pk.0));
     // A spare budget that makes some requests prices between the two: fewer planned
     // checks than the schedule's, more than none.
     let mut some = learnt_watch(30);
-    some.price(0, 30.0, 12 * MIN);
+    some.price(0, 30.0, SchedMs(12 * MIN));
     let planned = some.next_due(0).expect("some planned");
     assert!(
-        planned > 15 * MIN,
+        planned > SchedMs(15 * MIN),
         "the first ages are not worth it: {planned}"
     );
 }
@@ -126,14 +131,14 @@ fn one_listing_covers_every_due_watched_payment_of_a_list_kind() {
     let (_, btc) = kinds();
     let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::Learnt);
     for pk in 1..=3 {
-        start(&mut w, &btc, pk, 10_000);
+        start(&mut w, &btc, pk, SchedMs(10_000));
     }
-    let first = w.pick(0, 20_000, |_| false).unwrap();
+    let first = w.pick(0, SchedMs(20_000), |_| false).unwrap();
     let mut members = w.members(first);
     members.sort();
     assert_eq!(members, [PaymentKey(1), PaymentKey(2), PaymentKey(3)]);
     w.launch(&members);
-    assert!(!w.any_due(0, 20_000), "all three are in flight");
+    assert!(!w.any_due(0, SchedMs(20_000)), "all three are in flight");
 }
 
 #[test]
@@ -147,14 +152,17 @@ fn a_merchant_s_recheck_past_the_schedule_is_one_check_then_settled() {
         kind: p2p.clone(),
         id: PaymentId::parse("T7").unwrap(),
         pool: 0,
-        started: 0,
+        started: SchedMs(0),
         state: State::TimedOut,
         ended: State::TimedOut,
         upstream_status: None,
-        seen: 60_000,
+        seen: SchedMs(60_000),
     };
-    assert_eq!(w.start(start, Some(100_000), 100_000), Some(100_000));
-    assert_eq!(w.due_recheck(0, 100_000), Some(PaymentKey(7)));
+    assert_eq!(
+        w.start(start, Some(SchedMs(100_000)), SchedMs(100_000)),
+        Some(SchedMs(100_000))
+    );
+    assert_eq!(w.due_recheck(0, SchedMs(100_000)), Some(PaymentKey(7)));
     w.launch(&[PaymentKey(7)]);
     let approved = Observation::Status {
         raw: "approved".into(),
@@ -162,7 +170,13 @@ fn a_merchant_s_recheck_past_the_schedule_is_one_check_then_settled() {
         response: serde_json::json!({"status": "approved"}),
     };
     let (r, _) = w
-        .complete(PaymentKey(7), &approved, 100_000, 100_050, 1_000)
+        .complete(
+            PaymentKey(7),
+            &approved,
+            SchedMs(100_000),
+            SchedMs(100_050),
+            1_000,
+        )
         .unwrap();
     assert_eq!((r.state, r.next_check_at), (State::Succeeded, None));
     let ev = r.event.unwrap();

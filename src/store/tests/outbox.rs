@@ -12,9 +12,9 @@ async fn store_with_events(dir: &Path, events_a: usize) -> (Store, PaymentKey, P
         account: crate::account::AccountName::default(),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(id).unwrap(),
-        started_at: 0,
+        started_at: WallMs(0),
         jitter_ms: 0,
-        next_check_at: 0,
+        next_check_at: WallMs(0),
         callback_url: None,
         metadata: None,
     };
@@ -24,12 +24,12 @@ async fn store_with_events(dir: &Path, events_a: usize) -> (Store, PaymentKey, P
         saw_pending: false,
         watch: None,
         pk,
-        checked_at: at,
+        checked_at: WallMs(at),
         upstream_status: Some(raw.into()),
         state: State::Pending,
         response: None,
         error: None,
-        next_check_at: Some(at + 1),
+        next_check_at: Some(WallMs(at + 1)),
         event: Some(EventSpec {
             event_type: STATUS_CHANGED,
             previous_upstream_status: None,
@@ -53,7 +53,7 @@ async fn store_with_events(dir: &Path, events_a: usize) -> (Store, PaymentKey, P
 
 fn failed(at: i64) -> WebhookAttempt {
     WebhookAttempt {
-        at,
+        at: WallMs(at),
         status_code: Some(500),
         error: Some("HTTP 500".into()),
         latency_ms: 1,
@@ -84,7 +84,12 @@ async fn heads_are_one_per_payment_and_skip_busy_ones() {
         .unwrap()
         .remove(0);
     store
-        .record_webhook_attempt(first.pk, 0, &failed(20), AttemptOutcome::Retry(5_000))
+        .record_webhook_attempt(
+            first.pk,
+            0,
+            &failed(20),
+            AttemptOutcome::Retry(WallMs(5_000)),
+        )
         .await
         .unwrap();
     let heads = store
@@ -93,7 +98,7 @@ async fn heads_are_one_per_payment_and_skip_busy_ones() {
         .unwrap();
     let got: Vec<(PaymentKey, i64, i64)> = heads
         .iter()
-        .map(|e| (e.payment_pk, e.sequence, e.next_attempt_at))
+        .map(|e| (e.payment_pk, e.sequence, e.next_attempt_at.as_ms()))
         .collect();
     assert_eq!(got, vec![(b, 1, 100), (a, 1, 5_000)]);
     assert_eq!(heads[1].attempts, 1);
@@ -129,13 +134,20 @@ async fn a_replay_starts_a_fresh_schedule_and_survives_a_late_failure() {
     assert_eq!((dead.state.as_str(), dead.attempts), ("dead", 1));
 
     let replayed = store
-        .replay_webhook(&ev.event_id, 1_000)
+        .replay_webhook(&ev.event_id, WallMs(1_000))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(replayed.state, WebhookState::Pending);
-    assert_eq!((replayed.retry_from, replayed.next_attempt_at), (1, 1_000));
-    assert!(store.replay_webhook("msg_none", 0).await.unwrap().is_none());
+    assert_eq!(
+        (replayed.retry_from, replayed.next_attempt_at.as_ms()),
+        (1, 1_000)
+    );
+    assert!(store
+        .replay_webhook("msg_none", WallMs(0))
+        .await
+        .unwrap()
+        .is_none());
 
     // An attempt started before the replay fails late: the replay's plan stands.
     store
@@ -144,12 +156,12 @@ async fn a_replay_starts_a_fresh_schedule_and_survives_a_late_failure() {
         .unwrap();
     let e = store.webhook(&ev.event_id).await.unwrap().unwrap();
     assert_eq!(
-        (e.state.as_str(), e.next_attempt_at, e.attempts),
+        (e.state.as_str(), e.next_attempt_at.as_ms(), e.attempts),
         ("pending", 1_000, 2)
     );
     // ...but a success still counts.
     let ok = WebhookAttempt {
-        at: 1_002,
+        at: WallMs(1_002),
         status_code: Some(200),
         error: None,
         latency_ms: 1,

@@ -17,9 +17,9 @@ async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -
         account: crate::account::AccountName::default(),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(id).unwrap(),
-        started_at: 0,
+        started_at: WallMs(0),
         jitter_ms: 0,
-        next_check_at: 0,
+        next_check_at: WallMs(0),
         callback_url: None,
         metadata: None,
     };
@@ -31,12 +31,12 @@ async fn payment(store: &Store, id: &str, final_state: Option<State>, at: i64) -
                 saw_pending: false,
                 watch: None,
                 pk,
-                checked_at: at,
+                checked_at: WallMs(at),
                 upstream_status: Some(format!("raw-{id}")),
                 state,
                 response: None,
                 error: None,
-                next_check_at: (state == State::Pending).then_some(at + 1),
+                next_check_at: (state == State::Pending).then_some(WallMs(at + 1)),
                 event: Some(EventSpec {
                     event_type: STATUS_CHANGED,
                     previous_upstream_status: None,
@@ -59,7 +59,7 @@ async fn attempt(store: &Store, payment_pk: PaymentKey, outcome: AttemptOutcome)
         .await
         .unwrap();
     let a = WebhookAttempt {
-        at: 1,
+        at: WallMs(1),
         status_code: Some(200),
         error: None,
         latency_ms: 1,
@@ -80,9 +80,9 @@ async fn the_evidence_read_back_is_the_latest_started_oldest_first() {
             account: crate::account::AccountName::default(),
             kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(&format!("E{i}")).unwrap(),
-            started_at,
+            started_at: WallMs(started_at),
             jitter_ms: 0,
-            next_check_at: 0,
+            next_check_at: WallMs(0),
             callback_url: None,
             metadata: None,
         };
@@ -96,24 +96,28 @@ async fn the_evidence_read_back_is_the_latest_started_oldest_first() {
             saw_pending: false,
             watch: None,
             pk,
-            checked_at: started_at + 5,
+            checked_at: WallMs(started_at + 5),
             upstream_status: Some("raw".into()),
             state,
             response: None,
             error: None,
-            next_check_at: Some(started_at + 6),
+            next_check_at: Some(WallMs(started_at + 6)),
             event: None,
             changed: true,
         };
         store.record_checks(&[check], &[]).await.unwrap();
     }
-    let started =
-        |rows: Vec<FinishedRow>| -> Vec<i64> { rows.into_iter().map(|r| r.started_at).collect() };
-    let all = store.finished_since(0, EVIDENCE_ROWS).await.unwrap();
+    let started = |rows: Vec<FinishedRow>| -> Vec<i64> {
+        rows.into_iter().map(|r| r.started_at.as_ms()).collect()
+    };
+    let all = store
+        .finished_since(WallMs(0), EVIDENCE_ROWS)
+        .await
+        .unwrap();
     assert_eq!(started(all), [10, 20, 30, 40, 50]);
-    let latest = store.finished_since(15, 3).await.unwrap();
+    let latest = store.finished_since(WallMs(15), 3).await.unwrap();
     assert_eq!(started(latest), [30, 40, 50]);
-    let read = Store::read_finished(&dir.path().join("t.db"), 0, 2)
+    let read = Store::read_finished(&dir.path().join("t.db"), WallMs(0), 2)
         .await
         .unwrap();
     assert_eq!(started(read), [40, 50]);
@@ -137,10 +141,10 @@ async fn finished_payments_go_with_their_rows_oldest_first_in_batches() {
     for pk in [old1, old2, young, pending] {
         attempt(&store, pk, AttemptOutcome::Delivered).await;
     }
-    attempt(&store, undelivered, AttemptOutcome::Retry(10_000)).await;
+    attempt(&store, undelivered, AttemptOutcome::Retry(WallMs(10_000))).await;
 
     // A batch of one takes the oldest.
-    let p = store.prune_finished(1_000, 1).await.unwrap();
+    let p = store.prune_finished(WallMs(1_000), 1).await.unwrap();
     assert_eq!(
         p,
         Pruned {
@@ -152,10 +156,10 @@ async fn finished_payments_go_with_their_rows_oldest_first_in_batches() {
     );
     assert!(store.get("default", "p2p", "OLD1").await.unwrap().is_none());
     assert!(store.get("default", "p2p", "OLD2").await.unwrap().is_some());
-    let p = store.prune_finished(1_000, 10).await.unwrap();
+    let p = store.prune_finished(WallMs(1_000), 10).await.unwrap();
     assert_eq!(p.payments, 1);
     assert_eq!(
-        store.prune_finished(1_000, 10).await.unwrap(),
+        store.prune_finished(WallMs(1_000), 10).await.unwrap(),
         Pruned::default()
     );
     for id in ["YOUNG", "PEND", "UNDEL"] {
@@ -186,7 +190,14 @@ async fn finished_payments_go_with_their_rows_oldest_first_in_batches() {
     );
     // Once the event is dead the payment can go.
     attempt(&store, undelivered, AttemptOutcome::Dead).await;
-    assert_eq!(store.prune_finished(1_000, 10).await.unwrap().payments, 1);
+    assert_eq!(
+        store
+            .prune_finished(WallMs(1_000), 10)
+            .await
+            .unwrap()
+            .payments,
+        1
+    );
 }
 
 /// A full batch (500 payments, each with a history row, an event and an attempt) holds
@@ -206,9 +217,9 @@ async fn a_full_batch_holds_the_writer_briefly() {
             account: crate::account::AccountName::default(),
             kind: KindName::parse("p2p").unwrap(),
             id: PaymentId::parse(&format!("P{i}")).unwrap(),
-            started_at: 0,
+            started_at: WallMs(0),
             jitter_ms: 0,
-            next_check_at: 0,
+            next_check_at: WallMs(0),
             callback_url: None,
             metadata: Some(serde_json::json!({"order": i, "note": "x".repeat(200)})),
         })
@@ -220,7 +231,7 @@ async fn a_full_batch_holds_the_writer_briefly() {
             saw_pending: true,
             watch: None,
             pk: r.pk,
-            checked_at: 100,
+            checked_at: WallMs(100),
             upstream_status: Some("approved".into()),
             state: State::Succeeded,
             response: Some("{\"status\":\"approved\"}".into()),
@@ -251,7 +262,7 @@ async fn a_full_batch_holds_the_writer_briefly() {
     loop {
         let started = std::time::Instant::now();
         let p = store
-            .prune_finished(1_000, crate::retention::BATCH)
+            .prune_finished(WallMs(1_000), crate::retention::BATCH)
             .await
             .unwrap();
         took.push((p.payments, started.elapsed()));
@@ -286,14 +297,21 @@ async fn a_failed_retention_batch_is_reported_and_the_writer_goes_on() {
         .exec_for_test("ALTER TABLE webhook_attempts RENAME TO attempts_gone")
         .await
         .unwrap();
-    assert!(store.prune_finished(1_000, 10).await.is_err());
+    assert!(store.prune_finished(WallMs(1_000), 10).await.is_err());
     assert_eq!(store.write_status().failures_total, 1);
     assert!(store.write_status().failing_since.is_some());
     store
         .exec_for_test("ALTER TABLE attempts_gone RENAME TO webhook_attempts")
         .await
         .unwrap();
-    assert_eq!(store.prune_finished(1_000, 10).await.unwrap().payments, 1);
+    assert_eq!(
+        store
+            .prune_finished(WallMs(1_000), 10)
+            .await
+            .unwrap()
+            .payments,
+        1
+    );
     assert!(store.write_status().failing_since.is_none());
 }
 
@@ -309,7 +327,7 @@ async fn delivered_events_go_sooner_and_the_sequence_goes_on() {
     let a = payment(&store, "A", None, 100).await;
     let b = payment(&store, "B", None, 100).await;
     attempt(&store, a, AttemptOutcome::Delivered).await;
-    attempt(&store, b, AttemptOutcome::Retry(10_000)).await;
+    attempt(&store, b, AttemptOutcome::Retry(WallMs(10_000))).await;
     let now = now_ms();
     let p = store.prune_delivered(now + 1, 10).await.unwrap();
     assert_eq!((p.events, p.attempts, p.payments), (1, 1, 0));
@@ -323,7 +341,7 @@ async fn delivered_events_go_sooner_and_the_sequence_goes_on() {
         saw_pending: false,
         watch: None,
         pk: a,
-        checked_at: 200,
+        checked_at: WallMs(200),
         upstream_status: Some("approved".into()),
         state: State::Succeeded,
         response: None,

@@ -11,9 +11,9 @@ fn payment(id: &str, metadata: Option<Value>) -> NewPayment {
         account: crate::account::AccountName::default(),
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(id).unwrap(),
-        started_at: 0,
+        started_at: WallMs(0),
         jitter_ms: 0,
-        next_check_at: 0,
+        next_check_at: WallMs(0),
         callback_url: None,
         metadata,
     }
@@ -85,12 +85,12 @@ async fn the_wal_shrinks_after_a_burst() {
     }
     let wal = || std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
     assert!(wal() > WAL_KEEP, "the burst grew the WAL: {}", wal());
-    store.maintain(0).await.unwrap();
+    store.maintain(WallMs(0)).await.unwrap();
     assert!(wal() <= WAL_KEEP, "after housekeeping: {} bytes", wal());
     // Idle since: the next housekeeping truncates it to nothing.
     store.insert_payments(&[payment("C", None)]).await.unwrap();
-    store.maintain(0).await.unwrap();
-    store.maintain(0).await.unwrap();
+    store.maintain(WallMs(0)).await.unwrap();
+    store.maintain(WallMs(0)).await.unwrap();
     assert_eq!(wal(), 0);
     assert_eq!(store.write_status(), WriteStatus::default());
 }

@@ -33,7 +33,7 @@ impl Rig {
         // A refill lets a second poll send what the first could not.
         for _ in 0..2 {
             let mut out = Vec::new();
-            self.core.poll(now, &mut out);
+            self.core.poll(SchedMs(now), &mut out);
             for a in out {
                 match a {
                     Action::Send(r) => sent.push(r),
@@ -53,7 +53,7 @@ impl Rig {
     pub(super) fn track(&mut self, pk: i64, at: i64) {
         let mut t = row(pk, at, 20_000);
         t.kind = self.kind.name.clone();
-        self.core.track(t, at, false);
+        self.core.track(t, SchedMs(at), false);
     }
 }
 
@@ -70,7 +70,7 @@ pub(super) fn answer(
         observations: req.pks.iter().map(|pk| obs(*pk)).collect(),
         retry_after_ms,
         sent_at: req.sent_at,
-        done_at,
+        done_at: SchedMs(done_at),
         ledger: req.ledger,
     }
 }
@@ -107,8 +107,8 @@ fn alone(obs: Observation, retry_after_ms: Option<i64>, at: i64) -> Completion {
         pks: vec![PaymentKey(1)],
         observations: vec![obs],
         retry_after_ms,
-        sent_at: at,
-        done_at: at,
+        sent_at: SchedMs(at),
+        done_at: SchedMs(at),
         ledger: None,
     }
 }
@@ -119,7 +119,7 @@ fn a_503_pauses_the_key_for_its_retry_after_and_keeps_its_limit() {
     rig.track(1, 0);
     let mut second = row(2, 0, 21_000);
     second.kind = rig.kind.name.clone();
-    rig.core.track(second, 0, false);
+    rig.core.track(second, SchedMs(0), false);
     let sent = rig.poll(20_000);
     assert_eq!(pks(&sent), vec![vec![1]]);
     let done = answer(
@@ -135,8 +135,8 @@ fn a_503_pauses_the_key_for_its_retry_after_and_keeps_its_limit() {
         State::Pending,
         "a 503 settles nothing"
     );
-    let st = rig.core.status(20_100).remove(0);
-    assert_eq!(st.paused_until, Some(25_100));
+    let st = rig.core.status(SchedMs(20_100)).remove(0);
+    assert_eq!(st.paused_until, Some(SchedMs(25_100)));
     assert_eq!(
         st.budget_effective, st.budget_limit,
         "a 503 keeps the limit"
@@ -144,7 +144,10 @@ fn a_503_pauses_the_key_for_its_retry_after_and_keeps_its_limit() {
     // Payment 2 is due at 21 s, but the key waits out the Retry-After.
     assert!(rig.poll(21_000).is_empty());
     assert!(rig.poll(25_099).is_empty());
-    assert!(rig.core.next_wake(21_000).is_some_and(|w| w >= 25_100));
+    assert!(rig
+        .core
+        .next_wake(SchedMs(21_000))
+        .is_some_and(|w| w >= SchedMs(25_100)));
     // Then both go: payment 1 at its next slot (23 s) or its back-off, both passed.
     assert_eq!(pks(&rig.poll(25_100)), vec![vec![1], vec![2]]);
 }
@@ -155,7 +158,7 @@ fn an_unexpected_429_pauses_the_key_and_lowers_the_limit_in_force() {
     rig.track(1, 0);
     let mut second = row(2, 0, 21_000);
     second.kind = rig.kind.name.clone();
-    rig.core.track(second, 0, false);
+    rig.core.track(second, SchedMs(0), false);
     let sent = rig.poll(20_000);
     let done = answer(
         &sent[0],
@@ -165,8 +168,8 @@ fn an_unexpected_429_pauses_the_key_and_lowers_the_limit_in_force() {
     );
     assert!(Core::rate_limited(&done), "counted as a budget surprise");
     rig.core.complete(&done);
-    let st = rig.core.status(20_100).remove(0);
-    assert_eq!(st.paused_until, Some(22_100));
+    let st = rig.core.status(SchedMs(20_100)).remove(0);
+    assert_eq!(st.paused_until, Some(SchedMs(22_100)));
     // No request while paused, though payment 2 is due at 21 s.
     assert!(rig.poll(21_000).is_empty());
     assert!(rig.poll(22_099).is_empty());
@@ -176,7 +179,7 @@ fn an_unexpected_429_pauses_the_key_and_lowers_the_limit_in_force() {
     // Each further surprise lowers it again.
     rig.core
         .complete(&alone(error(ErrorClass::RateLimited), None, 30_000));
-    assert_eq!(rig.core.status(30_000)[0].budget_effective, 562);
+    assert_eq!(rig.core.status(SchedMs(30_000))[0].budget_effective, 562);
 }
 
 #[test]
@@ -186,7 +189,9 @@ fn throttling_without_retry_after_backs_off_exponentially_until_an_answer() {
     let pause = |rig: &mut Rig, at: i64| {
         rig.core
             .complete(&alone(error(ErrorClass::Unavailable), None, at));
-        rig.core.status(at)[0].paused_until.map(|u| u - at)
+        rig.core.status(SchedMs(at))[0]
+            .paused_until
+            .map(|u| u - SchedMs(at))
     };
     // Half to all of 1 s, 2 s, 4 s.
     for (i, at) in [20_000, 30_000, 40_000].into_iter().enumerate() {
@@ -213,7 +218,7 @@ fn a_refused_key_is_probed_one_request_at_a_time_until_it_works_again() {
         let done = answer(req, |_| error(ErrorClass::Auth), None, 20_100);
         rig.core.complete(&done);
     }
-    let st = rig.core.status(20_100).remove(0);
+    let st = rig.core.status(SchedMs(20_100)).remove(0);
     assert_eq!(st.auth_failing, vec![rig.kind.name.clone()]);
     // A minute of refusals: one probe at a time, one every 6 s (a hundredth of the window).
     let mut probes = Vec::new();
@@ -248,7 +253,9 @@ fn a_refused_key_is_probed_one_request_at_a_time_until_it_works_again() {
         None,
         now + 100,
     ));
-    assert!(rig.core.status(now + 100)[0].auth_failing.is_empty());
+    assert!(rig.core.status(SchedMs(now + 100))[0]
+        .auth_failing
+        .is_empty());
     // The checks resume at their pace: more in the next probe interval than probing sends.
     let mut resumed = 0;
     for t in (now + 100..now + 6_100).step_by(100) {

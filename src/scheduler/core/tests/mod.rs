@@ -21,7 +21,7 @@ fn core_sharing(budget: u32, share: BacklogShare) -> (Core, Arc<Kind>) {
     let cfg = Config::from_raw(raw).unwrap();
     let kind = cfg.kinds["p2p"].clone();
     let (cc, _) = crate::scheduler::core_config(&cfg, 1);
-    (Core::new(cc, 0), kind)
+    (Core::new(cc, SchedMs(0)), kind)
 }
 
 fn row(pk: i64, started_at: i64, jitter_ms: i64) -> Tracked {
@@ -31,7 +31,7 @@ fn row(pk: i64, started_at: i64, jitter_ms: i64) -> Tracked {
         kind: KindName::parse("p2p").unwrap(),
         id: PaymentId::parse(&format!("T{pk}")).unwrap(),
         upstream_status: None,
-        started_at,
+        started_at: SchedMs(started_at),
         jitter_ms,
         next_check_at: None,
         last_checked_at: None,
@@ -68,13 +68,13 @@ impl Driver {
         while now < end {
             while arrivals.front().is_some_and(|(at, _)| *at <= now) {
                 let (_, row) = arrivals.pop_front().unwrap();
-                core.track(row, now, false);
+                core.track(row, SchedMs(now), false);
             }
-            core.poll(now, &mut actions);
+            core.poll(SchedMs(now), &mut actions);
             for a in actions.drain(..) {
                 match a {
                     Action::Send(r) => {
-                        sent.push((r.sent_at, r.pks.iter().map(|k| k.0).collect()));
+                        sent.push((r.sent_at.as_ms(), r.pks.iter().map(|k| k.0).collect()));
                         let observations = r
                             .pks
                             .iter()
@@ -90,7 +90,7 @@ impl Driver {
                             observations,
                             retry_after_ms: None,
                             sent_at: r.sent_at,
-                            done_at: now + 100,
+                            done_at: SchedMs(now + 100),
                             ledger: r.ledger,
                         });
                     }
@@ -106,22 +106,29 @@ impl Driver {
                 }
             }
             let next_done = self.flying.iter().map(|c| c.done_at).min();
-            let wake = core.next_wake(now).map(|w| w.max(now + 1));
+            let wake = core
+                .next_wake(SchedMs(now))
+                .map(|w| w.max(SchedMs(now + 1)));
             let next_arrival = arrivals.front().map(|(at, _)| *at);
-            let next = [next_done, wake, next_arrival, Some(now + 1000)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(end);
-            now = next;
+            let next = [
+                next_done,
+                wake,
+                next_arrival.map(SchedMs),
+                Some(SchedMs(now + 1000)),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(SchedMs(end));
+            now = next.as_ms();
             let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flying)
                 .into_iter()
-                .partition(|c| c.done_at <= now);
+                .partition(|c| c.done_at <= SchedMs(now));
             self.flying = rest;
             for c in due {
                 core.complete(&c);
             }
-            core.tick(now);
+            core.tick(SchedMs(now));
         }
         sent
     }
@@ -131,7 +138,7 @@ impl Driver {
 fn below_the_budget_the_documented_ladder_runs_exactly() {
     let (mut core, kind) = core(1000);
     let ladder = Ladder::documented();
-    core.track(row(1, 0, 21_000), 0, false);
+    core.track(row(1, 0, 21_000), SchedMs(0), false);
     let sent = drive(&mut core, &kind, 0, 700_000);
     let times: Vec<i64> = sent.iter().map(|(t, _)| *t).collect();
     assert_eq!(times, ladder.plan(21_000));
@@ -140,21 +147,21 @@ fn below_the_budget_the_documented_ladder_runs_exactly() {
 #[test]
 fn once_scarce_the_ladders_table_keeps_its_steps_but_not_the_jitter() {
     let (mut core, _) = core(1000);
-    core.track(row(1, 0, 24_000), 0, false);
+    core.track(row(1, 0, 24_000), SchedMs(0), false);
     let pk = PaymentKey(1);
     // Not scarce: the documented ladder, first check where its jitter put it.
-    assert_eq!(core.entries[&pk].due, 24_000);
+    assert_eq!(core.entries[&pk].due, SchedMs(24_000));
     // Scarce, with this payment mixed onto the ladder's table (level 0.5, draw 0.9):
     // the first check at the earliest the ladder allows.
     core.pools[PoolId::DEFAULT].level = 0.5;
     let mut e = core.entries.remove(&pk).unwrap();
     e.phi = 0.9;
     core.plan(&mut e);
-    assert_eq!(e.due, 20_000);
+    assert_eq!(e.due, SchedMs(20_000));
     // And its steps after it: 3 s.
-    e.last = Some(20_000);
+    e.last = Some(SchedMs(20_000));
     core.plan(&mut e);
-    assert_eq!(e.due, 23_000);
+    assert_eq!(e.due, SchedMs(23_000));
 }
 
 #[test]
@@ -201,7 +208,7 @@ fn a_scarce_budget_is_never_exceeded_and_every_deadline_is_checked() {
     let (mut core, kind) = core(100);
     // 200 payments at once: the ladder would want 7,200 requests.
     for pk in 0..200 {
-        core.track(row(pk, 0, 20_000), 0, false);
+        core.track(row(pk, 0, 20_000), SchedMs(0), false);
     }
     // 200 deadline checks on 100 a window take two windows; worthier checks may go
     // first, but none is later than its deadline plus the patience (two windows).
@@ -234,15 +241,15 @@ fn when_the_key_is_short_the_check_likeliest_to_see_a_flip_goes_first() {
     // Due first, its deadline check 400 s late (the key is behind): a payment last seen
     // pending at 400 s of age, where flips are rare.
     let mut old = row(1, now - 1_000_000, 20_000);
-    old.last_checked_at = Some(now - 600_000);
-    core.track(old, now, true);
+    old.last_checked_at = Some(SchedMs(now - 600_000));
+    core.track(old, SchedMs(now), true);
     // Due later: a young one never checked, where most flips happen.
-    core.track(row(2, now - 30_000, 20_000), now, false);
+    core.track(row(2, now - 30_000, 20_000), SchedMs(now), false);
     let mut out = Vec::new();
-    core.poll(now, &mut out);
+    core.poll(SchedMs(now), &mut out);
     core.refilled(PoolId::DEFAULT, Some((0..8).map(LedgerKey).collect()));
     out.clear();
-    core.poll(now, &mut out);
+    core.poll(SchedMs(now), &mut out);
     let sent: Vec<Vec<i64>> = out
         .iter()
         .filter_map(|a| match a {
@@ -367,34 +374,34 @@ fn a_backlog_leaves_room_for_the_payments_on_plan_and_none_without_them() {
     let (mut core, _) = core(100);
     let now = 3_000_000;
     for pk in 1..=3 {
-        core.track(row(pk, now - 1_000_000, 20_000), now, false);
+        core.track(row(pk, now - 1_000_000, 20_000), SchedMs(now), false);
         core.entries.get_mut(&PaymentKey(pk)).unwrap().backlog = true;
     }
-    core.track(row(9, now - 1_000, 20_000), now, false);
+    core.track(row(9, now - 1_000, 20_000), SchedMs(now), false);
     for _ in 0..97 {
-        assert!(core.pools[PoolId::DEFAULT].budget.try_acquire(now));
-        core.pools[PoolId::DEFAULT].budget.release(now);
+        assert!(core.pools[PoolId::DEFAULT].budget.try_acquire(SchedMs(now)));
+        core.pools[PoolId::DEFAULT].budget.release(SchedMs(now));
     }
-    core.tick(now);
+    core.tick(SchedMs(now));
     // 97 used: one more leaves 2.
     assert_eq!(
-        core.peek_due(PoolId::DEFAULT, now).map(|(q, _)| q),
+        core.peek_due(PoolId::DEFAULT, SchedMs(now)).map(|(q, _)| q),
         Some(Queue::Backlog)
     );
-    assert!(core.pools[PoolId::DEFAULT].budget.try_acquire(now));
-    core.pools[PoolId::DEFAULT].budget.release(now);
+    assert!(core.pools[PoolId::DEFAULT].budget.try_acquire(SchedMs(now)));
+    core.pools[PoolId::DEFAULT].budget.release(SchedMs(now));
     // 98 used: the last 2 wait for the payment on plan.
-    assert_eq!(core.peek_due(PoolId::DEFAULT, now), None);
+    assert_eq!(core.peek_due(PoolId::DEFAULT, SchedMs(now)), None);
     assert_eq!(
-        core.next_wake(now).map(|w| w > now),
+        core.next_wake(SchedMs(now)).map(|w| w > SchedMs(now)),
         Some(true),
         "no busy wake"
     );
     // Without a payment on plan, the backlog takes them.
     core.untrack(PaymentKey(9));
-    core.tick(now);
+    core.tick(SchedMs(now));
     assert_eq!(
-        core.peek_due(PoolId::DEFAULT, now).map(|(q, _)| q),
+        core.peek_due(PoolId::DEFAULT, SchedMs(now)).map(|(q, _)| q),
         Some(Queue::Backlog)
     );
 }
@@ -413,7 +420,7 @@ fn status_tells_when_the_backlog_will_have_drained() {
     while now < 180 * MIN && drained.is_none() {
         driver.run(&mut core, &kind, now, now + MIN, &mut arrivals);
         now += MIN;
-        let st = core.status(now).remove(0);
+        let st = core.status(SchedMs(now)).remove(0);
         if st.backlog == 0 && now > BURST_AT + 5 * MIN {
             drained = Some(now);
             assert_eq!(st.backlog_drains_in_ms, None);
@@ -467,13 +474,13 @@ fn the_backlog_gets_its_share_of_the_budget_and_drains() {
 #[test]
 fn rechecks_are_coalesced_to_one_per_ladder_step() {
     let (mut core, kind) = core(1000);
-    core.track(row(1, 0, 20_000), 0, false);
+    core.track(row(1, 0, 20_000), SchedMs(0), false);
     let mut sent = drive(&mut core, &kind, 0, 30_000);
     let before = sent.len();
     // 1,200 rechecks in 3 s (a merchant forwarding every callback, or a loop).
     let mut answers = Vec::new();
     for i in 0..1200 {
-        answers.push(core.recheck(PaymentKey(1), 30_000 + i * 2));
+        answers.push(core.recheck(PaymentKey(1), SchedMs(30_000 + i * 2)));
     }
     assert!(answers.iter().all(|a| a.is_some()));
     sent.extend(drive(&mut core, &kind, 33_000, 40_000));
@@ -484,7 +491,11 @@ fn rechecks_are_coalesced_to_one_per_ladder_step() {
         "{during} checks in 10 s: {:?}",
         &sent[before..]
     );
-    assert_eq!(core.recheck(PaymentKey(99), 40_000), None, "not held");
+    assert_eq!(
+        core.recheck(PaymentKey(99), SchedMs(40_000)),
+        None,
+        "not held"
+    );
 }
 
 /// A restart during a lull: the evidence rebuilt from the long memory outlives the
@@ -500,9 +511,9 @@ fn a_lull_does_not_shorten_the_learners_memory() {
         core.learn(
             &AccountName::default(),
             &KindName::parse("p2p").unwrap(),
-            started,
-            Some(started + 5_000),
-            Some(started + 40_000),
+            SchedMs(started),
+            Some(SchedMs(started + 5_000)),
+            Some(SchedMs(started + 40_000)),
         );
         started += 997;
         n += 1;
@@ -510,7 +521,7 @@ fn a_lull_does_not_shorten_the_learners_memory() {
     assert!(n > 1000, "{n}");
     let m = core.model_of[&(AccountName::default(), KindName::parse("p2p").unwrap())];
     for now in (1..20).map(|i| i * (life / 4)) {
-        core.tick(now);
+        core.tick(SchedMs(now));
     }
     // Some of it aged past the horizon during the lull (almost five lifetimes): not more.
     let kept = core.models[m].learner.len();
@@ -522,7 +533,7 @@ fn a_lull_does_not_shorten_the_learners_memory() {
 #[test]
 fn unknown_statuses_remembered_are_bounded() {
     let (mut core, _) = core(1000);
-    core.track(row(1, 0, 20_000), 0, false);
+    core.track(row(1, 0, 20_000), SchedMs(0), false);
     for i in 0..(MAX_UNKNOWN_LOGGED as i64 + 50) {
         core.complete(&Completion {
             pool: PoolId::DEFAULT,
@@ -533,8 +544,8 @@ fn unknown_statuses_remembered_are_bounded() {
                 response: json!({}),
             }],
             retry_after_ms: None,
-            sent_at: 1_000 + i,
-            done_at: 1_000 + i,
+            sent_at: SchedMs(1_000 + i),
+            done_at: SchedMs(1_000 + i),
             ledger: None,
         });
     }

@@ -102,12 +102,15 @@ fn simulate(budget: u32, mut arrivals: Vec<Arrival>, replies: &[(Reply, i64)]) -
             if listed {
                 t.kind = list.name.clone();
             }
-            rig.core.track(t, now, false);
+            rig.core.track(t, SchedMs(now), false);
         }
         for req in rig.poll(now) {
-            run.sent.push(req.sent_at);
+            run.sent.push(req.sent_at.as_ms());
             for pk in &req.pks {
-                run.checks.entry(pk.0).or_default().push(req.sent_at);
+                run.checks
+                    .entry(pk.0)
+                    .or_default()
+                    .push(req.sent_at.as_ms());
             }
             let (reply, latency) = if now < CALM_AT {
                 turn += 1;
@@ -124,23 +127,32 @@ fn simulate(budget: u32, mut arrivals: Vec<Arrival>, replies: &[(Reply, i64)]) -
             flying.push(answer(&req, obs, retry_after, now + latency));
         }
         let next_done = flying.iter().map(|c| c.done_at).min();
-        let wake = rig.core.next_wake(now).map(|w| w.max(now + 1));
+        let wake = rig
+            .core
+            .next_wake(SchedMs(now))
+            .map(|w| w.max(SchedMs(now + 1)));
         let next_arrival = arrivals.front().map(|(_, (at, ..))| *at);
-        now = [next_done, wake, next_arrival, Some(now + 1000)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(END);
+        now = ([
+            next_done,
+            wake,
+            next_arrival.map(SchedMs),
+            Some(SchedMs(now + 1000)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(SchedMs(END)))
+        .as_ms();
         let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut flying)
             .into_iter()
-            .partition(|c| c.done_at <= now);
+            .partition(|c| c.done_at <= SchedMs(now));
         flying = rest;
         for c in done {
             for (pk, state, sent_at) in rig.core.complete(&c).finished {
-                run.ended.insert(pk.0, (state, sent_at));
+                run.ended.insert(pk.0, (state, sent_at.as_ms()));
             }
         }
-        rig.core.tick(now);
+        rig.core.tick(SchedMs(now));
         if now > CALM_AT && arrivals.is_empty() && flying.is_empty() && rig.core.pending() == 0 {
             break;
         }
