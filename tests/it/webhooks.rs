@@ -160,6 +160,7 @@ async fn a_flip_delivers_one_verified_event() {
     assert_eq!(
         shared,
         [
+            "account",
             "final",
             "id",
             "kind",
