@@ -30,7 +30,7 @@ mod sections;
 mod tests;
 mod validate;
 
-pub use raw::{defaults, Raw, RawStep};
+pub use raw::{defaults, Raw, RawAccount, RawStep};
 use secrets::{is_secret_key, world_readable};
 
 const REDACTED: &str = "<redacted>";

@@ -21,7 +21,7 @@ impl Core {
         let Some(pool) = self.pool_of(account, kind) else {
             return;
         };
-        let m = self.model_for(account, &k, pool);
+        let m = self.model_for(account, &k, pool, None);
         let lo = pending_seen.map_or(0, |t| self.grid.cell(t - started));
         let hi = final_at.map(|t| self.grid.cell_ceil(t - started).max(lo + 1));
         self.observe(m, started, Evidence { lo, hi });

@@ -393,12 +393,14 @@ impl Core {
     }
 
     /// The model of an account's payments of `kind`, made on its first payment: it starts
-    /// from what every account taught of the kind, not from the ladder's prior.
+    /// from what every account taught of the kind (fitted at `now`, when given), not from
+    /// the ladder's prior.
     pub(super) fn model_for(
         &mut self,
         account: &AccountName,
         kind: &Arc<Kind>,
         pool: PoolId,
+        now: Option<SchedMs>,
     ) -> usize {
         let key = (account.clone(), kind.name.clone());
         if let Some(&m) = self.model_of.get(&key) {
@@ -406,10 +408,11 @@ impl Core {
         }
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let horizon = memory_horizon_ms(self.ladder.timeout_ms(), self.window);
-        let prior = self
-            .pooled
-            .get(&kind.name)
-            .map_or_else(|| self.grid.ladder_prior(), |l| l.current().clone());
+        let prior = match (self.pooled.get_mut(&kind.name), now) {
+            (Some(l), Some(now)) if l.len() > 0 => l.fit(now, std::iter::empty()).clone(),
+            (Some(l), _) => l.current().clone(),
+            (None, _) => self.grid.ladder_prior(),
+        };
         let mut learner = Learner::new(self.grid.ladder_prior(), horizon);
         learner.set_prior(prior.clone());
         let m = self.models.len();

@@ -32,7 +32,7 @@ impl Core {
             return;
         };
         let id = row.id;
-        let model = self.model_for(&row.account, &kind, pool);
+        let model = self.model_for(&row.account, &kind, pool, Some(now));
         if !resumed {
             self.models[model].arrivals.push_back(now);
         }

@@ -1,5 +1,6 @@
 //! Tests of the core on simulated time: a driver answers its requests.
 
+mod accounts;
 mod errors;
 mod property;
 

@@ -1,0 +1,145 @@
+//! Accounts in the core: each payment goes out on its own account's key, an unknown
+//! account's payment is not polled, and flip ages are learnt per account, from the kind's
+//! estimate across accounts while an account's own evidence is scarce.
+
+use super::*;
+use crate::config::RawAccount;
+
+fn two_accounts() -> (Core, Arc<Kind>) {
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k-default".into());
+    raw.reconcile.after = Some(Vec::new());
+    raw.accounts.insert(
+        "shop2".into(),
+        RawAccount {
+            api_key: Some("k-shop2".into()),
+            budget_requests: Some(500),
+            ..RawAccount::default()
+        },
+    );
+    let cfg = Config::from_raw(raw).unwrap();
+    let kind = cfg.kinds["p2p"].clone();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    (Core::new(cc, SchedMs(0)), kind)
+}
+
+fn of(account: &str, pk: i64) -> Tracked {
+    Tracked {
+        account: AccountName::parse(account).unwrap(),
+        ..row(pk, 0, 20_000)
+    }
+}
+
+fn shop2() -> AccountName {
+    AccountName::parse("shop2").unwrap()
+}
+
+fn p2p() -> KindName {
+    KindName::parse("p2p").unwrap()
+}
+
+#[test]
+fn each_payment_goes_out_on_its_own_account_s_key_with_its_own_budget() {
+    let (mut core, kind) = two_accounts();
+    let shop2_pool = core.account_pool[&shop2()];
+    assert_ne!(shop2_pool, PoolId::DEFAULT);
+    assert_eq!(core.pools[shop2_pool].budget.limit(), 500);
+    assert_eq!(core.pools[PoolId::DEFAULT].budget.limit(), 1000);
+    core.track(of("default", 1), SchedMs(0), false);
+    core.track(of("shop2", 2), SchedMs(0), false);
+    let mut pools_of: HashMap<i64, HashSet<PoolId>> = HashMap::new();
+    let mut actions = Vec::new();
+    for now in (0..120_000).step_by(500) {
+        core.poll(SchedMs(now), &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Send(r) => {
+                    for pk in &r.pks {
+                        pools_of.entry(pk.0).or_default().insert(r.pool);
+                    }
+                    core.complete(&Completion {
+                        pool: r.pool,
+                        observations: r
+                            .pks
+                            .iter()
+                            .map(|_| Observation::Status {
+                                raw: "pending".into(),
+                                state: kind.map_status("pending"),
+                                response: json!({}),
+                            })
+                            .collect(),
+                        pks: r.pks,
+                        retry_after_ms: None,
+                        sent_at: r.sent_at,
+                        done_at: SchedMs(now + 100),
+                        ledger: r.ledger,
+                    });
+                }
+                Action::Refill { pool, count, .. } => {
+                    core.refilled(pool, Some((0..count as i64).map(LedgerKey).collect()))
+                }
+                Action::Record(_) => {}
+            }
+        }
+    }
+    assert_eq!(pools_of[&1], HashSet::from([PoolId::DEFAULT]));
+    assert_eq!(pools_of[&2], HashSet::from([shop2_pool]));
+}
+
+#[test]
+fn a_payment_of_an_account_no_longer_configured_is_not_polled() {
+    let (mut core, _) = two_accounts();
+    core.track(of("shop9", 1), SchedMs(0), false);
+    assert_eq!(core.pending(), 0);
+    core.track(of("shop2", 2), SchedMs(0), false);
+    assert_eq!(core.pending(), 1);
+}
+
+/// Feeds `n` finished payments of `account` flipping at `flip_ms` of age.
+fn teach(core: &mut Core, account: &AccountName, flip_ms: i64, n: i64) {
+    for i in 0..n {
+        let started = -3_000_000 + i * 1_000;
+        core.learn(
+            account,
+            &p2p(),
+            SchedMs(started),
+            Some(SchedMs(started + flip_ms - 3_000)),
+            Some(SchedMs(started + flip_ms)),
+        );
+    }
+}
+
+/// The median learnt flip age of an account's model, in ms.
+fn median_ms(core: &Core, account: &AccountName) -> i64 {
+    let m = core.model_of[&(account.clone(), p2p())];
+    core.models[m].plans.dist.quantile(0.5) as i64 * core.grid.unit_ms()
+}
+
+#[test]
+fn a_new_account_starts_from_the_kind_s_estimate_across_accounts() {
+    let (mut core, _) = two_accounts();
+    teach(&mut core, &AccountName::default(), 45_000, 2_000);
+    for i in 0..4 {
+        core.tick(SchedMs(i * 60_000));
+    }
+    let learnt = median_ms(&core, &AccountName::default());
+    assert!((40_000..=50_000).contains(&learnt), "{learnt}");
+    // shop2 has seen nothing yet: its first payment's model starts where the kind is.
+    core.track(of("shop2", 1), SchedMs(240_000), false);
+    let fresh = median_ms(&core, &shop2());
+    assert!((fresh - learnt).abs() <= 3_000, "{fresh} vs {learnt}");
+}
+
+#[test]
+fn two_accounts_with_different_flip_ages_each_learn_their_own() {
+    let (mut core, _) = two_accounts();
+    teach(&mut core, &AccountName::default(), 45_000, 2_000);
+    teach(&mut core, &shop2(), 180_000, 2_000);
+    for i in 0..4 {
+        core.tick(SchedMs(i * 60_000));
+    }
+    let ours = median_ms(&core, &AccountName::default());
+    let theirs = median_ms(&core, &shop2());
+    assert!((40_000..=50_000).contains(&ours), "default {ours}");
+    assert!((170_000..=190_000).contains(&theirs), "shop2 {theirs}");
+}
