@@ -30,7 +30,9 @@ mod sections;
 mod tests;
 mod validate;
 
-pub use raw::{defaults, Raw, RawAccount, RawStep};
+pub use raw::{defaults, Raw, RawStep};
+#[cfg(test)]
+pub(crate) use raw::RawAccount;
 use secrets::{is_secret_key, world_readable};
 
 const REDACTED: &str = "<redacted>";
