@@ -350,6 +350,35 @@ mod tests {
     }
 
     #[test]
+    fn added_changed_and_removed_accounts_are_applied_not_kept() {
+        // Accounts as a file writes them.
+        let accounts = |toml: &str| toml::from_str::<Raw>(toml).expect("accounts").accounts;
+        let account = |name: &str, budget: u32, url: &str| {
+            format!(
+                "[accounts.{name}]\napi_key = \"key-{url}\"\nbudget_requests = {budget}\n\
+                 [accounts.{name}.webhooks]\nurl = \"http://127.0.0.1:9/{url}\"\n\
+                 secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+            )
+        };
+        let before = account("shop2", 1000, "a") + &account("shop3", 1000, "c");
+        let after = account("shop2", 500, "b") + &account("shop4", 1000, "d");
+        let old = config(|r| r.accounts = accounts(&before));
+        let mut new = config(|r| r.accounts = accounts(&after));
+        assert!(keep_restart_only(&old, &mut new).is_empty());
+        let changed = changed_keys(&old.effective, &new.effective);
+        for key in [
+            "accounts.shop2.budget_requests",
+            "accounts.shop2.webhooks.url",
+            "accounts.shop3.budget_requests",
+            "accounts.shop4.budget_requests",
+        ] {
+            assert!(changed.iter().any(|k| k == key), "{key}: {changed:?}");
+        }
+        // Secrets are compared redacted: a key's name may show, never its value.
+        assert!(changed.iter().all(|k| !k.contains("key-")), "{changed:?}");
+    }
+
+    #[test]
     fn every_restart_only_setting_is_kept() {
         // Whatever a restart-only table holds, a reload leaves none of it changed: the
         // typed copy and the list agree.
