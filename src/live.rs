@@ -167,6 +167,7 @@ mod tests {
         let now = now_ms();
         let rows = store
             .insert_payments(&[NewPayment {
+                account: crate::account::AccountName::default_account(),
                 kind: KindName::parse("p2p").expect("kind"),
                 id: PaymentId::parse("held1").expect("id"),
                 started_at: now,
@@ -180,6 +181,7 @@ mod tests {
         let row = &rows[0].0;
         slot.send(Command::Track(PendingRow {
             pk: row.pk,
+            account: row.account.clone(),
             kind: row.kind.clone(),
             id: row.id.clone(),
             upstream_status: None,
