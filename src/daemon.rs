@@ -2,9 +2,11 @@
 //! scheduler and the HTTP server, and stop them all on one cancellation token.
 
 use crate::api::{self, AppState};
-use crate::config::{Config, SocketConfig};
+use crate::config::{Config, SocketConfig, Source};
+use crate::live::{SchedulerSlot, Shared};
 use crate::payment::now_ms;
-use crate::scheduler;
+use crate::reload::Reloader;
+use crate::scheduler::{self, SchedulerHandle};
 use crate::server;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
@@ -89,15 +91,33 @@ impl Drop for SocketFile {
     }
 }
 
-/// What the service manager hands the daemon: where to send notifications, and the
-/// listening socket under socket activation. The default is none of either (not run by
-/// systemd, or in-process as `ninjapoll demo` runs it).
+/// What the service manager hands the daemon: where to send notifications, the listening
+/// socket under socket activation, and SIGHUP with where to read the configuration again.
+/// The default is none of these (not run by systemd, or in-process as `ninjapoll demo`
+/// runs it).
 #[derive(Debug, Default)]
 pub struct ServiceManager {
-    /// `READY=1`, `STOPPING=1`, `STATUS=` and the watchdog.
+    /// `READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=` and the watchdog.
     pub notifier: Notifier,
     /// The socket to serve instead of binding `socket.path`.
     pub listener: Option<std::os::unix::net::UnixListener>,
+    /// Reload the configuration from these sources on each SIGHUP.
+    pub reload: Option<ReloadOn>,
+}
+
+/// A reload on SIGHUP: the signal (installed before start-up, so that an early SIGHUP
+/// waits for the daemon instead of killing it) and the configuration's sources.
+pub struct ReloadOn {
+    pub source: Source,
+    pub hangup: tokio::signal::unix::Signal,
+}
+
+impl std::fmt::Debug for ReloadOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadOn")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceManager {
@@ -106,15 +126,21 @@ impl ServiceManager {
         Ok(Self {
             notifier: Notifier::from_env()?,
             listener: crate::systemd::listen_socket()?,
+            reload: None,
         })
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM, as systemd (if it did) started it.
-pub async fn run(config: Config) -> Result<()> {
+/// Runs the daemon until SIGINT or SIGTERM, as systemd (if it did) started it; SIGHUP
+/// reloads the configuration from `source`.
+pub async fn run(config: Config, source: Source) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
-    run_managed(config, cancel, ServiceManager::from_env()?).await
+    let hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut manager = ServiceManager::from_env()?;
+    manager.reload = Some(ReloadOn { source, hangup });
+    run_managed(config, cancel, manager).await
 }
 
 /// Runs the daemon until `cancel` fires.
@@ -131,15 +157,83 @@ pub async fn run_managed(
     // Whatever way this returns (a start-up step failing included), every task started
     // below is told to stop.
     let _stop_tasks = cancel.clone().drop_guard();
-    let notifier = manager.notifier;
-    {
-        // systemd learns of the stop when it begins, not when the last check has drained.
-        let (notifier, cancel) = (notifier.clone(), cancel.clone());
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            notifier.stopping();
-        });
+    let ServiceManager {
+        notifier,
+        listener,
+        reload,
+    } = manager;
+    announce_stopping(&notifier, &cancel);
+    log_config_warnings(&config);
+    let config = Arc::new(config);
+    let store = open_store(&config).await?;
+    let (listener, address, _socket_file) = take_socket(listener, &config.socket)?;
+    let base = Base {
+        store: store.clone(),
+        telemetry: Arc::new(Telemetry::default()),
+        webhook_wake: Arc::new(Notify::new()),
+        notifier: notifier.clone(),
+        cancel: cancel.clone(),
+    };
+    let (workers, handle) = Workers::start(&config, &base).await?;
+    let state = AppState {
+        store: store.clone(),
+        scheduler: SchedulerSlot::new(handle),
+        config: Shared::new(config.clone()),
+        telemetry: base.telemetry.clone(),
+        webhook_wake: base.webhook_wake.clone(),
+        bodies: Default::default(),
+    };
+    let reloader = Reloader::new(base, workers, &state);
+    let reloader = tokio::spawn(reloader.run(reload));
+    let limits = connection_limits(&config);
+    let metrics_server = match (config.metrics_listen, limits.metrics) {
+        (Some(addr), Some(limits)) => {
+            let app = api::metrics_router(state.clone());
+            Some(serve_metrics(addr, app, limits, cancel.clone()).await?)
+        }
+        _ => None,
+    };
+    tracing::info!(
+        socket = %config.socket.path.display(),
+        database = %config.database_path.display(),
+        max_connections = limits.socket.max_connections,
+        "ninjapoll is running"
+    );
+    let served = serve(
+        listener,
+        &address,
+        api::router(state),
+        limits.socket,
+        &notifier,
+        &cancel,
+    )
+    .await;
+    cancel.cancel();
+    // The reloader stops what runs on the configuration: in-flight checks and deliveries
+    // finish and are recorded.
+    if let Err(e) = reloader.await {
+        tracing::error!(error = %e, "reloader task failed");
     }
+    if let Some(task) = metrics_server {
+        let _ = task.await;
+    }
+    store.close().await;
+    tracing::info!("ninjapoll stopped");
+    served
+}
+
+/// systemd learns of the stop when it begins, not when the last check has drained.
+fn announce_stopping(notifier: &Notifier, cancel: &CancellationToken) {
+    let (notifier, cancel) = (notifier.clone(), cancel.clone());
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        notifier.stopping();
+    });
+}
+
+/// Logs what deserves an operator's attention in a configuration about to be used (at
+/// start and at each reload).
+pub(crate) fn log_config_warnings(config: &Config) {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -149,107 +243,72 @@ pub async fn run_managed(
              accepted and stored, but none is checked until a key is set"
         );
     }
-    let config = Arc::new(config);
-    let store = match Store::open(&config.database_path, config.webhooks.url.clone()).await {
-        Ok(s) => s,
+}
+
+/// Opens the database, saying plainly when another daemon holds it.
+async fn open_store(config: &Config) -> Result<Store> {
+    match Store::open(&config.database_path, config.webhooks.url.clone()).await {
+        Ok(s) => Ok(s),
         Err(StoreError::Locked(p)) => bail!(
             "another ninjapoll is running on this database (lock {} is held)",
             p.display()
         ),
         Err(e @ StoreError::TooNew { .. }) => {
-            return Err(anyhow::Error::new(e)
+            Err(anyhow::Error::new(e)
                 .context(format!("opening {}", config.database_path.display())))
         }
-        Err(StoreError::Other(e)) => return Err(e),
-    };
-    store.set_webhook_urls(webhook_urls(&config));
-    let (listener, address, _socket_file) = match manager.listener {
+        Err(StoreError::Other(e)) => Err(e),
+    }
+}
+
+/// The socket to serve: the one systemd passed, else `socket.path` bound here (and removed
+/// again when the returned guard drops).
+fn take_socket(
+    passed: Option<std::os::unix::net::UnixListener>,
+    cfg: &SocketConfig,
+) -> Result<(
+    UnixListener,
+    std::os::unix::net::SocketAddr,
+    Option<SocketFile>,
+)> {
+    match passed {
         Some(passed) => {
             let address = passed
                 .local_addr()
                 .context("reading the address of the socket systemd passed")?;
-            describe_passed_socket(&address, &config.socket.path);
+            describe_passed_socket(&address, &cfg.path);
             // systemd owns the socket file: it stays when we stop, and connections made
             // meanwhile wait in its queue for the next start.
             let listener =
                 UnixListener::from_std(passed).context("serving the socket systemd passed")?;
-            (listener, address, None)
+            Ok((listener, address, None))
         }
         None => {
-            let listener = bind_socket(&config.socket)?;
-            let address = std::os::unix::net::SocketAddr::from_pathname(&config.socket.path)
-                .with_context(|| format!("socket path {}", config.socket.path.display()))?;
-            (
-                listener,
-                address,
-                Some(SocketFile(config.socket.path.clone())),
-            )
+            let listener = bind_socket(cfg)?;
+            let address = std::os::unix::net::SocketAddr::from_pathname(&cfg.path)
+                .with_context(|| format!("socket path {}", cfg.path.display()))?;
+            Ok((listener, address, Some(SocketFile(cfg.path.clone()))))
         }
-    };
-    let telemetry = Arc::new(Telemetry::default());
-    let webhook_wake = Arc::new(Notify::new());
-    // Delivers what the outbox holds, events left by a previous run included.
-    let webhook_worker = crate::webhooks::spawn(
-        &config.webhooks,
-        &config.accounts,
-        store.clone(),
-        telemetry.clone(),
-        webhook_wake.clone(),
-        cancel.clone(),
-    )?;
-    let (handle, scheduler_task) = scheduler::spawn(
-        &config,
-        store.clone(),
-        telemetry.clone(),
-        webhook_wake.clone(),
-        cancel.clone(),
-        notifier.clone(),
-    )
-    .await?;
-    let maintenance = tokio::spawn(maintain(
-        store.clone(),
-        config.ninjapay.budget_window,
-        telemetry.clone(),
-        cancel.clone(),
-    ));
-    let retention = tokio::spawn(crate::retention::run(
-        store.clone(),
-        crate::retention::Retention::of(&config),
-        telemetry.clone(),
-        cancel.clone(),
-    ));
-    let state = AppState {
-        store: store.clone(),
-        scheduler: handle,
-        config: config.clone(),
-        telemetry,
-        webhook_wake,
-        bodies: Default::default(),
-    };
+    }
+}
+
+/// The bounds of the socket's server and of the metrics listener (if configured).
+struct ConnectionLimits {
+    socket: server::Limits,
+    metrics: Option<server::Limits>,
+}
+
+/// Splits the connections the open-files limit allows between the socket and the metrics
+/// listener, whose connections come out of the same bound so that together they leave
+/// the descriptor reserve free.
+fn connection_limits(config: &Config) -> ConnectionLimits {
     let nofile = server::open_files_limit();
     let bound = server::effective_max_connections(config.socket.max_connections, nofile);
-    // The metrics listener's connections come out of the same bound, so that together
-    // they leave the descriptor reserve free.
     let metrics_max = match config.metrics_listen {
         Some(_) => server::METRICS_MAX_CONNECTIONS.min(bound / 4).max(1),
         None => 0,
     };
     let max_connections = bound.saturating_sub(metrics_max).max(1);
-    let metrics_server = match config.metrics_listen {
-        Some(addr) => {
-            let limits = server::Limits {
-                max_connections: metrics_max,
-                header_timeout: config.socket.header_timeout,
-                request_timeout: config.socket.request_timeout,
-                allowed_uids: Vec::new(),
-                allowed_gids: Vec::new(),
-            };
-            let app = api::metrics_router(state.clone());
-            Some(serve_metrics(addr, app, limits, cancel.clone()).await?)
-        }
-        None => None,
-    };
-    let app = api::router(state);
     if bound < config.socket.max_connections {
         tracing::warn!(
             configured = config.socket.max_connections,
@@ -258,19 +317,35 @@ pub async fn run_managed(
             "socket.max_connections lowered to leave file descriptors for checks and webhooks"
         );
     }
-    let limits = server::Limits {
+    let limits = |max_connections, allowed_uids, allowed_gids| server::Limits {
         max_connections,
         header_timeout: config.socket.header_timeout,
         request_timeout: config.socket.request_timeout,
-        allowed_uids: config.socket.allowed_uids.clone(),
-        allowed_gids: config.socket.allowed_gids.clone(),
+        allowed_uids,
+        allowed_gids,
     };
-    tracing::info!(
-        socket = %config.socket.path.display(),
-        database = %config.database_path.display(),
-        max_connections,
-        "ninjapoll is running"
-    );
+    ConnectionLimits {
+        socket: limits(
+            max_connections,
+            config.socket.allowed_uids.clone(),
+            config.socket.allowed_gids.clone(),
+        ),
+        metrics: config
+            .metrics_listen
+            .map(|_| limits(metrics_max, Vec::new(), Vec::new())),
+    }
+}
+
+/// Serves the socket until `cancel` fires, and tells systemd READY=1 once a request on it
+/// gets an HTTP answer.
+async fn serve(
+    listener: UnixListener,
+    address: &std::os::unix::net::SocketAddr,
+    app: axum::Router,
+    limits: server::Limits,
+    notifier: &Notifier,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let served = async {
         server::serve(listener, app, limits, cancel.clone()).await;
         Ok::<(), anyhow::Error>(())
@@ -281,7 +356,7 @@ pub async fn run_managed(
         if !notifier.enabled() {
             return Ok(());
         }
-        match probe(&address).await {
+        match probe(address).await {
             Ok(()) => {
                 notifier.ready();
                 Ok(())
@@ -297,22 +372,98 @@ pub async fn run_managed(
         }
     };
     let (served, ready) = tokio::join!(served, ready);
-    let served = served.and(ready);
-    cancel.cancel();
-    if let Err(e) = scheduler_task.await {
-        tracing::error!(error = %e, "scheduler task failed");
+    served.and(ready)
+}
+
+/// What the workers share, and keep, across reloads.
+pub(crate) struct Base {
+    pub store: Store,
+    pub telemetry: Arc<Telemetry>,
+    /// Wakes the webhook worker (an event was queued or replayed).
+    pub webhook_wake: Arc<Notify>,
+    pub notifier: Notifier,
+    /// The daemon's token: each generation of workers stops on a child of it.
+    pub cancel: CancellationToken,
+}
+
+/// What runs on the configuration, started from it and stopped together: the scheduler
+/// (with its recorder and ledger writer), the webhook worker, ledger maintenance and
+/// retention. A reload stops one generation and starts the next.
+pub(crate) struct Workers {
+    cancel: CancellationToken,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl Workers {
+    /// Starts the workers on `config`, each resuming from the database (the scheduler
+    /// reads its ledger, learning, pending and watched payments; the webhook worker the
+    /// outbox). Returns them with the scheduler's handle for the API.
+    pub async fn start(config: &Config, base: &Base) -> Result<(Self, SchedulerHandle)> {
+        let cancel = base.cancel.child_token();
+        // Each account's event URL for payments without a callback is this configuration's
+        // (pending events included): set before anything queues or delivers one.
+        base.store.set_webhook_urls(webhook_urls(config));
+        let store = base.store.clone();
+        let mut workers = Workers {
+            cancel: cancel.clone(),
+            tasks: Vec::new(),
+        };
+        // Delivers what the outbox holds, events left by a previous run included.
+        let webhooks = crate::webhooks::spawn(
+            &config.webhooks,
+            &config.accounts,
+            store.clone(),
+            base.telemetry.clone(),
+            base.webhook_wake.clone(),
+            cancel.clone(),
+        )?;
+        workers.tasks.push(("webhook worker", webhooks));
+        let scheduler = scheduler::spawn(
+            config,
+            store.clone(),
+            base.telemetry.clone(),
+            base.webhook_wake.clone(),
+            cancel.clone(),
+            base.notifier.clone(),
+        )
+        .await;
+        let (handle, task) = match scheduler {
+            Ok(started) => started,
+            Err(e) => {
+                workers.stop().await;
+                return Err(e);
+            }
+        };
+        workers.tasks.push(("scheduler", task));
+        let maintenance = maintain(
+            store.clone(),
+            config.ninjapay.budget_window,
+            base.telemetry.clone(),
+            cancel.clone(),
+        );
+        workers
+            .tasks
+            .push(("maintenance", tokio::spawn(maintenance)));
+        let retention = crate::retention::run(
+            store,
+            crate::retention::Retention::of(config),
+            base.telemetry.clone(),
+            cancel,
+        );
+        workers.tasks.push(("retention", tokio::spawn(retention)));
+        Ok((workers, handle))
     }
-    if let Err(e) = webhook_worker.await {
-        tracing::error!(error = %e, "webhook worker failed");
+
+    /// Stops them and waits until they have: checks and deliveries in flight finish and
+    /// are recorded, what did not start stays due in the database.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for (name, task) in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, task = name, "task failed");
+            }
+        }
     }
-    let _ = maintenance.await;
-    let _ = retention.await;
-    if let Some(task) = metrics_server {
-        let _ = task.await;
-    }
-    store.close().await;
-    tracing::info!("ninjapoll stopped");
-    served
 }
 
 /// Says which socket is served under socket activation, and warns when clients that read

@@ -516,6 +516,7 @@ mod tests {
                 keep_finished_ms: Some(90 * 86_400_000),
                 keep_delivered_ms: None,
             },
+            reload: None,
         }
     }
 

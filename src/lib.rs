@@ -35,7 +35,9 @@ mod daemon;
 #[cfg(feature = "demo")]
 mod demo;
 mod health_view;
+mod live;
 mod logging;
+mod reload;
 mod retention;
 mod scheduler;
 mod server;

@@ -140,6 +140,15 @@ impl Notifier {
         self.notify("READY=1");
     }
 
+    /// `RELOADING=1` with `MONOTONIC_USEC=`: a reload (SIGHUP) began; [`Notifier::ready`]
+    /// ends it. systemd (`Type=notify`) needs the time to tell this reload's message from
+    /// an earlier one.
+    pub fn reloading(&self) {
+        if let Some(usec) = monotonic_usec() {
+            self.notify(&reloading_message(usec));
+        }
+    }
+
     /// `STOPPING=1`: shutting down.
     pub fn stopping(&self) {
         self.notify("STOPPING=1");
@@ -157,6 +166,26 @@ impl Notifier {
             self.notify("WATCHDOG=1");
         }
     }
+}
+
+/// The notification that starts a reload, at `usec` on `CLOCK_MONOTONIC`.
+pub fn reloading_message(usec: u64) -> String {
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, the clock `MONOTONIC_USEC=` is read on.
+fn monotonic_usec() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let micros = u64::try_from(ts.tv_nsec).ok()? / 1_000;
+    secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
 /// Feeds the watchdog from a loop: the loop calls [`Watchdog::turned`] whenever it turns
@@ -312,6 +341,17 @@ mod tests {
         assert!(ping_due(None, t, i));
         assert!(!ping_due(Some(t), t + Duration::from_millis(199), i));
         assert!(ping_due(Some(t), t + Duration::from_millis(200), i));
+    }
+
+    #[test]
+    fn a_reload_is_announced_with_the_monotonic_clock() {
+        assert_eq!(
+            reloading_message(1_234_567),
+            "RELOADING=1\nMONOTONIC_USEC=1234567"
+        );
+        let a = monotonic_usec().expect("CLOCK_MONOTONIC");
+        let b = monotonic_usec().expect("CLOCK_MONOTONIC");
+        assert!(a > 0 && b >= a);
     }
 
     #[test]

@@ -154,6 +154,14 @@ pub struct Telemetry {
     late_moves: Family<PoolKindLabels, Counter>,
     late_checks: Family<LateCheckLabels, Counter>,
     accounts: AccountMetrics,
+    config_reloads: Family<ResultLabel, Counter>,
+    /// The last reload, for `/v1/health`.
+    last_reload: Mutex<Option<crate::wire::ReloadHealth>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 impl Default for Telemetry {
@@ -196,12 +204,22 @@ impl Default for Telemetry {
             watched: Family::default(),
             late_moves: Family::default(),
             late_checks: Family::default(),
+            config_reloads: Family::default(),
+            last_reload: Mutex::new(None),
         };
         // Series that should read 0 rather than be absent before their first event.
         for operation in DATABASE_OPERATIONS {
             let _ = t
                 .database_errors
                 .get_or_create(&OperationLabel { operation });
+        }
+        for result in [
+            crate::wire::ReloadResult::Applied,
+            crate::wire::ReloadResult::Refused,
+        ] {
+            let _ = t.config_reloads.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            });
         }
         for outcome in WebhookOutcome::ALL {
             let _ = t.webhook_attempts.get_or_create(&OutcomeLabel {
@@ -495,12 +513,34 @@ impl Telemetry {
             "Rows deleted by retention, by table",
             self.retention_deleted.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by result: applied, or refused (invalid; the running configuration stayed)",
+            self.config_reloads.clone(),
+        );
         r.register_with_unit(
             "retention_batch",
             "How long one retention batch held the database writer",
             Unit::Seconds,
             self.retention_batch.clone(),
         );
+    }
+}
+
+impl Telemetry {
+    /// Counts a configuration reload and keeps it for `/v1/health`.
+    pub fn config_reload(&self, reload: crate::wire::ReloadHealth) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: reload.result.as_str(),
+            })
+            .inc();
+        *lock(&self.last_reload) = Some(reload);
+    }
+
+    /// The last configuration reload, if any.
+    pub fn last_reload(&self) -> Option<crate::wire::ReloadHealth> {
+        lock(&self.last_reload).clone()
     }
 }
 

@@ -308,6 +308,43 @@ pub struct Health {
     /// Webhook events by state.
     pub webhooks: BTreeMap<String, i64>,
     pub database: DatabaseHealth,
+    /// The last configuration reload (SIGHUP), if there was one since the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadHealth>,
+}
+
+/// How the last configuration reload went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadHealth {
+    pub result: ReloadResult,
+    pub at: Timestamp,
+    /// Why it was refused: the line `ninjapoll check-config` prints for the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Settings that changed but only take effect at the next start (kept at their old
+    /// values meanwhile).
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+}
+
+/// `result` of [`ReloadHealth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadResult {
+    /// The new configuration is in force.
+    Applied,
+    /// The new configuration was invalid; the running one stayed.
+    Refused,
+}
+
+impl ReloadResult {
+    /// The value of the `result` label of `ninjapoll_config_reloads_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+        }
+    }
 }
 
 /// `status` of [`Health`].

@@ -6,6 +6,7 @@ use super::{
 };
 use crate::account::AccountName;
 use crate::callback::CallbackRefusal;
+use crate::config::Config;
 use crate::kinds::KindName;
 use crate::payment::{now_ms, PaymentId, PaymentKey, WallMs};
 use crate::scheduler::Command;
@@ -99,9 +100,11 @@ pub fn parse_started_at(v: &Value, now: WallMs) -> Result<WallMs, ApiError> {
 
 /// Validates one enqueue request into a payment to insert.
 fn validate(st: &AppState, req: EnqueueRequest, now: WallMs) -> Result<NewPayment, ApiError> {
-    let account = configured_account(st, req.account.as_deref())?;
-    let kind = configured_kind(st, &req.kind).ok_or_else(|| {
-        let known: Vec<&str> = st.config.kinds.keys().map(|k| k.as_str()).collect();
+    // One configuration for the whole request, whatever a reload does meanwhile.
+    let config = st.config.get();
+    let account = configured_account(&config, req.account.as_deref())?;
+    let kind = configured_kind(&config, &req.kind).ok_or_else(|| {
+        let known: Vec<&str> = config.kinds.keys().map(|k| k.as_str()).collect();
         ApiError::new(
             ErrorCode::UnknownKind,
             format!(
@@ -118,13 +121,14 @@ fn validate(st: &AppState, req: EnqueueRequest, now: WallMs) -> Result<NewPaymen
         Some(v) => parse_started_at(v, now)?,
     };
     if let Some(url) = &req.callback_url {
-        crate::callback::check_callback(&st.config.webhooks.allowed_callback_prefixes, url)
-            .map_err(|e| match e {
+        crate::callback::check_callback(&config.webhooks.allowed_callback_prefixes, url).map_err(
+            |e| match e {
                 CallbackRefusal::Invalid(m) => ApiError::new(ErrorCode::InvalidCallbackUrl, m),
                 CallbackRefusal::NotAllowed(m) => {
                     ApiError::new(ErrorCode::CallbackUrlNotAllowed, m)
                 }
-            })?;
+            },
+        )?;
     }
     let metadata = match req.metadata {
         None | Some(Value::Null) => None,
@@ -138,7 +142,7 @@ fn validate(st: &AppState, req: EnqueueRequest, now: WallMs) -> Result<NewPaymen
             Some(m)
         }
     };
-    let (jitter_ms, next_check_at) = st.config.ladder.first_check(started_at);
+    let (jitter_ms, next_check_at) = config.ladder.first_check(started_at);
     Ok(NewPayment {
         account,
         kind,
@@ -390,20 +394,20 @@ pub async fn enqueue_batch(
 
 /// A kind name from outside, parsed, if it is configured: a name that does not parse is
 /// no configured kind either, and is answered the same way.
-fn configured_kind(st: &AppState, kind: &str) -> Option<KindName> {
+fn configured_kind(config: &Config, kind: &str) -> Option<KindName> {
     KindName::parse(kind)
         .ok()
-        .filter(|k| st.config.kinds.contains_key(k))
+        .filter(|k| config.kinds.contains_key(k))
 }
 
 /// The account a request names (`default` when it names none), if it is configured.
-fn configured_account(st: &AppState, account: Option<&str>) -> Result<AccountName, ApiError> {
+fn configured_account(config: &Config, account: Option<&str>) -> Result<AccountName, ApiError> {
     let name = account.unwrap_or(AccountName::DEFAULT);
     AccountName::parse(name)
         .ok()
-        .filter(|a| st.config.accounts.contains_key(a))
+        .filter(|a| config.accounts.contains_key(a))
         .ok_or_else(|| {
-            let known: Vec<&str> = st.config.accounts.keys().map(|a| a.as_str()).collect();
+            let known: Vec<&str> = config.accounts.keys().map(|a| a.as_str()).collect();
             ApiError::new(
                 ErrorCode::UnknownAccount,
                 format!(
@@ -419,8 +423,9 @@ fn unknown_kind(kind: &str) -> ApiError {
 }
 
 fn check_path(st: &AppState, account: &str, kind: &str, id: &str) -> Result<(), ApiError> {
-    configured_account(st, Some(account))?;
-    configured_kind(st, kind).ok_or_else(|| unknown_kind(kind))?;
+    let config = st.config.get();
+    configured_account(&config, Some(account))?;
+    configured_kind(&config, kind).ok_or_else(|| unknown_kind(kind))?;
     PaymentId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("id: {e}")))?;
     Ok(())
 }
@@ -502,11 +507,11 @@ pub async fn list(
     };
     let kind = match q.kind.as_deref() {
         None => None,
-        Some(k) => Some(configured_kind(&st, k).ok_or_else(|| unknown_kind(k))?),
+        Some(k) => Some(configured_kind(&st.config.get(), k).ok_or_else(|| unknown_kind(k))?),
     };
     let account = match q.account.as_deref() {
         None => None,
-        Some(a) => Some(configured_account(&st, Some(a))?),
+        Some(a) => Some(configured_account(&st.config.get(), Some(a))?),
     };
     let (limit, after_pk) = super::page(q.limit, q.cursor.as_deref())?;
     // One more than asked tells whether another page exists without a second query.
@@ -581,8 +586,9 @@ pub async fn recheck(
             };
             // After its ladder a payment that may still move (timed out, or a state its
             // kind documents a move from) is checked again on the merchant's word.
-            let movable = configured_kind(&st, &kind)
-                .and_then(|k| st.config.kinds.get(&k).cloned())
+            let config = st.config.get();
+            let movable = configured_kind(&config, &kind)
+                .and_then(|k| config.kinds.get(&k).cloned())
                 .is_some_and(|k| k.may_move(row.state));
             let rewatched = if movable {
                 st.store

@@ -10,8 +10,8 @@ mod webhooks;
 pub use self::error::{ApiError, ErrorCode};
 
 use crate::config::Config;
+use crate::live::{SchedulerSlot, Shared};
 use crate::payment::WallMs;
-use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::wire::{
@@ -53,10 +53,12 @@ impl Default for BodyBudget {
 pub struct AppState {
     /// The database.
     pub store: Store,
-    /// Where new, cancelled and rechecked payments are announced.
-    pub scheduler: SchedulerHandle,
-    /// The validated configuration (kinds, callback prefixes).
-    pub config: Arc<Config>,
+    /// Where new, cancelled and rechecked payments are announced (the running scheduler,
+    /// replaced by a reload).
+    pub scheduler: SchedulerSlot,
+    /// The validated configuration (kinds, callback prefixes), replaced whole by a reload:
+    /// a handler takes it once and keeps that one.
+    pub config: Shared<Config>,
     /// Counters for `/v1/health` and `/metrics`.
     pub telemetry: Arc<Telemetry>,
     /// Wakes the webhook worker (a replayed event is due now).
@@ -389,8 +391,9 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     let published = st.scheduler.status();
     let now = crate::payment::now_ms();
     let db = st.store.write_status();
+    let config = st.config.get();
     let (problems, unpolled) =
-        health_problems(&st.config, &published, &pending_kinds, &webhooks, &db, now);
+        health_problems(&config, &published, &pending_kinds, &webhooks, &db, now);
     let budget = published
         .pools
         .iter()
@@ -435,7 +438,7 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
         })
         .collect();
     let healthy = problems.is_empty();
-    let retention = crate::retention::Retention::of(&st.config);
+    let retention = crate::retention::Retention::of(&config);
     Ok(Json(Health {
         status: if healthy {
             HealthStatus::Ok
@@ -468,10 +471,11 @@ async fn health(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
         database: DatabaseHealth {
             writes_failing: db.failing_since.is_some(),
             write_errors: db.failures_total,
-            size_bytes: database_size(&st.config.database_path).await,
+            size_bytes: database_size(&config.database_path).await,
             keep_finished_ms: retention.keep_finished.map(duration_ms),
             keep_delivered_ms: retention.keep_delivered.map(duration_ms),
         },
+        reload: st.telemetry.last_reload(),
     }))
 }
 

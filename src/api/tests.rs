@@ -62,8 +62,8 @@ async fn harness() -> Harness {
     .expect("scheduler");
     let app = router(AppState {
         store: store.clone(),
-        scheduler: handle,
-        config,
+        scheduler: crate::live::SchedulerSlot::new(handle),
+        config: crate::live::Shared::new(config),
         telemetry,
         webhook_wake: Arc::new(Notify::new()),
         bodies: Default::default(),

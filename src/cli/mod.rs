@@ -38,6 +38,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A refused configuration as `main` prints it (`error: ` and the one line).
+fn refused(e: config::ConfigError) -> anyhow::Error {
+    anyhow::anyhow!(config::refusal_message(&e))
+}
+
 pub(super) fn load_config(explicit: Option<&Path>) -> Result<Config> {
     let file = config::locate(explicit)?;
     Ok(Config::load(file.as_deref())?)
@@ -46,20 +51,24 @@ pub(super) fn load_config(explicit: Option<&Path>) -> Result<Config> {
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Run => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let source = config::Source::locate(cli.config.as_deref()).map_err(refused)?;
+            let cfg = source.load().map_err(refused)?;
             crate::logging::init(&cfg.log);
-            daemon::run(cfg).await?;
+            daemon::run(cfg, source).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let file = config::locate(cli.config.as_deref())?;
-            let cfg = Config::load(file.as_deref())?;
+            // The same reading and the same message as `run` and a reload (SIGHUP).
+            let source = config::Source::locate(cli.config.as_deref()).map_err(refused)?;
+            let cfg = source.load().map_err(refused)?;
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
             println!(
                 "configuration OK ({})",
-                file.map(|f| f.display().to_string())
+                source
+                    .file()
+                    .map(|f| f.display().to_string())
                     .unwrap_or_else(|| "built-in defaults and environment".into())
             );
             let shown = cfg

@@ -30,9 +30,9 @@ mod sections;
 mod tests;
 mod validate;
 
-pub use raw::{defaults, Raw, RawStep};
 #[cfg(test)]
 pub(crate) use raw::RawAccount;
+pub use raw::{defaults, Raw, RawStep};
 use secrets::{is_secret_key, world_readable};
 
 const REDACTED: &str = "<redacted>";
@@ -192,6 +192,50 @@ pub fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     }
     let system = Path::new("/etc/ninjapoll/ninjapoll.toml");
     Ok(system.exists().then(|| system.to_path_buf()))
+}
+
+/// Where `run` reads its configuration: the file found at start (by [`locate`]) and the
+/// environment. A reload reads the same file again, even if another one has appeared
+/// where `locate` looks since.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    file: Option<PathBuf>,
+}
+
+impl Source {
+    /// The sources `--config` (or `NINJAPOLL_CONFIG`, or the system path) names.
+    pub fn locate(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            file: locate(explicit)?,
+        })
+    }
+
+    /// The file, if any (none: built-in defaults and the environment).
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Reads and validates the configuration, as `check-config` does with the same file:
+    /// a file gone since the start is refused as `--config` naming a missing file is.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match &self.file {
+            Some(f) if !f.exists() => Err(ConfigError::Missing(f.clone())),
+            file => Config::load(file.as_deref()),
+        }
+    }
+}
+
+/// Why a configuration is refused, as one line: what `check-config` prints after
+/// `error: `, and what a refused reload logs. The error and its causes, `: `-separated.
+pub fn refusal_message(e: &ConfigError) -> String {
+    let mut line = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }
 
 impl Config {

@@ -14,6 +14,7 @@ mod metrics;
 mod operations;
 mod provider;
 mod reconcile;
+mod reload;
 mod retention;
 mod systemd;
 mod upgrades;
