@@ -290,6 +290,7 @@ impl Core {
         let model = &mut self.models[e.model];
         model.learner.observe(e.t0, evidence);
         model.fresh += 1;
+        model.unfit = true;
         out.finished.push((e.pk, d.state, done.sent_at));
         if d.state == State::TimedOut {
             tracing::info!(kind = %e.kind.name, id = %e.id, "payment timed out");

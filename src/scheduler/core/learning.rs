@@ -20,6 +20,7 @@ impl Core {
         let lo = pending_seen.map_or(0, |t| self.grid.cell(t - started));
         let hi = final_at.map(|t| self.grid.cell_ceil(t - started).max(lo + 1));
         self.models[m].learner.observe(started, Evidence { lo, hi });
+        self.models[m].unfit = true;
     }
 
     /// Fixes a kind's flip distribution instead of learning it (the simulator's oracle,
@@ -102,9 +103,13 @@ impl Core {
                 })
                 .collect();
             let model = &mut self.models[m];
-            if model.fixed {
+            // An idle kind (nothing learnt since its last fit, no payment held) keeps its
+            // estimate: a fit would only age its evidence, and the plans it gives would
+            // wait for the next payment, whose own fit comes within the refit interval.
+            if model.fixed || (!model.unfit && pending.is_empty()) {
                 continue;
             }
+            model.unfit = false;
             let before = model.plans.dist.clone();
             let dist = model.learner.fit(now, pending.into_iter()).clone();
             let moved = (0..=self.grid.cells())

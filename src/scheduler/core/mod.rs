@@ -150,6 +150,9 @@ struct Model {
     arrivals: VecDeque<UnixMs>,
     /// Payments of this kind that finished, since the plans were solved.
     fresh: usize,
+    /// Evidence learnt since the last fit (a kind with none and no payment held has
+    /// nothing to fit again).
+    unfit: bool,
     /// The distribution is given, not learnt.
     fixed: bool,
 }
@@ -315,6 +318,7 @@ impl Core {
                 plans: Plans::new(&grid, prior, window_cells),
                 arrivals: VecDeque::new(),
                 fresh: 0,
+                unfit: true,
                 fixed: false,
             });
         }
