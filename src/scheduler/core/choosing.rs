@@ -87,9 +87,8 @@ impl Core {
     /// Sends one check of a payment under reconciliation of pool `p`, if one is due: with
     /// `spare` false, a merchant's recheck (within the rechecks' share, as for live ones);
     /// with `spare` true, the earliest due planned check, and only from what the live
-    /// payments leave of the budget: room beyond what their pace may rise by within a
-    /// window ([`spare_keep`]) and every live check due within the time a check may go
-    /// late and stay on plan.
+    /// payments leave of the budget: room beyond a fiftieth of it (their spurts) and every
+    /// live check due within the time a check may go late and stay on plan.
     pub(super) fn send_watched(
         &mut self,
         p: PoolId,
@@ -106,13 +105,13 @@ impl Core {
             }
             // Over the next window the live payments must still find room as the window's
             // requests expire: for their checks due within the on-plan lateness, each as it
-            // comes due, and for their pace of the last window all along, with room for
-            // that pace to rise as it lately did.
+            // comes due, and for their pace of the last window all along, with a fiftieth
+            // of the budget to spare.
             let window = self.window;
             forget_older(&mut self.pools[p].live_sent, window, now);
             let pace = self.pools[p].live_sent.len() as f64;
             let limit = self.pools[p].budget.effective_limit();
-            let keep = spare_keep(limit, self.pools[p].swing);
+            let keep = limit / BACKLOG_LEAVES_DIVISOR;
             // What the look ahead asks first and last, before it looks at the live checks
             // due: room now, and room for the pace once the window's requests expire.
             if !self.pools[p].budget.has_room_beyond(now, keep)

@@ -27,7 +27,6 @@ mod tracking;
 #[cfg(test)]
 mod tests;
 
-use self::pricing::spare_keep;
 use super::decide::{decide, Decision};
 use super::late::{LatePolicy, Watch, WatchStart};
 use crate::budget::{BacklogShare, Budget};
@@ -76,16 +75,6 @@ const RECHECK_SHARE: f64 = 0.1;
 /// late and joins the backlog. A fiftieth absorbs those spurts; more would only drain
 /// the backlog slower.
 const BACKLOG_LEAVES_DIVISOR: u32 = 50;
-
-/// Windows over which the live pace's rises are remembered for [`spare_keep`]: an hour,
-/// long enough to have met the stream's usual spurts, short enough to follow its rate.
-const SWING_WINDOWS: i64 = 6;
-
-/// The share of the live pace's recent swing the late requests leave to the live
-/// payments (see [`spare_keep`]): all of it stops most late checks while payments arrive
-/// on a busy key; half keeps the live payments' delay as it is without them and leaves
-/// the late checks most of their share.
-const SWING_SHARE: f64 = 0.5;
 
 /// A due check this many windows late outranks every other in the backlog (earliest due
 /// first), so none waits for ever behind worthier ones.
@@ -185,11 +174,6 @@ struct Pool {
     /// The live payments' requests of the last window: the pace reconciliation leaves room
     /// for.
     live_sent: VecDeque<UnixMs>,
-    /// The live payments' pace sampled every tenth of a window over the last
-    /// [`SWING_WINDOWS`], and the most it rose within a window there (see
-    /// [`spare_keep`]).
-    paces: VecDeque<(UnixMs, u32)>,
-    swing: u32,
     backlog_since: Option<UnixMs>,
     /// More checks are due than the budget sends in half a window, and the budget is
     /// spent (set every tick).
@@ -228,8 +212,6 @@ impl Pool {
             recent_sent: VecDeque::new(),
             backlog_sent: VecDeque::new(),
             live_sent: VecDeque::new(),
-            paces: VecDeque::new(),
-            swing: 0,
             backlog_since: None,
             piled: false,
             on_plan: false,

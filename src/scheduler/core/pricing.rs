@@ -19,7 +19,6 @@ impl Core {
         for p in self.pools.ids() {
             self.pools[p].budget.recover(now);
             self.set_level(p, now, &arrivals);
-            self.sample_pace(p, now);
         }
         self.unsent
             .extend(self.watch.tick(now).into_iter().map(Outcome::from));
@@ -35,37 +34,15 @@ impl Core {
     }
 
     /// Requests per window the live payments of pool `p` leave for late checks: the
-    /// budget less their pace over the last window and the room kept for their spurts
+    /// budget less their pace over the last window and the share kept for their spurts
     /// (what [`Core::send_watched`]'s rule lets through in a steady state).
     fn late_supply(&mut self, p: PoolId, now: UnixMs) -> f64 {
         let window = self.window;
         let pool = &mut self.pools[p];
         forget_older(&mut pool.live_sent, window, now);
         let limit = pool.budget.effective_limit();
-        let keep = spare_keep(limit, pool.swing);
+        let keep = limit / BACKLOG_LEAVES_DIVISOR;
         f64::from(limit) - f64::from(keep) - pool.live_sent.len() as f64
-    }
-
-    /// Samples pool `p`'s live pace (every tenth of a window) and updates the most it
-    /// rose within a window over the last [`SWING_WINDOWS`].
-    fn sample_pace(&mut self, p: PoolId, now: UnixMs) {
-        let window = self.window;
-        let pool = &mut self.pools[p];
-        if pool
-            .paces
-            .back()
-            .is_some_and(|(t, _)| now - *t < (window / 10).max(1))
-        {
-            return;
-        }
-        forget_older(&mut pool.live_sent, window, now);
-        let pace = u32::try_from(pool.live_sent.len()).unwrap_or(u32::MAX);
-        pool.paces.push_back((now, pace));
-        let span = window.saturating_mul(SWING_WINDOWS);
-        while pool.paces.front().is_some_and(|(t, _)| *t + span <= now) {
-            pool.paces.pop_front();
-        }
-        pool.swing = pace_swing(pool.paces.make_contiguous(), window);
     }
 
     /// Sets pool `p`'s price level from the demand it projects over the next window;
@@ -210,35 +187,6 @@ impl Core {
         // Every plan is queued again, by its new due time.
         self.pools[p].ready.clear();
     }
-}
-
-/// The room the late requests leave the live payments beyond their pace of the last
-/// window: a fiftieth of the budget, or [`SWING_SHARE`] of the most their pace rose within
-/// a window lately (`swing`), if more, and never more than half the budget. The spare
-/// rule projects the live payments' next window from their last; a late request holds
-/// its room for a window, so what it takes from them is what that projection misses: how
-/// much more the next window brings than the last.
-pub(super) fn spare_keep(limit: u32, swing: u32) -> u32 {
-    let swing = (f64::from(swing) * SWING_SHARE) as u32;
-    (limit / BACKLOG_LEAVES_DIVISOR).max(swing.min(limit / 2))
-}
-
-/// The most a pace sampled at `paces` (`(when, requests over the window before)`, oldest
-/// first) rose within a window: the largest rise from any sample to one at most a window
-/// later.
-pub(super) fn pace_swing(paces: &[(UnixMs, u32)], window: i64) -> u32 {
-    let mut swing = 0;
-    for (j, &(t, pace)) in paces.iter().enumerate() {
-        let low = paces[..j]
-            .iter()
-            .rev()
-            .take_while(|(s, _)| t - *s <= window)
-            .map(|&(_, p)| p)
-            .min()
-            .unwrap_or(pace);
-        swing = swing.max(pace.saturating_sub(low));
-    }
-    swing
 }
 
 /// A key's price level and what it was judged by.

@@ -538,36 +538,3 @@ fn unknown_statuses_remembered_are_bounded() {
     }
     assert_eq!(core.unknown_logged.len(), MAX_UNKNOWN_LOGGED);
 }
-
-#[test]
-fn the_live_pace_s_swing_is_its_largest_rise_within_a_window() {
-    let window = 600_000;
-    let at = |i: i64| i * window / 10;
-    // A pace that falls, then rises by 40 within a window (600 → 640) and by 50 over a
-    // window and a fifth (600 → 650): only the rise within a window counts.
-    let paces: Vec<(UnixMs, u32)> = [
-        640, 600, 610, 620, 630, 630, 630, 630, 630, 630, 630, 640, 645, 650,
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, p)| (at(i as i64), *p))
-    .collect();
-    assert_eq!(super::pricing::pace_swing(&paces, window), 40);
-    assert_eq!(super::pricing::pace_swing(&paces[..5], window), 30);
-    // A steady or falling pace never rose.
-    let falling: Vec<(UnixMs, u32)> = (0..20).map(|i| (at(i), 900 - i as u32)).collect();
-    assert_eq!(super::pricing::pace_swing(&falling, window), 0);
-    assert_eq!(super::pricing::pace_swing(&[], window), 0);
-}
-
-#[test]
-fn the_late_requests_leave_the_live_payments_a_fiftieth_or_half_their_swing() {
-    // A fiftieth of the budget at the least: the spurts within a window.
-    assert_eq!(spare_keep(1000, 0), 20);
-    assert_eq!(spare_keep(1000, 40), 20);
-    // A pace that rose more within a window keeps half that rise as room.
-    assert_eq!(spare_keep(1000, 150), 75);
-    // Never more than half the budget: a pace that doubles is a burst, which the
-    // limiter and the backlog handle, not a reason to stop every late check for an hour.
-    assert_eq!(spare_keep(1000, 1800), 500);
-}
