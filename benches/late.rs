@@ -35,7 +35,67 @@ const SCHEDULE_S: [i64; 9] = [
     900, 1800, 3600, 7200, 21_600, 43_200, 86_400, 172_800, 259_200,
 ];
 
+/// A late-flip workload: the live mix and how its unflipped payments move later.
+struct Shape {
+    name: &'static str,
+    live: Mix,
+    late: LateMix,
+    about: &'static str,
+}
+
+/// The workloads `--late-shape` names.
+const SHAPES: [&str; 5] = ["published", "early", "days", "heavy", "mix-b"];
+
+/// The published workload and others the policy was not tuned on.
+fn shape(name: &str) -> Option<Shape> {
+    let name = *SHAPES.iter().find(|s| **s == name)?;
+    let a = LateMix::published();
+    let (live, late, about) = match name {
+        "published" => (
+            Mix::a(),
+            a,
+            "mix A, 1 in 6 of the unflipped approved late, log-uniform 15 min–24 h",
+        ),
+        "early" => (
+            Mix::a(),
+            LateMix {
+                lo_s: 3600.0,
+                hi_s: 10_800.0,
+                ..a
+            },
+            "mix A, 1 in 6 of the unflipped approved late, log-uniform 1–3 h",
+        ),
+        "days" => (
+            Mix::a(),
+            LateMix {
+                lo_s: 129_600.0,
+                hi_s: 259_200.0,
+                ..a
+            },
+            "mix A, 1 in 6 of the unflipped approved late, log-uniform 36–72 h",
+        ),
+        "heavy" => (
+            Mix::a(),
+            LateMix { share: 0.5, ..a },
+            "mix A, half the unflipped approved late, log-uniform 15 min–24 h",
+        ),
+        "mix-b" => (
+            Mix::b(),
+            a,
+            "mix B, 1 in 6 of the unflipped approved late, log-uniform 15 min–24 h",
+        ),
+        _ => return None,
+    };
+    Some(Shape {
+        name,
+        live,
+        late,
+        about,
+    })
+}
+
 struct Args {
+    shape: Shape,
     rates: Vec<f64>,
     seeds: u64,
     warmup_h: i64,
@@ -46,17 +106,21 @@ struct Args {
 
 const HELP: &str = "late: reconciliation on the published late-flip workload
 
-  cargo bench --bench late -- [--rate R]... [--seeds N] [--warmup H] [--measure H] [--tail H] [--detail]
+  cargo bench --bench late -- [--rate R]... [--seeds N] [--warmup H] [--measure H] [--tail H] [--late-shape S] [--detail]
 
   --rate R     payments per second on one key (repeatable; default 0.05 0.1 0.2 0.5 1.0)
   --seeds N    seeds per rate (default 3)
   --warmup H   hours of arrivals before the measured ones (default 100: longer than a watch, the steady state)
   --measure H  hours of measured arrivals (default 2)
   --tail H     hours of arrivals after the measured ones, not measured (default 30: the measured payments' moves and a day's checks after each)
+  --late-shape S  the workload (default published: mix A, 1 in 6 of the unflipped approved
+               late at 15 min–24 h); others: early (late approvals at 1–3 h), days (at
+               36–72 h), heavy (half the unflipped approved late), mix-b (mix B's live flips)
   --detail     a line per seed as well";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
+        shape: shape("published").ok_or("no published shape")?,
         rates: Vec::new(),
         seeds: 3,
         warmup_h: 100,
@@ -95,6 +159,10 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--tail: {e}"))?
             }
+            "--late-shape" => {
+                let name = value("--late-shape")?;
+                a.shape = shape(&name).ok_or(format!("--late-shape: no shape {name:?}"))?
+            }
             "--detail" => a.detail = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -124,7 +192,7 @@ fn scenario(
     policy: LatePolicy,
 ) -> Scenario {
     let mut sc = Scenario::steady(
-        Mix::a(),
+        args.shape.live.clone(),
         rate,
         args.warmup_h * HOUR,
         args.measure_h * HOUR,
@@ -137,10 +205,10 @@ fn scenario(
     sc.phases.push(Phase {
         duration_ms: args.tail_h * HOUR,
         rate,
-        mix: Mix::a(),
+        mix: args.shape.live.clone(),
     });
     sc.late = LateScenario {
-        mix: Some(LateMix::published()),
+        mix: Some(args.shape.late),
         schedule,
         policy,
         measured_until_ms: Some(measured_until),
@@ -205,10 +273,11 @@ fn main() -> ExitCode {
         }
     };
     let schedule: Vec<i64> = SCHEDULE_S.iter().map(|s| s * 1000).collect();
-    let mix = LateMix::published();
+    let mix = args.shape.late;
     println!(
-        "late moves: mix A, {:.1}% of the unflipped approved late (log-uniform 15 min–24 h), schedule 15m…72h, budget 1000/10 min, {} seeds, {} h warm-up + {} h measured + {} h more arrivals",
-        mix.share * 100.0,
+        "late moves ({}): {}; schedule 15m…72h, budget 1000/10 min, {} seeds, {} h warm-up + {} h measured + {} h more arrivals",
+        args.shape.name,
+        args.shape.about,
         args.seeds,
         args.warmup_h,
         args.measure_h,

@@ -101,8 +101,13 @@ const MAX_EVIDENCE: usize = 20_000;
 pub const CHANGE_TEST: f64 = 60.0;
 
 /// Interval-censored evidence as `(lo, hi]` cell indices of the pmf (`hi = n + 1`: after
-/// `lo`, or never); evidence that rules nothing out teaches nothing and is left out.
-fn intervals<'a>(n: usize, evidence: impl Iterator<Item = &'a Evidence>) -> Vec<(usize, usize)> {
+/// `lo`, or never), each interval once with how many payments gave it (the check ages are
+/// few, so thousands of payments fall on a few hundred intervals); evidence that rules
+/// nothing out teaches nothing and is left out.
+fn intervals<'a>(
+    n: usize,
+    evidence: impl Iterator<Item = &'a Evidence>,
+) -> Vec<(usize, usize, f64)> {
     let mut obs: Vec<(usize, usize)> = evidence
         .filter_map(|e| {
             let lo = e.lo.min(n);
@@ -116,13 +121,20 @@ fn intervals<'a>(n: usize, evidence: impl Iterator<Item = &'a Evidence>) -> Vec<
         })
         .collect();
     obs.sort_unstable();
-    obs
+    let mut counted: Vec<(usize, usize, f64)> = Vec::new();
+    for (lo, hi) in obs {
+        match counted.last_mut() {
+            Some((l, h, c)) if *l == lo && *h == hi => *c += 1.0,
+            _ => counted.push((lo, hi, 1.0)),
+        }
+    }
+    counted
 }
 
 /// Log-likelihood of interval-censored evidence under `dist`.
-fn log_likelihood(dist: &FlipDist, obs: &[(usize, usize)]) -> f64 {
+fn log_likelihood(dist: &FlipDist, obs: &[(usize, usize, f64)]) -> f64 {
     obs.iter()
-        .map(|&(lo, hi)| (dist.cdf[hi] - dist.cdf[lo]).max(1e-12).ln())
+        .map(|&(lo, hi, c)| c * (dist.cdf[hi] - dist.cdf[lo]).max(1e-12).ln())
         .sum()
 }
 
@@ -183,10 +195,10 @@ impl Learner {
     }
 
     /// One EM fit (maximum a posteriori with the prior) from `start`.
-    fn em(&self, start: &FlipDist, obs: &[(usize, usize)]) -> FlipDist {
+    fn em(&self, start: &FlipDist, obs: &[(usize, usize, f64)]) -> FlipDist {
         let n = self.n;
         let mut p = start.pmf.clone();
-        let count = obs.len() as f64;
+        let count: f64 = obs.iter().map(|o| o.2).sum();
         let mut weights = vec![0.0f64; n + 3];
         let mut prefix = vec![0.0f64; n + 2];
         for _ in 0..EM_PASSES {
@@ -196,11 +208,11 @@ impl Learner {
                 prefix[i] = acc;
             }
             weights.iter_mut().for_each(|w| *w = 0.0);
-            for &(lo, hi) in obs {
+            for &(lo, hi, c) in obs {
                 let s = prefix[hi] - prefix[lo];
                 if s > 1e-300 {
-                    weights[lo + 1] += 1.0 / s;
-                    weights[hi + 1] -= 1.0 / s;
+                    weights[lo + 1] += c / s;
+                    weights[hi + 1] -= c / s;
                 }
             }
             let mut w = 0.0;
@@ -365,7 +377,7 @@ mod tests {
                 ]
                 .iter()
             ),
-            vec![(10, 11), (10, 11)]
+            vec![(10, 11, 2.0)]
         );
     }
 

@@ -404,12 +404,19 @@ pub async fn spawn(
     let wall = now_ms();
     // Every key's budget (each account's, and each of the account default's kinds with
     // a key of its own): the ledger's newest rows must cover each key's window.
-    let own_keys = config.kinds.values().filter(|k| k.api_key.is_some()).count();
+    let own_keys = config
+        .kinds
+        .values()
+        .filter(|k| k.api_key.is_some())
+        .count();
     let budgets = config
         .accounts
         .values()
         .map(|a| a.budget_requests)
-        .chain(std::iter::repeat_n(config.ninjapay.budget_requests, own_keys))
+        .chain(std::iter::repeat_n(
+            config.ninjapay.budget_requests,
+            own_keys,
+        ))
         .fold(0, u32::saturating_add);
     restore_ledger(&mut core, &clock, &store, budgets, wall).await?;
     let learnt = restore_learning(&mut core, &clock, &store, wall).await?;

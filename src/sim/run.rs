@@ -21,6 +21,30 @@ pub fn run(sc: &Scenario) -> Result<Report> {
     Ok(run.report())
 }
 
+/// A live request's payment, its check number and the latency drawn for it.
+#[cfg(test)]
+pub(super) type LatencyDraw = (i64, u32, i64);
+
+/// As [`run`], with each live request's `(payment, check number, latency)`.
+#[cfg(test)]
+pub(super) fn run_logging_latencies(sc: &Scenario) -> Result<(Report, Vec<LatencyDraw>)> {
+    let mut run = Run::new(sc)?;
+    run.latency_log = Some(Vec::new());
+    run.simulate();
+    let log = run.latency_log.take().unwrap_or_default();
+    Ok((run.report(), log))
+}
+
+/// The latency of a live payment's `n`-th check: a draw of its own, from the run's seed,
+/// the payment and `n`.
+fn live_latency(seed: u64, pk: i64, n: u32, range: std::ops::RangeInclusive<i64>) -> i64 {
+    let key = seed
+        ^ 0x11fe_1a7e
+        ^ (pk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(n).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    fastrand::Rng::with_seed(key).i64(range)
+}
+
 /// A payment to come: when, its flip (age and state) if any, whether from a burst, and
 /// its stream (0: the phases' and bursts', `i`: `others[i - 1]`).
 type Arrival = (SchedMs, Option<(i64, State)>, bool, usize);
@@ -63,6 +87,9 @@ pub(super) struct Run<'a> {
     /// arrived.
     pub(super) late_requests: usize,
     pub(super) late_while_arriving: usize,
+    /// With [`run_logging_latencies`]: each live request's payment, its check number and
+    /// the latency drawn for it.
+    latency_log: Option<Vec<(i64, u32, i64)>>,
 }
 
 /// What the ticks of the measured span sample from the core's status.
@@ -153,6 +180,7 @@ impl<'a> Run<'a> {
             },
             late_requests: 0,
             late_while_arriving: 0,
+            latency_log: None,
         })
     }
 
@@ -201,14 +229,24 @@ impl<'a> Run<'a> {
                 .get(pk.0 as usize)
                 .is_some_and(|f| f.ended.is_some())
         });
-        // Late requests draw their latencies from a stream of their own, so the live
-        // payments see the same provider with reconciliation on or off.
-        let rng = if watched {
-            &mut self.late_latency_rng
-        } else {
-            &mut self.rng
+        // Late requests draw their latencies from a stream of their own, and a live
+        // payment's n-th check from a draw of its own (its key and n), so the live
+        // payments see the same provider with reconciliation on or off, whatever the
+        // late requests change in the order of the live ones.
+        let range = sc.latency_ms.0..=sc.latency_ms.1.max(sc.latency_ms.0);
+        let lat = match req.pks.first() {
+            Some(pk) if !watched => {
+                let n = self.fates.get(pk.0 as usize).map_or(0, |f| f.checks);
+                live_latency(sc.seed, pk.0, n, range)
+            }
+            _ => self.late_latency_rng.i64(range),
         };
-        let lat = rng.i64(sc.latency_ms.0..=sc.latency_ms.1.max(sc.latency_ms.0));
+        if let Some(log) = &mut self.latency_log {
+            if let (false, Some(pk)) = (watched, req.pks.first()) {
+                let n = self.fates.get(pk.0 as usize).map_or(0, |f| f.checks);
+                log.push((pk.0, n, lat));
+            }
+        }
         self.late_requests += usize::from(watched);
         self.late_while_arriving += usize::from(watched && self.next_arrival < self.arrivals.len());
         let observations = req

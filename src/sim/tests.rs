@@ -137,6 +137,49 @@ fn late_moves_are_all_seen_on_schedule_when_the_spare_budget_affords_it() {
 }
 
 #[test]
+fn the_live_payments_draw_the_same_latencies_with_reconciliation_on_and_off() {
+    // Compressed 100×, late checks made while payments arrive. Each live payment's n-th
+    // check meets the same provider with them or without, so on and off compare alike.
+    let run_with = |schedule: Option<Vec<i64>>| {
+        let mut sc = Scenario::steady(Mix::a(), 0.05, 6_000, 36_000, 5);
+        sc.ladder = compressed_ladder();
+        sc.window_ms = 6_000;
+        sc.budget = 400;
+        sc.latency_ms = (1, 30);
+        sc.late = LateScenario {
+            mix: Some(LateMix {
+                share: 0.5,
+                ..LateMix::published()
+            }),
+            schedule,
+            policy: LatePolicy::Learnt,
+            measured_until_ms: None,
+        };
+        super::run::run_logging_latencies(&sc).unwrap()
+    };
+    // Ages that come while payments still arrive.
+    let schedule: Vec<i64> = [900, 1200, 1800, 2400, 3600]
+        .iter()
+        .map(|s| s * 1000)
+        .collect();
+    let (on, on_log) = run_with(Some(schedule));
+    let (_, off_log) = run_with(None);
+    // Late requests went out among the live ones: drawn from the live payments' stream,
+    // they would shift every live draw after them.
+    assert!(on.late.requests_while_arriving > 0, "{:?}", on.late);
+    let off_lat: std::collections::HashMap<(i64, u32), i64> =
+        off_log.iter().map(|&(pk, n, lat)| ((pk, n), lat)).collect();
+    let mut same = 0;
+    for (pk, n, lat) in on_log {
+        if let Some(&o) = off_lat.get(&(pk, n)) {
+            assert_eq!(lat, o, "payment {pk}'s check {n}");
+            same += 1;
+        }
+    }
+    assert!(same > 1_000, "{same} live checks in both runs");
+}
+
+#[test]
 fn judging_the_learnt_plans_changes_no_decision_and_the_true_mix_loses_nothing() {
     // Mix A at 0.5/s, compressed 100×.
     let stream = |judge: bool, oracle: bool| {

@@ -110,6 +110,15 @@ impl Core {
             let window = self.window;
             forget_older(&mut self.pools[p].live_sent, window, now);
             let pace = self.pools[p].live_sent.len() as f64;
+            let limit = self.pools[p].budget.effective_limit();
+            let keep = limit / BACKLOG_LEAVES_DIVISOR;
+            // What the look ahead asks first and last, before it looks at the live checks
+            // due: room now, and room for the pace once the window's requests expire.
+            if !self.pools[p].budget.has_room_beyond(now, keep)
+                || pace + f64::from(keep) + 1.0 > f64::from(limit)
+            {
+                return false;
+            }
             let soon = now + self.on_time(p);
             let mut live_soon: Vec<SchedMs> = self
                 .entries
@@ -118,7 +127,6 @@ impl Core {
                 .map(|e| e.due.max(now))
                 .collect();
             live_soon.sort_unstable();
-            let keep = self.pools[p].budget.effective_limit() / BACKLOG_LEAVES_DIVISOR;
             if !self.pools[p].budget.room_ahead(now, &live_soon, pace, keep) {
                 return false;
             }

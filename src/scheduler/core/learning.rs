@@ -31,6 +31,7 @@ impl Core {
     pub(super) fn observe(&mut self, m: usize, started: SchedMs, e: Evidence) {
         let model = &mut self.models[m];
         model.learner.observe(started, e);
+        model.unfit = true;
         if let Some(pooled) = self.pooled.get_mut(&model.kind) {
             pooled.observe(started, e);
         }
@@ -80,6 +81,7 @@ impl Core {
             let dist = pooled.fit(now, std::iter::empty()).clone();
             for m in self.models.iter_mut().filter(|m| m.kind == kind) {
                 m.learner.set_prior(dist.clone());
+                m.unfit = true;
             }
         }
     }
@@ -149,9 +151,13 @@ impl Core {
                 })
                 .collect();
             let model = &mut self.models[m];
-            if model.fixed {
+            // An idle kind (nothing learnt since its last fit, no payment held) keeps its
+            // estimate: a fit would only age its evidence, and the plans it gives would
+            // wait for the next payment, whose own fit comes within the refit interval.
+            if model.fixed || (!model.unfit && pending.is_empty()) {
                 continue;
             }
+            model.unfit = false;
             let before = model.plans.dist.clone();
             let dist = model.learner.fit(now, pending.into_iter()).clone();
             let moved = (0..=self.grid.cells())

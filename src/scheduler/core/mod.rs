@@ -153,6 +153,9 @@ struct Model {
     arrivals: VecDeque<SchedMs>,
     /// Payments of this kind that finished, since the plans were solved.
     fresh: usize,
+    /// Evidence learnt since the last fit (a kind with none and no payment held has
+    /// nothing to fit again).
+    unfit: bool,
     /// The distribution is given, not learnt.
     fixed: bool,
 }
@@ -326,6 +329,7 @@ impl Core {
                 plans: Plans::new(&grid, prior, window_cells),
                 arrivals: VecDeque::new(),
                 fresh: 0,
+                unfit: true,
                 fixed: false,
             });
         }
@@ -425,6 +429,7 @@ impl Core {
             arrivals: VecDeque::new(),
             fresh: 0,
             fixed: false,
+            unfit: true,
         });
         self.model_of.insert(key, m);
         m

@@ -184,3 +184,82 @@ fn a_merchant_s_recheck_past_the_schedule_is_one_check_then_settled() {
     assert_eq!(ev.previous_state, State::TimedOut);
     assert!(!w.holds(&PaymentKey(7)));
 }
+
+#[test]
+fn the_first_late_price_jumps_and_later_ones_move_a_level_a_window() {
+    let mut w = learnt_watch(30);
+    // No spare budget: the first price goes straight to where the plans fit (none).
+    w.price(0, 0.0, SchedMs(12 * MIN));
+    let first = w.pricing[0].level;
+    assert!(first > 1.0, "the first price jumps: {first}");
+    // A spare budget for every check: the price falls a level a window, no faster.
+    let mut old = first;
+    for i in 1..=5 {
+        w.price(0, 10_000.0, SchedMs((12 + 10 * i) * MIN));
+        let level = w.pricing[0].level;
+        assert!(
+            (old - level - 1.0).abs() < 1e-9,
+            "window {i}: {old} → {level}"
+        );
+        old = level;
+    }
+}
+
+#[test]
+fn a_new_late_price_replans_only_the_checks_not_yet_due() {
+    let cfg = Config::from_raw(config::defaults()).unwrap();
+    let p2p = cfg.kinds["p2p"].clone();
+    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    let start_at = |w: &mut Watch, pk: i64, t0: SchedMs| {
+        w.start(
+            WatchStart {
+                pk: PaymentKey(pk),
+                kind: p2p.clone(),
+                id: PaymentId::parse(&format!("T{pk}")).unwrap(),
+                pool: 0,
+                started: t0,
+                state: State::TimedOut,
+                ended: State::TimedOut,
+                upstream_status: Some("pending".into()),
+                seen: t0 + 10 * MIN,
+            },
+            None,
+            t0 + 10 * MIN,
+        )
+    };
+    // Spare budget for the whole schedule: every age planned, the first at 15 minutes.
+    for pk in 1..=10 {
+        start_at(&mut w, pk, SchedMs(0));
+    }
+    w.price(0, 10_000.0, SchedMs(10 * MIN));
+    for pk in 11..=20 {
+        start_at(&mut w, pk, SchedMs(5 * MIN));
+    }
+    // At 16 minutes the first ten are due (at 15), the others not yet (at 20).
+    assert!(w.any_due(0, SchedMs(16 * MIN)));
+    let due_of = |w: &Watch, pk: i64| w.entries[&PaymentKey(pk)].due;
+    assert_eq!(due_of(&w, 11), SchedMs(20 * MIN));
+    // The spare budget is gone: the price climbs window after window.
+    let mut old = w.pricing[0].level;
+    for _ in 0..60 {
+        w.price(0, 0.0, SchedMs(16 * MIN));
+        let level = w.pricing[0].level;
+        assert!(level - old <= 1.0 + 1e-9, "{old} → {level}");
+        old = level;
+    }
+    assert!(old > 10.0, "the price rose: {old}");
+    // The due checks keep their place; the ones to come follow the new plans.
+    for pk in 1..=10 {
+        assert_eq!(due_of(&w, pk), SchedMs(15 * MIN), "payment {pk} was due");
+        assert!(matches!(w.entries[&PaymentKey(pk)].slot, Slot::Due(..)));
+    }
+    for pk in 11..=20 {
+        let e = &w.entries[&PaymentKey(pk)];
+        assert!(
+            e.parked || e.due > SchedMs(20 * MIN),
+            "payment {pk} is planned again: due {} parked {}",
+            e.due,
+            e.parked
+        );
+    }
+}
