@@ -242,7 +242,11 @@ async fn the_same_id_in_two_accounts_is_two_payments_each_checked_and_signed_as_
         v["webhooks"].as_array().is_some_and(|a| a.len() == 1)
     })
     .await;
-    assert_eq!(events["webhooks"][0]["payment"]["id"], "P1", "{events:#}");
+    assert_eq!(
+        events["webhooks"][0]["payment"],
+        json!({"account": "shop2", "kind": "p2p", "id": "P1"}),
+        "{events:#}"
+    );
 
     // Cancel and recheck name the account too.
     fake.script("p2p", "C1", Script::Sequence(vec![]));
@@ -810,4 +814,169 @@ async fn accounts_are_shown_by_the_cli_health_and_metrics() {
         Some(1.0),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btc_listings_are_per_account_and_each_account_learns_and_simulates_its_own() {
+    let fake = fake().await;
+    // A short window: the learner refits every twentieth of it.
+    let mut config = DaemonConfig {
+        budget_window: "2s".into(),
+        ..two_accounts(None, None, "")
+    };
+    config.extra_toml = config.extra_toml.replace(
+        &format!("[accounts.shop2]\napi_key = {SHOP2_KEY:?}\n"),
+        &format!("[accounts.shop2]\napi_key = {SHOP2_KEY:?}\nbudget_requests = 5000\n"),
+    );
+    let d = spawn_daemon(&fake.base_url(), config).await;
+
+    // One btc id in both accounts' histories, with two outcomes: each account's listing
+    // (with its own key) finds its own.
+    fake.script(
+        "btc",
+        "210660277897",
+        Script::pending_then(Kind::Btc, 1, "paid"),
+    );
+    fake.script_for_key(
+        SHOP2_KEY,
+        "btc",
+        "210660277897",
+        Script::pending_then(Kind::Btc, 2, "declined"),
+    );
+    for account in ["default", "shop2"] {
+        let (code, v) = d
+            .request(
+                "POST",
+                "/v1/checks",
+                Some(json!({"account": account, "kind": "btc", "id": "210660277897"})),
+            )
+            .await;
+        assert_eq!(code, 201, "{v}");
+    }
+    let paid = d.wait_final("btc", "210660277897", WAIT).await;
+    assert_eq!(paid.payment.facts.upstream_status.as_deref(), Some("paid"));
+    let declined = wait_api(&d, "/v1/checks/btc/210660277897?account=shop2", |p| {
+        p["final"] == true
+    })
+    .await;
+    assert_eq!(declined["upstream_status"], "declined", "{declined:#}");
+
+    // Learning per account and kind: default's p2p flip at the first check, shop2's after
+    // four more 20 ms steps.
+    let ids: Vec<String> = (0..8).map(|i| format!("L{i}")).collect();
+    for id in &ids {
+        fake.script("p2p", id, Script::pending_then(Kind::P2p, 0, "approved"));
+        fake.script_for_key(
+            SHOP2_KEY,
+            "p2p",
+            id,
+            Script::pending_then(Kind::P2p, 4, "approved"),
+        );
+        assert_eq!(enqueue_in(&d, "default", id).await.0, 201);
+        assert_eq!(enqueue_in(&d, "shop2", id).await.0, 201);
+    }
+    for id in &ids {
+        d.wait_final("p2p", id, WAIT).await;
+        wait_api(&d, &format!("/v1/checks/p2p/{id}?account=shop2"), |p| {
+            p["final"] == true
+        })
+        .await;
+    }
+    // Each account's key (its pool in health) learnt its own ages.
+    let p50_of = |h: &Value, pool: &str| -> Option<i64> {
+        h["budget"].as_array()?.iter().find(|p| p["name"] == pool)?["policy"]
+            .as_array()?
+            .iter()
+            .find(|k| k["kind"] == "p2p")?["flip_age_p50_ms"]
+            .as_i64()
+    };
+    let h = wait_api(&d, "/v1/health", |h| {
+        p50_of(h, "default").is_some_and(|a| a < 100)
+            && p50_of(h, "account:shop2").is_some_and(|b| b > 150)
+    })
+    .await;
+    let shop2 = h["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == "shop2")
+        .unwrap()
+        .clone();
+    assert_eq!(shop2["budget_limit"], 5000, "{h:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_runs_on_the_named_accounts_learnt_ages_and_budget() {
+    let fake = fake().await;
+    let mut config = two_accounts(None, None, "");
+    config.extra_toml = config.extra_toml.replace(
+        &format!("[accounts.shop2]\napi_key = {SHOP2_KEY:?}\n"),
+        &format!("[accounts.shop2]\napi_key = {SHOP2_KEY:?}\nbudget_requests = 5000\n"),
+    );
+    let mut d = spawn_daemon(&fake.base_url(), config).await;
+    let ids: Vec<String> = (0..4).map(|i| format!("L{i}")).collect();
+    for id in &ids {
+        fake.script_for_key(
+            SHOP2_KEY,
+            "p2p",
+            id,
+            Script::pending_then(Kind::P2p, 2, "approved"),
+        );
+        assert_eq!(enqueue_in(&d, "shop2", id).await.0, 201);
+    }
+    for id in &ids {
+        wait_api(&d, &format!("/v1/checks/p2p/{id}?account=shop2"), |p| {
+            p["final"] == true
+        })
+        .await;
+    }
+    d.stop().await;
+
+    // `simulate --account` runs on that account's learnt ages and budget.
+    let sim = |account: &str| {
+        let config = d.config_path().to_string_lossy().into_owned();
+        let args: Vec<String> = [
+            "--config",
+            &config,
+            "--account",
+            account,
+            "simulate",
+            "--rate",
+            "1/s",
+            "--warmup",
+            "3s",
+            "--hours",
+            "0.002",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cli(args, Vec::new())
+    };
+    let (ok, out, err) = sim("shop2").await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["budget_requests"], 5000, "{v:#}");
+    assert!(
+        v["mix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("learnt from 4 finished p2p payments"),
+        "{v:#}"
+    );
+    let (ok, out, err) = sim("default").await;
+    assert!(ok, "{err}");
+    let d_v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d_v["budget_requests"], 100_000, "{d_v:#}");
+    assert!(
+        d_v["mix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no finished p2p payments"),
+        "the default's own evidence (none), not shop2's: {d_v:#}"
+    );
+    let (ok, _, err) = sim("nope").await;
+    assert!(!ok);
+    assert!(err.contains("unknown account"), "{err}");
 }
