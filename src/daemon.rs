@@ -427,6 +427,15 @@ async fn maintain(
     }
 }
 
+/// Each account's event URL, for the store's outbox.
+pub fn webhook_urls(config: &Config) -> crate::store::WebhookUrls {
+    config
+        .accounts
+        .iter()
+        .filter_map(|(name, a)| a.webhooks.url.clone().map(|u| (name.clone(), u)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,13 +501,4 @@ mod tests {
         let mode = std::fs::metadata(&cfg.path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-}
-
-/// Each account's event URL, for the store's outbox.
-pub fn webhook_urls(config: &Config) -> crate::store::WebhookUrls {
-    config
-        .accounts
-        .iter()
-        .filter_map(|(name, a)| a.webhooks.url.clone().map(|u| (name.clone(), u)))
-        .collect()
 }

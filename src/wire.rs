@@ -68,6 +68,8 @@ pub struct PaymentFacts {
 impl PaymentFacts {
     /// The facts of a payment from its stored fields (`response` and `metadata` as the
     /// JSON text the database holds).
+    // One argument per stored column: a struct of them would only restate `Self`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         account: &AccountName,
         kind: &KindName,
