@@ -194,6 +194,9 @@ pub struct PaymentPage {
 /// The payment a webhook event is about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentRef {
+    /// Part of the payment's identity: the same kind and id may be in two accounts.
+    #[serde(default)]
+    pub account: AccountName,
     pub kind: KindName,
     pub id: String,
 }

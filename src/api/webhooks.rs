@@ -22,6 +22,7 @@ fn event_view(e: &WebhookEvent) -> WebhookView {
         event_type: e.event_type.clone(),
         state: e.state,
         payment: PaymentRef {
+            account: e.account.clone(),
             kind: e.kind.clone(),
             id: e.id.clone(),
         },

@@ -2,6 +2,7 @@
 //! fake Ninjapay on 127.0.0.1 and a real webhook receiver, through
 //! `ninjapoll_test_support::spawn_daemon`. One binary, so the suite links once.
 
+mod accounts;
 mod api;
 mod budget;
 mod core;

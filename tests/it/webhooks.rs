@@ -119,7 +119,10 @@ async fn a_flip_delivers_one_verified_event() {
     let list = wait_api(&d, "/v1/webhooks?state=delivered", |v| events(v).len() == 1).await;
     let ev = &events(&list)[0];
     assert_eq!(ev["type"], "payment.status_changed");
-    assert_eq!(ev["payment"], json!({"kind": "p2p", "id": "F1"}));
+    assert_eq!(
+        ev["payment"],
+        json!({"account": "default", "kind": "p2p", "id": "F1"})
+    );
     assert_eq!(ev["sequence"], 1);
     assert_eq!(ev["attempts"], 1);
     assert_eq!(ev["last_status_code"], 200);

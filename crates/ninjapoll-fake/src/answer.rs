@@ -3,7 +3,7 @@
 use crate::endpoints::{body_for, btc_entry, Kind};
 use crate::faults::{Fault, Reply};
 use crate::scripts::{ScriptEntry, Step};
-use crate::state::{Inner, Recorded};
+use crate::state::{Inner, Owner, Recorded};
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,10 +65,11 @@ pub(crate) fn decide(inner: &mut Inner, req: &Incoming) -> (Reply, Duration) {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     });
-    let auth_ok = match (kind, &presented) {
-        (Some(k), Some(key)) => !key.is_empty() && key.as_str() == inner.expected_key(k),
-        _ => false,
+    let owner = match (kind, &presented) {
+        (Some(k), Some(key)) => inner.owner(k, key),
+        _ => None,
     };
+    let auth_ok = owner.is_some();
     // Ninjapay counts every request made with a valid key, whatever it gets back.
     let locked = match (&presented, auth_ok) {
         (Some(key), true) => inner.budget.account(key, now),
@@ -87,10 +88,16 @@ pub(crate) fn decide(inner: &mut Inner, req: &Incoming) -> (Reply, Duration) {
         })
         .unwrap_or_default();
 
-    let reply = match inner.fault.as_ref().map(Fault::reply) {
+    // A fault set for one key answers only that key's accepted requests.
+    let key_fault = presented
+        .as_ref()
+        .filter(|_| auth_ok)
+        .and_then(|key| inner.key_faults.get(key))
+        .map(Fault::reply);
+    let reply = match inner.fault.as_ref().map(Fault::reply).or(key_fault) {
         Some(reply) => reply,
         None => {
-            let (reply, hang, listed) = route(inner, req, kind, auth_ok, locked, now);
+            let (reply, hang, listed) = route(inner, req, kind, &owner, locked, now);
             delay += hang;
             if let Some(listed) = listed {
                 ids = listed;
@@ -109,18 +116,19 @@ pub(crate) fn decide(inner: &mut Inner, req: &Incoming) -> (Reply, Duration) {
         auth_ok,
         status: reply.code.as_u16(),
         query: req.query.clone(),
+        key: presented,
     });
     (reply, delay)
 }
 
 /// The answer to a request no fault preempts: the route, the method, the key and the
-/// lockout first, then the payment's script. Returns the reply, any extra wait and, for the
-/// history, the ids its page listed.
+/// lockout first, then the payment's script (of the key's `owner`; `None` for a refused
+/// key). Returns the reply, any extra wait and, for the history, the ids its page listed.
 fn route(
     inner: &mut Inner,
     req: &Incoming,
     kind: Option<Kind>,
-    auth_ok: bool,
+    owner: &Option<Owner>,
     locked: bool,
     now: Instant,
 ) -> (Reply, Duration, Option<Vec<String>>) {
@@ -131,13 +139,14 @@ fn route(
             reply.allow = Some(k.method_name());
             reply
         }
-        Some(_) if !auth_ok => Reply::error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Some(_) if owner.is_none() => Reply::error(StatusCode::UNAUTHORIZED, "Unauthorized"),
         Some(_) if locked => Reply::error(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests: API key locked out, try again later",
         ),
         Some(Kind::Btc) => {
-            let (reply, hang, listed) = history(inner, req, now);
+            let owner = owner.clone().unwrap_or_default();
+            let (reply, hang, listed) = history(inner, req, &owner, now);
             return (reply, hang, Some(listed));
         }
         Some(k) => match req.id(k) {
@@ -148,7 +157,7 @@ fn route(
                     _ => "tid is required",
                 },
             ),
-            Some(id) => match inner.entry_for(k, &id) {
+            Some(id) => match inner.entry_for(&owner.clone().unwrap_or_default(), k, &id) {
                 None => Reply::error(StatusCode::NOT_FOUND, "Transaction not found"),
                 Some(entry) => {
                     let (reply, hang) = single(k, &id, entry.next_step(k, now));
@@ -184,8 +193,14 @@ fn single(kind: Kind, id: &str, step: Step) -> (Reply, Duration) {
 /// `GET /sapi/v1/history`: the registered btc ids (wallet-filtered, newest first, cut to
 /// `limit`) each consume one step. As documented (seed 004) there is no offset or cursor:
 /// a client reaches older entries only by asking for a larger `limit`; each entry's
-/// `created_at` is when its id was registered. Returns the reply, the extra wait and the listed ids.
-fn history(inner: &mut Inner, req: &Incoming, now: Instant) -> (Reply, Duration, Vec<String>) {
+/// `created_at` is when its id was registered. Only the presenting key's (`owner`'s) entries
+/// are listed. Returns the reply, the extra wait and the listed ids.
+fn history(
+    inner: &mut Inner,
+    req: &Incoming,
+    owner: &Owner,
+    now: Instant,
+) -> (Reply, Duration, Vec<String>) {
     let limit = match req.param("limit") {
         None => DEFAULT_HISTORY_LIMIT,
         Some(raw) => match raw.trim().parse::<usize>() {
@@ -204,8 +219,10 @@ fn history(inner: &mut Inner, req: &Incoming, now: Instant) -> (Reply, Duration,
     let mut page: Vec<(&String, &mut ScriptEntry)> = inner
         .scripts
         .iter_mut()
-        .filter(|((k, _), e)| *k == Kind::Btc && wallet.is_none_or(|w| w == e.wallet))
-        .map(|((_, id), e)| (id, e))
+        .filter(|((o, k, _), e)| {
+            o == owner && *k == Kind::Btc && wallet.is_none_or(|w| w == e.wallet)
+        })
+        .map(|((_, _, id), e)| (id, e))
         .collect();
     page.sort_by_key(|(_, e)| std::cmp::Reverse(e.order));
     page.truncate(limit);

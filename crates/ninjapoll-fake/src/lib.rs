@@ -18,6 +18,10 @@
 //! assert on what the daemon sent and when. The optional request budget mimics Ninjapay's
 //! "1,000 requests per 10 minutes per API key; past it the key is locked out for 1 hour".
 //!
+//! Besides the main key, other accounts' keys can be accepted (`FakeOptions::accounts`):
+//! each key sees only its own scripts and history, has its own budget ledger, and can be
+//! given a fault of its own (a lockout or a refusal for one account only).
+//!
 //! The parts: `endpoints` (the four endpoints, their paths and answer bodies), `scripts`
 //! (how a payment's answers evolve), `faults` (failures injected for every request), `budget`
 //! (the request budget and the lockout), `answer` (one request's answer, decided under the

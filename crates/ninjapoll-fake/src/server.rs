@@ -34,10 +34,14 @@ pub struct FakeOptions {
     pub latency: Option<(Duration, Duration)>,
     /// What to answer for ids without a script.
     pub unknown: Unknown,
+    /// The keys of other Ninjapay accounts, accepted for every kind besides `api_key`. Each
+    /// has its own scripts ([`FakeNinjapay::script_for_key`]), history, budget ledger and
+    /// faults ([`FakeNinjapay::set_key_fault`]).
+    pub accounts: Vec<String>,
 }
 
 impl Default for FakeOptions {
-    /// Key `fake-api-key` for every kind, no budget, a 1 hour lockout (Ninjapay's), no
+    /// Key `fake-api-key` for every kind and no other account, no budget, a 1 hour lockout (Ninjapay's), no
     /// latency, 404 for unknown ids.
     fn default() -> Self {
         FakeOptions {
@@ -47,6 +51,7 @@ impl Default for FakeOptions {
             lockout: Duration::from_secs(3600),
             latency: None,
             unknown: Unknown::NotFound,
+            accounts: Vec::new(),
         }
     }
 }
@@ -115,13 +120,64 @@ impl FakeNinjapay {
     /// If `kind` is not one of `p2p`, `quote`, `paywall`, `btc` (a programming error).
     pub fn script(&self, kind: &str, id: &str, script: Script) {
         let kind = expect_kind(kind);
-        self.shared.lock().register(kind, id, script, "btc");
+        self.shared.lock().register(None, kind, id, script, "btc");
+    }
+
+    /// Sets the script of `id` for `kind` as another account's payment: only requests
+    /// presenting `key` (one of [`FakeOptions::accounts`], or one added with
+    /// [`FakeNinjapay::add_key`]) see it; for `btc` it is the newest entry of that key's
+    /// history.
+    ///
+    /// # Panics
+    /// If `kind` is not one of `p2p`, `quote`, `paywall`, `btc` (a programming error).
+    pub fn script_for_key(&self, key: &str, kind: &str, id: &str, script: Script) {
+        let kind = expect_kind(kind);
+        self.shared
+            .lock()
+            .register(Some(key.to_owned()), kind, id, script, "btc");
+    }
+
+    /// Accepts `key` as another account's key from now on (as [`FakeOptions::accounts`]).
+    pub fn add_key(&self, key: &str) {
+        let mut inner = self.shared.lock();
+        if !inner.accounts.iter().any(|k| k == key) {
+            inner.accounts.push(key.to_owned());
+        }
+    }
+
+    /// Sets (`Some`) or clears (`None`) a fault answered only to the accepted requests that
+    /// present `key` (e.g. a 429 with a long `Retry-After` for one account); the other keys
+    /// are answered as usual. A fault set with [`FakeNinjapay::set_fault`] takes precedence.
+    pub fn set_key_fault(&self, key: &str, fault: Option<Fault>) {
+        let mut inner = self.shared.lock();
+        match fault {
+            Some(f) => inner.key_faults.insert(key.to_owned(), f),
+            None => inner.key_faults.remove(key),
+        };
+    }
+
+    /// Stops accepting another account's `key`: its requests get 401 from now on.
+    pub fn revoke_key(&self, key: &str) {
+        self.shared.lock().accounts.retain(|k| k != key);
+    }
+
+    /// The requests that presented `key` (accepted or not), in arrival order.
+    pub fn requests_with_key(&self, key: &str) -> Vec<Recorded> {
+        self.shared
+            .lock()
+            .records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key))
+            .cloned()
+            .collect()
     }
 
     /// Scripts a `btc` id in the given wallet (`btc`, `lbtc`, `usdt`…), which the history's
     /// `wallet` parameter filters on.
     pub fn script_btc(&self, id: &str, wallet: &str, script: Script) {
-        self.shared.lock().register(Kind::Btc, id, script, wallet);
+        self.shared
+            .lock()
+            .register(None, Kind::Btc, id, script, wallet);
     }
 
     /// Scripts `id` with [`Script::random`], using `max_pending` of [`Unknown::Random`] (5
@@ -136,7 +192,7 @@ impl FakeNinjapay {
             Unknown::Random { max_pending } => max_pending,
             Unknown::NotFound => 5,
         };
-        inner.register(kind, id, Script::random(kind, max_pending), "btc");
+        inner.register(None, kind, id, Script::random(kind, max_pending), "btc");
     }
 
     /// Every request received, in arrival order (the most recent 100,000).
@@ -168,7 +224,7 @@ impl FakeNinjapay {
         self.shared.lock().api_key = key.to_owned();
     }
 
-    /// Sets (`Some`) or clears (`None`) a fault answered to every request.
+    /// Sets (`Some`) or clears (`None`) a fault answered to every request, whatever its key.
     pub fn set_fault(&self, fault: Option<Fault>) {
         self.shared.lock().fault = fault;
     }

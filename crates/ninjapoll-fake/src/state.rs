@@ -34,7 +34,15 @@ pub struct Recorded {
     pub status: u16,
     /// The raw query string (empty if none).
     pub query: String,
+    /// The API key the request presented in its kind's auth header, whether or not it was
+    /// accepted (`None`: no such header, or not a check endpoint).
+    pub key: Option<String>,
 }
+
+/// Whose payment a script is: `None` for the main key ([`FakeOptions::api_key`], and the
+/// paywall key), `Some(key)` for another account's key. The main key's scripts stay its own
+/// when [`crate::FakeNinjapay::set_api_key`] changes it.
+pub(crate) type Owner = Option<String>;
 
 pub(crate) struct Inner {
     pub(crate) api_key: String,
@@ -43,7 +51,12 @@ pub(crate) struct Inner {
     pub(crate) latency: Option<(Duration, Duration)>,
     pub(crate) unknown: Unknown,
     pub(crate) fault: Option<Fault>,
-    pub(crate) scripts: HashMap<(Kind, String), ScriptEntry>,
+    /// Faults answered only to requests presenting this key (after the key is accepted).
+    pub(crate) key_faults: HashMap<String, Fault>,
+    /// The other accounts' keys ([`FakeOptions::accounts`]), accepted for every kind.
+    pub(crate) accounts: Vec<String>,
+    /// Scripts per owner (`None`: the main key's, see [`Owner`]), kind and id.
+    pub(crate) scripts: HashMap<(Owner, Kind, String), ScriptEntry>,
     next_order: u64,
     pub(crate) records: VecDeque<Recorded>,
 }
@@ -57,16 +70,25 @@ impl Inner {
             latency: opts.latency,
             unknown: opts.unknown,
             fault: None,
+            key_faults: HashMap::new(),
+            accounts: opts.accounts,
             scripts: HashMap::new(),
             next_order: 0,
             records: VecDeque::new(),
         }
     }
 
-    pub(crate) fn register(&mut self, kind: Kind, id: &str, script: Script, wallet: &str) {
+    pub(crate) fn register(
+        &mut self,
+        owner: Owner,
+        kind: Kind,
+        id: &str,
+        script: Script,
+        wallet: &str,
+    ) {
         self.next_order += 1;
         self.scripts.insert(
-            (kind, id.to_owned()),
+            (owner, kind, id.to_owned()),
             ScriptEntry {
                 script,
                 served: 0,
@@ -84,6 +106,20 @@ impl Inner {
         }
     }
 
+    /// Whose scripts a request with `key` for `kind` sees; `None` when the key is refused.
+    pub(crate) fn owner(&self, kind: Kind, key: &str) -> Option<Owner> {
+        if key.is_empty() {
+            return None;
+        }
+        if key == self.expected_key(kind) {
+            return Some(None);
+        }
+        self.accounts
+            .iter()
+            .any(|k| k == key)
+            .then(|| Some(key.to_owned()))
+    }
+
     pub(crate) fn push_record(&mut self, record: Recorded) {
         if self.records.len() >= MAX_RECORDS {
             self.records.pop_front();
@@ -92,13 +128,24 @@ impl Inner {
     }
 
     /// The script entry for a single-id kind, inventing one if the options say so.
-    pub(crate) fn entry_for(&mut self, kind: Kind, id: &str) -> Option<&mut ScriptEntry> {
-        let key = (kind, id.to_owned());
+    pub(crate) fn entry_for(
+        &mut self,
+        owner: &Owner,
+        kind: Kind,
+        id: &str,
+    ) -> Option<&mut ScriptEntry> {
+        let key = (owner.clone(), kind, id.to_owned());
         if !self.scripts.contains_key(&key) {
             let Unknown::Random { max_pending } = self.unknown else {
                 return None;
             };
-            self.register(kind, id, Script::random(kind, max_pending), "btc");
+            self.register(
+                owner.clone(),
+                kind,
+                id,
+                Script::random(kind, max_pending),
+                "btc",
+            );
         }
         self.scripts.get_mut(&key)
     }

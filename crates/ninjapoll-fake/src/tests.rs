@@ -463,3 +463,101 @@ async fn shutdown_cuts_hangs_and_closes_the_port() {
     let _ = pending.await.unwrap();
     assert!(reqwest::Client::new().get(url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn accounts_have_their_own_scripts_history_budget_and_faults() {
+    const SHOP2: &str = "shop2-key";
+    let (f, c) = fake(FakeOptions {
+        accounts: vec![SHOP2.into()],
+        budget: Some((2, Duration::from_secs(60))),
+        ..FakeOptions::default()
+    })
+    .await;
+    let base = f.base_url();
+    // The same id, two accounts, two outcomes.
+    f.script("p2p", "X", Script::pending_then(Kind::P2p, 0, "approved"));
+    f.script_for_key(
+        SHOP2,
+        "p2p",
+        "X",
+        Script::pending_then(Kind::P2p, 0, "declined"),
+    );
+    let url = format!("{base}{P2P_PATH}?tid=X");
+    let status = |body: &str| serde_json::from_str::<Value>(body).unwrap()["status"].clone();
+    let (s, b, _) = get(&c, url.clone(), Some(KEY)).await;
+    assert_eq!((s, status(&b)), (200, json!("approved")));
+    let (s, b, _) = get(&c, url.clone(), Some(SHOP2)).await;
+    assert_eq!((s, status(&b)), (200, json!("declined")));
+    // A script of one account is unknown to the other.
+    f.script_for_key(
+        SHOP2,
+        "p2p",
+        "ONLY2",
+        Script::pending_then(Kind::P2p, 0, "approved"),
+    );
+    let only2 = format!("{base}{P2P_PATH}?tid=ONLY2");
+    assert_eq!(get(&c, only2.clone(), Some(KEY)).await.0, 404);
+    // Each key's budget is its own: both used their 2; the main key goes over it first,
+    // shop2 is still answered, then goes over too.
+    assert_eq!(get(&c, url.clone(), Some(KEY)).await.0, 429);
+    assert_eq!(get(&c, only2.clone(), Some(SHOP2)).await.0, 200);
+    assert_eq!(get(&c, only2.clone(), Some(SHOP2)).await.0, 429);
+    assert_eq!(f.violations(), 2);
+    assert_eq!(f.violations(), 2);
+
+    // The records carry the key presented.
+    let recs = f.requests_with_key(SHOP2);
+    assert_eq!(recs.len(), 3);
+    assert!(recs
+        .iter()
+        .all(|r| r.key.as_deref() == Some(SHOP2) && r.auth_ok));
+    assert_eq!(f.requests_with_key(KEY).len(), 3);
+    assert_eq!(get(&c, url.clone(), Some("nobody")).await.0, 401);
+    assert!(!f.requests_with_key("nobody")[0].auth_ok);
+}
+
+#[tokio::test]
+async fn a_key_fault_answers_only_that_key_and_histories_are_per_key() {
+    const SHOP2: &str = "shop2-key";
+    let (f, c) = fake(FakeOptions::default()).await;
+    let base = f.base_url();
+    let hist = format!("{base}{BTC_PATH}?limit=10");
+    // Not accepted until added.
+    assert_eq!(get(&c, hist.clone(), Some(SHOP2)).await.0, 401);
+    f.add_key(SHOP2);
+    f.script("btc", "B1", Script::Sequence(vec![]));
+    f.script_for_key(SHOP2, "btc", "B2", Script::Sequence(vec![]));
+    let tids = |body: &str| -> Vec<Value> {
+        serde_json::from_str::<Value>(body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["tid"].clone())
+            .collect()
+    };
+    let (s, b, _) = get(&c, hist.clone(), Some(KEY)).await;
+    assert_eq!((s, tids(&b)), (200, vec![json!("B1")]));
+    let (s, b, _) = get(&c, hist.clone(), Some(SHOP2)).await;
+    assert_eq!((s, tids(&b)), (200, vec![json!("B2")]));
+
+    f.set_key_fault(
+        SHOP2,
+        Some(Fault::Status {
+            code: 429,
+            retry_after: Some("3600".into()),
+        }),
+    );
+    let (s, _, h) = get(&c, hist.clone(), Some(SHOP2)).await;
+    assert_eq!(
+        (s, h.get("retry-after").unwrap().to_str().unwrap()),
+        (429, "3600")
+    );
+    assert_eq!(get(&c, hist.clone(), Some(KEY)).await.0, 200);
+    // A wrong key is still refused as such, not answered with the fault.
+    assert_eq!(get(&c, hist.clone(), Some("nobody")).await.0, 401);
+    f.set_key_fault(SHOP2, None);
+    assert_eq!(get(&c, hist.clone(), Some(SHOP2)).await.0, 200);
+    f.revoke_key(SHOP2);
+    assert_eq!(get(&c, hist.clone(), Some(SHOP2)).await.0, 401);
+}

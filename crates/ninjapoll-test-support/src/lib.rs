@@ -599,6 +599,10 @@ pub struct Delivery {
     pub timestamp: String,
     /// The body, parsed (`Null` if it is not JSON).
     pub body: Value,
+    /// The body as received (to verify its signature with another secret).
+    pub raw_body: Vec<u8>,
+    /// The request's headers (`webhook-signature` among them).
+    pub headers: HeaderMap,
     /// Whether the Standard Webhooks signature verified (independent implementation).
     pub verified: bool,
     /// The status the receiver answered.
@@ -725,6 +729,8 @@ async fn receive(State(shared): State<Arc<ReceiverShared>>, request: Request) ->
             webhook_id: header(&parts.headers, "webhook-id"),
             timestamp: header(&parts.headers, "webhook-timestamp"),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            raw_body: body.to_vec(),
+            headers: parts.headers.clone(),
             verified,
             answered: answer,
             at,
