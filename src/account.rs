@@ -22,22 +22,11 @@ pub struct AccountName(String);
 #[error("an account's name is 1-32 characters of a-z, 0-9, '_' or '-'")]
 pub struct BadAccountName;
 
+crate::name::short_name!(AccountName, BadAccountName);
+
 impl AccountName {
     /// The account `[ninjapay]` configures, and the one a request names by saying nothing.
     pub const DEFAULT: &'static str = "default";
-
-    /// Parses a name from outside.
-    pub fn parse(s: &str) -> Result<Self, BadAccountName> {
-        let ok = !s.is_empty()
-            && s.len() <= 32
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(BadAccountName)
-        }
-    }
 
     /// The account named `default`.
     pub fn default_account() -> Self {
@@ -48,50 +37,11 @@ impl AccountName {
     pub fn is_default(&self) -> bool {
         self.0 == Self::DEFAULT
     }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl Default for AccountName {
     fn default() -> Self {
         Self::default_account()
-    }
-}
-
-impl TryFrom<String> for AccountName {
-    type Error = BadAccountName;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl From<AccountName> for String {
-    fn from(a: AccountName) -> String {
-        a.0
-    }
-}
-
-impl std::borrow::Borrow<str> for AccountName {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for AccountName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::ops::Deref for AccountName {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
     }
 }
 

@@ -13,6 +13,7 @@ mod callback;
 mod event;
 mod kinds;
 mod ladder;
+mod name;
 mod payment;
 mod policy;
 mod reconcile;

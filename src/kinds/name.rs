@@ -18,59 +18,7 @@ pub struct KindName(String);
 #[error("a kind's name is 1-32 characters of a-z, 0-9, '_' or '-'")]
 pub struct BadKindName;
 
-impl KindName {
-    /// Parses a name from outside.
-    pub fn parse(s: &str) -> Result<Self, BadKindName> {
-        let ok = !s.is_empty()
-            && s.len() <= 32
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(BadKindName)
-        }
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for KindName {
-    type Error = BadKindName;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl From<KindName> for String {
-    fn from(k: KindName) -> String {
-        k.0
-    }
-}
-
-impl std::borrow::Borrow<str> for KindName {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for KindName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::ops::Deref for KindName {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+crate::name::short_name!(KindName, BadKindName);
 
 impl PartialEq<str> for KindName {
     fn eq(&self, other: &str) -> bool {
