@@ -260,6 +260,109 @@ fn share(seen: usize, of: usize) -> f64 {
     }
 }
 
+/// The three runs (reconciliation off, learnt, in turn) of every seed at `rate`.
+fn run_seeds(rate: f64, args: &Args, schedule: &[i64]) -> anyhow::Result<Vec<Seed>> {
+    let mut seeds = Vec::new();
+    for seed in 1..=args.seeds {
+        let run = |schedule: Option<Vec<i64>>, policy| {
+            sim::run(&scenario(rate, seed, args, schedule, policy))
+        };
+        let r = (|| -> anyhow::Result<Seed> {
+            Ok(Seed {
+                off: run(None, LatePolicy::Learnt)?,
+                learnt: run(Some(schedule.to_vec()), LatePolicy::Learnt)?,
+                in_turn: run(Some(schedule.to_vec()), LatePolicy::InTurn)?,
+            })
+        })();
+        match r {
+            Ok(s) => {
+                if args.detail {
+                    let (l, t) = (&s.learnt.late, &s.in_turn.late);
+                    println!(
+                        "  seed {seed}: moves {} seen {}/{} 24h {}/{} on schedule {} mean {:.1}/{:.1} min; late requests while arriving {}/{} of {}/{}; req/timed-out {:.2}/{:.2}; live {:.3}x off; budget use off {:.3} on {:.3}",
+                        l.moves, l.seen, t.seen, l.seen_24h, t.seen_24h, l.seen_on_schedule,
+                        l.mean_ms / MIN_MS, t.mean_ms / MIN_MS, l.requests_while_arriving,
+                        t.requests_while_arriving, l.requests, t.requests,
+                        l.requests_per_timed_out,
+                        t.requests_per_timed_out, s.learnt.mean_ms / s.off.mean_ms,
+                        s.off.budget_use, s.learnt.budget_use
+                    );
+                }
+                seeds.push(s)
+            }
+            Err(e) => return Err(e.context(format!("rate {rate} seed {seed}"))),
+        }
+    }
+    Ok(seeds)
+}
+
+/// Prints the figures at `rate` over its seeds; whether no run went over budget or missed
+/// a deadline check.
+fn print_rate(rate: f64, seeds: &[Seed], schedule: &[i64], mix: &LateMix) -> bool {
+    let bound =
+        |s: &Seed| sim::late_bound(schedule, 600_000, mix, s.learnt.late.requests_per_timed_out);
+    println!("\nrate {rate}/s");
+    println!(
+        "  late requests per timed-out payment  learnt {}  in turn {}  (the full schedule: 9)",
+        spread(seeds, 2, |s| s.learnt.late.requests_per_timed_out),
+        spread(seeds, 2, |s| s.in_turn.late.requests_per_timed_out),
+    );
+    println!(
+        "  late moves seen        learnt {}  in turn {}  bound {}",
+        spread(seeds, 3, |s| share(s.learnt.late.seen, s.learnt.late.moves)),
+        spread(seeds, 3, |s| share(
+            s.in_turn.late.seen,
+            s.in_turn.late.moves
+        )),
+        spread(seeds, 3, |s| bound(s).seen),
+    );
+    println!(
+        "  seen within 24 h       learnt {}  in turn {}",
+        spread(seeds, 3, |s| share(
+            s.learnt.late.seen_24h,
+            s.learnt.late.moves
+        )),
+        spread(seeds, 3, |s| share(
+            s.in_turn.late.seen_24h,
+            s.in_turn.late.moves
+        )),
+    );
+    println!(
+        "  mean delay (min)       learnt {}  in turn {}  bound {}",
+        spread(seeds, 1, |s| s.learnt.late.mean_ms / MIN_MS),
+        spread(seeds, 1, |s| s.in_turn.late.mean_ms / MIN_MS),
+        spread(seeds, 1, |s| bound(s).delay_ms / MIN_MS),
+    );
+    println!(
+        "  on the schedule's next check after the move  learnt {}  in turn {}",
+        spread(seeds, 3, |s| share(
+            s.learnt.late.seen_on_schedule,
+            s.learnt.late.moves
+        )),
+        spread(seeds, 3, |s| share(
+            s.in_turn.late.seen_on_schedule,
+            s.in_turn.late.moves
+        )),
+    );
+    println!(
+        "  live mean delay, reconciliation on / off  learnt {}  in turn {}   live ratio to its bound: off {}  learnt {}",
+        spread(seeds, 3, |s| s.learnt.mean_ms / s.off.mean_ms),
+        spread(seeds, 3, |s| s.in_turn.mean_ms / s.off.mean_ms),
+        spread(seeds, 3, |s| s.off.ratio),
+        spread(seeds, 3, |s| s.learnt.ratio),
+    );
+    let over: u32 = seeds
+        .iter()
+        .map(|s| s.off.over_budget + s.learnt.over_budget + s.in_turn.over_budget)
+        .sum();
+    let missed: u32 = seeds
+        .iter()
+        .map(|s| s.off.missed_deadlines + s.learnt.missed_deadlines + s.in_turn.missed_deadlines)
+        .sum();
+    println!("  requests over budget {over}, deadline checks missed {missed} (all runs)");
+    over == 0 && missed == 0
+}
+
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -286,113 +389,14 @@ fn main() -> ExitCode {
     println!("figures: median over the seeds (min–max); delays in minutes; 'seen' = within the schedule, '24h' = within 24 h of the move");
     let mut failed = false;
     for &rate in &args.rates {
-        let mut seeds = Vec::new();
-        for seed in 1..=args.seeds {
-            let run = |schedule: Option<Vec<i64>>, policy| {
-                sim::run(&scenario(rate, seed, &args, schedule, policy))
-            };
-            let r = (|| -> anyhow::Result<Seed> {
-                Ok(Seed {
-                    off: run(None, LatePolicy::Learnt)?,
-                    learnt: run(Some(schedule.clone()), LatePolicy::Learnt)?,
-                    in_turn: run(Some(schedule.clone()), LatePolicy::InTurn)?,
-                })
-            })();
-            match r {
-                Ok(s) => {
-                    if args.detail {
-                        let (l, t) = (&s.learnt.late, &s.in_turn.late);
-                        println!(
-                            "  seed {seed}: moves {} seen {}/{} 24h {}/{} on schedule {} mean {:.1}/{:.1} min; late requests while arriving {}/{} of {}/{}; req/timed-out {:.2}/{:.2}; live {:.3}x off; budget use off {:.3} on {:.3}",
-                            l.moves, l.seen, t.seen, l.seen_24h, t.seen_24h, l.seen_on_schedule,
-                            l.mean_ms / MIN_MS, t.mean_ms / MIN_MS, l.requests_while_arriving,
-                            t.requests_while_arriving, l.requests, t.requests,
-                            l.requests_per_timed_out,
-                            t.requests_per_timed_out, s.learnt.mean_ms / s.off.mean_ms,
-                            s.off.budget_use, s.learnt.budget_use
-                        );
-                    }
-                    seeds.push(s)
-                }
-                Err(e) => {
-                    eprintln!("late: rate {rate} seed {seed}: {e:#}");
-                    return ExitCode::FAILURE;
-                }
+        let seeds = match run_seeds(rate, &args, &schedule) {
+            Ok(seeds) => seeds,
+            Err(e) => {
+                eprintln!("late: {e:#}");
+                return ExitCode::FAILURE;
             }
-        }
-        let bound = |s: &Seed| {
-            sim::late_bound(
-                &schedule,
-                600_000,
-                &mix,
-                s.learnt.late.requests_per_timed_out,
-            )
         };
-        println!("\nrate {rate}/s");
-        println!(
-            "  late requests per timed-out payment  learnt {}  in turn {}  (the full schedule: 9)",
-            spread(&seeds, 2, |s| s.learnt.late.requests_per_timed_out),
-            spread(&seeds, 2, |s| s.in_turn.late.requests_per_timed_out),
-        );
-        println!(
-            "  late moves seen        learnt {}  in turn {}  bound {}",
-            spread(&seeds, 3, |s| share(
-                s.learnt.late.seen,
-                s.learnt.late.moves
-            )),
-            spread(&seeds, 3, |s| share(
-                s.in_turn.late.seen,
-                s.in_turn.late.moves
-            )),
-            spread(&seeds, 3, |s| bound(s).seen),
-        );
-        println!(
-            "  seen within 24 h       learnt {}  in turn {}",
-            spread(&seeds, 3, |s| share(
-                s.learnt.late.seen_24h,
-                s.learnt.late.moves
-            )),
-            spread(&seeds, 3, |s| share(
-                s.in_turn.late.seen_24h,
-                s.in_turn.late.moves
-            )),
-        );
-        println!(
-            "  mean delay (min)       learnt {}  in turn {}  bound {}",
-            spread(&seeds, 1, |s| s.learnt.late.mean_ms / MIN_MS),
-            spread(&seeds, 1, |s| s.in_turn.late.mean_ms / MIN_MS),
-            spread(&seeds, 1, |s| bound(s).delay_ms / MIN_MS),
-        );
-        println!(
-            "  on the schedule's next check after the move  learnt {}  in turn {}",
-            spread(&seeds, 3, |s| share(
-                s.learnt.late.seen_on_schedule,
-                s.learnt.late.moves
-            )),
-            spread(&seeds, 3, |s| share(
-                s.in_turn.late.seen_on_schedule,
-                s.in_turn.late.moves
-            )),
-        );
-        println!(
-            "  live mean delay, reconciliation on / off  learnt {}  in turn {}   live ratio to its bound: off {}  learnt {}",
-            spread(&seeds, 3, |s| s.learnt.mean_ms / s.off.mean_ms),
-            spread(&seeds, 3, |s| s.in_turn.mean_ms / s.off.mean_ms),
-            spread(&seeds, 3, |s| s.off.ratio),
-            spread(&seeds, 3, |s| s.learnt.ratio),
-        );
-        let over: u32 = seeds
-            .iter()
-            .map(|s| s.off.over_budget + s.learnt.over_budget + s.in_turn.over_budget)
-            .sum();
-        let missed: u32 = seeds
-            .iter()
-            .map(|s| {
-                s.off.missed_deadlines + s.learnt.missed_deadlines + s.in_turn.missed_deadlines
-            })
-            .sum();
-        println!("  requests over budget {over}, deadline checks missed {missed} (all runs)");
-        failed |= over > 0 || missed > 0;
+        failed |= !print_rate(rate, &seeds, &schedule, &mix);
     }
     if failed {
         ExitCode::FAILURE

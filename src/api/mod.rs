@@ -502,6 +502,30 @@ const PAUSE_PROBLEM_MS: i64 = 5_000;
 
 /// Every reason the daemon is not healthy, each a line a person can act on, and the
 /// pending payments nobody polls. `healthy` is exactly "no problems", so a reason can
+/// The pending payments nobody polls (their account or kind is no longer configured), each
+/// group a problem line; how many.
+fn unpolled(
+    config: &Config,
+    pending_by_kind: &[(String, String, i64)],
+    problems: &mut Vec<String>,
+) -> i64 {
+    let mut unpolled = 0;
+    for (account, kind, n) in pending_by_kind {
+        if !config.accounts.contains_key(account.as_str()) {
+            unpolled += n;
+            problems.push(format!(
+                "{n} pending payments of account {account} (kind {kind}) are not polled: the account is no longer configured (add [accounts.{account}] back, or cancel them)"
+            ));
+        } else if !config.kinds.contains_key(kind.as_str()) {
+            unpolled += n;
+            problems.push(format!(
+                "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"
+            ));
+        }
+    }
+    unpolled
+}
+
 /// never hide.
 pub fn health_problems(
     config: &Config,
@@ -580,20 +604,7 @@ pub fn health_problems(
             age / 1000
         ));
     }
-    let mut unpolled = 0;
-    for (account, kind, n) in pending_by_kind {
-        if !config.accounts.contains_key(account.as_str()) {
-            unpolled += n;
-            problems.push(format!(
-                "{n} pending payments of account {account} (kind {kind}) are not polled: the account is no longer configured (add [accounts.{account}] back, or cancel them)"
-            ));
-        } else if !config.kinds.contains_key(kind.as_str()) {
-            unpolled += n;
-            problems.push(format!(
-                "{n} pending payments of kind {kind} are not polled: the kind is no longer configured (add [kinds.{kind}] back, or cancel them)"
-            ));
-        }
-    }
+    let unpolled = unpolled(config, pending_by_kind, &mut problems);
     if let Some((_, dead)) = webhook_states
         .iter()
         .find(|(s, _)| s == crate::payment::WebhookState::Dead.as_str())

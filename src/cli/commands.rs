@@ -139,31 +139,7 @@ fn request_of(
                 Answer::PaymentPage,
             )
         }
-        Command::Webhooks { action } => match action {
-            WebhooksCommand::List {
-                state,
-                limit,
-                cursor,
-            } => {
-                let mut q = form_urlencoded::Serializer::new(String::new());
-                q.append_pair("limit", &limit.to_string());
-                q.extend_pairs(state.iter().map(|s| ("state", s)));
-                q.extend_pairs(account.iter().map(|a| ("account", a)));
-                q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
-                (
-                    "GET",
-                    format!("/v1/webhooks?{}", q.finish()),
-                    None,
-                    Answer::WebhookPage,
-                )
-            }
-            WebhooksCommand::Replay { event_id } => (
-                "POST",
-                format!("/v1/webhooks/{}/replay", enc(event_id)),
-                None,
-                Answer::Webhook,
-            ),
-        },
+        Command::Webhooks { action } => webhooks_request(action, account),
         #[cfg(feature = "demo")]
         Command::Demo { .. } => unreachable!("handled by dispatch"),
         Command::Run
@@ -175,6 +151,41 @@ fn request_of(
         }
     };
     Ok(request)
+}
+
+/// What a `ninjapoll webhooks` command asks (`account` filters a listing).
+fn webhooks_request(
+    action: &WebhooksCommand,
+    account: Option<&str>,
+) -> (&'static str, String, Option<Value>, Answer) {
+    match action {
+        WebhooksCommand::List {
+            state,
+            limit,
+            cursor,
+        } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &limit.to_string());
+            q.extend_pairs(state.iter().map(|s| ("state", s)));
+            q.extend_pairs(account.iter().map(|a| ("account", a)));
+            q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
+            (
+                "GET",
+                format!("/v1/webhooks?{}", q.finish()),
+                None,
+                Answer::WebhookPage,
+            )
+        }
+        WebhooksCommand::Replay { event_id } => (
+            "POST",
+            format!(
+                "/v1/webhooks/{}/replay",
+                utf8_percent_encode(event_id, PATH_SEGMENT)
+            ),
+            None,
+            Answer::Webhook,
+        ),
+    }
 }
 
 /// `ninjapoll enqueue`'s request body.
