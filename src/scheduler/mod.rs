@@ -10,6 +10,7 @@
 mod core;
 mod decide;
 mod late;
+mod pools;
 mod recorder;
 
 pub use self::core::memory_horizon_ms;
@@ -18,10 +19,10 @@ pub use self::core::{
     Watched,
 };
 pub use self::late::LatePolicy;
+pub use self::pools::core_config;
 pub use crate::status::PoolStatus;
 
 use self::recorder::{ledger_loop, record_loop, RecordBatch, Refill, Refilled};
-use crate::account::AccountName;
 use crate::config::Config;
 use crate::payment::{now_ms, PaymentId, PaymentKey, SchedMs, WallMs};
 use crate::secret::Secret;
@@ -30,8 +31,6 @@ use crate::systemd::{Notifier, Watchdog};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 use anyhow::Result;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -210,93 +209,6 @@ fn watch(core: &mut Core, clock: &Clock, row: WatchedRow, now: SchedMs) -> Optio
             None
         }
     }
-}
-
-/// Names a key's rows in the budget ledger: a short hash of the key, so that moving a key
-/// between pools (or renaming one) keeps counting what it spent, and the key itself is
-/// never written down.
-pub fn ledger_id(key: Option<&Secret>) -> String {
-    match key {
-        None => "no-key".into(),
-        Some(k) => {
-            let digest = Sha256::digest(k.expose().as_bytes());
-            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            format!("key:{hex}")
-        }
-    }
-}
-
-/// The core's configuration and each pool's key, from the daemon's configuration: the
-/// account `default`'s key (and each kind's own key, if any) and every other account's.
-pub fn core_config(config: &Config, seed: u64) -> (CoreConfig, Vec<Option<Secret>>) {
-    let window_ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let default = &config.ninjapay;
-    let spec =
-        |account: &AccountName, name: String, key: Option<&Secret>, requests, window| PoolSpec {
-            account: account.clone(),
-            name,
-            ledger_id: ledger_id(key),
-            has_key: key.is_some(),
-            budget_requests: requests,
-            budget_window_ms: window,
-        };
-    let (requests, window) = (default.budget_requests, window_ms(default.budget_window));
-    let mut keys: Vec<Option<Secret>> = vec![default.api_key.clone()];
-    let ours = AccountName::default();
-    let mut pools = vec![spec(
-        &ours,
-        "default".into(),
-        default.api_key.as_ref(),
-        requests,
-        window,
-    )];
-    let mut kind_pool = HashMap::new();
-    for (name, kind) in &config.kinds {
-        let idx = match &kind.api_key {
-            None => 0,
-            Some(key) => match keys.iter().position(|k| k.as_ref() == Some(key)) {
-                Some(i) => i,
-                None => {
-                    keys.push(Some(key.clone()));
-                    pools.push(spec(
-                        &ours,
-                        format!("kind:{name}"),
-                        Some(key),
-                        requests,
-                        window,
-                    ));
-                    pools.len() - 1
-                }
-            },
-        };
-        kind_pool.insert(name.clone(), PoolId::new(idx));
-    }
-    // Config refuses one key in two accounts, so each account is a key of its own.
-    let mut account_pool = HashMap::new();
-    for (name, account) in config.accounts.iter().filter(|(n, _)| !n.is_default()) {
-        keys.push(account.api_key.clone());
-        pools.push(spec(
-            name,
-            format!("account:{name}"),
-            account.api_key.as_ref(),
-            account.budget_requests,
-            window_ms(account.budget_window),
-        ));
-        account_pool.insert(name.clone(), PoolId::new(pools.len() - 1));
-    }
-    let cfg = CoreConfig {
-        ladder: config.ladder.clone(),
-        kinds: config.kinds.clone(),
-        pools,
-        kind_pool,
-        account_pool,
-        backlog_share: config.ninjapay.backlog_share,
-        budget_window_ms: window,
-        max_in_flight: config.ninjapay.max_in_flight,
-        seed,
-        late_policy: LatePolicy::default(),
-    };
-    (cfg, keys)
 }
 
 /// What was spent before a restart still counts: the newest rows by insertion order (no
@@ -803,6 +715,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::AccountName;
 
     /// A cancel that races an enqueue can leave the scheduler told to track a payment after
     /// it was told to forget it (the enqueue's hand-over arriving last). The database
