@@ -120,6 +120,16 @@ impl Core {
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.life_ms();
         self.pool_priors(now);
+        // Each model's pending payments' evidence, in one pass over the payments.
+        let mut pending_of: Vec<Vec<Evidence>> = vec![Vec::new(); self.models.len()];
+        for e in self.entries.values() {
+            if let Some(l) = e.last {
+                pending_of[e.model].push(Evidence {
+                    lo: self.grid.cell(l - e.t0),
+                    hi: None,
+                });
+            }
+        }
         for (m, &(rate, _)) in arrivals.iter().enumerate() {
             // Recent memory: enough payments to learn from (about 400), over at least two
             // lifetimes and at most three, so a change of traffic is followed within half
@@ -139,17 +149,7 @@ impl Core {
             let horizon = span(LONG_MEMORY_PAYMENTS, LONG_MEMORY_LIVES).max(recent);
             self.models[m].learner.set_recent(recent);
             self.models[m].learner.set_horizon(horizon);
-            let pending: Vec<Evidence> = self
-                .entries
-                .values()
-                .filter(|e| e.model == m)
-                .filter_map(|e| {
-                    e.last.map(|l| Evidence {
-                        lo: self.grid.cell(l - e.t0),
-                        hi: None,
-                    })
-                })
-                .collect();
+            let pending = std::mem::take(&mut pending_of[m]);
             let model = &mut self.models[m];
             // An idle kind (nothing learnt since its last fit, no payment held) keeps its
             // estimate: a fit would only age its evidence, and the plans it gives would

@@ -8,16 +8,23 @@ impl Core {
     pub fn status(&mut self, now: SchedMs) -> Vec<PoolStatus<SchedMs>> {
         let unit = self.grid.unit_ms();
         let mut out = Vec::with_capacity(self.pools.len());
-        for p in self.pools.ids() {
-            let mut held: HashMap<&str, usize> = HashMap::new();
-            let (mut backlog, mut earliest_due) = (0, now);
-            for e in self.entries.values().filter(|e| e.pool == p) {
-                *held.entry(e.kind.name.as_str()).or_default() += 1;
-                backlog += usize::from(e.backlog);
-                if !e.in_flight {
-                    earliest_due = earliest_due.min(e.due);
-                }
+        // Each key's payments per kind, backlog and earliest due check, in one pass over the
+        // payments (not one per key: a daemon of many accounts has many keys).
+        let n = self.pools.len();
+        let mut held_of: Vec<HashMap<&str, usize>> = vec![HashMap::new(); n];
+        let mut backlog_of = vec![0usize; n];
+        let mut due_of = vec![now; n];
+        for e in self.entries.values() {
+            let i = e.pool.index();
+            *held_of[i].entry(e.kind.name.as_str()).or_default() += 1;
+            backlog_of[i] += usize::from(e.backlog);
+            if !e.in_flight {
+                due_of[i] = due_of[i].min(e.due);
             }
+        }
+        for p in self.pools.ids() {
+            let held = std::mem::take(&mut held_of[p.index()]);
+            let (backlog, earliest_due) = (backlog_of[p.index()], due_of[p.index()]);
             let pending = held.values().sum();
             let mut kinds = Vec::new();
             for model in &self.models {
