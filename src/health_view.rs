@@ -708,3 +708,46 @@ mod tests {
         assert_eq!(wrap("a bb ccc", 4), vec!["a bb", "ccc"]);
     }
 }
+
+#[cfg(test)]
+mod account_tests {
+    use super::*;
+    use crate::account::AccountName;
+
+    fn account(name: &str, keeps_up: bool, backlog: usize) -> AccountHealth {
+        AccountHealth {
+            account: AccountName::parse(name).unwrap(),
+            pending: 1200,
+            budget_used: 640,
+            budget_limit: 1000,
+            keeps_up,
+            expected_delay_ms: 12_000,
+            backlog,
+        }
+    }
+
+    #[test]
+    fn each_account_has_a_line_saying_whether_it_keeps_up() {
+        let mut out = String::new();
+        let accounts = [account("default", true, 0), account("shop2", false, 40)];
+        render_accounts(&mut out, &accounts, Style { color: false });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "accounts");
+        assert!(
+            lines[1].contains("default") && lines[1].contains("keeps up"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("1,200 pending") && lines[1].contains("640/1,000"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("shop2") && lines[2].contains("cannot keep up"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("backlog 40") && !lines[1].contains("backlog"),
+            "{out}"
+        );
+    }
+}

@@ -125,20 +125,15 @@ fn request_of(
             kind,
             limit,
             cursor,
-        } => {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            q.append_pair("limit", &limit.to_string());
-            q.extend_pairs(state.iter().map(|s| ("state", s)));
-            q.extend_pairs(account.iter().map(|a| ("account", a)));
-            q.extend_pairs(kind.iter().map(|k| ("kind", k)));
-            q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
-            (
-                "GET",
-                format!("/v1/checks?{}", q.finish()),
-                None,
-                Answer::PaymentPage,
-            )
-        }
+        } => (
+            "GET",
+            format!(
+                "/v1/checks?{}",
+                page_query(*limit, state, account, kind, cursor)
+            ),
+            None,
+            Answer::PaymentPage,
+        ),
         Command::Webhooks { action } => webhooks_request(action, account),
         #[cfg(feature = "demo")]
         Command::Demo { .. } => unreachable!("handled by dispatch"),
@@ -153,6 +148,23 @@ fn request_of(
     Ok(request)
 }
 
+/// A listing's query string: the page size, the filters given, the cursor.
+fn page_query(
+    limit: u32,
+    state: &Option<String>,
+    account: Option<&str>,
+    kind: &Option<String>,
+    cursor: &Option<String>,
+) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("limit", &limit.to_string());
+    q.extend_pairs(state.iter().map(|s| ("state", s)));
+    q.extend_pairs(account.iter().map(|a| ("account", a)));
+    q.extend_pairs(kind.iter().map(|k| ("kind", k)));
+    q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
+    q.finish()
+}
+
 /// What a `ninjapoll webhooks` command asks (`account` filters a listing).
 fn webhooks_request(
     action: &WebhooksCommand,
@@ -163,19 +175,15 @@ fn webhooks_request(
             state,
             limit,
             cursor,
-        } => {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            q.append_pair("limit", &limit.to_string());
-            q.extend_pairs(state.iter().map(|s| ("state", s)));
-            q.extend_pairs(account.iter().map(|a| ("account", a)));
-            q.extend_pairs(cursor.iter().map(|c| ("cursor", c)));
-            (
-                "GET",
-                format!("/v1/webhooks?{}", q.finish()),
-                None,
-                Answer::WebhookPage,
-            )
-        }
+        } => (
+            "GET",
+            format!(
+                "/v1/webhooks?{}",
+                page_query(*limit, state, account, &None, cursor)
+            ),
+            None,
+            Answer::WebhookPage,
+        ),
         WebhooksCommand::Replay { event_id } => (
             "POST",
             format!(
