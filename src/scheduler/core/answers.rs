@@ -44,9 +44,10 @@ impl Core {
     /// Takes a finished request's answers: decides each payment, plans its next check,
     /// learns from final ones, and reacts to throttling and refused keys.
     pub fn complete(&mut self, done: &Completion) -> Completed {
-        self.in_flight = self.in_flight.saturating_sub(1);
         let now = done.done_at;
         let p = done.pool;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.pools[p].in_flight = self.pools[p].in_flight.saturating_sub(1);
         let used_before = self.pools[p].budget.used(now);
         self.pools[p].budget.release(now);
         let mut out = Completed {
@@ -180,7 +181,7 @@ impl Core {
         } else {
             e.gen = self.next_gen();
             self.queue(&e);
-            self.entries.insert(e.pk, e);
+            self.entries.insert(e);
         }
     }
 

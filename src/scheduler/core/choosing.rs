@@ -10,9 +10,12 @@ impl Core {
         if !self.unsent.is_empty() {
             out.push(Action::Record(std::mem::take(&mut self.unsent)));
         }
-        for p in self.pools.ids() {
+        let n = self.pools.len();
+        self.poll_from = (self.poll_from + 1) % n.max(1);
+        for i in 0..n {
+            let p = PoolId::new((self.poll_from + i) % n);
             self.ensure_reserve(p, out);
-            while self.in_flight < self.max_in_flight {
+            while self.has_slot(p) {
                 if self.send_watched(p, now, false, out) {
                     continue;
                 }
@@ -122,8 +125,8 @@ impl Core {
             let soon = now + self.on_time(p);
             let mut live_soon: Vec<SchedMs> = self
                 .entries
-                .values()
-                .filter(|e| e.pool == p && !e.in_flight && e.due <= soon)
+                .of_pool(p)
+                .filter(|e| !e.in_flight && e.due <= soon)
                 .map(|e| e.due.max(now))
                 .collect();
             live_soon.sort_unstable();
@@ -165,7 +168,7 @@ impl Core {
         } else {
             self.pools[p].recheck_sent.push_back(now);
         }
-        self.in_flight += 1;
+        self.start_flight(p);
         // A listing under reconciliation reaches back hours: the largest page at once.
         let list_limit = kind.list.as_ref().map_or(0, |l| l.max_limit);
         let ledger = self.pools[p].ledger_keys.pop_front();
@@ -473,7 +476,7 @@ impl Core {
                 started.push(e.t0);
             }
         }
-        self.in_flight += 1;
+        self.start_flight(p);
         let list_limit = if kind.is_list() {
             let grown = self.list_limit.get(&kind.name).copied().unwrap_or(0);
             kind.list_limit(ids.len()).max(grown)
@@ -494,11 +497,14 @@ impl Core {
 
     /// Earliest time anything can happen without an outside event.
     pub fn next_wake(&mut self, now: SchedMs) -> Option<SchedMs> {
-        if self.in_flight >= self.max_in_flight {
+        if self.in_flight >= MAX_TOTAL_IN_FLIGHT {
             return None; // an answer wakes us
         }
         let mut wake: Option<SchedMs> = None;
         for p in self.pools.ids() {
+            if !self.has_slot(p) {
+                continue; // an answer wakes us
+            }
             let mut ready = std::mem::take(&mut self.pools[p].ready);
             ready.retain(|&item| self.live_ready(item));
             if !ready.is_empty() {

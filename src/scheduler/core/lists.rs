@@ -15,10 +15,9 @@ impl Core {
     ) -> Vec<PaymentKey> {
         let mut members: Vec<(SchedMs, PaymentKey)> = self
             .entries
-            .values()
+            .of_pool(p)
             .filter(|e| {
-                e.pool == p
-                    && e.kind.name == kind.name
+                e.kind.name == kind.name
                     && !e.in_flight
                     && (e.pk == due || e.due <= now || e.last.is_some())
             })

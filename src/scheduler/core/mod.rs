@@ -16,6 +16,7 @@
 
 mod answers;
 mod choosing;
+mod entries;
 mod io;
 mod learning;
 mod ledger;
@@ -66,6 +67,10 @@ pub fn memory_horizon_ms(timeout_ms: i64, window_ms: i64) -> i64 {
 
 /// Most distinct unknown statuses remembered (each logged once).
 const MAX_UNKNOWN_LOGGED: usize = 256;
+
+/// Most checks in flight across all keys (each key has its own bound below it): keeps the
+/// open connections well within the service's file limit when the provider hangs.
+const MAX_TOTAL_IN_FLIGHT: usize = 1024;
 
 /// Share of the budget manual rechecks may take in a window, all together.
 const RECHECK_SHARE: f64 = 0.1;
@@ -184,6 +189,8 @@ struct Pool {
     /// Whether any of its payments is on plan, out of the backlog (as of the last tick).
     on_plan: bool,
     throttled: u32,
+    /// Its requests in flight (each key has [`CoreConfig::max_in_flight`] of its own).
+    in_flight: usize,
     /// Kinds answering 401/403 since when, and when it was last logged.
     auth_failing: HashMap<KindName, (SchedMs, SchedMs)>,
     /// Kinds whose last check got no usable answer (see [`ErrorClass::is_outage`]), with
@@ -219,6 +226,7 @@ impl Pool {
             piled: false,
             on_plan: false,
             throttled: 0,
+            in_flight: 0,
             auth_failing: HashMap::new(),
             outage: HashMap::new(),
             list_not_before: HashMap::new(),
@@ -281,12 +289,19 @@ pub struct Core {
     /// `default`'s at once).
     models: Vec<Model>,
     model_of: HashMap<(AccountName, KindName), usize>,
+    /// Indexed by [`PoolId`]: the models whose requests go to that key.
+    pool_models: Vec<Vec<usize>>,
     /// Per kind, what every account's payments of it teach: a new account's prior.
     pooled: HashMap<KindName, Learner>,
     pools: Pools,
-    entries: HashMap<PaymentKey, Entry>,
+    entries: entries::Entries,
+    /// Requests in flight per key, at most.
     max_in_flight: usize,
+    /// Requests in flight, all keys.
     in_flight: usize,
+    /// The key [`Core::poll`] starts at, turning, so none is always served last when
+    /// the total bound is reached.
+    poll_from: usize,
     gen: u64,
     rng: fastrand::Rng,
     unknown_logged: HashSet<(KindName, String)>,
@@ -346,6 +361,12 @@ impl Core {
             cfg.budget_window_ms,
             cfg.late_policy,
         );
+        let mut pool_models = vec![Vec::new(); cfg.pools.len()];
+        for (i, model) in models.iter().enumerate() {
+            if let Some(own) = pool_models.get_mut(model.pool.index()) {
+                own.push(i);
+            }
+        }
         let pools = cfg.pools.into_iter().map(Pool::new).collect();
         let pools = Pools(pools);
         Self {
@@ -356,11 +377,13 @@ impl Core {
             account_pool: cfg.account_pool,
             models,
             model_of,
+            pool_models,
             pooled,
             pools,
-            entries: HashMap::new(),
+            entries: entries::Entries::default(),
             max_in_flight: cfg.max_in_flight.max(1),
             in_flight: 0,
+            poll_from: 0,
             gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             unknown_logged: HashSet::new(),
@@ -432,7 +455,21 @@ impl Core {
             unfit: true,
         });
         self.model_of.insert(key, m);
+        if let Some(own) = self.pool_models.get_mut(pool.index()) {
+            own.push(m);
+        }
         m
+    }
+
+    /// Whether pool `p` may start another request: its own bound and the total.
+    pub(super) fn has_slot(&self, p: PoolId) -> bool {
+        self.pools[p].in_flight < self.max_in_flight && self.in_flight < MAX_TOTAL_IN_FLIGHT
+    }
+
+    /// A request of pool `p` starts.
+    pub(super) fn start_flight(&mut self, p: PoolId) {
+        self.pools[p].in_flight += 1;
+        self.in_flight += 1;
     }
 
     pub(super) fn next_gen(&mut self) -> u64 {

@@ -84,11 +84,7 @@ impl Core {
         target: f64,
     ) -> Priced {
         let (rates, last_window): (Vec<f64>, Vec<usize>) = arrivals.iter().copied().unzip();
-        let members: Vec<&Entry> = self
-            .entries
-            .values()
-            .filter(|e| e.pool == p && !e.in_flight)
-            .collect();
+        let members: Vec<&Entry> = self.entries.of_pool(p).filter(|e| !e.in_flight).collect();
         let pile = limit as usize / BEHIND_DIVISOR as usize;
         let due = members
             .iter()
@@ -100,11 +96,11 @@ impl Core {
         let target_plan = target - backlog.min(self.backlog_share * target);
         let held = members.len();
         let demand = Demand {
-            p,
             now,
             horizon: (self.window / self.grid.unit_ms()).max(1) as usize,
             grid: &self.grid,
             models: &self.models,
+            own: self.pool_models.get(p.index()).map_or(&[], Vec::as_slice),
             rates: &rates,
             members,
         };
@@ -156,8 +152,8 @@ impl Core {
     pub(super) fn replan_pool(&mut self, p: PoolId, now: SchedMs) {
         let pks: Vec<PaymentKey> = self
             .entries
-            .values()
-            .filter(|e| e.pool == p && !e.in_flight && !e.recheck)
+            .of_pool(p)
+            .filter(|e| !e.in_flight && !e.recheck)
             .map(|e| e.pk)
             .collect();
         let mut heap = BinaryHeap::with_capacity(pks.len());
@@ -180,7 +176,7 @@ impl Core {
                 };
             }
             heap.push(Reverse((e.due, e.gen, e.pk)));
-            self.entries.insert(pk, e);
+            self.entries.insert(e);
         }
         self.pools[p].heap = heap;
         // Every plan is queued again, by its new due time.
@@ -207,23 +203,27 @@ struct Priced {
 /// What a key's demand at a price level is projected from: its payments held and its
 /// kinds' arrival rates (per grid cell).
 struct Demand<'a> {
-    p: PoolId,
     now: SchedMs,
     /// The budget's window, in grid cells.
     horizon: usize,
     grid: &'a Grid,
     models: &'a [Model],
+    /// The models of this key.
+    own: &'a [usize],
     rates: &'a [f64],
     members: Vec<&'a Entry>,
 }
 
 impl Demand<'_> {
+    /// This key's models, with their index.
+    fn own(&self) -> impl Iterator<Item = (usize, &Model)> {
+        self.own.iter().map(|&m| (m, &self.models[m]))
+    }
+
     /// The kinds of this key checked one by one that are arriving, with their model index.
     fn streams(&self) -> impl Iterator<Item = (usize, &Model)> {
-        self.models
-            .iter()
-            .enumerate()
-            .filter(|(m, model)| model.pool == self.p && !model.list && self.rates[*m] > 0.0)
+        self.own()
+            .filter(|(m, model)| !model.list && self.rates[*m] > 0.0)
     }
 
     /// Requests over the next window at `level`: of the payments on plan, and of those
@@ -264,20 +264,16 @@ impl Demand<'_> {
     /// Payments of the kinds checked one by one: arrived in the last window, and expected
     /// in a window at the recent rates.
     fn arrived(&self, last_window: &[usize]) -> (f64, f64) {
-        self.models
-            .iter()
-            .enumerate()
-            .filter(|(_, model)| model.pool == self.p && !model.list)
+        self.own()
+            .filter(|(_, model)| !model.list)
             .map(|(m, _)| (last_window[m] as f64, self.rates[m] * self.horizon as f64))
             .fold((0.0, 0.0), |(a, e), (x, y)| (a + x, e + y))
     }
 
     /// Payments arriving per window (kinds checked one by one) at the recent rates.
     fn per_window(&self) -> f64 {
-        self.models
-            .iter()
-            .enumerate()
-            .filter(|(_, model)| model.pool == self.p && !model.list)
+        self.own()
+            .filter(|(_, model)| !model.list)
             .map(|(m, _)| self.rates[m] * self.horizon as f64)
             .sum()
     }

@@ -67,7 +67,7 @@ impl Core {
         }
         e.due_from = e.due.max(now);
         self.queue(&e);
-        self.entries.insert(e.pk, e);
+        self.entries.insert(e);
     }
 
     /// Stops tracking (cancelled). An answer in flight finds it gone and is dropped.

@@ -87,6 +87,56 @@ fn each_payment_goes_out_on_its_own_account_s_key_with_its_own_budget() {
 }
 
 #[test]
+fn an_account_with_every_request_in_flight_holds_none_of_another_s() {
+    let (mut core, _) = two_accounts();
+    // Enough due payments in each account to fill its in-flight bound many times over.
+    for pk in 0..100 {
+        core.track(of("default", pk), SchedMs(0), false);
+        core.track(of("shop2", 1_000 + pk), SchedMs(0), false);
+    }
+    let mut actions = Vec::new();
+    let mut in_flight: HashMap<PoolId, usize> = HashMap::new();
+    // The default account's provider never answers; shop2's answers come at once. Only
+    // shop2's answers are given back, so if the bound were shared, shop2 would starve.
+    for now in (25_000..60_000).step_by(1_000) {
+        core.poll(SchedMs(now), &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Send(r) => {
+                    *in_flight.entry(r.pool).or_default() += 1;
+                    if r.pool != PoolId::DEFAULT {
+                        core.complete(&Completion {
+                            pool: r.pool,
+                            observations: r
+                                .pks
+                                .iter()
+                                .map(|_| Observation::Status {
+                                    raw: "pending".into(),
+                                    state: Some(State::Pending),
+                                    response: json!({}),
+                                })
+                                .collect(),
+                            pks: r.pks,
+                            retry_after_ms: None,
+                            sent_at: r.sent_at,
+                            done_at: SchedMs(now),
+                            ledger: r.ledger,
+                        });
+                    }
+                }
+                Action::Refill { pool, count, .. } => {
+                    core.refilled(pool, Some((0..count as i64).map(LedgerKey).collect()))
+                }
+                Action::Record(_) => {}
+            }
+        }
+    }
+    let shop2_pool = core.account_pool[&shop2()];
+    assert_eq!(in_flight[&PoolId::DEFAULT], core.max_in_flight);
+    assert!(in_flight[&shop2_pool] >= 100, "{in_flight:?}");
+}
+
+#[test]
 fn a_payment_of_an_account_no_longer_configured_is_not_polled() {
     let (mut core, _) = two_accounts();
     core.track(of("shop9", 1), SchedMs(0), false);
