@@ -10,6 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The daemon's keys at the fake.
@@ -77,14 +79,18 @@ pub struct Daemon {
     pub pid: i32,
     /// From the spawn to `READY=1`.
     pub ready_after: Duration,
+    /// Reads the notifications after `READY=1`.
+    notify: Option<tokio::task::JoinHandle<()>>,
+    /// The largest notification datagram, bytes.
+    pub largest_notify: Arc<AtomicUsize>,
 }
 
 impl Daemon {
     /// Starts `ninjapoll run` and waits (at most `limit`) for its `READY=1`.
     pub async fn start(layout: &Layout, limit: Duration) -> Result<Daemon> {
         let _ = std::fs::remove_file(&layout.notify);
-        let notify = tokio::net::UnixDatagram::bind(&layout.notify)
-            .context("binding the notify socket")?;
+        let notify =
+            tokio::net::UnixDatagram::bind(&layout.notify).context("binding the notify socket")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -106,11 +112,14 @@ impl Daemon {
             child: Some(child),
             pid,
             ready_after: Duration::ZERO,
+            notify: None,
+            largest_notify: Arc::new(AtomicUsize::new(0)),
         };
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; 1 << 20];
         let wait = async {
             loop {
                 let n = notify.recv(&mut buf).await?;
+                daemon.largest_notify.fetch_max(n, Ordering::Relaxed);
                 let text = String::from_utf8_lossy(&buf[..n]);
                 if text.lines().any(|l| l == "READY=1") {
                     return anyhow::Ok(());
@@ -122,6 +131,14 @@ impl Daemon {
             Err(_) => bail!("the daemon sent no READY=1 within {limit:?}"),
         }
         daemon.ready_after = started.elapsed();
+        // Keep reading what it sends (STATUS= every second) so that no send of it fails.
+        let largest = daemon.largest_notify.clone();
+        daemon.notify = Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 20];
+            while let Ok(n) = notify.recv(&mut buf).await {
+                largest.fetch_max(n, Ordering::Relaxed);
+            }
+        }));
         Ok(daemon)
     }
 
@@ -149,6 +166,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some(task) = self.notify.take() {
+            task.abort();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -104,6 +104,8 @@ pub struct Run {
     /// `(VmHWM, VmRSS)` at the end of the span, MB.
     pub memory: (f64, f64),
     pub fed: u64,
+    /// The largest notification datagram the daemon sent, bytes.
+    pub largest_notify: usize,
     pub exit: std::process::ExitStatus,
     pub per_key: PerKey,
     pub violations: u32,
@@ -156,6 +158,9 @@ async fn run(a: Args) -> Result<bool> {
     };
     stop.cancel();
     let fed = feeder.await??;
+    let largest_notify = daemon
+        .largest_notify
+        .load(std::sync::atomic::Ordering::Relaxed);
     let exit = daemon.stop(STOP_LIMIT).await?;
     log_excerpt(&layout)?;
 
@@ -175,6 +180,7 @@ async fn run(a: Args) -> Result<bool> {
         end,
         memory,
         fed,
+        largest_notify,
         exit,
         per_key,
         violations,
@@ -202,7 +208,8 @@ fn log_excerpt(layout: &Layout) -> Result<()> {
     let lines: Vec<&str> = log.lines().collect();
     println!("daemon log (warn and above): {} lines", lines.len());
     for line in lines.iter().take(5) {
-        println!("  {line}");
+        let cut: String = line.chars().take(200).collect();
+        println!("  {cut}");
     }
     if lines.len() > 5 {
         println!("  …");

@@ -12,14 +12,24 @@ const LATENESS: &str = "ninjapoll_check_lateness_seconds_bucket{";
 pub struct Buckets(BTreeMap<Bound, u64>);
 
 /// A bucket's upper bound, ordered as a number (`+Inf` last).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy)]
 pub struct Bound(pub f64);
-impl Eq for Bound {}
 impl Ord for Bound {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
     }
 }
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Bound {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+impl Eq for Bound {}
 
 impl Buckets {
     /// The lateness buckets of a `/metrics` text, summed across pools.
@@ -79,10 +89,7 @@ impl Buckets {
             return None;
         }
         let want = ((q * total as f64).ceil() as u64).max(1);
-        self.0
-            .iter()
-            .find(|(_, n)| **n >= want)
-            .map(|(b, _)| b.0)
+        self.0.iter().find(|(_, n)| **n >= want).map(|(b, _)| b.0)
     }
 }
 

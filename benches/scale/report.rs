@@ -117,6 +117,10 @@ pub fn print(a: &Args, r: &Run) -> bool {
         r.memory.1,
         verdict(rss_ok)
     );
+    println!(
+        "largest notification to the service manager (STATUS=…): {} bytes (systemd ignores one over 4096, PIPE_BUF)",
+        r.largest_notify
+    );
     println!("daemon stopped by SIGTERM: {}", r.exit);
     ready_ok && budget_ok && p99_ok && cpu_ok && rss_ok && r.exit.success()
 }
