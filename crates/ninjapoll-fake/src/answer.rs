@@ -2,7 +2,7 @@
 
 use crate::endpoints::{body_for, btc_entry, Kind};
 use crate::faults::{Fault, Reply};
-use crate::scripts::{ScriptEntry, Step};
+use crate::scripts::{ScriptEntry, Step, Unknown};
 use crate::state::{Inner, Owner, Recorded};
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
@@ -132,6 +132,7 @@ fn route(
     locked: bool,
     now: Instant,
 ) -> (Reply, Duration, Option<Vec<String>>) {
+    let pending_unknown = inner.unknown == Unknown::Pending;
     let reply = match kind {
         None => Reply::error(StatusCode::NOT_FOUND, "Route not found"),
         Some(k) if req.method != k.method() => {
@@ -158,6 +159,10 @@ fn route(
                 },
             ),
             Some(id) => match inner.entry_for(&owner.clone().unwrap_or_default(), k, &id) {
+                None if pending_unknown => {
+                    let (reply, hang) = single(k, &id, Step::Status(k.pending_status().into()));
+                    return (reply, hang, None);
+                }
                 None => Reply::error(StatusCode::NOT_FOUND, "Transaction not found"),
                 Some(entry) => {
                     let (reply, hang) = single(k, &id, entry.next_step(k, now));

@@ -17,6 +17,9 @@ pub enum Unknown {
         /// Upper bound of the number of pending answers (at least 2 are given).
         max_pending: u32,
     },
+    /// The kind's pending status, forever, for every id without a script (nothing is
+    /// stored per id: for long runs with many payments that never settle).
+    Pending,
 }
 
 /// What one check of a payment answers, in a [`Script::Sequence`].

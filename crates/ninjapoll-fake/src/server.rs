@@ -9,6 +9,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::Method;
 use axum::response::Response;
 use axum::Router;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,6 +39,10 @@ pub struct FakeOptions {
     /// has its own scripts ([`FakeNinjapay::script_for_key`]), history, budget ledger and
     /// faults ([`FakeNinjapay::set_key_fault`]).
     pub accounts: Vec<String>,
+    /// Keep every request's [`Recorded`] (the most recent 100,000). `false` keeps only each
+    /// key's arrival times ([`FakeNinjapay::arrivals_by_key`]), all of them: a long run at
+    /// a high rate then costs the fake a few bytes a request.
+    pub record: bool,
 }
 
 impl Default for FakeOptions {
@@ -52,6 +57,7 @@ impl Default for FakeOptions {
             latency: None,
             unknown: Unknown::NotFound,
             accounts: Vec::new(),
+            record: true,
         }
     }
 }
@@ -172,6 +178,23 @@ impl FakeNinjapay {
             .collect()
     }
 
+    /// Each key's arrivals (requests with an accepted key, as the budget counts them), in
+    /// arrival order: every one with [`FakeOptions::record`] `false`, else those among the
+    /// kept records.
+    pub fn arrivals_by_key(&self) -> HashMap<String, Vec<Instant>> {
+        let inner = self.shared.lock();
+        if !inner.record {
+            return inner.arrivals.clone();
+        }
+        let mut out: HashMap<String, Vec<Instant>> = HashMap::new();
+        for r in inner.records.iter().filter(|r| r.auth_ok) {
+            if let Some(key) = &r.key {
+                out.entry(key.clone()).or_default().push(r.at);
+            }
+        }
+        out
+    }
+
     /// Scripts a `btc` id in the given wallet (`btc`, `lbtc`, `usdt`…), which the history's
     /// `wallet` parameter filters on.
     pub fn script_btc(&self, id: &str, wallet: &str, script: Script) {
@@ -190,12 +213,13 @@ impl FakeNinjapay {
         let mut inner = self.shared.lock();
         let max_pending = match inner.unknown {
             Unknown::Random { max_pending } => max_pending,
-            Unknown::NotFound => 5,
+            Unknown::NotFound | Unknown::Pending => 5,
         };
         inner.register(None, kind, id, Script::random(kind, max_pending), "btc");
     }
 
-    /// Every request received, in arrival order (the most recent 100,000).
+    /// Every request received, in arrival order (the most recent 100,000; none with
+    /// [`FakeOptions::record`] `false`).
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().records.iter().cloned().collect()
     }

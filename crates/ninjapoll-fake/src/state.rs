@@ -59,6 +59,10 @@ pub(crate) struct Inner {
     pub(crate) scripts: HashMap<(Owner, Kind, String), ScriptEntry>,
     next_order: u64,
     pub(crate) records: VecDeque<Recorded>,
+    /// [`FakeOptions::record`]: whether `records` is kept, or only `arrivals`.
+    pub(crate) record: bool,
+    /// Per accepted key, every arrival (kept only when `record` is false).
+    pub(crate) arrivals: HashMap<String, Vec<Instant>>,
 }
 
 impl Inner {
@@ -75,6 +79,8 @@ impl Inner {
             scripts: HashMap::new(),
             next_order: 0,
             records: VecDeque::new(),
+            record: opts.record,
+            arrivals: HashMap::new(),
         }
     }
 
@@ -121,6 +127,17 @@ impl Inner {
     }
 
     pub(crate) fn push_record(&mut self, record: Recorded) {
+        if !self.record {
+            if let (true, Some(key)) = (record.auth_ok, record.key.as_deref()) {
+                match self.arrivals.get_mut(key) {
+                    Some(times) => times.push(record.at),
+                    None => {
+                        self.arrivals.insert(key.to_owned(), vec![record.at]);
+                    }
+                }
+            }
+            return;
+        }
         if self.records.len() >= MAX_RECORDS {
             self.records.pop_front();
         }

@@ -248,6 +248,52 @@ async fn random_unknown_ids_settle() {
 }
 
 #[tokio::test]
+async fn pending_unknown_ids_and_arrivals_without_records() {
+    let opts = FakeOptions {
+        unknown: Unknown::Pending,
+        accounts: vec!["other-key".into()],
+        budget: Some((2, Duration::from_secs(60))),
+        record: false,
+        ..FakeOptions::default()
+    };
+    let (f, c) = fake(opts).await;
+    let url = |tid: &str| format!("{}{P2P_PATH}?tid={tid}", f.base_url());
+    for tid in ["never-scripted", "another"] {
+        let (s, v) = get_json(&c, url(tid)).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["status"], Kind::P2p.pending_status(), "{v}");
+    }
+    let (s, _, _) = get(&c, url("x"), Some("other-key")).await;
+    assert_eq!(s, 200);
+    // Refused keys are not arrivals; the third request of KEY is over its budget of 2.
+    let (s, _, _) = get(&c, url("x"), Some("wrong-key")).await;
+    assert_eq!(s, 401);
+    let (s, _, _) = get(&c, url("x"), Some(KEY)).await;
+    assert_eq!(s, 429);
+    assert!(f.requests().is_empty(), "no records kept");
+    let arrivals = f.arrivals_by_key();
+    assert_eq!(arrivals.len(), 2, "{arrivals:?}");
+    assert_eq!(arrivals[KEY].len(), 3);
+    assert!(arrivals[KEY].windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(arrivals["other-key"].len(), 1);
+    assert_eq!(f.violations(), 1);
+}
+
+#[tokio::test]
+async fn arrivals_by_key_from_the_records() {
+    let (f, c) = fake(FakeOptions::default()).await;
+    f.script("p2p", "p1", Script::Sequence(vec![]));
+    let url = format!("{}{P2P_PATH}?tid=p1", f.base_url());
+    get(&c, url.clone(), Some(KEY)).await;
+    get(&c, url.clone(), Some(KEY)).await;
+    get(&c, url, Some("wrong-key")).await;
+    let arrivals = f.arrivals_by_key();
+    assert_eq!(arrivals.len(), 1, "{arrivals:?}");
+    assert_eq!(arrivals[KEY].len(), 2);
+    assert_eq!(f.requests().len(), 3);
+}
+
+#[tokio::test]
 async fn http_steps_fault_and_flip() {
     let (f, c) = fake(FakeOptions::default()).await;
     let base = f.base_url();
