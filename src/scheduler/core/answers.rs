@@ -46,8 +46,13 @@ impl Core {
     pub fn complete(&mut self, done: &Completion) -> Completed {
         let now = done.done_at;
         let p = done.pool;
+        if self.in_flight >= MAX_TOTAL_IN_FLIGHT {
+            // Keys held by the total bound, not their own, may go on now.
+            self.wakes.touch_all();
+        }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.pools[p].in_flight = self.pools[p].in_flight.saturating_sub(1);
+        self.touch(p);
         let used_before = self.pools[p].budget.used(now);
         self.pools[p].budget.release(now);
         let mut out = Completed {

@@ -12,78 +12,84 @@ impl Core {
         }
         let n = self.pools.len();
         self.poll_from = (self.poll_from + 1) % n.max(1);
-        for i in 0..n {
-            let p = PoolId::new((self.poll_from + i) % n);
-            self.ensure_reserve(p, out);
-            while self.has_slot(p) {
-                if self.send_watched(p, now, false, out) {
-                    continue;
-                }
-                let Some((from, pk)) = self.peek_due(p, now) else {
-                    // Nothing of the ladder's is due: what it leaves of the budget may go
-                    // to the payments under reconciliation.
-                    if self.send_watched(p, now, true, out) {
-                        continue;
-                    }
-                    break;
-                };
-                let recheck = from == Queue::Recheck;
-                let kind = self.entries[&pk].kind.clone();
-                // Keys answering 401/403 are probed by one request at a time, at most
-                // every few seconds, instead of spending the budget on every payment.
-                if let Some((since, _)) = self.pools[p].auth_failing.get(&kind.name) {
-                    let probe_every = (self.window / 100).clamp(50, 30_000);
-                    let last = self.pools[p].last_probe.max(*since);
-                    if now < last + probe_every {
-                        self.defer(p, pk, from, last + probe_every);
-                        continue;
-                    }
-                    self.pools[p].last_probe = now;
-                }
-                if kind.is_list() {
-                    if let Some(&nb) = self.pools[p].list_not_before.get(&kind.name) {
-                        if now < nb {
-                            self.defer(p, pk, from, nb);
-                            continue;
-                        }
-                    }
-                }
-                if !self.pools[p].spec.has_key {
-                    self.no_key(p, pk, from, now, out);
-                    continue;
-                }
-                if self.pools[p].ledger_keys.is_empty() {
-                    self.ensure_reserve(p, out);
-                    break; // a refill wakes us
-                }
-                if !self.pools[p].budget.try_acquire(now) {
-                    break;
-                }
-                self.take(p, pk, from);
-                if recheck {
-                    self.pools[p].recheck_sent.push_back(now);
-                }
-                self.pools[p].live_sent.push_back(now);
-                if from == Queue::Backlog {
-                    let sent = &mut self.pools[p].backlog_sent;
-                    sent.push_back(now);
-                    forget_older(sent, self.window, now);
-                }
-                let span = self.on_time(p);
-                let recent = &mut self.pools[p].recent_sent;
-                recent.push_back((now, from == Queue::Backlog));
-                while recent.front().is_some_and(|(t, _)| *t + span <= now) {
-                    recent.pop_front();
-                }
-                let pks = if kind.is_list() {
-                    self.list_members(p, &kind, pk, now)
-                } else {
-                    vec![pk]
-                };
-                let req = self.launch(p, kind, pks, now);
-                out.push(Action::Send(req));
-                self.ensure_reserve(p, out);
+        for p in self.wakes.take_due(now, n, self.poll_from) {
+            self.poll_pool(p, now, out);
+            let wake = self.pool_wake(p, now);
+            self.wakes.set(p.index(), wake);
+        }
+    }
+
+    /// Starts pool `p`'s checks that are due, within the in-flight bounds and its budget.
+    fn poll_pool(&mut self, p: PoolId, now: SchedMs, out: &mut Vec<Action>) {
+        self.ensure_reserve(p, out);
+        while self.has_slot(p) {
+            if self.send_watched(p, now, false, out) {
+                continue;
             }
+            let Some((from, pk)) = self.peek_due(p, now) else {
+                // Nothing of the ladder's is due: what it leaves of the budget may go
+                // to the payments under reconciliation.
+                if self.send_watched(p, now, true, out) {
+                    continue;
+                }
+                break;
+            };
+            let recheck = from == Queue::Recheck;
+            let kind = self.entries[&pk].kind.clone();
+            // Keys answering 401/403 are probed by one request at a time, at most
+            // every few seconds, instead of spending the budget on every payment.
+            if let Some((since, _)) = self.pools[p].auth_failing.get(&kind.name) {
+                let probe_every = (self.window / 100).clamp(50, 30_000);
+                let last = self.pools[p].last_probe.max(*since);
+                if now < last + probe_every {
+                    self.defer(p, pk, from, last + probe_every);
+                    continue;
+                }
+                self.pools[p].last_probe = now;
+            }
+            if kind.is_list() {
+                if let Some(&nb) = self.pools[p].list_not_before.get(&kind.name) {
+                    if now < nb {
+                        self.defer(p, pk, from, nb);
+                        continue;
+                    }
+                }
+            }
+            if !self.pools[p].spec.has_key {
+                self.no_key(p, pk, from, now, out);
+                continue;
+            }
+            if self.pools[p].ledger_keys.is_empty() {
+                self.ensure_reserve(p, out);
+                break; // a refill wakes us
+            }
+            if !self.pools[p].budget.try_acquire(now) {
+                break;
+            }
+            self.take(p, pk, from);
+            if recheck {
+                self.pools[p].recheck_sent.push_back(now);
+            }
+            self.pools[p].live_sent.push_back(now);
+            if from == Queue::Backlog {
+                let sent = &mut self.pools[p].backlog_sent;
+                sent.push_back(now);
+                forget_older(sent, self.window, now);
+            }
+            let span = self.on_time(p);
+            let recent = &mut self.pools[p].recent_sent;
+            recent.push_back((now, from == Queue::Backlog));
+            while recent.front().is_some_and(|(t, _)| *t + span <= now) {
+                recent.pop_front();
+            }
+            let pks = if kind.is_list() {
+                self.list_members(p, &kind, pk, now)
+            } else {
+                vec![pk]
+            };
+            let req = self.launch(p, kind, pks, now);
+            out.push(Action::Send(req));
+            self.ensure_reserve(p, out);
         }
     }
 
@@ -500,46 +506,51 @@ impl Core {
         if self.in_flight >= MAX_TOTAL_IN_FLIGHT {
             return None; // an answer wakes us
         }
+        if self.wakes.any_touched() {
+            return Some(now);
+        }
+        self.wakes.first()
+    }
+
+    /// When pool `p` next has something to do, as of a visit at `now` (`None`: only an
+    /// event: an answer, a payment, a refill).
+    fn pool_wake(&mut self, p: PoolId, now: SchedMs) -> Option<SchedMs> {
+        if !self.has_slot(p) {
+            return None; // an answer wakes it
+        }
         let mut wake: Option<SchedMs> = None;
-        for p in self.pools.ids() {
-            if !self.has_slot(p) {
-                continue; // an answer wakes us
-            }
-            let mut ready = std::mem::take(&mut self.pools[p].ready);
-            ready.retain(|&item| self.live_ready(item));
-            if !ready.is_empty() {
-                let keep = if ready.iter().all(|(_, _, pk)| self.entries[pk].backlog) {
-                    self.backlog_leaves(p)
+        let mut ready = std::mem::take(&mut self.pools[p].ready);
+        ready.retain(|&item| self.live_ready(item));
+        if !ready.is_empty() {
+            let keep = if ready.iter().all(|(_, _, pk)| self.entries[pk].backlog) {
+                self.backlog_leaves(p)
+            } else {
+                0
+            };
+            let at = self.pools[p]
+                .budget
+                .next_room_beyond(now, keep)
+                .unwrap_or(SchedMs::MAX);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        self.pools[p].ready = ready;
+        for recheck in [true, false] {
+            if let Some((due, _)) = self.live_head(p, recheck) {
+                let at = if due <= now {
+                    self.pools[p]
+                        .budget
+                        .next_room_at(now)
+                        .unwrap_or(SchedMs::MAX)
                 } else {
-                    0
+                    due
                 };
-                let at = self.pools[p]
-                    .budget
-                    .next_room_beyond(now, keep)
-                    .unwrap_or(SchedMs::MAX);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
-            }
-            self.pools[p].ready = ready;
-            for recheck in [true, false] {
-                if let Some((due, _)) = self.live_head(p, recheck) {
-                    let at = if due <= now {
-                        self.pools[p]
-                            .budget
-                            .next_room_at(now)
-                            .unwrap_or(SchedMs::MAX)
-                    } else {
-                        due
-                    };
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
-                }
             }
         }
         // Checks of watched payments as they come due; one due already waits for spare
         // room (or the rechecks' share), which the tick looks at.
-        for p in self.pools.ids() {
-            if let Some(due) = self.watch.next_due(p.index()).filter(|d| *d > now) {
-                wake = Some(wake.map_or(due, |w| w.min(due)));
-            }
+        if let Some(due) = self.watch.next_due(p.index()).filter(|d| *d > now) {
+            wake = Some(wake.map_or(due, |w| w.min(due)));
         }
         wake.filter(|w| *w != SchedMs::MAX)
     }

@@ -32,6 +32,7 @@ impl Core {
         if let Some(pool) = self.pools.get_mut(p) {
             pool.ledger_keys.extend(keys.into_iter().flatten());
             pool.refilling = false;
+            self.touch(p);
         }
     }
 

@@ -24,6 +24,7 @@ mod lists;
 mod pricing;
 mod status;
 mod tracking;
+mod wakes;
 
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,7 @@ use crate::payment::{LedgerKey, PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{arrival_rate, burst_cap, Evidence, Grid, Learner, Plans, RATE_WINDOWS};
 use crate::status::{drain_eta, KindPolicy, LateStatus, PoolStatus};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use io::{
@@ -302,6 +303,8 @@ pub struct Core {
     /// The key [`Core::poll`] starts at, turning, so none is always served last when
     /// the total bound is reached.
     poll_from: usize,
+    /// When each key next has something to do.
+    wakes: wakes::Wakes,
     gen: u64,
     rng: fastrand::Rng,
     unknown_logged: HashSet<(KindName, String)>,
@@ -369,6 +372,7 @@ impl Core {
         }
         let pools = cfg.pools.into_iter().map(Pool::new).collect();
         let pools = Pools(pools);
+        let wakes = wakes::Wakes::new(pools.len());
         Self {
             ladder: cfg.ladder,
             grid,
@@ -384,6 +388,7 @@ impl Core {
             max_in_flight: cfg.max_in_flight.max(1),
             in_flight: 0,
             poll_from: 0,
+            wakes,
             gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             unknown_logged: HashSet::new(),
@@ -464,6 +469,12 @@ impl Core {
     /// Whether pool `p` may start another request: its own bound and the total.
     pub(super) fn has_slot(&self, p: PoolId) -> bool {
         self.pools[p].in_flight < self.max_in_flight && self.in_flight < MAX_TOTAL_IN_FLIGHT
+    }
+
+    /// Something happened to pool `p` that may bring its work sooner: the next poll
+    /// visits it (see [`wakes`]).
+    pub(super) fn touch(&mut self, p: PoolId) {
+        self.wakes.touch(p.index());
     }
 
     /// A request of pool `p` starts.

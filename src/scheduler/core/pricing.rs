@@ -7,6 +7,8 @@ impl Core {
     /// Periodic work: re-learns the flip distributions now and then, and sets each key's
     /// price level from the demand it projects over the next window.
     pub fn tick(&mut self, now: SchedMs) {
+        // Prices, budgets and the spare room for late checks move: every key is looked at.
+        self.wakes.touch_all();
         // Each kind's arrival rate, once a tick: the refit and every key's level read it.
         let arrivals: Vec<(f64, usize)> = (0..self.models.len())
             .map(|m| self.arrival_rate(m, now))

@@ -67,6 +67,7 @@ impl Core {
         }
         e.due_from = e.due.max(now);
         self.queue(&e);
+        self.touch(e.pool);
         self.entries.insert(e);
     }
 
@@ -86,6 +87,7 @@ impl Core {
     /// the payment is not held.
     pub fn recheck(&mut self, pk: PaymentKey, now: SchedMs) -> Option<SchedMs> {
         if self.watch.holds(&pk) {
+            self.wakes.touch_all();
             return self.watch.recheck(pk, now, now);
         }
         let window = self.window;
@@ -115,6 +117,8 @@ impl Core {
         if !e.in_flight {
             pool.rechecks.push(Reverse((at, gen, pk)));
         }
+        let p = e.pool;
+        self.touch(p);
         Some(at)
     }
 
@@ -189,6 +193,7 @@ impl Core {
             upstream_status: row.upstream_status,
             seen: row.seen_at.unwrap_or(row.started_at),
         };
+        self.wakes.touch_all();
         self.watch.start(start, Some(row.next_check_at), now)
     }
 

@@ -393,6 +393,12 @@ fn a_backlog_leaves_room_for_the_payments_on_plan_and_none_without_them() {
     core.pools[PoolId::DEFAULT].budget.release(SchedMs(now));
     // 98 used: the last 2 wait for the payment on plan.
     assert_eq!(core.peek_due(PoolId::DEFAULT, SchedMs(now)), None);
+    let mut actions = Vec::new();
+    core.poll(SchedMs(now), &mut actions);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Send(_))),
+        "nothing goes"
+    );
     assert_eq!(
         core.next_wake(SchedMs(now)).map(|w| w > SchedMs(now)),
         Some(true),
