@@ -453,10 +453,43 @@ impl StatusLine {
     }
 }
 
+/// Keys the status line names one by one; with more, it sums them up (systemd drops a
+/// notification of 4 KiB or more).
+const STATUS_KEYS: usize = 4;
+
+/// The status line of many keys: their budgets together, how many are scarce, and the
+/// largest backlog.
+fn status_summary(pending: usize, pools: &[PoolStatus]) -> String {
+    let used: u64 = pools.iter().map(|p| u64::from(p.budget_used)).sum();
+    let limit: u64 = pools.iter().map(|p| u64::from(p.budget_effective)).sum();
+    let scarce = pools.iter().filter(|p| p.price_level > 0.0).count();
+    let mut line = format!(
+        "{pending} pending; {} keys: budget {used}/{limit} in all, {scarce} scarce",
+        pools.len()
+    );
+    if let Some(worst) = pools
+        .iter()
+        .filter(|p| p.backlog > 0)
+        .max_by_key(|p| p.backlog)
+    {
+        let behind = pools.iter().filter(|p| p.backlog > 0).count();
+        line.push_str(&format!(
+            ", {behind} with a backlog (largest: {} {}, {} behind)",
+            worst.name,
+            worst.backlog,
+            humantime::format_duration(worst.behind())
+        ));
+    }
+    line
+}
+
 /// The status line for the keys' snapshots: payments being polled, then each key's
 /// budget use in its current window (and whether it is scarce, so checks go by age).
 pub fn status_line(pools: &[PoolStatus]) -> String {
     let pending: usize = pools.iter().map(|p| p.pending).sum();
+    if pools.len() > STATUS_KEYS {
+        return status_summary(pending, pools);
+    }
     let budgets: Vec<String> = pools
         .iter()
         .map(|p| {
@@ -852,5 +885,22 @@ mod tests {
             status_line(&[paced]),
             "1900 pending; budget 1000/1000 per 10m (scarce: checks by age), backlog 1820 (14m 2s behind, drains in 1h 30m+)"
         );
+    }
+
+    #[test]
+    fn with_many_accounts_the_status_line_sums_them_up_under_systemd_s_limit() {
+        let mut pools: Vec<PoolStatus> = (0..1000)
+            .map(|i| pool(&format!("account:a{i:04}"), 100, 990, 2.0))
+            .collect();
+        pools[7].backlog = 40;
+        pools[7].behind_ms = 90_000;
+        pools[9].backlog = 3;
+        let line = status_line(&pools);
+        assert_eq!(
+            line,
+            "100000 pending; 1000 keys: budget 990000/1000000 in all, 1000 scarce, \
+             2 with a backlog (largest: account:a0007 40, 1m 30s behind)"
+        );
+        assert!(line.len() < 4096);
     }
 }

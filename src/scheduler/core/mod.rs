@@ -305,6 +305,8 @@ pub struct Core {
     poll_from: usize,
     /// When each key next has something to do.
     wakes: wakes::Wakes,
+    /// The keys of each budget ledger (see [`Core::restore_spent`]).
+    ledger_pools: HashMap<String, Vec<PoolId>>,
     gen: u64,
     rng: fastrand::Rng,
     unknown_logged: HashSet<(KindName, String)>,
@@ -389,6 +391,7 @@ impl Core {
             in_flight: 0,
             poll_from: 0,
             wakes,
+            ledger_pools: HashMap::new(),
             gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             unknown_logged: HashSet::new(),
