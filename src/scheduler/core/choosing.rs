@@ -109,9 +109,6 @@ impl Core {
             return false;
         }
         let pk = if spare {
-            if !self.watch.any_due(p.index(), now) {
-                return false;
-            }
             // Over the next window the live payments must still find room as the window's
             // requests expire: for their checks due within the on-plan lateness, each as it
             // comes due, and for their pace of the last window all along, with a fiftieth
@@ -125,6 +122,7 @@ impl Core {
             // due: room now, and room for the pace once the window's requests expire.
             if !self.pools[p].budget.has_room_beyond(now, keep)
                 || pace + f64::from(keep) + 1.0 > f64::from(limit)
+                || !self.watch.any_due(p.index(), now)
             {
                 return false;
             }
@@ -514,7 +512,7 @@ impl Core {
 
     /// When pool `p` next has something to do, as of a visit at `now` (`None`: only an
     /// event: an answer, a payment, a refill).
-    fn pool_wake(&mut self, p: PoolId, now: SchedMs) -> Option<SchedMs> {
+    pub(super) fn pool_wake(&mut self, p: PoolId, now: SchedMs) -> Option<SchedMs> {
         if !self.has_slot(p) {
             return None; // an answer wakes it
         }

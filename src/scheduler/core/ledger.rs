@@ -41,9 +41,14 @@ impl Core {
     /// Ledger rows committed for pool `p` (or `None`: the refill failed; ask again).
     pub fn refilled(&mut self, p: PoolId, keys: Option<Vec<LedgerKey>>) {
         if let Some(pool) = self.pools.get_mut(p) {
+            // A failed refill is asked again at the key's next visit, not at once: the
+            // writer is busy, and asking in a loop would only keep it so.
+            let got = keys.is_some();
             pool.ledger_keys.extend(keys.into_iter().flatten());
             pool.refilling = false;
-            self.touch(p);
+            if got {
+                self.touch(p);
+            }
         }
     }
 

@@ -193,3 +193,96 @@ fn two_accounts_with_different_flip_ages_each_learn_their_own() {
     assert!((40_000..=50_000).contains(&ours), "default {ours}");
     assert!((170_000..=190_000).contains(&theirs), "shop2 {theirs}");
 }
+
+#[test]
+fn the_wake_index_is_never_later_than_every_key_looked_at_afresh() {
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k-default".into());
+    raw.ninjapay.budget_requests = Some(200);
+    for a in 1..4 {
+        raw.accounts.insert(
+            format!("a{a}"),
+            RawAccount {
+                api_key: Some(format!("k-{a}")),
+                budget_requests: Some(100 * a),
+                ..RawAccount::default()
+            },
+        );
+    }
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    let mut core = Core::new(cc, SchedMs(0));
+    let mut rng = fastrand::Rng::with_seed(11);
+    let accounts = ["default", "a1", "a2", "a3"];
+    let mut flying: Vec<Completion> = Vec::new();
+    let mut actions = Vec::new();
+    let (mut now, mut pk, mut key) = (0i64, 0i64, 0i64);
+    while now < 900_000 {
+        if rng.f64() < 0.05 {
+            pk += 1;
+            let account = accounts[rng.usize(0..accounts.len())];
+            core.track(of(account, pk), SchedMs(now), false);
+        }
+        if rng.f64() < 0.002 && pk > 0 {
+            core.recheck(PaymentKey(rng.i64(1..=pk)), SchedMs(now));
+        }
+        if now % 1_000 == 0 {
+            core.tick(SchedMs(now));
+        }
+        let (done, rest): (Vec<_>, Vec<_>) =
+            flying.drain(..).partition(|c| c.done_at <= SchedMs(now));
+        flying = rest;
+        for c in done {
+            core.complete(&c);
+        }
+        // Until nothing more goes: refills come back at once, as the driver's do after
+        // its next event.
+        loop {
+            core.poll(SchedMs(now), &mut actions);
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions.drain(..) {
+                match a {
+                    Action::Send(r) => flying.push(Completion {
+                        pool: r.pool,
+                        observations: r
+                            .pks
+                            .iter()
+                            .map(|_| Observation::Status {
+                                raw: "pending".into(),
+                                state: Some(State::Pending),
+                                response: json!({}),
+                            })
+                            .collect(),
+                        pks: r.pks,
+                        retry_after_ms: None,
+                        sent_at: r.sent_at,
+                        done_at: SchedMs(now + rng.i64(5..3_000)),
+                        ledger: r.ledger,
+                    }),
+                    Action::Refill { pool, count, .. } => {
+                        let keys = (key..key + count as i64).map(LedgerKey).collect();
+                        core.refilled(pool, Some(keys));
+                        key += count as i64;
+                    }
+                    Action::Record(_) => {}
+                }
+            }
+        }
+        let indexed = core.next_wake(SchedMs(now));
+        let afresh = core
+            .pools
+            .ids()
+            .filter_map(|p| core.pool_wake(p, SchedMs(now)))
+            .min();
+        if let Some(fresh) = afresh {
+            assert!(
+                indexed.is_some_and(|w| w <= fresh.max(SchedMs(now))),
+                "at {now}: the index wakes at {indexed:?}, a fresh look at {fresh:?}"
+            );
+        }
+        now += rng.i64(1..400);
+    }
+    assert!(pk > 100);
+}
