@@ -19,7 +19,9 @@
 //!   in turn, and the bound (the dynamic program over the schedule's ages with the late
 //!   requests the learnt run made per timed-out payment);
 //! - the live payments' mean delay with reconciliation over without (target ≤ 1.03), and
-//!   against the live bound;
+//!   against the live bound; and how long the live checks waited past their due time on
+//!   average, on and off (what the late requests did to them, without the noise of which
+//!   flips a shifted check happens to see);
 //! - requests over budget and deadline checks missed (0).
 //!
 //! `cargo bench --bench late -- --help`.
@@ -279,12 +281,14 @@ fn run_seeds(rate: f64, args: &Args, schedule: &[i64]) -> anyhow::Result<Vec<See
                 if args.detail {
                     let (l, t) = (&s.learnt.late, &s.in_turn.late);
                     println!(
-                        "  seed {seed}: moves {} seen {}/{} 24h {}/{} on schedule {} mean {:.1}/{:.1} min; late requests while arriving {}/{} of {}/{}; req/timed-out {:.2}/{:.2}; live {:.3}x off; budget use off {:.3} on {:.3}",
+                        "  seed {seed}: moves {} seen {}/{} 24h {}/{} on schedule {} mean {:.1}/{:.1} min; late requests while arriving {}/{} of {}/{}; req/timed-out {:.2}/{:.2}; live {:.3}x off; live wait past due {:.2}/{:.2} s, off {:.2}; budget use off {:.3} on {:.3}",
                         l.moves, l.seen, t.seen, l.seen_24h, t.seen_24h, l.seen_on_schedule,
                         l.mean_ms / MIN_MS, t.mean_ms / MIN_MS, l.requests_while_arriving,
                         t.requests_while_arriving, l.requests, t.requests,
                         l.requests_per_timed_out,
                         t.requests_per_timed_out, s.learnt.mean_ms / s.off.mean_ms,
+                        s.learnt.late_mean_ms / 1000.0, s.in_turn.late_mean_ms / 1000.0,
+                        s.off.late_mean_ms / 1000.0,
                         s.off.budget_use, s.learnt.budget_use
                     );
                 }
@@ -350,6 +354,12 @@ fn print_rate(rate: f64, seeds: &[Seed], schedule: &[i64], mix: &LateMix) -> boo
         spread(seeds, 3, |s| s.in_turn.mean_ms / s.off.mean_ms),
         spread(seeds, 3, |s| s.off.ratio),
         spread(seeds, 3, |s| s.learnt.ratio),
+    );
+    println!(
+        "  live checks' mean wait past due (s)  off {}  learnt {}  in turn {}",
+        spread(seeds, 2, |s| s.off.late_mean_ms / 1000.0),
+        spread(seeds, 2, |s| s.learnt.late_mean_ms / 1000.0),
+        spread(seeds, 2, |s| s.in_turn.late_mean_ms / 1000.0),
     );
     let over: u32 = seeds
         .iter()

@@ -96,8 +96,9 @@ impl Core {
     /// Sends one check of a payment under reconciliation of pool `p`, if one is due: with
     /// `spare` false, a merchant's recheck (within the rechecks' share, as for live ones);
     /// with `spare` true, the earliest due planned check, and only from what the live
-    /// payments leave of the budget: room beyond a fiftieth of it (their spurts) and every
-    /// live check due within the time a check may go late and stay on plan.
+    /// payments leave of the budget: room beyond a fiftieth of it (their spurts), every
+    /// live check due within the time a check may go late and stay on plan, and their
+    /// need over the next window ([`Core::live_need`]: never less than their usual pace).
     pub(super) fn send_watched(
         &mut self,
         p: PoolId,
@@ -111,11 +112,11 @@ impl Core {
         let pk = if spare {
             // Over the next window the live payments must still find room as the window's
             // requests expire: for their checks due within the on-plan lateness, each as it
-            // comes due, and for their pace of the last window all along, with a fiftieth
-            // of the budget to spare.
-            let window = self.window;
-            forget_older(&mut self.pools[p].live_sent, window, now);
-            let pace = self.pools[p].live_sent.len() as f64;
+            // comes due, and for their need all along, with a fiftieth of the budget to
+            // spare. A late request holds its room for that whole window, and a dip of the
+            // last window's live pace says nothing of the next one's: the need is never
+            // less than their usual pace.
+            let pace = self.live_need(p, now);
             let limit = self.pools[p].budget.effective_limit();
             let keep = limit / BACKLOG_LEAVES_DIVISOR;
             // What the look ahead asks first and last, before it looks at the live checks

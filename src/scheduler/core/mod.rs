@@ -22,6 +22,7 @@ mod learning;
 mod ledger;
 mod lists;
 mod pricing;
+mod spare;
 mod status;
 mod tracking;
 mod wakes;
@@ -183,6 +184,8 @@ struct Pool {
     /// The live payments' requests of the last window: the pace reconciliation leaves room
     /// for.
     live_sent: VecDeque<SchedMs>,
+    /// Their usual pace: what reconciliation leaves them over a window to come.
+    live_pace: spare::LivePace,
     backlog_since: Option<SchedMs>,
     /// More checks are due than the budget sends in half a window, and the budget is
     /// spent (set every tick).
@@ -223,6 +226,7 @@ impl Pool {
             recent_sent: VecDeque::new(),
             backlog_sent: VecDeque::new(),
             live_sent: VecDeque::new(),
+            live_pace: spare::LivePace::default(),
             backlog_since: None,
             piled: false,
             on_plan: false,

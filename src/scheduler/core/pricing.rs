@@ -21,6 +21,11 @@ impl Core {
         for p in self.pools.ids() {
             self.pools[p].budget.recover(now);
             self.set_level(p, now, &arrivals);
+            // The live pace, for what they are taken to want of a window to come.
+            let pool = &mut self.pools[p];
+            forget_older(&mut pool.live_sent, self.window, now);
+            let pace = pool.live_sent.len() as f64;
+            pool.live_pace.observe(pace, now, self.window);
         }
         self.unsent.extend(self.watch.tick(now));
         // Late moves come over hours: the models move slowly, and a refit a window is plenty.
@@ -35,15 +40,21 @@ impl Core {
     }
 
     /// Requests per window the live payments of pool `p` leave for late checks: the
-    /// budget less their pace over the last window and the share kept for their spurts
+    /// budget less their need over the next window and the share kept for their spurts
     /// (what [`Core::send_watched`]'s rule lets through in a steady state).
     fn late_supply(&mut self, p: PoolId, now: SchedMs) -> f64 {
+        let limit = self.pools[p].budget.effective_limit();
+        let keep = limit / BACKLOG_LEAVES_DIVISOR;
+        f64::from(limit) - f64::from(keep) - self.live_need(p, now)
+    }
+
+    /// Requests the live payments of pool `p` are taken to want over the next window
+    /// (see [`spare::LivePace`]).
+    pub(super) fn live_need(&mut self, p: PoolId, now: SchedMs) -> f64 {
         let window = self.window;
         let pool = &mut self.pools[p];
         forget_older(&mut pool.live_sent, window, now);
-        let limit = pool.budget.effective_limit();
-        let keep = limit / BACKLOG_LEAVES_DIVISOR;
-        f64::from(limit) - f64::from(keep) - pool.live_sent.len() as f64
+        pool.live_pace.need(pool.live_sent.len() as f64)
     }
 
     /// Sets pool `p`'s price level from the demand it projects over the next window;

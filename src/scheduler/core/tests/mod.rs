@@ -3,6 +3,7 @@
 mod accounts;
 mod errors;
 mod property;
+mod spare;
 
 use super::*;
 use crate::config::{self, Config};

@@ -1,0 +1,89 @@
+//! Late checks out of the spare budget: the room they take is what the live payments are
+//! taken to want over the next window, not what they happened to send over the last.
+
+use super::*;
+
+const WINDOW: i64 = 600_000;
+
+/// A core with a budget of `budget` per 10 minutes, reconciliation on its default
+/// schedule, and one timed-out payment started at 0, its planned late checks due from
+/// 15 minutes on (`next` on the schedule, so not a merchant's recheck).
+fn watching(budget: u32, next: i64) -> Core {
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k".into());
+    raw.ninjapay.budget_requests = Some(budget);
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    let mut core = Core::new(cc, SchedMs(0));
+    assert_eq!(core.window, WINDOW);
+    let row = Watched {
+        pk: PaymentKey(1),
+        account: crate::account::AccountName::default(),
+        kind: KindName::parse("p2p").unwrap(),
+        id: PaymentId::parse("T1").unwrap(),
+        state: State::TimedOut,
+        upstream_status: Some("pending".into()),
+        started_at: SchedMs(0),
+        next_check_at: SchedMs(next),
+        seen_at: None,
+        ended_state: State::TimedOut,
+    };
+    core.watch(row, SchedMs(0));
+    assert_eq!(core.watched(), 1);
+    core
+}
+
+/// The live payments sent `usual` requests a window for hours, then `last` in the last
+/// window, all of them a minute before `now`, answered at once.
+fn live_history(core: &mut Core, usual: f64, last: u32, now: i64) {
+    let p = PoolId::new(0);
+    let pool = &mut core.pools[p];
+    let mut t = 0;
+    while t < now - WINDOW {
+        pool.live_pace.observe(usual, SchedMs(t), WINDOW);
+        t += 1000;
+    }
+    let sent = SchedMs(now - 60_000);
+    for _ in 0..last {
+        assert!(pool.budget.try_acquire(sent));
+        pool.budget.release(sent);
+        pool.live_sent.push_back(sent);
+    }
+}
+
+/// Polls at `now` (granting ledger rows as asked); whether a late check went out.
+fn late_check_sent(core: &mut Core, now: i64) -> bool {
+    let mut actions = Vec::new();
+    let mut sent = false;
+    for _ in 0..2 {
+        core.poll(SchedMs(now), &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Send(r) => sent |= r.pks == [PaymentKey(1)],
+                Action::Refill { pool, count, .. } => {
+                    core.refilled(pool, Some((0..count as i64).map(LedgerKey).collect()))
+                }
+                Action::Record(_) => {}
+            }
+        }
+    }
+    sent
+}
+
+/// A window in which the live payments sent half their usual pace leaves that half for
+/// late checks only if that pace is what they usually send: the next window's live
+/// requests owe nothing to the last one's dip, and a late request holds its room for a
+/// whole window, so it would take room the live checks want back within minutes.
+#[test]
+fn a_dip_in_the_live_pace_is_not_room_for_late_checks() {
+    let now = 12 * WINDOW;
+    let next = 2 * 3_600_000;
+    let mut core = watching(100, next);
+    live_history(&mut core, 90.0, 45, now);
+    assert!(!late_check_sent(&mut core, now), "a dip taken as room");
+
+    // The same last window where the live payments always send that little: room.
+    let mut core = watching(100, next);
+    live_history(&mut core, 45.0, 45, now);
+    assert!(late_check_sent(&mut core, now), "room left unused");
+}
