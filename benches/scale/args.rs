@@ -10,7 +10,8 @@ each on its own key and budget, against the fake Ninjapay in this process, in re
 usage: cargo bench --bench scale -- [OPTIONS]
   --accounts N     accounts (keys) on the daemon, `default` included   (1000)
   --pending P      payments kept pending per account                   (100)
-  --warmup DUR     left out after the restart's READY                  (2m)
+  --warmup DUR     left out after READY: a payment's lifetime, so none (10m)
+                   measured is one the restart's catch-up put behind
   --measure DUR    the measured span                                   (10m)
   --budget R       requests per window per key, at the fake and the daemon (1000)
   --window DUR     the budget's window                                 (10m)
@@ -67,7 +68,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Mode, String> {
     let mut a = Args {
         accounts: 1000,
         pending: 100,
-        warmup: Duration::from_secs(120),
+        warmup: Duration::from_secs(600),
         measure: Duration::from_secs(600),
         budget: 1000,
         window: Duration::from_secs(600),
