@@ -27,10 +27,11 @@ impl Core {
             let (backlog, earliest_due) = (backlog_of[p.index()], due_of[p.index()]);
             let pending = held.values().sum();
             let mut kinds = Vec::new();
-            for model in &self.models {
-                if model.pool != p {
-                    continue;
-                }
+            let own = self
+                .pool_models
+                .get(p.index())
+                .map_or(&[][..], Vec::as_slice);
+            for model in own.iter().map(|&m| &self.models[m]) {
                 let name = &model.kind;
                 let dist = &model.plans.dist;
                 let delay = model.plans.delay(self.pools[p].level);
@@ -42,7 +43,9 @@ impl Core {
                     expected_delay_ms: (delay * unit as f64) as i64,
                     pending: held.get(name.as_str()).copied().unwrap_or(0),
                     late: {
-                        let s = self.watch.stats().get(name).copied().unwrap_or_default();
+                        let s = (self.watch.stats().get(&(p.index(), name.clone())))
+                            .copied()
+                            .unwrap_or_default();
                         let (move_share, move_age_p50_ms) =
                             self.watch.learnt(name).unwrap_or((0.0, 0));
                         LateStatus {

@@ -182,6 +182,9 @@ impl Core {
         }
         let kind = self.kinds.get(&row.kind).cloned()?;
         let pool = self.pool_of(&row.account, &row.kind)?;
+        // Its account's model, so that the key reports the kind (and its watch) even
+        // while none of its payments is live.
+        self.model_for(&row.account, &kind, pool, None);
         let start = WatchStart {
             pk: row.pk,
             kind,

@@ -99,7 +99,7 @@ impl Watch {
         e.moved = true;
         e.state = to;
         self.stats
-            .entry(e.kind.name.clone())
+            .entry((e.pool, e.kind.name.clone()))
             .or_default()
             .late_moves += 1;
     }
@@ -122,7 +122,8 @@ impl Watch {
             e.failures = 0;
             let pos = next_age(schedule, sent_at - e.t0).unwrap_or(schedule.len());
             let passed = pos.saturating_sub(e.pos + 1);
-            self.stats.entry(e.kind.name.clone()).or_default().skipped += passed as u64;
+            let key = (e.pool, e.kind.name.clone());
+            self.stats.entry(key).or_default().skipped += passed as u64;
             e.pos = e.pos.max(pos);
             if e.kind.watches(e.state) {
                 self.plan(e, now);
@@ -159,7 +160,7 @@ impl Watch {
             e.t0.saturating_add(schedule.last().copied().unwrap_or(0))
                 .saturating_add(grace(schedule));
         self.ends.remove(&(end, e.pk));
-        let stats = self.stats.entry(e.kind.name.clone()).or_default();
+        let stats = self.stats.entry((e.pool, e.kind.name.clone())).or_default();
         stats.watched = stats.watched.saturating_sub(1);
     }
 }

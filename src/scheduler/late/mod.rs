@@ -140,7 +140,8 @@ pub struct Watch {
     ends: BTreeSet<(SchedMs, PaymentKey)>,
     models: HashMap<(KindName, State), Model>,
     pricing: Vec<Pricing>,
-    stats: BTreeMap<KindName, WatchStats>,
+    /// By pool index and kind.
+    stats: BTreeMap<(usize, KindName), WatchStats>,
     /// How long the evidence of a watched payment is remembered.
     memory_ms: i64,
     window_ms: i64,
@@ -328,7 +329,8 @@ impl Watch {
         if self.entries.contains_key(&w.pk) {
             self.dequeue(w.pk);
         } else {
-            self.stats.entry(w.kind.name.clone()).or_default().watched += 1;
+            let key = (w.pool, w.kind.name.clone());
+            self.stats.entry(key).or_default().watched += 1;
         }
         let end = w
             .started
@@ -456,6 +458,7 @@ impl Watch {
         pks: &[PaymentKey],
     ) -> (Vec<PaymentId>, Vec<SchedMs>, Option<Arc<Kind>>) {
         let (mut ids, mut started, mut kind) = (Vec::new(), Vec::new(), None);
+        let mut pool = 0;
         for pk in pks {
             self.dequeue(*pk);
             if let Some(e) = self.entries.get_mut(pk) {
@@ -463,10 +466,11 @@ impl Watch {
                 ids.push(e.id.clone());
                 started.push(e.t0);
                 kind.get_or_insert_with(|| e.kind.clone());
+                pool = e.pool;
             }
         }
         if let Some(k) = &kind {
-            self.stats.entry(k.name.clone()).or_default().checks += 1;
+            self.stats.entry((pool, k.name.clone())).or_default().checks += 1;
         }
         (ids, started, kind)
     }
@@ -495,7 +499,8 @@ impl Watch {
                 continue;
             };
             let left = e.kind.reconcile_after.len().saturating_sub(e.pos);
-            self.stats.entry(e.kind.name.clone()).or_default().skipped += left as u64;
+            let key = (e.pool, e.kind.name.clone());
+            self.stats.entry(key).or_default().skipped += left as u64;
             records.push(Outcome {
                 pk,
                 checked_at: now,
@@ -539,7 +544,8 @@ impl Watch {
     }
 
     /// What reconciliation did per kind.
-    pub fn stats(&self) -> &BTreeMap<KindName, WatchStats> {
+    /// By pool index and kind.
+    pub fn stats(&self) -> &BTreeMap<(usize, KindName), WatchStats> {
         &self.stats
     }
 

@@ -53,7 +53,7 @@ fn a_watch_no_spare_budget_serves_ends_unchecked_after_its_last_gap() {
         })
     );
     assert!(!w.holds(&PaymentKey(1)));
-    let s = w.stats()[&p2p.name];
+    let s = w.stats()[&(0, p2p.name.clone())];
     assert_eq!((s.watched, s.checks, s.skipped), (0, 0, 3));
 }
 
@@ -75,7 +75,7 @@ fn a_check_overtaken_by_later_ages_counts_them_skipped_and_plans_the_next() {
     // The 20 s check went at 45 s: the 40 s one is skipped, the next is at 60 s.
     assert_eq!(r.next_check_at, Some(SchedMs(60_000)));
     assert!(r.event.is_none());
-    let s = w.stats()[&p2p.name];
+    let s = w.stats()[&(0, p2p.name.clone())];
     assert_eq!((s.checks, s.skipped), (1, 1));
 }
 

@@ -86,6 +86,27 @@ fn each_payment_goes_out_on_its_own_account_s_key_with_its_own_budget() {
     assert_eq!(pools_of[&2], HashSet::from([shop2_pool]));
 }
 
+/// The answer "pending" to every payment of a request, at `at`.
+fn pending_answer(r: Request, at: SchedMs) -> Completion {
+    Completion {
+        pool: r.pool,
+        observations: r
+            .pks
+            .iter()
+            .map(|_| Observation::Status {
+                raw: "pending".into(),
+                state: Some(State::Pending),
+                response: json!({}),
+            })
+            .collect(),
+        pks: r.pks,
+        retry_after_ms: None,
+        sent_at: r.sent_at,
+        done_at: at,
+        ledger: r.ledger,
+    }
+}
+
 #[test]
 fn an_account_with_every_request_in_flight_holds_none_of_another_s() {
     let (mut core, _) = two_accounts();
@@ -105,23 +126,7 @@ fn an_account_with_every_request_in_flight_holds_none_of_another_s() {
                 Action::Send(r) => {
                     *in_flight.entry(r.pool).or_default() += 1;
                     if r.pool != PoolId::DEFAULT {
-                        core.complete(&Completion {
-                            pool: r.pool,
-                            observations: r
-                                .pks
-                                .iter()
-                                .map(|_| Observation::Status {
-                                    raw: "pending".into(),
-                                    state: Some(State::Pending),
-                                    response: json!({}),
-                                })
-                                .collect(),
-                            pks: r.pks,
-                            retry_after_ms: None,
-                            sent_at: r.sent_at,
-                            done_at: SchedMs(now),
-                            ledger: r.ledger,
-                        });
+                        core.complete(&pending_answer(r, SchedMs(now)));
                     }
                 }
                 Action::Refill { pool, count, .. } => {
@@ -244,23 +249,10 @@ fn the_wake_index_is_never_later_than_every_key_looked_at_afresh() {
             }
             for a in actions.drain(..) {
                 match a {
-                    Action::Send(r) => flying.push(Completion {
-                        pool: r.pool,
-                        observations: r
-                            .pks
-                            .iter()
-                            .map(|_| Observation::Status {
-                                raw: "pending".into(),
-                                state: Some(State::Pending),
-                                response: json!({}),
-                            })
-                            .collect(),
-                        pks: r.pks,
-                        retry_after_ms: None,
-                        sent_at: r.sent_at,
-                        done_at: SchedMs(now + rng.i64(5..3_000)),
-                        ledger: r.ledger,
-                    }),
+                    Action::Send(r) => {
+                        let at = SchedMs(now + rng.i64(5..3_000));
+                        flying.push(pending_answer(r, at));
+                    }
                     Action::Refill { pool, count, .. } => {
                         let keys = (key..key + count as i64).map(LedgerKey).collect();
                         core.refilled(pool, Some(keys));
@@ -285,4 +277,52 @@ fn the_wake_index_is_never_later_than_every_key_looked_at_afresh() {
         now += rng.i64(1..400);
     }
     assert!(pk > 100);
+}
+
+#[test]
+fn each_account_reports_its_own_payments_under_reconciliation() {
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k-default".into());
+    raw.accounts.insert(
+        "shop2".into(),
+        RawAccount {
+            api_key: Some("k-shop2".into()),
+            ..RawAccount::default()
+        },
+    );
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    let mut core = Core::new(cc, SchedMs(0));
+    let now = SchedMs(3_600_000);
+    for (pk, account) in [(1, "default"), (2, "shop2"), (3, "shop2")] {
+        let watched = Watched {
+            pk: PaymentKey(pk),
+            account: AccountName::parse(account).unwrap(),
+            kind: p2p(),
+            id: PaymentId::parse(&format!("T{pk}")).unwrap(),
+            state: State::TimedOut,
+            upstream_status: Some("pending".into()),
+            started_at: SchedMs(3_000_000),
+            next_check_at: SchedMs(3_900_000),
+            seen_at: None,
+            ended_state: State::TimedOut,
+        };
+        core.watch(watched, now);
+    }
+    let watched_of = |core: &mut Core, pool: PoolId| {
+        let status = core.status(now);
+        let s = status
+            .iter()
+            .find(|s| s.name == core.pools[pool].spec.name)
+            .unwrap();
+        s.kinds
+            .iter()
+            .find(|k| k.kind == p2p())
+            .unwrap()
+            .late
+            .watched
+    };
+    let shop2_pool = core.account_pool[&shop2()];
+    assert_eq!(watched_of(&mut core, PoolId::DEFAULT), 1);
+    assert_eq!(watched_of(&mut core, shop2_pool), 2);
 }
