@@ -40,7 +40,7 @@ fn p2p() -> KindName {
 
 #[test]
 fn each_payment_goes_out_on_its_own_account_s_key_with_its_own_budget() {
-    let (mut core, kind) = two_accounts();
+    let (mut core, _) = two_accounts();
     let shop2_pool = core.account_pool[&shop2()];
     assert_ne!(shop2_pool, PoolId::DEFAULT);
     assert_eq!(core.pools[shop2_pool].budget.limit(), 500);
@@ -57,23 +57,7 @@ fn each_payment_goes_out_on_its_own_account_s_key_with_its_own_budget() {
                     for pk in &r.pks {
                         pools_of.entry(pk.0).or_default().insert(r.pool);
                     }
-                    core.complete(&Completion {
-                        pool: r.pool,
-                        observations: r
-                            .pks
-                            .iter()
-                            .map(|_| Observation::Status {
-                                raw: "pending".into(),
-                                state: kind.map_status("pending"),
-                                response: json!({}),
-                            })
-                            .collect(),
-                        pks: r.pks,
-                        retry_after_ms: None,
-                        sent_at: r.sent_at,
-                        done_at: SchedMs(now + 100),
-                        ledger: r.ledger,
-                    });
+                    core.complete(&pending_answer(r, SchedMs(now + 100)));
                 }
                 Action::Refill { pool, count, .. } => {
                     core.refilled(pool, Some((0..count as i64).map(LedgerKey).collect()))
