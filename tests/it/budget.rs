@@ -217,22 +217,7 @@ async fn one_history_call_answers_every_btc_payment() {
     let fake = FakeNinjapay::start(FakeOptions::default()).await.unwrap();
     // A config-defined kind backed by the same list endpoint coalesces too.
     let cfg = DaemonConfig {
-        extra_toml: r#"
-[kinds.lbtc]
-method = "GET"
-url = "{prod}/sapi/v1/history"
-id_field = "tid"
-auth_header = "Authorization"
-status_pointer = "/status"
-query = { wallet = "lbtc" }
-status_map = { undefined = "pending", pending = "pending", paid = "succeeded", declined = "failed" }
-[kinds.lbtc.list]
-items_pointer = ""
-item_id_pointer = "/tid"
-limit_param = "limit"
-max_limit = 100
-"#
-        .into(),
+        extra_toml: crate::LBTC_KIND.into(),
         ..DaemonConfig::default()
     };
     let ladder = cfg.ladder();

@@ -30,19 +30,9 @@ fn webhooks_toml(url: Option<&str>, retry: &[&str], prefixes: &[&str]) -> String
     t
 }
 
+/// Polls `GET {path}` until `pred` holds for a 200 answer; panics after [`WAIT`].
 async fn wait_api(d: &Daemon, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (code, v) = d.request("GET", path, None).await;
-        if code == 200 && pred(&v) {
-            return v;
-        }
-        if std::time::Instant::now() > deadline {
-            d.print_log();
-            panic!("GET {path}: condition not met; last answer {code}: {v:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.wait_get(path, pred, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

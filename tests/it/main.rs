@@ -20,3 +20,20 @@ mod retention;
 mod systemd;
 mod upgrades;
 mod webhooks;
+
+/// A kind of the configuration's own, on the fake's list endpoint (`wallet=lbtc`).
+pub const LBTC_KIND: &str = r#"
+[kinds.lbtc]
+method = "GET"
+url = "{prod}/sapi/v1/history"
+id_field = "tid"
+auth_header = "Authorization"
+status_pointer = "/status"
+query = { wallet = "lbtc" }
+status_map = { undefined = "pending", pending = "pending", paid = "succeeded", declined = "failed" }
+[kinds.lbtc.list]
+items_pointer = ""
+item_id_pointer = "/tid"
+limit_param = "limit"
+max_limit = 100
+"#;

@@ -111,23 +111,6 @@ fn ladder_config(webhook_url: &str) -> DaemonConfig {
     }
 }
 
-/// A kind of the configuration's own, on the fake's list endpoint (`wallet=lbtc`).
-const LBTC: &str = r#"
-[kinds.lbtc]
-method = "GET"
-url = "{prod}/sapi/v1/history"
-id_field = "tid"
-auth_header = "Authorization"
-status_pointer = "/status"
-query = { wallet = "lbtc" }
-status_map = { undefined = "pending", pending = "pending", paid = "succeeded", declined = "failed" }
-[kinds.lbtc.list]
-items_pointer = ""
-item_id_pointer = "/tid"
-limit_param = "limit"
-max_limit = 100
-"#;
-
 /// Every delivered event of every payment, from both receivers: per payment, the
 /// sequences are 1..=n, each delivered once, and the last is the payment's final state.
 fn assert_events_complete(
@@ -222,7 +205,7 @@ async fn sighup_applies_a_new_webhook_url_and_kind_without_losing_or_rechecking(
     let text = text
         .replace(first.url(), second.url())
         .replace("[socket]\n", "[socket]\nmax_connections = 7\n")
-        + LBTC;
+        + crate::LBTC_KIND;
     std::fs::write(d.config_path(), text).expect("rewrite config");
     sighup(&d);
     let reload = wait_reload(&d, "applied").await;

@@ -45,20 +45,9 @@ async fn setup(config: DaemonConfig) -> (FakeNinjapay, Daemon) {
     (fake, daemon)
 }
 
-/// Polls `GET {path}` until `pred` holds for the answer; panics after [`WAIT`].
+/// Polls `GET {path}` until `pred` holds for a 200 answer; panics after [`WAIT`].
 async fn wait_api(d: &Daemon, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, v) = d.request("GET", path, None).await;
-        if code == 200 && pred(&v) {
-            return v;
-        }
-        if Instant::now() > deadline {
-            d.print_log();
-            panic!("GET {path}: condition not met within {WAIT:?}; last answer {code}: {v:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    d.wait_get(path, pred, WAIT).await
 }
 
 /// Waits until the event is delivered; returns it with its attempt log.

@@ -488,12 +488,21 @@ impl Daemon {
         pred: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Value {
+        self.wait_get(&format!("/v1/checks/{kind}/{id}"), pred, timeout)
+            .await
+    }
+
+    /// Polls `GET {path}` every 10 ms until `pred` holds for a 200 answer, and returns it.
+    /// Panics on timeout with the last answer and the daemon's log.
+    pub async fn wait_get(
+        &self,
+        path: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let last = match self
-                .try_request("GET", &format!("/v1/checks/{kind}/{id}"), None)
-                .await
-            {
+            let last = match self.try_request("GET", path, None).await {
                 Ok((200, p)) if pred(&p) => return p,
                 Ok(answer) => answer,
                 Err(e) => (0, Value::String(e)),
@@ -501,7 +510,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 self.print_log();
                 panic!(
-                    "{kind}/{id}: condition not met within {timeout:?}; last answer {}: {:#}",
+                    "GET {path}: condition not met within {timeout:?}; last answer {}: {:#}",
                     last.0, last.1
                 );
             }
