@@ -6,16 +6,6 @@ use super::*;
 impl Core {
     /// Counts a request made before a restart (see [`Budget::restore`]).
     pub fn restore_spent(&mut self, ledger_id: &str, done_at: Option<SchedMs>, now: SchedMs) {
-        // A restart restores up to two budgets of rows per key: found by their ledger, not
-        // by a pass over every key per row.
-        if self.ledger_pools.is_empty() {
-            for (i, pool) in self.pools.0.iter().enumerate() {
-                self.ledger_pools
-                    .entry(pool.spec.ledger_id.clone())
-                    .or_default()
-                    .push(PoolId::new(i));
-            }
-        }
         let Some(pools) = self.ledger_pools.get(ledger_id) else {
             return;
         };

@@ -379,6 +379,15 @@ impl Core {
         let pools = cfg.pools.into_iter().map(Pool::new).collect();
         let pools = Pools(pools);
         let wakes = wakes::Wakes::new(pools.len());
+        // A restart restores up to two budgets of rows per key: found by their ledger, not
+        // by a pass over every key per row.
+        let mut ledger_pools: HashMap<String, Vec<PoolId>> = HashMap::new();
+        for (i, pool) in pools.0.iter().enumerate() {
+            ledger_pools
+                .entry(pool.spec.ledger_id.clone())
+                .or_default()
+                .push(PoolId::new(i));
+        }
         Self {
             ladder: cfg.ladder,
             grid,
@@ -395,7 +404,7 @@ impl Core {
             in_flight: 0,
             poll_from: 0,
             wakes,
-            ledger_pools: HashMap::new(),
+            ledger_pools,
             gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             unknown_logged: HashSet::new(),
