@@ -8,7 +8,7 @@ use crate::event::{event_for, EventSpec};
 use crate::kinds::{Kind, KindName, Observation};
 use crate::payment::{PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{Evidence, FlipDist, Learner};
-use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_PRICES};
+use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -73,8 +73,8 @@ struct Watched {
     draw: f64,
     /// No check planned at the pool's price: it waits for the price to fall, or the end.
     parked: bool,
-    /// Its place in [`Queues::ahead`].
-    ahead: Option<SchedMs>,
+    /// Its place in [`Queues::ahead`]: its group's position and its key there.
+    ahead: Option<(usize, SchedMs)>,
     /// Where it waits (see [`Queues`]).
     slot: Slot,
 }
@@ -102,11 +102,24 @@ struct Queues {
     lists: BTreeMap<Listed, BTreeSet<(SchedMs, PaymentKey)>>,
     /// A merchant's rechecks, by due time.
     rechecks: BTreeSet<(SchedMs, PaymentKey)>,
-    /// Payments with ages of the schedule before their planned check (or none planned),
-    /// by the first of those ages: checks the spare budget makes when no planned one is
-    /// due, as the plans' checks are still to come.
-    ahead: BTreeSet<(SchedMs, PaymentKey)>,
+    /// Payments with ages of the schedule before their planned check (or none planned):
+    /// checks the spare budget makes when no planned one is due, as the plans' checks are
+    /// still to come. Grouped by late-move model and by the position of the last check on
+    /// the schedule (so one group's payments were last seen at the same age), each by the
+    /// first of those ages (in a group, oldest start first).
+    ahead: BTreeMap<Listed, Vec<BTreeSet<(SchedMs, PaymentKey)>>>,
 }
+
+/// How much less likely to hold an unseen move a payment may be than the likeliest and
+/// still count as likely: among those, the spare budget checks the youngest, whose move, if
+/// it came, is the most recent. The learnt distribution is only an estimate: past the ages
+/// where moves come, its small remaining mass would otherwise send every unplanned check to
+/// the oldest payments, whose moves are the longest past.
+const AHEAD_TIE: f64 = 0.05;
+
+/// How recent a move must be for the spare budget to still go after it first: a day, the
+/// time in which a customer who paid late is still waiting for the goods.
+const CATCH_WITHIN_MS: i64 = 86_400_000;
 
 /// Per kind, what reconciliation did since start (for health and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -253,8 +266,12 @@ impl Watch {
         if !e.in_flight && !e.recheck && !e.kind.is_list() && e.pos < k {
             let first = e.t0.saturating_add(e.kind.reconcile_after[e.pos]);
             if e.parked || first < e.due {
-                q.ahead.insert((first, pk));
-                e.ahead = Some(first);
+                let groups = q.ahead.entry((e.kind.name.clone(), e.ended)).or_default();
+                if groups.len() < k {
+                    groups.resize_with(k, BTreeSet::new);
+                }
+                groups[e.pos].insert((first, pk));
+                e.ahead = Some((e.pos, first));
             }
         }
     }
@@ -267,8 +284,16 @@ impl Watch {
         let Some(q) = self.queues.get_mut(e.pool) else {
             return;
         };
-        if let Some(first) = e.ahead.take() {
-            q.ahead.remove(&(first, pk));
+        if let Some((pos, first)) = e.ahead.take() {
+            let group = (e.kind.name.clone(), e.ended);
+            if let Some(groups) = q.ahead.get_mut(&group) {
+                if let Some(set) = groups.get_mut(pos) {
+                    set.remove(&(first, pk));
+                }
+                if groups.iter().all(BTreeSet::is_empty) {
+                    q.ahead.remove(&group);
+                }
+            }
         }
         match std::mem::replace(&mut e.slot, Slot::None) {
             Slot::None => {}
@@ -403,13 +428,18 @@ impl Watch {
     pub fn any_due(&mut self, p: usize, now: SchedMs) -> bool {
         self.promote(p, now);
         self.queues.get(p).is_some_and(|q| {
-            !q.in_turn.is_empty() || q.ahead.first().is_some_and(|(t, _)| *t <= now)
+            !q.in_turn.is_empty()
+                || q.ahead
+                    .values()
+                    .flatten()
+                    .any(|set| set.first().is_some_and(|(t, _)| *t <= now))
         })
     }
 
-    /// The earliest due planned check of pool `p`; with none due, the payment whose
-    /// unplanned age came most recently (its check sees a move soonest after it happens).
-    /// Kinds for which `blocked` holds are passed over.
+    /// The earliest due planned check of pool `p`; with none due, the payment the learnt
+    /// late moves make likeliest to have moved unseen since its last check (the youngest
+    /// of those about as likely; see [`AHEAD_TIE`]). Kinds for which `blocked` holds are
+    /// passed over.
     pub fn pick(
         &mut self,
         p: usize,
@@ -419,13 +449,107 @@ impl Watch {
         self.promote(p, now);
         let q = self.queues.get(p)?;
         let open = |pk: &PaymentKey| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name));
-        q.in_turn.iter().map(|&(_, pk)| pk).find(open).or_else(|| {
-            q.ahead
-                .range(..=(now, PaymentKey(i64::MAX)))
-                .rev()
-                .map(|&(_, pk)| pk)
-                .find(open)
-        })
+        if let Some(pk) = q.in_turn.iter().map(|&(_, pk)| pk).find(open) {
+            return Some(pk);
+        }
+        self.likeliest_ahead(q, now, &blocked)
+    }
+
+    /// See [`Watch::pick`]. A group's payments differ only in age, so the chance is read
+    /// at the late grid's ages and, of those at or above the likely line, the youngest
+    /// payment of the youngest stretch is taken.
+    fn likeliest_ahead(
+        &self,
+        q: &Queues,
+        now: SchedMs,
+        blocked: &impl Fn(&KindName) -> bool,
+    ) -> Option<PaymentKey> {
+        let start = self.grid.age_ms(0);
+        // Per group: its payments by key, the key's offset from the start, and the chance
+        // over each stretch of ages (youngest first) that holds payments.
+        let mut stretches: Vec<(&BTreeSet<(SchedMs, PaymentKey)>, i64, Vec<(i64, i64, f64)>)> =
+            Vec::new();
+        for (key, by_pos) in &q.ahead {
+            if blocked(&key.0) {
+                continue;
+            }
+            let Some(model) = self.models.get(key) else {
+                continue;
+            };
+            let moves = self.grid.moves(&model.dist);
+            for (pos, set) in by_pos.iter().enumerate() {
+                let (Some(&offset), Some(&(first, _))) = (model.schedule.get(pos), set.first())
+                else {
+                    continue;
+                };
+                if first > now {
+                    continue;
+                }
+                let seen = pos
+                    .checked_sub(1)
+                    .and_then(|i| model.schedule.get(i).copied())
+                    .unwrap_or(start);
+                let unmoved = 1.0 - moves(start, seen).0;
+                if unmoved <= 0.0 {
+                    continue;
+                }
+                // Of the moves since it was last seen, those within the last day: a move
+                // seen later than that has cost what a late move costs already.
+                let chance = |age: i64| {
+                    (moves(seen, age).0 + moves(seen.max(age - CATCH_WITHIN_MS), age).0) / unmoved
+                };
+                let oldest = now - first + offset;
+                let youngest = set
+                    .range(..=(now, PaymentKey(i64::MAX)))
+                    .next_back()
+                    .map_or(oldest, |&(f, _)| now - f + offset);
+                let mut ages: Vec<i64> = (0..=LATE_CELLS)
+                    .map(|i| self.grid.age_ms(i))
+                    .filter(|a| *a > youngest && *a < oldest)
+                    .collect();
+                ages.insert(0, youngest);
+                ages.push(oldest);
+                ages.dedup();
+                let held = |lo: i64, hi: i64| {
+                    set.range(
+                        (SchedMs(now.0 - hi + offset), PaymentKey(i64::MIN))
+                            ..=(SchedMs(now.0 - lo + offset), PaymentKey(i64::MAX)),
+                    )
+                    .next()
+                    .is_some()
+                };
+                let mut list = Vec::new();
+                for w in ages.windows(2) {
+                    let (lo, hi) = (w[0], w[1]);
+                    if held(lo, hi) {
+                        list.push((lo, hi, chance(lo).max(chance(hi))));
+                    }
+                }
+                if ages.len() == 1 {
+                    list.push((youngest, oldest, chance(oldest)));
+                }
+                stretches.push((set, offset, list));
+            }
+        }
+        let best = stretches
+            .iter()
+            .flat_map(|(_, _, list)| list.iter().map(|s| s.2))
+            .fold(0.0f64, f64::max);
+        let line = best * (1.0 - AHEAD_TIE);
+        stretches
+            .iter()
+            .filter_map(|(set, offset, list)| {
+                let &(lo, hi, _) = list.iter().find(|s| s.2 >= line)?;
+                let &(first, pk) = set
+                    .range(
+                        (SchedMs(now.0 - hi + offset), PaymentKey(i64::MIN))
+                            ..=(SchedMs(now.0 - lo + offset), PaymentKey(i64::MAX)),
+                    )
+                    .next_back()?;
+                Some((now - first + offset, pk))
+            })
+            .min_by_key(|&(age, pk)| (age, std::cmp::Reverse(pk)))
+            .map(|(_, pk)| pk)
     }
 
     /// The payments one request for `pk` covers: itself, and for a list kind every due

@@ -263,3 +263,60 @@ fn a_new_late_price_replans_only_the_checks_not_yet_due() {
         );
     }
 }
+
+/// With no planned check due, a spare request goes where the learnt late moves make an
+/// unseen move of the last day likeliest: not to a payment younger than the ages where
+/// moves come (its move is mostly still ahead), not to one whose moves would be more than a
+/// day past, and, of the payments about as likely to hold one, to the youngest, whose move
+/// is the most recent.
+#[test]
+fn a_spare_request_without_a_planned_check_goes_to_the_youngest_payment_likeliest_moved() {
+    let cfg = Config::from_raw(config::defaults()).unwrap();
+    let p2p = cfg.kinds["p2p"].clone();
+    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    let now = SchedMs(100 * 60 * MIN);
+    // Learnt: a fifth of the watched payments move at 20–30 minutes, the rest never.
+    for i in 0..1_000 {
+        let started = SchedMs(now.0 - 80 * 60 * MIN + i * MIN);
+        let moved = (i % 5 == 0).then(|| SchedMs(started.0 + 20 * MIN + (i % 10) * MIN));
+        let seen = if moved.is_some() {
+            started.0 + 20 * MIN
+        } else {
+            started.0 + 72 * 60 * MIN
+        };
+        w.learn(
+            &p2p.name,
+            State::TimedOut,
+            started,
+            Some(SchedMs(seen)),
+            moved,
+        );
+    }
+    w.refit(now);
+    // Watched, never checked since the ladder: ages 16 min, 3 h, 10 h, 40 h.
+    for (pk, age) in [(1, 16), (2, 180), (3, 600), (4, 2_400)] {
+        let started = SchedMs(now.0 - age * MIN);
+        w.start(
+            WatchStart {
+                pk: PaymentKey(pk),
+                kind: p2p.clone(),
+                id: PaymentId::parse(&format!("T{pk}")).unwrap(),
+                pool: 0,
+                started,
+                state: State::TimedOut,
+                ended: State::TimedOut,
+                upstream_status: Some("pending".into()),
+                seen: SchedMs(started.0 + 10 * MIN),
+            },
+            None,
+            now,
+        );
+    }
+    // No spare budget to plan with: every check is unplanned.
+    w.price(0, 0.0, now);
+    assert!(w.any_due(0, now));
+    assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(2)));
+    // Once it is checked, the next youngest past the moves' ages.
+    let (_, _, _) = w.launch(&[PaymentKey(2)]);
+    assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(3)));
+}
