@@ -117,6 +117,12 @@ struct Queues {
 /// the oldest payments, whose moves are the longest past.
 const AHEAD_TIE: f64 = 0.05;
 
+/// A group's payments under [`Queues::ahead`], by key.
+type ByStart = BTreeSet<(SchedMs, PaymentKey)>;
+
+/// Ages `(from, to)` holding payments of one group, and their chance of an unseen move.
+type Stretch = (i64, i64, f64);
+
 /// How recent a move must be for the spare budget to still go after it first: a day, the
 /// time in which a customer who paid late is still waiting for the goods.
 const CATCH_WITHIN_MS: i64 = 86_400_000;
@@ -467,8 +473,7 @@ impl Watch {
         let start = self.grid.age_ms(0);
         // Per group: its payments by key, the key's offset from the start, and the chance
         // over each stretch of ages (youngest first) that holds payments.
-        let mut stretches: Vec<(&BTreeSet<(SchedMs, PaymentKey)>, i64, Vec<(i64, i64, f64)>)> =
-            Vec::new();
+        let mut stretches: Vec<(&ByStart, i64, Vec<Stretch>)> = Vec::new();
         for (key, by_pos) in &q.ahead {
             if blocked(&key.0) {
                 continue;
