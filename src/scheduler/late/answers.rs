@@ -80,7 +80,7 @@ impl Watch {
                 self.entries.insert(pk, e);
                 self.enqueue(pk, now);
             }
-            _ => self.ended(e),
+            _ => self.ended(*e),
         }
         Some((record, kind))
     }

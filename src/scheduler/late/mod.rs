@@ -136,7 +136,9 @@ struct Model {
 pub struct Watch {
     grid: LateGrid,
     policy: LatePolicy,
-    entries: HashMap<PaymentKey, Watched>,
+    /// Boxed: the map's table (with its spare room) holds a pointer a payment, not the
+    /// whole entry, and growing it past hundreds of thousands moves pointers only.
+    entries: HashMap<PaymentKey, Box<Watched>>,
     queues: Vec<Queues>,
     /// When each watch ends at the latest (its last age plus the last gap).
     ends: BTreeSet<(SchedMs, PaymentKey)>,
@@ -397,7 +399,7 @@ impl Watch {
             None => self.plan(&mut e, now),
         }
         let due = e.due;
-        self.entries.insert(w.pk, e);
+        self.entries.insert(w.pk, Box::new(e));
         self.enqueue(w.pk, now);
         Some(due)
     }
@@ -543,7 +545,7 @@ impl Watch {
                     unchanged: false,
                 }),
             });
-            self.ended(e);
+            self.ended(*e);
         }
         records
     }
