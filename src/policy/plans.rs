@@ -213,11 +213,6 @@ impl Plans {
             .collect()
     }
 
-    #[cfg(test)]
-    pub fn tables_solved(&self, i: usize) -> bool {
-        self.tables[i].get().is_some()
-    }
-
     /// The highest level.
     pub fn top(&self) -> usize {
         PRICES
