@@ -263,3 +263,23 @@ fn a_new_late_price_replans_only_the_checks_not_yet_due() {
         );
     }
 }
+
+#[test]
+fn watched_payments_in_one_upstream_status_hold_it_once_and_a_bounded_set_of_them() {
+    let (p2p, _) = kinds();
+    let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::InTurn);
+    start(&mut w, &p2p, 1, SchedMs(10_000));
+    start(&mut w, &p2p, 2, SchedMs(10_000));
+    let status = |w: &Watch, pk: i64| w.entries[&PaymentKey(pk)].upstream_status.clone();
+    let (a, b) = (status(&w, 1).unwrap(), status(&w, 2).unwrap());
+    assert_eq!(&*a, "pending");
+    assert!(Arc::ptr_eq(&a, &b));
+    // A provider inventing statuses grows the set no further than its bound.
+    for i in 0..2 * MAX_STATUSES {
+        assert_eq!(
+            w.status(Some(&format!("s{i}"))).as_deref(),
+            Some(&*format!("s{i}"))
+        );
+    }
+    assert_eq!(w.statuses.len(), MAX_STATUSES);
+}
