@@ -131,10 +131,11 @@ pub fn rfc3339(ms: WallMs) -> String {
 }
 
 /// A payment id as Ninjapay issued it: non-empty, at most [`MAX_ID_LEN`] bytes, no
-/// control characters or surrounding whitespace.
+/// control characters or surrounding whitespace. Never grows, so no spare capacity: the
+/// scheduler holds one per payment, pending or watched, hundreds of thousands of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct PaymentId(String);
+pub struct PaymentId(Box<str>);
 
 /// Why a payment id was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -159,7 +160,7 @@ impl PaymentId {
         if s.chars().any(char::is_control) || s.trim() != s {
             return Err(IdError::BadCharacters);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     /// The id as text.

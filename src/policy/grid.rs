@@ -1,6 +1,7 @@
 //! The ladder quantised to a grid of ages, and flip-age distributions on that grid.
 
 use crate::ladder::Ladder;
+use std::sync::Arc;
 
 /// Grid cells per ladder timeout: at the documented ladder, one cell is one second.
 pub const CELLS: usize = 600;
@@ -15,9 +16,10 @@ pub struct Grid {
     /// Earliest first check, in cells.
     pub(super) first: usize,
     /// Shortest gap allowed after a check made in cell `t`, in cells (at least 1).
-    pub(super) step: Vec<usize>,
+    /// Shared: every kind's plans hold the grid, and a thousand accounts' copies add up.
+    pub(super) step: Arc<[usize]>,
     /// The ladder itself as a schedule (next check cell after a check in cell `t`).
-    pub(super) ladder_next: Vec<usize>,
+    pub(super) ladder_next: Arc<[usize]>,
 }
 
 impl Grid {
@@ -94,14 +96,16 @@ impl Grid {
 
 /// A flip-age distribution on the grid: `pmf[a]` is the share of payments flipping in
 /// cell `a` (ages `(a-1, a]`, `1 ≤ a ≤ n`); `pmf[n+1]` the share never flipping before the
-/// deadline.
+/// deadline. Its cells are shared, never changed once made: a clone (a learner's current
+/// fit, the plans solved for it, every account's prior from the kind's pooled fit) costs
+/// a pointer, not three arrays of the grid's length.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlipDist {
-    pub(super) pmf: Vec<f64>,
+    pub(super) pmf: Arc<[f64]>,
     /// `cdf[a]`: share flipped by the end of cell `a`.
-    pub(super) cdf: Vec<f64>,
+    pub(super) cdf: Arc<[f64]>,
     /// `moment[a]`: `Σ_{i ≤ a} i·pmf[i]`.
-    moment: Vec<f64>,
+    moment: Arc<[f64]>,
 }
 
 impl FlipDist {
@@ -125,7 +129,11 @@ impl FlipDist {
             cdf.push(c);
             moment.push(m);
         }
-        Self { pmf, cdf, moment }
+        Self {
+            pmf: pmf.into(),
+            cdf: cdf.into(),
+            moment: moment.into(),
+        }
     }
 
     /// A distribution from a function giving the share flipped by an age (in cells,

@@ -197,7 +197,7 @@ impl Learner {
     /// One EM fit (maximum a posteriori with the prior) from `start`.
     fn em(&self, start: &FlipDist, obs: &[(usize, usize, f64)]) -> FlipDist {
         let n = self.n;
-        let mut p = start.pmf.clone();
+        let mut p = start.pmf.to_vec();
         let count: f64 = obs.iter().map(|o| o.2).sum();
         let mut weights = vec![0.0f64; n + 3];
         let mut prefix = vec![0.0f64; n + 2];

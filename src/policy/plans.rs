@@ -4,7 +4,13 @@
 //! judged against a dearer one ([`dearest_alike`]) and against another distribution's plans
 //! ([`delay_at`]).
 
-use super::grid::{FlipDist, Grid};
+use super::grid::{FlipDist, Grid, CELLS};
+use std::sync::OnceLock;
+
+/// A cell of the grid as a table holds it: a kind's plans hold up to 73 tables of
+/// [`CELLS`] entries, and each account has its own plans.
+type Cell = u16;
+const _: () = assert!(CELLS < Cell::MAX as usize);
 
 /// The schedule that is optimal for one price of a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,7 +18,7 @@ pub struct Table {
     /// The price it was solved for (cells of delay per request); 0 for the ladder itself.
     pub mu: f64,
     /// After a check in cell `t` (`0`: no check yet), the cell of the next one.
-    next: Vec<usize>,
+    next: Box<[Cell]>,
     /// Expected requests per payment.
     pub checks: f64,
     /// Expected delay of a flip before the deadline, in cells.
@@ -26,10 +32,10 @@ pub struct Table {
 impl Table {
     /// The next check's cell after a check in cell `t` (`0`: before any).
     pub fn next(&self, t: usize) -> usize {
-        self.next[t.min(self.next.len() - 1)]
+        usize::from(self.next[t.min(self.next.len() - 1)])
     }
 
-    fn from_next(next: Vec<usize>, mu: f64, dist: &FlipDist, window_cells: usize) -> Self {
+    fn from_next(next: &[usize], mu: f64, dist: &FlipDist, window_cells: usize) -> Self {
         let n = next.len();
         let (mut t, mut checks, mut delay) = (0usize, 0.0, 0.0);
         let mut at: Vec<(usize, f64)> = Vec::new();
@@ -53,7 +59,7 @@ impl Table {
             .sum();
         Self {
             mu,
-            next,
+            next: next.iter().map(|&u| u as Cell).collect(),
             checks,
             delay: if flips > 0.0 { delay / flips } else { 0.0 },
             per_window,
@@ -62,7 +68,7 @@ impl Table {
 
     /// The ladder as a table.
     fn ladder(grid: &Grid, dist: &FlipDist, window_cells: usize) -> Self {
-        Self::from_next(grid.ladder_next.clone(), 0.0, dist, window_cells)
+        Self::from_next(&grid.ladder_next, 0.0, dist, window_cells)
     }
 
     /// Solves the dynamic program for price `mu`.
@@ -88,7 +94,7 @@ impl Table {
             value[t] = best.0;
             next[t] = best.1;
         }
-        Self::from_next(next, mu, dist, window_cells)
+        Self::from_next(&next, mu, dist, window_cells)
     }
 
     /// Expected requests in `(now, now + horizon]` cells of age for a payment last checked
@@ -119,7 +125,7 @@ impl Table {
             }
             t = u;
             w = (dist.survival(t) / s0).min(1.0);
-            u = self.next[t];
+            u = usize::from(self.next[t]);
         }
         total
     }
@@ -128,13 +134,15 @@ impl Table {
 /// Schedules for a ladder of prices, for one kind's flip distribution. Index 0 is the
 /// documented ladder itself (the budget is not scarce); higher indices are ever dearer
 /// requests, so ever fewer checks. Each is solved the first time it is needed: a key's
-/// level search visits a handful of them.
+/// level search visits a handful of them, so the others cost a pointer each. Plans may be
+/// shared (`Arc`) by every account whose estimate of a kind is the same distribution:
+/// solved once, by whichever asks first.
 #[derive(Debug, Clone)]
 pub struct Plans {
     pub dist: FlipDist,
     grid: Grid,
     window_cells: usize,
-    tables: Vec<std::cell::OnceCell<Table>>,
+    tables: Box<[OnceLock<Box<Table>>]>,
 }
 
 /// Number of priced tables above the ladder.
@@ -150,7 +158,7 @@ impl Plans {
             dist,
             grid: grid.clone(),
             window_cells,
-            tables: (0..=PRICES).map(|_| std::cell::OnceCell::new()).collect(),
+            tables: (0..=PRICES).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -167,11 +175,11 @@ impl Plans {
     pub fn at(&self, i: usize) -> &Table {
         let i = i.min(PRICES);
         self.tables[i].get_or_init(|| {
-            if i == 0 {
+            Box::new(if i == 0 {
                 Table::ladder(&self.grid, &self.dist, self.window_cells)
             } else {
                 Table::solve(&self.grid, &self.dist, Self::mu(i), self.window_cells)
-            }
+            })
         })
     }
 
@@ -198,7 +206,8 @@ impl Plans {
         (0..=PRICES)
             .map(|i| {
                 let t = self.at(i);
-                let e = Table::from_next(t.next.clone(), t.mu, truth, self.window_cells);
+                let next: Vec<usize> = t.next.iter().map(|&u| usize::from(u)).collect();
+                let e = Table::from_next(&next, t.mu, truth, self.window_cells);
                 (e.checks, e.delay)
             })
             .collect()

@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 
 #[derive(Default)]
 pub(super) struct Entries {
-    map: HashMap<PaymentKey, Entry>,
+    /// Boxed: the table (with its spare room) holds a pointer a payment, not the whole
+    /// entry, and growing it moves pointers only.
+    map: HashMap<PaymentKey, Box<Entry>>,
     /// Indexed by [`PoolId`]: the keys of the payments checked with that key.
     by_pool: Vec<HashSet<PaymentKey>>,
 }
@@ -20,12 +22,12 @@ impl Entries {
     }
 
     pub(super) fn get(&self, pk: &PaymentKey) -> Option<&Entry> {
-        self.map.get(pk)
+        self.map.get(pk).map(|e| &**e)
     }
 
     /// A payment's entry to change; its pool is fixed at [`Entries::insert`].
     pub(super) fn get_mut(&mut self, pk: &PaymentKey) -> Option<&mut Entry> {
-        self.map.get_mut(pk)
+        self.map.get_mut(pk).map(|e| &mut **e)
     }
 
     pub(super) fn contains_key(&self, pk: &PaymentKey) -> bool {
@@ -38,7 +40,7 @@ impl Entries {
             self.by_pool.resize_with(p + 1, HashSet::new);
         }
         self.by_pool[p].insert(e.pk);
-        if let Some(old) = self.map.insert(e.pk, e) {
+        if let Some(old) = self.map.insert(e.pk, Box::new(e)) {
             // A payment's pool does not change; should it, the old index must not keep it.
             if old.pool.index() != p {
                 self.by_pool[old.pool.index()].remove(&old.pk);
@@ -51,11 +53,11 @@ impl Entries {
         if let Some(set) = self.by_pool.get_mut(e.pool.index()) {
             set.remove(pk);
         }
-        Some(e)
+        Some(*e)
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.map.values()
+        self.map.values().map(|e| &**e)
     }
 
     /// The payments of pool `p`.
@@ -64,7 +66,7 @@ impl Entries {
             .get(p.index())
             .into_iter()
             .flatten()
-            .filter_map(|pk| self.map.get(pk))
+            .filter_map(|pk| self.map.get(pk).map(|e| &**e))
     }
 }
 

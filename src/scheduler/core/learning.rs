@@ -42,7 +42,7 @@ impl Core {
     pub fn assume(&mut self, kind: &str, dist: crate::policy::FlipDist) {
         if let Some(m) = self.default_model(kind) {
             let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
-            self.models[m].plans = Plans::new(&self.grid, dist, window_cells);
+            self.models[m].plans = Arc::new(Plans::new(&self.grid, dist, window_cells));
             self.models[m].fixed = true;
         }
     }
@@ -50,7 +50,7 @@ impl Core {
     /// A kind's current plans (its learnt or assumed flip ages and their schedules).
     /// For the simulator, which names kinds as text.
     pub fn plans(&self, kind: &str) -> Option<&Plans> {
-        self.default_model(kind).map(|m| &self.models[m].plans)
+        self.default_model(kind).map(|m| &*self.models[m].plans)
     }
 
     /// The account `default`'s model of `kind`.
@@ -165,7 +165,7 @@ impl Core {
                 .fold(0.0, f64::max);
             // Solving the tables is the costly part: only when the estimate moved.
             if moved > 0.005 || model.fresh > 200 {
-                model.plans = Plans::new(&self.grid, dist, window_cells);
+                model.plans = Arc::new(Plans::new(&self.grid, dist, window_cells));
                 model.fresh = 0;
             }
         }

@@ -155,7 +155,9 @@ struct Model {
     pool: PoolId,
     list: bool,
     learner: Learner,
-    plans: Plans,
+    /// Shared with other accounts' models while the estimate is the one they started
+    /// from (see [`Core::model_for`]).
+    plans: Arc<Plans>,
     /// Arrival times of new payments, for the arrival rate.
     arrivals: VecDeque<SchedMs>,
     /// Payments of this kind that finished, since the plans were solved.
@@ -298,6 +300,10 @@ pub struct Core {
     pool_models: Vec<Vec<usize>>,
     /// Per kind, what every account's payments of it teach: a new account's prior.
     pooled: HashMap<KindName, Learner>,
+    /// Per kind, the plans of the last prior a model started from: every model made from
+    /// that same estimate (a restart makes a thousand accounts' at once) shares them, and
+    /// solves each table once, until its own evidence moves it (see [`Core::refit`]).
+    started_plans: HashMap<KindName, Arc<Plans>>,
     pools: Pools,
     entries: entries::Entries,
     /// Requests in flight per key, at most.
@@ -350,7 +356,7 @@ impl Core {
                 pool: cfg.kind_pool.get(name).copied().unwrap_or(PoolId::DEFAULT),
                 list: kind.is_list(),
                 learner: Learner::new(prior.clone(), horizon),
-                plans: Plans::new(&grid, prior, window_cells),
+                plans: Arc::new(Plans::new(&grid, prior, window_cells)),
                 arrivals: VecDeque::new(),
                 fresh: 0,
                 unfit: true,
@@ -398,6 +404,7 @@ impl Core {
             model_of,
             pool_models,
             pooled,
+            started_plans: HashMap::new(),
             pools,
             entries: entries::Entries::default(),
             max_in_flight: cfg.max_in_flight.max(1),
@@ -463,13 +470,21 @@ impl Core {
         };
         let mut learner = Learner::new(self.grid.ladder_prior(), horizon);
         learner.set_prior(prior.clone());
+        let plans = match self.started_plans.get(&kind.name) {
+            Some(p) if p.dist == prior => p.clone(),
+            _ => {
+                let p = Arc::new(Plans::new(&self.grid, prior, window_cells));
+                self.started_plans.insert(kind.name.clone(), p.clone());
+                p
+            }
+        };
         let m = self.models.len();
         self.models.push(Model {
             kind: kind.name.clone(),
             pool,
             list: kind.is_list(),
             learner,
-            plans: Plans::new(&self.grid, prior, window_cells),
+            plans,
             arrivals: VecDeque::new(),
             fresh: 0,
             fixed: false,

@@ -30,7 +30,7 @@ impl Watch {
         // `pending` from the provider after a timeout is no move.
         let moved_to = seen_state.filter(|s| s.is_final() && *s != e.state);
         let unchanged = answered && moved_to.is_none();
-        let (before, before_raw) = (e.state, e.upstream_status.clone());
+        let (before, before_raw) = (e.state, e.upstream_status.as_deref().map(String::from));
         let new_raw = raw.clone().filter(|_| answered);
         let event = moved_to
             .and_then(|to| event_for(before_raw.as_deref(), new_raw.as_deref(), before, to))
@@ -50,7 +50,7 @@ impl Watch {
             e.seen = e.seen.max(sent_at);
         }
         if new_raw.is_some() {
-            e.upstream_status = new_raw.clone();
+            e.upstream_status = self.status(new_raw.as_deref());
         }
         let planned = self.next_after(&mut e, answered, sent_at, now, retry_ms);
         e.recheck = e.recheck && !was_recheck;
@@ -80,7 +80,7 @@ impl Watch {
                 self.entries.insert(pk, e);
                 self.enqueue(pk, now);
             }
-            _ => self.ended(e),
+            _ => self.ended(*e),
         }
         Some((record, kind))
     }

@@ -9,7 +9,7 @@ use crate::kinds::{Kind, KindName, Observation};
 use crate::payment::{PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{Evidence, FlipDist, Learner};
 use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 mod answers;
@@ -55,7 +55,8 @@ struct Watched {
     state: State,
     /// How the ladder ended it: the late-move model it belongs to.
     ended: State,
-    upstream_status: Option<String>,
+    /// One of [`Watch::statuses`]: the provider's few statuses, each held once.
+    upstream_status: Option<Arc<str>>,
     seen: SchedMs,
     /// Index of the scheduled age its due check stands for.
     next: usize,
@@ -82,11 +83,12 @@ struct Watched {
 /// A list kind's due payments of one late-move model: one listing finds them all.
 type Listed = (KindName, State);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     None,
     Future(SchedMs),
-    Due(Option<Listed>, SchedMs),
+    /// Also in [`Queues::lists`] when listed (under its kind's name and `ended`).
+    Due(bool, SchedMs),
     Recheck(SchedMs),
 }
 
@@ -153,11 +155,16 @@ struct Model {
 pub struct Watch {
     grid: LateGrid,
     policy: LatePolicy,
-    entries: HashMap<PaymentKey, Watched>,
+    /// Boxed: the map's table (with its spare room) holds a pointer a payment, not the
+    /// whole entry, and growing it past hundreds of thousands moves pointers only.
+    entries: HashMap<PaymentKey, Box<Watched>>,
     queues: Vec<Queues>,
     /// When each watch ends at the latest (its last age plus the last gap).
     ends: BTreeSet<(SchedMs, PaymentKey)>,
     models: HashMap<(KindName, State), Model>,
+    /// The upstream statuses the watched payments were last seen in, each held once
+    /// (at most [`MAX_STATUSES`]; past that each payment holds its own).
+    statuses: HashSet<Arc<str>>,
     pricing: Vec<Pricing>,
     /// By pool index and kind.
     stats: BTreeMap<(usize, KindName), WatchStats>,
@@ -165,6 +172,10 @@ pub struct Watch {
     memory_ms: i64,
     window_ms: i64,
 }
+
+/// Most distinct upstream statuses held once for all watched payments: a provider has a
+/// handful; the bound only keeps a misbehaving one from growing the set.
+const MAX_STATUSES: usize = 64;
 
 /// Requests a due watched payment may wait past its schedule's last age before its watch
 /// ends without one: the schedule's last gap.
@@ -194,6 +205,7 @@ impl Watch {
             queues: (0..pools).map(|_| Queues::default()).collect(),
             ends: BTreeSet::new(),
             models: HashMap::new(),
+            statuses: HashSet::new(),
             pricing: (0..pools).map(|_| Pricing::default()).collect(),
             stats: BTreeMap::new(),
             // Four whole watches: enough payments to learn from on a slow key, recent
@@ -214,6 +226,19 @@ impl Watch {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// `status` as a watched payment holds it: shared with every other in that status.
+    fn status(&mut self, status: Option<&str>) -> Option<Arc<str>> {
+        let status = status?;
+        if let Some(s) = self.statuses.get(status) {
+            return Some(s.clone());
+        }
+        let s: Arc<str> = status.into();
+        if self.statuses.len() < MAX_STATUSES {
+            self.statuses.insert(s.clone());
+        }
+        Some(s)
     }
 
     fn model(&mut self, kind: &KindName, ended: State) -> &mut Model {
@@ -261,9 +286,10 @@ impl Watch {
             q.future.insert((e.due, pk));
             Slot::Future(e.due)
         } else {
-            let listed = e.kind.is_list().then(|| (e.kind.name.clone(), e.ended));
-            if let Some(l) = &listed {
-                q.lists.entry(l.clone()).or_default().insert((e.t0, pk));
+            let listed = e.kind.is_list();
+            if listed {
+                let l = (e.kind.name.clone(), e.ended);
+                q.lists.entry(l).or_default().insert((e.t0, pk));
             }
             q.in_turn.insert((e.due, pk));
             Slot::Due(listed, e.due)
@@ -311,7 +337,8 @@ impl Watch {
             }
             Slot::Due(listed, d) => {
                 q.in_turn.remove(&(d, pk));
-                if let Some(l) = listed {
+                if listed {
+                    let l = (e.kind.name.clone(), e.ended);
                     if let Some(set) = q.lists.get_mut(&l) {
                         set.remove(&(e.t0, pk));
                         if set.is_empty() {
@@ -375,6 +402,7 @@ impl Watch {
             }
         }
         let pos = next_age(schedule, w.seen - w.started).unwrap_or(schedule.len());
+        let upstream_status = self.status(w.upstream_status.as_deref());
         let mut e = Watched {
             pk: w.pk,
             kind: w.kind,
@@ -383,7 +411,7 @@ impl Watch {
             t0: w.started,
             state: w.state,
             ended: w.ended,
-            upstream_status: w.upstream_status,
+            upstream_status,
             seen: w.seen,
             next: 0,
             due: SchedMs(0),
@@ -402,7 +430,7 @@ impl Watch {
             None => self.plan(&mut e, now),
         }
         let due = e.due;
-        self.entries.insert(w.pk, e);
+        self.entries.insert(w.pk, Box::new(e));
         self.enqueue(w.pk, now);
         Some(due)
     }
@@ -646,7 +674,7 @@ impl Watch {
                     unchanged: false,
                 }),
             });
-            self.ended(e);
+            self.ended(*e);
         }
         records
     }

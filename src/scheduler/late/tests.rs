@@ -320,3 +320,23 @@ fn a_spare_request_without_a_planned_check_goes_to_the_youngest_payment_likelies
     let (_, _, _) = w.launch(&[PaymentKey(2)]);
     assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(3)));
 }
+
+#[test]
+fn watched_payments_in_one_upstream_status_hold_it_once_and_a_bounded_set_of_them() {
+    let (p2p, _) = kinds();
+    let mut w = Watch::new(1, 10_000, 60_000, 600_000, LatePolicy::InTurn);
+    start(&mut w, &p2p, 1, SchedMs(10_000));
+    start(&mut w, &p2p, 2, SchedMs(10_000));
+    let status = |w: &Watch, pk: i64| w.entries[&PaymentKey(pk)].upstream_status.clone();
+    let (a, b) = (status(&w, 1).unwrap(), status(&w, 2).unwrap());
+    assert_eq!(&*a, "pending");
+    assert!(Arc::ptr_eq(&a, &b));
+    // A provider inventing statuses grows the set no further than its bound.
+    for i in 0..2 * MAX_STATUSES {
+        assert_eq!(
+            w.status(Some(&format!("s{i}"))).as_deref(),
+            Some(&*format!("s{i}"))
+        );
+    }
+    assert_eq!(w.statuses.len(), MAX_STATUSES);
+}

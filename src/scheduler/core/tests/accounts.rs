@@ -170,6 +170,47 @@ fn a_new_account_starts_from_the_kind_s_estimate_across_accounts() {
 }
 
 #[test]
+fn accounts_made_from_the_same_estimate_share_its_plans_until_their_own_moves_them() {
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k-default".into());
+    raw.reconcile.after = Some(Vec::new());
+    for a in ["shop2", "shop3"] {
+        raw.accounts.insert(
+            a.into(),
+            RawAccount {
+                api_key: Some(format!("k-{a}")),
+                ..RawAccount::default()
+            },
+        );
+    }
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    let mut core = Core::new(cc, SchedMs(0));
+    teach(&mut core, &AccountName::default(), 45_000, 2_000);
+    for i in 0..4 {
+        core.tick(SchedMs(i * 60_000));
+    }
+    // As at a restart: both accounts' models are made from the evidence read back, from
+    // the kind's estimate as it stands.
+    let shop3 = AccountName::parse("shop3").unwrap();
+    teach(&mut core, &shop2(), 180_000, 1);
+    teach(&mut core, &shop3, 180_000, 1);
+    let plans = |core: &Core, a: &AccountName| {
+        core.models[core.model_of[&(a.clone(), p2p())]]
+            .plans
+            .clone()
+    };
+    let (two, three) = (plans(&core, &shop2()), plans(&core, &shop3));
+    assert!(Arc::ptr_eq(&two, &three), "one set of plans, solved once");
+    assert!(two.dist == *core.pooled[&p2p()].current());
+    // shop2's own evidence moves its estimate: it solves plans of its own.
+    teach(&mut core, &shop2(), 180_000, 2_000);
+    core.tick(SchedMs(300_000));
+    assert!(!Arc::ptr_eq(&plans(&core, &shop2()), &three));
+    assert!((170_000..=190_000).contains(&median_ms(&core, &shop2())));
+}
+
+#[test]
 fn two_accounts_with_different_flip_ages_each_learn_their_own() {
     let (mut core, _) = two_accounts();
     teach(&mut core, &AccountName::default(), 45_000, 2_000);
