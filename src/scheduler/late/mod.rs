@@ -398,7 +398,7 @@ impl Watch {
         self.model_of(&w.kind, w.ended);
         if due.is_none() {
             if let Some(p) = self.pricing.get_mut(w.pool) {
-                p.starts.push_back((now, (w.kind.name.clone(), w.ended)));
+                p.starts.push_back((now, w.kind.clone(), w.ended));
             }
         }
         let pos = next_age(schedule, w.seen - w.started).unwrap_or(schedule.len());

@@ -23,8 +23,9 @@ pub(super) fn draw(pk: PaymentKey) -> f64 {
 #[derive(Default)]
 pub(super) struct Pricing {
     pub(super) level: f64,
-    /// Watch starts: when, and which model.
-    pub(super) starts: VecDeque<(SchedMs, (KindName, State))>,
+    /// Watch starts: when, and which model (the kind shared, not its name copied: a busy
+    /// daemon holds six windows of them).
+    pub(super) starts: VecDeque<(SchedMs, Arc<Kind>, State)>,
     /// When the spare budget's late requests went, over the last window.
     pub(super) spent: VecDeque<SchedMs>,
     /// Late requests the spare budget makes per window, smoothed.
@@ -121,7 +122,7 @@ impl Watch {
         while pricing
             .starts
             .front()
-            .is_some_and(|(t, _)| *t + span <= now)
+            .is_some_and(|(t, _, _)| *t + span <= now)
         {
             pricing.starts.pop_front();
         }
@@ -137,17 +138,21 @@ impl Watch {
             .max(0.0);
         pricing.capacity = Some(capacity);
         let old = pricing.level;
-        let mut rates: HashMap<&(KindName, State), f64> = HashMap::new();
-        for (_, key) in &pricing.starts {
-            *rates.entry(key).or_default() += 1.0 / START_WINDOWS as f64;
+        let mut counts: HashMap<(&KindName, State), f64> = HashMap::new();
+        for (_, kind, ended) in &pricing.starts {
+            *counts.entry((&kind.name, *ended)).or_default() += 1.0 / START_WINDOWS as f64;
         }
+        let rates: Vec<(&LatePlans, f64)> = counts
+            .into_iter()
+            .filter_map(|((name, ended), rate)| {
+                let plans = self.models.get(&(name.clone(), ended))?.plans.as_ref()?;
+                Some((plans, rate))
+            })
+            .collect();
         let demand = |level: usize| -> f64 {
             rates
                 .iter()
-                .filter_map(|(key, rate)| {
-                    let plans = self.models.get(*key)?.plans.as_ref()?;
-                    Some(rate * plans.checks(level))
-                })
+                .map(|(plans, rate)| rate * plans.checks(level))
                 .sum()
         };
         let fitted = crate::scheduler::core::fit(&demand, LATE_PRICES, capacity).0;
