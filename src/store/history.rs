@@ -6,8 +6,9 @@ use crate::account::AccountName;
 use crate::event::{event_body, EventSpec, Subject};
 use crate::kinds::KindName;
 use crate::payment::{now_ms, LedgerKey, PaymentKey, State, WallMs};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sqlx::SqliteConnection;
+use std::collections::HashSet;
 
 /// The result of one check, to commit.
 #[derive(Debug, Clone)]
@@ -63,16 +64,36 @@ impl Store {
         records: &[CheckRecord],
         ledger_done: &[(LedgerKey, WallMs)],
     ) -> Result<Vec<Applied>> {
+        // Each statement is a round trip to SQLite's thread: the checks that only move a
+        // pending payment on (most of them) and the ledger rows go a run at a time.
+        let ledger: Vec<(i64, i64)> = ledger_done.iter().map(|(k, at)| (k.0, at.0)).collect();
+        let ledger = serde_json::to_string(&ledger).context("encoding ledger rows")?;
         self.write("check outcomes", async |tx| {
             let mut out = Vec::with_capacity(records.len());
-            for r in records {
-                out.push(self.record_check(tx, r).await?);
+            let mut rest = records;
+            while let Some(first) = rest.first() {
+                if !first.moves_on_only() {
+                    out.push(self.record_check(tx, first).await?);
+                    rest = &rest[1..];
+                    continue;
+                }
+                // A run of them, each payment once (a statement updates a row once).
+                let mut pks = HashSet::new();
+                let n = rest
+                    .iter()
+                    .take_while(|r| r.moves_on_only() && pks.insert(r.pk))
+                    .count();
+                let (run, after) = rest.split_at(n);
+                out.extend(record_moves_on(tx, run).await?);
+                rest = after;
             }
-            for (pk, at) in ledger_done {
+            if !ledger_done.is_empty() {
                 sqlx::query!(
-                    "UPDATE upstream_requests SET done_at = ? WHERE pk = ?",
-                    at,
-                    pk
+                    "UPDATE upstream_requests \
+                     SET done_at = json_extract(l.value, '$[1]') \
+                     FROM json_each(?) AS l \
+                     WHERE upstream_requests.pk = json_extract(l.value, '$[0]')",
+                    ledger,
                 )
                 .execute(&mut *tx)
                 .await?;
@@ -219,6 +240,93 @@ impl Store {
 /// A check of the ladder's: a final state ends the ladder (`finished_at`, and how it
 /// ended in `ended_state`); the next planned check is the core's (reconciliation's,
 /// when the payment stays watched).
+impl CheckRecord {
+    /// A check of a live payment that changes neither its state nor its raw status and
+    /// queues no event: what it writes needs nothing read first.
+    fn moves_on_only(&self) -> bool {
+        self.watch.is_none() && !self.changed && self.event.is_none()
+    }
+}
+
+/// What [`record_live`] writes of a check, as one element of a run's JSON array.
+#[derive(serde::Serialize)]
+struct MoveOn<'a> {
+    pk: i64,
+    state: State,
+    upstream_status: Option<&'a str>,
+    response: Option<&'a str>,
+    error: Option<&'a str>,
+    checked_at: i64,
+    next_check_at: Option<i64>,
+    finished_at: Option<i64>,
+    pending_seen_at: Option<i64>,
+    ended_state: Option<State>,
+}
+
+/// Records a run of checks that only move pending payments on (see
+/// [`CheckRecord::moves_on_only`]), distinct payments, in one statement: as
+/// [`record_live`] each, skipping a payment no longer pending.
+async fn record_moves_on(tx: &mut SqliteConnection, run: &[CheckRecord]) -> Result<Vec<Applied>> {
+    let rows: Vec<MoveOn> = run
+        .iter()
+        .map(|r| {
+            let fin = r.state.is_final();
+            MoveOn {
+                pk: r.pk.0,
+                state: r.state,
+                upstream_status: r.upstream_status.as_deref(),
+                response: r.response.as_deref(),
+                error: r.error.as_deref(),
+                checked_at: r.checked_at.0,
+                next_check_at: r.next_check_at.map(|t| t.0),
+                finished_at: fin.then_some(r.checked_at.0),
+                pending_seen_at: r.saw_pending.then_some(r.checked_at.0),
+                ended_state: fin.then_some(r.state),
+            }
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows).context("encoding check outcomes")?;
+    let now = now_ms();
+    // The `+` keeps the state index out of the plan: led by it, SQLite would scan every
+    // pending payment for the run's few; led by the run, each is one rowid lookup.
+    let updated: HashSet<PaymentKey> = sqlx::query_scalar!(
+        r#"UPDATE payments SET state = json_extract(c.value, '$.state'),
+             upstream_status = COALESCE(json_extract(c.value, '$.upstream_status'),
+                                        payments.upstream_status),
+             response = COALESCE(json_extract(c.value, '$.response'), payments.response),
+             last_error = json_extract(c.value, '$.error'),
+             last_checked_at = json_extract(c.value, '$.checked_at'),
+             checks_done = checks_done + 1,
+             next_check_at = json_extract(c.value, '$.next_check_at'),
+             finished_at = json_extract(c.value, '$.finished_at'),
+             updated_at = ?,
+             pending_seen_at = COALESCE(json_extract(c.value, '$.pending_seen_at'),
+                                        payments.pending_seen_at),
+             ended_state = json_extract(c.value, '$.ended_state')
+           FROM json_each(?) AS c
+           WHERE payments.pk = json_extract(c.value, '$.pk') AND +payments.state = 'pending'
+           RETURNING payments.pk AS "pk!: PaymentKey""#,
+        now,
+        rows,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(run
+        .iter()
+        .map(|r| {
+            if updated.contains(&r.pk) {
+                Applied::Updated {
+                    event_queued: false,
+                }
+            } else {
+                Applied::Skipped
+            }
+        })
+        .collect())
+}
+
 async fn record_live(
     tx: &mut SqliteConnection,
     r: &CheckRecord,

@@ -2,7 +2,7 @@
 
 use super::Store;
 use crate::payment::{LedgerKey, WallMs};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// One budget-ledger row as a restart reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,23 +19,24 @@ impl Store {
     /// returns their keys, in order. Committed before the requests go out, so a crash can
     /// never hide spent budget.
     pub async fn ledger_send(&self, entries: &[(String, WallMs)]) -> Result<Vec<LedgerKey>> {
+        // One statement for them all: each is a round trip to SQLite's thread.
+        let rows: Vec<(&str, i64)> = entries.iter().map(|(p, at)| (p.as_str(), at.0)).collect();
+        let rows = serde_json::to_string(&rows).context("encoding ledger rows")?;
         self.write("budget ledger", async |tx| {
-            let mut keys = Vec::with_capacity(entries.len());
             let (boot_id, boot_ms) = crate::boot::now().unzip();
-            for (pool, at) in entries {
-                let pk = sqlx::query_scalar!(
-                    r#"INSERT INTO upstream_requests (pool, sent_at, boot_id, boot_ms)
-                   VALUES (?, ?, ?, ?)
+            let mut keys = sqlx::query_scalar!(
+                r#"INSERT INTO upstream_requests (pool, sent_at, boot_id, boot_ms)
+                   SELECT json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), ?, ?
+                   FROM json_each(?) AS e ORDER BY e.key
                    RETURNING pk AS "pk!: LedgerKey""#,
-                    pool,
-                    at,
-                    boot_id,
-                    boot_ms
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                keys.push(pk);
-            }
+                boot_id,
+                boot_ms,
+                rows,
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            // RETURNING's order is SQLite's to choose; the keys rise in insertion order.
+            keys.sort_unstable();
             Ok(keys)
         })
         .await

@@ -246,8 +246,17 @@ impl Core {
             self.pools[p].ready.push((due, gen, pk));
         }
         let mut ready = std::mem::take(&mut self.pools[p].ready);
-        ready.retain(|&item| self.live_ready(item));
-        let earliest = ready.iter().map(|&(due, _, _)| due).min();
+        let mut earliest = None;
+        let mut any_backlog = false;
+        // One look at each item's payment: whether it is live, and in the backlog.
+        ready.retain(|&item| {
+            let Some(e) = self.live_ready(item) else {
+                return false;
+            };
+            earliest = Some(earliest.map_or(item.0, |d: SchedMs| d.min(item.0)));
+            any_backlog |= e.backlog;
+            true
+        });
         // Behind: the earliest due check is late by more than `lag`, or the key is piled
         // up (a burst: then waiting for the first to be `lag` late would leave every
         // payment, the stream's too, that late).
@@ -262,19 +271,21 @@ impl Core {
                     .filter(|(due, _)| *due <= now)
                     .map(|(_, pk)| (Queue::Planned, pk))
             }
-            Some(_) => self.behind(p, now, ready, on_time, piled),
+            Some(_) => self.behind(p, now, ready, any_backlog, on_time, piled),
         }
     }
 
     /// The next due check of a pool that is behind: with more due than the budget sends in
     /// `lag` (a burst), a check late by more than `on_time` puts its payment in the backlog;
     /// without a backlog every due check goes by worth, with one the checks on plan go
-    /// earliest due first and the backlog by worth within its share.
+    /// earliest due first and the backlog by worth within its share. `ready`: live items
+    /// only; `any_backlog`: whether one of them is in the backlog.
     fn behind(
         &mut self,
         p: PoolId,
         now: SchedMs,
         ready: Vec<(SchedMs, u64, PaymentKey)>,
+        mut any_backlog: bool,
         on_time: i64,
         piled: bool,
     ) -> Option<(Queue, PaymentKey)> {
@@ -284,13 +295,14 @@ impl Core {
                     let late = now - due.max(e.due_from);
                     if !e.backlog && !e.kind.is_list() && late > on_time {
                         e.backlog = true;
+                        any_backlog = true;
                         self.pools[p].backlog_since.get_or_insert(now);
                     }
                 }
             }
         }
         // Without a backlog, every due check by worth.
-        if !ready.iter().any(|(_, _, pk)| self.entries[pk].backlog) {
+        if !any_backlog {
             let best = ready
                 .iter()
                 .map(|&(due, _, pk)| (self.worth(&self.entries[&pk], due, now), pk))
@@ -368,11 +380,11 @@ impl Core {
         }
     }
 
-    /// Whether a `ready` item still stands for its payment's current plan.
-    pub(super) fn live_ready(&self, (_, gen, pk): (SchedMs, u64, PaymentKey)) -> bool {
+    /// The payment of a `ready` item, if the item still stands for its current plan.
+    pub(super) fn live_ready(&self, (_, gen, pk): (SchedMs, u64, PaymentKey)) -> Option<&Entry> {
         self.entries
             .get(&pk)
-            .is_some_and(|e| e.gen == gen && !e.in_flight && !e.recheck)
+            .filter(|e| e.gen == gen && !e.in_flight && !e.recheck)
     }
 
     /// How much a check of a due payment is worth now. A check ends the wait of a flip that
@@ -519,9 +531,16 @@ impl Core {
         }
         let mut wake: Option<SchedMs> = None;
         let mut ready = std::mem::take(&mut self.pools[p].ready);
-        ready.retain(|&item| self.live_ready(item));
+        let mut all_backlog = true;
+        ready.retain(|&item| {
+            let Some(e) = self.live_ready(item) else {
+                return false;
+            };
+            all_backlog &= e.backlog;
+            true
+        });
         if !ready.is_empty() {
-            let keep = if ready.iter().all(|(_, _, pk)| self.entries[pk].backlog) {
+            let keep = if all_backlog {
                 self.backlog_leaves(p)
             } else {
                 0

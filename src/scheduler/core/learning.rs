@@ -64,7 +64,7 @@ impl Core {
     /// Each kind learnt across accounts, as the prior of every account's own estimate of
     /// it: an account with little evidence stays near it, one with much follows its own.
     /// A kind only one account uses keeps the ladder's prior.
-    fn pool_priors(&mut self, now: SchedMs) {
+    pub(super) fn pool_priors(&mut self, now: SchedMs) {
         let mut users: HashMap<&KindName, usize> = HashMap::new();
         for m in &self.models {
             *users.entry(&m.kind).or_default() += 1;
@@ -115,22 +115,36 @@ impl Core {
         self.watch.memory_ms()
     }
 
-    /// `arrivals`: per kind, [`Core::arrival_rate`]'s rate and last window's count.
+    /// Fits the next models of the round of refits in progress (see [`FITTED_PER_TICK`]).
+    /// `arrivals`: per model, [`Core::arrival_rate`]'s rate and last window's count.
     pub(super) fn refit(&mut self, now: SchedMs, arrivals: &[(f64, usize)]) {
+        let Some(from) = self.refit_next else {
+            return;
+        };
+        let n = arrivals.len().min(self.models.len());
+        let to = n.min(from.saturating_add(FITTED_PER_TICK.max(n.div_ceil(FIT_ROUND_TICKS))));
+        self.refit_next = (to < n).then_some(to);
         let window_cells = (self.window / self.grid.unit_ms()).max(1) as usize;
         let life = self.life_ms();
-        self.pool_priors(now);
-        // Each model's pending payments' evidence, in one pass over the payments.
-        let mut pending_of: Vec<Vec<Evidence>> = vec![Vec::new(); self.models.len()];
-        for e in self.entries.values() {
-            if let Some(l) = e.last {
-                pending_of[e.model].push(Evidence {
-                    lo: self.grid.cell(l - e.t0),
-                    hi: None,
-                });
+        // The pending payments' evidence of the models fitted now: one pass over the
+        // payments of their keys.
+        let mut pending_of: Vec<Vec<Evidence>> = vec![Vec::new(); to.saturating_sub(from)];
+        let mut keys: Vec<PoolId> = self.models[from..to].iter().map(|m| m.pool).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for p in keys {
+            for e in self.entries.of_pool(p) {
+                if let (Some(l), Some(of)) = (e.last, e.model.checked_sub(from)) {
+                    if let Some(pending) = pending_of.get_mut(of) {
+                        pending.push(Evidence {
+                            lo: self.grid.cell(l - e.t0),
+                            hi: None,
+                        });
+                    }
+                }
             }
         }
-        for (m, &(rate, _)) in arrivals.iter().enumerate() {
+        for (m, &(rate, _)) in arrivals.iter().enumerate().take(to).skip(from) {
             // Recent memory: enough payments to learn from (about 400), over at least two
             // lifetimes and at most three, so a change of traffic is followed within half
             // an hour. Long memory: about 6,000 payments, up to twelve lifetimes, used
@@ -149,7 +163,7 @@ impl Core {
             let horizon = span(LONG_MEMORY_PAYMENTS, LONG_MEMORY_LIVES).max(recent);
             self.models[m].learner.set_recent(recent);
             self.models[m].learner.set_horizon(horizon);
-            let pending = std::mem::take(&mut pending_of[m]);
+            let pending = std::mem::take(&mut pending_of[m - from]);
             let model = &mut self.models[m];
             // An idle kind (nothing learnt since its last fit, no payment held) keeps its
             // estimate: a fit would only age its evidence, and the plans it gives would

@@ -108,6 +108,21 @@ const ON_PLAN_DIVISOR: i64 = 20;
 /// to send this many requests (see [`Core::on_time`]).
 const ON_PLAN_REQUESTS: i64 = 20;
 
+/// A tick prices every key while there are at most this many; with more, a share of them
+/// in turn (see [`Core::tick`]).
+const PRICED_PER_TICK: usize = 64;
+
+/// With many keys, each is priced at least every this many ticks (seconds, under the
+/// driver).
+const PRICE_ROUND_TICKS: usize = 5;
+
+/// A refit (every twentieth of a window) fits every model at once while there are at most
+/// this many; with more, a share of them each tick, so that a round takes at most
+/// [`FIT_ROUND_TICKS`] ticks: a thousand accounts' fits at once would hold the driver for
+/// as long as hundreds of checks take.
+const FITTED_PER_TICK: usize = 64;
+const FIT_ROUND_TICKS: usize = 10;
+
 /// Where a due check waits: see [`Core::peek_due`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -315,6 +330,8 @@ pub struct Core {
     poll_from: usize,
     /// When each key next has something to do.
     wakes: wakes::Wakes,
+    /// The key the next tick's pricing starts at (see [`PRICED_PER_TICK`]).
+    price_from: usize,
     /// The keys of each budget ledger (see [`Core::restore_spent`]).
     ledger_pools: HashMap<String, Vec<PoolId>>,
     gen: u64,
@@ -327,6 +344,8 @@ pub struct Core {
     /// See [`CoreConfig::backlog_share`].
     backlog_share: f64,
     last_fit: SchedMs,
+    /// The next model the round of refits in progress fits (`None`: none in progress).
+    refit_next: Option<usize>,
     /// When the core started (arrival rates count from there).
     started: SchedMs,
     /// Payments under reconciliation after their ladder.
@@ -411,6 +430,7 @@ impl Core {
             in_flight: 0,
             poll_from: 0,
             wakes,
+            price_from: 0,
             ledger_pools,
             gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
@@ -419,6 +439,7 @@ impl Core {
             window: cfg.budget_window_ms,
             backlog_share: cfg.backlog_share.get(),
             last_fit: now,
+            refit_next: None,
             started: now,
             watch,
             last_watch_fit: now,

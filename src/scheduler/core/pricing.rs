@@ -4,8 +4,9 @@
 use super::*;
 
 impl Core {
-    /// Periodic work: re-learns the flip distributions now and then, and sets each key's
-    /// price level from the demand it projects over the next window.
+    /// Periodic work: re-learns the flip distributions now and then, and sets the keys'
+    /// price levels (every key's, or with many a share in turn) from the demand each
+    /// projects over the next window.
     pub fn tick(&mut self, now: SchedMs) {
         // Prices, budgets and the spare room for late checks move: every key is looked at.
         self.wakes.touch_all();
@@ -16,11 +17,16 @@ impl Core {
         let refit_every = (self.window / 20).max(1);
         if now - self.last_fit >= refit_every {
             self.last_fit = now;
-            self.refit(now, &arrivals);
+            self.pool_priors(now);
+            self.refit_next = Some(0);
         }
+        self.refit(now, &arrivals);
+        let priced = self.priced_this_tick();
         for p in self.pools.ids() {
             self.pools[p].budget.recover(now);
-            self.set_level(p, now, &arrivals);
+            if priced(p.index()) {
+                self.set_level(p, now, &arrivals);
+            }
             // The live pace, for what they are taken to want of a window to come.
             let pool = &mut self.pools[p];
             forget_older(&mut pool.live_sent, self.window, now);
@@ -37,6 +43,20 @@ impl Core {
                 self.watch.price(p.index(), supply, now);
             }
         }
+    }
+
+    /// Which keys this tick prices (by index), and the turn moved on: every key while
+    /// there are at most [`PRICED_PER_TICK`], else a share in turn, so that each is priced
+    /// at least every [`PRICE_ROUND_TICKS`] ticks. A key's projection over a window moves
+    /// little in a few seconds, and pricing a thousand keys every second would cost more
+    /// than their checks.
+    fn priced_this_tick(&mut self) -> impl Fn(usize) -> bool + use<> {
+        let n = self.pools.len();
+        let share = n.min(PRICED_PER_TICK.max(n.div_ceil(PRICE_ROUND_TICKS)));
+        let from = self.price_from;
+        self.price_from = (from + share) % n.max(1);
+        // The keys from `from` on, `share` of them, wrapping round.
+        move |i| (i + n - from) % n.max(1) < share
     }
 
     /// Requests per window the live payments of pool `p` leave for late checks: the

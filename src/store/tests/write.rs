@@ -94,3 +94,77 @@ async fn the_wal_shrinks_after_a_burst() {
     assert_eq!(wal(), 0);
     assert_eq!(store.write_status(), WriteStatus::default());
 }
+
+/// The checks that only move a pending payment on go a run at a time: each is written as
+/// alone, a payment no longer pending is skipped, one checked twice in a group counts
+/// twice; the ledger rows come back in order and are closed together.
+#[tokio::test]
+async fn a_group_of_checks_is_written_as_each_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db"), None).await.unwrap();
+    let rows = store
+        .insert_payments(&[payment("A", None), payment("B", None), payment("C", None)])
+        .await
+        .unwrap();
+    let pk: Vec<PaymentKey> = rows.iter().map(|(r, _)| r.pk).collect();
+    store.cancel("default", "p2p", "C").await.unwrap();
+    let keys = store
+        .ledger_send(&[
+            ("p".into(), WallMs(1)),
+            ("p".into(), WallMs(2)),
+            ("p".into(), WallMs(3)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+    let check = |pk, at: i64, status: Option<&str>, error: Option<&str>| CheckRecord {
+        pk,
+        checked_at: WallMs(at),
+        upstream_status: status.map(String::from),
+        state: State::Pending,
+        response: status.map(|s| format!("{{\"status\":\"{s}\"}}")),
+        error: error.map(String::from),
+        next_check_at: Some(WallMs(at + 100)),
+        event: None,
+        changed: false,
+        saw_pending: status.is_some(),
+        watch: None,
+    };
+    let applied = store
+        .record_checks(
+            &[
+                check(pk[0], 10, Some("pending"), None),
+                check(pk[0], 20, Some("waiting"), None),
+                check(pk[2], 20, Some("pending"), None),
+                check(pk[1], 30, None, Some("timeout")),
+            ],
+            &[(keys[0], WallMs(40)), (keys[1], WallMs(50))],
+        )
+        .await
+        .unwrap();
+    let updated = Applied::Updated {
+        event_queued: false,
+    };
+    assert_eq!(
+        applied,
+        [updated.clone(), updated.clone(), Applied::Skipped, updated]
+    );
+    let get = |id: &'static str| store.get("default", "p2p", id);
+    let a = get("A").await.unwrap().unwrap();
+    assert_eq!(a.checks_done, 2);
+    assert_eq!(a.upstream_status.as_deref(), Some("waiting"));
+    assert_eq!(a.response.as_deref(), Some("{\"status\":\"waiting\"}"));
+    assert_eq!(a.last_checked_at, Some(WallMs(20)));
+    assert_eq!(a.next_check_at, Some(WallMs(120)));
+    assert_eq!((a.state, a.last_error), (State::Pending, None));
+    let b = get("B").await.unwrap().unwrap();
+    assert_eq!(b.checks_done, 1);
+    assert_eq!(b.last_error.as_deref(), Some("timeout"));
+    assert_eq!((b.upstream_status, b.response), (None, None));
+    let c = get("C").await.unwrap().unwrap();
+    assert_eq!((c.state, c.checks_done), (State::Cancelled, 0));
+    let ledger = store.ledger_newest(10).await.unwrap();
+    let done: Vec<Option<WallMs>> = ledger.iter().map(|r| r.done_at).collect();
+    assert_eq!(done, [Some(WallMs(40)), Some(WallMs(50)), None]);
+}

@@ -351,3 +351,127 @@ fn each_account_reports_its_own_payments_under_reconciliation() {
     assert_eq!(watched_of(&mut core, PoolId::DEFAULT), 1);
     assert_eq!(watched_of(&mut core, shop2_pool), 2);
 }
+
+/// With many keys a tick prices a share of them in turn, and every key within a round: a
+/// key whose payments come at any point of the turn is priced for them within
+/// `PRICE_ROUND_TICKS` ticks.
+#[test]
+fn with_many_keys_each_is_priced_within_a_round_of_ticks() {
+    let keys = 3 * PRICED_PER_TICK.max(PRICE_ROUND_TICKS);
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k-default".into());
+    raw.ninjapay.budget_requests = Some(10);
+    raw.reconcile.after = Some(Vec::new());
+    for a in 1..keys {
+        raw.accounts.insert(
+            format!("a{a}"),
+            RawAccount {
+                api_key: Some(format!("k-{a}")),
+                budget_requests: Some(10),
+                ..RawAccount::default()
+            },
+        );
+    }
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    let mut core = Core::new(cc, SchedMs(0));
+    let name = |a: usize| {
+        if a == 0 {
+            "default".to_string()
+        } else {
+            format!("a{a}")
+        }
+    };
+    // Part of a turn first, so the payments come mid-round.
+    let mut now = 0;
+    for _ in 0..2 {
+        core.tick(SchedMs(now));
+        now += 1_000;
+    }
+    let mut pk = 0;
+    for a in 0..keys {
+        for _ in 0..30 {
+            pk += 1;
+            core.track(
+                Tracked {
+                    started_at: SchedMs(now),
+                    ..of(&name(a), pk)
+                },
+                SchedMs(now),
+                false,
+            );
+        }
+    }
+    core.tick(SchedMs(now));
+    let scarce = core
+        .pools
+        .ids()
+        .filter(|&p| core.pools[p].level > 0.0)
+        .count();
+    assert!(
+        scarce < keys,
+        "one tick priced every key: {scarce} of {keys}"
+    );
+    for _ in 1..PRICE_ROUND_TICKS {
+        now += 1_000;
+        core.tick(SchedMs(now));
+    }
+    for p in core.pools.ids() {
+        assert!(
+            core.pools[p].level > 0.0,
+            "key {} not priced within {PRICE_ROUND_TICKS} ticks",
+            p.index()
+        );
+    }
+}
+
+/// With many accounts a refit fits a share of their models each tick, and every one within
+/// `FIT_ROUND_TICKS` ticks of the round's start.
+#[test]
+fn with_many_accounts_every_model_is_refit_within_a_round_of_ticks() {
+    let accounts = 3 * FITTED_PER_TICK.max(FIT_ROUND_TICKS);
+    let mut raw = config::defaults();
+    raw.ninjapay.api_key = Some("k-default".into());
+    raw.reconcile.after = Some(Vec::new());
+    for a in 1..accounts {
+        raw.accounts.insert(
+            format!("a{a}"),
+            RawAccount {
+                api_key: Some(format!("k-{a}")),
+                ..RawAccount::default()
+            },
+        );
+    }
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    let mut core = Core::new(cc, SchedMs(0));
+    let names: Vec<AccountName> = (0..accounts)
+        .map(|a| match a {
+            0 => AccountName::default(),
+            a => AccountName::parse(&format!("a{a}")).unwrap(),
+        })
+        .collect();
+    for name in &names {
+        teach(&mut core, name, 45_000, 200);
+    }
+    let learnt = |core: &Core| {
+        names
+            .iter()
+            .filter(|n| (40_000..=50_000).contains(&median_ms(core, n)))
+            .count()
+    };
+    assert_eq!(learnt(&core), 0, "nothing fitted yet");
+    let refit_every = (core.window / 20).max(1);
+    let mut now = refit_every;
+    core.tick(SchedMs(now));
+    let first = learnt(&core);
+    assert!(
+        first > 0 && first < accounts,
+        "{first} of {accounts} at once"
+    );
+    for _ in 1..FIT_ROUND_TICKS {
+        now += 1_000;
+        core.tick(SchedMs(now));
+    }
+    assert_eq!(learnt(&core), accounts, "every model within the round");
+}
