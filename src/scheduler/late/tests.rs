@@ -13,17 +13,30 @@ fn kinds() -> (Arc<Kind>, Arc<Kind>) {
 }
 
 fn start(w: &mut Watch, kind: &Arc<Kind>, pk: i64, now: SchedMs) -> Option<SchedMs> {
+    start_from(w, kind, pk, SchedMs(0), SchedMs(10_000), now)
+}
+
+/// Starts watching payment `pk` of `kind`, started at `started` and last seen unmoved at
+/// `seen`.
+fn start_from(
+    w: &mut Watch,
+    kind: &Arc<Kind>,
+    pk: i64,
+    started: SchedMs,
+    seen: SchedMs,
+    now: SchedMs,
+) -> Option<SchedMs> {
     w.start(
         WatchStart {
             pk: PaymentKey(pk),
             kind: kind.clone(),
             id: PaymentId::parse(&format!("T{pk}")).unwrap(),
             pool: 0,
-            started: SchedMs(0),
+            started,
             state: State::TimedOut,
             ended: State::TimedOut,
             upstream_status: Some("pending".into()),
-            seen: SchedMs(10_000),
+            seen,
         },
         None,
         now,
@@ -211,21 +224,7 @@ fn a_new_late_price_replans_only_the_checks_not_yet_due() {
     let p2p = cfg.kinds["p2p"].clone();
     let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
     let start_at = |w: &mut Watch, pk: i64, t0: SchedMs| {
-        w.start(
-            WatchStart {
-                pk: PaymentKey(pk),
-                kind: p2p.clone(),
-                id: PaymentId::parse(&format!("T{pk}")).unwrap(),
-                pool: 0,
-                started: t0,
-                state: State::TimedOut,
-                ended: State::TimedOut,
-                upstream_status: Some("pending".into()),
-                seen: t0 + 10 * MIN,
-            },
-            None,
-            t0 + 10 * MIN,
-        )
+        start_from(w, &p2p, pk, t0, t0 + 10 * MIN, t0 + 10 * MIN)
     };
     // Spare budget for the whole schedule: every age planned, the first at 15 minutes.
     for pk in 1..=10 {
@@ -296,19 +295,12 @@ fn a_spare_request_without_a_planned_check_goes_to_the_youngest_payment_likelies
     // Watched, never checked since the ladder: ages 16 min, 3 h, 10 h, 40 h.
     for (pk, age) in [(1, 16), (2, 180), (3, 600), (4, 2_400)] {
         let started = SchedMs(now.0 - age * MIN);
-        w.start(
-            WatchStart {
-                pk: PaymentKey(pk),
-                kind: p2p.clone(),
-                id: PaymentId::parse(&format!("T{pk}")).unwrap(),
-                pool: 0,
-                started,
-                state: State::TimedOut,
-                ended: State::TimedOut,
-                upstream_status: Some("pending".into()),
-                seen: SchedMs(started.0 + 10 * MIN),
-            },
-            None,
+        start_from(
+            &mut w,
+            &p2p,
+            pk,
+            started,
+            SchedMs(started.0 + 10 * MIN),
             now,
         );
     }

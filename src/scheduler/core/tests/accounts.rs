@@ -23,6 +23,28 @@ fn two_accounts() -> (Core, Arc<Kind>) {
     (Core::new(cc, SchedMs(0)), kind)
 }
 
+/// A core over `raw` whose account `default` has its own key, as has each of `accounts`
+/// (name, budget; `None`: `[ninjapay]`'s).
+fn core_of(
+    mut raw: config::Raw,
+    accounts: impl IntoIterator<Item = (String, Option<u32>)>,
+) -> Core {
+    raw.ninjapay.api_key = Some("k-default".into());
+    for (name, budget_requests) in accounts {
+        raw.accounts.insert(
+            name.clone(),
+            RawAccount {
+                api_key: Some(format!("k-{name}")),
+                budget_requests,
+                ..RawAccount::default()
+            },
+        );
+    }
+    let cfg = Config::from_raw(raw).unwrap();
+    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
+    Core::new(cc, SchedMs(0))
+}
+
 fn of(account: &str, pk: i64) -> Tracked {
     Tracked {
         account: AccountName::parse(account).unwrap(),
@@ -172,20 +194,8 @@ fn a_new_account_starts_from_the_kind_s_estimate_across_accounts() {
 #[test]
 fn accounts_made_from_the_same_estimate_share_its_plans_until_their_own_moves_them() {
     let mut raw = config::defaults();
-    raw.ninjapay.api_key = Some("k-default".into());
     raw.reconcile.after = Some(Vec::new());
-    for a in ["shop2", "shop3"] {
-        raw.accounts.insert(
-            a.into(),
-            RawAccount {
-                api_key: Some(format!("k-{a}")),
-                ..RawAccount::default()
-            },
-        );
-    }
-    let cfg = Config::from_raw(raw).unwrap();
-    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
-    let mut core = Core::new(cc, SchedMs(0));
+    let mut core = core_of(raw, ["shop2", "shop3"].map(|a| (a.to_string(), None)));
     teach(&mut core, &AccountName::default(), 45_000, 2_000);
     for i in 0..4 {
         core.tick(SchedMs(i * 60_000));
@@ -227,21 +237,8 @@ fn two_accounts_with_different_flip_ages_each_learn_their_own() {
 #[test]
 fn the_wake_index_is_never_later_than_every_key_looked_at_afresh() {
     let mut raw = config::defaults();
-    raw.ninjapay.api_key = Some("k-default".into());
     raw.ninjapay.budget_requests = Some(200);
-    for a in 1..4 {
-        raw.accounts.insert(
-            format!("a{a}"),
-            RawAccount {
-                api_key: Some(format!("k-{a}")),
-                budget_requests: Some(100 * a),
-                ..RawAccount::default()
-            },
-        );
-    }
-    let cfg = Config::from_raw(raw).unwrap();
-    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
-    let mut core = Core::new(cc, SchedMs(0));
+    let mut core = core_of(raw, (1..4).map(|a| (format!("a{a}"), Some(100 * a))));
     let mut rng = fastrand::Rng::with_seed(11);
     let accounts = ["default", "a1", "a2", "a3"];
     let mut flying: Vec<Completion> = Vec::new();
@@ -306,18 +303,7 @@ fn the_wake_index_is_never_later_than_every_key_looked_at_afresh() {
 
 #[test]
 fn each_account_reports_its_own_payments_under_reconciliation() {
-    let mut raw = config::defaults();
-    raw.ninjapay.api_key = Some("k-default".into());
-    raw.accounts.insert(
-        "shop2".into(),
-        RawAccount {
-            api_key: Some("k-shop2".into()),
-            ..RawAccount::default()
-        },
-    );
-    let cfg = Config::from_raw(raw).unwrap();
-    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
-    let mut core = Core::new(cc, SchedMs(0));
+    let mut core = core_of(config::defaults(), [("shop2".to_string(), None)]);
     let now = SchedMs(3_600_000);
     for (pk, account) in [(1, "default"), (2, "shop2"), (3, "shop2")] {
         let watched = Watched {
@@ -359,22 +345,9 @@ fn each_account_reports_its_own_payments_under_reconciliation() {
 fn with_many_keys_each_is_priced_within_a_round_of_ticks() {
     let keys = 3 * PRICED_PER_TICK.max(PRICE_ROUND_TICKS);
     let mut raw = config::defaults();
-    raw.ninjapay.api_key = Some("k-default".into());
     raw.ninjapay.budget_requests = Some(10);
     raw.reconcile.after = Some(Vec::new());
-    for a in 1..keys {
-        raw.accounts.insert(
-            format!("a{a}"),
-            RawAccount {
-                api_key: Some(format!("k-{a}")),
-                budget_requests: Some(10),
-                ..RawAccount::default()
-            },
-        );
-    }
-    let cfg = Config::from_raw(raw).unwrap();
-    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
-    let mut core = Core::new(cc, SchedMs(0));
+    let mut core = core_of(raw, (1..keys).map(|a| (format!("a{a}"), Some(10))));
     let name = |a: usize| {
         if a == 0 {
             "default".to_string()
@@ -431,20 +404,8 @@ fn with_many_keys_each_is_priced_within_a_round_of_ticks() {
 fn with_many_accounts_every_model_is_refit_within_a_round_of_ticks() {
     let accounts = 3 * FITTED_PER_TICK.max(FIT_ROUND_TICKS);
     let mut raw = config::defaults();
-    raw.ninjapay.api_key = Some("k-default".into());
     raw.reconcile.after = Some(Vec::new());
-    for a in 1..accounts {
-        raw.accounts.insert(
-            format!("a{a}"),
-            RawAccount {
-                api_key: Some(format!("k-{a}")),
-                ..RawAccount::default()
-            },
-        );
-    }
-    let cfg = Config::from_raw(raw).unwrap();
-    let (cc, _) = crate::scheduler::core_config(&cfg, 1);
-    let mut core = Core::new(cc, SchedMs(0));
+    let mut core = core_of(raw, (1..accounts).map(|a| (format!("a{a}"), None)));
     let names: Vec<AccountName> = (0..accounts)
         .map(|a| match a {
             0 => AccountName::default(),
