@@ -168,20 +168,29 @@ impl Watch {
         }
     }
 
-    /// Plans pool `p`'s waiting payments again at its price.
+    /// Plans pool `p`'s waiting payments again at its price: those scheduled and those
+    /// parked, found through the pool's own queues, so that a key's new price costs its own
+    /// watched payments and not every key's.
     fn replan(&mut self, p: usize, now: SchedMs) {
-        let pks: Vec<PaymentKey> = self
-            .entries
-            .values()
-            .filter(|e| {
-                e.pool == p
-                    && !e.in_flight
-                    && !e.recheck
-                    && e.failures == 0
-                    && !matches!(e.slot, Slot::Due(..))
+        let Some(q) = self.queues.get(p) else {
+            return;
+        };
+        let mut pks: Vec<PaymentKey> = q
+            .future
+            .iter()
+            .chain(q.ahead.values().flatten().flatten())
+            .map(|&(_, pk)| pk)
+            .filter(|pk| {
+                self.entries.get(pk).is_some_and(|e| {
+                    !e.in_flight
+                        && !e.recheck
+                        && e.failures == 0
+                        && !matches!(e.slot, Slot::Due(..))
+                })
             })
-            .map(|e| e.pk)
             .collect();
+        pks.sort_unstable();
+        pks.dedup();
         for pk in pks {
             self.dequeue(pk);
             if let Some(mut e) = self.entries.remove(&pk) {
