@@ -492,13 +492,20 @@ impl Watch {
     /// See [`Watch::pick`]. A group's payments differ only in age, so the chance is read
     /// at the late grid's ages and, of those at or above the likely line, the youngest
     /// payment of the youngest stretch is taken.
-    fn likeliest_ahead(
+    fn likeliest_ahead<'a>(
         &self,
-        q: &Queues,
+        q: &'a Queues,
         now: SchedMs,
         blocked: &impl Fn(&KindName) -> bool,
     ) -> Option<PaymentKey> {
         let start = self.grid.age_ms(0);
+        // A group's payments aged `lo..=hi` now, its key being their start plus `offset`.
+        let aged = |set: &'a ByStart, offset: i64, lo: i64, hi: i64| {
+            set.range(
+                (SchedMs(now.0 - hi + offset), PaymentKey(i64::MIN))
+                    ..=(SchedMs(now.0 - lo + offset), PaymentKey(i64::MAX)),
+            )
+        };
         // Per group: its payments by key, the key's offset from the start, and the chance
         // over each stretch of ages (youngest first) that holds payments.
         let mut stretches: Vec<(&ByStart, i64, Vec<Stretch>)> = Vec::new();
@@ -542,25 +549,11 @@ impl Watch {
                     .collect();
                 ages.insert(0, youngest);
                 ages.push(oldest);
-                ages.dedup();
-                let held = |lo: i64, hi: i64| {
-                    set.range(
-                        (SchedMs(now.0 - hi + offset), PaymentKey(i64::MIN))
-                            ..=(SchedMs(now.0 - lo + offset), PaymentKey(i64::MAX)),
-                    )
-                    .next()
-                    .is_some()
-                };
-                let mut list = Vec::new();
-                for w in ages.windows(2) {
-                    let (lo, hi) = (w[0], w[1]);
-                    if held(lo, hi) {
-                        list.push((lo, hi, chance(lo).max(chance(hi))));
-                    }
-                }
-                if ages.len() == 1 {
-                    list.push((youngest, oldest, chance(oldest)));
-                }
+                let list = ages
+                    .windows(2)
+                    .filter(|w| aged(set, offset, w[0], w[1]).next().is_some())
+                    .map(|w| (w[0], w[1], chance(w[0]).max(chance(w[1]))))
+                    .collect();
                 stretches.push((set, offset, list));
             }
         }
@@ -573,12 +566,7 @@ impl Watch {
             .iter()
             .filter_map(|(set, offset, list)| {
                 let &(lo, hi, _) = list.iter().find(|s| s.2 >= line)?;
-                let &(first, pk) = set
-                    .range(
-                        (SchedMs(now.0 - hi + offset), PaymentKey(i64::MIN))
-                            ..=(SchedMs(now.0 - lo + offset), PaymentKey(i64::MAX)),
-                    )
-                    .next_back()?;
+                let &(first, pk) = aged(set, *offset, lo, hi).next_back()?;
                 Some((now - first + offset, pk))
             })
             .min_by_key(|&(age, pk)| (age, std::cmp::Reverse(pk)))
