@@ -104,11 +104,12 @@ struct Queues {
     lists: BTreeMap<Listed, BTreeSet<(SchedMs, PaymentKey)>>,
     /// A merchant's rechecks, by due time.
     rechecks: BTreeSet<(SchedMs, PaymentKey)>,
-    /// Payments with ages of the schedule before their planned check (or none planned):
-    /// checks the spare budget makes when no planned one is due, as the plans' checks are
-    /// still to come. Grouped by late-move model and by the position of the last check on
-    /// the schedule (so one group's payments were last seen at the same age), each by the
-    /// first of those ages (in a group, oldest start first).
+    /// With the learnt plans, every waiting payment of a single-payment kind, by the first
+    /// age of the schedule it has not been checked at: what the spare budget chooses among
+    /// when no planned check is due, as the plans' checks are still to come, and when the
+    /// plans are behind. Grouped by late-move model and by the position of the last check
+    /// on the schedule (so one group's payments were last seen at the same age), each by
+    /// the first of those ages (in a group, oldest start first).
     ahead: BTreeMap<Listed, Vec<BTreeSet<(SchedMs, PaymentKey)>>>,
 }
 
@@ -118,6 +119,11 @@ struct Queues {
 /// where moves come, its small remaining mass would otherwise send every unplanned check to
 /// the oldest payments, whose moves are the longest past.
 const AHEAD_TIE: f64 = 0.05;
+
+/// How many windows past its time a planned check may wait before the plans count as
+/// behind: the spare budget then goes where the chance of an unseen move is greatest, as
+/// the ages the plans chose have passed unchecked.
+const BEHIND_WINDOWS: i64 = 1;
 
 /// A group's payments under [`Queues::ahead`], by key.
 type ByStart = BTreeSet<(SchedMs, PaymentKey)>;
@@ -271,6 +277,7 @@ impl Watch {
 
     /// Puts a held payment in the queue its fields say (it must be in none).
     fn enqueue(&mut self, pk: PaymentKey, now: SchedMs) {
+        let learnt = self.policy == LatePolicy::Learnt;
         let Some(e) = self.entries.get_mut(&pk) else {
             return;
         };
@@ -297,7 +304,8 @@ impl Watch {
         let k = e.kind.reconcile_after.len();
         if !e.in_flight && !e.recheck && !e.kind.is_list() && e.pos < k {
             let first = e.t0.saturating_add(e.kind.reconcile_after[e.pos]);
-            if e.parked || first < e.due {
+            // With the plans behind, due payments are chosen among by the same chance.
+            if learnt || e.parked || first < e.due {
                 let groups = q.ahead.entry((e.kind.name.clone(), e.ended)).or_default();
                 if groups.len() < k {
                     groups.resize_with(k, BTreeSet::new);
@@ -470,10 +478,11 @@ impl Watch {
         })
     }
 
-    /// The earliest due planned check of pool `p`; with none due, the payment the learnt
-    /// late moves make likeliest to have moved unseen since its last check (the youngest
-    /// of those about as likely; see [`AHEAD_TIE`]). Kinds for which `blocked` holds are
-    /// passed over.
+    /// The earliest due planned check of pool `p` while the plans keep up (it is less than
+    /// [`BEHIND_WINDOWS`] late, or a listing); otherwise, or with none due, the payment the
+    /// learnt late moves make likeliest to have moved unseen since its last check (the
+    /// youngest of those about as likely; see [`AHEAD_TIE`]), due or not. Kinds for which
+    /// `blocked` holds are passed over.
     pub fn pick(
         &mut self,
         p: usize,
@@ -483,10 +492,18 @@ impl Watch {
         self.promote(p, now);
         let q = self.queues.get(p)?;
         let open = |pk: &PaymentKey| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name));
-        if let Some(pk) = q.in_turn.iter().map(|&(_, pk)| pk).find(open) {
-            return Some(pk);
+        let earliest = q.in_turn.iter().find(|(_, pk)| open(pk)).copied();
+        let behind = now
+            .0
+            .saturating_sub(self.window_ms.saturating_mul(BEHIND_WINDOWS));
+        if let Some((due, pk)) = earliest {
+            let listed = self.entries.get(&pk).is_some_and(|e| e.kind.is_list());
+            if self.policy == LatePolicy::InTurn || listed || due.0 >= behind {
+                return Some(pk);
+            }
         }
         self.likeliest_ahead(q, now, &blocked)
+            .or(earliest.map(|(_, pk)| pk))
     }
 
     /// See [`Watch::pick`]. A group's payments differ only in age, so the chance is read

@@ -332,3 +332,43 @@ fn watched_payments_in_one_upstream_status_hold_it_once_and_a_bounded_set_of_the
     }
     assert_eq!(w.statuses.len(), MAX_STATUSES);
 }
+
+/// A planned check left waiting more than a window has lost the age the plan chose it
+/// for: the spare budget then chooses among every waiting payment by the chance of an
+/// unseen move, as when none is planned, and not by how long the check has waited.
+#[test]
+fn once_the_plans_are_behind_a_spare_request_goes_by_chance_not_by_the_longest_wait() {
+    let cfg = Config::from_raw(config::defaults()).unwrap();
+    let p2p = cfg.kinds["p2p"].clone();
+    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    let t0 = SchedMs(100 * 60 * MIN);
+    // Learnt: a fifth of the watched payments move at 20–30 minutes, the rest never.
+    for i in 0..1_000 {
+        let started = SchedMs(t0.0 - 80 * 60 * MIN + i * MIN);
+        let moved = (i % 5 == 0).then(|| SchedMs(started.0 + 20 * MIN + (i % 10) * MIN));
+        let seen = started.0 + if moved.is_some() { 20 } else { 72 * 60 } * MIN;
+        w.learn(
+            &p2p.name,
+            State::TimedOut,
+            started,
+            Some(SchedMs(seen)),
+            moved,
+        );
+    }
+    w.refit(t0);
+    // Spare budget for every age: payment 1's first check is planned at its 15 minutes.
+    let started = SchedMs(t0.0 - 11 * MIN);
+    start_from(&mut w, &p2p, 1, started, SchedMs(started.0 + 10 * MIN), t0);
+    w.price(0, 1e9, t0);
+    let due = SchedMs(started.0 + 15 * MIN);
+    assert_eq!(w.pick(0, due, |_| false), Some(PaymentKey(1)));
+    // Three hours on, unchecked, beside a payment of 45 minutes (its first check planned
+    // at an hour): both likely moved, the younger one's move the more recent.
+    let now = SchedMs(t0.0 + 3 * 60 * MIN);
+    let started = SchedMs(now.0 - 45 * MIN);
+    start_from(&mut w, &p2p, 2, started, SchedMs(started.0 + 10 * MIN), now);
+    assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(2)));
+    // Then the one left.
+    let (_, _, _) = w.launch(&[PaymentKey(2)]);
+    assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(1)));
+}
