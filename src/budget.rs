@@ -8,8 +8,7 @@
 //! every rolling window the provider could draw, whatever the latency.
 
 use crate::payment::{SchedMs, WallMs};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 
 /// The share of a key's budget a burst's backlog may take (`ninjapay.backlog_share`): the
 /// rest stays priced for the payments on plan. Between [`BacklogShare::MIN`] and
@@ -58,8 +57,11 @@ pub struct Budget {
     window: i64,
     margin: i64,
     in_flight: u32,
-    /// When each answered request stops counting.
-    expiries: BinaryHeap<Reverse<SchedMs>>,
+    /// When each answered request stops counting, the soonest first: answers come in
+    /// time order, so keeping them sorted costs nothing, and what is asked at every
+    /// wake-up (the n-th expiry, the expiries over the next window in order) reads them
+    /// as they lie.
+    expiries: VecDeque<SchedMs>,
     paused_until: SchedMs,
     last_shrink: SchedMs,
 }
@@ -74,7 +76,7 @@ impl Budget {
             // Our clock and the provider's may drift apart: count 2% longer.
             margin: window_ms / 50 + 1,
             in_flight: 0,
-            expiries: BinaryHeap::new(),
+            expiries: VecDeque::new(),
             paused_until: SchedMs(0),
             last_shrink: SchedMs(0),
         }
@@ -91,8 +93,8 @@ impl Budget {
     }
 
     fn prune(&mut self, now: SchedMs) {
-        while self.expiries.peek().is_some_and(|Reverse(t)| *t <= now) {
-            self.expiries.pop();
+        while self.expiries.front().is_some_and(|t| *t <= now) {
+            self.expiries.pop_front();
         }
     }
 
@@ -119,15 +121,21 @@ impl Budget {
     /// Records the answer (or failure) of a request acquired earlier, at `done_at`.
     pub fn release(&mut self, done_at: SchedMs) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.expiries
-            .push(Reverse(done_at + self.window + self.margin));
+        self.expire_at(done_at + self.window + self.margin);
     }
 
     /// Counts a request made before a restart: answered at `done_at`, or, if its answer was
     /// never recorded, assumed answered at `now` (the latest it can have arrived).
     pub fn restore(&mut self, done_at: Option<SchedMs>, now: SchedMs) {
         let at = done_at.unwrap_or(now).min(now);
-        self.expiries.push(Reverse(at + self.window + self.margin));
+        self.expire_at(at + self.window + self.margin);
+    }
+
+    /// Counts a request until `at`, in order (at the back unless a restart's rows or an
+    /// out-of-order answer say otherwise).
+    fn expire_at(&mut self, at: SchedMs) {
+        let i = self.expiries.partition_point(|t| *t <= at);
+        self.expiries.insert(i, at);
     }
 
     /// When room may next appear, if none now: the end of a pause or the next expiry.
@@ -147,6 +155,7 @@ impl Budget {
         per_window: f64,
         keep: u32,
     ) -> bool {
+        debug_assert!(due.is_sorted(), "due times sorted");
         if self.paused_until > now {
             return false;
         }
@@ -155,33 +164,42 @@ impl Budget {
         if used > limit {
             return false;
         }
-        let mut expiries: Vec<SchedMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
-        expiries.sort_unstable();
         let window = self.window.max(1);
         let end = now.saturating_add(window);
         let steady = |t: SchedMs| -> u64 {
             (per_window.max(0.0) * (t - now).clamp(0, window) as f64 / window as f64).ceil() as u64
         };
         // The demand only grows between expiries: the moments to look at are just before
-        // each expiry, at each due time, and at the window's end.
-        // 0: an expiry (it still counts just before), 1: a due request, 2: the end.
-        let mut moments: Vec<(SchedMs, u8)> = expiries
+        // each expiry, at each due time, and at the window's end, in time order (at one
+        // time an expiry first, as it still counts just before; then the due requests).
+        // Both lists are sorted: a merge, with nothing collected.
+        let mut expiries = self
+            .expiries
             .iter()
-            .filter(|t| **t <= end)
-            .map(|t| (*t, 0))
-            .chain(due.iter().filter(|t| **t <= end).map(|t| (*t, 1)))
-            .chain(std::iter::once((end, 2)))
-            .collect();
-        moments.sort_unstable();
+            .copied()
+            .take_while(|t| *t <= end)
+            .peekable();
+        let mut dues = due.iter().copied().take_while(|t| *t <= end).peekable();
         let (mut expired, mut came_due) = (0u64, 0u64);
-        for (at, what) in moments {
-            came_due += u64::from(what == 1);
+        loop {
+            let (at, expiry) = match (expiries.peek(), dues.peek()) {
+                (Some(&e), Some(&d)) if e <= d => (e, true),
+                (_, Some(&d)) => (d, false),
+                (Some(&e), None) => (e, true),
+                (None, None) => break,
+            };
+            if expiry {
+                expiries.next();
+            } else {
+                dues.next();
+                came_due += 1;
+            }
             if used + came_due.max(steady(at)) > limit + expired {
                 return false;
             }
-            expired += u64::from(what == 0);
+            expired += u64::from(expiry);
         }
-        true
+        used + came_due.max(steady(end)) <= limit + expired
     }
 
     /// Whether a request fits with `keep` requests of room left after it.
@@ -206,11 +224,8 @@ impl Budget {
         if excess == 0 {
             return None;
         }
-        // The excess-th earliest expiry: a selection, not a sort (this is asked at every
-        // wake-up).
-        let mut times: Vec<SchedMs> = self.expiries.iter().map(|Reverse(t)| *t).collect();
-        let (_, nth, _) = times.select_nth_unstable(excess - 1);
-        Some(*nth)
+        // The excess-th earliest expiry.
+        self.expiries.get(excess - 1).copied()
     }
 
     /// Pauses the key until `until`.
@@ -395,7 +410,93 @@ mod tests {
         assert_eq!(b.effective_limit(), 5);
     }
 
+    /// [`Budget::room_ahead`] as a sort of every moment: what the merge must agree with.
+    fn room_ahead_by_sorting(
+        b: &mut Budget,
+        now: SchedMs,
+        due: &[SchedMs],
+        per_window: f64,
+        keep: u32,
+    ) -> bool {
+        if b.paused_until > now {
+            return false;
+        }
+        let used = u64::from(b.used(now)) + 1 + u64::from(keep);
+        let limit = u64::from(b.effective);
+        if used > limit {
+            return false;
+        }
+        let end = now.saturating_add(b.window);
+        let steady = |t: SchedMs| -> u64 {
+            (per_window * (t - now).clamp(0, b.window) as f64 / b.window as f64).ceil() as u64
+        };
+        let mut moments: Vec<(SchedMs, u8)> = b
+            .expiries
+            .iter()
+            .filter(|t| **t <= end)
+            .map(|t| (*t, 0))
+            .chain(due.iter().filter(|t| **t <= end).map(|t| (*t, 1)))
+            .chain(std::iter::once((end, 2)))
+            .collect();
+        moments.sort_unstable();
+        let (mut expired, mut came_due) = (0u64, 0u64);
+        for (at, what) in moments {
+            came_due += u64::from(what == 1);
+            if used + came_due.max(steady(at)) > limit + expired {
+                return false;
+            }
+            expired += u64::from(what == 0);
+        }
+        true
+    }
+
     proptest! {
+        /// The expiries kept in order answer as a sort of them would, whatever order the
+        /// answers and a restart's rows come in: the room ahead, and when room appears.
+        #[test]
+        fn expiries_in_order_answer_as_a_sort_would(
+            answers in prop::collection::vec(0i64..30, 0..60),
+            due in prop::collection::vec(0i64..30, 0..40),
+            per_window in 0.0f64..80.0,
+            keep in 0u32..5,
+            limit in 1u32..80,
+        ) {
+            // On a coarse grid, so that expiries and due times often meet (an answer at
+            // `at` expires the window and the margin later: 1,021 ms).
+            let mut b = Budget::new(limit, 1000);
+            let answers = answers.iter().map(|a| a * 100);
+            let due = due.iter().map(|d| d * 100 + 1_021);
+            for (i, at) in answers.enumerate() {
+                if i % 3 == 0 {
+                    b.restore(Some(SchedMs(at)), SchedMs(3_000));
+                } else {
+                    b.release(SchedMs(at));
+                }
+            }
+            prop_assert!(b.expiries.iter().is_sorted());
+            let mut due: Vec<SchedMs> = due.map(SchedMs).collect();
+            due.sort_unstable();
+            for now in [0, 500, 1_000, 2_000, 3_500] {
+                let now = SchedMs(now);
+                let mut c = b.clone();
+                prop_assert_eq!(
+                    b.room_ahead(now, &due, per_window, keep),
+                    room_ahead_by_sorting(&mut c, now, &due, per_window, keep)
+                );
+                let mut sorted: Vec<SchedMs> = c.expiries.iter().copied().collect();
+                sorted.sort_unstable();
+                let excess = (c.used(now) + keep + 1).saturating_sub(c.effective) as usize;
+                let expected = if c.used(now) + keep < c.effective {
+                    Some(now)
+                } else if excess == 0 || excess > sorted.len() {
+                    None
+                } else {
+                    Some(sorted[excess - 1])
+                };
+                prop_assert_eq!(b.next_room_beyond(now, keep), expected);
+            }
+        }
+
         /// Whatever the latencies, no rolling window on the provider's side (arrival anywhere
         /// between send and answer) sees more than the limit.
         #[test]

@@ -128,14 +128,18 @@ impl Core {
                 return false;
             }
             let soon = now + self.on_time(p);
-            let mut live_soon: Vec<SchedMs> = self
-                .entries
-                .of_pool(p)
-                .filter(|e| !e.in_flight && e.due <= soon)
-                .map(|e| e.due.max(now))
-                .collect();
+            let mut live_soon = std::mem::take(&mut self.due_soon);
+            live_soon.clear();
+            live_soon.extend(
+                self.entries
+                    .of_pool(p)
+                    .filter(|e| !e.in_flight && e.due <= soon)
+                    .map(|e| e.due.max(now)),
+            );
             live_soon.sort_unstable();
-            if !self.pools[p].budget.room_ahead(now, &live_soon, pace, keep) {
+            let room = self.pools[p].budget.room_ahead(now, &live_soon, pace, keep);
+            self.due_soon = live_soon;
+            if !room {
                 return false;
             }
             let refused = &self.pools[p].auth_failing;

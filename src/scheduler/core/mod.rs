@@ -352,6 +352,9 @@ pub struct Core {
     watch: Watch,
     last_watch_fit: SchedMs,
     /// Outcomes to commit that no request produced (a watch that ended unchecked).
+    /// A key's live checks due soon, as the spare budget's look ahead gathers them: kept
+    /// between looks, which come at every visit of a key with room.
+    due_soon: Vec<SchedMs>,
     unsent: Vec<Outcome>,
 }
 
@@ -444,6 +447,7 @@ impl Core {
             watch,
             last_watch_fit: now,
             unsent: Vec::new(),
+            due_soon: Vec::new(),
         }
     }
 
