@@ -528,6 +528,10 @@ pub fn status_line(pools: &[PoolStatus]) -> String {
     format!("{pending} pending; {}", budgets.join("; "))
 }
 
+/// Most answers taken in one turn of the scheduler's loop before it polls again (and
+/// looks at a shutdown).
+const ANSWERS_PER_TURN: usize = 64;
+
 impl Driver {
     async fn run(
         mut self,
@@ -567,7 +571,17 @@ impl Driver {
                     Some(cmd) => self.command(cmd),
                     None => break,
                 },
-                Some(done) = done_rx.recv() => self.complete(done),
+                Some(done) = done_rx.recv() => {
+                    self.complete(done);
+                    // Answers that came meanwhile, before the next poll: with many keys
+                    // answers come faster than one poll and one timer each can follow.
+                    for _ in 1..ANSWERS_PER_TURN {
+                        match done_rx.try_recv() {
+                            Ok(done) => self.complete(done),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some(r) = refilled.recv() => self.core.refilled(r.pool, Some(r.keys)),
                 permit = records.reserve(), if !self.backlog.is_empty() => {
                     if let (Ok(permit), Some(batch)) = (permit, self.backlog.pop_front()) {
