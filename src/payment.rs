@@ -181,6 +181,41 @@ impl fmt::Display for PaymentId {
 #[sqlx(transparent)]
 pub struct PaymentKey(pub i64);
 
+/// Hashes a [`PaymentKey`] with one multiplication. The keys are the database's own row
+/// ids, never chosen from outside, so the scheduler's maps of them need no defence against
+/// chosen collisions, and they are looked up for every due check a busy key weighs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // An odd multiplier: distinct low bits stay distinct (the table's index), and the
+        // high bits (its tags) depend on every bit.
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by [`PaymentKey`], hashed by [`KeyHasher`].
+pub type KeyMap<V> =
+    std::collections::HashMap<PaymentKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// A set of [`PaymentKey`]s, hashed by [`KeyHasher`].
+pub type KeySet = std::collections::HashSet<PaymentKey, std::hash::BuildHasherDefault<KeyHasher>>;
+
 impl fmt::Display for PaymentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -48,7 +48,7 @@ impl Core {
         let p = done.pool;
         if self.in_flight >= MAX_TOTAL_IN_FLIGHT {
             // Keys held by the total bound, not their own, may go on now.
-            self.wakes.touch_all();
+            self.wakes.release_held();
         }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.pools[p].in_flight = self.pools[p].in_flight.saturating_sub(1);

@@ -531,7 +531,18 @@ impl Core {
     /// event: an answer, a payment, a refill).
     pub(super) fn pool_wake(&mut self, p: PoolId, now: SchedMs) -> Option<SchedMs> {
         if !self.has_slot(p) {
-            return None; // an answer wakes it
+            // An answer wakes it: its own, or under the total bound any key's, if it has
+            // checks waiting.
+            let pool = &self.pools[p];
+            let waiting = !pool.ready.is_empty()
+                || !pool.heap.is_empty()
+                || !pool.rechecks.is_empty()
+                || self.watch.next_due(p.index()).is_some()
+                || self.watch.any_due(p.index(), now);
+            if pool.in_flight < self.max_in_flight && waiting {
+                self.wakes.hold(p.index());
+            }
+            return None;
         }
         let mut wake: Option<SchedMs> = None;
         let mut ready = std::mem::take(&mut self.pools[p].ready);

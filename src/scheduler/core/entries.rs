@@ -3,16 +3,15 @@
 //! every payment per key would cost the square of their number.
 
 use super::{Entry, PoolId};
-use crate::payment::PaymentKey;
-use std::collections::{HashMap, HashSet};
+use crate::payment::{KeyMap, KeySet, PaymentKey};
 
 #[derive(Default)]
 pub(super) struct Entries {
     /// Boxed: the table (with its spare room) holds a pointer a payment, not the whole
     /// entry, and growing it moves pointers only.
-    map: HashMap<PaymentKey, Box<Entry>>,
+    map: KeyMap<Box<Entry>>,
     /// Indexed by [`PoolId`]: the keys of the payments checked with that key.
-    by_pool: Vec<HashSet<PaymentKey>>,
+    by_pool: Vec<KeySet>,
 }
 
 impl Entries {
@@ -37,7 +36,7 @@ impl Entries {
     pub(super) fn insert(&mut self, e: Entry) {
         let p = e.pool.index();
         if self.by_pool.len() <= p {
-            self.by_pool.resize_with(p + 1, HashSet::new);
+            self.by_pool.resize_with(p + 1, KeySet::default);
         }
         self.by_pool[p].insert(e.pk);
         if let Some(old) = self.map.insert(e.pk, Box::new(e)) {

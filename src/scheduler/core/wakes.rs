@@ -18,10 +18,14 @@ pub(super) struct Wakes {
     /// Each key's entry in `at`, by pool index.
     of: Vec<Option<SchedMs>>,
     /// Keys to visit at the next poll, whatever their wake time.
-    touched: Vec<usize>,
+    pub(super) touched: Vec<usize>,
     marked: Vec<bool>,
+    /// Keys the total in-flight bound stopped with checks to send: an answer at the bound
+    /// visits these, not every key.
+    pub(super) held: Vec<usize>,
+    held_marked: Vec<bool>,
     /// Every key is to be visited at the next poll.
-    all: bool,
+    pub(super) all: bool,
 }
 
 impl Wakes {
@@ -31,6 +35,8 @@ impl Wakes {
             of: vec![None; pools],
             touched: Vec::new(),
             marked: vec![false; pools],
+            held: Vec::new(),
+            held_marked: vec![false; pools],
             // Nothing is known of any key yet.
             all: true,
         }
@@ -42,6 +48,24 @@ impl Wakes {
                 *m = true;
                 self.touched.push(p);
             }
+        }
+    }
+
+    /// Key `p` waits for the total in-flight bound, not its own.
+    pub(super) fn hold(&mut self, p: usize) {
+        if let Some(m) = self.held_marked.get_mut(p) {
+            if !*m {
+                *m = true;
+                self.held.push(p);
+            }
+        }
+    }
+
+    /// A slot under the total bound came free: the keys it held are visited.
+    pub(super) fn release_held(&mut self) {
+        for p in std::mem::take(&mut self.held) {
+            self.held_marked[p] = false;
+            self.touch(p);
         }
     }
 

@@ -6,7 +6,7 @@
 use super::core::{LateCheck, Outcome};
 use crate::event::{event_for, EventSpec};
 use crate::kinds::{Kind, KindName, Observation};
-use crate::payment::{PaymentId, PaymentKey, SchedMs, State};
+use crate::payment::{KeyMap, PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{Evidence, FlipDist, Learner};
 use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -163,7 +163,7 @@ pub struct Watch {
     policy: LatePolicy,
     /// Boxed: the map's table (with its spare room) holds a pointer a payment, not the
     /// whole entry, and growing it past hundreds of thousands moves pointers only.
-    entries: HashMap<PaymentKey, Box<Watched>>,
+    entries: KeyMap<Box<Watched>>,
     queues: Vec<Queues>,
     /// When each watch ends at the latest (its last age plus the last gap).
     ends: BTreeSet<(SchedMs, PaymentKey)>,
@@ -207,7 +207,7 @@ impl Watch {
         Self {
             grid,
             policy,
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             queues: (0..pools).map(|_| Queues::default()).collect(),
             ends: BTreeSet::new(),
             models: HashMap::new(),

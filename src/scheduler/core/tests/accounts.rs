@@ -436,3 +436,69 @@ fn with_many_accounts_every_model_is_refit_within_a_round_of_ticks() {
     }
     assert_eq!(learnt(&core), accounts, "every model within the round");
 }
+
+/// Under the bound on requests in flight across all keys, an answer lets the keys that
+/// bound held go on, and only those: visiting every key on every answer would cost a
+/// thousand accounts more than their checks.
+#[test]
+fn an_answer_at_the_total_bound_wakes_the_keys_it_held_and_no_other() {
+    let mut raw = config::defaults();
+    raw.reconcile.after = Some(Vec::new());
+    raw.ninjapay.max_in_flight = Some(64);
+    // 20 busy keys of 64 in flight each would make 1,280: the total bound holds some.
+    let busy: Vec<String> = (1..20).map(|i| format!("busy{i}")).collect();
+    let mut core = core_of(
+        raw,
+        busy.iter()
+            .map(|n| (n.clone(), None))
+            .chain([("idle".to_string(), None)]),
+    );
+    for (a, account) in std::iter::once("default")
+        .chain(busy.iter().map(String::as_str))
+        .enumerate()
+    {
+        for j in 0..100 {
+            core.track(of(account, (a * 1_000 + j) as i64), SchedMs(0), false);
+        }
+    }
+    let mut actions = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        core.poll(SchedMs(25_000), &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Send(r) => sent.push(r),
+                Action::Refill { pool, count, .. } => {
+                    core.refilled(pool, Some((0..count as i64).map(LedgerKey).collect()))
+                }
+                Action::Record(_) => {}
+            }
+        }
+    }
+    assert_eq!(sent.len(), MAX_TOTAL_IN_FLIGHT);
+    let held: Vec<usize> = core.wakes.held.clone();
+    let idle = core.account_pool[&AccountName::parse("idle").unwrap()].index();
+    assert!(!held.is_empty() && !held.contains(&idle), "{held:?}");
+    // One answer: the keys held are visited, and the idle one is not.
+    let r = sent.pop().unwrap();
+    let answered = r.pool.index();
+    core.complete(&pending_answer(r, SchedMs(25_100)));
+    assert!(!core.wakes.all);
+    let mut touched = core.wakes.touched.clone();
+    touched.sort_unstable();
+    let mut expected: Vec<usize> = held.iter().copied().chain([answered]).collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(touched, expected);
+    // The slot goes to a held key (or the answered one), and the bound holds.
+    core.poll(SchedMs(25_100), &mut actions);
+    let again: Vec<PoolId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(r) => Some(r.pool),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again.len(), 1);
+    assert!(expected.contains(&again[0].index()));
+}
