@@ -263,6 +263,23 @@ fn a_new_late_price_replans_only_the_checks_not_yet_due() {
     }
 }
 
+/// A learnt watch (the default schedule) whose evidence, up to `now`, says a fifth of the
+/// watched payments move at 20–30 minutes and the rest never; and the kind `p2p`.
+fn learnt_early_moves(now: SchedMs) -> (Watch, Arc<Kind>) {
+    let cfg = Config::from_raw(config::defaults()).unwrap();
+    let p2p = cfg.kinds["p2p"].clone();
+    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    for i in 0..1_000 {
+        let started = SchedMs(now.0 - 80 * 60 * MIN + i * MIN);
+        let moved = (i % 5 == 0).then(|| SchedMs(started.0 + 20 * MIN + (i % 10) * MIN));
+        let seen = started.0 + if moved.is_some() { 20 } else { 72 * 60 } * MIN;
+        let seen = Some(SchedMs(seen));
+        w.learn(&p2p.name, State::TimedOut, started, seen, moved);
+    }
+    w.refit(now);
+    (w, p2p)
+}
+
 /// With no planned check due, a spare request goes where the learnt late moves make an
 /// unseen move of the last day likeliest: not to a payment younger than the ages where
 /// moves come (its move is mostly still ahead), not to one whose moves would be more than a
@@ -270,28 +287,8 @@ fn a_new_late_price_replans_only_the_checks_not_yet_due() {
 /// is the most recent.
 #[test]
 fn a_spare_request_without_a_planned_check_goes_to_the_youngest_payment_likeliest_moved() {
-    let cfg = Config::from_raw(config::defaults()).unwrap();
-    let p2p = cfg.kinds["p2p"].clone();
-    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
     let now = SchedMs(100 * 60 * MIN);
-    // Learnt: a fifth of the watched payments move at 20–30 minutes, the rest never.
-    for i in 0..1_000 {
-        let started = SchedMs(now.0 - 80 * 60 * MIN + i * MIN);
-        let moved = (i % 5 == 0).then(|| SchedMs(started.0 + 20 * MIN + (i % 10) * MIN));
-        let seen = if moved.is_some() {
-            started.0 + 20 * MIN
-        } else {
-            started.0 + 72 * 60 * MIN
-        };
-        w.learn(
-            &p2p.name,
-            State::TimedOut,
-            started,
-            Some(SchedMs(seen)),
-            moved,
-        );
-    }
-    w.refit(now);
+    let (mut w, p2p) = learnt_early_moves(now);
     // Watched, never checked since the ladder: ages 16 min, 3 h, 10 h, 40 h.
     for (pk, age) in [(1, 16), (2, 180), (3, 600), (4, 2_400)] {
         let started = SchedMs(now.0 - age * MIN);
@@ -338,24 +335,8 @@ fn watched_payments_in_one_upstream_status_hold_it_once_and_a_bounded_set_of_the
 /// unseen move, as when none is planned, and not by how long the check has waited.
 #[test]
 fn once_the_plans_are_behind_a_spare_request_goes_by_chance_not_by_the_longest_wait() {
-    let cfg = Config::from_raw(config::defaults()).unwrap();
-    let p2p = cfg.kinds["p2p"].clone();
-    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
     let t0 = SchedMs(100 * 60 * MIN);
-    // Learnt: a fifth of the watched payments move at 20–30 minutes, the rest never.
-    for i in 0..1_000 {
-        let started = SchedMs(t0.0 - 80 * 60 * MIN + i * MIN);
-        let moved = (i % 5 == 0).then(|| SchedMs(started.0 + 20 * MIN + (i % 10) * MIN));
-        let seen = started.0 + if moved.is_some() { 20 } else { 72 * 60 } * MIN;
-        w.learn(
-            &p2p.name,
-            State::TimedOut,
-            started,
-            Some(SchedMs(seen)),
-            moved,
-        );
-    }
-    w.refit(t0);
+    let (mut w, p2p) = learnt_early_moves(t0);
     // Spare budget for every age: payment 1's first check is planned at its 15 minutes.
     let started = SchedMs(t0.0 - 11 * MIN);
     start_from(&mut w, &p2p, 1, started, SchedMs(started.0 + 10 * MIN), t0);
