@@ -19,10 +19,7 @@ use std::process::ExitCode;
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One thread: the daemon's work is one scheduler loop and the requests it starts,
-    // and on a small machine a second worker only wakes the first across cores (SQLite
-    // writes on threads of their own either way).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
