@@ -43,6 +43,13 @@ pub(crate) struct Refilled {
     pub keys: Vec<LedgerKey>,
 }
 
+/// Least time between the starts of two commits of outcomes: at a thousand keys' pace a
+/// few dozen checks' worth, and nothing a merchant waiting for a webhook notices.
+const RECORD_GATHER: Duration = Duration::from_millis(20);
+
+/// Most outcomes in one commit.
+const RECORD_GROUP: usize = 2048;
+
 /// How long writes are still retried once shutdown has begun.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -94,8 +101,9 @@ pub(crate) async fn ledger_loop(
     }
 }
 
-/// Commits check outcomes in groups: whatever has arrived while the previous commit ran
-/// goes into the next one, so a burst of answers costs one fsync, not one each. A payment
+/// Commits check outcomes in groups: whatever has arrived while the previous commit ran,
+/// or within [`RECORD_GATHER`] of its start, goes into the next one, so a burst of answers
+/// costs one commit, not one each. A payment
 /// the database no longer has pending (a cancel that raced its enqueue) is handed back to
 /// the scheduler to forget: the database decides.
 pub(crate) async fn record_loop(
@@ -109,10 +117,20 @@ pub(crate) async fn record_loop(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     // Set once shutdown has begun: after it, a failed write is not retried.
     let mut give_up_at: Option<Instant> = None;
+    let mut last_commit: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut records = first.records;
         let mut ledger: Vec<(LedgerKey, WallMs)> = first.ledger.into_iter().collect();
-        while records.len() < 2048 {
+        // Each commit costs a round of statements on SQLite's thread and a WAL frame: at
+        // a busy pace, commits start at most every `RECORD_GATHER` and the outcomes that
+        // come meanwhile go into one. The first after a pause goes at once.
+        if let Some(next) = last_commit.map(|t| t + RECORD_GATHER) {
+            if records.len() < RECORD_GROUP && !cancel.is_cancelled() {
+                tokio::time::sleep_until(next).await;
+            }
+        }
+        last_commit = Some(Instant::now());
+        while records.len() < RECORD_GROUP {
             match rx.try_recv() {
                 Ok(more) => {
                     records.extend(more.records);

@@ -492,7 +492,10 @@ impl Core {
         for pk in &pks {
             if let Some(e) = self.entries.get_mut(pk) {
                 e.in_flight = true;
-                self.pools[p].lateness_ms.push((now - e.due).max(0));
+                // Late since it was due: a replan to a cheaper level moves `due` into the
+                // past, but planned then, the check was due no earlier.
+                let due = e.due.max(e.due_from);
+                self.pools[p].lateness_ms.push((now - due).max(0));
                 ids.push(e.id.clone());
                 started.push(e.t0);
             }

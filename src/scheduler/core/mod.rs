@@ -458,6 +458,11 @@ impl Core {
     }
 
     /// Requests in flight.
+    /// Keys (pools) the core schedules.
+    pub fn pools(&self) -> usize {
+        self.pools.len()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }

@@ -166,6 +166,32 @@ fn once_scarce_the_ladders_table_keeps_its_steps_but_not_the_jitter() {
     assert_eq!(e.due, SchedMs(23_000));
 }
 
+/// A replan to a cheaper level can move a payment's next check to an age already past:
+/// the check is due from the replan on, and its lateness counts from there, not from a
+/// time at which no plan had it due.
+#[test]
+fn a_check_a_replan_moved_into_the_past_is_late_only_since_the_replan() {
+    let (mut core, kind) = core(1000);
+    let p = PoolId::DEFAULT;
+    core.track(row(1, 0, 24_000), SchedMs(0), false);
+    let pk = PaymentKey(1);
+    // Scarce: the first check goes later than the ladder's.
+    core.pools[p].level = 50.0;
+    core.replan_pool(p, SchedMs(0));
+    assert!(
+        core.entries[&pk].due > SchedMs(30_000),
+        "{:?}",
+        core.entries[&pk].due
+    );
+    // Back on the ladder at 30 s: the first check's age (24 s) has passed.
+    core.pools[p].level = 0.0;
+    core.replan_pool(p, SchedMs(30_000));
+    assert_eq!(core.entries[&pk].due, SchedMs(24_000));
+    let sent = drive(&mut core, &kind, 30_500, 31_000);
+    let at = sent.first().expect("the check goes").0;
+    assert_eq!(core.pools[p].lateness_ms.first(), Some(&(at - 30_000)));
+}
+
 #[test]
 fn requests_that_would_see_no_flip_are_not_spent_to_fill_the_budget() {
     // Every flip comes before the first check allowed (90% at 5–15 s), the rest never
