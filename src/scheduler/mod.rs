@@ -538,6 +538,11 @@ pub fn status_line(pools: &[PoolStatus]) -> String {
 /// a health screen is worth less than the checks that time would make.
 const PUBLISH_KEYS_PER_TICK: usize = 200;
 
+/// Ticks between two gatherings of the keys' state for `pools` keys.
+fn ticks_per_publish(pools: usize) -> usize {
+    pools.div_ceil(PUBLISH_KEYS_PER_TICK).max(1)
+}
+
 /// Most answers taken in one turn of the scheduler's loop before it polls again (and
 /// looks at a shutdown).
 const ANSWERS_PER_TURN: usize = 64;
@@ -601,7 +606,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let now = self.clock.now();
                     self.core.tick(now);
-                    let every = self.core.pools().div_ceil(PUBLISH_KEYS_PER_TICK).max(1);
+                    let every = ticks_per_publish(self.core.pools());
                     self.ticks_unpublished += 1;
                     if self.ticks_unpublished >= every {
                         self.ticks_unpublished = 0;
@@ -887,6 +892,17 @@ mod tests {
             lateness_ms: Vec::new(),
             kinds: Vec::new(),
         }
+    }
+
+    /// Up to 200 keys their state is gathered every tick; a thousand, every fifth (the
+    /// 10 s stuck rule reads `at`, which moves every tick).
+    #[test]
+    fn many_keys_are_gathered_every_few_ticks() {
+        assert_eq!(ticks_per_publish(0), 1);
+        assert_eq!(ticks_per_publish(1), 1);
+        assert_eq!(ticks_per_publish(200), 1);
+        assert_eq!(ticks_per_publish(201), 2);
+        assert_eq!(ticks_per_publish(1_000), 5);
     }
 
     #[test]

@@ -125,8 +125,11 @@ pub(crate) async fn record_loop(
         // a busy pace, commits start at most every `RECORD_GATHER` and the outcomes that
         // come meanwhile go into one. The first after a pause goes at once.
         if let Some(next) = last_commit.map(|t| t + RECORD_GATHER) {
-            if records.len() < RECORD_GROUP && !cancel.is_cancelled() {
-                tokio::time::sleep_until(next).await;
+            if records.len() < RECORD_GROUP {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = cancel.cancelled() => {}
+                }
             }
         }
         last_commit = Some(Instant::now());

@@ -457,12 +457,12 @@ impl Core {
         self.entries.len()
     }
 
-    /// Requests in flight.
     /// Keys (pools) the core schedules.
     pub fn pools(&self) -> usize {
         self.pools.len()
     }
 
+    /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
