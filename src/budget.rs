@@ -64,6 +64,9 @@ pub struct Budget {
     expiries: VecDeque<SchedMs>,
     paused_until: SchedMs,
     last_shrink: SchedMs,
+    /// Since when the count has been below the limit in force without a break (`None`:
+    /// at the limit): when a request held for room could first have gone.
+    room_since: Option<SchedMs>,
 }
 
 impl Budget {
@@ -79,6 +82,7 @@ impl Budget {
             expiries: VecDeque::new(),
             paused_until: SchedMs(0),
             last_shrink: SchedMs(0),
+            room_since: Some(SchedMs(0)),
         }
     }
 
@@ -93,15 +97,41 @@ impl Budget {
     }
 
     fn prune(&mut self, now: SchedMs) {
-        while self.expiries.front().is_some_and(|t| *t <= now) {
+        while let Some(t) = self.expiries.front().copied().filter(|t| *t <= now) {
             self.expiries.pop_front();
+            if self.room_since.is_none() && self.count() < self.effective {
+                self.room_since = Some(t);
+            }
         }
+    }
+
+    fn count(&self) -> u32 {
+        self.in_flight + self.expiries.len() as u32
+    }
+
+    /// After the count or the limit in force moved: whether room is left.
+    fn note_room(&mut self, now: SchedMs) {
+        if self.count() >= self.effective {
+            self.room_since = None;
+        } else if self.room_since.is_none() {
+            self.room_since = Some(now);
+        }
+    }
+
+    /// Since when a request could have gone without a break, as of `now`: the moment the
+    /// expiry or the pause's end that made the room came, `now` when there is none. A
+    /// check held for the budget is on time from then, not from its due time.
+    pub fn room_since(&mut self, now: SchedMs) -> SchedMs {
+        self.prune(now);
+        self.room_since
+            .map_or(now, |t| t.max(self.paused_until))
+            .min(now)
     }
 
     /// Requests that still count against the window at `now`.
     pub fn used(&mut self, now: SchedMs) -> u32 {
         self.prune(now);
-        self.in_flight + self.expiries.len() as u32
+        self.count()
     }
 
     /// Whether the key is paused (429/503 with or without `Retry-After`) at `now`.
@@ -115,6 +145,7 @@ impl Budget {
             return false;
         }
         self.in_flight += 1;
+        self.note_room(now);
         true
     }
 
@@ -122,6 +153,9 @@ impl Budget {
     pub fn release(&mut self, done_at: SchedMs) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.expire_at(done_at + self.window + self.margin);
+        if self.count() >= self.effective {
+            self.room_since = None;
+        }
     }
 
     /// Counts a request made before a restart: answered at `done_at`, or, if its answer was
@@ -129,6 +163,7 @@ impl Budget {
     pub fn restore(&mut self, done_at: Option<SchedMs>, now: SchedMs) {
         let at = done_at.unwrap_or(now).min(now);
         self.expire_at(at + self.window + self.margin);
+        self.note_room(now);
     }
 
     /// Counts a request until `at`, in order (at the back unless a restart's rows or an
@@ -243,6 +278,7 @@ impl Budget {
             .max(used.min(self.effective))
             .max(1);
         self.last_shrink = now;
+        self.note_room(now);
         self.effective
     }
 
@@ -251,6 +287,7 @@ impl Budget {
         if self.effective < self.limit && now - self.last_shrink >= self.window {
             self.effective = (self.effective + self.limit.div_ceil(10)).min(self.limit);
             self.last_shrink = now;
+            self.note_room(now);
         }
     }
 }
@@ -285,6 +322,44 @@ pub fn restored_done_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request held for room could first have gone when the expiry that made room came
+    /// (or the pause ended), however late the next look is; with room all along, since
+    /// then; at the limit, not before now.
+    #[test]
+    fn room_comes_back_at_the_expiry_that_makes_it() {
+        // 2 requests per 100 ms, counted 3 ms longer.
+        let mut b = Budget::new(2, 100);
+        assert_eq!(b.room_since(SchedMs(0)), SchedMs(0));
+        assert!(b.try_acquire(SchedMs(0)));
+        assert_eq!(b.room_since(SchedMs(1)), SchedMs(0));
+        assert!(b.try_acquire(SchedMs(10)));
+        assert_eq!(b.room_since(SchedMs(20)), SchedMs(20), "at the limit");
+        b.release(SchedMs(5));
+        b.release(SchedMs(15));
+        assert!(!b.try_acquire(SchedMs(50)));
+        assert_eq!(
+            b.room_since(SchedMs(107)),
+            SchedMs(107),
+            "counted until 108"
+        );
+        assert_eq!(b.room_since(SchedMs(150)), SchedMs(108));
+        assert_eq!(b.room_since(SchedMs(400)), SchedMs(108), "room all along");
+        assert!(b.try_acquire(SchedMs(400)));
+        assert_eq!(b.room_since(SchedMs(401)), SchedMs(108), "one more fits");
+        assert!(b.try_acquire(SchedMs(401)));
+        assert_eq!(
+            b.room_since(SchedMs(402)),
+            SchedMs(402),
+            "at the limit again"
+        );
+        b.release(SchedMs(402));
+        b.release(SchedMs(402));
+        // A pause past the expiries: room comes at its end.
+        b.pause(SchedMs(600));
+        assert_eq!(b.room_since(SchedMs(550)), SchedMs(550));
+        assert_eq!(b.room_since(SchedMs(700)), SchedMs(600));
+    }
 
     fn row(
         sent_at: i64,

@@ -69,7 +69,11 @@ pub struct PoolStatus<T = WallMs> {
     pub auth_failing: Vec<KindName>,
     /// Kinds the provider gives no usable answer for, with the last error.
     pub outage: Vec<(KindName, String)>,
+    /// How late each check since the last status went out: from when it was due, or
+    /// when the budget had room for it if that came later.
     pub lateness_ms: Vec<i64>,
+    /// Beside each of `lateness_ms`: how long it waited past its due time for the budget.
+    pub budget_wait_ms: Vec<i64>,
     pub kinds: Vec<KindPolicy>,
 }
 
@@ -95,6 +99,7 @@ impl<T> PoolStatus<T> {
             auth_failing: self.auth_failing,
             outage: self.outage,
             lateness_ms: self.lateness_ms,
+            budget_wait_ms: self.budget_wait_ms,
             kinds: self.kinds,
         }
     }

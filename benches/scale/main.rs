@@ -82,6 +82,7 @@ pub struct Snapshot {
     pub at: Instant,
     pub cpu: Duration,
     pub lateness: Buckets,
+    pub budget_wait: Buckets,
 }
 
 async fn snapshot(http: &reqwest::Client, layout: &Layout, pid: i32) -> Result<Snapshot> {
@@ -89,7 +90,8 @@ async fn snapshot(http: &reqwest::Client, layout: &Layout, pid: i32) -> Result<S
     Ok(Snapshot {
         at: Instant::now(),
         cpu: cpu_time(&pid.to_string())?,
-        lateness: Buckets::parse(&text)?,
+        lateness: Buckets::parse(&text, measure::LATENESS)?,
+        budget_wait: Buckets::parse(&text, measure::BUDGET_WAIT)?,
     })
 }
 

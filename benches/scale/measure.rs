@@ -1,11 +1,14 @@
-//! The figures: check lateness from the daemon's histogram (summed over its pools), and
-//! each key's requests as the fake saw them.
+//! The figures: check lateness and the budget's waits from the daemon's histograms (summed
+//! over its pools), and each key's requests as the fake saw them.
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const LATENESS: &str = "ninjapoll_check_lateness_seconds_bucket{";
+/// How late checks went once their key's budget had room for them.
+pub const LATENESS: &str = "ninjapoll_check_lateness_seconds";
+/// How long checks waited past their plan for the budget's room.
+pub const BUDGET_WAIT: &str = "ninjapoll_check_budget_wait_seconds";
 
 /// A cumulative histogram: per upper bound (`le`), how many observations were at most it.
 #[derive(Debug, Clone, Default)]
@@ -32,10 +35,11 @@ impl PartialEq for Bound {
 impl Eq for Bound {}
 
 impl Buckets {
-    /// The lateness buckets of a `/metrics` text, summed across pools.
-    pub fn parse(text: &str) -> Result<Buckets> {
+    /// The buckets of histogram `name` in a `/metrics` text, summed across pools.
+    pub fn parse(text: &str, name: &str) -> Result<Buckets> {
+        let prefix = format!("{name}_bucket{{");
         let mut out = BTreeMap::new();
-        for line in text.lines().filter(|l| l.starts_with(LATENESS)) {
+        for line in text.lines().filter(|l| l.starts_with(&prefix)) {
             let le = line
                 .split_once("le=\"")
                 .and_then(|(_, r)| r.split_once('"'))
@@ -80,6 +84,11 @@ impl Buckets {
             below = *n;
         }
         parts.join(", ")
+    }
+
+    /// How many observations were at most `bound` (a bucket's own bound).
+    pub fn at_most(&self, bound: f64) -> u64 {
+        self.0.get(&Bound(bound)).copied().unwrap_or(0)
     }
 
     /// The smallest bound at or under which at least the share `q` of observations lies.

@@ -109,6 +109,19 @@ pub fn print(a: &Args, r: &Run) -> bool {
         verdict(p99_ok)
     );
     println!("  per bucket (s): {}", late.describe());
+    // Every budget binds: a check due while its key's window is full waits for the room,
+    // as the budget means it to. The lateness above counts from that room, this from the
+    // check's due time to it.
+    let wait = r.end.budget_wait.since(&r.start.budget_wait);
+    let waited = wait.total().saturating_sub(wait.at_most(0.001));
+    println!(
+        "waits for the budget's room: {waited} of {} checks ({:.1}%) waited more than 1 ms past their plan; p50 {}, p99 {}",
+        wait.total(),
+        100.0 * waited as f64 / wait.total().max(1) as f64,
+        quantile(&wait, 0.50),
+        quantile(&wait, 0.99),
+    );
+    println!("  per bucket (s): {}", wait.describe());
     let cpu_ok = print_cpu(r, total);
     let rss_ok = r.memory.0 <= RSS_TARGET_MB;
     println!(

@@ -772,8 +772,11 @@ impl Driver {
             .collect();
         self.status_line.publish(&pools);
         for s in &mut pools {
-            self.telemetry
-                .lateness(&s.name, &std::mem::take(&mut s.lateness_ms));
+            self.telemetry.lateness(
+                &s.name,
+                &std::mem::take(&mut s.lateness_ms),
+                &std::mem::take(&mut s.budget_wait_ms),
+            );
         }
         self.status.send_replace(Published {
             pools,
@@ -890,6 +893,7 @@ mod tests {
             auth_failing: Vec::new(),
             outage: Vec::new(),
             lateness_ms: Vec::new(),
+            budget_wait_ms: Vec::new(),
             kinds: Vec::new(),
         }
     }

@@ -430,7 +430,13 @@ impl<'a> Run<'a> {
             }
         }
         if let Some(p) = st.first() {
-            s.lateness.extend_from_slice(&p.lateness_ms);
+            // The whole wait past due: the budget's and after it.
+            s.lateness.extend(
+                p.lateness_ms
+                    .iter()
+                    .zip(&p.budget_wait_ms)
+                    .map(|(late, wait)| late + wait),
+            );
             s.levels.push(p.price_level);
             if let Some(k) = p.kinds.iter().find(|k| k.kind == "p2p") {
                 s.learnt = (k.flip_share, k.flip_age_ms);

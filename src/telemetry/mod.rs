@@ -127,6 +127,7 @@ pub struct Telemetry {
     checks: Family<CheckLabels, Counter>,
     latency: Histograms<KindLabel>,
     lateness: Histograms<PoolLabel>,
+    budget_wait: Histograms<PoolLabel>,
     commits: Counter,
     committed_checks: Counter,
     unexpected_429: Counter,
@@ -179,6 +180,7 @@ impl Default for Telemetry {
             checks: Family::default(),
             latency: histograms(|| Histogram::new(LATENCY_BUCKETS)),
             lateness: histograms(|| Histogram::new(LATENESS_BUCKETS)),
+            budget_wait: histograms(|| Histogram::new(LATENESS_BUCKETS)),
             commits: Counter::default(),
             committed_checks: Counter::default(),
             unexpected_429: Counter::default(),
@@ -279,9 +281,15 @@ impl Telemetry {
         );
         r.register_with_unit(
             "check_lateness",
-            "How late checks start against their plan, by key",
+            "How late checks start against their plan, once the key's budget has room for them, by key",
             Unit::Seconds,
             self.lateness.clone(),
+        );
+        r.register_with_unit(
+            "check_budget_wait",
+            "How long checks waited past their plan for the key's budget to have room, by key",
+            Unit::Seconds,
+            self.budget_wait.clone(),
         );
         r.register(
             "commits",
@@ -523,14 +531,21 @@ impl Telemetry {
             .observe(ms.max(0) as f64 / 1000.0);
     }
 
-    /// How late the checks of a key started against their plan, in ms.
-    pub fn lateness(&self, pool_name: &str, late_ms: &[i64]) {
-        if late_ms.is_empty() {
-            return;
-        }
-        let h = self.lateness.get_or_create(&pool(pool_name));
-        for l in late_ms {
-            h.observe(*l as f64 / 1000.0);
+    /// How late the checks of a key started against their plan once its budget had room
+    /// for them, and how long before that they waited for the room, in ms.
+    pub fn lateness(&self, pool_name: &str, late_ms: &[i64], budget_wait_ms: &[i64]) {
+        let label = pool(pool_name);
+        for (family, ms) in [
+            (&self.lateness, late_ms),
+            (&self.budget_wait, budget_wait_ms),
+        ] {
+            if ms.is_empty() {
+                continue;
+            }
+            let h = family.get_or_create(&label);
+            for l in ms {
+                h.observe(*l as f64 / 1000.0);
+            }
         }
     }
 
@@ -646,6 +661,7 @@ impl Telemetry {
         // Every key and kind has its series from the start, zero until something
         // happens, so that rates and alerts need no "absent" special case.
         let _ = self.lateness.get_or_create(&name);
+        let _ = self.budget_wait.get_or_create(&name);
         for k in &p.kinds {
             let _ = self.requests.get_or_create(&kind(&k.kind));
             let _ = self.latency.get_or_create(&kind(&k.kind));
@@ -767,7 +783,7 @@ mod tests {
     fn counters_end_in_total_and_histograms_are_in_seconds() {
         let t = Telemetry::default();
         t.latency(&KindName::parse("p2p").unwrap(), 1_500);
-        t.lateness("default", &[20]);
+        t.lateness("default", &[20], &[0]);
         t.webhook(WebhookOutcome::Delivered);
         t.database_error("record_checks");
         let text = t.render(&[("pending".into(), 3)], &[], &[], &Default::default());
@@ -798,7 +814,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("ninjapoll_check_lateness_seconds_count{pool=\"default\"} 1"),
+            text.contains("ninjapoll_check_lateness_seconds_count{pool=\"default\"} 1")
+                && text.contains("ninjapoll_check_budget_wait_seconds_count{pool=\"default\"} 1"),
             "{text}"
         );
         assert!(text.contains("ninjapoll_webhook_attempts_total{outcome=\"delivered\"} 1"));

@@ -63,6 +63,7 @@ impl Core {
                 self.ensure_reserve(p, out);
                 break; // a refill wakes us
             }
+            let room = self.pools[p].budget.room_since(now);
             if !self.pools[p].budget.try_acquire(now) {
                 break;
             }
@@ -87,7 +88,7 @@ impl Core {
             } else {
                 vec![pk]
             };
-            let req = self.launch(p, kind, pks, now);
+            let req = self.launch(p, kind, pks, now, room);
             out.push(Action::Send(req));
             self.ensure_reserve(p, out);
         }
@@ -486,16 +487,20 @@ impl Core {
         kind: Arc<Kind>,
         pks: Vec<PaymentKey>,
         now: SchedMs,
+        room: SchedMs,
     ) -> Request {
         let mut ids = Vec::with_capacity(pks.len());
         let mut started = Vec::with_capacity(pks.len());
         for pk in &pks {
             if let Some(e) = self.entries.get_mut(pk) {
                 e.in_flight = true;
-                // Late since it was due: a replan to a cheaper level moves `due` into the
-                // past, but planned then, the check was due no earlier.
+                // Due since its plan made it so: a replan to a cheaper level moves `due`
+                // into the past, but planned then, the check was due no earlier. Late
+                // once the budget had room for it: the wait before is the budget's.
                 let due = e.due.max(e.due_from);
-                self.pools[p].lateness_ms.push((now - due).max(0));
+                let pool = &mut self.pools[p];
+                pool.lateness_ms.push((now - due.max(room)).max(0));
+                pool.budget_wait_ms.push((room.min(now) - due).max(0));
                 ids.push(e.id.clone());
                 started.push(e.t0);
             }

@@ -221,6 +221,8 @@ struct Pool {
     list_not_before: HashMap<KindName, SchedMs>,
     last_probe: SchedMs,
     lateness_ms: Vec<i64>,
+    /// Beside each of `lateness_ms`: how long that check waited for the budget's room.
+    budget_wait_ms: Vec<i64>,
     ledger_keys: VecDeque<LedgerKey>,
     refilling: bool,
     level: f64,
@@ -254,6 +256,7 @@ impl Pool {
             list_not_before: HashMap::new(),
             last_probe: SchedMs(0),
             lateness_ms: Vec::new(),
+            budget_wait_ms: Vec::new(),
             ledger_keys: VecDeque::new(),
             refilling: false,
             level: 0.0,

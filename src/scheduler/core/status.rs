@@ -95,6 +95,7 @@ impl Core {
                     .map(|(k, m)| (k.clone(), m.clone()))
                     .collect(),
                 lateness_ms: std::mem::take(&mut pool.lateness_ms),
+                budget_wait_ms: std::mem::take(&mut pool.budget_wait_ms),
                 kinds,
             });
         }

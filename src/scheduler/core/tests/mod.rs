@@ -190,6 +190,39 @@ fn a_check_a_replan_moved_into_the_past_is_late_only_since_the_replan() {
     let sent = drive(&mut core, &kind, 30_500, 31_000);
     let at = sent.first().expect("the check goes").0;
     assert_eq!(core.pools[p].lateness_ms.first(), Some(&(at - 30_000)));
+    assert_eq!(
+        core.pools[p].budget_wait_ms.first(),
+        Some(&0),
+        "the budget had room"
+    );
+}
+
+/// A check held for the budget's room is late only from when the room came: the wait
+/// before it is the budget's, counted on its own, and each check's two add up to the time
+/// from its due time to its send.
+#[test]
+fn a_check_held_for_the_budget_is_late_only_from_when_room_came() {
+    let (mut core, kind) = core(3);
+    let p = PoolId::DEFAULT;
+    for pk in 1..=6 {
+        core.track(row(pk, 0, 24_000), SchedMs(0), false);
+    }
+    let mut driver = Driver::default();
+    let sent = driver.run(&mut core, &kind, 0, 1_500_000, &mut VecDeque::new());
+    let pool = &core.pools[p];
+    assert_eq!(pool.lateness_ms.len(), sent.len());
+    assert_eq!(pool.budget_wait_ms.len(), sent.len());
+    assert!(
+        pool.budget_wait_ms.iter().any(|w| *w > 60_000),
+        "three requests a window for six payments: some wait minutes {:?}",
+        pool.budget_wait_ms
+    );
+    // The driver wakes the core when it asks: once room comes, no check waits longer.
+    assert!(
+        pool.lateness_ms.iter().all(|l| *l <= 1_000),
+        "{:?}",
+        pool.lateness_ms
+    );
 }
 
 #[test]
