@@ -6,6 +6,7 @@
 
 // Domain: pure types and decisions, nothing async.
 mod account;
+mod allocator;
 mod backoff;
 mod boot;
 mod budget;
