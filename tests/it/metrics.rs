@@ -105,6 +105,15 @@ async fn metrics_cover_checks_budget_policy_webhooks_and_errors_on_socket_and_tc
     );
     assert!(get("ninjapoll_upstream_latency_seconds_sum{kind=\"p2p\"}") < requests * 1.0);
     assert!(get("ninjapoll_check_lateness_seconds_count{pool=\"default\"}") >= 1.0);
+    // One budget wait beside each lateness; a budget of 100,000 never makes one wait.
+    assert_eq!(
+        get("ninjapoll_check_budget_wait_seconds_count{pool=\"default\"}"),
+        get("ninjapoll_check_lateness_seconds_count{pool=\"default\"}")
+    );
+    assert_eq!(
+        get("ninjapoll_check_budget_wait_seconds_sum{pool=\"default\"}"),
+        0.0
+    );
     // Budget used and limit per key; the policy's figures.
     assert!(get("ninjapoll_budget_used{pool=\"default\"}") >= requests);
     assert_eq!(get("ninjapoll_budget_limit{pool=\"default\"}"), 100_000.0);
