@@ -7,8 +7,8 @@
 const ARENAS: i32 = 2;
 
 /// Caps glibc's arenas at [`ARENAS`], unless `MALLOC_ARENA_MAX` in the environment says
-/// otherwise (the operator's word wins). Whether the cap is in force: always on another
-/// allocator, where there is nothing to set.
+/// otherwise (the operator's word wins). `false` only when glibc refuses the setting;
+/// elsewhere there is nothing to set.
 pub fn limit_arenas() -> bool {
     if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return true;

@@ -153,9 +153,7 @@ impl Budget {
     pub fn release(&mut self, done_at: SchedMs) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.expire_at(done_at + self.window + self.margin);
-        if self.count() >= self.effective {
-            self.room_since = None;
-        }
+        self.note_room(done_at);
     }
 
     /// Counts a request made before a restart: answered at `done_at`, or, if its answer was

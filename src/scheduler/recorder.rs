@@ -72,13 +72,7 @@ pub(crate) async fn ledger_loop(
     while let Some(first) = rx.recv().await {
         // The keys that asked meanwhile share the transaction: with many keys, a commit
         // (and its fsync) each would keep the writer busy and the reserves short.
-        let mut refills = vec![first];
-        while refills.len() < REFILLS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(more) => refills.push(more),
-                Err(_) => break,
-            }
-        }
+        let refills = waiting(first, &mut rx, REFILLS_PER_COMMIT);
         let mut keys = loop {
             let at = now_ms();
             let entries: Vec<(String, WallMs)> = refills
@@ -122,6 +116,18 @@ pub(crate) async fn ledger_loop(
             }
         }
     }
+}
+
+/// `first` and what else waits on `rx` already, `max` in all: one commit's worth.
+fn waiting<T>(first: T, rx: &mut mpsc::Receiver<T>, max: usize) -> Vec<T> {
+    let mut all = vec![first];
+    while all.len() < max {
+        match rx.try_recv() {
+            Ok(more) => all.push(more),
+            Err(_) => break,
+        }
+    }
+    all
 }
 
 /// Commits check outcomes in groups: whatever has arrived while the previous commit ran,
@@ -226,8 +232,20 @@ mod tests {
     use crate::payment::{PaymentId, State};
     use crate::store::{EventSpec, NewPayment, WebhookFilter};
 
-    /// Refills asked together share one commit, and each key gets its own rows: releasing
-    /// one key's leaves exactly the others'.
+    /// What waits already is taken along, up to the bound; nothing is waited for.
+    #[tokio::test]
+    async fn what_waits_already_goes_into_one_commit() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for i in 1..=4 {
+            tx.send(i).await.unwrap();
+        }
+        assert_eq!(waiting(0, &mut rx, 3), [0, 1, 2]);
+        assert_eq!(waiting(0, &mut rx, 3), [0, 3, 4]);
+        assert_eq!(waiting(0, &mut rx, 3), [0]);
+    }
+
+    /// Refills taken together are written by one statement, and each key gets its own
+    /// rows: releasing one key's leaves exactly the others'.
     #[tokio::test]
     async fn refills_asked_together_each_get_their_own_rows() {
         let dir = tempfile::tempdir().unwrap();
