@@ -23,13 +23,25 @@ impl Core {
     fn poll_pool(&mut self, p: PoolId, now: SchedMs, out: &mut Vec<Action>) {
         self.ensure_reserve(p, out);
         while self.has_slot(p) {
-            if self.send_watched(p, now, false, out) {
+            if self.send_watched(p, now, LateTurn::Recheck, out) {
                 continue;
             }
-            let Some((from, pk)) = self.peek_due(p, now) else {
+            let live = self.peek_due(p, now);
+            // Where the spare budget affords the whole schedule, the live payments planned
+            // around its checks: one due goes in its turn among theirs, earliest due first.
+            let live_due = live.map(|(_, pk)| self.entries[&pk].due);
+            if self
+                .watch
+                .due_on_schedule(p.index(), now)
+                .is_some_and(|d| live_due.is_none_or(|l| d <= l))
+                && self.send_watched(p, now, LateTurn::OnSchedule, out)
+            {
+                continue;
+            }
+            let Some((from, pk)) = live else {
                 // Nothing of the ladder's is due: what it leaves of the budget may go
                 // to the payments under reconciliation.
-                if self.send_watched(p, now, true, out) {
+                if self.send_watched(p, now, LateTurn::Spare, out) {
                     continue;
                 }
                 break;
@@ -94,23 +106,29 @@ impl Core {
         }
     }
 
-    /// Sends one check of a payment under reconciliation of pool `p`, if one is due: with
-    /// `spare` false, a merchant's recheck (within the rechecks' share, as for live ones);
-    /// with `spare` true, the earliest due planned check, and only from what the live
-    /// payments leave of the budget: room beyond a fiftieth of it (their spurts), every
-    /// live check due within the time a check may go late and stay on plan, and their
-    /// need over the next window ([`Core::live_need`]: never less than their usual pace).
+    /// Sends one check of a payment under reconciliation of pool `p`, if one is due, as
+    /// `turn` allows (see [`LateTurn`]).
     pub(super) fn send_watched(
         &mut self,
         p: PoolId,
         now: SchedMs,
-        spare: bool,
+        turn: LateTurn,
         out: &mut Vec<Action>,
     ) -> bool {
         if !self.pools[p].spec.has_key {
             return false;
         }
-        let pk = if spare {
+        let pk = if turn == LateTurn::OnSchedule {
+            // The live payments' plans left room for it: the budget's limit is the rule.
+            if !self.pools[p].budget.has_room_beyond(now, 0) {
+                return false;
+            }
+            let refused = &self.pools[p].auth_failing;
+            let Some(pk) = self.watch.pick(p.index(), now, |k| refused.contains_key(k)) else {
+                return false;
+            };
+            pk
+        } else if turn == LateTurn::Spare {
             // Over the next window the live payments must still find room as the window's
             // requests expire: for their checks due within the on-plan lateness, each as it
             // comes due, and for their need all along, with a fiftieth of the budget to
@@ -173,7 +191,7 @@ impl Core {
             self.pools[p].budget.release(now);
             return false;
         };
-        if spare {
+        if turn != LateTurn::Recheck {
             self.watch.spent(p.index(), now);
         } else {
             self.pools[p].recheck_sent.push_back(now);

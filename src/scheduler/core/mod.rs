@@ -134,6 +134,24 @@ enum Queue {
     Backlog,
 }
 
+/// Which of a watched payment's checks may go, and out of what: see
+/// [`Core::send_watched`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LateTurn {
+    /// A merchant's recheck, within the rechecks' share, as for live ones.
+    Recheck,
+    /// A scheduled check due no later than the live payments' earliest, where the spare
+    /// budget affords the whole schedule: the live payments' plans left room for the
+    /// schedule's checks (`Core::set_level`), so it goes in its turn among theirs, within
+    /// the budget's limit.
+    OnSchedule,
+    /// With no live check due, the watch's pick, only from what the live payments leave
+    /// of the budget: room beyond a fiftieth of it (their spurts), every live check due
+    /// within the time a check may go late and stay on plan, and their need over the
+    /// next window ([`Core::live_need`]: never less than their usual pace).
+    Spare,
+}
+
 struct Entry {
     pk: PaymentKey,
     kind: Arc<Kind>,

@@ -83,7 +83,15 @@ impl Core {
         let pool = &mut self.pools[p];
         forget_older(&mut pool.recheck_sent, self.window, now);
         let limit = pool.budget.effective_limit() as f64;
-        let target = limit * PLAN_SHARE - pool.recheck_sent.len() as f64;
+        // Where the spare budget affords the whole reconciliation schedule, the live
+        // payments plan around its checks due over the next window, so that a spurt of
+        // arrivals does not hold them past their ages.
+        let late = self.watch.reserve(
+            p.index(),
+            now.saturating_add(self.window),
+            pool.budget.effective_limit() as usize,
+        );
+        let target = limit * PLAN_SHARE - pool.recheck_sent.len() as f64 - late as f64;
         let priced = self.price(p, now, arrivals, limit, target);
         let old = self.pools[p].level;
         let pool = &mut self.pools[p];

@@ -96,6 +96,46 @@ impl Watch {
         }
     }
 
+    /// Whether pool `p`'s spare budget affords the whole schedule: its price is the
+    /// lowest, every age planned, once it has been set from what the spare budget makes.
+    /// Only the learnt choice knows: the yardstick in turn has no price.
+    pub fn affords_schedule(&self, p: usize) -> bool {
+        self.policy == LatePolicy::Learnt
+            && self
+                .pricing
+                .get(p)
+                .is_some_and(|pr| pr.capacity.is_some() && pr.level == 0.0)
+    }
+
+    /// Requests pool `p`'s scheduled checks will want by `until` (those due already and
+    /// those coming due), up to `cap`, where its spare budget affords the whole schedule;
+    /// otherwise none. The live payments plan around these: see [`Watch::affords_schedule`].
+    pub fn reserve(&self, p: usize, until: SchedMs, cap: usize) -> usize {
+        if !self.affords_schedule(p) {
+            return 0;
+        }
+        let Some(q) = self.queues.get(p) else {
+            return 0;
+        };
+        let due = q.in_turn.len();
+        let coming = q
+            .future
+            .range(..=(until, PaymentKey(i64::MAX)))
+            .take(cap.saturating_sub(due))
+            .count();
+        due.saturating_add(coming).min(cap)
+    }
+
+    /// When pool `p`'s earliest due scheduled check came due, where its spare budget
+    /// affords the whole schedule (see [`Watch::affords_schedule`]).
+    pub fn due_on_schedule(&mut self, p: usize, now: SchedMs) -> Option<SchedMs> {
+        if !self.affords_schedule(p) {
+            return None;
+        }
+        self.promote(p, now);
+        self.queues.get(p)?.in_turn.first().map(|&(due, _)| due)
+    }
+
     /// A late request of pool `p` went out of the spare budget.
     pub fn spent(&mut self, p: usize, now: SchedMs) {
         if let Some(pricing) = self.pricing.get_mut(p) {

@@ -117,6 +117,40 @@ fn with_spare_budget_for_the_whole_schedule_every_age_is_planned() {
     );
 }
 
+/// The live payments plan around the schedule's checks only where the spare budget
+/// affords them all: then the checks due by a time are what they keep room for, and the
+/// earliest due goes in its turn; otherwise neither.
+#[test]
+fn only_a_schedule_the_spare_budget_affords_is_planned_around() {
+    let mut w = learnt_watch(30);
+    assert!(
+        !w.affords_schedule(0),
+        "not priced yet: the spare budget unknown"
+    );
+    assert_eq!(w.reserve(0, SchedMs(30 * MIN), 1000), 0);
+    w.price(0, 10_000.0, SchedMs(12 * MIN));
+    assert!(w.affords_schedule(0));
+    assert_eq!(w.reserve(0, SchedMs(14 * MIN), 1000), 0, "none due by then");
+    assert_eq!(w.reserve(0, SchedMs(15 * MIN), 1000), 30, "every first age");
+    assert_eq!(
+        w.reserve(0, SchedMs(15 * MIN), 7),
+        7,
+        "as many as asked at most"
+    );
+    assert_eq!(w.due_on_schedule(0, SchedMs(14 * MIN)), None);
+    assert_eq!(
+        w.due_on_schedule(0, SchedMs(16 * MIN)),
+        Some(SchedMs(15 * MIN))
+    );
+    assert_eq!(w.reserve(0, SchedMs(16 * MIN), 1000), 30, "due ones count");
+
+    let mut short = learnt_watch(30);
+    short.price(0, 30.0, SchedMs(12 * MIN));
+    assert!(!short.affords_schedule(0), "a dearer price: live first");
+    assert_eq!(short.reserve(0, SchedMs(72 * 60 * MIN), 1000), 0);
+    assert_eq!(short.due_on_schedule(0, SchedMs(72 * 60 * MIN)), None);
+}
+
 #[test]
 fn without_spare_budget_no_age_is_planned_and_a_spare_request_takes_the_newest_come() {
     let mut w = learnt_watch(30);
