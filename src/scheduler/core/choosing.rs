@@ -28,12 +28,14 @@ impl Core {
             }
             let live = self.peek_due(p, now);
             // Where the spare budget affords the whole schedule, the live payments planned
-            // around its checks: one due goes in its turn among theirs, earliest due first.
+            // around its checks: one due goes in its turn among theirs, earliest due first;
+            // not while the budget holds a pile of theirs (a burst), which is theirs first.
             let live_due = live.map(|(_, pk)| self.entries[&pk].due);
-            if self
-                .watch
-                .due_on_schedule(p.index(), now)
-                .is_some_and(|d| live_due.is_none_or(|l| d <= l))
+            if !self.pools[p].piled
+                && self
+                    .watch
+                    .due_on_schedule(p.index(), now)
+                    .is_some_and(|d| live_due.is_none_or(|l| d <= l))
                 && self.send_watched(p, now, LateTurn::OnSchedule, out)
             {
                 continue;

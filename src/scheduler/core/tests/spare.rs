@@ -113,6 +113,14 @@ fn a_spurt_does_not_hold_a_scheduled_check_the_spare_budget_affords() {
     live_history(&mut core, 45.0, 95, now);
     core.tick(SchedMs(now));
     assert!(core.watch.affords_schedule(0));
+    // A burst the budget holds a pile of is the live payments' first.
+    core.pools[PoolId::new(0)].piled = true;
+    assert!(
+        !late_check_sent(&mut core, now),
+        "taken from a burst's pile"
+    );
+    core.pools[PoolId::new(0)].piled = false;
+    core.wakes.touch_all();
     assert!(late_check_sent(&mut core, now), "held behind the spurt");
 }
 
