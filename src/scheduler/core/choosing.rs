@@ -27,9 +27,9 @@ impl Core {
                 continue;
             }
             let live = self.peek_due(p, now);
-            // Where the spare budget affords the whole schedule, the live payments planned
-            // around its checks: one due goes in its turn among theirs, earliest due first;
-            // not while the budget holds a pile of theirs (a burst), which is theirs first.
+            // Where the spare budget affords the whole schedule, a due scheduled check goes
+            // in its turn among the live ones, earliest due first; not while the budget
+            // holds a pile of theirs (a burst), which is theirs first.
             let live_due = live.map(|(_, pk)| self.entries[&pk].due);
             if !self.pools[p].piled
                 && self
@@ -121,7 +121,7 @@ impl Core {
             return false;
         }
         let pk = if turn == LateTurn::OnSchedule {
-            // The live payments' plans left room for it: the budget's limit is the rule.
+            // The spare budget covers the schedule twice over: the budget's limit is the rule.
             if !self.pools[p].budget.has_room_beyond(now, 0) {
                 return false;
             }

@@ -141,9 +141,9 @@ enum LateTurn {
     /// A merchant's recheck, within the rechecks' share, as for live ones.
     Recheck,
     /// A scheduled check due no later than the live payments' earliest, where the spare
-    /// budget affords the whole schedule: the live payments' plans left room for the
-    /// schedule's checks (`Core::set_level`), so it goes in its turn among theirs, within
-    /// the budget's limit.
+    /// budget affords the whole schedule with a margin of the schedule's own size
+    /// (`Core::late_supply`): it goes in its turn among theirs, within the budget's
+    /// limit, so that a spurt of arrivals does not hold it past its age.
     OnSchedule,
     /// With no live check due, the watch's pick, only from what the live payments leave
     /// of the budget: room beyond a fiftieth of it (their spurts), every live check due

@@ -61,11 +61,18 @@ impl Core {
 
     /// Requests per window the live payments of pool `p` leave for late checks: the
     /// budget less their need over the next window and the share kept for their spurts
-    /// (what [`Core::send_watched`]'s rule lets through in a steady state).
+    /// (what [`Core::send_watched`]'s rule lets through in a steady state). Where the
+    /// schedule's due checks go in their turn among the live ones, those due over the
+    /// next window are taken out of it as well: they go ahead of live checks only while
+    /// the spare budget would cover the schedule again beyond them, so that a key near
+    /// the line, whose live need has no such margin, stays live first.
     fn late_supply(&mut self, p: PoolId, now: SchedMs) -> f64 {
         let limit = self.pools[p].budget.effective_limit();
         let keep = limit / BACKLOG_LEAVES_DIVISOR;
-        f64::from(limit) - f64::from(keep) - self.live_need(p, now)
+        let kept = self
+            .watch
+            .reserve(p.index(), now.saturating_add(self.window), limit as usize);
+        f64::from(limit) - f64::from(keep) - self.live_need(p, now) - kept as f64
     }
 
     /// Requests the live payments of pool `p` are taken to want over the next window
@@ -83,15 +90,7 @@ impl Core {
         let pool = &mut self.pools[p];
         forget_older(&mut pool.recheck_sent, self.window, now);
         let limit = pool.budget.effective_limit() as f64;
-        // Where the spare budget affords the whole reconciliation schedule, the live
-        // payments plan around its checks due over the next window, so that a spurt of
-        // arrivals does not hold them past their ages.
-        let late = self.watch.reserve(
-            p.index(),
-            now.saturating_add(self.window),
-            pool.budget.effective_limit() as usize,
-        );
-        let target = limit * PLAN_SHARE - pool.recheck_sent.len() as f64 - late as f64;
+        let target = limit * PLAN_SHARE - pool.recheck_sent.len() as f64;
         let priced = self.price(p, now, arrivals, limit, target);
         let old = self.pools[p].level;
         let pool = &mut self.pools[p];

@@ -30,6 +30,8 @@ pub(super) struct Pricing {
     pub(super) spent: VecDeque<SchedMs>,
     /// Late requests the spare budget makes per window, smoothed.
     pub(super) capacity: Option<f64>,
+    /// Whether, at the last price, the spare budget covered every age of the schedule.
+    pub(super) affords: bool,
 }
 
 impl Watch {
@@ -96,20 +98,18 @@ impl Watch {
         }
     }
 
-    /// Whether pool `p`'s spare budget affords the whole schedule: its price is the
-    /// lowest, every age planned, once it has been set from what the spare budget makes.
-    /// Only the learnt choice knows: the yardstick in turn has no price.
+    /// Whether pool `p`'s spare budget affords the whole schedule: at its last price, set
+    /// from what the spare budget makes, it was the lowest (every age planned), and the
+    /// spare budget was there and covered the schedule's checks. Then a due scheduled
+    /// check goes in its turn among the live ones. Only the learnt choice knows: the
+    /// yardstick in turn has no price.
     pub fn affords_schedule(&self, p: usize) -> bool {
-        self.policy == LatePolicy::Learnt
-            && self
-                .pricing
-                .get(p)
-                .is_some_and(|pr| pr.capacity.is_some() && pr.level == 0.0)
+        self.policy == LatePolicy::Learnt && self.pricing.get(p).is_some_and(|pr| pr.affords)
     }
 
     /// Requests pool `p`'s scheduled checks will want by `until` (those due already and
-    /// those coming due), up to `cap`, where its spare budget affords the whole schedule;
-    /// otherwise none. The live payments plan around these: see [`Watch::affords_schedule`].
+    /// those coming due), up to `cap`, where its spare budget affords the whole schedule
+    /// (see [`Watch::affords_schedule`]); otherwise none.
     pub fn reserve(&self, p: usize, until: SchedMs, cap: usize) -> usize {
         if !self.affords_schedule(p) {
             return 0;
@@ -202,6 +202,10 @@ impl Watch {
         } else {
             fitted.clamp(old - PRICE_STEP, old + PRICE_STEP)
         };
+        // The whole schedule is affordable only where the spare budget is there and
+        // covers its checks, not merely where nothing was watched to price.
+        let affords = level == 0.0 && capacity > 0.0 && demand(0) <= capacity;
+        self.pricing[p].affords = affords;
         if (level - old).abs() > 1e-3 {
             self.pricing[p].level = level;
             self.replan(p, now);

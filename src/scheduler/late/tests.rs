@@ -149,6 +149,13 @@ fn only_a_schedule_the_spare_budget_affords_is_planned_around() {
     assert!(!short.affords_schedule(0), "a dearer price: live first");
     assert_eq!(short.reserve(0, SchedMs(72 * 60 * MIN), 1000), 0);
     assert_eq!(short.due_on_schedule(0, SchedMs(72 * 60 * MIN)), None);
+
+    // Nothing watched yet prices at the lowest level, but without a spare budget that
+    // affords nothing.
+    let mut none = learnt_watch(0);
+    none.price(0, 0.0, SchedMs(12 * MIN));
+    assert_eq!(none.pricing[0].level, 0.0);
+    assert!(!none.affords_schedule(0), "no spare budget");
 }
 
 #[test]

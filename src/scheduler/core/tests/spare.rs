@@ -1,6 +1,6 @@
 //! Late checks out of the spare budget: the room they take is what the live payments are
 //! taken to want over the next window, not what they happened to send over the last;
-//! where the spare budget affords the whole schedule, the live payments plan around it.
+//! where the spare budget affords the whole schedule, its due checks go in their turn.
 
 use super::*;
 
@@ -10,12 +10,6 @@ const WINDOW: i64 = 600_000;
 /// schedule, and one timed-out payment started at 0, its planned late checks due from
 /// 15 minutes on (`next` on the schedule, so not a merchant's recheck).
 fn watching(budget: u32, next: i64) -> Core {
-    watching_at(budget, next, 0)
-}
-
-/// As [`watching`], the watch resumed at `at`: its next check the schedule's first age
-/// from then on.
-fn watching_at(budget: u32, next: i64, at: i64) -> Core {
     let mut raw = config::defaults();
     raw.ninjapay.api_key = Some("k".into());
     raw.ninjapay.budget_requests = Some(budget);
@@ -35,7 +29,7 @@ fn watching_at(budget: u32, next: i64, at: i64) -> Core {
         seen_at: None,
         ended_state: State::TimedOut,
     };
-    core.watch(row, SchedMs(at));
+    core.watch(row, SchedMs(0));
     assert_eq!(core.watched(), 1);
     core
 }
@@ -96,7 +90,7 @@ fn a_dip_in_the_live_pace_is_not_room_for_late_checks() {
 }
 
 /// Where the spare budget affords the whole schedule, a spurt of live requests does not
-/// hold a due scheduled check past its age: the live payments' plans kept room for it.
+/// hold a due scheduled check past its age: it goes in its turn, within the limiter.
 /// Before the watch is priced (the spare budget unknown), the same spurt holds it.
 #[test]
 fn a_spurt_does_not_hold_a_scheduled_check_the_spare_budget_affords() {
@@ -122,27 +116,4 @@ fn a_spurt_does_not_hold_a_scheduled_check_the_spare_budget_affords() {
     core.pools[PoolId::new(0)].piled = false;
     core.wakes.touch_all();
     assert!(late_check_sent(&mut core, now), "held behind the spurt");
-}
-
-/// The live payments' target for the next window leaves room for the scheduled checks
-/// due in it, where the spare budget affords them.
-#[test]
-fn the_live_target_leaves_room_for_the_schedule_s_checks_due_in_the_window() {
-    const HOUR: i64 = 3_600_000;
-    let p = PoolId::new(0);
-    // Due at the schedule's 2-hour age, within the next window; at its 6-hour age, after.
-    for (now, next, kept) in [
-        (2 * HOUR - WINDOW / 2, 2 * HOUR, 1.0),
-        (2 * HOUR + WINDOW / 2, 6 * HOUR, 0.0),
-    ] {
-        let mut core = watching_at(100, next, now);
-        core.tick(SchedMs(now));
-        assert!(core.watch.affords_schedule(0));
-        core.tick(SchedMs(now + 1000));
-        let target = core.pools[p].target;
-        assert!(
-            (target - (100.0 * PLAN_SHARE - kept)).abs() < 1e-9,
-            "due at {next}: {target}"
-        );
-    }
 }
