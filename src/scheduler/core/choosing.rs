@@ -121,10 +121,7 @@ impl Core {
             return false;
         }
         let pk = if turn == LateTurn::OnSchedule {
-            // The spare budget covers the schedule twice over: the budget's limit is the rule.
-            if !self.pools[p].budget.has_room_beyond(now, 0) {
-                return false;
-            }
+            // The spare budget covers the schedule: the limiter below is the rule.
             let refused = &self.pools[p].auth_failing;
             let Some(pk) = self.watch.pick(p.index(), now, |k| refused.contains_key(k)) else {
                 return false;

@@ -141,8 +141,7 @@ enum LateTurn {
     /// A merchant's recheck, within the rechecks' share, as for live ones.
     Recheck,
     /// A scheduled check due no later than the live payments' earliest, where the spare
-    /// budget affords the whole schedule with a margin of the schedule's own size
-    /// (`Core::late_supply`): it goes in its turn among theirs, within the budget's
+    /// budget affords the whole schedule (`Watch::affords_schedule`): it goes in its turn among theirs, within the budget's
     /// limit, so that a spurt of arrivals does not hold it past its age.
     OnSchedule,
     /// With no live check due, the watch's pick, only from what the live payments leave

@@ -61,18 +61,11 @@ impl Core {
 
     /// Requests per window the live payments of pool `p` leave for late checks: the
     /// budget less their need over the next window and the share kept for their spurts
-    /// (what [`Core::send_watched`]'s rule lets through in a steady state). Where the
-    /// schedule's due checks go in their turn among the live ones, those due over the
-    /// next window are taken out of it as well: they go ahead of live checks only while
-    /// the spare budget would cover the schedule again beyond them, so that a key near
-    /// the line, whose live need has no such margin, stays live first.
+    /// (what [`Core::send_watched`]'s rule lets through in a steady state).
     fn late_supply(&mut self, p: PoolId, now: SchedMs) -> f64 {
         let limit = self.pools[p].budget.effective_limit();
         let keep = limit / BACKLOG_LEAVES_DIVISOR;
-        let kept = self
-            .watch
-            .reserve(p.index(), now.saturating_add(self.window), limit as usize);
-        f64::from(limit) - f64::from(keep) - self.live_need(p, now) - kept as f64
+        f64::from(limit) - f64::from(keep) - self.live_need(p, now)
     }
 
     /// Requests the live payments of pool `p` are taken to want over the next window

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Windows of watch starts the arrival rate of watched payments is read over.
-const START_WINDOWS: i64 = 6;
+pub(super) const START_WINDOWS: i64 = 6;
 
 /// How far the price of late checks moves in a window.
 const PRICE_STEP: f64 = 1.0;
@@ -30,8 +30,6 @@ pub(super) struct Pricing {
     pub(super) spent: VecDeque<SchedMs>,
     /// Late requests the spare budget makes per window, smoothed.
     pub(super) capacity: Option<f64>,
-    /// Whether, at the last price, the spare budget covered every age of the schedule.
-    pub(super) affords: bool,
 }
 
 impl Watch {
@@ -98,32 +96,17 @@ impl Watch {
         }
     }
 
-    /// Whether pool `p`'s spare budget affords the whole schedule: at its last price, set
-    /// from what the spare budget makes, it was the lowest (every age planned), and the
-    /// spare budget was there and covered the schedule's checks. Then a due scheduled
-    /// check goes in its turn among the live ones. Only the learnt choice knows: the
-    /// yardstick in turn has no price.
+    /// Whether pool `p`'s spare budget affords the whole schedule: its price, set from
+    /// what the spare budget makes, is the lowest (the schedule's requests fit in it:
+    /// every age planned), and that spare budget is there, not merely nothing watched yet
+    /// to price. Then a due scheduled check goes in its turn among the live ones. Only the
+    /// learnt choice knows: the yardstick in turn has no price.
     pub fn affords_schedule(&self, p: usize) -> bool {
-        self.policy == LatePolicy::Learnt && self.pricing.get(p).is_some_and(|pr| pr.affords)
-    }
-
-    /// Requests pool `p`'s scheduled checks will want by `until` (those due already and
-    /// those coming due), up to `cap`, where its spare budget affords the whole schedule
-    /// (see [`Watch::affords_schedule`]); otherwise none.
-    pub fn reserve(&self, p: usize, until: SchedMs, cap: usize) -> usize {
-        if !self.affords_schedule(p) {
-            return 0;
-        }
-        let Some(q) = self.queues.get(p) else {
-            return 0;
-        };
-        let due = q.in_turn.len();
-        let coming = q
-            .future
-            .range(..=(until, PaymentKey(i64::MAX)))
-            .take(cap.saturating_sub(due))
-            .count();
-        due.saturating_add(coming).min(cap)
+        self.policy == LatePolicy::Learnt
+            && self
+                .pricing
+                .get(p)
+                .is_some_and(|pr| pr.level == 0.0 && pr.capacity.is_some_and(|c| c > 0.0))
     }
 
     /// When pool `p`'s earliest due scheduled check came due, where its spare budget
@@ -202,10 +185,6 @@ impl Watch {
         } else {
             fitted.clamp(old - PRICE_STEP, old + PRICE_STEP)
         };
-        // The whole schedule is affordable only where the spare budget is there and
-        // covers its checks, not merely where nothing was watched to price.
-        let affords = level == 0.0 && capacity > 0.0 && demand(0) <= capacity;
-        self.pricing[p].affords = affords;
         if (level - old).abs() > 1e-3 {
             self.pricing[p].level = level;
             self.replan(p, now);

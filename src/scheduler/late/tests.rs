@@ -117,37 +117,46 @@ fn with_spare_budget_for_the_whole_schedule_every_age_is_planned() {
     );
 }
 
-/// The live payments plan around the schedule's checks only where the spare budget
-/// affords them all: then the checks due by a time are what they keep room for, and the
-/// earliest due goes in its turn; otherwise neither.
+/// A due scheduled check goes in its turn among the live ones only where the spare
+/// budget makes the whole schedule's requests: the earliest due is then offered. Just
+/// short of them, the price rises and the live payments stay first; so with a budget not
+/// priced yet, or nothing spare.
 #[test]
-fn only_a_schedule_the_spare_budget_affords_is_planned_around() {
+fn only_a_schedule_the_spare_budget_affords_goes_in_turn() {
     let mut w = learnt_watch(30);
     assert!(
         !w.affords_schedule(0),
         "not priced yet: the spare budget unknown"
     );
-    assert_eq!(w.reserve(0, SchedMs(30 * MIN), 1000), 0);
+    assert_eq!(w.due_on_schedule(0, SchedMs(16 * MIN)), None);
     w.price(0, 10_000.0, SchedMs(12 * MIN));
     assert!(w.affords_schedule(0));
-    assert_eq!(w.reserve(0, SchedMs(14 * MIN), 1000), 0, "none due by then");
-    assert_eq!(w.reserve(0, SchedMs(15 * MIN), 1000), 30, "every first age");
     assert_eq!(
-        w.reserve(0, SchedMs(15 * MIN), 7),
-        7,
-        "as many as asked at most"
+        w.due_on_schedule(0, SchedMs(14 * MIN)),
+        None,
+        "none due yet"
     );
-    assert_eq!(w.due_on_schedule(0, SchedMs(14 * MIN)), None);
     assert_eq!(
         w.due_on_schedule(0, SchedMs(16 * MIN)),
         Some(SchedMs(15 * MIN))
     );
-    assert_eq!(w.reserve(0, SchedMs(16 * MIN), 1000), 30, "due ones count");
 
+    // The schedule's requests per window: thirty starts over six windows, each planned
+    // every age.
+    let p2p = KindName::parse("p2p").unwrap();
+    let per_payment = w.models[&(p2p, State::TimedOut)]
+        .plans
+        .as_ref()
+        .unwrap()
+        .checks(0);
+    let demand = 30.0 / super::pricing::START_WINDOWS as f64 * per_payment;
+    let mut just = learnt_watch(30);
+    just.price(0, demand, SchedMs(12 * MIN));
+    assert!(just.affords_schedule(0), "the schedule's requests, just");
     let mut short = learnt_watch(30);
-    short.price(0, 30.0, SchedMs(12 * MIN));
-    assert!(!short.affords_schedule(0), "a dearer price: live first");
-    assert_eq!(short.reserve(0, SchedMs(72 * 60 * MIN), 1000), 0);
+    short.price(0, demand * 0.95, SchedMs(12 * MIN));
+    assert!(short.pricing[0].level > 0.0, "a dearer price");
+    assert!(!short.affords_schedule(0), "just short: live first");
     assert_eq!(short.due_on_schedule(0, SchedMs(72 * 60 * MIN)), None);
 
     // Nothing watched yet prices at the lowest level, but without a spare budget that
