@@ -7,8 +7,9 @@ use super::*;
 const WINDOW: i64 = 600_000;
 
 /// A core with a budget of `budget` per 10 minutes, reconciliation on its default
-/// schedule, and one timed-out payment started at 0, its planned late checks due from
-/// 15 minutes on (`next` on the schedule, so not a merchant's recheck).
+/// schedule, and one timed-out payment started at 0, last seen unmoved at half of `next`
+/// (its age before on the schedule) and its late check due at `next` (on the schedule, so
+/// not a merchant's recheck, and where a replan at the lowest price puts it again).
 fn watching(budget: u32, next: i64) -> Core {
     let mut raw = config::defaults();
     raw.ninjapay.api_key = Some("k".into());
@@ -26,7 +27,7 @@ fn watching(budget: u32, next: i64) -> Core {
         upstream_status: Some("pending".into()),
         started_at: SchedMs(0),
         next_check_at: SchedMs(next),
-        seen_at: None,
+        seen_at: Some(SchedMs(next / 2)),
         ended_state: State::TimedOut,
     };
     core.watch(row, SchedMs(0));
@@ -116,4 +117,54 @@ fn a_spurt_does_not_hold_a_scheduled_check_the_spare_budget_affords() {
     core.pools[PoolId::new(0)].piled = false;
     core.wakes.touch_all();
     assert!(late_check_sent(&mut core, now), "held behind the spurt");
+}
+
+/// Where the spare budget affords the schedule, a scheduled check and a live one are
+/// chosen earliest due first: the late check never goes ahead of a live check due before
+/// it (the order of the sends is the order they take the budget's room in).
+#[test]
+fn a_scheduled_check_goes_ahead_only_of_live_checks_due_after_it() {
+    // The watched payment's next age on the schedule is 2 h; a live payment's first
+    // check comes 20 s after its start.
+    let late_due = 2 * 3_600_000;
+    let now = late_due + 10_000;
+    let live = |due: i64| Tracked {
+        account: crate::account::AccountName::default(),
+        pk: PaymentKey(2),
+        kind: KindName::parse("p2p").unwrap(),
+        id: PaymentId::parse("T2").unwrap(),
+        upstream_status: None,
+        started_at: SchedMs(due - 20_000),
+        jitter_ms: 0,
+        next_check_at: None,
+        last_checked_at: None,
+    };
+    for (live_due, first) in [(late_due - 1, PaymentKey(2)), (late_due + 1, PaymentKey(1))] {
+        let mut core = watching(100, late_due);
+        live_history(&mut core, 45.0, 95, now);
+        core.tick(SchedMs(now));
+        assert!(core.watch.affords_schedule(0));
+        assert_eq!(
+            core.watch.due_on_schedule(0, SchedMs(now)),
+            Some(SchedMs(late_due))
+        );
+        core.track(live(live_due), SchedMs(now), false);
+        assert_eq!(core.entries[&PaymentKey(2)].due.as_ms(), live_due);
+        let mut sent = Vec::new();
+        let mut actions = Vec::new();
+        for _ in 0..2 {
+            core.poll(SchedMs(now), &mut actions);
+            for a in actions.drain(..) {
+                match a {
+                    Action::Send(r) => sent.extend(r.pks),
+                    Action::Refill { pool, count, .. } => {
+                        core.refilled(pool, Some((0..count as i64).map(LedgerKey).collect()))
+                    }
+                    Action::Record(_) => {}
+                }
+            }
+        }
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0], first, "live due at {live_due}, late at {late_due}");
+    }
 }
