@@ -7,8 +7,8 @@
 //! 15 minutes and 24 hours; the default schedule (15m … 72h); one key with the real budget.
 //! The measured arrivals come after a warm-up longer than a watch (100 h), so they meet the
 //! watches of days of earlier payments as a running daemon does, and arrivals go on after
-//! them (30 h), so their late checks compete with a live stream all the while their moves
-//! come and are looked for.
+//! them (48 h), so their late checks compete with a live stream all the while their moves
+//! come and the day after each, when they are looked for.
 //! Per rate and seed, three runs on the same arrivals and flips: reconciliation off (the
 //! live yardstick), on with the learnt choice of checks, and on with the checks in turn on
 //! the fixed schedule (the same spare budget spread evenly). It prints, per rate, medians
@@ -115,7 +115,8 @@ const HELP: &str = "late: reconciliation on the published late-flip workload
   --warmup H   hours of arrivals before the measured ones (default 100: longer than a watch, the steady state)
   --measure H  hours of measured arrivals (default 12: over two hundred late moves and thousands of
                live flips a seed at 0.1/s, so the live figures' seeds agree within a few percent)
-  --tail H     hours of arrivals after the measured ones, not measured (default 30: the measured payments' moves and a day's checks after each)
+  --tail H     hours of arrivals after the measured ones, not measured (default 48: until the day after the
+               last measured move is over, so arrivals compete with every measured late check)
   --late-shape S  the workload (default published: mix A, 1 in 6 of the unflipped approved
                late at 15 min–24 h); others: early (late approvals at 1–3 h), days (at
                36–72 h), heavy (half the unflipped approved late), mix-b (mix B's live flips)
@@ -128,7 +129,7 @@ fn parse() -> Result<Args, String> {
         seeds: 3,
         warmup_h: 100,
         measure_h: 12,
-        tail_h: 30,
+        tail_h: 48,
         detail: false,
     };
     let mut it = std::env::args().skip(1);
@@ -203,7 +204,8 @@ fn scenario(
     );
     // Arrivals go on after the measured ones (two days by default), so that their late
     // moves (within 24 h of the start) and the day after each compete with a live stream
-    // for the spare budget, as they would.
+    // for the spare budget, as they would: a tail that ended sooner would measure the
+    // watch draining with the whole budget spare.
     let measured_until = (args.warmup_h + args.measure_h) * HOUR;
     sc.phases.push(Phase {
         duration_ms: args.tail_h * HOUR,
