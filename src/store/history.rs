@@ -8,7 +8,7 @@ use crate::kinds::KindName;
 use crate::payment::{now_ms, LedgerKey, PaymentKey, State, WallMs};
 use anyhow::{Context, Result};
 use sqlx::SqliteConnection;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// The result of one check, to commit.
 #[derive(Debug, Clone)]
@@ -64,16 +64,54 @@ impl Store {
         records: &[CheckRecord],
         ledger_done: &[(LedgerKey, WallMs)],
     ) -> Result<Vec<Applied>> {
-        // Each statement is a round trip to SQLite's thread: the checks that only move a
-        // pending payment on (most of them) and the ledger rows go a run at a time.
+        // Each statement is a round trip to SQLite's thread: the checks of live payments
+        // that queue no event (most of them) and the ledger rows go a run at a time.
         let ledger: Vec<(i64, i64)> = ledger_done.iter().map(|(k, at)| (k.0, at.0)).collect();
         let ledger = serde_json::to_string(&ledger).context("encoding ledger rows")?;
+        // Those of payments checked once in the batch go in one statement wherever they
+        // are in it: different payments' rows do not depend on each other's order.
+        let mut seen: HashMap<PaymentKey, usize> = HashMap::with_capacity(records.len());
+        for r in records {
+            *seen.entry(r.pk).or_default() += 1;
+        }
+        let alone = |r: &CheckRecord| r.moves_on_only() && seen[&r.pk] == 1;
+        let (together, apart): (Vec<usize>, Vec<usize>) =
+            (0..records.len()).partition(|&i| alone(&records[i]));
         self.write("check outcomes", async |tx| {
-            let mut out = Vec::with_capacity(records.len());
-            let mut rest = records;
-            while let Some(first) = rest.first() {
-                if !first.moves_on_only() {
-                    out.push(self.record_check(tx, first).await?);
+            let mut out = vec![Applied::Skipped; records.len()];
+            if !together.is_empty() {
+                let run: Vec<&CheckRecord> = together.iter().map(|&i| &records[i]).collect();
+                for (&i, a) in together.iter().zip(record_moves_on(tx, &run).await?) {
+                    out[i] = a;
+                }
+            }
+            // The rows the others change, read at once, where the batch writes each once.
+            let once: Vec<i64> = apart
+                .iter()
+                .map(|&i| records[i].pk)
+                .filter(|pk| seen[pk] == 1)
+                .map(|pk| pk.0)
+                .collect();
+            let mut read: HashMap<PaymentKey, PaymentRow> = HashMap::new();
+            if !once.is_empty() {
+                let once = serde_json::to_string(&once).context("encoding payment keys")?;
+                for row in payment_query!(
+                    "SELECT ",
+                    " FROM payments WHERE pk IN (SELECT value FROM json_each(?))",
+                    once,
+                )
+                .fetch_all(&mut *tx)
+                .await?
+                {
+                    read.insert(row.pk, row);
+                }
+            }
+            let mut rest = &apart[..];
+            while let Some(&first) = rest.first() {
+                if !records[first].moves_on_only() {
+                    let r = &records[first];
+                    let row = (seen[&r.pk] == 1).then(|| read.remove(&r.pk));
+                    out[first] = self.record_check(tx, r, row).await?;
                     rest = &rest[1..];
                     continue;
                 }
@@ -81,10 +119,13 @@ impl Store {
                 let mut pks = HashSet::new();
                 let n = rest
                     .iter()
-                    .take_while(|r| r.moves_on_only() && pks.insert(r.pk))
+                    .take_while(|&&i| records[i].moves_on_only() && pks.insert(records[i].pk))
                     .count();
                 let (run, after) = rest.split_at(n);
-                out.extend(record_moves_on(tx, run).await?);
+                let rows: Vec<&CheckRecord> = run.iter().map(|&i| &records[i]).collect();
+                for (&i, a) in run.iter().zip(record_moves_on(tx, &rows).await?) {
+                    out[i] = a;
+                }
                 rest = after;
             }
             if !ledger_done.is_empty() {
@@ -105,23 +146,40 @@ impl Store {
 
     /// One check's outcome: the payment's new state, its history row and webhook event.
     /// Skipped when the payment is no longer in the state the check was made for.
-    async fn record_check(&self, tx: &mut SqliteConnection, r: &CheckRecord) -> Result<Applied> {
-        let before = if r.watch.is_some() {
-            payment_query!(
+    /// `read`: the payment's row as read earlier in this transaction, if nothing else in
+    /// it writes that row.
+    async fn record_check(
+        &self,
+        tx: &mut SqliteConnection,
+        r: &CheckRecord,
+        read: Option<Option<PaymentRow>>,
+    ) -> Result<Applied> {
+        let before = match read {
+            Some(row) => row.filter(|p| {
+                if r.watch.is_some() {
+                    p.state != State::Pending && p.next_check_at.is_some()
+                } else {
+                    p.state == State::Pending
+                }
+            }),
+            None if r.watch.is_some() => {
+                payment_query!(
                 "SELECT ",
                 " FROM payments WHERE pk = ? AND state != 'pending' AND next_check_at IS NOT NULL",
                 r.pk,
             )
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            payment_query!(
-                "SELECT ",
-                " FROM payments WHERE pk = ? AND state = 'pending'",
-                r.pk,
-            )
-            .fetch_optional(&mut *tx)
-            .await?
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => {
+                payment_query!(
+                    "SELECT ",
+                    " FROM payments WHERE pk = ? AND state = 'pending'",
+                    r.pk,
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+            }
         };
         let Some(before) = before else {
             return Ok(Applied::Skipped);
@@ -241,10 +299,10 @@ impl Store {
 /// ended in `ended_state`); the next planned check is the core's (reconciliation's,
 /// when the payment stays watched).
 impl CheckRecord {
-    /// A check of a live payment that changes neither its state nor its raw status and
-    /// queues no event: what it writes needs nothing read first.
+    /// A check of a live payment that queues no event: what it writes, a history row for
+    /// a change included, needs nothing read first.
     fn moves_on_only(&self) -> bool {
-        self.watch.is_none() && !self.changed && self.event.is_none()
+        self.watch.is_none() && self.event.is_none()
     }
 }
 
@@ -261,12 +319,14 @@ struct MoveOn<'a> {
     finished_at: Option<i64>,
     pending_seen_at: Option<i64>,
     ended_state: Option<State>,
+    changed: bool,
 }
 
-/// Records a run of checks that only move pending payments on (see
-/// [`CheckRecord::moves_on_only`]), distinct payments, in one statement: as
-/// [`record_live`] each, skipping a payment no longer pending.
-async fn record_moves_on(tx: &mut SqliteConnection, run: &[CheckRecord]) -> Result<Vec<Applied>> {
+/// Records a run of checks of live payments that queue no event (see
+/// [`CheckRecord::moves_on_only`]), distinct payments, in one statement and one more for
+/// the history rows of those that changed: as [`record_check`] each, skipping a payment no
+/// longer pending.
+async fn record_moves_on(tx: &mut SqliteConnection, run: &[&CheckRecord]) -> Result<Vec<Applied>> {
     let rows: Vec<MoveOn> = run
         .iter()
         .map(|r| {
@@ -282,11 +342,27 @@ async fn record_moves_on(tx: &mut SqliteConnection, run: &[CheckRecord]) -> Resu
                 finished_at: fin.then_some(r.checked_at.0),
                 pending_seen_at: r.saw_pending.then_some(r.checked_at.0),
                 ended_state: fin.then_some(r.state),
+                changed: r.changed,
             }
         })
         .collect();
     let rows = serde_json::to_string(&rows).context("encoding check outcomes")?;
     let now = now_ms();
+    // The history rows first, while the payments still hold what they change from.
+    if run.iter().any(|r| r.changed) {
+        sqlx::query!(
+            r#"INSERT INTO status_history (payment_pk, at, previous_state, state,
+                 previous_upstream_status, upstream_status)
+               SELECT payments.pk, json_extract(c.value, '$.checked_at'), payments.state,
+                 json_extract(c.value, '$.state'), payments.upstream_status,
+                 COALESCE(json_extract(c.value, '$.upstream_status'), payments.upstream_status)
+               FROM json_each(?) AS c JOIN payments ON payments.pk = json_extract(c.value, '$.pk')
+               WHERE json_extract(c.value, '$.changed') AND +payments.state = 'pending'"#,
+            rows,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     // The `+` keeps the state index out of the plan: led by it, SQLite would scan every
     // pending payment for the run's few; led by the run, each is one rowid lookup.
     let updated: HashSet<PaymentKey> = sqlx::query_scalar!(

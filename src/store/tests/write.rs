@@ -95,15 +95,25 @@ async fn the_wal_shrinks_after_a_burst() {
     assert_eq!(store.write_status(), WriteStatus::default());
 }
 
+async fn get_d(store: &Store) -> crate::store::PaymentRow {
+    store.get("default", "p2p", "D").await.unwrap().unwrap()
+}
+
 /// The checks that only move a pending payment on go a run at a time: each is written as
 /// alone, a payment no longer pending is skipped, one checked twice in a group counts
-/// twice; the ledger rows come back in order and are closed together.
+/// twice, a change among them is written with its history wherever it stands; the ledger
+/// rows come back in order and are closed together.
 #[tokio::test]
 async fn a_group_of_checks_is_written_as_each_alone() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.db"), None).await.unwrap();
     let rows = store
-        .insert_payments(&[payment("A", None), payment("B", None), payment("C", None)])
+        .insert_payments(&[
+            payment("A", None),
+            payment("B", None),
+            payment("C", None),
+            payment("D", None),
+        ])
         .await
         .unwrap();
     let pk: Vec<PaymentKey> = rows.iter().map(|(r, _)| r.pk).collect();
@@ -135,9 +145,15 @@ async fn a_group_of_checks_is_written_as_each_alone() {
         .record_checks(
             &[
                 check(pk[0], 10, Some("pending"), None),
+                check(pk[1], 30, None, Some("timeout")),
+                CheckRecord {
+                    state: State::Succeeded,
+                    changed: true,
+                    next_check_at: None,
+                    ..check(pk[3], 25, Some("success"), None)
+                },
                 check(pk[0], 20, Some("waiting"), None),
                 check(pk[2], 20, Some("pending"), None),
-                check(pk[1], 30, None, Some("timeout")),
             ],
             &[(keys[0], WallMs(40)), (keys[1], WallMs(50))],
         )
@@ -148,8 +164,31 @@ async fn a_group_of_checks_is_written_as_each_alone() {
     };
     assert_eq!(
         applied,
-        [updated.clone(), updated.clone(), Applied::Skipped, updated]
+        [
+            updated.clone(),
+            updated.clone(),
+            updated.clone(),
+            updated,
+            Applied::Skipped
+        ]
     );
+    let d = get_d(&store).await;
+    assert_eq!((d.state, d.checks_done), (State::Succeeded, 1));
+    assert_eq!(d.upstream_status.as_deref(), Some("success"));
+    assert_eq!(
+        store.history(pk[3]).await.unwrap(),
+        [(
+            WallMs(25),
+            "pending".to_string(),
+            "succeeded".to_string(),
+            Some("success".to_string())
+        )]
+    );
+    // The unchanged ones leave no history; the one skipped only its cancel's.
+    for p in [pk[0], pk[1]] {
+        assert_eq!(store.history(p).await.unwrap(), []);
+    }
+    assert_eq!(store.history(pk[2]).await.unwrap().len(), 1);
     let get = |id: &'static str| store.get("default", "p2p", id);
     let a = get("A").await.unwrap().unwrap();
     assert_eq!(a.checks_done, 2);
