@@ -74,14 +74,14 @@ impl Store {
         for r in records {
             *seen.entry(r.pk).or_default() += 1;
         }
-        let alone = |r: &CheckRecord| r.moves_on_only() && seen[&r.pk] == 1;
+        let alone = |r: &CheckRecord| r.live_without_event() && seen[&r.pk] == 1;
         let (together, apart): (Vec<usize>, Vec<usize>) =
             (0..records.len()).partition(|&i| alone(&records[i]));
         self.write("check outcomes", async |tx| {
             let mut out = vec![Applied::Skipped; records.len()];
             if !together.is_empty() {
                 let run: Vec<&CheckRecord> = together.iter().map(|&i| &records[i]).collect();
-                for (&i, a) in together.iter().zip(record_moves_on(tx, &run).await?) {
+                for (&i, a) in together.iter().zip(record_live_run(tx, &run).await?) {
                     out[i] = a;
                 }
             }
@@ -108,7 +108,7 @@ impl Store {
             }
             let mut rest = &apart[..];
             while let Some(&first) = rest.first() {
-                if !records[first].moves_on_only() {
+                if !records[first].live_without_event() {
                     let r = &records[first];
                     let row = (seen[&r.pk] == 1).then(|| read.remove(&r.pk));
                     out[first] = self.record_check(tx, r, row).await?;
@@ -119,11 +119,11 @@ impl Store {
                 let mut pks = HashSet::new();
                 let n = rest
                     .iter()
-                    .take_while(|&&i| records[i].moves_on_only() && pks.insert(records[i].pk))
+                    .take_while(|&&i| records[i].live_without_event() && pks.insert(records[i].pk))
                     .count();
                 let (run, after) = rest.split_at(n);
                 let rows: Vec<&CheckRecord> = run.iter().map(|&i| &records[i]).collect();
-                for (&i, a) in run.iter().zip(record_moves_on(tx, &rows).await?) {
+                for (&i, a) in run.iter().zip(record_live_run(tx, &rows).await?) {
                     out[i] = a;
                 }
                 rest = after;
@@ -301,14 +301,14 @@ impl Store {
 impl CheckRecord {
     /// A check of a live payment that queues no event: what it writes, a history row for
     /// a change included, needs nothing read first.
-    fn moves_on_only(&self) -> bool {
+    fn live_without_event(&self) -> bool {
         self.watch.is_none() && self.event.is_none()
     }
 }
 
 /// What [`record_live`] writes of a check, as one element of a run's JSON array.
 #[derive(serde::Serialize)]
-struct MoveOn<'a> {
+struct LiveRow<'a> {
     pk: i64,
     state: State,
     upstream_status: Option<&'a str>,
@@ -323,15 +323,15 @@ struct MoveOn<'a> {
 }
 
 /// Records a run of checks of live payments that queue no event (see
-/// [`CheckRecord::moves_on_only`]), distinct payments, in one statement and one more for
+/// [`CheckRecord::live_without_event`]), distinct payments, in one statement and one more for
 /// the history rows of those that changed: as [`record_check`] each, skipping a payment no
 /// longer pending.
-async fn record_moves_on(tx: &mut SqliteConnection, run: &[&CheckRecord]) -> Result<Vec<Applied>> {
-    let rows: Vec<MoveOn> = run
+async fn record_live_run(tx: &mut SqliteConnection, run: &[&CheckRecord]) -> Result<Vec<Applied>> {
+    let rows: Vec<LiveRow> = run
         .iter()
         .map(|r| {
             let fin = r.state.is_final();
-            MoveOn {
+            LiveRow {
                 pk: r.pk.0,
                 state: r.state,
                 upstream_status: r.upstream_status.as_deref(),
