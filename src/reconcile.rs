@@ -236,6 +236,18 @@ impl<'a> LateProblem<'a> {
 /// up a quarter decade dearer, the top checks none.
 pub const LATE_PRICES: usize = 48;
 
+/// The price at a level between two whole ones, in ms of delay per request (as
+/// [`late_price`], the lowest free).
+pub fn late_price_at(level: f64) -> f64 {
+    if level <= 0.0 {
+        0.0
+    } else if level >= LATE_PRICES as f64 {
+        f64::INFINITY
+    } else {
+        10f64.powf(level / 4.0)
+    }
+}
+
 /// The price of a level, in ms of delay per request.
 fn late_price(level: usize) -> f64 {
     match level {

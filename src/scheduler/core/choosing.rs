@@ -120,6 +120,8 @@ impl Core {
         if !self.pools[p].spec.has_key {
             return false;
         }
+        // Sent to catch a move within a day, not by the plans.
+        let mut caught = false;
         let pk = if turn == LateTurn::OnSchedule {
             // The spare budget covers the schedule: the limiter below is the rule.
             let refused = &self.pools[p].auth_failing;
@@ -161,10 +163,18 @@ impl Core {
                 return false;
             }
             let refused = &self.pools[p].auth_failing;
-            let Some(pk) = self.watch.pick(p.index(), now, |k| refused.contains_key(k)) else {
-                return false;
-            };
-            pk
+            if let Some(pk) = self
+                .watch
+                .catch_up(p.index(), now, |k| refused.contains_key(k))
+            {
+                caught = true;
+                pk
+            } else {
+                let Some(pk) = self.watch.pick(p.index(), now, |k| refused.contains_key(k)) else {
+                    return false;
+                };
+                pk
+            }
         } else {
             let Some(pk) = self.watch.due_recheck(p.index(), now) else {
                 return false;
@@ -191,7 +201,7 @@ impl Core {
             return false;
         };
         if turn != LateTurn::Recheck {
-            self.watch.spent(p.index(), now);
+            self.watch.spent(p.index(), now, caught);
         } else {
             self.pools[p].recheck_sent.push_back(now);
         }
@@ -562,7 +572,7 @@ impl Core {
             let waiting = !pool.ready.is_empty()
                 || !pool.heap.is_empty()
                 || !pool.rechecks.is_empty()
-                || self.watch.next_due(p.index()).is_some()
+                || self.watch.next_due(p.index(), now).is_some()
                 || self.watch.any_due(p.index(), now);
             if pool.in_flight < self.max_in_flight && waiting {
                 self.wakes.hold(p.index());
@@ -607,7 +617,7 @@ impl Core {
         }
         // Checks of watched payments as they come due; one due already waits for spare
         // room (or the rechecks' share), which the tick looks at.
-        if let Some(due) = self.watch.next_due(p.index()).filter(|d| *d > now) {
+        if let Some(due) = self.watch.next_due(p.index(), now).filter(|d| *d > now) {
             wake = Some(wake.map_or(due, |w| w.min(due)));
         }
         wake.filter(|w| *w != SchedMs::MAX)

@@ -8,7 +8,7 @@ use crate::event::{event_for, EventSpec};
 use crate::kinds::{Kind, KindName, Observation};
 use crate::payment::{KeyMap, PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{Evidence, FlipDist, Learner};
-use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
+use crate::reconcile::{late_price_at, next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -78,6 +78,8 @@ struct Watched {
     ahead: Option<(usize, SchedMs)>,
     /// Where it waits (see [`Queues`]).
     slot: Slot,
+    /// Its place in [`Queues::stale`]: when it was last seen.
+    stale: Option<SchedMs>,
 }
 
 /// A list kind's due payments of one late-move model: one listing finds them all.
@@ -111,6 +113,11 @@ struct Queues {
     /// on the schedule (so one group's payments were last seen at the same age), each by
     /// the first of those ages (in a group, oldest start first).
     ahead: BTreeMap<Listed, Vec<BTreeSet<(SchedMs, PaymentKey)>>>,
+    /// With the learnt plans, the waiting payments of single-payment kinds that may still
+    /// hold an unseen move ([`STALE_CHANCE`]), by when they were last seen: a move since
+    /// then is caught within [`CATCH_WITHIN_MS`] only if one of them is checked before
+    /// that much time has passed.
+    stale: BTreeSet<(SchedMs, PaymentKey)>,
 }
 
 /// How much less likely to hold an unseen move a payment may be than the likeliest and
@@ -134,6 +141,34 @@ type Stretch = (i64, i64, f64);
 /// How recent a move must be for the spare budget to still go after it first: a day, the
 /// time in which a customer who paid late is still waiting for the goods.
 const CATCH_WITHIN_MS: i64 = 86_400_000;
+
+/// How early, before a day has passed since a payment was last seen, it is checked ahead
+/// of the others (see [`Queues::stale`]): room for the spare budget to come.
+const CATCH_GUARD_MS: i64 = 3 * 3_600_000;
+
+/// The payments of [`Queues::stale`] a move since whose last check can still be caught
+/// within a day at `now`, the earliest seen first.
+fn stale(q: &Queues, now: SchedMs) -> impl Iterator<Item = &(SchedMs, PaymentKey)> {
+    q.stale
+        .range((now.saturating_sub(CATCH_WITHIN_MS), PaymentKey(i64::MIN))..)
+}
+
+/// When a payment last seen at `seen` goes ahead of the others (see [`Queues::stale`]).
+fn stale_at(seen: SchedMs) -> SchedMs {
+    seen.saturating_add(CATCH_WITHIN_MS - CATCH_GUARD_MS)
+}
+
+/// The least chance of a move not seen yet (from its last check to the end of the
+/// schedule, given none before) for which a payment is checked within a day of its last
+/// check, however cheap the requests: below it, its check waits for the plans or the
+/// likeliest rule.
+const STALE_CHANCE: f64 = 0.003;
+
+/// What a move seen more than a day after it came costs, in ms of delay, when the key's
+/// late price (ms of delay a request must save) decides whether a payment last seen
+/// almost a day ago is worth a request ahead of the plans: four days. The plans count
+/// delay alone; a customer who paid and has heard nothing for a day is a support call.
+const MISSED_DAY_MS: f64 = 4.0 * CATCH_WITHIN_MS as f64;
 
 /// Per kind, what reconciliation did since start (for health and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -313,6 +348,28 @@ impl Watch {
                 groups[e.pos].insert((first, pk));
                 e.ahead = Some((e.pos, first));
             }
+            if learnt {
+                let unseen = self.models.get(&(e.kind.name.clone(), e.ended)).map(|m| {
+                    let moves = self.grid.moves(&m.dist);
+                    let (start, end) = (self.grid.age_ms(0), self.grid.age_ms(LATE_CELLS));
+                    let seen = (e.seen - e.t0).clamp(start, end);
+                    let unmoved = 1.0 - moves(start, seen).0;
+                    if unmoved > 0.0 {
+                        moves(seen, end).0 / unmoved
+                    } else {
+                        0.0
+                    }
+                });
+                let price = self
+                    .pricing
+                    .get(e.pool)
+                    .map_or(0.0, |p| late_price_at(p.level));
+                let worth = |c: f64| c >= STALE_CHANCE && c * MISSED_DAY_MS >= price;
+                if unseen.is_some_and(worth) {
+                    q.stale.insert((e.seen, pk));
+                    e.stale = Some(e.seen);
+                }
+            }
         }
     }
 
@@ -324,6 +381,9 @@ impl Watch {
         let Some(q) = self.queues.get_mut(e.pool) else {
             return;
         };
+        if let Some(seen) = e.stale.take() {
+            q.stale.remove(&(seen, pk));
+        }
         if let Some((pos, first)) = e.ahead.take() {
             let group = (e.kind.name.clone(), e.ended);
             if let Some(groups) = q.ahead.get_mut(&group) {
@@ -432,6 +492,7 @@ impl Watch {
             parked: false,
             ahead: None,
             slot: Slot::None,
+            stale: None,
         };
         match asked {
             Some((i, d)) => (e.next, e.due) = (i, d),
@@ -471,6 +532,9 @@ impl Watch {
         self.promote(p, now);
         self.queues.get(p).is_some_and(|q| {
             !q.in_turn.is_empty()
+                || stale(q, now)
+                    .next()
+                    .is_some_and(|(seen, _)| stale_at(*seen) <= now)
                 || q.ahead
                     .values()
                     .flatten()
@@ -482,7 +546,7 @@ impl Watch {
     /// [`BEHIND_WINDOWS`] late, or a listing); otherwise, or with none due, the payment the
     /// learnt late moves make likeliest to have moved unseen since its last check (the
     /// youngest of those about as likely; see [`AHEAD_TIE`]), due or not. Kinds for which
-    /// `blocked` holds are passed over.
+    /// `blocked` holds are passed over. See also [`Watch::catch_up`].
     pub fn pick(
         &mut self,
         p: usize,
@@ -588,6 +652,23 @@ impl Watch {
             })
             .min_by_key(|&(age, pk)| (age, std::cmp::Reverse(pk)))
             .map(|(_, pk)| pk)
+    }
+
+    /// The payment of pool `p` that goes ahead of [`Watch::pick`]'s to catch a move
+    /// within a day, the earliest seen first (see [`Queues::stale`]), if one is due by
+    /// `now`. Kinds for which `blocked` holds are passed over. Only the spare budget's
+    /// turn takes one: the plans are priced on what it leaves.
+    pub fn catch_up(
+        &mut self,
+        p: usize,
+        now: SchedMs,
+        blocked: impl Fn(&KindName) -> bool,
+    ) -> Option<PaymentKey> {
+        let q = self.queues.get(p)?;
+        stale(q, now)
+            .take_while(|(seen, _)| stale_at(*seen) <= now)
+            .find(|(_, pk)| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name)))
+            .map(|&(_, pk)| pk)
     }
 
     /// The payments one request for `pk` covers: itself, and for a list kind every due
@@ -718,12 +799,14 @@ impl Watch {
         Some((m.dist.flips(), self.grid.age_ms(m.dist.quantile(0.5))))
     }
 
-    /// When pool `p`'s next merchant's recheck or scheduled check comes due.
-    pub fn next_due(&self, p: usize) -> Option<SchedMs> {
+    /// When pool `p`'s next merchant's recheck or scheduled check comes due, or the next
+    /// payment goes ahead of the others to catch a move within a day (as of `now`).
+    pub fn next_due(&self, p: usize, now: SchedMs) -> Option<SchedMs> {
         let q = self.queues.get(p)?;
         let recheck = q.rechecks.first().map(|&(d, _)| d);
         let scheduled = q.future.first().map(|&(d, _)| d);
-        recheck.into_iter().chain(scheduled).min()
+        let stale = stale(q, now).next().map(|&(seen, _)| stale_at(seen));
+        recheck.into_iter().chain(scheduled).chain(stale).min()
     }
 }
 

@@ -28,6 +28,9 @@ pub(super) struct Pricing {
     pub(super) starts: VecDeque<(SchedMs, Arc<Kind>, State)>,
     /// When the spare budget's late requests went, over the last window.
     pub(super) spent: VecDeque<SchedMs>,
+    /// Those of them that caught up with a payment last seen almost a day ago (see
+    /// [`super::Queues::stale`]): not the plans' to count on.
+    pub(super) caught: VecDeque<SchedMs>,
     /// Late requests the spare budget makes per window, smoothed.
     pub(super) capacity: Option<f64>,
 }
@@ -119,10 +122,15 @@ impl Watch {
         self.queues.get(p)?.in_turn.first().map(|&(due, _)| due)
     }
 
-    /// A late request of pool `p` went out of the spare budget.
-    pub fn spent(&mut self, p: usize, now: SchedMs) {
+    /// A late request of pool `p` went out of the spare budget, `caught`: to catch a
+    /// move within a day ([`Watch::catching`]).
+    pub fn spent(&mut self, p: usize, now: SchedMs, caught: bool) {
         if let Some(pricing) = self.pricing.get_mut(p) {
-            pricing.spent.push_back(now);
+            if caught {
+                pricing.caught.push_back(now);
+            } else {
+                pricing.spent.push_back(now);
+            }
         }
     }
 
@@ -152,7 +160,11 @@ impl Watch {
         while pricing.spent.front().is_some_and(|t| *t + window <= now) {
             pricing.spent.pop_front();
         }
+        while pricing.caught.front().is_some_and(|t| *t + window <= now) {
+            pricing.caught.pop_front();
+        }
         let made = pricing.spent.len() as f64;
+        let supply = (supply - pricing.caught.len() as f64).max(0.0);
         let first = pricing.capacity.is_none();
         let seen = if waiting > 0 { made } else { supply.max(made) };
         let capacity = pricing

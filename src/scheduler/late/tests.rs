@@ -111,7 +111,7 @@ fn with_spare_budget_for_the_whole_schedule_every_age_is_planned() {
     let mut w = learnt_watch(30);
     w.price(0, 10_000.0, SchedMs(20 * MIN));
     assert_eq!(
-        w.next_due(0),
+        w.next_due(0, SchedMs(20 * MIN)),
         Some(SchedMs(15 * MIN)),
         "the first age of the schedule"
     );
@@ -171,7 +171,13 @@ fn only_a_schedule_the_spare_budget_affords_goes_in_turn() {
 fn without_spare_budget_no_age_is_planned_and_a_spare_request_takes_the_newest_come() {
     let mut w = learnt_watch(30);
     w.price(0, 0.0, SchedMs(12 * MIN));
-    assert_eq!(w.next_due(0), None, "nothing planned");
+    // Nothing planned: only, almost a day after their last check, the payments' turn to
+    // catch a move within the day, which even the last spare requests are worth.
+    assert_eq!(
+        w.next_due(0, SchedMs(12 * MIN)),
+        Some(stale_at(SchedMs(10_000))),
+        "nothing planned"
+    );
     assert!(!w.any_due(0, SchedMs(14 * MIN)));
     // Past an age, a request the spare budget does make goes to a payment whose
     // unplanned age has come.
@@ -182,7 +188,7 @@ fn without_spare_budget_no_age_is_planned_and_a_spare_request_takes_the_newest_c
     // checks than the schedule's, more than none.
     let mut some = learnt_watch(30);
     some.price(0, 30.0, SchedMs(12 * MIN));
-    let planned = some.next_due(0).expect("some planned");
+    let planned = some.next_due(0, SchedMs(12 * MIN)).expect("some planned");
     assert!(
         planned > SchedMs(15 * MIN),
         "the first ages are not worth it: {planned}"
@@ -402,4 +408,57 @@ fn once_the_plans_are_behind_a_spare_request_goes_by_chance_not_by_the_longest_w
     // Then the one left.
     let (_, _, _) = w.launch(&[PaymentKey(2)]);
     assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(1)));
+}
+
+/// A payment that may still hold a move and was last seen almost a day ago is checked
+/// ahead of likelier ones, the earliest seen first, so that a move since its last check
+/// is seen within a day; not once the day has passed (a move then is late whenever it is
+/// seen), nor where the learnt moves leave it no chance.
+#[test]
+fn a_payment_last_seen_almost_a_day_ago_goes_first_while_its_move_can_still_be_seen_within_it() {
+    let cfg = Config::from_raw(config::defaults()).unwrap();
+    let p2p = cfg.kinds["p2p"].clone();
+    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    let now = SchedMs(100 * 60 * MIN);
+    let ago = |m: i64| SchedMs(now.0 - m * MIN);
+    // (payment, started, last seen): 1 and 2 seen 22 h and 21.5 h ago; 3 seen 25 h ago;
+    // 4 an hour old, seen at 20 minutes.
+    for (pk, started, seen) in [
+        (1, 25 * 60, 22 * 60),
+        (2, 24 * 60, 21 * 60 + 30),
+        (3, 40 * 60, 25 * 60),
+        (4, 60, 40),
+    ] {
+        start_from(&mut w, &p2p, pk, ago(started), ago(seen), now);
+    }
+    // Spare budget for every age.
+    w.price(0, 1e9, now);
+    assert!(w.any_due(0, now));
+    assert_eq!(w.catch_up(0, now, |_| false), Some(PaymentKey(1)));
+    assert_eq!(w.catch_up(0, now, |k| k.as_str() == "p2p"), None);
+    let (_, _, _) = w.launch(&[PaymentKey(1)]);
+    assert_eq!(w.catch_up(0, now, |_| false), Some(PaymentKey(2)));
+    let (_, _, _) = w.launch(&[PaymentKey(2)]);
+    // Payment 3's day has passed: the plans decide, and the young payment's hour has come.
+    assert_eq!(w.catch_up(0, now, |_| false), None);
+    assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(4)));
+    // Where a request must save more delay than a missed day costs on that chance (a
+    // price of 10^10 ms), it waits for the plans.
+    for (level, caught) in [(10.0, Some(PaymentKey(1))), (40.0, None)] {
+        let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+        w.pricing[0].level = level;
+        start_from(&mut w, &p2p, 1, ago(25 * 60), ago(22 * 60), now);
+        assert_eq!(w.catch_up(0, now, |_| false), caught, "level {level}");
+    }
+
+    // Where the learnt moves all come in the first half hour, a payment seen at three
+    // hours has no move left to catch: nothing is due for it before its schedule's ages.
+    let (mut w, p2p) = learnt_early_moves(now);
+    start_from(&mut w, &p2p, 5, ago(25 * 60), ago(22 * 60), now);
+    w.price(0, 1e9, now);
+    assert_eq!(w.catch_up(0, now, |_| false), None);
+    let mut prior = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    start_from(&mut prior, &p2p, 5, ago(25 * 60), ago(22 * 60), now);
+    prior.price(0, 1e9, now);
+    assert_eq!(prior.catch_up(0, now, |_| false), Some(PaymentKey(5)));
 }
