@@ -22,41 +22,43 @@ impl Kind {
                 );
             }
         }
-        self.read_status(&json, json.clone())
+        self.read_status(json)
     }
 
-    fn read_status(&self, item: &Value, response: Value) -> Observation {
-        match item.pointer(&self.status_pointer) {
+    /// Reads the status of `item`, which is kept as the answer.
+    fn read_status(&self, item: Value) -> Observation {
+        let raw = match item.pointer(&self.status_pointer) {
             // No status is that long: what is kept of an answer stays bounded (history,
             // logs, webhooks, the set of unknown statuses remembered).
-            Some(Value::String(raw)) if raw.len() > MAX_STATUS_BYTES => Observation::error(
-                ErrorClass::BadBody,
-                format!(
-                    "status at {} is longer than {MAX_STATUS_BYTES} bytes: {}",
-                    self.status_pointer,
-                    truncate(raw, 40)
-                ),
-                None,
-            ),
-            Some(Value::String(raw)) => Observation::Status {
-                state: self.map_status(raw),
-                raw: raw.clone(),
-                response,
-            },
-            Some(other) => Observation::error(
-                ErrorClass::BadBody,
-                format!(
+            Some(Value::String(raw)) if raw.len() > MAX_STATUS_BYTES => {
+                return Observation::error(
+                    ErrorClass::BadBody,
+                    format!(
+                        "status at {} is longer than {MAX_STATUS_BYTES} bytes: {}",
+                        self.status_pointer,
+                        truncate(raw, 40)
+                    ),
+                    None,
+                )
+            }
+            Some(Value::String(raw)) => raw.clone(),
+            Some(other) => {
+                let message = format!(
                     "status at {} is not a string: {}",
                     self.status_pointer,
                     truncate(&other.to_string(), 80)
-                ),
-                Some(response),
-            ),
-            None => Observation::error(
-                ErrorClass::BadBody,
-                format!("answer has no status at {}", self.status_pointer),
-                Some(response),
-            ),
+                );
+                return Observation::error(ErrorClass::BadBody, message, Some(item));
+            }
+            None => {
+                let message = format!("answer has no status at {}", self.status_pointer);
+                return Observation::error(ErrorClass::BadBody, message, Some(item));
+            }
+        };
+        Observation::Status {
+            state: self.map_status(&raw),
+            raw,
+            response: item,
         }
     }
 
@@ -126,7 +128,7 @@ impl Kind {
             .iter()
             .enumerate()
             .map(|(i, id)| match by_id.get(id.as_str()) {
-                Some(item) => self.read_status(item, (*item).clone()),
+                Some(item) => self.read_status((*item).clone()),
                 None => {
                     let started = started_ms.get(i).copied().unwrap_or(WallMs::MIN);
                     let covered = !full
