@@ -8,13 +8,15 @@ use crate::event::{event_for, EventSpec};
 use crate::kinds::{Kind, KindName, Observation};
 use crate::payment::{KeyMap, PaymentId, PaymentKey, SchedMs, State};
 use crate::policy::{Evidence, FlipDist, Learner};
-use crate::reconcile::{late_price_at, next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
+use crate::reconcile::{next_age, LateGrid, LatePlans, LATE_CELLS, LATE_PRICES};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 mod answers;
+mod catch_up;
 mod pricing;
 
+use self::catch_up::{stale, stale_at};
 use self::pricing::{draw, Pricing};
 
 /// Which of the schedule's ages a watched payment is checked at.
@@ -141,34 +143,6 @@ type Stretch = (i64, i64, f64);
 /// How recent a move must be for the spare budget to still go after it first: a day, the
 /// time in which a customer who paid late is still waiting for the goods.
 const CATCH_WITHIN_MS: i64 = 86_400_000;
-
-/// How early, before a day has passed since a payment was last seen, it is checked ahead
-/// of the others (see [`Queues::stale`]): room for the spare budget to come.
-const CATCH_GUARD_MS: i64 = 3 * 3_600_000;
-
-/// The payments of [`Queues::stale`] a move since whose last check can still be caught
-/// within a day at `now`, the earliest seen first.
-fn stale(q: &Queues, now: SchedMs) -> impl Iterator<Item = &(SchedMs, PaymentKey)> {
-    q.stale
-        .range((now.saturating_sub(CATCH_WITHIN_MS), PaymentKey(i64::MIN))..)
-}
-
-/// When a payment last seen at `seen` goes ahead of the others (see [`Queues::stale`]).
-fn stale_at(seen: SchedMs) -> SchedMs {
-    seen.saturating_add(CATCH_WITHIN_MS - CATCH_GUARD_MS)
-}
-
-/// The least chance of a move not seen yet (from its last check to the end of the
-/// schedule, given none before) for which a payment is checked within a day of its last
-/// check, however cheap the requests: below it, its check waits for the plans or the
-/// likeliest rule.
-const STALE_CHANCE: f64 = 0.003;
-
-/// What a move seen more than a day after it came costs, in ms of delay, when the key's
-/// late price (ms of delay a request must save) decides whether a payment last seen
-/// almost a day ago is worth a request ahead of the plans: four days. The plans count
-/// delay alone; a customer who paid and has heard nothing for a day is a support call.
-const MISSED_DAY_MS: f64 = 4.0 * CATCH_WITHIN_MS as f64;
 
 /// Per kind, what reconciliation did since start (for health and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -313,6 +287,11 @@ impl Watch {
     /// Puts a held payment in the queue its fields say (it must be in none).
     fn enqueue(&mut self, pk: PaymentKey, now: SchedMs) {
         let learnt = self.policy == LatePolicy::Learnt;
+        let catch = learnt
+            && self
+                .entries
+                .get(&pk)
+                .is_some_and(|e| !e.in_flight && !e.recheck && self.worth_catching_up(e));
         let Some(e) = self.entries.get_mut(&pk) else {
             return;
         };
@@ -348,27 +327,9 @@ impl Watch {
                 groups[e.pos].insert((first, pk));
                 e.ahead = Some((e.pos, first));
             }
-            if learnt {
-                let unseen = self.models.get(&(e.kind.name.clone(), e.ended)).map(|m| {
-                    let moves = self.grid.moves(&m.dist);
-                    let (start, end) = (self.grid.age_ms(0), self.grid.age_ms(LATE_CELLS));
-                    let seen = (e.seen - e.t0).clamp(start, end);
-                    let unmoved = 1.0 - moves(start, seen).0;
-                    if unmoved > 0.0 {
-                        moves(seen, end).0 / unmoved
-                    } else {
-                        0.0
-                    }
-                });
-                let price = self
-                    .pricing
-                    .get(e.pool)
-                    .map_or(0.0, |p| late_price_at(p.level));
-                let worth = |c: f64| c >= STALE_CHANCE && c * MISSED_DAY_MS >= price;
-                if unseen.is_some_and(worth) {
-                    q.stale.insert((e.seen, pk));
-                    e.stale = Some(e.seen);
-                }
+            if catch {
+                q.stale.insert((e.seen, pk));
+                e.stale = Some(e.seen);
             }
         }
     }
@@ -652,23 +613,6 @@ impl Watch {
             })
             .min_by_key(|&(age, pk)| (age, std::cmp::Reverse(pk)))
             .map(|(_, pk)| pk)
-    }
-
-    /// The payment of pool `p` that goes ahead of [`Watch::pick`]'s to catch a move
-    /// within a day, the earliest seen first (see [`Queues::stale`]), if one is due by
-    /// `now`. Kinds for which `blocked` holds are passed over. Only the spare budget's
-    /// turn takes one: the plans are priced on what it leaves.
-    pub fn catch_up(
-        &mut self,
-        p: usize,
-        now: SchedMs,
-        blocked: impl Fn(&KindName) -> bool,
-    ) -> Option<PaymentKey> {
-        let q = self.queues.get(p)?;
-        stale(q, now)
-            .take_while(|(seen, _)| stale_at(*seen) <= now)
-            .find(|(_, pk)| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name)))
-            .map(|&(_, pk)| pk)
     }
 
     /// The payments one request for `pk` covers: itself, and for a list kind every due

@@ -1,0 +1,76 @@
+//! Catching a move within a day: the waiting payments last seen almost a day ago that
+//! go ahead of the spare budget's other choices (see [`Queues::stale`]).
+
+use super::{Queues, Watch, Watched, CATCH_WITHIN_MS};
+use crate::kinds::KindName;
+use crate::payment::{PaymentKey, SchedMs};
+use crate::reconcile::{late_price_at, LATE_CELLS};
+
+/// How early, before a day has passed since a payment was last seen, it is checked ahead
+/// of the others (see [`Queues::stale`]): room for the spare budget to come.
+const CATCH_GUARD_MS: i64 = 3 * 3_600_000;
+
+/// The payments of [`Queues::stale`] a move since whose last check can still be caught
+/// within a day at `now`, the earliest seen first.
+pub(super) fn stale(q: &Queues, now: SchedMs) -> impl Iterator<Item = &(SchedMs, PaymentKey)> {
+    q.stale
+        .range((now.saturating_sub(CATCH_WITHIN_MS), PaymentKey(i64::MIN))..)
+}
+
+/// When a payment last seen at `seen` goes ahead of the others (see [`Queues::stale`]).
+pub(super) fn stale_at(seen: SchedMs) -> SchedMs {
+    seen.saturating_add(CATCH_WITHIN_MS - CATCH_GUARD_MS)
+}
+
+/// The least chance of a move not seen yet (from its last check to the end of the
+/// schedule, given none before) for which a payment is checked within a day of its last
+/// check, however cheap the requests: below it, its check waits for the plans or the
+/// likeliest rule.
+const STALE_CHANCE: f64 = 0.003;
+
+/// What a move seen more than a day after it came costs, in ms of delay, when the key's
+/// late price (ms of delay a request must save) decides whether a payment last seen
+/// almost a day ago is worth a request ahead of the plans: four days. The plans count
+/// delay alone; a customer who paid and has heard nothing for a day is a support call.
+const MISSED_DAY_MS: f64 = 4.0 * CATCH_WITHIN_MS as f64;
+
+impl Watch {
+    /// Whether `e`, waiting, belongs in [`Queues::stale`]: its learnt chance of a move
+    /// after its last check is at least [`STALE_CHANCE`] and worth a request at its key's
+    /// late price, a missed day counting [`MISSED_DAY_MS`].
+    pub(super) fn worth_catching_up(&self, e: &Watched) -> bool {
+        let Some(m) = self.models.get(&(e.kind.name.clone(), e.ended)) else {
+            return false;
+        };
+        let moves = self.grid.moves(&m.dist);
+        let (start, end) = (self.grid.age_ms(0), self.grid.age_ms(LATE_CELLS));
+        let seen = (e.seen - e.t0).clamp(start, end);
+        let unmoved = 1.0 - moves(start, seen).0;
+        if unmoved <= 0.0 {
+            return false;
+        }
+        let chance = moves(seen, end).0 / unmoved;
+        let price = self
+            .pricing
+            .get(e.pool)
+            .map_or(0.0, |p| late_price_at(p.level));
+        chance >= STALE_CHANCE && chance * MISSED_DAY_MS >= price
+    }
+
+    /// The payment of pool `p` that goes ahead of [`Watch::pick`]'s to catch a move
+    /// within a day, the earliest seen first (see [`Queues::stale`]), if one is due by
+    /// `now`. Kinds for which `blocked` holds are passed over. Only the spare budget's
+    /// turn takes one: the plans are priced on what it leaves.
+    pub fn catch_up(
+        &self,
+        p: usize,
+        now: SchedMs,
+        blocked: impl Fn(&KindName) -> bool,
+    ) -> Option<PaymentKey> {
+        let q = self.queues.get(p)?;
+        stale(q, now)
+            .take_while(|(seen, _)| stale_at(*seen) <= now)
+            .find(|(_, pk)| self.entries.get(pk).is_some_and(|e| !blocked(&e.kind.name)))
+            .map(|&(_, pk)| pk)
+    }
+}
