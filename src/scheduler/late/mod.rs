@@ -528,18 +528,20 @@ impl Watch {
             }
         }
         self.likeliest_ahead(q, now, &blocked)
+            .map(|(pk, _)| pk)
             .or(earliest.map(|(_, pk)| pk))
     }
 
     /// See [`Watch::pick`]. A group's payments differ only in age, so the chance is read
     /// at the late grid's ages and, of those at or above the likely line, the youngest
-    /// payment of the youngest stretch is taken.
+    /// payment of the youngest stretch is taken; with it, the likeliest chance (see
+    /// [`Watch::chance`]).
     fn likeliest_ahead<'a>(
         &self,
         q: &'a Queues,
         now: SchedMs,
         blocked: &impl Fn(&KindName) -> bool,
-    ) -> Option<PaymentKey> {
+    ) -> Option<(PaymentKey, f64)> {
         let start = self.grid.age_ms(0);
         // A group's payments aged `lo..=hi` now, its key being their start plus `offset`.
         let aged = |set: &'a ByStart, offset: i64, lo: i64, hi: i64| {
@@ -571,15 +573,10 @@ impl Watch {
                     .checked_sub(1)
                     .and_then(|i| model.schedule.get(i).copied())
                     .unwrap_or(start);
-                let unmoved = 1.0 - moves(start, seen).0;
-                if unmoved <= 0.0 {
+                if 1.0 - moves(start, seen).0 <= 0.0 {
                     continue;
                 }
-                // Of the moves since it was last seen, those within the last day: a move
-                // seen later than that has cost what a late move costs already.
-                let chance = |age: i64| {
-                    (moves(seen, age).0 + moves(seen.max(age - CATCH_WITHIN_MS), age).0) / unmoved
-                };
+                let chance = |age: i64| chance(&moves, seen, age);
                 let oldest = now - first + offset;
                 let youngest = set
                     .range(..=(now, PaymentKey(i64::MAX)))
@@ -612,7 +609,7 @@ impl Watch {
                 Some((now - first + offset, pk))
             })
             .min_by_key(|&(age, pk)| (age, std::cmp::Reverse(pk)))
-            .map(|(_, pk)| pk)
+            .map(|(_, pk)| (pk, best))
     }
 
     /// The payments one request for `pk` covers: itself, and for a list kind every due
@@ -752,6 +749,18 @@ impl Watch {
         let stale = stale(q, now).next().map(|&(seen, _)| stale_at(seen));
         recheck.into_iter().chain(scheduled).chain(stale).min()
     }
+}
+
+/// The chance that a payment last seen unmoved at age `seen` has moved unseen by `age`
+/// (both clamped to the late grid), a move within the last day counting twice: one seen
+/// later than that has cost what a late move costs already. `0` when the learnt moves
+/// leave none after `seen`.
+fn chance(moves: &impl Fn(i64, i64) -> (f64, f64), seen: i64, age: i64) -> f64 {
+    let unmoved = 1.0 - moves(i64::MIN, seen).0;
+    if unmoved <= 0.0 {
+        return 0.0;
+    }
+    (moves(seen, age).0 + moves(seen.max(age - CATCH_WITHIN_MS), age).0) / unmoved
 }
 
 /// An answer as stored: see [`super::decide::bounded`].

@@ -123,7 +123,7 @@ impl Watch {
     }
 
     /// A late request of pool `p` went out of the spare budget, `caught`: to catch a
-    /// move within a day ([`Watch::catching`]).
+    /// move within a day ([`Watch::catch_up`]).
     pub fn spent(&mut self, p: usize, now: SchedMs, caught: bool) {
         if let Some(pricing) = self.pricing.get_mut(p) {
             if caught {

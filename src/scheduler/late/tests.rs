@@ -411,8 +411,8 @@ fn once_the_plans_are_behind_a_spare_request_goes_by_chance_not_by_the_longest_w
 }
 
 /// A payment that may still hold a move and was last seen almost a day ago is checked
-/// ahead of likelier ones, the earliest seen first, so that a move since its last check
-/// is seen within a day; not once the day has passed (a move then is late whenever it is
+/// ahead of the plans, the earliest seen first, so that a move since its last check is
+/// seen within a day; not once the day has passed (a move then is late whenever it is
 /// seen), nor where the learnt moves leave it no chance.
 #[test]
 fn a_payment_last_seen_almost_a_day_ago_goes_first_while_its_move_can_still_be_seen_within_it() {
@@ -461,4 +461,83 @@ fn a_payment_last_seen_almost_a_day_ago_goes_first_while_its_move_can_still_be_s
     start_from(&mut prior, &p2p, 5, ago(25 * 60), ago(22 * 60), now);
     prior.price(0, 1e9, now);
     assert_eq!(prior.catch_up(0, now, |_| false), Some(PaymentKey(5)));
+}
+
+/// The late price is set by what the spare budget leaves the plans: the requests that
+/// caught up with a payment last seen almost a day ago came out of it, so they are taken
+/// off the supply; the plans' own requests are not (they are what the supply bought).
+#[test]
+fn requests_that_caught_up_are_not_the_plans_to_count_on() {
+    let now = SchedMs(12 * MIN);
+    // Fifty spare requests a window cover the schedule of thirty payments watched over six
+    // windows (nine ages each: 45); thirty do not.
+    let priced = |caught: usize, planned: usize| {
+        let mut w = learnt_watch(30);
+        for _ in 0..caught {
+            w.spent(0, SchedMs(now.0 - MIN), true);
+        }
+        for _ in 0..planned {
+            w.spent(0, SchedMs(now.0 - MIN), false);
+        }
+        w.price(0, 50.0, now);
+        (w.pricing[0].capacity, w.pricing[0].level)
+    };
+    let (none, level) = priced(0, 0);
+    assert_eq!(none, Some(50.0));
+    let (caught, dearer) = priced(20, 0);
+    assert_eq!(caught, Some(30.0), "the supply less what caught up");
+    assert!(
+        dearer > level,
+        "fewer requests for the plans: a dearer price"
+    );
+    assert_eq!(priced(0, 20).0, Some(50.0), "the plans' own requests");
+    // Those of more than a window ago no longer count.
+    let mut w = learnt_watch(30);
+    w.spent(0, SchedMs(now.0 - 11 * MIN), true);
+    w.price(0, 50.0, now);
+    assert_eq!(w.pricing[0].capacity, Some(50.0));
+}
+
+/// A payment last seen almost a day ago goes ahead only where its chance of an unseen move
+/// is about that of the likeliest other: where a young payment is far likelier to have
+/// moved, that one goes first, and the older waits until its day is nearly over.
+#[test]
+fn catching_up_a_payment_waits_for_a_far_likelier_one_until_its_day_is_nearly_over() {
+    let now = SchedMs(100 * 60 * MIN);
+    let cfg = Config::from_raw(config::defaults()).unwrap();
+    let p2p = cfg.kinds["p2p"].clone();
+    let mut w = Watch::new(1, 10 * MIN, 72 * 60 * MIN, 10 * MIN, LatePolicy::Learnt);
+    // A fifth of the watched payments move at 3 hours, one in a hundred at 20 hours.
+    for i in 0..1_000 {
+        let started = now.0 - 80 * 60 * MIN + i * MIN;
+        let (seen, moved) = match (i % 5, i % 100) {
+            (0, _) => (2 * 60, Some(3 * 60)),
+            (_, 1) => (12 * 60, Some(20 * 60)),
+            _ => (72 * 60, None),
+        };
+        let at = |m: i64| SchedMs(started + m * MIN);
+        w.learn(
+            &p2p.name,
+            State::TimedOut,
+            SchedMs(started),
+            Some(at(seen)),
+            moved.map(at),
+        );
+    }
+    w.refit(now);
+    let ago = |m: i64| SchedMs(now.0 - m * MIN);
+    // Seen at 6 hours, 21.5 hours ago: only the moves at 20 hours may be behind it.
+    start_from(&mut w, &p2p, 1, ago(27 * 60 + 30), ago(21 * 60 + 30), now);
+    w.price(0, 1e9, now);
+    assert_eq!(w.catch_up(0, now, |_| false), Some(PaymentKey(1)), "alone");
+    // Four hours old, unchecked since the ladder: the moves at 3 hours may be behind it.
+    start_from(&mut w, &p2p, 2, ago(4 * 60), ago(3 * 60 + 50), now);
+    let young = w.chance_now(&w.entries[&PaymentKey(2)], now);
+    let old = w.chance_now(&w.entries[&PaymentKey(1)], now);
+    assert!(young > 4.0 * old, "{young} {old}");
+    assert_eq!(w.catch_up(0, now, |_| false), None);
+    assert_eq!(w.pick(0, now, |_| false), Some(PaymentKey(2)));
+    // Minutes before its day is over, it goes.
+    let late = SchedMs(now.0 + 2 * 60 * MIN + 25 * MIN);
+    assert_eq!(w.catch_up(0, late, |_| false), Some(PaymentKey(1)));
 }
