@@ -1,5 +1,5 @@
 //! The API's errors: every code it can answer with, its HTTP status and what it means.
-//! docs/SPEC.md's error-code table is checked against [`ErrorCode::ALL`] by a test, so the
+//! docs/SPEC.md's error-code table is checked against `ErrorCode::ALL` by a test, so the
 //! contract and the code cannot drift apart.
 
 use crate::wire::{ErrorAnswer, ErrorBody, PaymentView};
@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 /// Declares the codes once: the variant, its wire name, its status and its meaning, and
-/// the list of all of them (so a new variant cannot be left out of [`ErrorCode::ALL`]).
+/// the list of all of them (so a new variant cannot be left out of `ErrorCode::ALL`).
 macro_rules! error_codes {
     ($($variant:ident = ($code:literal, $status:ident, $meaning:literal),)*) => {
         /// A code a program can branch on: stable, snake_case, part of the contract.

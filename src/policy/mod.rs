@@ -8,7 +8,7 @@
 //! than the ladder's first, gaps never shorter than the ladder's step at that age, and a
 //! check at (or after) the deadline for every payment still pending. The scheduler keeps a
 //! table of such schedules for a ladder of prices and picks, per API key, the lowest price
-//! whose projected demand fits the budget; [`bound`] spends a known budget exactly and is
+//! whose projected demand fits the budget; [`bound()`] spends a known budget exactly and is
 //! the yardstick the benchmark compares against.
 //!
 //! The distribution is learnt per kind from the daemon's own outcomes ([`Learner`]): a
@@ -18,7 +18,7 @@
 //! one, by EM, with the distribution the ladder implies as a prior.
 //!
 //! The parts: [`grid`] (the ladder on a grid of ages, flip-age distributions), [`plans`]
-//! (the dynamic program and the price levels), [`bound`] (what the best policy that knows
+//! (the dynamic program and the price levels), [`mod@bound`] (what the best policy that knows
 //! the mix achieves), [`rate`] (the stream's arrival rate) and [`learner`] (the flip ages
 //! learnt from interval-censored evidence).
 

@@ -87,7 +87,7 @@ pub(super) struct Run<'a> {
     /// arrived.
     pub(super) late_requests: usize,
     pub(super) late_while_arriving: usize,
-    /// With [`run_logging_latencies`]: each live request's payment, its check number and
+    /// With `run_logging_latencies` (tests): each live request's payment, its check number and
     /// the latency drawn for it.
     latency_log: Option<Vec<(i64, u32, i64)>>,
 }

@@ -36,7 +36,7 @@ pub struct Scenario {
     /// The share of the budget a burst's backlog may take (`ninjapay.backlog_share`).
     pub backlog_share: BacklogShare,
     /// Judge the learnt plans against the true mix's own (a steady stream of one kind
-    /// only): see [`Report::learnt_plans`]. Costs a solve of every price level per
+    /// only): see [`super::Report::learnt_plans`]. Costs a solve of every price level per
     /// sample, so it is asked for.
     pub judge_plans: bool,
     /// More streams on the same key, each its own kind (`s1`, `s2`, …, checked like

@@ -324,7 +324,7 @@ struct LiveRow<'a> {
 
 /// Records a run of checks of live payments that queue no event (see
 /// [`CheckRecord::live_without_event`]), distinct payments, in one statement and one more for
-/// the history rows of those that changed: as [`record_check`] each, skipping a payment no
+/// the history rows of those that changed: as [`Store::record_check`] each, skipping a payment no
 /// longer pending.
 async fn record_live_run(tx: &mut SqliteConnection, run: &[&CheckRecord]) -> Result<Vec<Applied>> {
     let rows: Vec<LiveRow> = run

@@ -12,7 +12,7 @@ pub enum Unknown {
     /// Invent a script on first sight: pending for a uniformly random `2..=max_pending`
     /// checks, then a random final status of the kind (for `ninjapoll demo`). The history
     /// endpoint (`btc`) cannot see ids it was never told about: script those with
-    /// [`FakeNinjapay::script_random`].
+    /// [`crate::FakeNinjapay::script_random`].
     Random {
         /// Upper bound of the number of pending answers (at least 2 are given).
         max_pending: u32,

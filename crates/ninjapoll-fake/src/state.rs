@@ -9,7 +9,7 @@ use crate::server::FakeOptions;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// How many requests are kept for [`FakeNinjapay::requests`]: bounds memory in a long demo.
+/// How many requests are kept for [`crate::FakeNinjapay::requests`]: bounds memory in a long demo.
 const MAX_RECORDS: usize = 100_000;
 
 /// One request as the fake received it.

@@ -26,7 +26,7 @@ pub(super) fn stale_at(seen: SchedMs) -> SchedMs {
 /// schedule, given none before) for which a payment is checked within a day of its last
 /// check, however cheap the requests: below it, its check waits for the plans or the
 /// likeliest rule.
-const STALE_CHANCE: f64 = 0.003;
+pub(super) const STALE_CHANCE: f64 = 0.003;
 
 /// What a move seen more than a day after it came costs, in ms of delay, when the key's
 /// late price (ms of delay a request must save) decides whether a payment last seen

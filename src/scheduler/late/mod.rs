@@ -115,10 +115,10 @@ struct Queues {
     /// on the schedule (so one group's payments were last seen at the same age), each by
     /// the first of those ages (in a group, oldest start first).
     ahead: BTreeMap<Listed, Vec<BTreeSet<(SchedMs, PaymentKey)>>>,
-    /// With the learnt plans, the waiting payments of single-payment kinds that may still
-    /// hold an unseen move ([`STALE_CHANCE`]), by when they were last seen: a move since
-    /// then is caught within [`CATCH_WITHIN_MS`] only if one of them is checked before
-    /// that much time has passed.
+    /// With the learnt plans, the waiting payments of single-payment kinds that may
+    /// still hold an unseen move ([`catch_up::STALE_CHANCE`]), by when they were last
+    /// seen: a move since then is caught within [`CATCH_WITHIN_MS`] only if one of them is
+    /// checked before that much time has passed.
     stale: BTreeSet<(SchedMs, PaymentKey)>,
 }
 
@@ -535,7 +535,7 @@ impl Watch {
     /// See [`Watch::pick`]. A group's payments differ only in age, so the chance is read
     /// at the late grid's ages and, of those at or above the likely line, the youngest
     /// payment of the youngest stretch is taken; with it, the likeliest chance (see
-    /// [`Watch::chance`]).
+    /// [`chance`]).
     fn likeliest_ahead<'a>(
         &self,
         q: &'a Queues,
