@@ -17,9 +17,7 @@
 //! - late moves seen within the schedule, within 24 hours of the move, and (learnt) on
 //!   the schedule's next check after the move; their mean detection delay; for learnt and
 //!   in turn, and the bound (the dynamic program over the schedule's ages with the late
-//!   requests the learnt run made per timed-out payment), also with only those made while
-//!   payments arrived (what a steady stream leaves: the rest come once the stream stops,
-//!   when the measured moves are a day or more old);
+//!   requests the learnt run made per timed-out payment), and learnt over the bound;
 //! - the live payments' mean delay with reconciliation over without (target ≤ 1.03), and
 //!   against the live bound; and how long the live checks waited past their due time on
 //!   average, on and off (what the late requests did to them, without the noise of which
@@ -310,13 +308,6 @@ fn run_seeds(rate: f64, args: &Args, schedule: &[i64]) -> anyhow::Result<Vec<See
 fn print_rate(rate: f64, seeds: &[Seed], schedule: &[i64], mix: &LateMix) -> bool {
     let bound =
         |s: &Seed| sim::late_bound(schedule, 600_000, mix, s.learnt.late.requests_per_timed_out);
-    // The late requests a steady stream leaves: those made while payments arrived (the
-    // rest come once the stream stops, a day or more after the measured moves).
-    let steady = |s: &Seed| {
-        let l = &s.learnt.late;
-        let share = l.requests_while_arriving as f64 / l.requests.max(1) as f64;
-        sim::late_bound(schedule, 600_000, mix, l.requests_per_timed_out * share)
-    };
     println!("\nrate {rate}/s");
     println!(
         "  late requests per timed-out payment  learnt {}  in turn {}  (the full schedule: 9)",
@@ -350,10 +341,8 @@ fn print_rate(rate: f64, seeds: &[Seed], schedule: &[i64], mix: &LateMix) -> boo
         spread(seeds, 1, |s| bound(s).delay_ms / MIN_MS),
     );
     println!(
-        "  learnt ÷ bound         {}   with only the requests made while arriving {}: {}",
+        "  learnt ÷ bound         {}",
         spread(seeds, 2, |s| s.learnt.late.mean_ms / bound(s).delay_ms),
-        spread(seeds, 1, |s| steady(s).delay_ms / MIN_MS),
-        spread(seeds, 2, |s| s.learnt.late.mean_ms / steady(s).delay_ms),
     );
     println!(
         "  on the schedule's next check after the move  learnt {}  in turn {}",
