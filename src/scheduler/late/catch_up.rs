@@ -55,7 +55,7 @@ impl Watch {
         let moves = self.grid.moves(&m.dist);
         let (start, end) = (self.grid.age_ms(0), self.grid.age_ms(LATE_CELLS));
         let seen = (e.seen - e.t0).clamp(start, end);
-        let unmoved = 1.0 - moves(start, seen).0;
+        let unmoved = super::unmoved(&moves, seen);
         if unmoved <= 0.0 {
             return false;
         }

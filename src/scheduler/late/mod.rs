@@ -573,7 +573,7 @@ impl Watch {
                     .checked_sub(1)
                     .and_then(|i| model.schedule.get(i).copied())
                     .unwrap_or(start);
-                if 1.0 - moves(start, seen).0 <= 0.0 {
+                if unmoved(&moves, seen) <= 0.0 {
                     continue;
                 }
                 let chance = |age: i64| chance(&moves, seen, age);
@@ -756,11 +756,17 @@ impl Watch {
 /// later than that has cost what a late move costs already. `0` when the learnt moves
 /// leave none after `seen`.
 fn chance(moves: &impl Fn(i64, i64) -> (f64, f64), seen: i64, age: i64) -> f64 {
-    let unmoved = 1.0 - moves(i64::MIN, seen).0;
+    let unmoved = unmoved(moves, seen);
     if unmoved <= 0.0 {
         return 0.0;
     }
     (moves(seen, age).0 + moves(seen.max(age - CATCH_WITHIN_MS), age).0) / unmoved
+}
+
+/// The share of payments the learnt moves leave unmoved at age `seen`: what a chance
+/// after a check there is conditioned on.
+fn unmoved(moves: &impl Fn(i64, i64) -> (f64, f64), seen: i64) -> f64 {
+    1.0 - moves(i64::MIN, seen).0
 }
 
 /// An answer as stored: see [`super::decide::bounded`].
