@@ -103,12 +103,12 @@ impl Watch {
         .map(|e| e.pk)
     }
 
-    /// `e`'s chance (see [`super::chance`]) of a move unseen at `now`.
+    /// `e`'s chance (see [`super::chance_since`]) of a move unseen at `now`.
     pub(super) fn chance_now(&self, e: &Watched, now: SchedMs) -> f64 {
         let Some(m) = self.models.get(&(e.kind.name.clone(), e.ended)) else {
             return 0.0;
         };
         let moves = self.grid.moves(&m.dist);
-        super::chance(&moves, e.seen - e.t0, now - e.t0)
+        super::chance_since(&moves, e.seen - e.t0).map_or(0.0, |chance| chance(now - e.t0))
     }
 }

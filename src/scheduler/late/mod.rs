@@ -535,7 +535,7 @@ impl Watch {
     /// See [`Watch::pick`]. A group's payments differ only in age, so the chance is read
     /// at the late grid's ages and, of those at or above the likely line, the youngest
     /// payment of the youngest stretch is taken; with it, the likeliest chance (see
-    /// [`chance`]).
+    /// [`chance_since`]).
     fn likeliest_ahead<'a>(
         &self,
         q: &'a Queues,
@@ -573,10 +573,9 @@ impl Watch {
                     .checked_sub(1)
                     .and_then(|i| model.schedule.get(i).copied())
                     .unwrap_or(start);
-                if unmoved(&moves, seen) <= 0.0 {
+                let Some(chance) = chance_since(&moves, seen) else {
                     continue;
-                }
-                let chance = |age: i64| chance(&moves, seen, age);
+                };
                 let oldest = now - first + offset;
                 let youngest = set
                     .range(..=(now, PaymentKey(i64::MAX)))
@@ -751,16 +750,18 @@ impl Watch {
     }
 }
 
-/// The chance that a payment last seen unmoved at age `seen` has moved unseen by `age`
+/// The chance that a payment last seen unmoved at age `seen` has moved unseen by an age
 /// (both clamped to the late grid), a move within the last day counting twice: one seen
-/// later than that has cost what a late move costs already. `0` when the learnt moves
-/// leave none after `seen`.
-fn chance(moves: &impl Fn(i64, i64) -> (f64, f64), seen: i64, age: i64) -> f64 {
+/// later than that has cost what a late move costs already. `None` when the learnt moves
+/// leave none after `seen`. The share unmoved at `seen` is reckoned once, for every age.
+fn chance_since(
+    moves: &impl Fn(i64, i64) -> (f64, f64),
+    seen: i64,
+) -> Option<impl Fn(i64) -> f64 + '_> {
     let unmoved = unmoved(moves, seen);
-    if unmoved <= 0.0 {
-        return 0.0;
-    }
-    (moves(seen, age).0 + moves(seen.max(age - CATCH_WITHIN_MS), age).0) / unmoved
+    (unmoved > 0.0).then_some(move |age: i64| {
+        (moves(seen, age).0 + moves(seen.max(age - CATCH_WITHIN_MS), age).0) / unmoved
+    })
 }
 
 /// The share of payments the learnt moves leave unmoved at age `seen`: what a chance
